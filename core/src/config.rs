@@ -1,0 +1,194 @@
+//! The shim's TOML configuration file: what it may contain and how it is loaded.
+//!
+//! Keys are snake_case and all optional; an unknown key is an error, and every error names the
+//! file and, where the parser can tell, the line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the shim looks for its configuration when containerd passes no `ConfigPath`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-nvidia/config.toml";
+
+/// The shim's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Log level of the shim (`error`, `warn`, `info`, `debug`, `trace`); `-debug` from
+    /// containerd raises it to `debug`.
+    pub log_level: LogLevel,
+    /// Manage container cgroups through systemd (cgroupsPath `slice:prefix:name`), as runc's
+    /// `SystemdCgroup` does; containerd does not pass that option to non-runc shims.
+    pub systemd_cgroup: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log_level: LogLevel::Info,
+            systemd_cgroup: false,
+        }
+    }
+}
+
+/// A log level accepted in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and degraded operation.
+    Warn,
+    /// Lifecycle changes per container (the default).
+    Info,
+    /// Host detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level's name as the `log` crate spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the read returned.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or holds a key or value the shim does not accept.
+    #[error("invalid config file {path}{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending text, when the parser reports a position.
+        line: Option<usize>,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Loads `explicit` when given, else [`DEFAULT_CONFIG_PATH`] when it exists, else defaults.
+    pub fn load_or_default(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(path) => Self::load(path),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_PATH);
+                if default.exists() {
+                    Self::load(default)
+                } else {
+                    Ok(Self::default())
+                }
+            }
+        }
+    }
+
+    /// Parses `text`, attributing errors to `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            line: err.span().map(|span| line_of(text, span.start)),
+            message: err.message().trim().to_owned(),
+        })
+    }
+}
+
+/// The 1-based line that byte `offset` of `text` lies on.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/x.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let cfg = parse("log_level = \"debug\"\nsystemd_cgroup = true\n").unwrap();
+        assert_eq!(cfg.log_level, LogLevel::Debug);
+        assert!(cfg.systemd_cgroup);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let err = parse("log_level = \"info\"\n\nno_such_key = 1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/x.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("no_such_key"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_toml_names_line() {
+        let err = parse("log_level = \"info\"\nsystemd_cgroup = = true\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_rejected() {
+        let err = parse("log_level = \"loud\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_a_read_error() {
+        let err = Config::load(Path::new("/nonexistent/shim.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/shim.toml"));
+    }
+
+    #[test]
+    fn loads_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "systemd_cgroup = true\n").unwrap();
+        assert!(Config::load_or_default(Some(&path)).unwrap().systemd_cgroup);
+    }
+
+    #[test]
+    fn line_of_counts_newlines() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+}

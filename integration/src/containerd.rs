@@ -1,0 +1,290 @@
+//! A private containerd for one test: its own root, state, sockets and config under a temp
+//! dir, the shim under test first on its PATH, stopped by its PID when dropped.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::ImageSpec;
+use crate::shim_binary;
+
+/// The containerd namespace the tests use.
+pub const NAMESPACE: &str = "nvtest";
+/// The runtime type under test.
+pub const RUNTIME: &str = "io.containerd.nvidia.v2";
+/// The busybox test image's name.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/nvtest-busybox:latest";
+
+/// A running private containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    path_env: String,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until it answers.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("nvctd")
+            .tempdir_in("/tmp")?;
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin)?;
+        // A copy, so a rebuild during the test cannot change the running shim.
+        fs::copy(shim_binary(), bin.join("containerd-shim-nvidia-v2"))
+            .with_context(|| format!("copy {}", shim_binary().display()))?;
+        let path_env = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let mut me = Self {
+            dir,
+            child: None,
+            path_env,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  level = "debug"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = self.socket().display(),
+        );
+        fs::write(d.join("config.toml"), config)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", &self.path_env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn containerd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket().exists()
+                && self
+                    .ctr(&["version"])
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("containerd did not come up; log:\n{}", self.log())
+    }
+
+    /// Stops containerd (SIGTERM to its PID, SIGKILL after 10 s) and starts it again with the
+    /// same root and state, as an operator's restart does.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).unwrap_or(0);
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The temp dir holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// containerd's state dir.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The bundle dir of container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(NAMESPACE)
+            .join(id)
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command against this containerd in the test namespace.
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.socket())
+            .arg("--namespace")
+            .arg(NAMESPACE)
+            .args(args)
+            .env("PATH", &self.path_env);
+        c
+    }
+
+    /// Runs `ctr` with no stdin and a 60 s limit.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_with_input(args, None)
+    }
+
+    /// Runs `ctr`, feeding `input` on stdin (kept open until ctr exits, as a terminal would).
+    pub fn ctr_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Output> {
+        let mut cmd = self.ctr_cmd(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (read_end, write_end) = if input.is_some() {
+            let (r, w) = pipe()?;
+            cmd.stdin(Stdio::from(r.try_clone()?));
+            (Some(r), Some(w))
+        } else {
+            cmd.stdin(Stdio::null());
+            (None, None)
+        };
+        let mut child = cmd.spawn().context("spawn ctr")?;
+        drop(read_end);
+        let mut keep_open = None;
+        if let (Some(data), Some(mut w)) = (input, write_end) {
+            use std::io::Write;
+            w.write_all(data)?;
+            keep_open = Some(w);
+        }
+        let out = wait_output(&mut child, Duration::from_secs(60))
+            .with_context(|| format!("ctr {args:?}"))?;
+        drop(keep_open);
+        Ok(out)
+    }
+
+    /// Imports `image` under `name`.
+    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
+        let archive = self
+            .dir
+            .path()
+            .join(format!("image-{}.tar", sanitize(name)));
+        image.write_archive(name, &archive)?;
+        let out = self.ctr(&["image", "import", archive.to_str().unwrap_or_default()])?;
+        if !out.status.success() {
+            bail!("ctr image import: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Imports the busybox image as [`BUSYBOX_IMAGE`].
+    pub fn import_busybox(&self) -> Result<()> {
+        self.import(&ImageSpec::busybox()?, BUSYBOX_IMAGE)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever a failed test left: shims of this containerd, then mounts under our dir.
+        for pid in crate::leftovers::shim_pids(&self.socket()) {
+            // SAFETY: signalling a process by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for m in crate::leftovers::mounts_under(self.dir.path())
+            .into_iter()
+            .rev()
+        {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: c is a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn pipe() -> Result<(fs::File, fs::File)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    Ok(unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) })
+}
+
+/// Waits for `child` with a limit, collecting its output; kills it past the limit.
+pub fn wait_output(child: &mut Child, limit: Duration) -> Result<Output> {
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_end(&mut b);
+        }
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut b);
+        }
+        b
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}

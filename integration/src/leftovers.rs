@@ -1,0 +1,95 @@
+//! What a container may leave behind, looked up on the host: shim processes, container
+//! processes, mounts, cgroups and state directories.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn cmdline(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|&p| p != std::process::id() as i32)
+        .filter(|&p| {
+            let state = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .map(|s| s.trim_start().starts_with('Z'))
+                .unwrap_or(false);
+            !zombie && cmdline(p).join(" ").contains(needle)
+        })
+        .collect()
+}
+
+/// Shim processes (and their zygotes, which share the command line) serving the containerd
+/// listening on `socket`.
+pub fn shim_pids(socket: &Path) -> Vec<i32> {
+    let sock = socket.to_string_lossy().into_owned();
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            let c = cmdline(p);
+            c.first()
+                .map(|a| a.ends_with("containerd-shim-nvidia-v2"))
+                .unwrap_or(false)
+                && c.iter().any(|a| a == &sock)
+        })
+        .collect()
+}
+
+/// Mount points under `dir`, in mount order.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// Cgroup directories of container `id` in namespace `ns` (cgroupsPath `/ns/id`), on v1 or v2.
+pub fn cgroups_of(ns: &str, id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found = Vec::new();
+    let unified = root.join(ns).join(id);
+    if unified.exists() {
+        found.push(unified);
+    }
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.flatten() {
+            let p = e.path().join(ns).join(id);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Number of open fds of `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

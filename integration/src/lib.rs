@@ -1,0 +1,61 @@
+//! Test harness for `containerd-shim-nvidia-v2` against a real containerd: a private
+//! containerd per test (own root, state, sockets and config in a temp dir, the freshly built
+//! shim on its PATH, stopped by its PID), test images written as OCI layouts, and checks that
+//! nothing is left behind.
+
+pub mod containerd;
+pub mod image;
+pub mod leftovers;
+
+use std::path::PathBuf;
+
+/// The shim binary under test: `$NVIDIA_SHIM_BIN`, else the workspace's debug build.
+pub fn shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVIDIA_SHIM_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../target"));
+    target.join("debug").join("containerd-shim-nvidia-v2")
+}
+
+/// Whether the tests that need root and containerd can run; prints why not when they can't.
+pub fn can_run_containerd(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP {test}: needs root (containerd, mounts, cgroups)");
+        return false;
+    }
+    if which("containerd").is_none() || which("ctr").is_none() {
+        eprintln!("SKIP {test}: containerd/ctr not installed (scripts/test.sh installs them)");
+        return false;
+    }
+    if !shim_binary().exists() {
+        panic!(
+            "{} is missing: build it first (cargo build -p containerd-shim-nvidia-v2)",
+            shim_binary().display()
+        );
+    }
+    true
+}
+
+/// Finds `name` on `$PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A container id unique within this machine's test runs.
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}

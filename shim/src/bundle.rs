@@ -1,0 +1,139 @@
+//! The OCI bundle containerd prepares: its rootfs mounts, its spec's annotations, and where
+//! libcontainer keeps this container's state (inside the bundle, so that every containerd
+//! instance has its own and containerd's bundle removal takes it away).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use containerd_shim::mount::umount_recursive;
+use containerd_shim::protos::types::mount::Mount;
+
+use crate::error::{Result, ShimError};
+
+/// Annotations that put containers into one shim process: ours, then CRI's pod sandbox id.
+pub const GROUP_ANNOTATIONS: [&str; 2] = [
+    "io.containerd.nvidia.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// libcontainer's root directory inside a bundle.
+pub const STATE_DIR: &str = "libcontainer";
+
+/// An OCI bundle directory.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    path: PathBuf,
+}
+
+impl Bundle {
+    /// The bundle at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The bundle directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<bundle>/rootfs`.
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    /// libcontainer's root for this bundle.
+    pub fn state_root(&self) -> PathBuf {
+        self.path.join(STATE_DIR)
+    }
+
+    /// The spec's annotations (empty when `config.json` has none or cannot be read).
+    pub fn annotations(&self) -> HashMap<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Partial {
+            #[serde(default)]
+            annotations: HashMap<String, String>,
+        }
+        std::fs::read(self.path.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Partial>(&b).ok())
+            .map(|p| p.annotations)
+            .unwrap_or_default()
+    }
+
+    /// The id of the shim that serves this container: the first grouping annotation present,
+    /// else the container's own id.
+    pub fn group(&self, id: &str) -> String {
+        group_of(&self.annotations(), id)
+    }
+
+    /// Mounts containerd's rootfs mounts onto `<bundle>/rootfs`, undoing them on failure.
+    pub async fn mount_rootfs(&self, id: &str, mounts: &[Mount]) -> Result<()> {
+        let target = self.rootfs();
+        for m in mounts {
+            if let Err(e) = containerd_shim::util::mount_rootfs(m, &target).await {
+                let _ = self.unmount_rootfs(id);
+                return Err(ShimError::io(
+                    id,
+                    format!("mount {} {} on {}", m.type_, m.source, target.display()),
+                    std::io::Error::other(e.to_string()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts everything under `<bundle>/rootfs`.
+    pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
+        let target = self.rootfs();
+        let target_str = target.to_string_lossy();
+        umount_recursive(Some(&target_str), libc::MNT_DETACH).map_err(|e| {
+            ShimError::io(
+                id,
+                format!("unmount {}", target.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })
+    }
+}
+
+/// The group id for annotations `annotations` of container `id`.
+pub fn group_of(annotations: &HashMap<String, String>, id: &str) -> String {
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()).cloned())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_annotation_in_order() {
+        let mut a = HashMap::new();
+        assert_eq!(group_of(&a, "c1"), "c1");
+        a.insert("io.kubernetes.cri.sandbox-id".into(), "pod1".into());
+        assert_eq!(group_of(&a, "c1"), "pod1");
+        a.insert("io.containerd.nvidia.v2.group".into(), "g".into());
+        assert_eq!(group_of(&a, "c1"), "g");
+    }
+
+    #[test]
+    fn reads_annotations_from_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.sandbox-id":"s1"}}"#,
+        )
+        .unwrap();
+        let b = Bundle::new(dir.path());
+        assert_eq!(b.group("c"), "s1");
+        assert_eq!(b.state_root(), dir.path().join("libcontainer"));
+    }
+
+    #[test]
+    fn unreadable_config_groups_by_id() {
+        let b = Bundle::new("/nonexistent/bundle");
+        assert_eq!(b.group("c9"), "c9");
+    }
+}

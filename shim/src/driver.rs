@@ -1,0 +1,222 @@
+//! libcontainer operations, run inside the zygote.
+//!
+//! The zygote is a single-threaded process forked at the top of `main`, before tokio starts
+//! any thread, so libcontainer's `clone` and its process-global `chdir` never meet another
+//! thread's locks (runwasi #357, youki #2425). Every function that crosses into it is a plain
+//! `fn` over serde types; errors come back as text with their whole chain. Calls block, so
+//! the async service reaches them through [`Driver`], which runs them on tokio's blocking pool.
+//!
+//! Containers are created `as_sibling`: the init process becomes a child of the shim (the
+//! zygote's parent), which reaps it and reports its exit.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+use zygote::{WireFd, Zygote};
+
+use crate::error::{chain_to_string, Result, ShimError};
+
+/// Where libcontainer keeps a container's state: `<root>/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateRef {
+    /// libcontainer's root directory.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+}
+
+impl StateRef {
+    /// The container's own state directory.
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(&self.id)
+    }
+}
+
+/// What the zygote needs to create a container.
+#[derive(Serialize, Deserialize)]
+pub struct CreateArgs {
+    /// Where the state goes.
+    pub state: StateRef,
+    /// The OCI bundle (holding `config.json` and `rootfs`).
+    pub bundle: PathBuf,
+    /// Use the systemd cgroup driver.
+    pub systemd: bool,
+    /// The init process's stdin, stdout and stderr.
+    pub stdio: [WireFd<OwnedFd>; 3],
+}
+
+/// What a successful create returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Created {
+    /// Host pid of the container's init process, parked until start.
+    pub pid: i32,
+    /// The cgroup path libcontainer derived from the spec.
+    pub cgroup_path: PathBuf,
+}
+
+type Wire<T> = std::result::Result<T, String>;
+
+fn flatten(err: impl std::error::Error) -> String {
+    chain_to_string(&err)
+}
+
+fn zy_create(args: CreateArgs) -> Wire<Created> {
+    let CreateArgs {
+        state,
+        bundle,
+        systemd,
+        stdio: [stdin, stdout, stderr],
+    } = args;
+    let container = ContainerBuilder::new(state.id.clone(), SyscallType::default())
+        .with_root_path(&state.root)
+        .map_err(flatten)?
+        .validate_id()
+        .map_err(flatten)?
+        .with_stdin(stdin.into_inner())
+        .with_stdout(stdout.into_inner())
+        .with_stderr(stderr.into_inner())
+        .as_init(&bundle)
+        .with_systemd(systemd)
+        .with_detach(true)
+        .as_sibling(true)
+        .build();
+    let container = match container {
+        Ok(c) => c,
+        Err(err) => {
+            let msg = flatten(err);
+            // libcontainer may have left a state dir and a cgroup behind: remove both.
+            if let Ok(mut c) = Container::load(state.dir()) {
+                let _ = c.delete(true);
+            }
+            let _ = std::fs::remove_dir_all(state.dir());
+            return Err(msg);
+        }
+    };
+    let pid = container
+        .pid()
+        .ok_or_else(|| "libcontainer returned no init pid".to_owned())?
+        .as_raw();
+    let cgroup_path = container.spec().map_err(flatten)?.cgroup_path;
+    Ok(Created { pid, cgroup_path })
+}
+
+fn zy_detach_stdout((): ()) -> Wire<()> {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(flatten)?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), libc::STDOUT_FILENO)
+        .map(drop)
+        .map_err(flatten)
+}
+
+fn load(state: &StateRef) -> Wire<Container> {
+    Container::load(state.dir()).map_err(flatten)
+}
+
+fn zy_start(state: StateRef) -> Wire<()> {
+    load(&state)?.start().map_err(flatten)
+}
+
+fn zy_kill((state, signal, all): (StateRef, i32, bool)) -> Wire<()> {
+    let signal = Signal::try_from(signal).map_err(flatten)?;
+    load(&state)?.kill(signal, all).map_err(flatten)
+}
+
+fn zy_pause(state: StateRef) -> Wire<()> {
+    load(&state)?.pause().map_err(flatten)
+}
+
+fn zy_resume(state: StateRef) -> Wire<()> {
+    load(&state)?.resume().map_err(flatten)
+}
+
+/// Deletes the container's state and cgroup, killing what is left when `force`. A missing state
+/// directory is not an error: the container is already gone.
+fn zy_delete((state, force): (StateRef, bool)) -> Wire<()> {
+    if !state.dir().exists() {
+        return Ok(());
+    }
+    match Container::load(state.dir()) {
+        Ok(mut c) => c.delete(force).map_err(flatten),
+        // A state dir without a readable state.json is a create that died half-way.
+        Err(_) => std::fs::remove_dir_all(state.dir()).map_err(flatten),
+    }
+}
+
+/// The async face of the zygote: each method runs one libcontainer operation there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Driver;
+
+impl Driver {
+    /// Forks the zygote. Must run before any other thread exists.
+    ///
+    /// The zygote then points its stdout at `/dev/null`: during `start` the shim's stdout is the
+    /// pipe containerd reads the socket address from until EOF, and a zygote holding it would
+    /// keep that pipe open forever.
+    pub fn init() {
+        Zygote::init();
+        if let Err(e) = Zygote::global().try_run(zy_detach_stdout, ()) {
+            log::warn!("zygote: cannot detach stdout: {e}");
+        }
+    }
+
+    async fn call<A, R>(id: &str, op: &'static str, f: fn(A) -> Wire<R>, args: A) -> Result<R>
+    where
+        A: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+        R: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+    {
+        let joined = tokio::task::spawn_blocking(move || Zygote::global().try_run(f, args)).await;
+        let runtime = |message: String| ShimError::Runtime {
+            id: id.to_owned(),
+            op,
+            message,
+        };
+        match joined {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(message))) => Err(runtime(message)),
+            Ok(Err(err)) => Err(runtime(format!("zygote: {err}"))),
+            Err(err) => Err(runtime(format!("blocking task: {err}"))),
+        }
+    }
+
+    /// Creates the container; its init is parked until [`Driver::start`].
+    pub async fn create(&self, args: CreateArgs) -> Result<Created> {
+        let id = args.state.id.clone();
+        Self::call(&id, "create", zy_create, args).await
+    }
+
+    /// Lets the parked init exec the container's process.
+    pub async fn start(&self, state: &StateRef) -> Result<()> {
+        Self::call(&state.id, "start", zy_start, state.clone()).await
+    }
+
+    /// Signals the init process, or every process of the container when `all`.
+    pub async fn kill(&self, state: &StateRef, signal: u32, all: bool) -> Result<()> {
+        let signal = i32::try_from(signal).map_err(|_| ShimError::InvalidArgument {
+            id: state.id.clone(),
+            reason: format!("signal {signal} out of range"),
+        })?;
+        Self::call(&state.id, "kill", zy_kill, (state.clone(), signal, all)).await
+    }
+
+    /// Freezes the container's cgroup.
+    pub async fn pause(&self, state: &StateRef) -> Result<()> {
+        Self::call(&state.id, "pause", zy_pause, state.clone()).await
+    }
+
+    /// Thaws the container's cgroup.
+    pub async fn resume(&self, state: &StateRef) -> Result<()> {
+        Self::call(&state.id, "resume", zy_resume, state.clone()).await
+    }
+
+    /// Removes the container's cgroup and state; with `force`, kills its processes first.
+    pub async fn delete(&self, state: &StateRef, force: bool) -> Result<()> {
+        Self::call(&state.id, "delete", zy_delete, (state.clone(), force)).await
+    }
+}

@@ -1,0 +1,174 @@
+//! `ShimError`, the one error type of the task service, and its single mapping to ttrpc
+//! status codes (which containerd turns back into `errdefs` errors).
+
+use containerd_shim::protos::ttrpc::{self, Code};
+
+/// Result alias of the shim.
+pub type Result<T, E = ShimError> = std::result::Result<T, E>;
+
+/// Everything a task request can fail with. Each variant carries the container (and process)
+/// it concerns, so that the message containerd shows names them.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// No such container or process in this shim.
+    #[error("container {id}: not found")]
+    NotFound {
+        /// Container id.
+        id: String,
+    },
+    /// The process has already exited (containerd treats kill of such a process as done).
+    #[error("container {id}: process already finished")]
+    ProcessFinished {
+        /// Container id.
+        id: String,
+    },
+    /// A container with this id is already served by this shim.
+    #[error("container {id}: already exists")]
+    AlreadyExists {
+        /// Container id.
+        id: String,
+    },
+    /// The request itself is malformed.
+    #[error("container {id}: invalid request: {reason}")]
+    InvalidArgument {
+        /// Container id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request does not fit the container's current state.
+    #[error("container {id}: {reason}")]
+    FailedPrecondition {
+        /// Container id.
+        id: String,
+        /// Why it cannot be done now.
+        reason: String,
+    },
+    /// The request is valid but this shim does not implement it.
+    #[error("container {id}: {what} is not supported by io.containerd.nvidia.v2")]
+    Unimplemented {
+        /// Container id.
+        id: String,
+        /// The unsupported feature.
+        what: &'static str,
+    },
+    /// The shim's configuration file is unusable.
+    #[error("container {id}: {source}")]
+    Config {
+        /// Container id.
+        id: String,
+        /// The loader's error, naming file and line.
+        #[source]
+        source: nvidia_shim_core::ConfigError,
+    },
+    /// libcontainer (run in the zygote) refused or failed an operation.
+    #[error("container {id}: {op} failed: {message}")]
+    Runtime {
+        /// Container id.
+        id: String,
+        /// The operation (`create`, `start`, `kill`, ...).
+        op: &'static str,
+        /// libcontainer's error chain, flattened to text by the zygote.
+        message: String,
+    },
+    /// A host operation of the shim itself failed.
+    #[error("container {id}: {context}: {source}")]
+    Io {
+        /// Container id.
+        id: String,
+        /// What the shim was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Cgroup statistics or resource updates failed.
+    #[error("container {id}: cgroup {op} failed: {message}")]
+    Cgroup {
+        /// Container id.
+        id: String,
+        /// `stats`, `update` or `pids`.
+        op: &'static str,
+        /// libcgroups' error.
+        message: String,
+    },
+}
+
+impl ShimError {
+    /// The ttrpc code containerd maps back to an `errdefs` error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotFound { .. } | Self::ProcessFinished { .. } => Code::NOT_FOUND,
+            Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            Self::InvalidArgument { .. } | Self::Config { .. } => Code::INVALID_ARGUMENT,
+            Self::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
+            Self::Unimplemented { .. } => Code::UNIMPLEMENTED,
+            Self::Runtime { .. } | Self::Io { .. } | Self::Cgroup { .. } => Code::UNKNOWN,
+        }
+    }
+
+    /// Shorthand for an [`ShimError::Io`].
+    pub fn io(id: &str, context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            id: id.to_owned(),
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(err: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.to_string()))
+    }
+}
+
+/// Flattens an error and its `source` chain into one line, for errors that cross the zygote
+/// boundary as text.
+pub fn chain_to_string(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(src) = cur {
+        let s = src.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = src.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes() {
+        let nf = ShimError::NotFound { id: "c1".into() };
+        assert_eq!(nf.code(), Code::NOT_FOUND);
+        assert_eq!(nf.to_string(), "container c1: not found");
+        let rt = ShimError::Runtime {
+            id: "c1".into(),
+            op: "create",
+            message: "executable 'nope' not found in $PATH".into(),
+        };
+        assert_eq!(rt.code(), Code::UNKNOWN);
+        let status: ttrpc::Error = rt.into();
+        match status {
+            ttrpc::Error::RpcStatus(s) => {
+                assert!(s.message().contains("container c1: create failed"));
+                assert!(s.message().contains("nope"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chain_includes_sources_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let outer = ShimError::io("c2", "open stdin", inner);
+        let text = chain_to_string(&outer);
+        assert_eq!(text, "container c2: open stdin: no such file");
+    }
+}

@@ -1,0 +1,71 @@
+//! `containerd-shim-nvidia-v2`: the containerd shim v2 runtime `io.containerd.nvidia.v2`.
+//!
+//! `main` stays synchronous until the zygote is forked, so that the process which runs
+//! libcontainer never inherits another thread's locks; only then does tokio start.
+
+mod bundle;
+mod cgroup;
+mod container;
+mod driver;
+mod error;
+mod events;
+mod exit;
+mod logging;
+mod options;
+mod shim;
+mod stdio;
+mod task;
+
+use std::process::ExitCode;
+
+use containerd_shim::Config;
+
+use crate::driver::Driver;
+use crate::shim::{NvidiaShim, RUNTIME_ID};
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if flags.version {
+        println!("{}:", env!("CARGO_BIN_NAME"));
+        println!("  Runtime: {RUNTIME_ID}");
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if flags.info {
+        return logging::print_info();
+    }
+    let serve = flags.action.is_empty();
+    if serve {
+        // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
+        logging::init(&flags);
+    }
+    if serve || flags.action == "delete" {
+        Driver::init();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Config {
+        no_setup_logger: true,
+        ..Config::default()
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<NvidiaShim>(
+        RUNTIME_ID,
+        Some(config),
+    ));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,136 @@
+//! Runtime options from containerd (`runtimeoptions.v1.Options` in an `Any`) and the shim's
+//! configuration file they point at.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::Message;
+use nvidia_shim_core::Config;
+use nvidia_shim_proto::{decode_runtime_options, is_runc_options, is_runtime_options};
+
+use crate::error::{Result, ShimError};
+
+/// Environment variable through which `start` passes the config path to the shim daemon.
+pub const CONFIG_PATH_ENV: &str = "NVIDIA_SHIM_CONFIG_PATH";
+
+/// The config path carried by containerd's options, if any.
+///
+/// `runtimeoptions.v1.Options` gives `config_path`; the runc shim's options (sent when a runc
+/// style runtime entry points at this shim) carry nothing this shim uses; any other type is
+/// refused, so a misconfigured runtime entry is reported instead of silently ignored.
+pub fn config_path_from_any(id: &str, any: &Any) -> Result<Option<PathBuf>> {
+    if any.type_url.is_empty() && any.value.is_empty() {
+        return Ok(None);
+    }
+    if is_runtime_options(&any.type_url) {
+        let opts = decode_runtime_options(&any.value).map_err(|e| ShimError::InvalidArgument {
+            id: id.to_owned(),
+            reason: format!("cannot decode runtime options ({}): {e}", any.type_url),
+        })?;
+        return Ok((!opts.config_path.is_empty()).then(|| PathBuf::from(opts.config_path)));
+    }
+    if is_runc_options(&any.type_url) {
+        log::warn!("container {id}: runc options are ignored by io.containerd.nvidia.v2; use runtimeoptions ConfigPath");
+        return Ok(None);
+    }
+    Err(ShimError::InvalidArgument {
+        id: id.to_owned(),
+        reason: format!(
+            "unsupported runtime options type {:?} (expected runtimeoptions.v1.Options)",
+            any.type_url
+        ),
+    })
+}
+
+/// Decodes the options containerd writes on the stdin of `start` (a marshalled `Any`).
+pub fn config_path_from_bytes(id: &str, bytes: &[u8]) -> Result<Option<PathBuf>> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let any = Any::parse_from_bytes(bytes).map_err(|e| ShimError::InvalidArgument {
+        id: id.to_owned(),
+        reason: format!("cannot decode runtime options from stdin: {e}"),
+    })?;
+    config_path_from_any(id, &any)
+}
+
+/// Loads the configuration at `path`, or the default file, or defaults.
+pub fn load_config(id: &str, path: Option<&Path>) -> Result<Config> {
+    Config::load_or_default(path).map_err(|source| ShimError::Config {
+        id: id.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvidia_shim_proto::RuntimeOptions;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_config_path() {
+        let value = prost_encode("/etc/shim.toml");
+        let a = any("runtimeoptions.v1.Options", value);
+        assert_eq!(
+            config_path_from_any("c", &a).unwrap(),
+            Some(PathBuf::from("/etc/shim.toml"))
+        );
+        let bytes = a.write_to_bytes().unwrap();
+        assert_eq!(
+            config_path_from_bytes("c", &bytes).unwrap(),
+            Some(PathBuf::from("/etc/shim.toml"))
+        );
+    }
+
+    fn prost_encode(path: &str) -> Vec<u8> {
+        nvidia_shim_proto::encode_runtime_options(&RuntimeOptions {
+            type_url: String::new(),
+            config_path: path.into(),
+        })
+    }
+
+    #[test]
+    fn empty_options_mean_defaults() {
+        assert_eq!(config_path_from_any("c", &Any::default()).unwrap(), None);
+        assert_eq!(config_path_from_bytes("c", &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn runc_options_are_tolerated() {
+        let a = any("containerd.runc.v1.Options", vec![0x10, 0x01]);
+        assert_eq!(config_path_from_any("c", &a).unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_type_is_invalid() {
+        let err = config_path_from_any("c3", &any("example.Other", vec![1])).unwrap_err();
+        assert!(err.to_string().contains("container c3"));
+        assert!(err.to_string().contains("example.Other"));
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let err = config_path_from_any("c4", &any("runtimeoptions.v1.Options", vec![0x12, 0x09]))
+            .unwrap_err();
+        assert!(matches!(err, ShimError::InvalidArgument { .. }));
+    }
+
+    #[test]
+    fn broken_config_names_container_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "log_level = \"info\"\nbogus = true\n").unwrap();
+        let err = load_config("c5", Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("container c5"), "{err}");
+        assert!(err.contains("c.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,233 @@
+//! A container's stdio from containerd's FIFOs.
+//!
+//! stdout and stderr: the FIFO is opened read-write (as the Go shim keeps a reader open too, so
+//! a client that goes away does not kill the container with SIGPIPE) and handed straight to the
+//! container: no copy, no thread. stdin: containerd's `CloseIO` must be able to close the
+//! container's stdin while the client still holds the FIFO, so stdin is a pipe fed from the
+//! FIFO by a small task that [`StdinForwarder::close`] ends.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+
+use crate::error::{Result, ShimError};
+
+/// The three fds handed to a new process, plus the forwarder feeding its stdin.
+#[derive(Debug)]
+pub struct ProcessStdio {
+    /// stdin, stdout, stderr for the process.
+    pub fds: [OwnedFd; 3],
+    /// Present when stdin comes from a FIFO.
+    pub stdin: Option<StdinForwarder>,
+}
+
+fn dev_null(id: &str) -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| ShimError::io(id, "open /dev/null", e))
+}
+
+fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
+    if path.is_empty() {
+        return dev_null(id);
+    }
+    let target = path.strip_prefix("file://").unwrap_or(path);
+    if target.contains("://") {
+        return Err(ShimError::Unimplemented {
+            id: id.to_owned(),
+            what: "stdio URIs other than FIFOs and file://",
+        });
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(target)
+        .map(OwnedFd::from)
+        .map_err(|e| ShimError::io(id, format!("open stdio {target}"), e))
+}
+
+impl ProcessStdio {
+    /// Opens the stdio containerd asked for; empty paths become `/dev/null`.
+    pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
+        let out = open_output(id, stdout)?;
+        let err = if stderr == stdout && !stderr.is_empty() {
+            out.try_clone()
+                .map_err(|e| ShimError::io(id, "dup stdout", e))?
+        } else {
+            open_output(id, stderr)?
+        };
+        if stdin.is_empty() {
+            return Ok(Self {
+                fds: [dev_null(id)?, out, err],
+                stdin: None,
+            });
+        }
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ShimError::io(id, "create stdin pipe", e.into()))?;
+        let forwarder = StdinForwarder::spawn(id, PathBuf::from(stdin), writer)?;
+        Ok(Self {
+            fds: [reader, out, err],
+            stdin: Some(forwarder),
+        })
+    }
+}
+
+/// Copies a stdin FIFO into the pipe a process reads, until the FIFO's writers are gone or
+/// [`StdinForwarder::close`] is called; then closes the pipe, so the process sees EOF.
+#[derive(Debug)]
+pub struct StdinForwarder {
+    fifo: PathBuf,
+    close: Arc<Notify>,
+    opened: Arc<AtomicBool>,
+}
+
+impl StdinForwarder {
+    fn spawn(id: &str, fifo: PathBuf, writer: OwnedFd) -> Result<Self> {
+        let sender = pipe::Sender::from_owned_fd(writer)
+            .map_err(|e| ShimError::io(id, "register stdin pipe", e))?;
+        let close = Arc::new(Notify::new());
+        let opened = Arc::new(AtomicBool::new(false));
+        let (path, notify, flag, id) = (
+            fifo.clone(),
+            Arc::clone(&close),
+            Arc::clone(&opened),
+            id.to_owned(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                res = forward(&path, sender, &flag) => {
+                    if let Err(e) = res {
+                        log::warn!("container {id}: stdin from {}: {e}", path.display());
+                    }
+                }
+                _ = notify.notified() => {}
+            }
+        });
+        Ok(Self {
+            fifo,
+            close,
+            opened,
+        })
+    }
+
+    /// Closes the process's stdin now (containerd's `CloseIO`).
+    pub fn close(&self) {
+        self.close.notify_one();
+        if !self.opened.load(Ordering::SeqCst) {
+            unblock_open(&self.fifo);
+        }
+    }
+}
+
+impl Drop for StdinForwarder {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn forward(
+    path: &Path,
+    mut sender: pipe::Sender,
+    opened: &AtomicBool,
+) -> std::io::Result<()> {
+    // A blocking open waits for the client's writer, so an early read never sees a false EOF.
+    let owned = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(owned)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    opened.store(true, Ordering::SeqCst);
+    let mut receiver = pipe::Receiver::from_file(file)?;
+    match tokio::io::copy(&mut receiver, &mut sender).await {
+        Ok(_) => Ok(()),
+        // The process closed its stdin or exited: nothing more to deliver.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases a blocking reader `open` of `fifo` by opening (and closing) its write side.
+fn unblock_open(fifo: &Path) {
+    let _: Option<File> = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(fifo)
+        .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn mkfifo(path: &Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn empty_paths_are_dev_null() {
+        let stdio = ProcessStdio::open("c", "", "", "").unwrap();
+        assert!(stdio.stdin.is_none());
+        let target = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&stdio.fds[1])
+        ))
+        .unwrap();
+        assert_eq!(target, Path::new("/dev/null"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stdin_reaches_pipe_and_close_gives_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        mkfifo(&fifo);
+        let stdio = ProcessStdio::open("c", fifo.to_str().unwrap(), "", "").unwrap();
+        let [reader, _, _] = stdio.fds;
+        // The client writes and keeps its writer open, as ctr does.
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"abc").unwrap();
+        let mut reader = File::from(reader);
+        let (reader, got) = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 3];
+            reader.read_exact(&mut buf).unwrap();
+            (reader, buf)
+        })
+        .await
+        .unwrap();
+        assert_eq!(&got, b"abc");
+        stdio.stdin.as_ref().unwrap().close();
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).unwrap();
+            rest
+        });
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), rest)
+            .await
+            .expect("CloseIO must give the process EOF")
+            .unwrap();
+        assert!(rest.is_empty());
+        drop(writer);
+    }
+
+    #[test]
+    fn unknown_uri_is_rejected() {
+        let err = open_output("c9", "binary:///usr/bin/logger").unwrap_err();
+        assert!(err.to_string().contains("container c9"));
+    }
+}

@@ -93,3 +93,15 @@ pub fn fd_count(pid: i32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// The socket a shim of group `group` listens on for the containerd at `containerd_socket`,
+/// as containerd-shim derives it (`/run/containerd/s/<sha256(address/ns/group)>`).
+pub fn shim_socket(containerd_socket: &Path, ns: &str, group: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let key = containerd_socket.join(ns).join(group);
+    let hash: String = Sha256::digest(key.to_string_lossy().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Path::new("/run/containerd/s").join(hash)
+}

@@ -1,9 +1,10 @@
 //! Container lifecycle through `ctr --runtime io.containerd.nvidia.v2` against a private
-//! containerd (issue 2's acceptance tests).
+//! containerd 1.6 (issue 2's acceptance tests). Each test has its own containerd.
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
 use nvidia_shim_integration::{can_run_containerd, leftovers, unique_id};
 
@@ -20,20 +21,57 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Asserts that container `id` left nothing behind.
-fn assert_clean(c: &Containerd, id: &str) {
+fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", "--runtime", RUNTIME];
+    v.extend_from_slice(extra);
+    v.push(BUSYBOX_IMAGE);
+    v.push(id);
+    v.extend_from_slice(cmd);
+    v
+}
+
+/// Polls `f` until it returns true or 15 s pass.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr(&["task", "ls"]).ok()?;
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+}
+
+/// Asserts that container `id` (shim group `group`) left nothing behind: no shim process, no
+/// shim socket, no mount, no cgroup, no bundle or state dir.
+fn assert_clean(c: &Containerd, id: &str, group: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let shims = leftovers::shim_pids(&c.socket());
+        let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
         let mounts = leftovers::mounts_under(&c.bundle(id));
         let cgroups = leftovers::cgroups_of(NAMESPACE, id);
         let bundle = c.bundle(id).exists();
-        if shims.is_empty() && mounts.is_empty() && cgroups.is_empty() && !bundle {
+        if shims.is_empty()
+            && !socket.exists()
+            && mounts.is_empty()
+            && cgroups.is_empty()
+            && !bundle
+        {
             return;
         }
         if Instant::now() > deadline {
             panic!(
-                "container {id} left: shims {shims:?}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {bundle}\n{}",
+                "container {id} left: shims {shims:?}, socket {socket:?} exists {}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {bundle}\n{}",
+                socket.exists(),
                 c.log()
             );
         }
@@ -47,19 +85,275 @@ fn run_prints_output_and_returns_exit_code() -> Result<()> {
         return Ok(());
     };
     let id = unique_id("exit3");
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX_IMAGE,
-        &id,
-        "sh",
-        "-c",
-        "echo hi; exit 3",
-    ])?;
+    let out = c.ctr(&run_args(&id, &["--rm"], &["sh", "-c", "echo hi; exit 3"]))?;
     assert_eq!(text(&out.stdout), "hi\n", "stderr: {}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
-    assert_clean(&c, &id);
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn stdin_reaches_the_container() -> Result<()> {
+    let Some(c) = setup("stdin_reaches_the_container") else {
+        return Ok(());
+    };
+    let id = unique_id("stdin");
+    let out = c.ctr_with_input(
+        &run_args(&id, &["--rm"], &["head", "-c", "3"]),
+        Some(b"abc"),
+    )?;
+    assert_eq!(text(&out.stdout), "abc", "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn detached_task_ps_metrics_pause_resume_and_sigterm() -> Result<()> {
+    let Some(c) = setup("detached_task_ps_metrics_pause_resume_and_sigterm") else {
+        return Ok(());
+    };
+    let id = unique_id("detached");
+    let script = "trap 'exit 42' TERM; while true; do sleep 0.1; done";
+    let out = c.ctr(&run_args(&id, &["-d"], &["sh", "-c", script]))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+
+    let ps = c.ctr(&["task", "ps", &id])?;
+    let ps_text = text(&ps.stdout);
+    // The header, then at least the shell and its sleep.
+    assert!(ps.status.success(), "task ps: {}", text(&ps.stderr));
+    assert!(ps_text.lines().count() >= 2, "task ps: {ps_text}");
+
+    let metrics = c.ctr(&["task", "metrics", &id])?;
+    let m = text(&metrics.stdout);
+    assert!(
+        metrics.status.success(),
+        "metrics: {}",
+        text(&metrics.stderr)
+    );
+    assert!(m.contains("pids.current"), "metrics output: {m}");
+    assert!(m.contains("memory"), "metrics output: {m}");
+
+    assert!(c.ctr(&["task", "pause", &id])?.status.success());
+    assert_eq!(task_status(&c, &id).as_deref(), Some("PAUSED"));
+    assert!(c.ctr(&["task", "resume", &id])?.status.success());
+    assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGTERM", &id])?
+        .status
+        .success());
+    eventually("task to stop", || {
+        task_status(&c, &id).as_deref() == Some("STOPPED")
+    })?;
+    let rm = c.ctr(&["task", "rm", &id])?;
+    assert!(rm.status.success(), "task rm: {}", text(&rm.stderr));
+    assert!(
+        text(&rm.stderr).contains("exit code 42"),
+        "task rm: {}",
+        text(&rm.stderr)
+    );
+    assert!(c.ctr(&["container", "rm", &id])?.status.success());
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn missing_command_fails_clearly_and_leaves_nothing() -> Result<()> {
+    let Some(c) = setup("missing_command_fails_clearly_and_leaves_nothing") else {
+        return Ok(());
+    };
+    let id = unique_id("nocmd");
+    let out = c.ctr(&run_args(&id, &["--rm"], &["/no/such/command"]))?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/no/such/command"),
+        "error must name the command: {err}"
+    );
+    assert!(err.contains(&id), "error must name the container: {err}");
+    let _ = c.ctr(&["container", "rm", &id]);
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn broken_config_file_fails_create_naming_file_and_line() -> Result<()> {
+    let Some(c) = setup("broken_config_file_fails_create_naming_file_and_line") else {
+        return Ok(());
+    };
+    let id = unique_id("badcfg");
+    let cfg = c.dir().join("shim.toml");
+    std::fs::write(&cfg, "log_level = \"info\"\nno_such_key = true\n")?;
+    let cfg_arg = cfg.to_string_lossy().into_owned();
+    let out = c.ctr(&run_args(
+        &id,
+        &["--rm", "--runtime-config-path", &cfg_arg],
+        &["true"],
+    ))?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("shim.toml") && err.contains("line 2"),
+        "error: {err}"
+    );
+    assert!(err.contains("no_such_key"), "error: {err}");
+    let _ = c.ctr(&["container", "rm", &id]);
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
+    let Some(c) = setup("fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds") else {
+        return Ok(());
+    };
+    // 50 ungrouped cycles: each its own shim, each fully cleaned up.
+    for i in 0..50 {
+        let id = unique_id("cycle");
+        let out = c.ctr(&run_args(&id, &["--rm"], &["true"]))?;
+        assert!(out.status.success(), "cycle {i}: {}", text(&out.stderr));
+        assert_clean(&c, &id, &id);
+    }
+
+    // 50 cycles inside one long-lived grouped shim.
+    let group = unique_id("grp");
+    let ann = format!("io.containerd.nvidia.v2.group={group}");
+    let anchor = unique_id("anchor");
+    let out = c.ctr(&run_args(
+        &anchor,
+        &["-d", "--annotation", &ann],
+        &["sleep", "86400"],
+    ))?;
+    assert!(out.status.success(), "anchor: {}", text(&out.stderr));
+    let shim = *leftovers::shim_pids(&c.socket())
+        .iter()
+        .min()
+        .expect("grouped shim");
+    let run_cycle = |n: usize| -> Result<()> {
+        for _ in 0..n {
+            let id = unique_id("gcycle");
+            let out = c.ctr(&run_args(&id, &["--rm", "--annotation", &ann], &["true"]))?;
+            assert!(out.status.success(), "grouped cycle: {}", text(&out.stderr));
+            assert!(leftovers::cgroups_of(NAMESPACE, &id).is_empty());
+            assert!(!c.bundle(&id).exists());
+        }
+        Ok(())
+    };
+    run_cycle(5)?; // warm-up: first-use allocations
+    let fds_before = leftovers::fd_count(shim);
+    run_cycle(50)?;
+    let fds_after = leftovers::fd_count(shim);
+    assert!(
+        fds_after <= fds_before,
+        "grouped shim fds grew from {fds_before} to {fds_after}"
+    );
+    assert_eq!(
+        leftovers::shim_pids(&c.socket()).len(),
+        2,
+        "one grouped shim (and its zygote) serves every cycle"
+    );
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", &anchor])?
+        .status
+        .success());
+    eventually("anchor to stop", || {
+        task_status(&c, &anchor).as_deref() == Some("STOPPED")
+    })?;
+    assert!(c.ctr(&["task", "rm", &anchor])?.status.success());
+    assert!(c.ctr(&["container", "rm", &anchor])?.status.success());
+    assert_clean(&c, &anchor, &group);
+    Ok(())
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
+    let Some(c) = setup("killed_shim_is_cleaned_up_by_containerd") else {
+        return Ok(());
+    };
+    let id = unique_id("shimkill");
+    let marker = format!("marker-{id}");
+    let script = format!("sleep 86400; echo {marker}");
+    let out = c.ctr(&run_args(&id, &["-d"], &["sh", "-c", &script]))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert_eq!(leftovers::processes_matching(&marker).len(), 1);
+    let shim = *leftovers::shim_pids(&c.socket())
+        .iter()
+        .min()
+        .expect("shim running");
+    // SAFETY: signalling the shim by pid.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    eventually("container process to be killed", || {
+        leftovers::processes_matching(&marker).is_empty()
+    })?;
+    eventually("task to be gone", || task_status(&c, &id).is_none())?;
+    let _ = c.ctr(&["container", "rm", &id]);
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
+    let Some(mut c) = setup("containerd_restart_keeps_task_and_reports_its_exit") else {
+        return Ok(());
+    };
+    let id = unique_id("restart");
+    let out = c.ctr(&run_args(
+        &id,
+        &["-d"],
+        &["sh", "-c", "read x < /dev/null; sleep 3; exit 7"],
+    ))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    c.restart()?;
+    assert_eq!(
+        task_status(&c, &id).as_deref(),
+        Some("RUNNING"),
+        "{}",
+        c.log()
+    );
+    let mut events = c
+        .ctr_cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = events.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    eventually("task to stop after the restart", || {
+        task_status(&c, &id).as_deref() == Some("STOPPED")
+    })?;
+    // The shim's publisher reconnects to the restarted containerd and retries, so the event
+    // may trail the state by a second or two.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit_line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("/tasks/exit") && l.contains(&id) => break l,
+            Ok(_) => continue,
+            Err(_) => panic!("no /tasks/exit event for {id}\n{}", c.log()),
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(exit_line.contains("\"exit_status\":7"), "{exit_line}");
+    let rm = c.ctr(&["task", "rm", &id])?;
+    assert!(
+        text(&rm.stderr).contains("exit code 7"),
+        "task rm: {}",
+        text(&rm.stderr)
+    );
+    assert!(c.ctr(&["container", "rm", &id])?.status.success());
+    assert_clean(&c, &id, &id);
     Ok(())
 }

@@ -30,6 +30,7 @@ pub struct NvidiaShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
+    address: String,
 }
 
 impl std::fmt::Debug for NvidiaShim {
@@ -54,6 +55,7 @@ impl Shim for NvidiaShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            address: args.address.clone(),
         }
     }
 
@@ -102,6 +104,16 @@ impl Shim for NvidiaShim {
         }
         if let Err(e) = bundle.unmount_rootfs(&self.id) {
             log::warn!("{e}");
+        }
+        // A shim killed outright leaves its socket; remove it unless a live shim answers there.
+        let address = socket_address(&self.address, &self.namespace, &bundle.group(&self.id));
+        if Client::connect(&address).await.is_err() {
+            let path = address.trim_start_matches("unix://");
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("remove stale shim socket {path}: {e}");
+                }
+            }
         }
         Ok(DeleteResponse {
             pid,

@@ -7,9 +7,9 @@
 //! FIFO by a small task that [`StdinForwarder::close`] ends.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -85,37 +85,49 @@ impl ProcessStdio {
 
 /// Copies a stdin FIFO into the pipe a process reads, until the FIFO's writers are gone or
 /// [`StdinForwarder::close`] is called; then closes the pipe, so the process sees EOF.
+///
+/// The FIFO is held by an `O_PATH` handle and opened through `/proc/self/fd`, as containerd's
+/// Go `fifo` package does: the reader's blocking open (which waits for the client's writer, so
+/// an early read never sees a false EOF) can then always be released by opening the write
+/// side through the same handle, even after the client unlinked the FIFO.
 #[derive(Debug)]
 pub struct StdinForwarder {
-    fifo: PathBuf,
+    handle: Arc<OwnedFd>,
     close: Arc<Notify>,
     opened: Arc<AtomicBool>,
 }
 
 impl StdinForwarder {
     fn spawn(id: &str, fifo: PathBuf, writer: OwnedFd) -> Result<Self> {
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map(OwnedFd::from)
+            .map_err(|e| ShimError::io(id, format!("open stdin {}", fifo.display()), e))?;
+        let handle = Arc::new(handle);
         let sender = pipe::Sender::from_owned_fd(writer)
             .map_err(|e| ShimError::io(id, "register stdin pipe", e))?;
         let close = Arc::new(Notify::new());
         let opened = Arc::new(AtomicBool::new(false));
-        let (path, notify, flag, id) = (
-            fifo.clone(),
+        let (h, notify, flag, id) = (
+            Arc::clone(&handle),
             Arc::clone(&close),
             Arc::clone(&opened),
             id.to_owned(),
         );
         tokio::spawn(async move {
             tokio::select! {
-                res = forward(&path, sender, &flag) => {
+                res = forward(h, sender, &flag) => {
                     if let Err(e) = res {
-                        log::warn!("container {id}: stdin from {}: {e}", path.display());
+                        log::warn!("container {id}: stdin from {}: {e}", fifo.display());
                     }
                 }
                 _ = notify.notified() => {}
             }
         });
         Ok(Self {
-            fifo,
+            handle,
             close,
             opened,
         })
@@ -125,7 +137,12 @@ impl StdinForwarder {
     pub fn close(&self) {
         self.close.notify_one();
         if !self.opened.load(Ordering::SeqCst) {
-            unblock_open(&self.fifo);
+            // Release the pending blocking open: a writer that comes and goes at once.
+            let _: Option<File> = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(proc_path(&self.handle))
+                .ok();
         }
     }
 }
@@ -136,18 +153,20 @@ impl Drop for StdinForwarder {
     }
 }
 
+fn proc_path(handle: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+}
+
 async fn forward(
-    path: &Path,
+    handle: Arc<OwnedFd>,
     mut sender: pipe::Sender,
     opened: &AtomicBool,
 ) -> std::io::Result<()> {
-    // A blocking open waits for the client's writer, so an early read never sees a false EOF.
-    let owned = path.to_owned();
     let file = tokio::task::spawn_blocking(move || {
         OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_CLOEXEC)
-            .open(owned)
+            .open(proc_path(&handle))
     })
     .await
     .map_err(std::io::Error::other)??;
@@ -161,19 +180,11 @@ async fn forward(
     }
 }
 
-/// Releases a blocking reader `open` of `fifo` by opening (and closing) its write side.
-fn unblock_open(fifo: &Path) {
-    let _: Option<File> = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(fifo)
-        .ok();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::path::Path;
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -223,6 +234,29 @@ mod tests {
             .unwrap();
         assert!(rest.is_empty());
         drop(writer);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_releases_a_forwarder_whose_client_never_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        mkfifo(&fifo);
+        let stdio = ProcessStdio::open("c", fifo.to_str().unwrap(), "", "").unwrap();
+        let [reader, _, _] = stdio.fds;
+        // The client unlinks its FIFO without ever opening it.
+        std::fs::remove_file(&fifo).unwrap();
+        stdio.stdin.as_ref().unwrap().close();
+        let mut reader = File::from(reader);
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).unwrap();
+            rest
+        });
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), rest)
+            .await
+            .expect("close must end the forwarder")
+            .unwrap();
+        assert!(rest.is_empty());
     }
 
     #[test]

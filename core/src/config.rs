@@ -192,3 +192,14 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 99), 3);
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../deploy/shim-config.toml");
+        Config::parse(text, Path::new("deploy/shim-config.toml")).unwrap();
+    }
+}

@@ -25,19 +25,31 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     path_env: String,
+    level: String,
 }
 
 impl Containerd {
-    /// Starts containerd and waits until it answers.
+    /// Starts containerd with the shim under test and waits until it answers.
     pub fn start() -> Result<Self> {
+        Self::start_with(&shim_binary())
+    }
+
+    /// Starts containerd with the shim binary `shim` on its PATH, logging at debug level.
+    pub fn start_with(shim: &Path) -> Result<Self> {
+        Self::start_with_level(shim, "debug")
+    }
+
+    /// Starts containerd with `shim` on its PATH at log level `level` (containerd passes
+    /// `-debug` to shims only at `debug`).
+    pub fn start_with_level(shim: &Path, level: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
             .tempdir_in("/tmp")?;
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin)?;
         // A copy, so a rebuild during the test cannot change the running shim.
-        fs::copy(shim_binary(), bin.join("containerd-shim-nvidia-v2"))
-            .with_context(|| format!("copy {}", shim_binary().display()))?;
+        fs::copy(shim, bin.join("containerd-shim-nvidia-v2"))
+            .with_context(|| format!("copy {}", shim.display()))?;
         let path_env = format!(
             "{}:{}",
             bin.display(),
@@ -47,6 +59,7 @@ impl Containerd {
             dir,
             child: None,
             path_env,
+            level: level.to_owned(),
         };
         me.spawn()?;
         Ok(me)
@@ -64,8 +77,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "{sock}.ttrpc"
 [debug]
-  level = "debug"
+  level = "{level}"
 "#,
+            level = self.level,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = self.socket().display(),

@@ -105,3 +105,27 @@ pub fn shim_socket(containerd_socket: &Path, ns: &str, group: &str) -> PathBuf {
         .collect();
     Path::new("/run/containerd/s").join(hash)
 }
+
+/// Resident memory of `pid`: (VmRSS, PSS) in kB, from `/proc/<pid>/status` and `smaps_rollup`.
+pub fn memory_kb(pid: i32) -> (u64, u64) {
+    let field = |file: &str, key: &str| -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+}
+
+/// Processes whose executable name ends with `exe` and whose arguments include `arg`.
+pub fn processes_of(exe: &str, arg: &str) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            let c = cmdline(p);
+            c.first().map(|a| a.ends_with(exe)).unwrap_or(false) && c.iter().any(|a| a == arg)
+        })
+        .collect()
+}

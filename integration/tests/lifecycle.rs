@@ -357,3 +357,80 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
     assert_clean(&c, &id, &id);
     Ok(())
 }
+
+#[test]
+fn update_applies_new_resources_through_the_task_api() -> Result<()> {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::MessageField;
+    use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
+    use containerd_shim_protos::ttrpc;
+
+    let Some(c) = setup("update_applies_new_resources_through_the_task_api") else {
+        return Ok(());
+    };
+    // ctr 1.6 has no `task update`: call the shim's Task API as containerd does.
+    let id = unique_id("update");
+    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, &id);
+    let client = TaskClient::new(ttrpc::Client::connect(&format!(
+        "unix://{}",
+        socket.display()
+    ))?);
+    let limit: u64 = 48 << 20;
+    let req = UpdateTaskRequest {
+        id: id.clone(),
+        resources: MessageField::some(Any {
+            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":77}}}}"#)
+                .into_bytes(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    client.update(ttrpc::context::with_timeout(10_000_000_000), &req)?;
+    let cgroup = leftovers::cgroups_of(NAMESPACE, &id);
+    let read = |file: &str| {
+        cgroup
+            .iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+    };
+    let mem = read("memory.limit_in_bytes").or_else(|| read("memory.max"));
+    assert_eq!(mem, Some(limit.to_string()), "cgroups {cgroup:?}");
+    assert_eq!(read("pids.max"), Some("77".to_owned()));
+
+    // A request that is not OCI JSON is refused, naming the container.
+    let bad = UpdateTaskRequest {
+        id: id.clone(),
+        resources: MessageField::some(Any {
+            type_url: "x".into(),
+            value: b"nope".to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = client
+        .update(ttrpc::context::with_timeout(10_000_000_000), &bad)
+        .expect_err("invalid resources must fail");
+    assert!(format!("{err:?}").contains(&id), "{err:?}");
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", &id])?
+        .status
+        .success());
+    eventually("task to stop", || {
+        task_status(&c, &id).as_deref() == Some("STOPPED")
+    })?;
+    assert!(c.ctr(&["task", "rm", &id])?.status.success());
+    assert!(c.ctr(&["container", "rm", &id])?.status.success());
+    assert_clean(&c, &id, &id);
+    Ok(())
+}

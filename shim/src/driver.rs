@@ -171,7 +171,14 @@ impl Driver {
         A: Serialize + for<'de> Deserialize<'de> + Send + 'static,
         R: Serialize + for<'de> Deserialize<'de> + Send + 'static,
     {
-        let joined = tokio::task::spawn_blocking(move || Zygote::global().try_run(f, args)).await;
+        // Each operation runs in a short-lived zygote forked from the global one: the pages
+        // libcontainer touches are released when it exits, so the shim's idle footprint stays
+        // that of the task service alone.
+        let joined = tokio::task::spawn_blocking(move || {
+            let worker = Zygote::global().spawn();
+            worker.try_run(f, args)
+        })
+        .await;
         let runtime = |message: String| ShimError::Runtime {
             id: id.to_owned(),
             op,

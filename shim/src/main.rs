@@ -46,7 +46,12 @@ fn main() -> ExitCode {
         // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
         logging::init(&flags);
     }
-    if serve || flags.action == "delete" {
+    // `delete` needs libcontainer only when a container's state is left (the shim died).
+    let orphaned_state = flags.action == "delete"
+        && std::env::current_dir()
+            .map(|d| bundle::Bundle::new(d).state_root().join(&flags.id).exists())
+            .unwrap_or(false);
+    if serve || orphaned_state {
         Driver::init();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -99,8 +99,10 @@ impl Shim for NvidiaShim {
             .and_then(|c| c.pid())
             .map(|p| u32::try_from(p.as_raw()).unwrap_or_default())
             .unwrap_or_default();
-        if let Err(e) = Driver.delete(&state, true).await {
-            log::warn!("{e}");
+        if state.dir().exists() {
+            if let Err(e) = Driver.delete(&state, true).await {
+                log::warn!("{e}");
+            }
         }
         if let Err(e) = bundle.unmount_rootfs(&self.id) {
             log::warn!("{e}");

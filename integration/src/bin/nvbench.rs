@@ -1,0 +1,144 @@
+//! Benchmark: `io.containerd.nvidia.v2` against the Go runc shim (`io.containerd.runc.v2`) in
+//! the same run, on the same private containerd.
+//!
+//! `nvbench [--pairs N] [--shim PATH]` prints, for `ctr run --rm IMG ID /bin/true`, the median
+//! wall time of each runtime over N interleaved pairs (order alternating) and their ratio; then
+//! the resident memory (VmRSS and PSS, every process of the shim: ours has a zygote) while one
+//! container sleeps. Run as root, with a release build of the shim. containerd runs at its
+//! default log level (info).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::{leftovers, unique_id};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run_true(c: &Containerd, runtime: &str) -> Result<Duration> {
+    let id = unique_id("bench");
+    let t = Instant::now();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        BUSYBOX_IMAGE,
+        &id,
+        "/bin/true",
+    ])?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(d)
+}
+
+/// (VmRSS kB, PSS kB, process count) of the shim serving a sleeping container.
+fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<(u64, u64, usize)> {
+    let id = unique_id("mem");
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "600",
+    ])?;
+    if !out.status.success() {
+        bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let sock = c.socket().to_string_lossy().into_owned();
+    let pids = leftovers::processes_of(exe, &sock);
+    let (rss, pss) = pids
+        .iter()
+        .map(|&p| leftovers::memory_kb(p))
+        .fold((0, 0), |(a, b), (r, p)| (a + r, b + p));
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    for _ in 0..100 {
+        if c.ctr(&["task", "rm", &id])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.ctr(&["container", "rm", &id]);
+    Ok((rss, pss, pids.len()))
+}
+
+fn main() -> Result<()> {
+    let mut pairs = 20usize;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut shim = root.join("target/release/containerd-shim-nvidia-v2");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--pairs" => pairs = args.next().context("--pairs N")?.parse()?,
+            "--shim" => shim = PathBuf::from(args.next().context("--shim PATH")?),
+            other => bail!("unknown argument {other}; usage: nvbench [--pairs N] [--shim PATH]"),
+        }
+    }
+    if !shim.exists() {
+        bail!(
+            "{} missing: cargo build --release -p containerd-shim-nvidia-v2",
+            shim.display()
+        );
+    }
+    // containerd's default log level: at debug it makes both shims log every step.
+    let c = Containerd::start_with_level(&shim, "info")?;
+    c.import_busybox()?;
+    // Warm both paths (page cache, snapshotter) before measuring.
+    for _ in 0..2 {
+        run_true(&c, RUNTIME)?;
+        run_true(&c, RUNC)?;
+    }
+    let (mut ours, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        if i % 2 == 0 {
+            ours.push(run_true(&c, RUNTIME)?);
+            runc.push(run_true(&c, RUNC)?);
+        } else {
+            runc.push(run_true(&c, RUNC)?);
+            ours.push(run_true(&c, RUNTIME)?);
+        }
+    }
+    let (mo, mr) = (median(&mut ours), median(&mut runc));
+    println!("ctr run --rm {BUSYBOX_IMAGE} /bin/true, {pairs} interleaved pairs:");
+    println!("  {RUNTIME:<26} median {:>7.1} ms", mo.as_secs_f64() * 1e3);
+    println!("  {RUNC:<26} median {:>7.1} ms", mr.as_secs_f64() * 1e3);
+    println!(
+        "  ratio nvidia/runc               {:>7.2}",
+        mo.as_secs_f64() / mr.as_secs_f64()
+    );
+
+    let (orss, opss, on) = shim_memory(&c, RUNTIME, "containerd-shim-nvidia-v2")?;
+    let (rrss, rpss, rn) = shim_memory(&c, RUNC, "containerd-shim-runc-v2")?;
+    println!("shim memory while one container sleeps (all processes of the shim):");
+    println!(
+        "  {RUNTIME:<26} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes)",
+        orss as f64 / 1024.0,
+        opss as f64 / 1024.0
+    );
+    println!(
+        "  {RUNC:<26} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes)",
+        rrss as f64 / 1024.0,
+        rpss as f64 / 1024.0
+    );
+    println!(
+        "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
+        orss as f64 / rrss as f64,
+        opss as f64 / rpss as f64
+    );
+    Ok(())
+}

@@ -3,9 +3,11 @@
 //! shim on its PATH, stopped by its PID), test images written as OCI layouts, and checks that
 //! nothing is left behind.
 
+pub mod checks;
 pub mod containerd;
 pub mod image;
 pub mod leftovers;
+pub mod pty;
 
 use std::path::PathBuf;
 

@@ -60,6 +60,36 @@ impl Bundle {
             .unwrap_or_default()
     }
 
+    /// Whether the spec gives the container a new pid namespace (one without a `path`).
+    pub fn has_private_pid_namespace(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Ns {
+            #[serde(rename = "type")]
+            typ: String,
+            #[serde(default)]
+            path: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Linux {
+            #[serde(default)]
+            namespaces: Vec<Ns>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Partial {
+            linux: Option<Linux>,
+        }
+        std::fs::read(self.path.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Partial>(&b).ok())
+            .and_then(|p| p.linux)
+            .map(|l| {
+                l.namespaces
+                    .iter()
+                    .any(|n| n.typ == "pid" && n.path.as_deref().unwrap_or("").is_empty())
+            })
+            .unwrap_or(false)
+    }
+
     /// The id of the shim that serves this container: the first grouping annotation present,
     /// else the container's own id.
     pub fn group(&self, id: &str) -> String {
@@ -129,6 +159,25 @@ mod tests {
         let b = Bundle::new(dir.path());
         assert_eq!(b.group("c"), "s1");
         assert_eq!(b.state_root(), dir.path().join("libcontainer"));
+    }
+
+    #[test]
+    fn detects_private_pid_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bundle::new(dir.path());
+        let write = |ns: &str| {
+            std::fs::write(
+                dir.path().join("config.json"),
+                format!(r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{ns}]}}}}"#),
+            )
+            .unwrap()
+        };
+        write(r#"{"type":"mount"},{"type":"pid"}"#);
+        assert!(b.has_private_pid_namespace());
+        write(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#);
+        assert!(!b.has_private_pid_namespace());
+        write(r#"{"type":"mount"}"#);
+        assert!(!b.has_private_pid_namespace());
     }
 
     #[test]

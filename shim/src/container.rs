@@ -1,6 +1,7 @@
 //! One container served by the shim: what containerd told us at create, what libcontainer
 //! gave back, and the task state machine.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim::protos::protobuf::EnumOrUnknown;
@@ -9,8 +10,9 @@ use containerd_shim::protos::types::task::Status;
 use crate::bundle::Bundle;
 use crate::cgroup::ContainerCgroup;
 use crate::driver::StateRef;
+use crate::exec::ExecProcess;
 use crate::exit::ExitCell;
-use crate::stdio::StdinForwarder;
+use crate::procio::ProcessIo;
 
 /// Where the task is in its life. `Stopped` is derived from the exit cell, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +71,12 @@ pub struct Container {
     pub exit: Arc<ExitCell>,
     /// Whether the shim mounted the rootfs (and so must unmount it).
     pub rootfs_mounted: bool,
+    /// Whether the container has a pid namespace of its own (its processes die with init).
+    pub private_pid_ns: bool,
+    /// Init's I/O.
+    pub io: ProcessIo,
     state: Mutex<TaskState>,
-    stdin: Mutex<Option<StdinForwarder>>,
+    execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,8 +100,10 @@ pub struct ContainerParts {
     pub cgroup: ContainerCgroup,
     /// Whether the shim mounted the rootfs.
     pub rootfs_mounted: bool,
-    /// stdin forwarder, if stdin is a FIFO.
-    pub stdin: Option<StdinForwarder>,
+    /// Whether the container has a pid namespace of its own.
+    pub private_pid_ns: bool,
+    /// Init's I/O.
+    pub io: ProcessIo,
 }
 
 impl Container {
@@ -110,8 +118,10 @@ impl Container {
             cgroup: parts.cgroup,
             exit,
             rootfs_mounted: parts.rootfs_mounted,
+            private_pid_ns: parts.private_pid_ns,
+            io: parts.io,
             state: Mutex::new(TaskState::Created),
-            stdin: Mutex::new(parts.stdin),
+            execs: Mutex::default(),
         }
     }
 
@@ -137,10 +147,28 @@ impl Container {
         Ok(())
     }
 
-    /// Closes init's stdin (`CloseIO`).
-    pub fn close_stdin(&self) {
-        if let Some(fwd) = lock(&self.stdin).take() {
-            fwd.close();
+    /// The exec process `exec_id`.
+    pub fn exec(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
+        lock(&self.execs).get(exec_id).cloned()
+    }
+
+    /// Registers a new exec process; false if the id is taken.
+    pub fn add_exec(&self, exec: Arc<ExecProcess>) -> bool {
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(&exec.exec_id) {
+            return false;
         }
+        execs.insert(exec.exec_id.clone(), exec);
+        true
+    }
+
+    /// Forgets exec process `exec_id`.
+    pub fn remove_exec(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
+        lock(&self.execs).remove(exec_id)
+    }
+
+    /// Every exec process.
+    pub fn execs(&self) -> Vec<Arc<ExecProcess>> {
+        lock(&self.execs).values().cloned().collect()
     }
 }

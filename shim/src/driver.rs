@@ -37,6 +37,26 @@ impl StateRef {
     }
 }
 
+/// A new process's stdio: three fds, or a terminal whose master libcontainer sends to a
+/// console socket.
+#[derive(Serialize, Deserialize)]
+pub enum WireIo {
+    /// stdin, stdout, stderr.
+    Fds([WireFd<OwnedFd>; 3]),
+    /// The console socket's path.
+    Console(PathBuf),
+}
+
+fn with_io(builder: ContainerBuilder, io: WireIo) -> ContainerBuilder {
+    match io {
+        WireIo::Fds([stdin, stdout, stderr]) => builder
+            .with_stdin(stdin.into_inner())
+            .with_stdout(stdout.into_inner())
+            .with_stderr(stderr.into_inner()),
+        WireIo::Console(path) => builder.with_console_socket(Some(path)),
+    }
+}
+
 /// What the zygote needs to create a container.
 #[derive(Serialize, Deserialize)]
 pub struct CreateArgs {
@@ -46,8 +66,19 @@ pub struct CreateArgs {
     pub bundle: PathBuf,
     /// Use the systemd cgroup driver.
     pub systemd: bool,
-    /// The init process's stdin, stdout and stderr.
-    pub stdio: [WireFd<OwnedFd>; 3],
+    /// The init process's stdio.
+    pub io: WireIo,
+}
+
+/// What the zygote needs to start an extra process in a running container.
+#[derive(Serialize, Deserialize)]
+pub struct ExecArgs {
+    /// The container.
+    pub state: StateRef,
+    /// A file holding the OCI `Process` JSON of the new process.
+    pub process: PathBuf,
+    /// Its stdio.
+    pub io: WireIo,
 }
 
 /// What a successful create returns.
@@ -70,16 +101,14 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         state,
         bundle,
         systemd,
-        stdio: [stdin, stdout, stderr],
+        io,
     } = args;
-    let container = ContainerBuilder::new(state.id.clone(), SyscallType::default())
+    let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
         .map_err(flatten)?
         .validate_id()
-        .map_err(flatten)?
-        .with_stdin(stdin.into_inner())
-        .with_stdout(stdout.into_inner())
-        .with_stderr(stderr.into_inner())
+        .map_err(flatten)?;
+    let container = with_io(builder, io)
         .as_init(&bundle)
         .with_systemd(systemd)
         .with_detach(true)
@@ -103,6 +132,23 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         .as_raw();
     let cgroup_path = container.spec().map_err(flatten)?.cgroup_path;
     Ok(Created { pid, cgroup_path })
+}
+
+/// Starts a process inside the running container: it joins every namespace and the cgroup of
+/// the container (libcontainer's tenant builder) and is the shim's child.
+fn zy_exec(args: ExecArgs) -> Wire<i32> {
+    let ExecArgs { state, process, io } = args;
+    let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
+        .with_root_path(&state.root)
+        .map_err(flatten)?;
+    let pid = with_io(builder, io)
+        .as_tenant()
+        .with_process(Some(&process))
+        .as_sibling(true)
+        .with_detach(true)
+        .build()
+        .map_err(flatten)?;
+    Ok(pid.as_raw())
 }
 
 fn zy_detach_stdout((): ()) -> Wire<()> {
@@ -196,6 +242,12 @@ impl Driver {
     pub async fn create(&self, args: CreateArgs) -> Result<Created> {
         let id = args.state.id.clone();
         Self::call(&id, "create", zy_create, args).await
+    }
+
+    /// Starts an exec process; returns its host pid.
+    pub async fn exec(&self, args: ExecArgs) -> Result<i32> {
+        let id = args.state.id.clone();
+        Self::call(&id, "exec", zy_exec, args).await
     }
 
     /// Lets the parked init exec the container's process.

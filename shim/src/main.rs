@@ -5,13 +5,17 @@
 
 mod bundle;
 mod cgroup;
+mod console;
 mod container;
 mod driver;
 mod error;
 mod events;
+mod exec;
 mod exit;
 mod logging;
+mod oom;
 mod options;
+mod procio;
 mod shim;
 mod stdio;
 mod task;

@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -41,8 +41,22 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
     if path.is_empty() {
         return dev_null(id);
     }
-    let target = path.strip_prefix("file://").unwrap_or(path);
-    if target.contains("://") {
+    if let Some(file) = path.strip_prefix("file://") {
+        // A log file: created if missing, appended to.
+        if let Some(dir) = Path::new(file).parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ShimError::io(id, format!("create log dir {}", dir.display()), e))?;
+        }
+        return OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(file)
+            .map(OwnedFd::from)
+            .map_err(|e| ShimError::io(id, format!("open log file {file}"), e));
+    }
+    if path.contains("://") {
         return Err(ShimError::Unimplemented {
             id: id.to_owned(),
             what: "stdio URIs other than FIFOs and file://",
@@ -52,9 +66,9 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
-        .open(target)
+        .open(path)
         .map(OwnedFd::from)
-        .map_err(|e| ShimError::io(id, format!("open stdio {target}"), e))
+        .map_err(|e| ShimError::io(id, format!("open stdio {path}"), e))
 }
 
 impl ProcessStdio {
@@ -184,7 +198,6 @@ async fn forward(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::path::Path;
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -257,6 +270,18 @@ mod tests {
             .expect("close must end the forwarder")
             .unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn file_uri_appends_to_a_created_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/out.log");
+        let uri = format!("file://{}", log.display());
+        for _ in 0..2 {
+            let fd = open_output("c", &uri).unwrap();
+            File::from(fd).write_all(b"x\n").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "x\nx\n");
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, Empty, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResumeRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
-    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    DeleteRequest, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
+    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
@@ -24,12 +25,13 @@ use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResul
 use crate::bundle::Bundle;
 use crate::cgroup::{decode_resources, ContainerCgroup};
 use crate::container::{Container, ContainerParts, StdioPaths, TaskState};
-use crate::driver::{CreateArgs, Driver, StateRef};
+use crate::driver::{CreateArgs, Driver, ExecArgs, StateRef};
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
+use crate::exec::{ExecProcess, Started};
 use crate::exit::{ExitCell, ExitRouter, ExitStatus};
 use crate::options::{config_path_from_any, load_config};
-use crate::stdio::ProcessStdio;
+use crate::procio::PreparedIo;
 
 /// How long a shim that has never been given a container waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
@@ -130,16 +132,6 @@ impl TaskService {
         })
     }
 
-    fn no_exec(id: &str, exec_id: &str) -> Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(ShimError::NotFound {
-                id: format!("{id} exec {exec_id}"),
-            })
-        }
-    }
-
     /// Creates the container: rootfs, stdio, then libcontainer in the zygote.
     pub async fn create(&self, req: &CreateTaskRequest) -> Result<u32> {
         let id = req.id.as_str();
@@ -147,12 +139,6 @@ impl TaskService {
             return Err(ShimError::Unimplemented {
                 id: id.to_owned(),
                 what: "restore from checkpoint",
-            });
-        }
-        if req.terminal {
-            return Err(ShimError::Unimplemented {
-                id: id.to_owned(),
-                what: "terminal for the init process",
             });
         }
         let reservation = self.reserve(id)?;
@@ -173,18 +159,19 @@ impl TaskService {
                 }
             }
         };
-        let stdio = match ProcessStdio::open(id, &req.stdin, &req.stdout, &req.stderr) {
-            Ok(s) => s,
+        let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
+            Ok(io) => io,
             Err(e) => {
                 undo_rootfs(&bundle);
                 return Err(e);
             }
         };
+        let private_pid_ns = bundle.has_private_pid_namespace();
         let state_ref = StateRef {
             root: bundle.state_root(),
             id: id.to_owned(),
         };
-        let ProcessStdio { fds, stdin } = stdio;
+        let (wire_io, pending) = io.split();
         let exit = Arc::new(ExitCell::default());
         let guard = self.exits.begin_create();
         let created = self
@@ -193,19 +180,30 @@ impl TaskService {
                 state: state_ref.clone(),
                 bundle: bundle.path().to_owned(),
                 systemd: config.systemd_cgroup,
-                stdio: fds.map(Into::into),
+                io: wire_io,
             })
             .await;
         let created = match created {
             Ok(c) => c,
             Err(e) => {
-                drop(stdin);
+                drop(pending);
                 undo_rootfs(&bundle);
                 return Err(e);
             }
         };
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
+        let io = match pending.attach(id, &req.stdin, &req.stdout) {
+            Ok(io) => io,
+            Err(e) => {
+                if let Err(del) = self.driver.delete(&state_ref, true).await {
+                    log::warn!("{del}");
+                }
+                self.exits.forget(created.pid);
+                undo_rootfs(&bundle);
+                return Err(e);
+            }
+        };
 
         let container = Arc::new(Container::new(
             ContainerParts {
@@ -221,7 +219,8 @@ impl TaskService {
                     terminal: req.terminal,
                 },
                 rootfs_mounted,
-                stdin,
+                private_pid_ns,
+                io,
             },
             exit,
         ));
@@ -232,6 +231,7 @@ impl TaskService {
         }
         drop(reservation);
         log::info!("container {id}: created, init pid {}", created.pid);
+        crate::oom::watch(&container, self.events.clone());
         let pid = u32::try_from(created.pid).unwrap_or_default();
         self.events
             .publish(
@@ -256,10 +256,13 @@ impl TaskService {
         Ok(pid)
     }
 
-    /// Starts a created container and begins reporting its exit.
+    /// Starts a created container (or, with an exec id, one of its exec processes) and
+    /// begins reporting its exit.
     pub async fn start(&self, req: &StartRequest) -> Result<u32> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&c, &req.exec_id).await;
+        }
         if let Err(found) = c.transition(TaskState::Created, TaskState::Running) {
             return Err(ShimError::FailedPrecondition {
                 id: c.id.clone(),
@@ -283,7 +286,13 @@ impl TaskService {
         let events = self.events.clone();
         tokio::spawn(async move {
             let status = c.exit.wait().await;
+            c.io.drained().await;
             log::info!("container {}: exited with status {}", c.id, status.code);
+            if !c.private_pid_ns {
+                // No pid namespace of its own: nothing else ends the rest, so the shim does,
+                // as the runc shim does.
+                kill_remaining(&c);
+            }
             events
                 .publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
@@ -303,8 +312,25 @@ impl TaskService {
 
     /// The task's state as containerd reads it.
     pub fn state(&self, req: &StateRequest) -> Result<StateResponse> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let e = Self::get_exec(&c, &req.exec_id)?;
+            let exit = e.exit.get();
+            return Ok(StateResponse {
+                id: e.exec_id.clone(),
+                exec_id: e.exec_id.clone(),
+                bundle: c.bundle.path().to_string_lossy().into_owned(),
+                pid: e.pid(),
+                status: e.state().status(),
+                stdin: e.stdio.stdin.clone(),
+                stdout: e.stdio.stdout.clone(),
+                stderr: e.stdio.stderr.clone(),
+                terminal: e.stdio.terminal,
+                exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
+                exited_at: MessageField::from_option(exit.map(|e| e.at)),
+                ..Default::default()
+            });
+        }
         let exit = c.exit.get();
         Ok(StateResponse {
             id: c.id.clone(),
@@ -323,8 +349,29 @@ impl TaskService {
 
     /// Signals init, or every process of the container with `all`.
     pub async fn kill(&self, req: &KillRequest) -> Result<()> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let e = Self::get_exec(&c, &req.exec_id)?;
+            let not_running = || ShimError::ProcessFinished {
+                id: format!("{} exec {}", c.id, e.exec_id),
+            };
+            let started = e.started().ok_or_else(|| ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("exec {} is not started", e.exec_id),
+            })?;
+            if e.exit.get().is_some() {
+                return Err(not_running());
+            }
+            let signal =
+                nix::sys::signal::Signal::try_from(i32::try_from(req.signal).unwrap_or(-1))
+                    .map_err(|_| ShimError::InvalidArgument {
+                        id: c.id.clone(),
+                        reason: format!("invalid signal {}", req.signal),
+                    })?;
+            // The pid stays ours until the shim reaps it, and it is reaped only once exited.
+            return nix::sys::signal::kill(nix::unistd::Pid::from_raw(started.pid), signal)
+                .map_err(|_| not_running());
+        }
         if c.state() == TaskState::Stopped {
             return Err(ShimError::ProcessFinished { id: c.id.clone() });
         }
@@ -338,9 +385,19 @@ impl TaskService {
 
     /// Waits for init to exit.
     pub async fn wait(&self, req: &WaitRequest) -> Result<WaitResponse> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
-        let status = c.exit.wait().await;
+        let status = if req.exec_id.is_empty() {
+            let status = c.exit.wait().await;
+            c.io.drained().await;
+            status
+        } else {
+            let e = Self::get_exec(&c, &req.exec_id)?;
+            let status = e.exit.wait().await;
+            if let Some(s) = e.started() {
+                s.io.drained().await;
+            }
+            status
+        };
         Ok(WaitResponse {
             exit_status: status.code,
             exited_at: MessageField::some(status.at),
@@ -350,8 +407,10 @@ impl TaskService {
 
     /// Deletes a stopped or never-started container and everything the shim made for it.
     pub async fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(&c, &req.exec_id);
+        }
         match c.state() {
             TaskState::Running | TaskState::Paused => {
                 return Err(ShimError::FailedPrecondition {
@@ -370,7 +429,14 @@ impl TaskService {
             }
             TaskState::Stopped => self.driver.delete(&c.state_ref, true).await?,
         }
-        c.close_stdin();
+        c.io.close_stdin();
+        for e in c.execs() {
+            if let Some(s) = e.started() {
+                s.io.close_stdin();
+                self.exits.forget(s.pid);
+            }
+            c.remove_exec(&e.exec_id);
+        }
         if c.rootfs_mounted {
             c.bundle.unmount_rootfs(&c.id)?;
         }
@@ -501,12 +567,223 @@ impl TaskService {
 
     /// Closes init's stdin.
     pub fn close_io(&self, req: &CloseIORequest) -> Result<()> {
-        Self::no_exec(&req.id, &req.exec_id)?;
         let c = self.get(&req.id)?;
-        if req.stdin {
-            c.close_stdin();
+        if !req.stdin {
+            return Ok(());
+        }
+        if req.exec_id.is_empty() {
+            c.io.close_stdin();
+        } else if let Some(s) = Self::get_exec(&c, &req.exec_id)?.started() {
+            s.io.close_stdin();
         }
         Ok(())
+    }
+
+    /// Resizes the terminal of init or of an exec process.
+    pub fn resize_pty(&self, req: &ResizePtyRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        let no_tty = || ShimError::FailedPrecondition {
+            id: c.id.clone(),
+            reason: "the process has no terminal".into(),
+        };
+        if req.exec_id.is_empty() {
+            let console = c.io.console().ok_or_else(no_tty)?;
+            return console.resize(&c.id, req.width, req.height);
+        }
+        let started = Self::get_exec(&c, &req.exec_id)?
+            .started()
+            .ok_or_else(no_tty)?;
+        let console = started.io.console().ok_or_else(no_tty)?;
+        console.resize(&c.id, req.width, req.height)
+    }
+
+    fn get_exec(c: &Container, exec_id: &str) -> Result<Arc<ExecProcess>> {
+        c.exec(exec_id).ok_or_else(|| ShimError::NotFound {
+            id: format!("{} exec {exec_id}", c.id),
+        })
+    }
+
+    /// Registers an exec process (`Exec`); `Start` with its id runs it.
+    pub async fn exec(&self, req: &ExecProcessRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        if c.state() == TaskState::Stopped {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot exec {}: the container is not running", req.exec_id),
+            });
+        }
+        let any = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument {
+                id: c.id.clone(),
+                reason: format!("exec {} has no process spec", req.exec_id),
+            })?;
+        // Validate now, so a malformed spec fails Exec rather than Start.
+        serde_json::from_slice::<oci_spec::runtime::Process>(&any.value).map_err(|e| {
+            ShimError::InvalidArgument {
+                id: c.id.clone(),
+                reason: format!(
+                    "exec {}: process spec is not OCI Process JSON: {e}",
+                    req.exec_id
+                ),
+            }
+        })?;
+        let exec = Arc::new(ExecProcess::new(
+            &req.exec_id,
+            any.value.clone(),
+            StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+        ));
+        if !c.add_exec(exec) {
+            return Err(ShimError::AlreadyExists {
+                id: format!("{} exec {}", c.id, req.exec_id),
+            });
+        }
+        self.events
+            .publish(
+                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded {
+                    container_id: c.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
+        let e = Self::get_exec(c, exec_id)?;
+        if c.state() == TaskState::Stopped {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot start exec {exec_id}: the container is not running"),
+            });
+        }
+        if !e.claim_start() {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("exec {exec_id} was already started"),
+            });
+        }
+        let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
+        std::fs::write(&spec_file, &e.process)
+            .map_err(|err| ShimError::io(&c.id, format!("write {}", spec_file.display()), err))?;
+        let io = PreparedIo::open(
+            &c.id,
+            e.stdio.terminal,
+            &e.stdio.stdin,
+            &e.stdio.stdout,
+            &e.stdio.stderr,
+        );
+        let io = match io {
+            Ok(io) => io,
+            Err(err) => {
+                let _ = std::fs::remove_file(&spec_file);
+                return Err(err);
+            }
+        };
+        let (wire_io, pending) = io.split();
+        let guard = self.exits.begin_create();
+        let pid = self
+            .driver
+            .exec(ExecArgs {
+                state: c.state_ref.clone(),
+                process: spec_file.clone(),
+                io: wire_io,
+            })
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(err) => {
+                drop(pending);
+                // containerd deletes the exec next; report it as failed to run.
+                e.exit.set(ExitStatus::now(127));
+                return Err(err);
+            }
+        };
+        self.exits.watch(pid, Arc::clone(&e.exit));
+        drop(guard);
+        let io = match pending.attach(&c.id, &e.stdio.stdin, &e.stdio.stdout) {
+            Ok(io) => Arc::new(io),
+            Err(err) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(err);
+            }
+        };
+        e.set_started(Started {
+            pid,
+            io: Arc::clone(&io),
+        });
+        let upid = u32::try_from(pid).unwrap_or_default();
+        log::info!("container {}: exec {exec_id} started, pid {pid}", c.id);
+        self.events
+            .publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: c.id.clone(),
+                    exec_id: exec_id.to_owned(),
+                    pid: upid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let events = self.events.clone();
+        let container_id = c.id.clone();
+        tokio::spawn(async move {
+            let status = e.exit.wait().await;
+            io.drained().await;
+            log::info!(
+                "container {container_id}: exec {} exited with status {}",
+                e.exec_id,
+                status.code
+            );
+            events
+                .publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id,
+                        id: e.exec_id.clone(),
+                        pid: upid,
+                        exit_status: status.code,
+                        exited_at: MessageField::some(status.at),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        });
+        Ok(upid)
+    }
+
+    fn delete_exec(&self, c: &Container, exec_id: &str) -> Result<DeleteResponse> {
+        let e = Self::get_exec(c, exec_id)?;
+        if e.state() == TaskState::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot delete running exec {exec_id}"),
+            });
+        }
+        c.remove_exec(exec_id);
+        if let Some(s) = e.started() {
+            s.io.close_stdin();
+            self.exits.forget(s.pid);
+        }
+        let status = e.exit.get().unwrap_or_else(|| ExitStatus::now(0));
+        Ok(DeleteResponse {
+            pid: e.pid(),
+            exit_status: status.code,
+            exited_at: MessageField::some(status.at),
+            ..Default::default()
+        })
     }
 
     /// The shim's and the task's pids.
@@ -530,6 +807,21 @@ impl TaskService {
             log::info!("no containers left; shutting down");
             self.shutdown.signal();
         }
+    }
+}
+
+/// SIGKILLs every process left in the container's cgroup.
+fn kill_remaining(c: &Container) {
+    match c.cgroup.pids() {
+        Ok(pids) => {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Err(e) => log::warn!("{e}"),
     }
 }
 
@@ -622,6 +914,19 @@ impl Task for TaskApi {
         req: ConnectRequest,
     ) -> TtrpcResult<ConnectResponse> {
         Ok(self.0.connect(&req)?)
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.0
+            .exec(&req)
+            .await
+            .inspect_err(|e| log::error!("{e}"))?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.0.resize_pty(&req)?;
+        Ok(Empty::new())
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {

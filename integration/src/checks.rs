@@ -1,0 +1,85 @@
+//! Shared steps of the end-to-end tests: a containerd with the busybox image, `ctr run`
+//! argument lists, polling, task status, and the check that a container left nothing behind.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+use crate::{can_run_containerd, leftovers};
+
+/// A private containerd with the busybox image, or `None` (with the reason printed) when the
+/// tests cannot run here.
+pub fn setup(test: &str) -> Option<Containerd> {
+    if !can_run_containerd(test) {
+        return None;
+    }
+    let c = Containerd::start().expect("start containerd");
+    c.import_busybox().expect("import busybox image");
+    Some(c)
+}
+
+/// Bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `ctr run --runtime io.containerd.nvidia.v2 EXTRA IMAGE ID CMD...`.
+pub fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", "--runtime", RUNTIME];
+    v.extend_from_slice(extra);
+    v.push(BUSYBOX_IMAGE);
+    v.push(id);
+    v.extend_from_slice(cmd);
+    v
+}
+
+/// Polls `f` until it returns true or 15 s pass.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// The status `ctr task ls` shows for `id`.
+pub fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr(&["task", "ls"]).ok()?;
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+}
+
+/// Asserts that container `id` (shim group `group`) left nothing behind: no shim process, no
+/// shim socket, no mount, no cgroup, no bundle or state dir.
+pub fn assert_clean(c: &Containerd, id: &str, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shims = leftovers::shim_pids(&c.socket());
+        let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
+        let mounts = leftovers::mounts_under(&c.bundle(id));
+        let cgroups = leftovers::cgroups_of(NAMESPACE, id);
+        let bundle = c.bundle(id).exists();
+        if shims.is_empty()
+            && !socket.exists()
+            && mounts.is_empty()
+            && cgroups.is_empty()
+            && !bundle
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "container {id} left: shims {shims:?}, socket {socket:?} exists {}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {bundle}\n{}",
+                socket.exists(),
+                c.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

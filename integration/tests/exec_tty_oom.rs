@@ -1,0 +1,231 @@
+//! Task API parity with the runc shim (issue 3): exec, terminals and resize, OOM, log URIs,
+//! concurrent execs, and a failing exec.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use containerd_shim_protos::api::ResizePtyRequest;
+use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
+use containerd_shim_protos::ttrpc;
+use nvidia_shim_integration::checks::{
+    assert_clean, eventually, run_args, setup, task_status, text,
+};
+use nvidia_shim_integration::containerd::{Containerd, NAMESPACE};
+use nvidia_shim_integration::pty::PtyChild;
+use nvidia_shim_integration::{leftovers, unique_id};
+
+/// Starts a detached `sleep` container.
+fn sleeper(c: &Containerd, prefix: &str) -> Result<String> {
+    let id = unique_id(prefix);
+    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    Ok(id)
+}
+
+fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    eventually("task to stop", || {
+        task_status(c, id).as_deref() == Some("STOPPED")
+    })?;
+    assert!(c.ctr(&["task", "rm", id])?.status.success());
+    assert!(c.ctr(&["container", "rm", id])?.status.success());
+    assert_clean(c, id, id);
+    Ok(())
+}
+
+fn shim_client(c: &Containerd, group: &str) -> Result<TaskClient> {
+    let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
+    Ok(TaskClient::new(ttrpc::Client::connect(&format!(
+        "unix://{}",
+        socket.display()
+    ))?))
+}
+
+#[test]
+fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
+    let Some(c) = setup("exec_returns_its_exit_code_output_and_gets_a_tty") else {
+        return Ok(());
+    };
+    let id = sleeper(&c, "exec")?;
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 7",
+    ])?;
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-exec\n");
+
+    let mut tty = PtyChild::spawn(
+        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "e2", &id, "tty"]),
+        24,
+        80,
+    )?;
+    tty.expect("/dev/pts/")?;
+    assert!(tty.wait()?.success());
+    stop_and_remove(&c, &id)
+}
+
+#[test]
+fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
+    let Some(c) = setup("init_tty_follows_resize_through_the_task_api") else {
+        return Ok(());
+    };
+    let id = unique_id("tty");
+    let mut cmd = c.ctr_cmd(&run_args(&id, &["-t", "--rm"], &["sh"]));
+    cmd.env("TERM", "dumb");
+    let mut tty = PtyChild::spawn(cmd, 24, 80)?;
+    tty.expect("/ # ")?; // the shell's prompt: ctr has set the container's terminal up
+    tty.send("stty size\n")?;
+    tty.expect("24 80")?;
+    shim_client(&c, &id)?.resize_pty(
+        ttrpc::context::with_timeout(10_000_000_000),
+        &ResizePtyRequest {
+            id: id.clone(),
+            width: 100,
+            height: 40,
+            ..Default::default()
+        },
+    )?;
+    tty.send("stty size\n")?;
+    tty.expect("40 100")?;
+    tty.send("tty; exit 5\n")?;
+    tty.expect("/dev/pts/")?;
+    assert_eq!(tty.wait()?.code(), Some(5));
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn oom_kill_is_reported_with_status_137() -> Result<()> {
+    let Some(c) = setup("oom_kill_is_reported_with_status_137") else {
+        return Ok(());
+    };
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    eprintln!(
+        "exercising the cgroup {} OOM watcher",
+        if v2 { "v2" } else { "v1" }
+    );
+    let mut events = c
+        .ctr_cmd(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let id = unique_id("oom");
+    let out = c.ctr(&run_args(
+        &id,
+        &["--rm", "--memory-limit", "33554432"],
+        &["sh", "-c", "head -c 268435456 /dev/zero | tail"],
+    ))?;
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let ev = events.wait_with_output()?;
+    let ev = text(&ev.stdout);
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "no /tasks/oom event for {id}:\n{ev}"
+    );
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn file_log_uri_receives_stdout() -> Result<()> {
+    let Some(c) = setup("file_log_uri_receives_stdout") else {
+        return Ok(());
+    };
+    let id = unique_id("logfile");
+    let log = c.dir().join("logs").join(format!("{id}.log"));
+    let uri = format!("file://{}", log.display());
+    let out = c.ctr(&run_args(
+        &id,
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "echo to-the-log; echo err >&2"],
+    ))?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let written = std::fs::read_to_string(&log)?;
+    assert!(written.contains("to-the-log"), "log file holds {written:?}");
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
+    let Some(c) = setup("twenty_concurrent_execs_report_their_own_exit_codes") else {
+        return Ok(());
+    };
+    let id = sleeper(&c, "execs")?;
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let script = format!("sleep 0.2; echo exec-{i}; exit {}", i + 10);
+            let mut cmd = c.ctr_cmd(&[
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("x{i}"),
+                &id,
+                "sh",
+                "-c",
+                &script,
+            ]);
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().map(|child| (i, child))
+        })
+        .collect::<std::io::Result<_>>()?;
+    for (i, child) in children {
+        let out = child.wait_with_output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(i + 10),
+            "exec x{i}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), format!("exec-{i}\n"));
+    }
+    stop_and_remove(&c, &id)
+}
+
+#[test]
+fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
+    let Some(c) = setup("exec_of_a_missing_binary_fails_clearly_and_leaves_nothing") else {
+        return Ok(());
+    };
+    let id = sleeper(&c, "execmiss")?;
+    let out = c.ctr(&["task", "exec", "--exec-id", "bad", &id, "/no/such/binary"])?;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/no/such/binary") && err.contains(&id),
+        "error: {err}"
+    );
+    // Only init is left in the container, and no exec spec file stays in the bundle.
+    let ps = c.ctr(&["task", "ps", &id])?;
+    assert_eq!(
+        text(&ps.stdout).lines().count(),
+        2,
+        "task ps: {}",
+        text(&ps.stdout)
+    );
+    let stray: Vec<_> = std::fs::read_dir(c.bundle(&id))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".exec-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // The same exec id is free again.
+    let again = c.ctr(&["task", "exec", "--exec-id", "bad", &id, "true"])?;
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    stop_and_remove(&c, &id)
+}

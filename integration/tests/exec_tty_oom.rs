@@ -229,3 +229,100 @@ fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
     assert!(again.status.success(), "{}", text(&again.stderr));
     stop_and_remove(&c, &id)
 }
+
+#[test]
+fn binary_log_uri_feeds_the_logging_binary() -> Result<()> {
+    let Some(c) = setup("binary_log_uri_feeds_the_logging_binary") else {
+        return Ok(());
+    };
+    let id = unique_id("logbin");
+    let logger = c.dir().join("logger.sh");
+    let out = c.dir().join(format!("{id}.log"));
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n# containerd logging-binary protocol: stdout on fd 3, stderr on fd 4, ready on fd 5\n\
+         echo \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2.meta\"\n\
+         exec 5>&-\ncat <&3 > \"$2\" &\ncat <&4 > \"$2.err\" &\nwait\n",
+    )?;
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let uri = format!("binary://{}?file={}", logger.display(), out.display());
+    let run = c.ctr(&run_args(
+        &id,
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "echo to-logger; echo oops >&2"],
+    ))?;
+    assert!(run.status.success(), "stderr: {}", text(&run.stderr));
+    eventually("the logger to write both streams", || {
+        std::fs::read_to_string(&out).unwrap_or_default() == "to-logger\n"
+            && std::fs::read_to_string(out.with_extension("log.err")).unwrap_or_default()
+                == "oops\n"
+    })?;
+    let meta = std::fs::read_to_string(out.with_extension("log.meta"))?;
+    assert_eq!(meta.trim(), format!("{NAMESPACE}/{id}"));
+    eventually("the logger to exit", || {
+        leftovers::processes_matching(&logger.to_string_lossy()).is_empty()
+    })?;
+    assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+/// A `sleep` duration unique to this test process, to find its processes on the host.
+fn unique_sleep(offset: u32) -> String {
+    (100_000 + std::process::id() * 4 + offset).to_string()
+}
+
+#[test]
+fn host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process() -> Result<()> {
+    let Some(c) =
+        setup("host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process")
+    else {
+        return Ok(());
+    };
+    // Init leaves a background child behind: without a pid namespace of its own nothing else
+    // would end it, so the shim does, as the runc shim does.
+    // The test's own pid namespace is the host's (pid 1's is not readable in some sandboxes).
+    let host_ns = format!("pid:/proc/{}/ns/pid", std::process::id());
+    let orphan = unique_sleep(0);
+    let id = unique_id("hostpid");
+    let script = format!("sleep {orphan} & exit 0");
+    let out = c.ctr(&run_args(
+        &id,
+        &["--rm", "--with-ns", &host_ns],
+        &["sh", "-c", &script],
+    ))?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    eventually("the orphan to be killed", || {
+        leftovers::processes_matching(&format!("sleep {orphan}")).is_empty()
+    })?;
+    assert_clean(&c, &id, &id);
+
+    // kill --all signals every process of the container, not only init.
+    let (a, b) = (unique_sleep(1), unique_sleep(2));
+    let id = unique_id("killall");
+    let script = format!("sleep {a} & sleep {b}");
+    let out = c.ctr(&run_args(
+        &id,
+        &["-d", "--with-ns", &host_ns],
+        &["sh", "-c", &script],
+    ))?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    eventually("both sleeps to run", || {
+        leftovers::processes_matching(&format!("sleep {a}")).len() == 1
+            && leftovers::processes_matching(&format!("sleep {b}")).len() == 1
+    })?;
+    assert!(c
+        .ctr(&["task", "kill", "--all", "-s", "SIGKILL", &id])?
+        .status
+        .success());
+    eventually("every process to die", || {
+        leftovers::processes_matching(&format!("sleep {a}")).is_empty()
+            && leftovers::processes_matching(&format!("sleep {b}")).is_empty()
+    })?;
+    eventually("task to stop", || {
+        task_status(&c, &id).as_deref() == Some("STOPPED")
+    })?;
+    assert!(c.ctr(&["task", "rm", &id])?.status.success());
+    assert!(c.ctr(&["container", "rm", &id])?.status.success());
+    assert_clean(&c, &id, &id);
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod exec;
 mod exit;
+mod logdriver;
 mod logging;
 mod oom;
 mod options;

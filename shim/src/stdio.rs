@@ -59,7 +59,7 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
     if path.contains("://") {
         return Err(ShimError::Unimplemented {
             id: id.to_owned(),
-            what: "stdio URIs other than FIFOs and file://",
+            what: "stdio URIs other than FIFOs, file:// and binary://",
         });
     }
     OpenOptions::new()
@@ -74,6 +74,10 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
 impl ProcessStdio {
     /// Opens the stdio containerd asked for; empty paths become `/dev/null`.
     pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
+        if stdout.starts_with("binary://") {
+            let (out, err) = crate::logdriver::start(id, stdout)?;
+            return Self::with_outputs(id, stdin, out, err);
+        }
         let out = open_output(id, stdout)?;
         let err = if stderr == stdout && !stderr.is_empty() {
             out.try_clone()
@@ -81,6 +85,10 @@ impl ProcessStdio {
         } else {
             open_output(id, stderr)?
         };
+        Self::with_outputs(id, stdin, out, err)
+    }
+
+    fn with_outputs(id: &str, stdin: &str, out: OwnedFd, err: OwnedFd) -> Result<Self> {
         if stdin.is_empty() {
             return Ok(Self {
                 fds: [dev_null(id)?, out, err],
@@ -286,7 +294,7 @@ mod tests {
 
     #[test]
     fn unknown_uri_is_rejected() {
-        let err = open_output("c9", "binary:///usr/bin/logger").unwrap_err();
+        let err = open_output("c9", "syslog://host").unwrap_err();
         assert!(err.to_string().contains("container c9"));
     }
 }

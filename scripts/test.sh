@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of all crates, then the end-to-end tests against a real, private
-# containerd (as root; they skip with a reason otherwise). GPU tests skip without /dev/nvidiactl.
+# containerd (as root; they skip with a reason otherwise). Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --locked -p containerd-shim-nvidia-v2
-cargo test --locked --workspace -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
 use crate::{can_run_containerd, leftovers};
@@ -81,5 +81,78 @@ pub fn assert_clean(c: &Containerd, id: &str, group: &str) {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills task `id`, waits for it to stop, removes task and container, and checks that
+/// nothing is left (for a container that is its own shim group).
+pub fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    eventually("task to stop", || {
+        task_status(c, id).as_deref() == Some("STOPPED")
+    })?;
+    let rm = c.ctr(&["task", "rm", id])?;
+    if !rm.status.success() {
+        bail!("ctr task rm {id}: {}", text(&rm.stderr));
+    }
+    let rm = c.ctr(&["container", "rm", id])?;
+    if !rm.status.success() {
+        bail!("ctr container rm {id}: {}", text(&rm.stderr));
+    }
+    assert_clean(c, id, id);
+    Ok(())
+}
+
+/// `ctr events`, read line by line in the background.
+#[derive(Debug)]
+pub struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EventStream {
+    /// Subscribes to containerd's events.
+    pub fn start(c: &Containerd) -> Result<Self> {
+        let mut child = c
+            .ctr_cmd(&["events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("ctr events stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let the subscription settle before the caller acts.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Self { child, lines })
+    }
+
+    /// The first event line with `topic` that names `id`, within 15 s.
+    pub fn wait_for(&self, topic: &str, id: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(topic) && l.contains(id) => return Ok(l),
+                Ok(_) => continue,
+                Err(_) => bail!("no {topic} event for {id} within 15 s"),
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

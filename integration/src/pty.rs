@@ -78,14 +78,40 @@ impl PtyChild {
 
     /// Reads until `needle` appears in the output since the last match (15 s at most).
     pub fn expect(&mut self, needle: &str) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        match self.expect_within(needle, Duration::from_secs(15))? {
+            Some(out) => Ok(out),
+            None => bail!(
+                "timed out waiting for {needle:?}; output so far: {:?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Types `line` until `needle` shows in the answer (for state that settles
+    /// asynchronously, such as a terminal size the client sets after start).
+    pub fn retry_until(&mut self, line: &str, needle: &str) -> Result<String> {
+        for _ in 0..30 {
+            self.send(line)?;
+            if let Some(out) = self.expect_within(needle, Duration::from_millis(500))? {
+                return Ok(out);
+            }
+        }
+        bail!(
+            "{needle:?} never answered {line:?}; output so far: {:?}",
+            self.seen
+        )
+    }
+
+    /// Like [`PtyChild::expect`] with a limit; `None` when it passes.
+    pub fn expect_within(&mut self, needle: &str, limit: Duration) -> Result<Option<String>> {
+        let deadline = Instant::now() + limit;
         let mut buf = [0u8; 4096];
         loop {
             if let Some(pos) = self.seen.find(needle) {
                 let upto = pos + needle.len();
                 let out = self.seen[..upto].to_owned();
                 self.seen.drain(..upto);
-                return Ok(out);
+                return Ok(Some(out));
             }
             match self.master.read(&mut buf) {
                 Ok(0) => {}

@@ -1,14 +1,12 @@
 //! Task API parity with the runc shim (issue 3): exec, terminals and resize, OOM, log URIs,
 //! concurrent execs, and a failing exec.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use containerd_shim_protos::api::ResizePtyRequest;
 use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
 use containerd_shim_protos::ttrpc;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, task_status, text,
+    assert_clean, eventually, run_args, setup, stop_and_remove, text, EventStream,
 };
 use nvidia_shim_integration::containerd::{Containerd, NAMESPACE};
 use nvidia_shim_integration::pty::PtyChild;
@@ -20,17 +18,6 @@ fn sleeper(c: &Containerd, prefix: &str) -> Result<String> {
     let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     Ok(id)
-}
-
-fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
-    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    eventually("task to stop", || {
-        task_status(c, id).as_deref() == Some("STOPPED")
-    })?;
-    assert!(c.ctr(&["task", "rm", id])?.status.success());
-    assert!(c.ctr(&["container", "rm", id])?.status.success());
-    assert_clean(c, id, id);
-    Ok(())
 }
 
 fn shim_client(c: &Containerd, group: &str) -> Result<TaskClient> {
@@ -79,9 +66,9 @@ fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
     let mut cmd = c.ctr_cmd(&run_args(&id, &["-t", "--rm"], &["sh"]));
     cmd.env("TERM", "dumb");
     let mut tty = PtyChild::spawn(cmd, 24, 80)?;
-    tty.expect("/ # ")?; // the shell's prompt: ctr has set the container's terminal up
-    tty.send("stty size\n")?;
-    tty.expect("24 80")?;
+    tty.expect("/ # ")?; // the shell's prompt
+                         // ctr sets the container's terminal size from its own once the task started.
+    tty.retry_until("stty size\n", "24 80")?;
     shim_client(&c, &id)?.resize_pty(
         ttrpc::context::with_timeout(10_000_000_000),
         &ResizePtyRequest {
@@ -91,8 +78,7 @@ fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
             ..Default::default()
         },
     )?;
-    tty.send("stty size\n")?;
-    tty.expect("40 100")?;
+    tty.retry_until("stty size\n", "40 100")?;
     tty.send("tty; exit 5\n")?;
     tty.expect("/dev/pts/")?;
     assert_eq!(tty.wait()?.code(), Some(5));
@@ -110,12 +96,7 @@ fn oom_kill_is_reported_with_status_137() -> Result<()> {
         "exercising the cgroup {} OOM watcher",
         if v2 { "v2" } else { "v1" }
     );
-    let mut events = c
-        .ctr_cmd(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(200));
+    let events = EventStream::start(&c)?;
     let id = unique_id("oom");
     let out = c.ctr(&run_args(
         &id,
@@ -128,15 +109,7 @@ fn oom_kill_is_reported_with_status_137() -> Result<()> {
         "stderr: {}",
         text(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let ev = events.wait_with_output()?;
-    let ev = text(&ev.stdout);
-    assert!(
-        ev.lines()
-            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
-        "no /tasks/oom event for {id}:\n{ev}"
-    );
+    events.wait_for("/tasks/oom", &id)?;
     assert_clean(&c, &id, &id);
     Ok(())
 }
@@ -318,11 +291,5 @@ fn host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process
         leftovers::processes_matching(&format!("sleep {a}")).is_empty()
             && leftovers::processes_matching(&format!("sleep {b}")).is_empty()
     })?;
-    eventually("task to stop", || {
-        task_status(&c, &id).as_deref() == Some("STOPPED")
-    })?;
-    assert!(c.ctr(&["task", "rm", &id])?.status.success());
-    assert!(c.ctr(&["container", "rm", &id])?.status.success());
-    assert_clean(&c, &id, &id);
-    Ok(())
+    stop_and_remove(&c, &id)
 }

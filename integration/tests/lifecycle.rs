@@ -1,12 +1,9 @@
 //! Container lifecycle through `ctr --runtime io.containerd.nvidia.v2` against a private
 //! containerd 1.6 (issue 2's acceptance tests). Each test has its own containerd.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use anyhow::Result;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, task_status, text,
+    assert_clean, eventually, run_args, setup, stop_and_remove, task_status, text, EventStream,
 };
 use nvidia_shim_integration::containerd::NAMESPACE;
 use nvidia_shim_integration::{leftovers, unique_id};
@@ -244,40 +241,13 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
         "{}",
         c.log()
     );
-    let mut events = c
-        .ctr_cmd(&["events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = events.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let events = EventStream::start(&c)?;
     eventually("task to stop after the restart", || {
         task_status(&c, &id).as_deref() == Some("STOPPED")
     })?;
     // The shim's publisher reconnects to the restarted containerd and retries, so the event
     // may trail the state by a second or two.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit_line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains("/tasks/exit") && l.contains(&id) => break l,
-            Ok(_) => continue,
-            Err(_) => panic!("no /tasks/exit event for {id}\n{}", c.log()),
-        }
-    };
-    let _ = events.kill();
-    let _ = events.wait();
+    let exit_line = events.wait_for("/tasks/exit", &id)?;
     assert!(exit_line.contains("\"exit_status\":7"), "{exit_line}");
     let rm = c.ctr(&["task", "rm", &id])?;
     assert!(
@@ -354,15 +324,5 @@ fn update_applies_new_resources_through_the_task_api() -> Result<()> {
         .expect_err("invalid resources must fail");
     assert!(format!("{err:?}").contains(&id), "{err:?}");
 
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", &id])?
-        .status
-        .success());
-    eventually("task to stop", || {
-        task_status(&c, &id).as_deref() == Some("STOPPED")
-    })?;
-    assert!(c.ctr(&["task", "rm", &id])?.status.success());
-    assert!(c.ctr(&["container", "rm", &id])?.status.success());
-    assert_clean(&c, &id, &id);
-    Ok(())
+    stop_and_remove(&c, &id)
 }

@@ -1,0 +1,183 @@
+//! Create and Start of a container's init process.
+
+use super::*;
+
+impl TaskService {
+    /// Creates the container: rootfs, stdio, then libcontainer in the zygote.
+    pub async fn create(&self, req: &CreateTaskRequest) -> Result<u32> {
+        let id = req.id.as_str();
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented {
+                id: id.to_owned(),
+                what: "restore from checkpoint",
+            });
+        }
+        let reservation = self.reserve(id)?;
+        let config_path = match req.options.as_ref() {
+            Some(any) => config_path_from_any(id, any)?,
+            None => None,
+        }
+        .or_else(|| self.start_config.clone());
+        let config = load_config(id, config_path.as_deref())?;
+
+        let bundle = Bundle::new(&req.bundle);
+        bundle.mount_rootfs(id, &req.rootfs).await?;
+        let rootfs_mounted = !req.rootfs.is_empty();
+        let undo_rootfs = |bundle: &Bundle| {
+            if rootfs_mounted {
+                if let Err(e) = bundle.unmount_rootfs(id) {
+                    log::warn!("{e}");
+                }
+            }
+        };
+        let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
+            Ok(io) => io,
+            Err(e) => {
+                undo_rootfs(&bundle);
+                return Err(e);
+            }
+        };
+        let private_pid_ns = bundle.has_private_pid_namespace();
+        let state_ref = StateRef {
+            root: bundle.state_root(),
+            id: id.to_owned(),
+        };
+        let (wire_io, pending) = io.split();
+        let exit = Arc::new(ExitCell::default());
+        let guard = self.exits.begin_create();
+        let created = self
+            .driver
+            .create(CreateArgs {
+                state: state_ref.clone(),
+                bundle: bundle.path().to_owned(),
+                systemd: config.systemd_cgroup,
+                io: wire_io,
+            })
+            .await;
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                drop(pending);
+                undo_rootfs(&bundle);
+                return Err(e);
+            }
+        };
+        self.exits.watch(created.pid, Arc::clone(&exit));
+        drop(guard);
+        let io = match pending.attach(id, &req.stdin, &req.stdout) {
+            Ok(io) => io,
+            Err(e) => {
+                if let Err(del) = self.driver.delete(&state_ref, true).await {
+                    log::warn!("{del}");
+                }
+                self.exits.forget(created.pid);
+                undo_rootfs(&bundle);
+                return Err(e);
+            }
+        };
+
+        let container = Arc::new(Container::new(
+            ContainerParts {
+                id: id.to_owned(),
+                cgroup: ContainerCgroup::new(id, created.cgroup_path, config.systemd_cgroup),
+                bundle,
+                state_ref,
+                pid: created.pid,
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                rootfs_mounted,
+                private_pid_ns,
+                io,
+            },
+            exit,
+        ));
+        {
+            let mut t = lock(&self.table);
+            t.containers.insert(id.to_owned(), Arc::clone(&container));
+            t.ever_created = true;
+        }
+        drop(reservation);
+        log::info!("container {id}: created, init pid {}", created.pid);
+        crate::oom::watch(&container, self.events.clone());
+        let pid = u32::try_from(created.pid).unwrap_or_default();
+        self.events
+            .publish(
+                topics::TASK_CREATE_EVENT_TOPIC,
+                Box::new(TaskCreate {
+                    container_id: id.to_owned(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req.rootfs.clone(),
+                    io: MessageField::some(TaskIO {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                        ..Default::default()
+                    }),
+                    checkpoint: req.checkpoint.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(pid)
+    }
+
+    /// Starts a created container (or, with an exec id, one of its exec processes) and
+    /// begins reporting its exit.
+    pub async fn start(&self, req: &StartRequest) -> Result<u32> {
+        let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&c, &req.exec_id).await;
+        }
+        if let Err(found) = c.transition(TaskState::Created, TaskState::Running) {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot start a task in state {found:?}"),
+            });
+        }
+        self.driver.start(&c.state_ref).await?;
+        log::info!("container {}: started", c.id);
+        let pid = u32::try_from(c.pid).unwrap_or_default();
+        self.events
+            .publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: c.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        // Spawned after TaskStart is queued, so TaskExit always follows it.
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let status = c.exit.wait().await;
+            c.io.drained().await;
+            log::info!("container {}: exited with status {}", c.id, status.code);
+            if !c.private_pid_ns {
+                // No pid namespace of its own: nothing else ends the rest, so the shim does,
+                // as the runc shim does.
+                lifecycle::kill_remaining(&c);
+            }
+            events
+                .publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: c.id.clone(),
+                        id: c.id.clone(),
+                        pid,
+                        exit_status: status.code,
+                        exited_at: MessageField::some(status.at),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        });
+        Ok(pid)
+    }
+}

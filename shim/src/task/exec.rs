@@ -1,0 +1,194 @@
+//! Exec processes: Exec, their Start and Delete.
+
+use super::*;
+
+impl TaskService {
+    pub(super) fn get_exec(c: &Container, exec_id: &str) -> Result<Arc<ExecProcess>> {
+        c.exec(exec_id).ok_or_else(|| ShimError::NotFound {
+            id: format!("{} exec {exec_id}", c.id),
+        })
+    }
+
+    /// Registers an exec process (`Exec`); `Start` with its id runs it.
+    pub async fn exec(&self, req: &ExecProcessRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        if c.state() == TaskState::Stopped {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot exec {}: the container is not running", req.exec_id),
+            });
+        }
+        let any = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument {
+                id: c.id.clone(),
+                reason: format!("exec {} has no process spec", req.exec_id),
+            })?;
+        // Validate now, so a malformed spec fails Exec rather than Start.
+        serde_json::from_slice::<oci_spec::runtime::Process>(&any.value).map_err(|e| {
+            ShimError::InvalidArgument {
+                id: c.id.clone(),
+                reason: format!(
+                    "exec {}: process spec is not OCI Process JSON: {e}",
+                    req.exec_id
+                ),
+            }
+        })?;
+        let exec = Arc::new(ExecProcess::new(
+            &req.exec_id,
+            any.value.clone(),
+            StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+        ));
+        if !c.add_exec(exec) {
+            return Err(ShimError::AlreadyExists {
+                id: format!("{} exec {}", c.id, req.exec_id),
+            });
+        }
+        self.events
+            .publish(
+                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded {
+                    container_id: c.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(())
+    }
+
+    pub(super) async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
+        let e = Self::get_exec(c, exec_id)?;
+        if c.state() == TaskState::Stopped {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot start exec {exec_id}: the container is not running"),
+            });
+        }
+        if !e.claim_start() {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("exec {exec_id} was already started"),
+            });
+        }
+        let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
+        std::fs::write(&spec_file, &e.process)
+            .map_err(|err| ShimError::io(&c.id, format!("write {}", spec_file.display()), err))?;
+        let io = PreparedIo::open(
+            &c.id,
+            e.stdio.terminal,
+            &e.stdio.stdin,
+            &e.stdio.stdout,
+            &e.stdio.stderr,
+        );
+        let io = match io {
+            Ok(io) => io,
+            Err(err) => {
+                let _ = std::fs::remove_file(&spec_file);
+                return Err(err);
+            }
+        };
+        let (wire_io, pending) = io.split();
+        let guard = self.exits.begin_create();
+        let pid = self
+            .driver
+            .exec(ExecArgs {
+                state: c.state_ref.clone(),
+                process: spec_file.clone(),
+                io: wire_io,
+            })
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(err) => {
+                drop(pending);
+                // containerd deletes the exec next; report it as failed to run.
+                e.exit.set(ExitStatus::now(127));
+                return Err(err);
+            }
+        };
+        self.exits.watch(pid, Arc::clone(&e.exit));
+        drop(guard);
+        let io = match pending.attach(&c.id, &e.stdio.stdin, &e.stdio.stdout) {
+            Ok(io) => Arc::new(io),
+            Err(err) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(err);
+            }
+        };
+        e.set_started(Started {
+            pid,
+            io: Arc::clone(&io),
+        });
+        let upid = u32::try_from(pid).unwrap_or_default();
+        log::info!("container {}: exec {exec_id} started, pid {pid}", c.id);
+        self.events
+            .publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: c.id.clone(),
+                    exec_id: exec_id.to_owned(),
+                    pid: upid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let events = self.events.clone();
+        let container_id = c.id.clone();
+        tokio::spawn(async move {
+            let status = e.exit.wait().await;
+            io.drained().await;
+            log::info!(
+                "container {container_id}: exec {} exited with status {}",
+                e.exec_id,
+                status.code
+            );
+            events
+                .publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id,
+                        id: e.exec_id.clone(),
+                        pid: upid,
+                        exit_status: status.code,
+                        exited_at: MessageField::some(status.at),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        });
+        Ok(upid)
+    }
+
+    pub(super) fn delete_exec(&self, c: &Container, exec_id: &str) -> Result<DeleteResponse> {
+        let e = Self::get_exec(c, exec_id)?;
+        if e.state() == TaskState::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                reason: format!("cannot delete running exec {exec_id}"),
+            });
+        }
+        c.remove_exec(exec_id);
+        if let Some(s) = e.started() {
+            s.io.close_stdin();
+            self.exits.forget(s.pid);
+        }
+        let status = e.exit.get().unwrap_or_else(|| ExitStatus::now(0));
+        Ok(DeleteResponse {
+            pid: e.pid(),
+            exit_status: status.code,
+            exited_at: MessageField::some(status.at),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,271 @@
+//! The ttrpc Task service. `impl Task` is thin adapters; the work is in `TaskService`'s
+//! inherent methods, which return [`ShimError`] and do not need a ttrpc context.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
+    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
+
+use crate::bundle::Bundle;
+use crate::cgroup::{decode_resources, ContainerCgroup};
+use crate::container::{Container, ContainerParts, StdioPaths, TaskState};
+use crate::driver::{CreateArgs, Driver, ExecArgs, StateRef};
+use crate::error::{Result, ShimError};
+use crate::events::EventSink;
+use crate::exec::{ExecProcess, Started};
+use crate::exit::{ExitCell, ExitRouter, ExitStatus};
+use crate::options::{config_path_from_any, load_config};
+use crate::procio::PreparedIo;
+
+mod create;
+mod exec;
+mod lifecycle;
+
+/// How long a shim that has never been given a container waits before it exits.
+const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// How long `Delete` of a created (never started) container waits for the killed init.
+const KILLED_INIT_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct Table {
+    containers: HashMap<String, Arc<Container>>,
+    reserved: HashSet<String>,
+    ever_created: bool,
+}
+
+/// The task service of one shim process (one container, or one pod when grouped).
+pub struct TaskService {
+    events: EventSink,
+    table: Mutex<Table>,
+    exits: Arc<ExitRouter>,
+    driver: Driver,
+    shutdown: Arc<ExitSignal>,
+    start_config: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TaskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskService")
+            .field("events", &self.events)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Releases a reserved id unless the create committed it.
+struct Reservation<'a> {
+    service: &'a TaskService,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.service.table).reserved.remove(&self.id);
+    }
+}
+
+impl TaskService {
+    /// A service publishing to `events`; `start_config` is the config path `start` received.
+    pub async fn new(
+        events: EventSink,
+        shutdown: Arc<ExitSignal>,
+        start_config: Option<PathBuf>,
+    ) -> Arc<Self> {
+        let exits = Arc::new(ExitRouter::default());
+        if let Err(e) = exits.spawn().await {
+            log::error!("cannot subscribe to process exits: {e}");
+        }
+        let service = Arc::new(Self {
+            events,
+            table: Mutex::default(),
+            exits,
+            driver: Driver,
+            shutdown,
+            start_config,
+        });
+        let weak = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE_EXIT).await;
+            if let Some(s) = weak.upgrade() {
+                let t = lock(&s.table);
+                if !t.ever_created && t.reserved.is_empty() {
+                    log::warn!("no container was created within {IDLE_EXIT:?}; exiting");
+                    s.shutdown.signal();
+                }
+            }
+        });
+        service
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.table)
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound { id: id.to_owned() })
+    }
+
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        let mut t = lock(&self.table);
+        if t.containers.contains_key(id) || !t.reserved.insert(id.to_owned()) {
+            return Err(ShimError::AlreadyExists { id: id.to_owned() });
+        }
+        Ok(Reservation {
+            service: self,
+            id: id.to_owned(),
+        })
+    }
+
+    /// The shim's and the task's pids.
+    pub fn connect(&self, req: &ConnectRequest) -> Result<ConnectResponse> {
+        let task_pid = self
+            .get(&req.id)
+            .map(|c| u32::try_from(c.pid).unwrap_or_default())
+            .unwrap_or_default();
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// Exits the shim once it serves no container.
+    pub fn shutdown(&self) {
+        let t = lock(&self.table);
+        if t.containers.is_empty() && t.reserved.is_empty() {
+            log::info!("no containers left; shutting down");
+            self.shutdown.signal();
+        }
+    }
+}
+
+/// The ttrpc face of [`TaskService`].
+#[derive(Debug, Clone)]
+pub struct TaskApi(pub Arc<TaskService>);
+
+#[async_trait]
+impl Task for TaskApi {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        let pid = self
+            .0
+            .create(&req)
+            .await
+            .inspect_err(|e| log::error!("{e}"))?;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let pid = self
+            .0
+            .start(&req)
+            .await
+            .inspect_err(|e| log::error!("{e}"))?;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Ok(self.0.state(&req)?)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        self.0.kill(&req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        Ok(self.0.wait(&req).await?)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Ok(self
+            .0
+            .delete(&req)
+            .await
+            .inspect_err(|e| log::error!("{e}"))?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        Ok(self.0.pids(&req).await?)
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.0.set_paused(&req.id, true).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.0.set_paused(&req.id, false).await?;
+        Ok(Empty::new())
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Ok(self.0.stats(&req).await?)
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.0.update(&req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        self.0.close_io(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        Ok(self.0.connect(&req)?)
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.0
+            .exec(&req)
+            .await
+            .inspect_err(|e| log::error!("{e}"))?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.0.resize_pty(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        self.0.shutdown();
+        Ok(Empty::new())
+    }
+}

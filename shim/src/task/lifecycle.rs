@@ -3,6 +3,11 @@
 
 use super::*;
 
+use std::collections::HashMap;
+
+use containerd_shim::protos::shim::oci::ProcessDetails;
+use containerd_shim::util::convert_to_any;
+
 impl TaskService {
     /// The task's state as containerd reads it.
     pub fn state(&self, req: &StateRequest) -> Result<StateResponse> {
@@ -166,15 +171,34 @@ impl TaskService {
         let pids = tokio::task::spawn_blocking(move || cgroup.pids())
             .await
             .map_err(|e| ShimError::io(&c.id, "pids", std::io::Error::other(e)))??;
-        Ok(PidsResponse {
-            processes: pids
-                .into_iter()
-                .filter_map(|p| u32::try_from(p).ok())
-                .map(|pid| ProcessInfo {
-                    pid,
+        // As the runc shim does, an exec process's entry names its exec id.
+        let execs: HashMap<i32, String> = c
+            .execs()
+            .into_iter()
+            .filter_map(|e| e.started().map(|s| (s.pid, e.exec_id.clone())))
+            .collect();
+        let processes = pids
+            .into_iter()
+            .filter_map(|p| {
+                let info = match execs.get(&p) {
+                    Some(exec_id) => {
+                        let details = ProcessDetails {
+                            exec_id: exec_id.clone(),
+                            ..Default::default()
+                        };
+                        convert_to_any(Box::new(details)).ok()
+                    }
+                    None => None,
+                };
+                Some(ProcessInfo {
+                    pid: u32::try_from(p).ok()?,
+                    info: MessageField::from_option(info),
                     ..Default::default()
                 })
-                .collect(),
+            })
+            .collect();
+        Ok(PidsResponse {
+            processes,
             ..Default::default()
         })
     }

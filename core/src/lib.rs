@@ -1,8 +1,11 @@
-//! The GPU library of `containerd-shim-nvidia-v2`: configuration today; discovery, requests,
-//! requirements, CDI and OCI spec edits as they land. It holds no ttrpc and no containerd
+//! The GPU library of `containerd-shim-nvidia-v2`: configuration and GPU requests today;
+//! discovery, requirements, CDI and OCI spec edits as they land. It holds no ttrpc and no containerd
 //! client, and reaches the host only through paths it is given, so it is testable without a GPU.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod request;
 
 pub use config::{Config, ConfigError};
+pub use oci_spec;
+pub use request::{GpuRequest, RequestError, RequestPolicy};

@@ -1,0 +1,300 @@
+//! What GPU access a container asks for, read from its OCI spec with the NVIDIA Container
+//! Toolkit's sources, precedence and privilege rules: `cdi.k8s.io/*` style annotations, then
+//! (opt-in) `/dev/null` volume mounts under `/var/run/nvidia-container-devices`, then
+//! `NVIDIA_VISIBLE_DEVICES`, which unprivileged containers may use only when the policy allows.
+
+mod capabilities;
+mod devices;
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{Capability as OciCapability, Spec};
+
+pub use capabilities::{Capabilities, Capability, UnknownCapability};
+pub use devices::{DeviceId, DeviceSelection, InvalidDeviceId};
+
+/// Where device-plugin volume-mount requests live in the container.
+pub const VOLUME_MOUNT_ROOT: &str = "/var/run/nvidia-container-devices";
+
+/// How requests are read: the toolkit's config switches, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// Annotation key prefixes whose values list CDI devices (default `cdi.k8s.io/`).
+    pub annotation_prefixes: Vec<String>,
+    /// Honour `/dev/null` mounts under [`VOLUME_MOUNT_ROOT`] (default off).
+    pub accept_volume_mounts: bool,
+    /// Honour `NVIDIA_VISIBLE_DEVICES` in containers without CAP_SYS_ADMIN (default on).
+    pub accept_envvar_when_unprivileged: bool,
+    /// Capabilities when `NVIDIA_DRIVER_CAPABILITIES` is unset (default `utility,compute`).
+    pub default_capabilities: Capabilities,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        Self {
+            annotation_prefixes: vec!["cdi.k8s.io/".to_owned()],
+            accept_volume_mounts: false,
+            accept_envvar_when_unprivileged: true,
+            default_capabilities: Capabilities::default_set(),
+        }
+    }
+}
+
+/// Which source the devices came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSource {
+    /// CDI annotations.
+    Annotations,
+    /// `/dev/null` volume mounts.
+    VolumeMounts,
+    /// `NVIDIA_VISIBLE_DEVICES`.
+    Env,
+    /// No source asked for anything.
+    Nothing,
+}
+
+/// A container's GPU request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuRequest {
+    /// The devices.
+    pub devices: DeviceSelection,
+    /// Where they came from.
+    pub source: RequestSource,
+    /// Driver capabilities.
+    pub capabilities: Capabilities,
+    /// `NVIDIA_REQUIRE_*` predicates by variable name (plus `cuda>=X.Y` for legacy images).
+    pub requirements: BTreeMap<String, String>,
+    /// `NVIDIA_DISABLE_REQUIRE` is true.
+    pub disable_require: bool,
+    /// CAP_SYS_ADMIN is in the bounding set.
+    pub privileged: bool,
+    /// `NVIDIA_VISIBLE_DEVICES` was set but ignored because the container is unprivileged.
+    pub env_ignored: bool,
+}
+
+/// Why a request could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// A device identifier is malformed.
+    #[error("{source}")]
+    Device {
+        /// The parser's error, naming the identifier.
+        #[from]
+        source: InvalidDeviceId,
+    },
+    /// A capability is unknown.
+    #[error("{source}")]
+    Capability {
+        /// The parser's error, naming the capability.
+        #[from]
+        source: UnknownCapability,
+    },
+    /// A CDI annotation's value is not a list of fully qualified names.
+    #[error(
+        "annotation {key}: {value:?} is not a fully qualified CDI device name (vendor/class=name)"
+    )]
+    Annotation {
+        /// The annotation key.
+        key: String,
+        /// The offending name.
+        value: String,
+    },
+    /// A legacy image's `CUDA_VERSION` is not a version.
+    #[error("CUDA_VERSION {value:?} is not a version (legacy image without NVIDIA_REQUIRE_CUDA)")]
+    CudaVersion {
+        /// The value.
+        value: String,
+    },
+}
+
+/// The process environment as the toolkit reads it: later entries win.
+fn env_map(spec: &Spec) -> BTreeMap<String, String> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.env().as_ref())
+        .map(|env| {
+            env.iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_privileged(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&OciCapability::SysAdmin))
+}
+
+/// Go's `strconv.ParseBool` true values.
+fn go_true(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
+
+fn from_annotations(spec: &Spec, policy: &RequestPolicy) -> Result<Vec<DeviceId>, RequestError> {
+    let Some(annotations) = spec.annotations().as_ref() else {
+        return Ok(Vec::new());
+    };
+    let mut keys: Vec<&String> = annotations
+        .keys()
+        .filter(|k| {
+            policy
+                .annotation_prefixes
+                .iter()
+                .any(|p| k.starts_with(p.as_str()))
+        })
+        .collect();
+    keys.sort();
+    let mut ids = Vec::new();
+    for key in keys {
+        for name in annotations[key]
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match DeviceId::parse(name) {
+                Ok(id @ DeviceId::Cdi { .. }) => ids.push(id),
+                _ => {
+                    return Err(RequestError::Annotation {
+                        key: key.clone(),
+                        value: name.to_owned(),
+                    })
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Lexically cleans a path as Go's `filepath.Clean` does for absolute paths.
+fn clean(p: &str) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn from_volume_mounts(spec: &Spec) -> Result<Vec<DeviceId>, RequestError> {
+    let mut ids = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        if m.source().as_deref().map(|s| clean(&s.to_string_lossy()))
+            != Some(PathBuf::from("/dev/null"))
+        {
+            continue;
+        }
+        let dest = clean(&m.destination().to_string_lossy());
+        let Ok(rest) = dest.strip_prefix(VOLUME_MOUNT_ROOT) else {
+            continue;
+        };
+        let rest = rest.to_string_lossy();
+        if rest.is_empty() || rest.starts_with("imex/") {
+            continue; // IMEX channels are not GPUs
+        }
+        let id = match rest.strip_prefix("cdi/") {
+            // cdi/<vendor>/<class>/<name> or cdi/<vendor>/<class>=<name>
+            Some(cdi) => match cdi.split_once('=') {
+                Some(_) => DeviceId::parse(cdi)?,
+                None => match cdi.rsplit_once('/') {
+                    Some((kind, name)) => DeviceId::parse(&format!("{kind}={name}"))?,
+                    None => DeviceId::parse(cdi)?,
+                },
+            },
+            None => DeviceId::parse(&rest)?,
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// `cuda>=major.minor` from a legacy image's `CUDA_VERSION` (`12.2.0` gives `cuda>=12.2`).
+fn legacy_cuda_requirement(version: &str) -> Result<String, RequestError> {
+    let err = || RequestError::CudaVersion {
+        value: version.to_owned(),
+    };
+    let mut parts = version.trim().split('.');
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
+    let minor: u32 = match parts.next() {
+        Some(p) => p.parse().map_err(|_| err())?,
+        None => 0,
+    };
+    Ok(format!("cuda>={major}.{minor}"))
+}
+
+impl GpuRequest {
+    /// Reads the request from `spec` under `policy`.
+    pub fn from_spec(spec: &Spec, policy: &RequestPolicy) -> Result<Self, RequestError> {
+        let env = env_map(spec);
+        let get = |k: &str| env.get(k).map(String::as_str);
+        let legacy = get("CUDA_VERSION").is_some_and(|v| !v.is_empty())
+            && get("NVIDIA_REQUIRE_CUDA").is_none_or(str::is_empty);
+        let privileged = is_privileged(spec);
+
+        let mut env_ignored = false;
+        let annotated = from_annotations(spec, policy)?;
+        let mounted = if policy.accept_volume_mounts {
+            from_volume_mounts(spec)?
+        } else {
+            Vec::new()
+        };
+        let (devices, source) = if !annotated.is_empty() {
+            (DeviceSelection::List(annotated), RequestSource::Annotations)
+        } else if !mounted.is_empty() {
+            (DeviceSelection::List(mounted), RequestSource::VolumeMounts)
+        } else if privileged || policy.accept_envvar_when_unprivileged {
+            // The volume-mount strategy's sentinel value never names a device.
+            let value = get("NVIDIA_VISIBLE_DEVICES").filter(|v| *v != VOLUME_MOUNT_ROOT);
+            let sel = DeviceSelection::parse(value, legacy)?;
+            let source = if sel.is_void() {
+                RequestSource::Nothing
+            } else {
+                RequestSource::Env
+            };
+            (sel, source)
+        } else {
+            env_ignored = get("NVIDIA_VISIBLE_DEVICES").is_some_and(|v| !v.is_empty());
+            (DeviceSelection::Void, RequestSource::Nothing)
+        };
+
+        let capabilities = Capabilities::parse(
+            get("NVIDIA_DRIVER_CAPABILITIES"),
+            &policy.default_capabilities,
+            legacy,
+        )?;
+        let mut requirements: BTreeMap<String, String> = env
+            .iter()
+            .filter(|(k, v)| {
+                k.starts_with("NVIDIA_REQUIRE_") && *k != "NVIDIA_REQUIRE_JETPACK" && !v.is_empty()
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if legacy {
+            let cuda = get("CUDA_VERSION").unwrap_or_default();
+            requirements.insert("CUDA_VERSION".to_owned(), legacy_cuda_requirement(cuda)?);
+        }
+        Ok(Self {
+            devices,
+            source,
+            capabilities,
+            requirements,
+            disable_require: get("NVIDIA_DISABLE_REQUIRE").is_some_and(go_true),
+            privileged,
+            env_ignored,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

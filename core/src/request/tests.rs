@@ -1,0 +1,277 @@
+use super::*;
+use oci_spec::runtime::{LinuxCapabilitiesBuilder, MountBuilder, ProcessBuilder, SpecBuilder};
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct Case<'a> {
+    env: &'a [&'a str],
+    annotations: &'a [(&'a str, &'a str)],
+    mounts: &'a [(&'a str, &'a str)],
+    privileged: bool,
+}
+
+fn spec(case: &Case) -> Spec {
+    let mut caps = vec![OciCapability::Chown];
+    if case.privileged {
+        caps.push(OciCapability::SysAdmin);
+    }
+    let process = ProcessBuilder::default()
+        .env(case.env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.into_iter().collect::<std::collections::HashSet<_>>())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let mounts = case
+        .mounts
+        .iter()
+        .map(|(src, dst)| {
+            MountBuilder::default()
+                .source(*src)
+                .destination(*dst)
+                .typ("bind")
+                .build()
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+    let annotations: HashMap<String, String> = case
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    SpecBuilder::default()
+        .process(process)
+        .mounts(mounts)
+        .annotations(annotations)
+        .build()
+        .unwrap()
+}
+
+fn req(case: Case) -> GpuRequest {
+    GpuRequest::from_spec(&spec(&case), &RequestPolicy::default()).unwrap()
+}
+
+#[test]
+fn no_variables_means_nothing() {
+    let r = req(Case::default());
+    assert_eq!(r.devices, DeviceSelection::Void);
+    assert_eq!(r.source, RequestSource::Nothing);
+    assert_eq!(r.capabilities, Capabilities::default_set());
+}
+
+#[test]
+fn env_request_with_later_entries_winning() {
+    let r = req(Case {
+        env: &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES=1,2"],
+        ..Default::default()
+    });
+    assert_eq!(
+        r.devices,
+        DeviceSelection::List(vec![DeviceId::Index(1), DeviceId::Index(2)])
+    );
+    assert_eq!(r.source, RequestSource::Env);
+}
+
+#[test]
+fn legacy_image_gets_all_and_a_cuda_requirement() {
+    let r = req(Case {
+        env: &["CUDA_VERSION=11.8.0"],
+        ..Default::default()
+    });
+    assert_eq!(r.devices, DeviceSelection::All);
+    assert_eq!(r.capabilities, Capabilities::all());
+    assert_eq!(
+        r.requirements.get("CUDA_VERSION").map(String::as_str),
+        Some("cuda>=11.8")
+    );
+    // Not legacy once NVIDIA_REQUIRE_CUDA is set.
+    let r = req(Case {
+        env: &["CUDA_VERSION=12.2.0", "NVIDIA_REQUIRE_CUDA=cuda>=12.2"],
+        ..Default::default()
+    });
+    assert_eq!(r.devices, DeviceSelection::Void);
+    assert_eq!(r.requirements.len(), 1);
+}
+
+#[test]
+fn bad_legacy_cuda_version_is_an_error() {
+    let err = GpuRequest::from_spec(
+        &spec(&Case {
+            env: &["CUDA_VERSION=twelve"],
+            ..Default::default()
+        }),
+        &RequestPolicy::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("twelve"));
+}
+
+#[test]
+fn unprivileged_env_request_follows_the_policy() {
+    let case = || Case {
+        env: &["NVIDIA_VISIBLE_DEVICES=all"],
+        ..Default::default()
+    };
+    assert_eq!(req(case()).devices, DeviceSelection::All);
+    let strict = RequestPolicy {
+        accept_envvar_when_unprivileged: false,
+        ..Default::default()
+    };
+    let r = GpuRequest::from_spec(&spec(&case()), &strict).unwrap();
+    assert_eq!(r.devices, DeviceSelection::Void);
+    assert!(r.env_ignored);
+    let privileged = Case {
+        privileged: true,
+        ..case()
+    };
+    let r = GpuRequest::from_spec(&spec(&privileged), &strict).unwrap();
+    assert_eq!(r.devices, DeviceSelection::All);
+    assert!(r.privileged);
+}
+
+#[test]
+fn annotations_win_over_env_and_must_be_qualified() {
+    let r = req(Case {
+        env: &["NVIDIA_VISIBLE_DEVICES=all"],
+        annotations: &[
+            ("cdi.k8s.io/b_plugin", "nvidia.com/gpu=1"),
+            (
+                "cdi.k8s.io/a_plugin",
+                "k8s.device-plugin.nvidia.com/gpu=GPU-x,nvidia.com/gpu=0",
+            ),
+            ("other/key", "nvidia.com/gpu=7"),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(r.source, RequestSource::Annotations);
+    let names: Vec<String> = match r.devices {
+        DeviceSelection::List(ids) => ids.iter().map(ToString::to_string).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        names,
+        [
+            "k8s.device-plugin.nvidia.com/gpu=GPU-x",
+            "nvidia.com/gpu=0",
+            "nvidia.com/gpu=1"
+        ]
+    );
+
+    let err = GpuRequest::from_spec(
+        &spec(&Case {
+            annotations: &[("cdi.k8s.io/x", "0")],
+            ..Default::default()
+        }),
+        &RequestPolicy::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cdi.k8s.io/x"), "{err}");
+}
+
+#[test]
+fn volume_mounts_are_opt_in() {
+    let case = || Case {
+        env: &["NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices"],
+        mounts: &[
+            ("/dev/null", "/var/run/nvidia-container-devices/GPU-abc"),
+            ("/dev/null", "/var/run/nvidia-container-devices/0"),
+            (
+                "/dev/null",
+                "/var/run/nvidia-container-devices/cdi/nvidia.com/gpu/1",
+            ),
+            (
+                "/dev/null",
+                "/var/run/nvidia-container-devices/cdi/nvidia.com/gpu=2",
+            ),
+            ("/dev/null", "/var/run/nvidia-container-devices/imex/3"),
+            ("/tmp/file", "/var/run/nvidia-container-devices/5"),
+        ],
+        ..Default::default()
+    };
+    // Off by default: the sentinel env value is not a device either.
+    let r = req(case());
+    assert_eq!(r.devices, DeviceSelection::Void);
+    let on = RequestPolicy {
+        accept_volume_mounts: true,
+        ..Default::default()
+    };
+    let r = GpuRequest::from_spec(&spec(&case()), &on).unwrap();
+    assert_eq!(r.source, RequestSource::VolumeMounts);
+    let names: Vec<String> = match r.devices {
+        DeviceSelection::List(ids) => ids.iter().map(ToString::to_string).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        names,
+        ["GPU-abc", "0", "nvidia.com/gpu=1", "nvidia.com/gpu=2"]
+    );
+}
+
+#[test]
+fn requirements_and_disable_switch() {
+    let r = req(Case {
+        env: &[
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=535",
+            "NVIDIA_REQUIRE_ARCH=arch>=8.0",
+            "NVIDIA_REQUIRE_JETPACK=csv-mounts=all",
+            "NVIDIA_DISABLE_REQUIRE=true",
+        ],
+        ..Default::default()
+    });
+    assert_eq!(
+        r.requirements.keys().collect::<Vec<_>>(),
+        ["NVIDIA_REQUIRE_ARCH", "NVIDIA_REQUIRE_CUDA"]
+    );
+    assert!(r.disable_require);
+    for (v, want) in [
+        ("1", true),
+        ("T", true),
+        ("yes", false),
+        ("0", false),
+        ("", false),
+    ] {
+        assert_eq!(go_true(v), want, "{v}");
+    }
+}
+
+#[test]
+fn capability_errors_surface() {
+    let err = GpuRequest::from_spec(
+        &spec(&Case {
+            env: &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,cuda",
+            ],
+            ..Default::default()
+        }),
+        &RequestPolicy::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, RequestError::Capability { .. }), "{err}");
+    assert!(err.to_string().contains("cuda"));
+}
+
+#[test]
+fn unknown_device_ids_surface() {
+    let err = GpuRequest::from_spec(
+        &spec(&Case {
+            env: &["NVIDIA_VISIBLE_DEVICES=0,gpu7"],
+            ..Default::default()
+        }),
+        &RequestPolicy::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("gpu7"));
+}
+
+#[test]
+fn clean_resolves_dot_dot() {
+    assert_eq!(clean("/dev/../dev/./null"), PathBuf::from("/dev/null"));
+    assert_eq!(
+        clean("/var/run/nvidia-container-devices/x/../0"),
+        PathBuf::from("/var/run/nvidia-container-devices/0")
+    );
+}

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod request;
+pub mod require;
 
 pub use config::{Config, ConfigError};
 pub use oci_spec;

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod discover;
 pub mod request;
 pub mod require;
 

@@ -1,0 +1,228 @@
+//! Fake driver installations for tests: a `/proc/driver/nvidia` tree, `/proc/devices`, device
+//! nodes made with `mknod` (when root), real ELF shared objects with the driver's SONAMEs made
+//! with `cc -shared -Wl,-soname,...`, a `nvidia-smi` script and GSP firmware files.
+//!
+//! Available to this crate's tests and, with the `fixture` feature, to other crates' tests.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use super::Roots;
+
+/// The driver version fake installations carry.
+pub const VERSION: &str = "580.159.04";
+
+/// (library file stem, SONAME) pairs the fake driver installs, as seen on the reference host.
+pub const LIBRARIES: &[(&str, &str)] = &[
+    ("libnvidia-ml", "libnvidia-ml.so.1"),
+    ("libnvidia-cfg", "libnvidia-cfg.so.1"),
+    ("libcuda", "libcuda.so.1"),
+    ("libnvidia-ptxjitcompiler", "libnvidia-ptxjitcompiler.so.1"),
+    ("libnvidia-nvvm", "libnvidia-nvvm.so.4"),
+    ("libnvidia-encode", "libnvidia-encode.so.1"),
+    ("libnvcuvid", "libnvcuvid.so.1"),
+    ("libnvidia-glcore", "libnvidia-glcore.so.580.159.04"),
+    ("libEGL_nvidia", "libEGL_nvidia.so.0"),
+];
+
+/// Where the fake driver's files go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `/usr/lib/x86_64-linux-gnu`, `/usr/bin`, `/lib/firmware` (distribution packages).
+    Distro,
+    /// `/usr/local/nvidia/{lib64,bin,firmware}` (GKE style, as on the reference GPU host).
+    UsrLocalNvidia,
+}
+
+/// Builder of a [`FakeDriver`].
+#[derive(Debug)]
+pub struct FakeDriverBuilder {
+    gpus: u32,
+    layout: Layout,
+    reverse_minors: bool,
+}
+
+impl FakeDriverBuilder {
+    /// Number of GPUs (default 1).
+    pub fn gpus(mut self, n: u32) -> Self {
+        self.gpus = n;
+        self
+    }
+
+    /// File layout (default [`Layout::Distro`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Give the GPU at the lowest bus address the highest minor, to test index order.
+    pub fn reverse_minors(mut self) -> Self {
+        self.reverse_minors = true;
+        self
+    }
+
+    /// Writes the tree.
+    pub fn build(self) -> FakeDriver {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fake = FakeDriver {
+            dir,
+            layout: self.layout,
+        };
+        fake.write(self.gpus, self.reverse_minors);
+        fake
+    }
+}
+
+/// A fake driver installation in a temp dir (removed on drop).
+#[derive(Debug)]
+pub struct FakeDriver {
+    dir: tempfile::TempDir,
+    layout: Layout,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write fixture file");
+}
+
+/// A shared object with SONAME `soname`, built once per process and copied from a cache.
+fn shared_object(soname: &str) -> PathBuf {
+    static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path();
+    let mut cache = CACHE.get_or_init(Default::default).lock().expect("cache");
+    if let Some(p) = cache.get(soname) {
+        return p.clone();
+    }
+    let src = dir.join("fake.c");
+    std::fs::write(&src, "int nvidia_fake_symbol(void) { return 42; }\n").expect("write C source");
+    let out = dir.join(format!("{soname}.built"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(format!("-Wl,-soname,{soname}"))
+        .arg(&src)
+        .status()
+        .expect("run cc (install gcc)");
+    assert!(status.success(), "cc failed building {soname}");
+    cache.insert(soname.to_owned(), out.clone());
+    out
+}
+
+impl FakeDriver {
+    /// A builder with one GPU in the distribution layout.
+    pub fn builder() -> FakeDriverBuilder {
+        FakeDriverBuilder {
+            gpus: 1,
+            layout: Layout::Distro,
+            reverse_minors: false,
+        }
+    }
+
+    /// The fake host's `/`.
+    pub fn host_root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The fake `/proc`.
+    pub fn proc_root(&self) -> PathBuf {
+        self.dir.path().join("proc")
+    }
+
+    /// The driver root of the chosen layout.
+    pub fn driver_root(&self) -> PathBuf {
+        match self.layout {
+            Layout::Distro => self.dir.path().to_owned(),
+            Layout::UsrLocalNvidia => self.dir.path().join("usr/local/nvidia"),
+        }
+    }
+
+    /// Roots pointing at this installation.
+    pub fn roots(&self) -> Roots {
+        Roots {
+            driver_root: self.driver_root(),
+            dev_root: self.dir.path().to_owned(),
+            proc_root: self.proc_root(),
+        }
+    }
+
+    fn write(&self, gpus: u32, reverse_minors: bool) {
+        let root = self.dir.path();
+        let proc = self.proc_root();
+        write(
+            &proc.join("driver/nvidia/version"),
+            &format!("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {VERSION}  Thu Jan  1 00:00:00 UTC 2026\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"),
+        );
+        write(
+            &proc.join("driver/nvidia/params"),
+            "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 1\nDeviceFileMode: 438\n",
+        );
+        for i in 0..gpus {
+            let bus = format!("0000:00:{:02x}.0", 6 + i);
+            let minor = if reverse_minors { gpus - 1 - i } else { i };
+            write(
+                &proc.join(format!("driver/nvidia/gpus/{bus}/information")),
+                &format!(
+                    "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 32\nGPU UUID: \t GPU-{i:08x}-1111-2222-3333-444455556666\nVideo BIOS: \t ??.??.??.??.??\nBus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\nBus Location: \t {bus}\nDevice Minor: \t {minor}\nGPU Excluded:\t No\n"
+                ),
+            );
+        }
+        write(
+            &proc.join("devices"),
+            "Character devices:\n  1 mem\n  4 tty\n195 nvidia\n195 nvidiactl\n238 nvidia-uvm\n241 nvidia-caps\n\nBlock devices:\n  8 sd\n",
+        );
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let dev = root.join("dev");
+            std::fs::create_dir_all(&dev).expect("mkdir dev");
+            let mut nodes = vec![
+                ("nvidiactl".to_owned(), 195, 255),
+                ("nvidia-uvm".to_owned(), 238, 0),
+                ("nvidia-uvm-tools".to_owned(), 238, 1),
+                ("nvidia-modeset".to_owned(), 195, 254),
+            ];
+            nodes.extend((0..gpus).map(|m| (format!("nvidia{m}"), 195, m)));
+            for (name, major, minor) in nodes {
+                let path = std::ffi::CString::new(dev.join(name).as_os_str().as_encoded_bytes())
+                    .expect("path");
+                // SAFETY: path is a valid C string; mknod creates a node in our temp dir.
+                let rc = unsafe {
+                    libc::mknod(
+                        path.as_ptr(),
+                        libc::S_IFCHR | 0o666,
+                        libc::makedev(major, minor),
+                    )
+                };
+                assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+            }
+        }
+        let droot = self.driver_root();
+        let (libdir, bindir, fwdir) = match self.layout {
+            Layout::Distro => ("usr/lib/x86_64-linux-gnu", "usr/bin", "lib/firmware/nvidia"),
+            Layout::UsrLocalNvidia => ("lib64", "bin", "firmware/nvidia"),
+        };
+        let libdir = droot.join(libdir);
+        std::fs::create_dir_all(&libdir).expect("mkdir lib");
+        for (stem, soname) in LIBRARIES {
+            let file = format!("{stem}.so.{VERSION}");
+            std::fs::copy(shared_object(soname), libdir.join(&file)).expect("copy library");
+            if *soname != file {
+                std::os::unix::fs::symlink(&file, libdir.join(soname)).expect("soname link");
+            }
+        }
+        if self.layout == Layout::UsrLocalNvidia {
+            std::os::unix::fs::symlink("lib64", droot.join("lib")).expect("lib link");
+        }
+        let smi = droot.join(bindir).join("nvidia-smi");
+        write(&smi, "#!/bin/sh\necho \"GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-1111-2222-3333-444455556666)\"\n");
+        std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for fw in ["gsp_ga10x.bin", "gsp_tu10x.bin"] {
+            write(&droot.join(fwdir).join(VERSION).join(fw), "firmware");
+        }
+    }
+}

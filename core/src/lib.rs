@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod discover;
+pub mod edits;
 pub mod request;
 pub mod require;
+pub mod select;
 
 pub use config::{Config, ConfigError};
 pub use oci_spec;

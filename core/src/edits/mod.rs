@@ -1,0 +1,203 @@
+//! OCI spec edits that give a container its GPUs: device nodes with matching device-cgroup
+//! allow rules (in the spec, so they survive `systemctl daemon-reload`), read-only bind mounts
+//! of driver files at their host paths minus the driver root, the environment written back, and
+//! removal of any NVIDIA toolkit hook. [`apply`] is idempotent.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxResourcesBuilder, Mount, MountBuilder, Spec,
+};
+
+use crate::discover::{DeviceNode, Inventory};
+use crate::request::{Capability, GpuRequest};
+use crate::select::{select, SelectError};
+
+/// Mount options of driver files (the toolkit's CDI specs use the same).
+pub const FILE_MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
+
+/// What a request adds to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerEdits {
+    /// Device nodes to create (and allow in the device cgroup).
+    pub devices: Vec<DeviceNode>,
+    /// Host files to bind-mount read-only: (host path, container path).
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// Symlinks to create in the rootfs: (link in the container, target).
+    pub symlinks: Vec<(PathBuf, String)>,
+    /// Environment entries to set (`KEY=value`).
+    pub env: Vec<String>,
+}
+
+/// Why edits cannot be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditsError {
+    /// A requested GPU cannot be selected.
+    #[error(transparent)]
+    Select(#[from] SelectError),
+}
+
+/// The edits `request` needs on a host described by `inventory`. `Void` requests need none.
+pub fn edits_for(
+    inventory: &Inventory,
+    request: &GpuRequest,
+) -> Result<ContainerEdits, EditsError> {
+    if request.devices.is_void() {
+        return Ok(ContainerEdits::default());
+    }
+    let gpus = select(inventory, &request.devices)?;
+    let caps = &request.capabilities;
+    let mut e = ContainerEdits::default();
+    e.devices.push(inventory.ctl.clone());
+    if caps.needs_compute() {
+        e.devices.extend(inventory.uvm.iter().cloned());
+        e.devices.extend(inventory.uvm_tools.iter().cloned());
+    }
+    if caps.has(Capability::Display) {
+        e.devices.extend(inventory.modeset.iter().cloned());
+    }
+    for g in &gpus {
+        if let Some(node) = inventory.gpu_nodes.get(&g.minor) {
+            e.devices.push(node.clone());
+        }
+    }
+    for lib in inventory.libraries.iter().filter(|l| l.group.wanted(caps)) {
+        let target = inventory.container_path(&lib.path);
+        if let (Some(soname), Some(dir), Some(file)) =
+            (&lib.soname, target.parent(), target.file_name())
+        {
+            let file = file.to_string_lossy();
+            if *soname != file {
+                e.symlinks.push((dir.join(soname), file.into_owned()));
+            }
+        }
+        e.mounts.push((lib.path.clone(), target));
+    }
+    for (bin, cap) in &inventory.binaries {
+        if caps.has(*cap) {
+            e.mounts.push((bin.clone(), inventory.container_path(bin)));
+        }
+    }
+    for fw in &inventory.firmware {
+        e.mounts.push((fw.clone(), inventory.container_path(fw)));
+    }
+    // No hook or runtime after us may act on the request again.
+    e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());
+    Ok(e)
+}
+
+fn device(node: &DeviceNode) -> LinuxDevice {
+    LinuxDeviceBuilder::default()
+        .path(node.path.clone())
+        .typ(LinuxDeviceType::C)
+        .major(i64::from(node.major))
+        .minor(i64::from(node.minor))
+        .file_mode(0o666u32)
+        .uid(0u32)
+        .gid(0u32)
+        .build()
+        .expect("all device fields are set")
+}
+
+fn allow_rule(node: &DeviceNode) -> LinuxDeviceCgroup {
+    LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::C)
+        .major(i64::from(node.major))
+        .minor(i64::from(node.minor))
+        .access("rwm")
+        .build()
+        .expect("all rule fields are set")
+}
+
+fn file_mount(host: &Path, container: &Path) -> Mount {
+    MountBuilder::default()
+        .destination(container)
+        .source(host)
+        .typ("bind")
+        .options(FILE_MOUNT_OPTIONS.map(str::to_owned).to_vec())
+        .build()
+        .expect("all mount fields are set")
+}
+
+fn is_toolkit_hook(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == "nvidia-container-runtime-hook" || n == "nvidia-container-toolkit")
+}
+
+/// Applies `edits` to `spec`. Applying twice gives the same spec as applying once; nodes and
+/// mounts already present (from CDI or device-plugin `DeviceSpecs`) are not duplicated.
+pub fn apply(spec: &mut Spec, edits: &ContainerEdits) {
+    let mut linux = spec
+        .linux()
+        .clone()
+        .unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux"));
+    let mut devices = linux.devices().clone().unwrap_or_default();
+    for node in &edits.devices {
+        if !devices.iter().any(|d| d.path() == &node.path) {
+            devices.push(device(node));
+        }
+    }
+    if !devices.is_empty() {
+        linux.set_devices(Some(devices));
+    }
+    let mut resources = linux.resources().clone().unwrap_or_else(|| {
+        LinuxResourcesBuilder::default()
+            .build()
+            .expect("empty resources")
+    });
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    for node in &edits.devices {
+        let rule = allow_rule(node);
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+    }
+    if !edits.devices.is_empty() {
+        resources.set_devices(Some(rules));
+        linux.set_resources(Some(resources));
+    }
+    spec.set_linux(Some(linux));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (host, container) in &edits.mounts {
+        if !mounts.iter().any(|m| m.destination() == container) {
+            mounts.push(file_mount(host, container));
+        }
+    }
+    spec.set_mounts(Some(mounts));
+
+    if let Some(mut process) = spec.process().clone() {
+        let mut env = process.env().clone().unwrap_or_default();
+        for kv in &edits.env {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            env.push(kv.clone());
+        }
+        process.set_env(Some(env));
+        spec.set_process(Some(process));
+    }
+
+    if let Some(mut hooks) = spec.hooks().clone() {
+        if let Some(prestart) = hooks.prestart().clone() {
+            let kept: Vec<_> = prestart
+                .into_iter()
+                .filter(|h| !is_toolkit_hook(h.path()))
+                .collect();
+            hooks.set_prestart(if kept.is_empty() { None } else { Some(kept) });
+        }
+        if let Some(create) = hooks.create_runtime().clone() {
+            let kept: Vec<_> = create
+                .into_iter()
+                .filter(|h| !is_toolkit_hook(h.path()))
+                .collect();
+            hooks.set_create_runtime(if kept.is_empty() { None } else { Some(kept) });
+        }
+        spec.set_hooks(Some(hooks));
+    }
+}
+
+#[cfg(test)]
+mod tests;

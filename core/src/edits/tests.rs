@@ -1,0 +1,311 @@
+use super::*;
+use crate::discover::fixture::{FakeDriver, Layout};
+use crate::request::{GpuRequest, RequestPolicy};
+use oci_spec::runtime::{HookBuilder, HooksBuilder, ProcessBuilder, SpecBuilder};
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0;
+    if !ok {
+        eprintln!("SKIP: fake device nodes need mknod (root)");
+    }
+    ok
+}
+
+fn spec_with_env(env: &[&str]) -> Spec {
+    SpecBuilder::default()
+        .process(
+            ProcessBuilder::default()
+                .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+fn request(env: &[&str]) -> GpuRequest {
+    GpuRequest::from_spec(&spec_with_env(env), &RequestPolicy::default()).unwrap()
+}
+
+fn inventory(gpus: u32, layout: Layout) -> (FakeDriver, Inventory) {
+    let fake = FakeDriver::builder().gpus(gpus).layout(layout).build();
+    let inv = Inventory::discover(&fake.roots()).unwrap();
+    (fake, inv)
+}
+
+fn device_paths(spec: &Spec) -> Vec<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect()
+}
+
+fn mount_dests(spec: &Spec) -> Vec<String> {
+    spec.mounts()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.destination().display().to_string())
+        .collect()
+}
+
+#[test]
+fn all_gpus_get_nodes_rules_libraries_binaries_and_env() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(4, Layout::Distro);
+    let env = ["NVIDIA_VISIBLE_DEVICES=all"];
+    let edits = edits_for(&inv, &request(&env)).unwrap();
+    let mut spec = spec_with_env(&env);
+    apply(&mut spec, &edits);
+    let devs = device_paths(&spec);
+    for d in [
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+        "/dev/nvidia-uvm-tools",
+        "/dev/nvidia0",
+        "/dev/nvidia3",
+    ] {
+        assert!(devs.contains(&d.to_owned()), "{d} missing from {devs:?}");
+    }
+    assert!(
+        !devs.contains(&"/dev/nvidia-modeset".to_owned()),
+        "modeset only with display"
+    );
+    let rules = spec
+        .linux()
+        .as_ref()
+        .unwrap()
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    assert_eq!(rules.len(), devs.len());
+    assert!(rules
+        .iter()
+        .all(|r| r.allow() && r.access().as_deref() == Some("rwm")));
+    let mounts = mount_dests(&spec);
+    assert!(mounts.contains(&"/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04".to_owned()));
+    assert!(mounts.contains(&"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04".to_owned()));
+    assert!(mounts.contains(&"/usr/bin/nvidia-smi".to_owned()));
+    assert!(mounts.iter().any(|m| m.ends_with("gsp_ga10x.bin")));
+    assert!(edits.symlinks.contains(&(
+        PathBuf::from("/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
+        "libcuda.so.580.159.04".to_owned()
+    )));
+    let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+    assert_eq!(env, ["NVIDIA_VISIBLE_DEVICES=void"]);
+    let ours: Vec<_> = spec
+        .mounts()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter(|m| edits.mounts.iter().any(|(_, c)| c == m.destination()))
+        .collect();
+    assert_eq!(ours.len(), edits.mounts.len());
+    for m in ours {
+        assert_eq!(
+            m.options().clone().unwrap(),
+            FILE_MOUNT_OPTIONS.map(str::to_owned).to_vec()
+        );
+        assert!(m
+            .source()
+            .as_ref()
+            .unwrap()
+            .starts_with(&inv.roots.driver_root));
+        assert!(m.destination().is_absolute());
+    }
+}
+
+#[test]
+fn one_gpu_by_index_uuid_or_bus_gets_only_its_node() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(4, Layout::Distro);
+    let uuid = inv.gpus[1].uuid.clone();
+    let bus = inv.gpus[1].bus_id.clone();
+    for value in ["1".to_owned(), uuid, bus] {
+        let edits = edits_for(
+            &inv,
+            &request(&[&format!("NVIDIA_VISIBLE_DEVICES={value}")]),
+        )
+        .unwrap();
+        let gpu_nodes: Vec<_> = edits
+            .devices
+            .iter()
+            .filter(|d| {
+                d.path
+                    .to_string_lossy()
+                    .trim_start_matches("/dev/nvidia")
+                    .parse::<u32>()
+                    .is_ok()
+            })
+            .map(|d| d.path.display().to_string())
+            .collect();
+        assert_eq!(gpu_nodes, ["/dev/nvidia1"], "{value}");
+    }
+}
+
+#[test]
+fn none_gives_control_nodes_and_libraries_but_no_gpu() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(2, Layout::Distro);
+    let edits = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=none"])).unwrap();
+    let paths: Vec<_> = edits
+        .devices
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect();
+    assert!(paths.contains(&"/dev/nvidiactl".to_owned()));
+    assert!(!paths
+        .iter()
+        .any(|p| p == "/dev/nvidia0" || p == "/dev/nvidia1"));
+    assert!(edits
+        .mounts
+        .iter()
+        .any(|(h, _)| h.ends_with("libcuda.so.580.159.04")));
+}
+
+#[test]
+fn void_or_unset_changes_nothing() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(1, Layout::Distro);
+    for env in [
+        &[][..],
+        &["NVIDIA_VISIBLE_DEVICES=void"][..],
+        &["NVIDIA_VISIBLE_DEVICES="][..],
+    ] {
+        let edits = edits_for(&inv, &request(env)).unwrap();
+        assert_eq!(edits, ContainerEdits::default());
+        let mut spec = spec_with_env(env);
+        let before = spec.clone();
+        apply(&mut spec, &edits);
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            serde_json::to_string(&before).unwrap()
+        );
+    }
+}
+
+#[test]
+fn utility_only_has_no_uvm_and_no_compute_libraries() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(1, Layout::Distro);
+    let edits = edits_for(
+        &inv,
+        &request(&[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ]),
+    )
+    .unwrap();
+    assert!(!edits
+        .devices
+        .iter()
+        .any(|d| d.path.to_string_lossy().contains("uvm")));
+    assert!(!edits
+        .mounts
+        .iter()
+        .any(|(h, _)| h.to_string_lossy().contains("libcuda")));
+    assert!(edits
+        .mounts
+        .iter()
+        .any(|(h, _)| h.to_string_lossy().contains("libnvidia-ml")));
+    assert!(edits.mounts.iter().any(|(h, _)| h.ends_with("nvidia-smi")));
+}
+
+#[test]
+fn apply_is_idempotent_and_keeps_existing_nodes_single() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(2, Layout::Distro);
+    let env = ["NVIDIA_VISIBLE_DEVICES=all"];
+    let edits = edits_for(&inv, &request(&env)).unwrap();
+    let mut spec = spec_with_env(&env);
+    // A device plugin already passed /dev/nvidia0 as a DeviceSpec.
+    apply(
+        &mut spec,
+        &ContainerEdits {
+            devices: vec![inv.gpu_nodes[&0].clone()],
+            ..Default::default()
+        },
+    );
+    apply(&mut spec, &edits);
+    let once = serde_json::to_string(&spec).unwrap();
+    apply(&mut spec, &edits);
+    assert_eq!(serde_json::to_string(&spec).unwrap(), once);
+    let devs = device_paths(&spec);
+    assert_eq!(devs.iter().filter(|d| *d == "/dev/nvidia0").count(), 1);
+}
+
+#[test]
+fn toolkit_hooks_are_removed_and_others_kept() {
+    let hook = |p: &str| HookBuilder::default().path(p).build().unwrap();
+    let mut spec = spec_with_env(&[]);
+    spec.set_hooks(Some(
+        HooksBuilder::default()
+            .prestart(vec![
+                hook("/usr/bin/nvidia-container-runtime-hook"),
+                hook("/usr/bin/other"),
+            ])
+            .build()
+            .unwrap(),
+    ));
+    apply(&mut spec, &ContainerEdits::default());
+    let prestart = spec.hooks().as_ref().unwrap().prestart().clone().unwrap();
+    assert_eq!(prestart.len(), 1);
+    assert_eq!(prestart[0].path(), Path::new("/usr/bin/other"));
+}
+
+#[test]
+fn unknown_gpu_lists_the_valid_ones() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(2, Layout::Distro);
+    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=7"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"7\"") && err.contains(&inv.gpus[0].uuid) && err.contains(&inv.gpus[1].uuid),
+        "{err}"
+    );
+}
+
+#[test]
+fn usr_local_nvidia_files_keep_their_paths_under_the_root() {
+    if !root() {
+        return;
+    }
+    let fake = FakeDriver::builder()
+        .gpus(1)
+        .layout(Layout::UsrLocalNvidia)
+        .build();
+    let inv = Inventory::discover(&fake.roots()).unwrap();
+    let edits = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"])).unwrap();
+    let dests: Vec<_> = edits
+        .mounts
+        .iter()
+        .map(|(_, c)| c.display().to_string())
+        .collect();
+    assert!(
+        dests.contains(&"/lib64/libcuda.so.580.159.04".to_owned()),
+        "{dests:?}"
+    );
+    assert!(dests.contains(&"/bin/nvidia-smi".to_owned()), "{dests:?}");
+}

@@ -8,6 +8,7 @@ pub mod discover;
 pub mod edits;
 pub mod request;
 pub mod require;
+pub mod rootfs;
 pub mod select;
 
 pub use config::{Config, ConfigError};

@@ -85,6 +85,45 @@ pub fn brand_token(value: u32) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Newest CUDA version each driver branch supports (NVIDIA's CUDA compatibility table), for
+/// hosts read without NVML: `(branch, major, minor)`, newest first.
+const CUDA_BY_BRANCH: &[(u64, u64, u64)] = &[
+    (580, 13, 0),
+    (575, 12, 9),
+    (570, 12, 8),
+    (565, 12, 7),
+    (560, 12, 6),
+    (555, 12, 5),
+    (550, 12, 4),
+    (545, 12, 3),
+    (535, 12, 2),
+    (530, 12, 1),
+    (525, 12, 0),
+    (520, 11, 8),
+    (515, 11, 7),
+    (510, 11, 6),
+    (495, 11, 5),
+    (470, 11, 4),
+    (465, 11, 3),
+    (460, 11, 2),
+    (455, 11, 1),
+    (450, 11, 0),
+];
+
+/// The CUDA driver version of a driver version, from its branch (`580.x` gives `13.0`).
+/// `None` for branches newer than the table knows (the value is then unknown, and `cuda`
+/// factors hold, as they do when NVML cannot tell) or older than 450.
+pub fn cuda_for_driver(driver: &Version) -> Option<Version> {
+    let major = *driver.0.first()?;
+    if major > CUDA_BY_BRANCH[0].0 + 9 {
+        return None;
+    }
+    CUDA_BY_BRANCH
+        .iter()
+        .find(|(branch, ..)| *branch <= major)
+        .map(|(_, ma, mi)| Version(vec![*ma, *mi]))
+}
+
 /// What the host's driver reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
@@ -509,6 +548,17 @@ mod tests {
                 "{expr}"
             );
         }
+    }
+
+    #[test]
+    fn cuda_version_follows_the_driver_branch() {
+        let c = |d: &str| cuda_for_driver(&Version::parse(d).unwrap()).map(|v| v.to_string());
+        assert_eq!(c("580.159.04").as_deref(), Some("13.0"));
+        assert_eq!(c("550.54.15").as_deref(), Some("12.4"));
+        assert_eq!(c("552.1").as_deref(), Some("12.4"));
+        assert_eq!(c("470.256.02").as_deref(), Some("11.4"));
+        assert_eq!(c("600.1"), None, "unknown future branch");
+        assert_eq!(c("440.1"), None, "older than the table");
     }
 
     #[test]

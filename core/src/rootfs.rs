@@ -1,0 +1,322 @@
+//! Writes into a container's rootfs that can never leave it: every path is resolved with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` against the rootfs directory, so an
+//! image whose `/usr/lib/x86_64-linux-gnu` is a symlink to `/etc` on the host, or `../../..`,
+//! is resolved inside the rootfs instead.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+/// The kernel's `struct open_how` (libc's is non-exhaustive).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// A rootfs write failed.
+#[derive(Debug, thiserror::Error)]
+#[error("rootfs {rootfs}: cannot {what} {path}: {source}")]
+pub struct RootfsError {
+    /// The rootfs.
+    pub rootfs: PathBuf,
+    /// The operation.
+    pub what: &'static str,
+    /// The path inside the container.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A rootfs opened for confined writes.
+#[derive(Debug)]
+pub struct Rootfs {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+fn cstr(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// The path made relative, with `..` and `.` left for the kernel to resolve in the root.
+fn relative(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+        .collect()
+}
+
+impl Rootfs {
+    /// Opens `path` (a directory).
+    pub fn open(path: &Path) -> Result<Self, RootfsError> {
+        let err = |source| RootfsError {
+            rootfs: path.to_owned(),
+            what: "open",
+            path: PathBuf::from("/"),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_dir()
+            .open(path)
+            .map_err(err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            fd: OwnedFd::from(file),
+        })
+    }
+
+    fn err(&self, what: &'static str, path: &Path, source: std::io::Error) -> RootfsError {
+        RootfsError {
+            rootfs: self.path.clone(),
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Opens directory `rel` (relative to the rootfs) confined to the rootfs.
+    fn open_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let c = cstr(target)?;
+        let how = OpenHow {
+            flags: u64::try_from(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap_or(0),
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: valid dirfd, C string and open_how for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Creates directory `dir` (absolute in the container) and its parents, 0755. A component
+    /// that is a dangling symlink gets its target created, inside the rootfs.
+    pub fn create_dir_all(&self, dir: &Path) -> Result<(), RootfsError> {
+        self.ensure_dir(&relative(dir), 0)
+            .map_err(|e| self.err("create", dir, e))
+    }
+
+    fn ensure_dir(&self, rel: &Path, depth: u32) -> std::io::Result<()> {
+        if depth > 40 {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let mut done = PathBuf::new();
+        for comp in rel.components() {
+            let next = done.join(comp);
+            if matches!(comp, Component::ParentDir | Component::CurDir) {
+                done = next; // the kernel keeps `..` inside the root
+                continue;
+            }
+            let parent = self.open_dir(&done)?;
+            let name = cstr(Path::new(comp.as_os_str()))?;
+            // SAFETY: valid dirfd and C string.
+            if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.open_dir(&next) {
+                // A dangling symlink: create what it points at, resolved in the root.
+                let target = readlinkat(&parent, &name).map_err(|_| e)?;
+                let resolved = if target.is_absolute() {
+                    relative(&target)
+                } else {
+                    done.join(target)
+                };
+                self.ensure_dir(&resolved, depth + 1)?;
+            }
+            done = next;
+        }
+        Ok(())
+    }
+
+    /// Creates symlink `link` (absolute in the container) pointing at `target`, creating its
+    /// directory. An existing entry at `link` is left alone.
+    pub fn symlink(&self, link: &Path, target: &str) -> Result<(), RootfsError> {
+        let parent = link.parent().unwrap_or(Path::new("/"));
+        let name = link.file_name().ok_or_else(|| {
+            self.err(
+                "create symlink",
+                link,
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            )
+        })?;
+        self.create_dir_all(parent)?;
+        let dir = self
+            .open_dir(&relative(parent))
+            .map_err(|e| self.err("open", parent, e))?;
+        let (t, n) = (
+            CString::new(target).map_err(|e| {
+                self.err(
+                    "create symlink",
+                    link,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                )
+            })?,
+            cstr(Path::new(name)).map_err(|e| self.err("create symlink", link, e))?,
+        );
+        // SAFETY: valid C strings and dirfd.
+        let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(self.err("create symlink", link, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes file `path` (absolute in the container) with `content` and `mode`, replacing a
+    /// regular file there; never follows a symlink at the final component.
+    pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<(), RootfsError> {
+        use std::io::Write;
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().ok_or_else(|| {
+            self.err(
+                "write",
+                path,
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            )
+        })?;
+        self.create_dir_all(parent)?;
+        let dir = self
+            .open_dir(&relative(parent))
+            .map_err(|e| self.err("open", parent, e))?;
+        let n = cstr(Path::new(name)).map_err(|e| self.err("write", path, e))?;
+        // SAFETY: valid dirfd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode,
+            )
+        };
+        if fd < 0 {
+            return Err(self.err("write", path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel returned a new descriptor we own.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        f.write_all(content).map_err(|e| self.err("write", path, e))
+    }
+}
+
+fn readlinkat(dir: &OwnedFd, name: &CString) -> std::io::Result<PathBuf> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid dirfd, C string, and a buffer of the length passed.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+trait DirFlags {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+
+impl DirFlags for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_land_inside_the_rootfs_despite_hostile_symlinks() {
+        let host = tempfile::tempdir().unwrap();
+        let escape = host.path().join("host-escape");
+        std::fs::create_dir(&escape).unwrap();
+        let rootfs = host.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+        // The image points its library dir at a host path, absolute and relative.
+        std::os::unix::fs::symlink(&escape, rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
+        std::os::unix::fs::symlink("../../../host-escape", rootfs.join("usr/lib64")).unwrap();
+        let r = Rootfs::open(&rootfs).unwrap();
+        r.symlink(
+            Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
+            "libcuda.so.580",
+        )
+        .unwrap();
+        r.write_file(Path::new("/usr/lib64/x.conf"), b"hi", 0o644)
+            .unwrap();
+        r.write_file(Path::new("/../../etc/evil.conf"), b"hi", 0o644)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_dir(&escape).unwrap().count(),
+            0,
+            "nothing written outside"
+        );
+        // The symlinks resolved as if the rootfs were /: the absolute one to the same path
+        // inside the rootfs, the relative one clamped at the rootfs's /.
+        let inside = rootfs.join(escape.strip_prefix("/").unwrap());
+        assert!(inside.join("libcuda.so.1").symlink_metadata().is_ok());
+        assert_eq!(
+            std::fs::read(rootfs.join("host-escape/x.conf")).unwrap(),
+            b"hi"
+        );
+        assert_eq!(std::fs::read(rootfs.join("etc/evil.conf")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn final_symlink_is_not_followed_on_write() {
+        let host = tempfile::tempdir().unwrap();
+        let rootfs = host.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        let outside = host.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("etc/ld.so.cache")).unwrap();
+        let r = Rootfs::open(&rootfs).unwrap();
+        let err = r
+            .write_file(Path::new("/etc/ld.so.cache"), b"x", 0o644)
+            .unwrap_err();
+        assert!(err.to_string().contains("/etc/ld.so.cache"), "{err}");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+    }
+
+    #[test]
+    fn existing_symlink_is_kept() {
+        let host = tempfile::tempdir().unwrap();
+        let r = Rootfs::open(host.path()).unwrap();
+        r.symlink(Path::new("/lib/a.so.1"), "a.so.1.0").unwrap();
+        r.symlink(Path::new("/lib/a.so.1"), "other").unwrap();
+        assert_eq!(
+            std::fs::read_link(host.path().join("lib/a.so.1")).unwrap(),
+            Path::new("a.so.1.0")
+        );
+    }
+}

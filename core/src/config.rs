@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::request::{Capabilities, RequestPolicy, UnknownCapability};
+
 /// Where the shim looks for its configuration when containerd passes no `ConfigPath`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-nvidia/config.toml";
 
@@ -20,6 +22,25 @@ pub struct Config {
     /// Manage container cgroups through systemd (cgroupsPath `slice:prefix:name`), as runc's
     /// `SystemdCgroup` does; containerd does not pass that option to non-runc shims.
     pub systemd_cgroup: bool,
+    /// Where the driver's files are; detected among [`DRIVER_ROOT_CANDIDATES`] when unset.
+    ///
+    /// [`DRIVER_ROOT_CANDIDATES`]: crate::discover::DRIVER_ROOT_CANDIDATES
+    pub driver_root: Option<PathBuf>,
+    /// Where `dev/nvidia*` nodes are (default `/`).
+    pub dev_root: PathBuf,
+    /// Where `driver/nvidia/...` and `devices` are read (default `/proc`).
+    pub proc_root: PathBuf,
+    /// Capabilities when `NVIDIA_DRIVER_CAPABILITIES` is unset (default `utility,compute`).
+    pub default_capabilities: String,
+    /// Honour `NVIDIA_VISIBLE_DEVICES` in unprivileged containers (default true, as the
+    /// toolkit; set false for the Kubernetes isolation profile).
+    pub accept_envvar_when_unprivileged: bool,
+    /// Honour device-plugin `/dev/null` volume-mount requests (default false).
+    pub accept_volume_mounts: bool,
+    /// Annotation prefixes whose values list CDI devices (default `["cdi.k8s.io/"]`).
+    pub annotation_prefixes: Vec<String>,
+    /// Enforce `NVIDIA_REQUIRE_*` (default true).
+    pub check_requirements: bool,
 }
 
 impl Default for Config {
@@ -27,6 +48,14 @@ impl Default for Config {
         Self {
             log_level: LogLevel::Info,
             systemd_cgroup: false,
+            driver_root: None,
+            dev_root: PathBuf::from("/"),
+            proc_root: PathBuf::from("/proc"),
+            default_capabilities: "utility,compute".to_owned(),
+            accept_envvar_when_unprivileged: true,
+            accept_volume_mounts: false,
+            annotation_prefixes: vec!["cdi.k8s.io/".to_owned()],
+            check_requirements: true,
         }
     }
 }
@@ -111,11 +140,39 @@ impl Config {
 
     /// Parses `text`, attributing errors to `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|err| ConfigError::Parse {
+        let config: Self = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
             line: err.span().map(|span| line_of(text, span.start)),
             message: err.message().trim().to_owned(),
-        })
+        })?;
+        config.default_caps().map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: text
+                .find("default_capabilities")
+                .map(|offset| line_of(text, offset)),
+            message: format!("default_capabilities: {e}"),
+        })?;
+        Ok(config)
+    }
+
+    fn default_caps(&self) -> Result<Capabilities, UnknownCapability> {
+        Capabilities::parse(
+            Some(&self.default_capabilities),
+            &Capabilities::default_set(),
+            false,
+        )
+    }
+
+    /// How GPU requests are read under this configuration.
+    pub fn request_policy(&self) -> RequestPolicy {
+        RequestPolicy {
+            annotation_prefixes: self.annotation_prefixes.clone(),
+            accept_volume_mounts: self.accept_volume_mounts,
+            accept_envvar_when_unprivileged: self.accept_envvar_when_unprivileged,
+            default_capabilities: self
+                .default_caps()
+                .unwrap_or_else(|_| Capabilities::default_set()),
+        }
     }
 }
 
@@ -147,6 +204,33 @@ mod tests {
         let cfg = parse("log_level = \"debug\"\nsystemd_cgroup = true\n").unwrap();
         assert_eq!(cfg.log_level, LogLevel::Debug);
         assert!(cfg.systemd_cgroup);
+    }
+
+    #[test]
+    fn gpu_keys_are_read() {
+        let cfg = parse(
+            "driver_root = \"/usr/local/nvidia\"\nproc_root = \"/tmp/p\"\ndefault_capabilities = \"all\"\n\
+             accept_envvar_when_unprivileged = false\naccept_volume_mounts = true\n\
+             annotation_prefixes = [\"cdi.k8s.io/\", \"nvidia.com/\"]\ncheck_requirements = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.driver_root.as_deref(),
+            Some(Path::new("/usr/local/nvidia"))
+        );
+        let policy = cfg.request_policy();
+        assert!(!policy.accept_envvar_when_unprivileged && policy.accept_volume_mounts);
+        assert_eq!(policy.default_capabilities, Capabilities::all());
+        assert_eq!(policy.annotation_prefixes.len(), 2);
+        assert!(!cfg.check_requirements);
+    }
+
+    #[test]
+    fn bad_default_capabilities_name_the_line() {
+        let err =
+            parse("log_level = \"info\"\ndefault_capabilities = \"compute,cuda\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("cuda"), "{msg}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod exec;
 mod exit;
+mod gpu;
 mod logdriver;
 mod logging;
 mod oom;

@@ -132,13 +132,61 @@ fn group_of(file_name: &str, version: &str) -> Option<LibraryGroup> {
         .map(|(g, _)| *g)
 }
 
+/// A read-only private mapping of a whole file: ELF parsing then touches only the pages it
+/// reads (headers, dynamic section, string table), not a 50 MB `libcuda`.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "empty file",
+            ));
+        }
+        // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// The SONAME of the ELF file at `path`, if it has one.
 pub fn soname(path: &Path) -> Result<Option<String>, DiscoverError> {
-    let bytes = std::fs::read(path).map_err(|source| DiscoverError::Read {
+    let map = Mapped::open(path).map_err(|source| DiscoverError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| DiscoverError::Parse {
+    let elf = goblin::elf::Elf::parse(map.bytes()).map_err(|e| DiscoverError::Parse {
         path: path.to_owned(),
         reason: format!("not an ELF shared object: {e}"),
     })?;

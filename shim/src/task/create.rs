@@ -30,6 +30,20 @@ impl TaskService {
                 }
             }
         };
+        // GPU injection edits config.json and the rootfs before libcontainer reads them.
+        match self.gpu.inject(id, &bundle, &config) {
+            Ok(Some(done)) => log::info!(
+                "container {id}: injected GPUs {:?} ({} device nodes, {} mounts)",
+                done.gpus,
+                done.devices,
+                done.mounts
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                undo_rootfs(&bundle);
+                return Err(e);
+            }
+        }
         let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
             Ok(io) => io,
             Err(e) => {

@@ -30,6 +30,7 @@ use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::exec::{ExecProcess, Started};
 use crate::exit::{ExitCell, ExitRouter, ExitStatus};
+use crate::gpu::GpuInjector;
 use crate::options::{config_path_from_any, load_config};
 use crate::procio::PreparedIo;
 
@@ -55,6 +56,7 @@ pub struct TaskService {
     table: Mutex<Table>,
     exits: Arc<ExitRouter>,
     driver: Driver,
+    gpu: GpuInjector,
     shutdown: Arc<ExitSignal>,
     start_config: Option<PathBuf>,
 }
@@ -100,6 +102,7 @@ impl TaskService {
             table: Mutex::default(),
             exits,
             driver: Driver,
+            gpu: GpuInjector::default(),
             shutdown,
             start_config,
         });

@@ -1,0 +1,324 @@
+//! GPU injection through containerd with a fake driver installation (issue 5's CI tests): real
+//! ELF libraries with SONAMEs, mknod'ed nodes, a fake /proc/driver/nvidia tree, pointed at by
+//! the shim's config file passed with `--runtime-config-path`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
+use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
+use nvidia_shim_integration::image::{Entry, ImageSpec};
+use nvidia_shim_integration::{leftovers, unique_id};
+
+/// A fake 4-GPU driver and a shim config pointing at it.
+struct Gpu {
+    fake: FakeDriver,
+    config: String,
+}
+
+fn gpu(c: &Containerd, gpus: u32) -> Result<Gpu> {
+    let fake = FakeDriver::builder()
+        .gpus(gpus)
+        .layout(Layout::Distro)
+        .build();
+    let roots = fake.roots();
+    let config = c.dir().join(format!("shim-{}.toml", unique_id("cfg")));
+    std::fs::write(
+        &config,
+        format!(
+            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+            roots.driver_root.display(),
+            roots.dev_root.display(),
+            roots.proc_root.display()
+        ),
+    )?;
+    Ok(Gpu {
+        fake,
+        config: config.display().to_string(),
+    })
+}
+
+/// Runs `script` in a fresh container with `env`, returning (exit code, stdout, stderr).
+fn run(
+    c: &Containerd,
+    g: &Gpu,
+    image: &str,
+    env: &[&str],
+    script: &str,
+) -> Result<(Option<i32>, String, String)> {
+    let id = unique_id("gpu");
+    let mut extra = vec!["--rm", "--runtime-config-path", &g.config];
+    for e in env {
+        extra.push("--env");
+        extra.push(e);
+    }
+    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
+    let pos = args
+        .iter()
+        .position(|a| *a == BUSYBOX_IMAGE)
+        .expect("image arg");
+    args[pos] = image;
+    let out = c.ctr(&args)?;
+    assert_clean(c, &id, &id);
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
+#[test]
+fn all_gpus_get_nodes_libraries_binaries_and_void_env() -> Result<()> {
+    let Some(c) = setup("all_gpus_get_nodes_libraries_binaries_and_void_env") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 4)?;
+    let script =
+        "for d in nvidiactl nvidia0 nvidia1 nvidia2 nvidia3 nvidia-uvm nvidia-uvm-tools; do \
+                  stat -c \"$d %t:%T\" /dev/$d; done; \
+                  test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo libcuda-ok; \
+                  test -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 && echo nvml-ok; \
+                  nvidia-smi; echo \"env=$NVIDIA_VISIBLE_DEVICES\"";
+    let (code, out, err) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        script,
+    )?;
+    assert_eq!(code, Some(0), "stdout {out}\nstderr {err}");
+    for line in [
+        "nvidiactl c3:ff",
+        "nvidia0 c3:0",
+        "nvidia3 c3:3",
+        "nvidia-uvm ee:0",
+        "nvidia-uvm-tools ee:1",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        out.contains("libcuda-ok") && out.contains("nvml-ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("GPU 0: NVIDIA H100"),
+        "fake nvidia-smi on PATH: {out}"
+    );
+    assert!(out.contains("env=void"), "{out}");
+    drop(g.fake);
+    Ok(())
+}
+
+#[test]
+fn one_gpu_none_void_and_utility_requests() -> Result<()> {
+    let Some(c) = setup("one_gpu_none_void_and_utility_requests") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 4)?;
+    let list = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo; test -e /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04 && echo libcuda";
+    let (_, out, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=1"], list)?;
+    assert_eq!(
+        out.lines().next().unwrap_or(""),
+        "nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl ",
+        "{err}"
+    );
+    let (_, out, _) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=none"],
+        list,
+    )?;
+    assert_eq!(
+        out.lines().next().unwrap_or(""),
+        "nvidia-uvm nvidia-uvm-tools nvidiactl "
+    );
+    assert!(
+        out.contains("libcuda"),
+        "none still gets the libraries: {out}"
+    );
+    for env in [&["NVIDIA_VISIBLE_DEVICES=void"][..], &[][..]] {
+        let (code, out, _) = run(&c, &g, BUSYBOX_IMAGE, env, list)?;
+        assert_eq!(code, Some(1), "no device and no library: {out}");
+        assert_eq!(out.trim(), "");
+    }
+    let (_, out, _) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ],
+        list,
+    )?;
+    assert_eq!(
+        out.lines().next().unwrap_or(""),
+        "nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl "
+    );
+    assert!(
+        !out.contains("libcuda"),
+        "utility has no compute libraries: {out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn requirements_are_enforced_and_can_be_disabled() -> Result<()> {
+    let Some(c) = setup("requirements_are_enforced_and_can_be_disabled") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 1)?;
+    let (code, _, err) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
+        ],
+        "true",
+    )?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("unsatisfied condition: cuda>=99.0") && err.contains("cuda=13.0"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
+            "NVIDIA_DISABLE_REQUIRE=1",
+        ],
+        "true",
+    )?;
+    assert_eq!(code, Some(0), "{err}");
+    Ok(())
+}
+
+#[test]
+fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
+    let Some(c) = setup("unknown_gpu_and_missing_driver_fail_clearly") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 2)?;
+    let (code, _, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("unknown GPU \"7\"") && err.contains("GPU-00000001"),
+        "{err}"
+    );
+    // A config whose proc root has no driver.
+    let nodriver = Gpu {
+        fake: FakeDriver::builder().build(),
+        config: {
+            let p = c.dir().join("nodriver.toml");
+            std::fs::write(&p, "proc_root = \"/nonexistent-proc\"\n")?;
+            p.display().to_string()
+        },
+    };
+    let (code, _, err) = run(
+        &c,
+        &nodriver,
+        BUSYBOX_IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        "true",
+    )?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("/nonexistent-proc/driver/nvidia/version")
+            && err.contains("NVIDIA_VISIBLE_DEVICES=all"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
+    let Some(c) = setup("hostile_library_dir_symlink_stays_inside_the_rootfs") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 1)?;
+    let escape = c.dir().join("host-escape");
+    std::fs::create_dir_all(&escape)?;
+    let mut image = ImageSpec::busybox()?;
+    image.entries.push(Entry::Dir("usr".into()));
+    image.entries.push(Entry::Dir("usr/lib".into()));
+    image.entries.push(Entry::Symlink(
+        "usr/lib/x86_64-linux-gnu".into(),
+        escape.display().to_string(),
+    ));
+    let name = "docker.io/library/nvtest-hostile:latest";
+    c.import(&image, name)?;
+    let (code, out, err) = run(
+        &c,
+        &g,
+        name,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        "test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo inside",
+    )?;
+    assert_eq!(
+        std::fs::read_dir(&escape)?.count(),
+        0,
+        "nothing written to the host path"
+    );
+    assert!(
+        code == Some(0) && out.contains("inside") || err.contains("container"),
+        "code {code:?} out {out} err {err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
+    let Some(c) = setup("device_cgroup_allows_only_the_given_gpu") else {
+        return Ok(());
+    };
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!(
+            "note: cgroup v2 host; the devices.list check applies to v1 only, the open checks run"
+        );
+    }
+    let g = gpu(&c, 2)?;
+    let id = unique_id("devcg");
+    let out = c.ctr(&run_args(
+        &id,
+        &[
+            "-d",
+            "--runtime-config-path",
+            &g.config,
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=1",
+        ],
+        &["sleep", "86400"],
+    ))?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    if let Some(list) = leftovers::cgroups_of(NAMESPACE, &id)
+        .iter()
+        .map(|d| d.join("devices.list"))
+        .find(|p| p.exists())
+    {
+        let list = std::fs::read_to_string(list)?;
+        assert!(
+            list.contains("c 195:1 rwm") && list.contains("c 195:255 rwm"),
+            "{list}"
+        );
+        assert!(!list.contains("c 195:0 "), "{list}");
+    }
+    // Opening its own node gets past the device cgroup (the fake node has no driver behind it:
+    // ENXIO); a node for GPU 0 made by hand is refused by the cgroup (EPERM).
+    let probe = "cat /dev/nvidia1 2>&1; mknod /tmp/gpu0 c 195 0 && cat /tmp/gpu0 2>&1; true";
+    let out = c.ctr(&["task", "exec", "--exec-id", "probe", &id, "sh", "-c", probe])?;
+    let o = text(&out.stdout);
+    let lines: Vec<&str> = o.lines().collect();
+    assert!(lines.len() >= 2, "{o}");
+    assert!(
+        !lines[0].contains("Operation not permitted"),
+        "own GPU allowed: {o}"
+    );
+    assert!(
+        lines[1].contains("Operation not permitted"),
+        "other GPU denied: {o}"
+    );
+    nvidia_shim_integration::checks::stop_and_remove(&c, &id)
+}

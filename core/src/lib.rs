@@ -6,6 +6,7 @@
 pub mod config;
 pub mod discover;
 pub mod edits;
+pub mod ldcache;
 pub mod request;
 pub mod require;
 pub mod rootfs;

@@ -188,8 +188,36 @@ impl Rootfs {
         Ok(())
     }
 
-    /// Writes file `path` (absolute in the container) with `content` and `mode`, replacing a
-    /// regular file there; never follows a symlink at the final component.
+    /// Reads file `path` (absolute in the container); `None` if it is missing, a symlink or
+    /// not a regular file.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let dir = self.open_dir(&relative(parent)).ok()?;
+        let n = cstr(Path::new(path.file_name()?)).ok()?;
+        // SAFETY: valid dirfd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel returned a new descriptor we own.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// Writes file `path` (absolute in the container) with `content` and `mode`. Whatever was
+    /// at `path` (a file, or a symlink pointing anywhere) is replaced, never followed.
     pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<(), RootfsError> {
         use std::io::Write;
         let parent = path.parent().unwrap_or(Path::new("/"));
@@ -206,11 +234,18 @@ impl Rootfs {
             .map_err(|e| self.err("open", parent, e))?;
         let n = cstr(Path::new(name)).map_err(|e| self.err("write", path, e))?;
         // SAFETY: valid dirfd and C string.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), n.as_ptr(), 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(self.err("replace", path, e));
+            }
+        }
+        // SAFETY: valid dirfd and C string.
         let fd = unsafe {
             libc::openat(
                 dir.as_raw_fd(),
                 n.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 mode,
             )
         };
@@ -293,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn final_symlink_is_not_followed_on_write() {
+    fn final_symlink_is_replaced_not_followed() {
         let host = tempfile::tempdir().unwrap();
         let rootfs = host.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
@@ -301,11 +336,20 @@ mod tests {
         std::fs::write(&outside, "keep").unwrap();
         std::os::unix::fs::symlink(&outside, rootfs.join("etc/ld.so.cache")).unwrap();
         let r = Rootfs::open(&rootfs).unwrap();
-        let err = r
-            .write_file(Path::new("/etc/ld.so.cache"), b"x", 0o644)
-            .unwrap_err();
-        assert!(err.to_string().contains("/etc/ld.so.cache"), "{err}");
+        assert_eq!(
+            r.read_file(Path::new("/etc/ld.so.cache")),
+            None,
+            "reads never follow it"
+        );
+        r.write_file(Path::new("/etc/ld.so.cache"), b"x", 0o644)
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        let meta = rootfs.join("etc/ld.so.cache").symlink_metadata().unwrap();
+        assert!(meta.is_file(), "the symlink was replaced by a file");
+        assert_eq!(
+            r.read_file(Path::new("/etc/ld.so.cache")).as_deref(),
+            Some(&b"x"[..])
+        );
     }
 
     #[test]

@@ -322,3 +322,87 @@ fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
     );
     nvidia_shim_integration::checks::stop_and_remove(&c, &id)
 }
+
+/// A glibc image (the host's loader and libc) with a program that `dlopen`s `libcuda.so.1`.
+fn glibc_image(c: &Containerd) -> Result<&'static str> {
+    let dir = c.dir().join("dlopen-src");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("t.c"),
+        "#include <dlfcn.h>\n#include <stdio.h>\nint main(void) {\n  void *h = dlopen(\"libcuda.so.1\", RTLD_NOW);\n  if (!h) { printf(\"dlopen failed: %s\\n\", dlerror()); return 1; }\n  int (*f)(void) = (int (*)(void)) dlsym(h, \"nvidia_fake_symbol\");\n  printf(\"dlopen ok %d\\n\", f ? f() : -1);\n  return 0;\n}\n",
+    )?;
+    let status = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(dir.join("dlopen-test"))
+        .arg(dir.join("t.c"))
+        .status()?;
+    anyhow::ensure!(status.success(), "cc dlopen-test");
+    let mut image = ImageSpec::busybox()?;
+    for d in ["lib", "lib64", "lib/x86_64-linux-gnu", "usr", "usr/bin"] {
+        image.entries.push(Entry::Dir(d.into()));
+    }
+    let host = |p: &str| std::fs::read(std::fs::canonicalize(p)?);
+    image.entries.push(Entry::File(
+        "lib64/ld-linux-x86-64.so.2".into(),
+        0o755,
+        host("/lib64/ld-linux-x86-64.so.2")?,
+    ));
+    image.entries.push(Entry::File(
+        "lib/x86_64-linux-gnu/libc.so.6".into(),
+        0o755,
+        host("/lib/x86_64-linux-gnu/libc.so.6")?,
+    ));
+    image.entries.push(Entry::File(
+        "usr/bin/dlopen-test".into(),
+        0o755,
+        std::fs::read(dir.join("dlopen-test"))?,
+    ));
+    let name = "docker.io/library/nvtest-glibc:latest";
+    c.import(&image, name)?;
+    Ok(name)
+}
+
+#[test]
+fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
+    let Some(c) = setup("injected_libraries_resolve_through_the_generated_ld_cache") else {
+        return Ok(());
+    };
+    // /usr/local/nvidia layout: the libraries land in /lib64, which only the cache names.
+    let fake = FakeDriver::builder()
+        .gpus(1)
+        .layout(Layout::UsrLocalNvidia)
+        .build();
+    let roots = fake.roots();
+    let config = c.dir().join("usr-local.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+            roots.driver_root.display(),
+            roots.dev_root.display(),
+            roots.proc_root.display()
+        ),
+    )?;
+    let g = Gpu {
+        fake,
+        config: config.display().to_string(),
+    };
+    let image = glibc_image(&c)?;
+    // The image has no ldconfig at all; the cache is the shim's, and without it dlopen fails.
+    let script = "dlopen-test; cat /etc/ld.so.conf.d/000-nvidia-container-shim.conf; \
+                  test -e /sbin/ldconfig || echo no-ldconfig; rm /etc/ld.so.cache; dlopen-test";
+    let (_, out, err) = run(&c, &g, image, &["NVIDIA_VISIBLE_DEVICES=all"], script)?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("dlopen ok 42"),
+        "stdout {out}\nstderr {err}"
+    );
+    assert!(out.contains("/lib64\n"), "drop-in lists /lib64: {out}");
+    assert!(out.contains("no-ldconfig"));
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("dlopen failed")),
+        "control without the cache: {out}"
+    );
+    Ok(())
+}

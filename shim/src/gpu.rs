@@ -146,20 +146,16 @@ impl GpuInjector {
         })?;
         apply(&mut spec, &edits);
         write_spec(id, &spec_path, &spec)?;
-        let rootfs = Rootfs::open(&bundle.rootfs()).map_err(|e| ShimError::Runtime {
+        let rootfs_err = |e: nvidia_shim_core::rootfs::RootfsError| ShimError::Runtime {
             id: id.to_owned(),
             op: "inject",
             message: e.to_string(),
-        })?;
+        };
+        let rootfs = Rootfs::open(&bundle.rootfs()).map_err(rootfs_err)?;
         for (link, target) in &edits.symlinks {
-            rootfs
-                .symlink(link, target)
-                .map_err(|e| ShimError::Runtime {
-                    id: id.to_owned(),
-                    op: "inject",
-                    message: e.to_string(),
-                })?;
+            rootfs.symlink(link, target).map_err(rootfs_err)?;
         }
+        update_ld_cache(&rootfs, &edits).map_err(rootfs_err)?;
         let uuids = match &request.devices {
             DeviceSelection::NoGpu => Vec::new(),
             _ => gpus.iter().map(|g| g.uuid.clone()).collect(),
@@ -170,6 +166,50 @@ impl GpuInjector {
             mounts: edits.mounts.len(),
         }))
     }
+}
+
+/// Where the shim's ld.so.conf.d drop-in goes, so a later `ldconfig` in the container keeps
+/// the injected directories.
+const LD_CONF_DROP_IN: &str = "/etc/ld.so.conf.d/000-nvidia-container-shim.conf";
+
+/// Adds the injected libraries (by SONAME, at their SONAME links) to the image's
+/// `/etc/ld.so.cache`, and writes the ld.so.conf.d drop-in.
+fn update_ld_cache(
+    rootfs: &Rootfs,
+    edits: &nvidia_shim_core::edits::ContainerEdits,
+) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
+    use nvidia_shim_core::ldcache::{merge, Entry, FLAGS_X86_64};
+    let entries: Vec<Entry> = edits
+        .symlinks
+        .iter()
+        .filter_map(|(link, _)| {
+            Some(Entry {
+                flags: FLAGS_X86_64,
+                key: link.file_name()?.to_string_lossy().into_owned(),
+                value: link.to_string_lossy().into_owned(),
+                osversion: 0,
+                hwcap: 0,
+            })
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let cache = Path::new("/etc/ld.so.cache");
+    let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
+    rootfs.write_file(cache, &merged, 0o644)?;
+    let mut dirs: Vec<String> = edits
+        .symlinks
+        .iter()
+        .filter_map(|(l, _)| Some(l.parent()?.to_string_lossy().into_owned()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    rootfs.write_file(
+        Path::new(LD_CONF_DROP_IN),
+        format!("{}\n", dirs.join("\n")).as_bytes(),
+        0o644,
+    )
 }
 
 /// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).

@@ -22,17 +22,17 @@ fn median(v: &mut [Duration]) -> Duration {
 }
 
 fn run_true(c: &Containerd, runtime: &str) -> Result<Duration> {
+    run_true_with(c, runtime, &[])
+}
+
+/// `ctr run --rm` of `/bin/true` with extra `ctr run` flags.
+fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Duration> {
     let id = unique_id("bench");
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "/bin/true"]);
     let t = Instant::now();
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        BUSYBOX_IMAGE,
-        &id,
-        "/bin/true",
-    ])?;
+    let out = c.ctr(&args)?;
     let d = t.elapsed();
     if !out.status.success() {
         bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
@@ -75,6 +75,34 @@ fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<(u64, u64, us
     }
     let _ = c.ctr(&["container", "rm", &id]);
     Ok((rss, pss, pids.len()))
+}
+
+/// Median wall time of a GPU container (`all`, utility+compute) minus the same container
+/// without a GPU request, through this shim, `pairs` interleaved pairs. `config` is a shim
+/// config file (None: the shim's defaults, for a host with a real driver).
+fn injection_overhead(
+    c: &Containerd,
+    pairs: usize,
+    config: Option<&str>,
+) -> Result<(Duration, Duration)> {
+    let mut gpu_flags = vec!["--env", "NVIDIA_VISIBLE_DEVICES=all"];
+    let mut plain_flags = vec![];
+    if let Some(cfg) = config {
+        gpu_flags.extend_from_slice(&["--runtime-config-path", cfg]);
+        plain_flags.extend_from_slice(&["--runtime-config-path", cfg]);
+    }
+    run_true_with(c, RUNTIME, &gpu_flags)?; // discovery happens once per shim; warm the page cache
+    let (mut gpu, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        if i % 2 == 0 {
+            gpu.push(run_true_with(c, RUNTIME, &gpu_flags)?);
+            plain.push(run_true_with(c, RUNTIME, &plain_flags)?);
+        } else {
+            plain.push(run_true_with(c, RUNTIME, &plain_flags)?);
+            gpu.push(run_true_with(c, RUNTIME, &gpu_flags)?);
+        }
+    }
+    Ok((median(&mut gpu), median(&mut plain)))
 }
 
 fn main() -> Result<()> {
@@ -139,6 +167,48 @@ fn main() -> Result<()> {
         "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
         orss as f64 / rrss as f64,
         opss as f64 / rpss as f64
+    );
+
+    // GPU injection overhead: on the host's driver when there is one, else on a fake 4-GPU
+    // driver (real ELF libraries, mknod'ed nodes, fake /proc tree).
+    let (label, config, _fake) = if std::path::Path::new("/dev/nvidiactl").exists() {
+        ("host driver", None, None)
+    } else {
+        let fake = nvidia_shim_core::discover::fixture::FakeDriver::builder()
+            .gpus(4)
+            .build();
+        let roots = fake.roots();
+        let cfg = c.dir().join("bench-gpu.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+                roots.driver_root.display(),
+                roots.dev_root.display(),
+                roots.proc_root.display()
+            ),
+        )?;
+        (
+            "fake 4-GPU driver",
+            Some(cfg.display().to_string()),
+            Some(fake),
+        )
+    };
+    let (gpu, plain) = injection_overhead(&c, pairs, config.as_deref())?;
+    println!(
+        "GPU injection overhead ({label}), {pairs} interleaved pairs, ctr run --rm /bin/true:"
+    );
+    println!(
+        "  NVIDIA_VISIBLE_DEVICES=all   median {:>7.1} ms",
+        gpu.as_secs_f64() * 1e3
+    );
+    println!(
+        "  no GPU request               median {:>7.1} ms",
+        plain.as_secs_f64() * 1e3
+    );
+    println!(
+        "  overhead                            {:>7.1} ms",
+        (gpu.as_secs_f64() - plain.as_secs_f64()) * 1e3
     );
     Ok(())
 }

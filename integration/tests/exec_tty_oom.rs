@@ -54,7 +54,61 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
     )?;
     tty.expect("/dev/pts/")?;
     assert!(tty.wait()?.success());
+
+    // The process spec is honoured (user, cwd) and the exec joins every namespace of init.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e3",
+        "--user",
+        "65534",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "id -u; pwd; for n in mnt pid uts ipc net; do readlink /proc/self/ns/$n; done",
+    ])?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let got: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(got[0], "65534");
+    assert_eq!(got[1], "/tmp");
+    let init_pid = task_pid(&c, &id);
+    for (i, n) in ["mnt", "pid", "uts", "ipc", "net"].iter().enumerate() {
+        let init_ns = std::fs::read_link(format!("/proc/{init_pid}/ns/{n}"))?;
+        assert_eq!(got[2 + i], init_ns.display().to_string(), "{n} namespace");
+    }
+
+    // Pids names exec processes by exec id, as the runc shim does.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "slow",
+        &id,
+        "sleep",
+        "30",
+    ])?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let ps = c.ctr(&["task", "ps", &id])?;
+    assert!(
+        text(&ps.stdout).contains("slow"),
+        "task ps: {}",
+        text(&ps.stdout)
+    );
     stop_and_remove(&c, &id)
+}
+
+/// Host pid of container `id`'s init, from `ctr task ls`.
+fn task_pid(c: &Containerd, id: &str) -> u32 {
+    let out = c.ctr(&["task", "ls"]).expect("ctr task ls");
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("task pid")
 }
 
 #[test]

@@ -120,8 +120,8 @@ fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
     let mut cmd = c.ctr_cmd(&run_args(&id, &["-t", "--rm"], &["sh"]));
     cmd.env("TERM", "dumb");
     let mut tty = PtyChild::spawn(cmd, 24, 80)?;
-    tty.expect("/ # ")?; // the shell's prompt
-                         // ctr sets the container's terminal size from its own once the task started.
+    // The shell's prompt; ctr then sets the container's terminal size from its own.
+    tty.expect("/ # ")?;
     tty.retry_until("stty size\n", "24 80")?;
     shim_client(&c, &id)?.resize_pty(
         ttrpc::context::with_timeout(10_000_000_000),

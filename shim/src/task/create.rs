@@ -30,8 +30,21 @@ impl TaskService {
                 }
             }
         };
-        // GPU injection edits config.json and the rootfs before libcontainer reads them.
-        match self.gpu.inject(id, &bundle, &config) {
+        // GPU injection edits config.json and the rootfs before libcontainer reads them. It
+        // reads files (discovery, ELF headers, the image's ld cache): off the reactor.
+        let injected = {
+            let (gpu, owned_id, b, cfg) = (
+                Arc::clone(&self.gpu),
+                id.to_owned(),
+                bundle.clone(),
+                config.clone(),
+            );
+            tokio::task::spawn_blocking(move || gpu.inject(&owned_id, &b, &cfg))
+                .await
+                .map_err(|e| ShimError::io(id, "GPU injection task", std::io::Error::other(e)))
+                .and_then(|r| r)
+        };
+        match injected {
             Ok(Some(done)) => log::info!(
                 "container {id}: injected GPUs {:?} ({} device nodes, {} mounts)",
                 done.gpus,

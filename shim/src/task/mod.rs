@@ -56,7 +56,7 @@ pub struct TaskService {
     table: Mutex<Table>,
     exits: Arc<ExitRouter>,
     driver: Driver,
-    gpu: GpuInjector,
+    gpu: Arc<GpuInjector>,
     shutdown: Arc<ExitSignal>,
     start_config: Option<PathBuf>,
 }
@@ -102,7 +102,7 @@ impl TaskService {
             table: Mutex::default(),
             exits,
             driver: Driver,
-            gpu: GpuInjector::default(),
+            gpu: Arc::default(),
             shutdown,
             start_config,
         });

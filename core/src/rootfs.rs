@@ -152,14 +152,14 @@ impl Rootfs {
         Ok(())
     }
 
-    /// Creates symlink `link` (absolute in the container) pointing at `target`, creating its
-    /// directory. An existing entry at `link` is left alone.
-    pub fn symlink(&self, link: &Path, target: &str) -> Result<(), RootfsError> {
-        let parent = link.parent().unwrap_or(Path::new("/"));
-        let name = link.file_name().ok_or_else(|| {
+    /// Creates the directory of `path` (absolute in the container) and opens it confined;
+    /// returns it with the final component's name. `what` names the operation in errors.
+    fn entry(&self, path: &Path, what: &'static str) -> Result<(OwnedFd, CString), RootfsError> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().ok_or_else(|| {
             self.err(
-                "create symlink",
-                link,
+                what,
+                path,
                 std::io::Error::from(std::io::ErrorKind::InvalidInput),
             )
         })?;
@@ -167,16 +167,21 @@ impl Rootfs {
         let dir = self
             .open_dir(&relative(parent))
             .map_err(|e| self.err("open", parent, e))?;
-        let (t, n) = (
-            CString::new(target).map_err(|e| {
-                self.err(
-                    "create symlink",
-                    link,
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-                )
-            })?,
-            cstr(Path::new(name)).map_err(|e| self.err("create symlink", link, e))?,
-        );
+        let name = cstr(Path::new(name)).map_err(|e| self.err(what, path, e))?;
+        Ok((dir, name))
+    }
+
+    /// Creates symlink `link` (absolute in the container) pointing at `target`, creating its
+    /// directory. An existing entry at `link` is left alone.
+    pub fn symlink(&self, link: &Path, target: &str) -> Result<(), RootfsError> {
+        let (dir, n) = self.entry(link, "create symlink")?;
+        let t = CString::new(target).map_err(|e| {
+            self.err(
+                "create symlink",
+                link,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            )
+        })?;
         // SAFETY: valid C strings and dirfd.
         let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
         if rc != 0 {
@@ -220,19 +225,7 @@ impl Rootfs {
     /// at `path` (a file, or a symlink pointing anywhere) is replaced, never followed.
     pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<(), RootfsError> {
         use std::io::Write;
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let name = path.file_name().ok_or_else(|| {
-            self.err(
-                "write",
-                path,
-                std::io::Error::from(std::io::ErrorKind::InvalidInput),
-            )
-        })?;
-        self.create_dir_all(parent)?;
-        let dir = self
-            .open_dir(&relative(parent))
-            .map_err(|e| self.err("open", parent, e))?;
-        let n = cstr(Path::new(name)).map_err(|e| self.err("write", path, e))?;
+        let (dir, n) = self.entry(path, "write")?;
         // SAFETY: valid dirfd and C string.
         if unsafe { libc::unlinkat(dir.as_raw_fd(), n.as_ptr(), 0) } != 0 {
             let e = std::io::Error::last_os_error();

@@ -22,17 +22,8 @@ fn gpu(c: &Containerd, gpus: u32) -> Result<Gpu> {
         .gpus(gpus)
         .layout(Layout::Distro)
         .build();
-    let roots = fake.roots();
     let config = c.dir().join(format!("shim-{}.toml", unique_id("cfg")));
-    std::fs::write(
-        &config,
-        format!(
-            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-            roots.driver_root.display(),
-            roots.dev_root.display(),
-            roots.proc_root.display()
-        ),
-    )?;
+    std::fs::write(&config, fake.shim_config())?;
     Ok(Gpu {
         fake,
         config: config.display().to_string(),
@@ -372,17 +363,8 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
         .gpus(1)
         .layout(Layout::UsrLocalNvidia)
         .build();
-    let roots = fake.roots();
     let config = c.dir().join("usr-local.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-            roots.driver_root.display(),
-            roots.dev_root.display(),
-            roots.proc_root.display()
-        ),
-    )?;
+    std::fs::write(&config, fake.shim_config())?;
     let g = Gpu {
         fake,
         config: config.display().to_string(),

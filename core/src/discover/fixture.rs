@@ -151,6 +151,18 @@ impl FakeDriver {
         }
     }
 
+    /// A shim config file body (`driver_root`, `dev_root`, `proc_root`) pointing at this
+    /// installation.
+    pub fn shim_config(&self) -> String {
+        let r = self.roots();
+        format!(
+            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+            r.driver_root.display(),
+            r.dev_root.display(),
+            r.proc_root.display()
+        )
+    }
+
     fn write(&self, gpus: u32, reverse_minors: bool) {
         let root = self.dir.path();
         let proc = self.proc_root();

@@ -177,17 +177,8 @@ fn main() -> Result<()> {
         let fake = nvidia_shim_core::discover::fixture::FakeDriver::builder()
             .gpus(4)
             .build();
-        let roots = fake.roots();
         let cfg = c.dir().join("bench-gpu.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-                roots.driver_root.display(),
-                roots.dev_root.display(),
-                roots.proc_root.display()
-            ),
-        )?;
+        std::fs::write(&cfg, fake.shim_config())?;
         (
             "fake 4-GPU driver",
             Some(cfg.display().to_string()),

@@ -103,6 +103,38 @@ pub fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes stopped task `id` and its container, checking that containerd reports exit status
+/// `code`, then that nothing is left.
+pub fn remove_stopped(c: &Containerd, id: &str, code: i32) -> Result<()> {
+    let rm = c.ctr(&["task", "rm", id])?;
+    let err = text(&rm.stderr);
+    if !rm.status.success() {
+        bail!("ctr task rm {id}: {err}");
+    }
+    // ctr warns with the exit status of a task that did not exit 0.
+    if code != 0 && !err.contains(&format!("exit code {code}")) {
+        bail!("task {id}: expected exit code {code}, ctr said: {err}");
+    }
+    let rm = c.ctr(&["container", "rm", id])?;
+    if !rm.status.success() {
+        bail!("ctr container rm {id}: {}", text(&rm.stderr));
+    }
+    assert_clean(c, id, id);
+    Ok(())
+}
+
+/// A ttrpc client of the Task API of shim group `group`, as containerd uses it.
+pub fn shim_client(
+    c: &Containerd,
+    group: &str,
+) -> Result<containerd_shim_protos::shim::shim_ttrpc::TaskClient> {
+    use containerd_shim_protos::ttrpc;
+    let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
+    Ok(containerd_shim_protos::shim::shim_ttrpc::TaskClient::new(
+        ttrpc::Client::connect(&format!("unix://{}", socket.display()))?,
+    ))
+}
+
 /// `ctr events`, read line by line in the background.
 #[derive(Debug)]
 pub struct EventStream {

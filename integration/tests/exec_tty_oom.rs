@@ -3,10 +3,9 @@
 
 use anyhow::Result;
 use containerd_shim_protos::api::ResizePtyRequest;
-use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
 use containerd_shim_protos::ttrpc;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, stop_and_remove, text, EventStream,
+    assert_clean, eventually, run_args, setup, shim_client, stop_and_remove, text, EventStream,
 };
 use nvidia_shim_integration::containerd::{Containerd, NAMESPACE};
 use nvidia_shim_integration::pty::PtyChild;
@@ -18,14 +17,6 @@ fn sleeper(c: &Containerd, prefix: &str) -> Result<String> {
     let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     Ok(id)
-}
-
-fn shim_client(c: &Containerd, group: &str) -> Result<TaskClient> {
-    let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
-    Ok(TaskClient::new(ttrpc::Client::connect(&format!(
-        "unix://{}",
-        socket.display()
-    ))?))
 }
 
 #[test]

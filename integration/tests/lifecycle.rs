@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, stop_and_remove, task_status, text, EventStream,
+    assert_clean, eventually, remove_stopped, run_args, setup, shim_client, stop_and_remove,
+    task_status, text, EventStream,
 };
 use nvidia_shim_integration::containerd::NAMESPACE;
 use nvidia_shim_integration::{leftovers, unique_id};
@@ -76,16 +77,7 @@ fn detached_task_ps_metrics_pause_resume_and_sigterm() -> Result<()> {
     eventually("task to stop", || {
         task_status(&c, &id).as_deref() == Some("STOPPED")
     })?;
-    let rm = c.ctr(&["task", "rm", &id])?;
-    assert!(rm.status.success(), "task rm: {}", text(&rm.stderr));
-    assert!(
-        text(&rm.stderr).contains("exit code 42"),
-        "task rm: {}",
-        text(&rm.stderr)
-    );
-    assert!(c.ctr(&["container", "rm", &id])?.status.success());
-    assert_clean(&c, &id, &id);
-    Ok(())
+    remove_stopped(&c, &id, 42)
 }
 
 #[test]
@@ -249,15 +241,7 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
     // may trail the state by a second or two.
     let exit_line = events.wait_for("/tasks/exit", &id)?;
     assert!(exit_line.contains("\"exit_status\":7"), "{exit_line}");
-    let rm = c.ctr(&["task", "rm", &id])?;
-    assert!(
-        text(&rm.stderr).contains("exit code 7"),
-        "task rm: {}",
-        text(&rm.stderr)
-    );
-    assert!(c.ctr(&["container", "rm", &id])?.status.success());
-    assert_clean(&c, &id, &id);
-    Ok(())
+    remove_stopped(&c, &id, 7)
 }
 
 #[test]
@@ -265,7 +249,6 @@ fn update_applies_new_resources_through_the_task_api() -> Result<()> {
     use containerd_shim_protos::api::UpdateTaskRequest;
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
     use containerd_shim_protos::protobuf::MessageField;
-    use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
     use containerd_shim_protos::ttrpc;
 
     let Some(c) = setup("update_applies_new_resources_through_the_task_api") else {
@@ -275,11 +258,7 @@ fn update_applies_new_resources_through_the_task_api() -> Result<()> {
     let id = unique_id("update");
     let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, &id);
-    let client = TaskClient::new(ttrpc::Client::connect(&format!(
-        "unix://{}",
-        socket.display()
-    ))?);
+    let client = shim_client(&c, &id)?;
     let limit: u64 = 48 << 20;
     let req = UpdateTaskRequest {
         id: id.clone(),

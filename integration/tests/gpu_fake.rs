@@ -388,3 +388,62 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
+    let Some(c) = setup("cdi_annotations_and_the_isolation_profile") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 4)?;
+    // The Kubernetes profile: env requests only count for privileged containers.
+    let strict = c.dir().join("strict.toml");
+    std::fs::write(
+        &strict,
+        format!(
+            "{}accept_envvar_when_unprivileged = false\n",
+            g.fake.shim_config()
+        ),
+    )?;
+    let strict = Gpu {
+        fake: FakeDriver::builder().build(),
+        config: strict.display().to_string(),
+    };
+    let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '; echo";
+    let with = |config: &Gpu, extra: &[&str]| -> Result<String> {
+        let id = unique_id("cdi");
+        let mut args = vec!["--rm", "--runtime-config-path", config.config.as_str()];
+        args.extend_from_slice(extra);
+        let out = c.ctr(&run_args(&id, &args, &["sh", "-c", list]))?;
+        assert_clean(&c, &id, &id);
+        Ok(text(&out.stdout).trim().to_owned())
+    };
+    // A device-plugin CDI annotation, resolved against the built-in inventory.
+    let ann = "cdi.k8s.io/nvidia-device-plugin_1234=k8s.device-plugin.nvidia.com/gpu=2";
+    assert_eq!(with(&g, &["--annotation", ann])?, "nvidia2");
+    // The annotation wins over an image's NVIDIA_VISIBLE_DEVICES=all.
+    assert_eq!(
+        with(
+            &g,
+            &["--annotation", ann, "--env", "NVIDIA_VISIBLE_DEVICES=all"]
+        )?,
+        "nvidia2"
+    );
+    // Under the strict profile an unprivileged CUDA image's `all` gets nothing...
+    assert_eq!(with(&strict, &["--env", "NVIDIA_VISIBLE_DEVICES=all"])?, "");
+    // ...but its allocation (the annotation) is honoured, and a privileged container's env too.
+    assert_eq!(
+        with(
+            &strict,
+            &["--annotation", ann, "--env", "NVIDIA_VISIBLE_DEVICES=all"]
+        )?,
+        "nvidia2"
+    );
+    assert_eq!(
+        with(
+            &strict,
+            &["--privileged", "--env", "NVIDIA_VISIBLE_DEVICES=all"]
+        )?,
+        "nvidia0 nvidia1 nvidia2 nvidia3"
+    );
+    Ok(())
+}

@@ -345,6 +345,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever path an injection is asked to write, through whatever symlinks the image
+        /// has, nothing lands outside the rootfs.
+        #[test]
+        fn no_write_leaves_the_rootfs(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "..", ".", "abs", "rel", "up"]), 1..6),
+        ) {
+            let host = tempfile::tempdir().unwrap();
+            let outside = host.path().join("outside");
+            std::fs::create_dir(&outside).unwrap();
+            let rootfs = host.path().join("rootfs");
+            std::fs::create_dir_all(rootfs.join("a")).unwrap();
+            std::os::unix::fs::symlink(&outside, rootfs.join("abs")).unwrap();
+            std::os::unix::fs::symlink("../outside", rootfs.join("rel")).unwrap();
+            std::os::unix::fs::symlink("../../../../..", rootfs.join("a/up")).unwrap();
+            let r = Rootfs::open(&rootfs).unwrap();
+            let path = Path::new("/").join(parts.join("/")).join("f");
+            let _ = r.write_file(&path, b"x", 0o644);
+            let _ = r.symlink(&path.with_file_name("l"), "t");
+            let _ = r.create_dir_all(&path.with_file_name("d"));
+            proptest::prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{:?}", path);
+            proptest::prop_assert!(!host.path().join("f").exists() && !host.path().join("d").exists());
+        }
+    }
+
     #[test]
     fn existing_symlink_is_kept() {
         let host = tempfile::tempdir().unwrap();

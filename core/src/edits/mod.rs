@@ -200,4 +200,6 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -71,6 +71,35 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
         assert_eq!(got[2 + i], init_ns.display().to_string(), "{n} namespace");
     }
 
+    // stdin reaches an exec process.
+    let out = c.ctr_with_input(
+        &["task", "exec", "--exec-id", "in", &id, "head", "-c", "3"],
+        Some(b"xyz"),
+    )?;
+    assert_eq!(text(&out.stdout), "xyz", "stderr: {}", text(&out.stderr));
+
+    // An exec terminal follows ResizePty (addressed by exec id) through the Task API.
+    let mut tty = PtyChild::spawn(
+        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "sh", &id, "sh"]),
+        24,
+        80,
+    )?;
+    tty.expect("/ # ")?;
+    tty.retry_until("stty size\n", "24 80")?;
+    shim_client(&c, &id)?.resize_pty(
+        ttrpc::context::with_timeout(10_000_000_000),
+        &ResizePtyRequest {
+            id: id.clone(),
+            exec_id: "sh".into(),
+            width: 120,
+            height: 50,
+            ..Default::default()
+        },
+    )?;
+    tty.retry_until("stty size\n", "50 120")?;
+    tty.send("exit 4\n")?;
+    assert_eq!(tty.wait()?.code(), Some(4));
+
     // Pids names exec processes by exec id, as the runc shim does.
     let out = c.ctr(&[
         "task",

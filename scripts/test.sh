@@ -9,7 +9,9 @@ cargo build --locked -p containerd-shim-nvidia-v2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log"
+# Two test threads through the environment, not an argument: criterion benches run once in test
+# mode and reject libtest's flags.
+RUST_TEST_THREADS=2 cargo test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -3,6 +3,7 @@
 //! client, and reaches the host only through paths it is given, so it is testable without a GPU.
 #![warn(missing_docs)]
 
+pub mod cdi;
 pub mod config;
 pub mod discover;
 pub mod edits;

@@ -133,18 +133,20 @@ impl DeviceNode {
         Some(Self {
             path: PathBuf::from(path),
             host_path,
-            major: u32::try_from(libc_major(rdev)).ok()?,
-            minor: u32::try_from(libc_minor(rdev)).ok()?,
+            major: rdev_major(rdev),
+            minor: rdev_minor(rdev),
         })
     }
 }
 
-fn libc_major(rdev: u64) -> u64 {
-    ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0000_0fff)
+/// The major number of a `st_rdev` (glibc's `major()`; at most 32 bits).
+pub fn rdev_major(rdev: u64) -> u32 {
+    (((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0000_0fff)) as u32
 }
 
-fn libc_minor(rdev: u64) -> u64 {
-    ((rdev >> 12) & 0xffff_ff00) | (rdev & 0x0000_00ff)
+/// The minor number of a `st_rdev` (glibc's `minor()`; at most 32 bits).
+pub fn rdev_minor(rdev: u64) -> u32 {
+    (((rdev >> 12) & 0xffff_ff00) | (rdev & 0x0000_00ff)) as u32
 }
 
 /// Everything discovered about the driver.

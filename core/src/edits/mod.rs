@@ -121,6 +121,23 @@ fn file_mount(host: &Path, container: &Path) -> Mount {
         .expect("all mount fields are set")
 }
 
+/// Sets `KEY=value` entries in the process environment, replacing any entry with the same key.
+pub fn set_env(spec: &mut Spec, entries: &[String]) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Some(mut process) = spec.process().clone() {
+        let mut env = process.env().clone().unwrap_or_default();
+        for kv in entries {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            env.push(kv.clone());
+        }
+        process.set_env(Some(env));
+        spec.set_process(Some(process));
+    }
+}
+
 fn is_toolkit_hook(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -169,16 +186,7 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) {
     }
     spec.set_mounts(Some(mounts));
 
-    if let Some(mut process) = spec.process().clone() {
-        let mut env = process.env().clone().unwrap_or_default();
-        for kv in &edits.env {
-            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-            env.push(kv.clone());
-        }
-        process.set_env(Some(env));
-        spec.set_process(Some(process));
-    }
+    set_env(spec, &edits.env);
 
     if let Some(mut hooks) = spec.hooks().clone() {
         if let Some(prestart) = hooks.prestart().clone() {

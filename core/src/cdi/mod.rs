@@ -1,0 +1,13 @@
+//! Container Device Interface: spec files read from disk (JSON or YAML, versions 0.3.0 to
+//! 1.1.0), qualified device names resolved against them, and their edits applied to an OCI
+//! spec. containerd 1.6 has no CDI of its own, so the shim resolves names that reach it through
+//! `NVIDIA_VISIBLE_DEVICES`, annotations or volume mounts.
+
+mod apply;
+pub mod generate;
+mod registry;
+pub mod spec;
+
+pub use apply::{apply, ApplyError, HookPlan};
+pub use registry::{Registry, ResolveError, Resolved, DEFAULT_SPEC_DIRS};
+pub use spec::{CdiSpec, SpecError};

@@ -12,6 +12,9 @@ use crate::request::{Capabilities, RequestPolicy, UnknownCapability};
 /// Where the shim looks for its configuration when containerd passes no `ConfigPath`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-nvidia/config.toml";
 
+/// Where the driver inventory is cached on disk unless configured otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/run/containerd-shim-nvidia";
+
 /// The shim's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,12 +38,20 @@ pub struct Config {
     /// Honour `NVIDIA_VISIBLE_DEVICES` in unprivileged containers (default true, as the
     /// toolkit; set false for the Kubernetes isolation profile).
     pub accept_envvar_when_unprivileged: bool,
-    /// Honour device-plugin `/dev/null` volume-mount requests (default false).
-    pub accept_volume_mounts: bool,
+    /// Honour device-plugin `/dev/null` volume-mount requests (default false;
+    /// `accept_volume_mounts` is accepted as an alias).
+    #[serde(alias = "accept_volume_mounts")]
+    pub accept_volume_mount_requests: bool,
     /// Annotation prefixes whose values list CDI devices (default `["cdi.k8s.io/"]`).
     pub annotation_prefixes: Vec<String>,
     /// Enforce `NVIDIA_REQUIRE_*` (default true).
     pub check_requirements: bool,
+    /// Directories of CDI spec files, lowest priority first (default `/etc/cdi`,
+    /// `/var/run/cdi`).
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Where the driver inventory is cached between shims (default
+    /// `/run/containerd-shim-nvidia`; empty disables the on-disk cache).
+    pub cache_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -53,9 +64,14 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             default_capabilities: "utility,compute".to_owned(),
             accept_envvar_when_unprivileged: true,
-            accept_volume_mounts: false,
+            accept_volume_mount_requests: false,
             annotation_prefixes: vec!["cdi.k8s.io/".to_owned()],
             check_requirements: true,
+            cdi_spec_dirs: crate::cdi::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
         }
     }
 }
@@ -167,7 +183,7 @@ impl Config {
     pub fn request_policy(&self) -> RequestPolicy {
         RequestPolicy {
             annotation_prefixes: self.annotation_prefixes.clone(),
-            accept_volume_mounts: self.accept_volume_mounts,
+            accept_volume_mounts: self.accept_volume_mount_requests,
             accept_envvar_when_unprivileged: self.accept_envvar_when_unprivileged,
             default_capabilities: self
                 .default_caps()
@@ -210,7 +226,8 @@ mod tests {
     fn gpu_keys_are_read() {
         let cfg = parse(
             "driver_root = \"/usr/local/nvidia\"\nproc_root = \"/tmp/p\"\ndefault_capabilities = \"all\"\n\
-             accept_envvar_when_unprivileged = false\naccept_volume_mounts = true\n\
+             accept_envvar_when_unprivileged = false\naccept_volume_mount_requests = true\n\
+             cdi_spec_dirs = [\"/x\"]\ncache_dir = \"\"\n\
              annotation_prefixes = [\"cdi.k8s.io/\", \"nvidia.com/\"]\ncheck_requirements = false\n",
         )
         .unwrap();
@@ -222,6 +239,10 @@ mod tests {
         assert!(!policy.accept_envvar_when_unprivileged && policy.accept_volume_mounts);
         assert_eq!(policy.default_capabilities, Capabilities::all());
         assert_eq!(policy.annotation_prefixes.len(), 2);
+        assert_eq!(cfg.cdi_spec_dirs, [PathBuf::from("/x")]);
+        assert_eq!(cfg.cache_dir, PathBuf::new());
+        let alias = parse("accept_volume_mounts = true\n").unwrap();
+        assert!(alias.accept_volume_mount_requests);
         assert!(!cfg.check_requirements);
     }
 

@@ -447,3 +447,111 @@ fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cdi_specs_on_disk_are_applied() -> Result<()> {
+    let Some(c) = setup("cdi_specs_on_disk_are_applied") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 2)?;
+    // The toolkit's way: a spec generated from the driver (`nvidia-ctk cdi generate`), here
+    // by core's generator, with its create-symlinks/update-ldcache hooks done by the shim.
+    let inv = nvidia_shim_core::discover::Inventory::discover(&g.fake.roots())?;
+    let spec = nvidia_shim_core::cdi::generate::generate(
+        &inv,
+        nvidia_shim_core::request::Capabilities::all(),
+    );
+    std::fs::write(
+        g.fake.cdi_dir().join("nvidia.yaml"),
+        serde_yaml::to_string(&spec)?,
+    )?;
+    // A non-NVIDIA device: a node of its own, a file mount and env.
+    let host_file = c.dir().join("fpga-firmware.bin");
+    std::fs::write(&host_file, "bitstream")?;
+    std::fs::write(
+        g.fake.cdi_dir().join("fpga.json"),
+        format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"vendor.example/fpga","devices":[{{"name":"f0","containerEdits":{{
+                "env":["FPGA=f0"],
+                "deviceNodes":[{{"path":"/dev/fpga0","hostPath":"/dev/zero"}}],
+                "mounts":[{{"hostPath":"{}","containerPath":"/opt/fpga/firmware.bin","options":["ro","bind"]}}]}}}}]}}"#,
+            host_file.display()
+        ),
+    )?;
+    let script = "ls /dev | grep -E '^(nvidia[0-9]|fpga)' | tr '\\n' ' '; echo; \
+                  echo FPGA=$FPGA NVD=$NVIDIA_VISIBLE_DEVICES; cat /opt/fpga/firmware.bin; echo; \
+                  head -c 4 /dev/fpga0 | wc -c; echo \"$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1)\"; \
+                  grep -c libcuda.so.1 /etc/ld.so.cache 2>/dev/null || echo 0";
+    let ann = "--annotation=cdi.k8s.io/test=vendor.example/fpga=f0";
+    let id = unique_id("cdi");
+    let out = c.ctr(&run_args(
+        &id,
+        &[
+            "--rm",
+            "--runtime-config-path",
+            &g.config,
+            ann,
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1",
+        ],
+        &["sh", "-c", script],
+    ))?;
+    assert_clean(&c, &id, &id);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].trim(),
+        "fpga0",
+        "the annotation wins over the env request"
+    );
+    assert_eq!(lines[1], "FPGA=f0 NVD=void");
+    assert_eq!(lines[2], "bitstream");
+    assert_eq!(lines[3].trim(), "4");
+    assert!(
+        lines[4].is_empty(),
+        "no NVIDIA libraries for the FPGA: {stdout}"
+    );
+
+    // The env request alone resolves nvidia.com/gpu=1 through the spec on disk.
+    let id = unique_id("cdi");
+    let out = c.ctr(&run_args(
+        &id,
+        &[
+            "--rm",
+            "--runtime-config-path",
+            &g.config,
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1",
+        ],
+        &["sh", "-c", script],
+    ))?;
+    assert_clean(&c, &id, &id);
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0].trim(), "nvidia1", "{stdout}{}", text(&out.stderr));
+    assert_eq!(lines[1], "FPGA= NVD=void");
+    assert!(lines[4].starts_with("libcuda.so.580"), "{stdout}");
+    assert_eq!(lines[5], "1", "libcuda.so.1 is in the ld cache: {stdout}");
+
+    // An unknown CDI device fails Create, naming it, and leaves nothing behind.
+    let id = unique_id("cdi");
+    let out = c.ctr(&run_args(
+        &id,
+        &[
+            "--rm",
+            "--runtime-config-path",
+            &g.config,
+            "--annotation=cdi.k8s.io/x=vendor.example/fpga=f9",
+        ],
+        &["true"],
+    ))?;
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unresolvable CDI devices vendor.example/fpga=f9") && err.contains(&id),
+        "{err}"
+    );
+    assert_clean(&c, &id, &id);
+    Ok(())
+}

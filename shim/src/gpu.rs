@@ -6,15 +6,16 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nvidia_shim_core::cdi::{self, HookPlan, Registry};
 use nvidia_shim_core::discover::{
-    detect_driver_root, DiscoverError, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
+    detect_driver_root, soname, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
 };
-use nvidia_shim_core::edits::{apply, edits_for};
+use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
-use nvidia_shim_core::request::{DeviceSelection, GpuRequest};
+use nvidia_shim_core::request::{DeviceId, DeviceSelection, GpuRequest};
 use nvidia_shim_core::require::{check, cuda_for_driver, DeviceFacts, HostFacts, Version};
 use nvidia_shim_core::rootfs::Rootfs;
-use nvidia_shim_core::select::select;
+use nvidia_shim_core::select::{select, BUILTIN_CDI_KINDS};
 use nvidia_shim_core::Config;
 
 use crate::bundle::Bundle;
@@ -93,6 +94,9 @@ impl GpuInjector {
 
     /// Injects what the container at `bundle` asks for. `Ok(None)` when it asks for nothing:
     /// the spec is then not rewritten (byte for byte).
+    ///
+    /// CDI names whose kind has a spec in `cdi_spec_dirs` are applied from that spec; the
+    /// NVIDIA kinds without one, and every other request form, come from driver discovery.
     pub fn inject(&self, id: &str, bundle: &Bundle, config: &Config) -> Result<Option<Injected>> {
         let spec_path = bundle.path().join("config.json");
         let bytes = std::fs::read(&spec_path)
@@ -103,48 +107,50 @@ impl GpuInjector {
                 reason: format!("cannot parse {}: {e}", spec_path.display()),
             })?;
         let what = request_text(&spec);
-        let request = GpuRequest::from_spec(&spec, &config.request_policy()).map_err(|e| {
-            ShimError::InvalidArgument {
-                id: id.to_owned(),
-                reason: format!("GPU request: {e}"),
-            }
-        })?;
+        let invalid = |reason: String| ShimError::InvalidArgument {
+            id: id.to_owned(),
+            reason,
+        };
+        let request = GpuRequest::from_spec(&spec, &config.request_policy())
+            .map_err(|e| invalid(format!("GPU request: {e}")))?;
         if request.env_ignored {
             log::warn!("container {id}: NVIDIA_VISIBLE_DEVICES ignored: unprivileged and accept_envvar_when_unprivileged = false");
         }
         if request.devices.is_void() {
             return Ok(None);
         }
-        let inv = self.inventory(id, config, &what)?;
-        let gpus = select(&inv, &request.devices).map_err(|e| ShimError::InvalidArgument {
-            id: id.to_owned(),
-            reason: format!("{what}: {e}"),
-        })?;
-        if config.check_requirements && !request.disable_require {
-            let driver = Version::parse(&inv.driver_version);
-            let host = HostFacts {
-                cuda: driver.as_ref().and_then(cuda_for_driver),
-                driver,
-            };
-            let devices: Vec<DeviceFacts> = gpus
-                .iter()
-                .map(|g| DeviceFacts {
-                    arch: g.arch.clone(),
-                    brand: g.brand.clone(),
-                })
-                .collect();
-            check(&request.requirements, &host, &devices).map_err(|e| {
-                ShimError::FailedPrecondition {
-                    id: id.to_owned(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let registry = names_cdi(&request.devices).then(|| Registry::load(&config.cdi_spec_dirs));
+        let (cdi_names, from_driver) = split_cdi(&request.devices, registry.as_ref());
+        let mut plan = HookPlan::default();
+        let mut uuids = Vec::new();
+        if let Some(registry) = registry.as_ref().filter(|_| !cdi_names.is_empty()) {
+            let resolved = registry
+                .resolve(&cdi_names)
+                .map_err(|e| invalid(format!("{what}: {e}")))?;
+            plan = cdi::apply(&mut spec, &resolved).map_err(|e| invalid(e.to_string()))?;
+            uuids.extend(cdi_names.iter().cloned());
         }
-        let edits = edits_for(&inv, &request).map_err(|e| ShimError::InvalidArgument {
-            id: id.to_owned(),
-            reason: format!("{what}: {e}"),
-        })?;
-        apply(&mut spec, &edits);
+        let mut edits = ContainerEdits::default();
+        if let Some(devices) = from_driver {
+            let inventory = self.inventory(id, config, &what)?;
+            let gpus = select(&inventory, &devices).map_err(|e| invalid(format!("{what}: {e}")))?;
+            self.check_requirements(id, config, &request, &inventory, &gpus)?;
+            let request = GpuRequest {
+                devices,
+                ..request.clone()
+            };
+            edits = edits_for(&inventory, &request).map_err(|e| invalid(format!("{what}: {e}")))?;
+            if !matches!(request.devices, DeviceSelection::NoGpu) {
+                uuids.extend(gpus.iter().map(|g| g.uuid.clone()));
+            }
+            apply(&mut spec, &edits);
+        } else if config.proc_root.join("driver/nvidia/version").exists() {
+            // Only CDI devices from disk: the host's driver still answers NVIDIA_REQUIRE_*.
+            let inventory = self.inventory(id, config, &what)?;
+            self.check_requirements(id, config, &request, &inventory, &[])?;
+        }
+        // No hook or runtime after us may act on the request again.
+        set_env(&mut spec, &["NVIDIA_VISIBLE_DEVICES=void".to_owned()]);
         write_spec(id, &spec_path, &spec)?;
         let rootfs_err = |e: nvidia_shim_core::rootfs::RootfsError| ShimError::Runtime {
             id: id.to_owned(),
@@ -152,65 +158,184 @@ impl GpuInjector {
             message: e.to_string(),
         };
         let rootfs = Rootfs::open(&bundle.rootfs()).map_err(rootfs_err)?;
-        for (link, target) in &edits.symlinks {
+        let mut libs = LdPlan::from_symlinks(&edits.symlinks);
+        libs.add_cdi_folders(&spec, &plan.ld_folders);
+        for (link, target) in edits
+            .symlinks
+            .iter()
+            .chain(&plan.symlinks)
+            .chain(&libs.links)
+        {
             rootfs.symlink(link, target).map_err(rootfs_err)?;
         }
-        update_ld_cache(&rootfs, &edits).map_err(rootfs_err)?;
-        let uuids = match &request.devices {
-            DeviceSelection::NoGpu => Vec::new(),
-            _ => gpus.iter().map(|g| g.uuid.clone()).collect(),
-        };
+        libs.write(&rootfs).map_err(rootfs_err)?;
         Ok(Some(Injected {
             gpus: uuids,
-            devices: edits.devices.len(),
+            devices: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.devices().as_ref())
+                .map_or(0, Vec::len),
             mounts: edits.mounts.len(),
         }))
+    }
+
+    fn check_requirements(
+        &self,
+        id: &str,
+        config: &Config,
+        request: &GpuRequest,
+        inv: &Inventory,
+        gpus: &[&GpuDevice],
+    ) -> Result<()> {
+        if !config.check_requirements || request.disable_require {
+            return Ok(());
+        }
+        let driver = Version::parse(&inv.driver_version);
+        let host = HostFacts {
+            cuda: driver.as_ref().and_then(cuda_for_driver),
+            driver,
+        };
+        let devices: Vec<DeviceFacts> = gpus
+            .iter()
+            .map(|g| DeviceFacts {
+                arch: g.arch.clone(),
+                brand: g.brand.clone(),
+            })
+            .collect();
+        check(&request.requirements, &host, &devices).map_err(|e| ShimError::FailedPrecondition {
+            id: id.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Whether the selection names any device by a CDI name.
+fn names_cdi(devices: &DeviceSelection) -> bool {
+    matches!(devices, DeviceSelection::List(ids) if ids.iter().any(|i| matches!(i, DeviceId::Cdi { .. })))
+}
+
+/// Splits a selection into CDI names served by spec files on disk and the rest, which driver
+/// discovery serves (`None` when nothing is left for it).
+fn split_cdi(
+    devices: &DeviceSelection,
+    registry: Option<&Registry>,
+) -> (Vec<String>, Option<DeviceSelection>) {
+    let (DeviceSelection::List(ids), Some(registry)) = (devices, registry) else {
+        return (Vec::new(), Some(devices.clone()));
+    };
+    let mut names = Vec::new();
+    let mut rest = Vec::new();
+    for id in ids {
+        match id {
+            DeviceId::Cdi { kind, .. }
+                if registry.has_kind(kind) || !BUILTIN_CDI_KINDS.contains(&kind.as_str()) =>
+            {
+                names.push(id.to_string());
+            }
+            _ => rest.push(id.clone()),
+        }
+    }
+    let rest = (!rest.is_empty()).then_some(DeviceSelection::List(rest));
+    (names, rest)
+}
+
+/// Libraries to add to the container's ld cache, with the SONAME links they need.
+#[derive(Debug, Default)]
+struct LdPlan {
+    /// (SONAME, path of the SONAME link in the container).
+    entries: Vec<(String, std::path::PathBuf)>,
+    /// SONAME links to create: (link, target file name).
+    links: Vec<(std::path::PathBuf, String)>,
+}
+
+impl LdPlan {
+    fn from_symlinks(symlinks: &[(std::path::PathBuf, String)]) -> Self {
+        let entries = symlinks
+            .iter()
+            .filter_map(|(link, _)| {
+                Some((
+                    link.file_name()?.to_string_lossy().into_owned(),
+                    link.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            entries,
+            links: Vec::new(),
+        }
+    }
+
+    /// `update-ldcache --folder` of a CDI spec: every mounted `*.so*` file in those folders,
+    /// by the SONAME read from the host file.
+    fn add_cdi_folders(&mut self, spec: &Spec, folders: &[std::path::PathBuf]) {
+        let Some(mounts) = spec.mounts() else { return };
+        for m in mounts {
+            let dest = m.destination();
+            let (Some(dir), Some(file), Some(source)) =
+                (dest.parent(), dest.file_name(), m.source())
+            else {
+                continue;
+            };
+            let file = file.to_string_lossy();
+            if !folders.iter().any(|f| f == dir) || !file.contains(".so") {
+                continue;
+            }
+            let Ok(Some(soname)) = soname(source) else {
+                continue;
+            };
+            let link = dir.join(&soname);
+            if self.entries.iter().any(|(_, l)| *l == link) {
+                continue;
+            }
+            if soname != file {
+                self.links.push((link.clone(), file.into_owned()));
+            }
+            self.entries.push((soname, link));
+        }
+    }
+
+    /// Adds the entries to the image's `/etc/ld.so.cache` and writes the ld.so.conf.d drop-in.
+    fn write(
+        &self,
+        rootfs: &Rootfs,
+    ) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
+        use nvidia_shim_core::ldcache::{merge, Entry, FLAGS_X86_64};
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = self
+            .entries
+            .iter()
+            .map(|(key, link)| Entry {
+                flags: FLAGS_X86_64,
+                key: key.clone(),
+                value: link.to_string_lossy().into_owned(),
+                osversion: 0,
+                hwcap: 0,
+            })
+            .collect();
+        let cache = Path::new("/etc/ld.so.cache");
+        let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
+        rootfs.write_file(cache, &merged, 0o644)?;
+        let mut dirs: Vec<String> = self
+            .entries
+            .iter()
+            .filter_map(|(_, l)| Some(l.parent()?.to_string_lossy().into_owned()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        rootfs.write_file(
+            Path::new(LD_CONF_DROP_IN),
+            format!("{}\n", dirs.join("\n")).as_bytes(),
+            0o644,
+        )
     }
 }
 
 /// Where the shim's ld.so.conf.d drop-in goes, so a later `ldconfig` in the container keeps
 /// the injected directories.
 const LD_CONF_DROP_IN: &str = "/etc/ld.so.conf.d/000-nvidia-container-shim.conf";
-
-/// Adds the injected libraries (by SONAME, at their SONAME links) to the image's
-/// `/etc/ld.so.cache`, and writes the ld.so.conf.d drop-in.
-fn update_ld_cache(
-    rootfs: &Rootfs,
-    edits: &nvidia_shim_core::edits::ContainerEdits,
-) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
-    use nvidia_shim_core::ldcache::{merge, Entry, FLAGS_X86_64};
-    let entries: Vec<Entry> = edits
-        .symlinks
-        .iter()
-        .filter_map(|(link, _)| {
-            Some(Entry {
-                flags: FLAGS_X86_64,
-                key: link.file_name()?.to_string_lossy().into_owned(),
-                value: link.to_string_lossy().into_owned(),
-                osversion: 0,
-                hwcap: 0,
-            })
-        })
-        .collect();
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let cache = Path::new("/etc/ld.so.cache");
-    let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
-    rootfs.write_file(cache, &merged, 0o644)?;
-    let mut dirs: Vec<String> = edits
-        .symlinks
-        .iter()
-        .filter_map(|(l, _)| Some(l.parent()?.to_string_lossy().into_owned()))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    rootfs.write_file(
-        Path::new(LD_CONF_DROP_IN),
-        format!("{}\n", dirs.join("\n")).as_bytes(),
-        0o644,
-    )
-}
 
 /// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).
 fn write_spec(id: &str, path: &Path, spec: &Spec) -> Result<()> {

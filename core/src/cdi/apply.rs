@@ -202,10 +202,7 @@ fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), Appl
 
 fn add_mount(spec: &mut Spec, m: &Mount) {
     let is_bind = m.options.iter().any(|o| o == "bind" || o == "rbind");
-    let typ = m
-        .typ
-        .clone()
-        .or_else(|| is_bind.then(|| "bind".to_owned()));
+    let typ = m.typ.clone().or_else(|| is_bind.then(|| "bind".to_owned()));
     let mut b = MountBuilder::default()
         .destination(PathBuf::from(&m.container_path))
         .source(PathBuf::from(&m.host_path))
@@ -282,8 +279,9 @@ fn plan_toolkit_hook(h: &Hook, plan: &mut HookPlan) -> bool {
             }
         }
         "enable-cuda-compat" => {
-            plan.cuda_compat_host_version =
-                flag_values(rest, "--host-driver-version").into_iter().next();
+            plan.cuda_compat_host_version = flag_values(rest, "--host-driver-version")
+                .into_iter()
+                .next();
         }
         "disable-device-node-modification" => plan.disable_device_node_modification = true,
         _ => return false,

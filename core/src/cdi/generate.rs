@@ -61,7 +61,11 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
             args.push(format!("{target}::{}", link.display()));
         }
         edits.hooks.push(hook(args));
-        let mut folders: Vec<&Path> = common.symlinks.iter().filter_map(|(l, _)| l.parent()).collect();
+        let mut folders: Vec<&Path> = common
+            .symlinks
+            .iter()
+            .filter_map(|(l, _)| l.parent())
+            .collect();
         folders.sort();
         folders.dedup();
         let mut args = vec!["nvidia-cdi-hook".to_owned(), "update-ldcache".to_owned()];
@@ -133,7 +137,10 @@ mod tests {
         let inv = Inventory::discover(&fake.roots()).unwrap();
         let spec = generate(&inv, Capabilities::all());
         let names: Vec<_> = spec.devices.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["0", &inv.gpus[0].uuid, "1", &inv.gpus[1].uuid, "all"]);
+        assert_eq!(
+            names,
+            ["0", &inv.gpus[0].uuid, "1", &inv.gpus[1].uuid, "all"]
+        );
         assert_eq!(spec.cdi_version, "0.5.0");
 
         let dir = tempfile::tempdir().unwrap();
@@ -148,10 +155,19 @@ mod tests {
         .unwrap();
         let plan = apply(&mut oci, &resolved).unwrap();
         let devices = oci.linux().as_ref().unwrap().devices().clone().unwrap();
-        let paths: Vec<_> = devices.iter().map(|d| d.path().to_str().unwrap().to_owned()).collect();
-        assert!(paths.contains(&"/dev/nvidiactl".to_owned()) && paths.contains(&"/dev/nvidia1".to_owned()));
+        let paths: Vec<_> = devices
+            .iter()
+            .map(|d| d.path().to_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            paths.contains(&"/dev/nvidiactl".to_owned())
+                && paths.contains(&"/dev/nvidia1".to_owned())
+        );
         assert!(!paths.contains(&"/dev/nvidia0".to_owned()), "{paths:?}");
-        assert!(plan.symlinks.iter().any(|(l, t)| l.ends_with("libcuda.so.1") && t.starts_with("libcuda.so.")));
+        assert!(plan
+            .symlinks
+            .iter()
+            .any(|(l, t)| l.ends_with("libcuda.so.1") && t.starts_with("libcuda.so.")));
         assert!(!plan.ld_folders.is_empty());
     }
 }

@@ -74,9 +74,7 @@ impl Registry {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.extension()
-                        .is_some_and(|e| e == "json" || e == "yaml")
-                        && p.is_file()
+                    p.extension().is_some_and(|e| e == "json" || e == "yaml") && p.is_file()
                 })
                 .collect();
             files.sort();
@@ -96,9 +94,10 @@ impl Registry {
             let name = format!("{}={}", spec.kind, d.name);
             match self.devices.get(&name) {
                 Some(&(other, _, p)) if p == priority => {
-                    let files = self.conflicts.entry(name).or_insert_with(|| {
-                        vec![self.specs[other].0.clone()]
-                    });
+                    let files = self
+                        .conflicts
+                        .entry(name)
+                        .or_insert_with(|| vec![self.specs[other].0.clone()]);
                     files.push(path.clone());
                 }
                 _ => {
@@ -177,8 +176,16 @@ mod tests {
     fn later_dirs_override_and_broken_files_are_named() {
         let etc = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
-        std::fs::write(etc.path().join("a.json"), spec("vendor.com/dev", &["x", "y"], "FROM=etc")).unwrap();
-        std::fs::write(run.path().join("b.json"), spec("vendor.com/dev", &["x"], "FROM=run")).unwrap();
+        std::fs::write(
+            etc.path().join("a.json"),
+            spec("vendor.com/dev", &["x", "y"], "FROM=etc"),
+        )
+        .unwrap();
+        std::fs::write(
+            run.path().join("b.json"),
+            spec("vendor.com/dev", &["x"], "FROM=run"),
+        )
+        .unwrap();
         std::fs::write(run.path().join("broken.yaml"), "cdiVersion: [").unwrap();
         std::fs::write(run.path().join("ignored.txt"), "not a spec").unwrap();
         let reg = Registry::load(&[etc.path(), run.path(), Path::new("/nonexistent")]);
@@ -188,9 +195,13 @@ mod tests {
         assert_eq!(got[0].device.container_edits.env, ["FROM=run"]);
         assert_eq!(got[1].device.container_edits.env, ["FROM=etc"]);
         assert_eq!(reg.errors().len(), 1);
-        let err = reg.resolve(&["vendor.com/dev=z".into()]).unwrap_err().to_string();
+        let err = reg
+            .resolve(&["vendor.com/dev=z".into()])
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("unresolvable CDI devices vendor.com/dev=z") && err.contains("broken.yaml"),
+            err.contains("unresolvable CDI devices vendor.com/dev=z")
+                && err.contains("broken.yaml"),
             "{err}"
         );
     }
@@ -198,10 +209,21 @@ mod tests {
     #[test]
     fn a_conflict_within_one_dir_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.json"), spec("vendor.com/dev", &["x"], "A=1")).unwrap();
-        std::fs::write(dir.path().join("b.yaml"), spec("vendor.com/dev", &["x"], "B=1")).unwrap();
+        std::fs::write(
+            dir.path().join("a.json"),
+            spec("vendor.com/dev", &["x"], "A=1"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            spec("vendor.com/dev", &["x"], "B=1"),
+        )
+        .unwrap();
         let reg = Registry::load(&[dir.path()]);
-        let err = reg.resolve(&["vendor.com/dev=x".into()]).unwrap_err().to_string();
+        let err = reg
+            .resolve(&["vendor.com/dev=x".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a.json") && err.contains("b.yaml"), "{err}");
         assert!(reg.has_kind("vendor.com/dev"));
     }

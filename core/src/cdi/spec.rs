@@ -254,7 +254,11 @@ impl CdiSpec {
 
     fn validate(&self) -> Result<(), String> {
         let declared = SpecVersion::parse(&self.cdi_version)
-            .filter(|v| KNOWN_VERSIONS.iter().any(|k| SpecVersion::parse(k) == Some(*v)))
+            .filter(|v| {
+                KNOWN_VERSIONS
+                    .iter()
+                    .any(|k| SpecVersion::parse(k) == Some(*v))
+            })
             .ok_or_else(|| {
                 format!(
                     "unsupported cdiVersion {:?} (supported: {})",
@@ -291,7 +295,8 @@ impl CdiSpec {
     }
 
     fn all_edits(&self) -> impl Iterator<Item = &ContainerEdits> {
-        std::iter::once(&self.container_edits).chain(self.devices.iter().map(|d| &d.container_edits))
+        std::iter::once(&self.container_edits)
+            .chain(self.devices.iter().map(|d| &d.container_edits))
     }
 
     /// The lowest spec version whose fields this spec uses (the rules of the CDI reference
@@ -440,23 +445,34 @@ containerEdits:
     #[test]
     fn unknown_fields_are_rejected_naming_the_file() {
         let text = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"bogus":1}}]}"#;
-        let err = CdiSpec::parse(Path::new("/etc/cdi/x.json"), text).unwrap_err().to_string();
-        assert!(err.contains("/etc/cdi/x.json") && err.contains("bogus"), "{err}");
+        let err = CdiSpec::parse(Path::new("/etc/cdi/x.json"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/cdi/x.json") && err.contains("bogus"),
+            "{err}"
+        );
     }
 
     #[test]
     fn fields_newer_than_the_declared_version_are_rejected() {
         let text = r#"{"cdiVersion":"0.3.0","kind":"a.com/b","devices":[{"name":"0","containerEdits":{}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), text).unwrap_err().to_string();
+        let err = CdiSpec::parse(Path::new("x.json"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("0.3.0") && err.contains("0.5.0"), "{err}");
         let gids = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"additionalGids":[44]}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), gids).unwrap_err().to_string();
+        let err = CdiSpec::parse(Path::new("x.json"), gids)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("0.7.0"), "{err}");
         let net = r#"{"cdiVersion":"1.0.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}}]}"#;
         assert!(CdiSpec::parse(Path::new("x.json"), net).is_err());
         let ok = net.replace("1.0.0", "1.1.0");
         assert_eq!(
-            CdiSpec::parse(Path::new("x.json"), &ok).unwrap().required_version(),
+            CdiSpec::parse(Path::new("x.json"), &ok)
+                .unwrap()
+                .required_version(),
             SpecVersion(1, 1, 0)
         );
     }
@@ -473,7 +489,9 @@ containerEdits:
             let text = format!(
                 r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
             );
-            let err = CdiSpec::parse(Path::new("x.json"), &text).unwrap_err().to_string();
+            let err = CdiSpec::parse(Path::new("x.json"), &text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("unsupported cdiVersion"), "{err}");
         }
     }
@@ -481,15 +499,37 @@ containerEdits:
     #[test]
     fn bad_kinds_names_and_edits_are_rejected() {
         let base = |kind: &str, name: &str, edits: &str| {
-            format!(r#"{{"cdiVersion":"1.0.0","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#)
+            format!(
+                r#"{{"cdiVersion":"1.0.0","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#
+            )
         };
         for (kind, name, edits, want) in [
             ("nvidia.com", "0", "{}", "invalid kind"),
             ("nvidia.com/gpu", "-x", "{}", "invalid device name"),
-            ("nvidia.com/gpu", "0", r#"{"env":["NOEQUALS"]}"#, "invalid env"),
-            ("nvidia.com/gpu", "0", r#"{"deviceNodes":[{"path":"dev/x"}]}"#, "not absolute"),
-            ("nvidia.com/gpu", "0", r#"{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}"#, "permissions"),
-            ("nvidia.com/gpu", "0", r#"{"hooks":[{"hookName":"later","path":"/bin/x"}]}"#, "hook name"),
+            (
+                "nvidia.com/gpu",
+                "0",
+                r#"{"env":["NOEQUALS"]}"#,
+                "invalid env",
+            ),
+            (
+                "nvidia.com/gpu",
+                "0",
+                r#"{"deviceNodes":[{"path":"dev/x"}]}"#,
+                "not absolute",
+            ),
+            (
+                "nvidia.com/gpu",
+                "0",
+                r#"{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}"#,
+                "permissions",
+            ),
+            (
+                "nvidia.com/gpu",
+                "0",
+                r#"{"hooks":[{"hookName":"later","path":"/bin/x"}]}"#,
+                "hook name",
+            ),
         ] {
             let err = CdiSpec::parse(Path::new("x.json"), &base(kind, name, edits))
                 .unwrap_err()

@@ -156,16 +156,30 @@ impl FakeDriver {
     pub fn shim_config(&self) -> String {
         let r = self.roots();
         format!(
-            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+            "driver_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n\
+             cdi_spec_dirs = [\"{}\"]\ncache_dir = \"{}\"\n",
             r.driver_root.display(),
             r.dev_root.display(),
-            r.proc_root.display()
+            r.proc_root.display(),
+            self.cdi_dir().display(),
+            self.cache_dir().display(),
         )
+    }
+
+    /// The CDI spec directory [`FakeDriver::shim_config`] names (created empty).
+    pub fn cdi_dir(&self) -> PathBuf {
+        self.dir.path().join("cdi")
+    }
+
+    /// The inventory cache directory [`FakeDriver::shim_config`] names.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
     }
 
     fn write(&self, gpus: u32, reverse_minors: bool) {
         let root = self.dir.path();
         let proc = self.proc_root();
+        std::fs::create_dir_all(self.cdi_dir()).expect("create the CDI dir");
         write(
             &proc.join("driver/nvidia/version"),
             &format!("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {VERSION}  Thu Jan  1 00:00:00 UTC 2026\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"),

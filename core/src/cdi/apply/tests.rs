@@ -77,11 +77,25 @@ fn edits_follow_cdi_semantics_and_toolkit_hooks_become_a_plan() {
     assert_eq!(env, ["PATH=/bin", "A=new", "SPEC=1", "Y=1"]);
 
     let devices = spec.linux().as_ref().unwrap().devices().clone().unwrap();
-    let x = devices.iter().find(|d| d.path() == Path::new("/dev/vendor-x")).unwrap();
+    let x = devices
+        .iter()
+        .find(|d| d.path() == Path::new("/dev/vendor-x"))
+        .unwrap();
     assert_eq!((x.major(), x.minor(), x.file_mode()), (300, 7, Some(0o660)));
-    assert_eq!((x.uid(), x.gid()), (Some(1000), Some(1000)), "defaults to the process user");
-    let null = devices.iter().find(|d| d.path() == Path::new("/dev/null-alias")).unwrap();
-    assert_eq!((null.major(), null.minor()), (1, 3), "completed from the host node");
+    assert_eq!(
+        (x.uid(), x.gid()),
+        (Some(1000), Some(1000)),
+        "defaults to the process user"
+    );
+    let null = devices
+        .iter()
+        .find(|d| d.path() == Path::new("/dev/null-alias"))
+        .unwrap();
+    assert_eq!(
+        (null.major(), null.minor()),
+        (1, 3),
+        "completed from the host node"
+    );
     let rules = spec
         .linux()
         .as_ref()
@@ -92,31 +106,55 @@ fn edits_follow_cdi_semantics_and_toolkit_hooks_become_a_plan() {
         .devices()
         .clone()
         .unwrap();
+    assert!(rules.iter().any(|r| r.major() == Some(300)
+        && r.minor() == Some(7)
+        && r.access().as_deref() == Some("rw")));
     assert!(rules
         .iter()
-        .any(|r| r.major() == Some(300) && r.minor() == Some(7) && r.access().as_deref() == Some("rw")));
-    assert!(rules.iter().any(|r| r.major() == Some(1) && r.minor() == Some(3)));
+        .any(|r| r.major() == Some(1) && r.minor() == Some(3)));
 
     let mounts = spec.mounts().clone().unwrap();
-    let dests: Vec<_> = mounts.iter().map(|m| m.destination().to_str().unwrap()).collect();
-    assert_eq!(dests, ["/proc", "/dev", "/a", "/opt/x"], "replaced, then sorted by depth");
+    let dests: Vec<_> = mounts
+        .iter()
+        .map(|m| m.destination().to_str().unwrap())
+        .collect();
+    assert_eq!(
+        dests,
+        ["/proc", "/dev", "/a", "/opt/x"],
+        "replaced, then sorted by depth"
+    );
     assert_eq!(mounts[3].source().as_deref(), Some(Path::new("/srv/x")));
     assert_eq!(mounts[3].typ().as_deref(), Some("bind"));
 
     let hooks = spec.hooks().clone().unwrap();
-    assert!(hooks.create_container().is_none(), "toolkit hooks are done natively");
-    assert_eq!(hooks.poststop().as_ref().unwrap()[0].path(), Path::new("/usr/local/bin/cleanup"));
+    assert!(
+        hooks.create_container().is_none(),
+        "toolkit hooks are done natively"
+    );
+    assert_eq!(
+        hooks.poststop().as_ref().unwrap()[0].path(),
+        Path::new("/usr/local/bin/cleanup")
+    );
     assert_eq!(
         plan.symlinks,
         [
-            (PathBuf::from("/usr/lib64/libcuda.so"), "libcuda.so.1".to_owned()),
+            (
+                PathBuf::from("/usr/lib64/libcuda.so"),
+                "libcuda.so.1".to_owned()
+            ),
             (PathBuf::from("/c"), "b".to_owned())
         ]
     );
     assert_eq!(plan.ld_folders, [PathBuf::from("/usr/lib64")]);
     assert!(plan.disable_device_node_modification);
 
-    let gids = spec.process().as_ref().unwrap().user().additional_gids().clone();
+    let gids = spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .user()
+        .additional_gids()
+        .clone();
     assert_eq!(gids, Some(vec![44]));
 }
 
@@ -158,7 +196,11 @@ fn unsupported_edits_are_refused() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("n.json"), serde_json::to_string(&spec).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("n.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
     let reg = Registry::load(&[dir.path()]);
     let resolved = reg.resolve(&["vendor.com/net=n".into()]).unwrap();
     let err = apply(&mut base_spec(), &resolved).unwrap_err().to_string();

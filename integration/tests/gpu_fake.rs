@@ -555,3 +555,42 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     assert_clean(&c, &id, &id);
     Ok(())
 }
+
+#[test]
+fn a_new_shim_uses_the_on_disk_inventory_cache_and_discards_a_corrupt_one() -> Result<()> {
+    let Some(c) = setup("a_new_shim_uses_the_on_disk_inventory_cache") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 2)?;
+    let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '";
+    let gpus = |c: &Containerd| -> Result<String> {
+        let (code, out, err) = run(c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=all"], list)?;
+        assert_eq!(code, Some(0), "{out}{err}");
+        Ok(out.trim().to_owned())
+    };
+    assert_eq!(gpus(&c)?, "nvidia0 nvidia1");
+    let entries: Vec<_> = std::fs::read_dir(g.fake.cache_dir())?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one cache entry: {entries:?}");
+    let file = &entries[0];
+    // Each `ctr run` starts a new shim. Had it rediscovered, it would see both GPUs; with the
+    // entry edited to hold one, seeing one proves the entry was used.
+    let mut cached: serde_json::Value = serde_json::from_slice(&std::fs::read(file)?)?;
+    cached["inventory"]["gpus"]
+        .as_array_mut()
+        .expect("gpus")
+        .truncate(1);
+    std::fs::write(file, serde_json::to_vec(&cached)?)?;
+    assert_eq!(gpus(&c)?, "nvidia0");
+    // A corrupt entry is discarded and rebuilt.
+    std::fs::write(file, b"{\"format\": 1, \"key\": [")?;
+    assert_eq!(gpus(&c)?, "nvidia0 nvidia1");
+    let rebuilt: serde_json::Value = serde_json::from_slice(&std::fs::read(file)?)?;
+    assert_eq!(
+        rebuilt["inventory"]["gpus"].as_array().map(Vec::len),
+        Some(2)
+    );
+    Ok(())
+}

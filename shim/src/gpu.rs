@@ -1,5 +1,5 @@
 //! GPU injection in Create: read the request from the bundle's spec, discover the driver (once
-//! per shim, rediscovered when the driver version changes), enforce `NVIDIA_REQUIRE_*`, edit
+//! per shim and cached on disk for the next, rediscovered when the driver changes), enforce `NVIDIA_REQUIRE_*`, edit
 //! the spec and write it back, and create the SONAME links in the rootfs. No hook, no
 //! `nvidia-container-cli`: libcontainer then creates the nodes and mounts like any others.
 
@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nvidia_shim_core::cdi::{self, HookPlan, Registry};
+use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
 use nvidia_shim_core::discover::{
     detect_driver_root, soname, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
 };
@@ -35,7 +36,23 @@ pub struct Injected {
 /// Discovers once, injects many times.
 #[derive(Debug, Default)]
 pub struct GpuInjector {
-    cache: Mutex<Option<Arc<Inventory>>>,
+    cache: Mutex<Option<(CacheKey, Arc<Inventory>)>>,
+}
+
+/// Discovers the driver under the configured roots, detecting the driver root when unset.
+fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
+    let mut roots = Roots {
+        driver_root: config.driver_root.clone().unwrap_or_else(|| "/".into()),
+        dev_root: config.dev_root.clone(),
+        proc_root: config.proc_root.clone(),
+    };
+    let inv = Inventory::discover(&roots)?;
+    if config.driver_root.is_some() {
+        return Ok(inv);
+    }
+    roots.driver_root =
+        detect_driver_root(Path::new("/"), DRIVER_ROOT_CANDIDATES, &inv.driver_version)?;
+    Inventory::discover(&roots)
 }
 
 fn request_text(spec: &Spec) -> String {
@@ -52,43 +69,62 @@ fn request_text(spec: &Spec) -> String {
 }
 
 impl GpuInjector {
+    /// The driver inventory: from memory while the driver is unchanged, else from the on-disk
+    /// cache (`cache_dir`), else discovered (and stored for the next shim).
     fn inventory(&self, id: &str, config: &Config, what: &str) -> Result<Arc<Inventory>> {
         let no_driver = |e: DiscoverError| ShimError::FailedPrecondition {
             id: id.to_owned(),
             reason: format!("{what} asks for GPUs, but {e}"),
         };
-        let version_file = config.proc_root.join("driver/nvidia/version");
-        let version = std::fs::read_to_string(&version_file).map_err(|_| {
-            no_driver(DiscoverError::NoDriver {
-                path: version_file.clone(),
-            })
-        })?;
+        let key = CacheKey::read(
+            &config.proc_root,
+            config.driver_root.as_deref(),
+            &config.dev_root,
+        )
+        .map_err(no_driver)?;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(inv) = cache.as_ref() {
-            if version.contains(&inv.driver_version) {
+        if let Some((k, inv)) = cache.as_ref() {
+            if *k == key {
                 return Ok(Arc::clone(inv));
             }
         }
-        let mut roots = Roots {
-            driver_root: config.driver_root.clone().unwrap_or_else(|| "/".into()),
-            dev_root: config.dev_root.clone(),
-            proc_root: config.proc_root.clone(),
+        let disk = (!config.cache_dir.as_os_str().is_empty())
+            .then(|| InventoryCache::new(&config.cache_dir));
+        let cached = match disk.as_ref().map(|d| d.load(&key)) {
+            Some(Lookup::Hit(inv)) => {
+                log::debug!("driver inventory from {}", config.cache_dir.display());
+                Some(*inv)
+            }
+            Some(Lookup::Discarded { path, reason }) => {
+                log::warn!(
+                    "discarded driver inventory cache {}: {reason}",
+                    path.display()
+                );
+                None
+            }
+            Some(Lookup::Miss) | None => None,
         };
-        let mut inv = Inventory::discover(&roots).map_err(no_driver)?;
-        if config.driver_root.is_none() {
-            roots.driver_root =
-                detect_driver_root(Path::new("/"), DRIVER_ROOT_CANDIDATES, &inv.driver_version)
-                    .map_err(no_driver)?;
-            inv = Inventory::discover(&roots).map_err(no_driver)?;
-        }
-        log::info!(
-            "discovered NVIDIA driver {} with {} GPU(s) under {}",
-            inv.driver_version,
-            inv.gpus.len(),
-            roots.driver_root.display()
-        );
+        let inv = match cached {
+            Some(inv) => inv,
+            None => {
+                let inv = discover(config).map_err(no_driver)?;
+                log::info!(
+                    "discovered NVIDIA driver {} with {} GPU(s) under {}",
+                    inv.driver_version,
+                    inv.gpus.len(),
+                    inv.roots.driver_root.display()
+                );
+                if let Some(Err(e)) = disk.as_ref().map(|d| d.store(&key, &inv)) {
+                    log::warn!(
+                        "cannot cache the driver inventory in {}: {e}",
+                        config.cache_dir.display()
+                    );
+                }
+                inv
+            }
+        };
         let inv = Arc::new(inv);
-        *cache = Some(Arc::clone(&inv));
+        *cache = Some((key, Arc::clone(&inv)));
         Ok(inv)
     }
 

@@ -7,7 +7,7 @@ use super::DiscoverError;
 use crate::request::Capability;
 
 /// A driver library.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriverLibrary {
     /// The real file, e.g. `<root>/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04`.
     pub path: PathBuf,
@@ -18,7 +18,9 @@ pub struct DriverLibrary {
 }
 
 /// libnvidia-container's library groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum LibraryGroup {
     /// NVML and friends.
     Utility,

@@ -2,6 +2,7 @@
 //! binaries, firmware), read without NVML from `/proc`, `/dev` and a driver root, each under a
 //! root the caller chooses so tests can use fake trees.
 
+pub mod cache;
 mod files;
 mod procfs;
 
@@ -14,10 +15,12 @@ use std::path::{Path, PathBuf};
 
 pub use files::{soname, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS};
 
+use serde::{Deserialize, Serialize};
+
 use crate::request::Capability;
 
 /// Where the host's driver pieces are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roots {
     /// Where the driver's files are installed (`/`, or `/usr/local/nvidia` and the like).
     pub driver_root: PathBuf,
@@ -88,7 +91,7 @@ pub enum DiscoverError {
 }
 
 /// A GPU as the driver lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuDevice {
     /// NVML index (PCI bus order).
     pub index: u32,
@@ -109,7 +112,7 @@ pub struct GpuDevice {
 }
 
 /// A character device node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceNode {
     /// Path inside the container (`/dev/nvidia0`).
     pub path: PathBuf,
@@ -150,7 +153,7 @@ pub fn rdev_minor(rdev: u64) -> u32 {
 }
 
 /// Everything discovered about the driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// The roots it was read from (with the driver root resolved).
     pub roots: Roots,

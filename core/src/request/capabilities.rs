@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// One driver capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Capability {
     /// CUDA and OpenCL.
     Compute,

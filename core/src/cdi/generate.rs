@@ -36,6 +36,8 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
         disable_require: true,
         privileged: true,
         env_ignored: false,
+        imex_channels: Vec::new(),
+        gated: Vec::new(),
     };
     // `none` selects no GPU, so this cannot fail.
     let common = edits_for(inventory, &request).unwrap_or_default();

@@ -114,6 +114,29 @@ fn shared_object(soname: &str) -> PathBuf {
     out
 }
 
+/// Makes a character device node (root only), creating its directory.
+pub fn mknod(path: &Path, major: u32, minor: u32) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir for node");
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: c is a valid C string; mknod creates a node in a test's temp dir.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 impl FakeDriver {
     /// A builder with one GPU in the distribution layout.
     pub fn builder() -> FakeDriverBuilder {
@@ -200,7 +223,7 @@ impl FakeDriver {
         }
         write(
             &proc.join("devices"),
-            "Character devices:\n  1 mem\n  4 tty\n195 nvidia\n195 nvidiactl\n238 nvidia-uvm\n241 nvidia-caps\n\nBlock devices:\n  8 sd\n",
+            "Character devices:\n  1 mem\n  4 tty\n195 nvidia\n195 nvidiactl\n238 nvidia-uvm\n241 nvidia-caps\n242 nvidia-caps-imex-channels\n\nBlock devices:\n  8 sd\n",
         );
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -214,17 +237,7 @@ impl FakeDriver {
             ];
             nodes.extend((0..gpus).map(|m| (format!("nvidia{m}"), 195, m)));
             for (name, major, minor) in nodes {
-                let path = std::ffi::CString::new(dev.join(name).as_os_str().as_encoded_bytes())
-                    .expect("path");
-                // SAFETY: path is a valid C string; mknod creates a node in our temp dir.
-                let rc = unsafe {
-                    libc::mknod(
-                        path.as_ptr(),
-                        libc::S_IFCHR | 0o666,
-                        libc::makedev(major, minor),
-                    )
-                };
-                assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+                mknod(&dev.join(name), major, minor);
             }
         }
         let droot = self.driver_root();

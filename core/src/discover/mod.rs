@@ -4,6 +4,7 @@
 
 pub mod cache;
 mod files;
+mod gated;
 mod procfs;
 
 #[cfg(any(test, feature = "fixture"))]
@@ -14,6 +15,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 pub use files::{soname, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS};
+pub use gated::gated;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ use oci_spec::runtime::{
     LinuxDeviceType, LinuxResourcesBuilder, Mount, MountBuilder, Spec,
 };
 
-use crate::discover::{DeviceNode, Inventory};
+use crate::discover::{gated, DeviceNode, Inventory};
 use crate::request::{Capability, GpuRequest};
 use crate::select::{select, SelectError};
 
@@ -36,6 +36,14 @@ pub enum EditsError {
     /// A requested GPU cannot be selected.
     #[error(transparent)]
     Select(#[from] SelectError),
+    /// IMEX channels were requested but the driver has no IMEX channel device.
+    #[error("IMEX channel {channel} requested, but {devices} lists no nvidia-caps-imex-channels major (is the driver's IMEX support loaded?)")]
+    NoImex {
+        /// The first channel requested.
+        channel: u32,
+        /// The `/proc/devices` file read.
+        devices: PathBuf,
+    },
 }
 
 /// The edits `request` needs on a host described by `inventory`. `Void` requests need none.
@@ -81,6 +89,37 @@ pub fn edits_for(
     }
     for fw in &inventory.firmware {
         e.mounts.push((fw.clone(), inventory.container_path(fw)));
+    }
+    if let Some(&channel) = request.imex_channels.first() {
+        let major = *inventory
+            .char_majors
+            .get("nvidia-caps-imex-channels")
+            .ok_or_else(|| EditsError::NoImex {
+                channel,
+                devices: inventory.roots.proc_root.join("devices"),
+            })?;
+        for &minor in &request.imex_channels {
+            let path = format!("/dev/nvidia-caps-imex-channels/channel{minor}");
+            e.devices.push(DeviceNode {
+                host_path: inventory.roots.dev_root.join(path.trim_start_matches('/')),
+                path: PathBuf::from(path),
+                major,
+                minor,
+            });
+        }
+    }
+    for &feature in &request.gated {
+        let (nodes, files) = gated(
+            &inventory.roots.dev_root,
+            &inventory.roots.dev_root,
+            feature,
+        );
+        e.devices.extend(nodes);
+        for f in files {
+            let container =
+                Path::new("/").join(f.strip_prefix(&inventory.roots.dev_root).unwrap_or(&f));
+            e.mounts.push((f, container));
+        }
     }
     // No hook or runtime after us may act on the request again.
     e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());

@@ -1,5 +1,5 @@
 use super::*;
-use crate::discover::fixture::{FakeDriver, Layout};
+use crate::discover::fixture::{mknod, FakeDriver, Layout};
 use crate::request::{GpuRequest, RequestPolicy};
 use oci_spec::runtime::{HookBuilder, HooksBuilder, ProcessBuilder, SpecBuilder};
 
@@ -308,4 +308,93 @@ fn usr_local_nvidia_files_keep_their_paths_under_the_root() {
         "{dests:?}"
     );
     assert!(dests.contains(&"/bin/nvidia-smi".to_owned()), "{dests:?}");
+}
+
+#[test]
+fn imex_channels_become_nodes_with_the_driver_major() {
+    if !root() {
+        return;
+    }
+    let (fake, inv) = inventory(1, Layout::Distro);
+    let edits = edits_for(
+        &inv,
+        &request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=channel2"]),
+    )
+    .unwrap();
+    let node = edits
+        .devices
+        .iter()
+        .find(|d| d.path == Path::new("/dev/nvidia-caps-imex-channels/channel2"))
+        .expect("channel node");
+    assert_eq!((node.major, node.minor), (242, 2));
+    // A driver without IMEX support: a clear error, not a container without its channel.
+    let devices = fake.proc_root().join("devices");
+    let text = std::fs::read_to_string(&devices).unwrap();
+    std::fs::write(
+        &devices,
+        text.replace("242 nvidia-caps-imex-channels\n", ""),
+    )
+    .unwrap();
+    let inv = Inventory::discover(&fake.roots()).unwrap();
+    let err = edits_for(
+        &inv,
+        &request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=2"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("IMEX channel 2") && err.contains("devices"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gated_features_bring_their_host_devices_only_when_enabled() {
+    if !root() {
+        return;
+    }
+    let (fake, inv) = inventory(1, Layout::Distro);
+    let dev = fake.roots().dev_root.join("dev");
+    mknod(&dev.join("nvidia-fs0"), 246, 0);
+    mknod(&dev.join("infiniband/uverbs0"), 231, 192);
+    mknod(&dev.join("infiniband/rdma_cm"), 10, 58);
+    mknod(&dev.join("nvidia-nvswitchctl"), 507, 255);
+    mknod(&dev.join("nvidia-nvswitch0"), 507, 0);
+    mknod(&dev.join("gdrdrv"), 510, 0);
+    std::fs::create_dir_all(fake.roots().dev_root.join("run/udev")).unwrap();
+    let paths = |env: &[&str]| -> (Vec<String>, Vec<String>) {
+        let e = edits_for(&inv, &request(env)).unwrap();
+        (
+            e.devices
+                .iter()
+                .map(|d| d.path.display().to_string())
+                .collect(),
+            e.mounts
+                .iter()
+                .map(|(_, c)| c.display().to_string())
+                .collect(),
+        )
+    };
+    let (plain, _) = paths(&["NVIDIA_VISIBLE_DEVICES=0"]);
+    assert!(!plain
+        .iter()
+        .any(|p| p.contains("fs0") || p.contains("infiniband")));
+    let (all, mounts) = paths(&[
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "NVIDIA_GDS=enabled",
+        "NVIDIA_MOFED=enabled",
+        "NVIDIA_NVSWITCH=enabled",
+        "NVIDIA_GDRCOPY=enabled",
+    ]);
+    for want in [
+        "/dev/nvidia-fs0",
+        "/dev/infiniband/uverbs0",
+        "/dev/infiniband/rdma_cm",
+        "/dev/nvidia-nvswitchctl",
+        "/dev/nvidia-nvswitch0",
+        "/dev/gdrdrv",
+    ] {
+        assert!(all.contains(&want.to_owned()), "{want} in {all:?}");
+    }
+    assert!(mounts.contains(&"/run/udev".to_owned()), "{mounts:?}");
 }

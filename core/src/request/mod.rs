@@ -71,6 +71,64 @@ pub struct GpuRequest {
     pub privileged: bool,
     /// `NVIDIA_VISIBLE_DEVICES` was set but ignored because the container is unprivileged.
     pub env_ignored: bool,
+    /// IMEX channels (`NVIDIA_IMEX_CHANNELS` or `imex/<id>` volume mounts; `all` is ignored).
+    pub imex_channels: Vec<u32>,
+    /// Gated features set to `enabled` (`NVIDIA_GDS`, `NVIDIA_MOFED`, ...).
+    pub gated: Vec<GatedFeature>,
+}
+
+/// The highest IMEX channel number the driver allows.
+pub const MAX_IMEX_CHANNEL: u32 = (1 << 20) - 1;
+
+/// Host device families a container may ask for next to its GPUs, each by an
+/// `NVIDIA_<NAME>=enabled` variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GatedFeature {
+    /// GPUDirect Storage (`NVIDIA_GDS`): `/dev/nvidia-fs*`, `/run/udev`, `/etc/cufile.json`.
+    Gds,
+    /// Mellanox OFED (`NVIDIA_MOFED`): `/dev/infiniband/uverbs*`, `/dev/infiniband/rdma_cm`.
+    Mofed,
+    /// NVSwitch (`NVIDIA_NVSWITCH`): `/dev/nvidia-nvswitchctl`, `/dev/nvidia-nvswitch*`.
+    NvSwitch,
+    /// GDRCopy (`NVIDIA_GDRCOPY`): `/dev/gdrdrv`.
+    GdrCopy,
+}
+
+impl GatedFeature {
+    /// Every feature with the variable that turns it on.
+    pub const ALL: [(Self, &'static str); 4] = [
+        (Self::Gds, "NVIDIA_GDS"),
+        (Self::Mofed, "NVIDIA_MOFED"),
+        (Self::NvSwitch, "NVIDIA_NVSWITCH"),
+        (Self::GdrCopy, "NVIDIA_GDRCOPY"),
+    ];
+}
+
+/// Parses one IMEX channel id: `N` or `channelN`, at most [`MAX_IMEX_CHANNEL`].
+fn imex_channel(value: &str) -> Result<u32, RequestError> {
+    let digits = value.strip_prefix("channel").unwrap_or(value);
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= MAX_IMEX_CHANNEL && !digits.starts_with('+'))
+        .ok_or_else(|| RequestError::ImexChannel {
+            value: value.to_owned(),
+        })
+}
+
+/// IMEX channels from a comma-separated list; `all` means none (the toolkit ignores it).
+fn imex_channels(list: &str) -> Result<Vec<u32>, RequestError> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item == "all" {
+            return Ok(Vec::new());
+        }
+        let n = imex_channel(item)?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 /// Why a request could not be read.
@@ -98,6 +156,12 @@ pub enum RequestError {
         /// The annotation key.
         key: String,
         /// The offending name.
+        value: String,
+    },
+    /// An IMEX channel id is not a number up to 2^20-1 (or `channelN`).
+    #[error("invalid IMEX channel {value:?} (want N or channelN, N <= 1048575)")]
+    ImexChannel {
+        /// The value.
         value: String,
     },
     /// A legacy image's `CUDA_VERSION` is not a version.
@@ -185,8 +249,9 @@ fn clean(p: &str) -> PathBuf {
     out
 }
 
-fn from_volume_mounts(spec: &Spec) -> Result<Vec<DeviceId>, RequestError> {
-    let mut ids = Vec::new();
+/// The request paths of `/dev/null` mounts under [`VOLUME_MOUNT_ROOT`], deduplicated.
+fn volume_mount_requests(spec: &Spec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if m.source().as_deref().map(|s| clean(&s.to_string_lossy()))
             != Some(PathBuf::from("/dev/null"))
@@ -197,8 +262,18 @@ fn from_volume_mounts(spec: &Spec) -> Result<Vec<DeviceId>, RequestError> {
         let Ok(rest) = dest.strip_prefix(VOLUME_MOUNT_ROOT) else {
             continue;
         };
-        let rest = rest.to_string_lossy();
-        if rest.is_empty() || rest.starts_with("imex/") {
+        let rest = rest.to_string_lossy().into_owned();
+        if !rest.is_empty() && !out.contains(&rest) {
+            out.push(rest);
+        }
+    }
+    out
+}
+
+fn from_volume_mounts(spec: &Spec) -> Result<Vec<DeviceId>, RequestError> {
+    let mut ids = Vec::new();
+    for rest in volume_mount_requests(spec) {
+        if rest.starts_with("imex/") {
             continue; // IMEX channels are not GPUs
         }
         let id = match rest.strip_prefix("cdi/") {
@@ -268,6 +343,31 @@ impl GpuRequest {
             (DeviceSelection::Void, RequestSource::Nothing)
         };
 
+        let imex_channels = if policy.accept_volume_mounts
+            && volume_mount_requests(spec)
+                .iter()
+                .any(|r| r.starts_with("imex/"))
+        {
+            let mut ids = Vec::new();
+            for r in volume_mount_requests(spec) {
+                if let Some(id) = r.strip_prefix("imex/") {
+                    let n = imex_channel(id)?;
+                    if !ids.contains(&n) {
+                        ids.push(n);
+                    }
+                }
+            }
+            ids
+        } else if privileged || policy.accept_envvar_when_unprivileged {
+            imex_channels(get("NVIDIA_IMEX_CHANNELS").unwrap_or_default())?
+        } else {
+            Vec::new()
+        };
+        let gated = GatedFeature::ALL
+            .iter()
+            .filter(|(_, var)| get(var) == Some("enabled"))
+            .map(|(f, _)| *f)
+            .collect();
         let capabilities = Capabilities::parse(
             get("NVIDIA_DRIVER_CAPABILITIES"),
             &policy.default_capabilities,
@@ -292,6 +392,8 @@ impl GpuRequest {
             disable_require: get("NVIDIA_DISABLE_REQUIRE").is_some_and(go_true),
             privileged,
             env_ignored,
+            imex_channels,
+            gated,
         })
     }
 }

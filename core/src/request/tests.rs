@@ -275,3 +275,78 @@ fn clean_resolves_dot_dot() {
         PathBuf::from("/var/run/nvidia-container-devices/0")
     );
 }
+
+#[test]
+fn imex_channels_from_env_and_volume_mounts() {
+    let r = req(Case {
+        env: &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_IMEX_CHANNELS=0,channel3,3",
+        ],
+        ..Default::default()
+    });
+    assert_eq!(r.imex_channels, [0, 3]);
+    // `all` is ignored, as the toolkit ignores it.
+    let r = req(Case {
+        env: &["NVIDIA_IMEX_CHANNELS=all"],
+        ..Default::default()
+    });
+    assert!(r.imex_channels.is_empty());
+    for bad in ["1048576", "chan1", "-1", "+2"] {
+        let env = format!("NVIDIA_IMEX_CHANNELS={bad}");
+        let err = GpuRequest::from_spec(
+            &spec(&Case {
+                env: &[env.as_str()],
+                ..Default::default()
+            }),
+            &RequestPolicy::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(bad) && err.contains("IMEX"), "{err}");
+    }
+    // Volume mounts win when accepted; the env is then not read.
+    let policy = RequestPolicy {
+        accept_volume_mounts: true,
+        ..RequestPolicy::default()
+    };
+    let s = spec(&Case {
+        env: &["NVIDIA_IMEX_CHANNELS=9"],
+        mounts: &[
+            ("/dev/null", "/var/run/nvidia-container-devices/imex/5"),
+            ("/dev/null", "/var/run/nvidia-container-devices/0"),
+        ],
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&s, &policy).unwrap();
+    assert_eq!(r.imex_channels, [5]);
+    assert_eq!(r.devices, DeviceSelection::List(vec![DeviceId::Index(0)]));
+    // Unprivileged under the strict profile: the env cannot ask.
+    let strict = RequestPolicy {
+        accept_envvar_when_unprivileged: false,
+        ..RequestPolicy::default()
+    };
+    let s = spec(&Case {
+        env: &["NVIDIA_IMEX_CHANNELS=1"],
+        ..Default::default()
+    });
+    assert!(GpuRequest::from_spec(&s, &strict)
+        .unwrap()
+        .imex_channels
+        .is_empty());
+}
+
+#[test]
+fn gated_features_need_exactly_enabled() {
+    let r = req(Case {
+        env: &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_GDS=enabled",
+            "NVIDIA_MOFED=true",
+            "NVIDIA_NVSWITCH=enabled",
+            "NVIDIA_GDRCOPY=ENABLED",
+        ],
+        ..Default::default()
+    });
+    assert_eq!(r.gated, [GatedFeature::Gds, GatedFeature::NvSwitch]);
+}

@@ -1,0 +1,68 @@
+//! Host devices of the gated features (`NVIDIA_GDS`, `NVIDIA_MOFED`, `NVIDIA_NVSWITCH`,
+//! `NVIDIA_GDRCOPY`), found by name under the dev root as the toolkit finds them.
+
+use std::path::{Path, PathBuf};
+
+use super::DeviceNode;
+use crate::request::GatedFeature;
+
+/// Character nodes in `dev_root/<dir>` whose names start with `prefix` (and, when `digits`,
+/// continue with a number only), sorted.
+fn nodes_named(dev_root: &Path, dir: &str, prefix: &str, digits: bool) -> Vec<DeviceNode> {
+    let Ok(entries) = std::fs::read_dir(dev_root.join(dir.trim_start_matches('/'))) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| match n.strip_prefix(prefix) {
+            Some(rest) if digits => !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()),
+            Some(_) => true,
+            None => false,
+        })
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|n| DeviceNode::probe(dev_root, &format!("{dir}/{n}")))
+        .collect()
+}
+
+/// The nodes and host files (`host_root`-relative paths that exist) a feature brings.
+pub fn gated(
+    dev_root: &Path,
+    host_root: &Path,
+    feature: GatedFeature,
+) -> (Vec<DeviceNode>, Vec<PathBuf>) {
+    let one = |path: &str| {
+        DeviceNode::probe(dev_root, path)
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    match feature {
+        GatedFeature::Gds => {
+            let nodes = nodes_named(dev_root, "/dev", "nvidia-fs", false);
+            let files = if nodes.is_empty() {
+                Vec::new()
+            } else {
+                ["run/udev", "etc/cufile.json"]
+                    .iter()
+                    .map(|p| host_root.join(p))
+                    .filter(|p| p.exists())
+                    .collect()
+            };
+            (nodes, files)
+        }
+        GatedFeature::Mofed => {
+            let mut nodes = nodes_named(dev_root, "/dev/infiniband", "uverbs", true);
+            nodes.extend(one("/dev/infiniband/rdma_cm"));
+            (nodes, Vec::new())
+        }
+        GatedFeature::NvSwitch => {
+            let mut nodes = one("/dev/nvidia-nvswitchctl");
+            nodes.extend(nodes_named(dev_root, "/dev", "nvidia-nvswitch", true));
+            (nodes, Vec::new())
+        }
+        GatedFeature::GdrCopy => (one("/dev/gdrdrv"), Vec::new()),
+    }
+}

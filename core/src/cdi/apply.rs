@@ -9,8 +9,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Hook as OciHook, HookBuilder, Hooks, LinuxBuilder, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResourcesBuilder, MountBuilder, Spec,
+    Hook as OciHook, HookBuilder, LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxResourcesBuilder, MountBuilder, Spec,
 };
 
 use super::registry::Resolved;
@@ -301,7 +301,7 @@ fn add_hook(spec: &mut Spec, h: &Hook) {
         b = b.timeout(t);
     }
     let hook: OciHook = b.build().expect("hook path is set");
-    let mut hooks = spec.hooks().clone().unwrap_or_else(Hooks::default);
+    let mut hooks = spec.hooks().clone().unwrap_or_default();
     let list = match h.hook_name.as_str() {
         #[allow(deprecated)]
         "prestart" => hooks.prestart_mut(),

@@ -455,11 +455,18 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     };
     let g = gpu(&c, 2)?;
     // The toolkit's way: a spec generated from the driver (`nvidia-ctk cdi generate`), here
-    // by core's generator, with its create-symlinks/update-ldcache hooks done by the shim.
-    let inv = nvidia_shim_core::discover::Inventory::discover(&g.fake.roots())?;
-    let spec = nvidia_shim_core::cdi::generate::generate(
-        &inv,
-        nvidia_shim_core::request::Capabilities::all(),
+    // by `containerd-shim-nvidia-v2 cdi generate`, stored as YAML; its create-symlinks and
+    // update-ldcache hooks are then done by the shim.
+    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
+        .args(["cdi", "generate", "--config", &g.config])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spec =
+        nvidia_shim_core::cdi::CdiSpec::parse(Path::new("generated.json"), &text(&out.stdout))?;
+    assert_eq!(
+        spec.devices.len(),
+        2 * 2 + 1,
+        "index and UUID per GPU, and all"
     );
     std::fs::write(
         g.fake.cdi_dir().join("nvidia.yaml"),

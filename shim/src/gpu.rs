@@ -40,7 +40,7 @@ pub struct GpuInjector {
 }
 
 /// Discovers the driver under the configured roots, detecting the driver root when unset.
-fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
+pub fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
     let mut roots = Roots {
         driver_root: config.driver_root.clone().unwrap_or_else(|| "/".into()),
         dev_root: config.dev_root.clone(),

@@ -4,6 +4,7 @@
 //! libcontainer never inherits another thread's locks; only then does tokio start.
 
 mod bundle;
+mod cdi_cli;
 mod cgroup;
 mod console;
 mod container;
@@ -31,6 +32,9 @@ use crate::shim::{NvidiaShim, RUNTIME_ID};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
+    if cdi_cli::is_cdi_command(args.get(1..).unwrap_or_default()) {
+        return cdi_cli::run(&args[1..]);
+    }
     let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
         Ok(flags) => flags,
         Err(e) => {

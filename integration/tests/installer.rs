@@ -1,0 +1,135 @@
+//! The host installer (`deploy/installer/install.sh`), run against a temporary host root: what
+//! it writes, that a second run changes nothing, and that it refuses what it cannot merge.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use nvidia_shim_integration::checks::text;
+use nvidia_shim_integration::shim_binary;
+use serde::Deserialize;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn install(root: &Path, extra: &[&str]) -> Result<std::process::Output> {
+    let binary = shim_binary();
+    if !binary.exists() {
+        anyhow::bail!("{} is not built", binary.display());
+    }
+    Ok(Command::new("bash")
+        .arg(repo().join("deploy/installer/install.sh"))
+        .args(["--binary", &binary.display().to_string()])
+        .args(["--host-root", &root.display().to_string()])
+        .args(extra)
+        .output()?)
+}
+
+#[test]
+fn installs_binary_config_and_containerd_drop_in_idempotently() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let ctr_conf = root.path().join("etc/containerd/config.toml");
+    std::fs::create_dir_all(ctr_conf.parent().expect("dir"))?;
+    std::fs::write(&ctr_conf, "version = 2\n\n[plugins]\n")?;
+    for _ in 0..2 {
+        let out = install(root.path(), &[])?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let bin = root.path().join("usr/local/bin/containerd-shim-nvidia-v2");
+    let v = Command::new(&bin).arg("-v").output()?;
+    assert!(text(&v.stdout).contains("io.containerd.nvidia.v2"));
+    let main = std::fs::read_to_string(&ctr_conf)?;
+    assert_eq!(
+        main.matches("/etc/containerd/conf.d/*.toml").count(),
+        1,
+        "{main}"
+    );
+    assert!(main.starts_with("version = 2\nimports = "), "{main}");
+    let parsed: toml::Value = toml::from_str(&main)?;
+    assert!(parsed.get("imports").is_some());
+    let dropin =
+        std::fs::read_to_string(root.path().join("etc/containerd/conf.d/nvidia-shim.toml"))?;
+    let dropin: toml::Value = toml::from_str(&dropin)?;
+    let runtime =
+        &dropin["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nvidia"];
+    assert_eq!(
+        runtime["runtime_type"].as_str(),
+        Some("io.containerd.nvidia.v2")
+    );
+    // The shipped Kubernetes config is the shim's to read: it must load.
+    let cfg = root.path().join("etc/containerd-shim-nvidia/config.toml");
+    let cfg = nvidia_shim_core::Config::load(&cfg)?;
+    assert!(!cfg.accept_envvar_when_unprivileged && cfg.accept_volume_mount_requests);
+    Ok(())
+}
+
+#[test]
+fn an_existing_config_is_kept_and_a_foreign_imports_line_is_refused() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let cfg = root.path().join("etc/containerd-shim-nvidia/config.toml");
+    std::fs::create_dir_all(cfg.parent().expect("dir"))?;
+    std::fs::write(&cfg, "log_level = \"debug\"\n")?;
+    let ctr_conf = root.path().join("etc/containerd/config.toml");
+    std::fs::create_dir_all(ctr_conf.parent().expect("dir"))?;
+    std::fs::write(&ctr_conf, "version = 2\nimports = [\"/other/*.toml\"]\n")?;
+    let out = install(root.path(), &[])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("imports"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&cfg)?, "log_level = \"debug\"\n");
+    // containerd 2.x: a fresh main config gets version 3.
+    let fresh = tempfile::tempdir()?;
+    let out = install(fresh.path(), &["--containerd-version", "2"])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let main = std::fs::read_to_string(fresh.path().join("etc/containerd/config.toml"))?;
+    assert!(main.starts_with("version = 3\n"), "{main}");
+    Ok(())
+}
+
+#[test]
+fn manifests_and_examples_parse() -> Result<()> {
+    let deploy = repo().join("deploy");
+    for f in [
+        "kubernetes/runtimeclass.yaml",
+        "kubernetes/installer-daemonset.yaml",
+    ] {
+        let text = std::fs::read_to_string(deploy.join(f))?;
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(serde_yaml::Value::deserialize)
+            .collect::<Result<_, _>>()?;
+        assert!(!docs.is_empty(), "{f}");
+        for d in &docs {
+            assert!(
+                d.get("kind").is_some() && d.get("apiVersion").is_some(),
+                "{f}: {d:?}"
+            );
+        }
+    }
+    let rc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        deploy.join("kubernetes/runtimeclass.yaml"),
+    )?)?;
+    assert_eq!(rc["handler"].as_str(), Some("nvidia"));
+    let daemon: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy.join("docker/daemon.json"))?)?;
+    assert_eq!(
+        daemon["runtimes"]["nvidia-shim"]["runtimeType"].as_str(),
+        Some("io.containerd.nvidia.v2")
+    );
+    // The DaemonSet's embedded config is the same file the installer ships.
+    let ds = std::fs::read_to_string(deploy.join("kubernetes/installer-daemonset.yaml"))?;
+    let cm = serde_yaml::Deserializer::from_str(&ds)
+        .map(serde_yaml::Value::deserialize)
+        .find_map(|d| d.ok().filter(|d| d["kind"].as_str() == Some("ConfigMap")))
+        .expect("a ConfigMap");
+    let embedded = nvidia_shim_core::Config::parse(
+        cm["data"]["config.toml"].as_str().expect("config.toml"),
+        Path::new("configmap"),
+    )?;
+    let shipped = nvidia_shim_core::Config::load(&deploy.join("kubernetes/shim-config.toml"))?;
+    assert_eq!(embedded, shipped);
+    Ok(())
+}

@@ -1,6 +1,7 @@
-//! GPU injection in Create: read the request from the bundle's spec, discover the driver (once
-//! per shim and cached on disk for the next, rediscovered when the driver changes), enforce `NVIDIA_REQUIRE_*`, edit
-//! the spec and write it back, and create the SONAME links in the rootfs. No hook, no
+//! GPU injection in Create: read the request from the bundle's spec, apply CDI devices from
+//! spec files on disk, discover the driver (once per shim, cached on disk for the next shim,
+//! rediscovered when the driver changes), enforce `NVIDIA_REQUIRE_*`, edit the spec and write
+//! it back, and create the SONAME links and ld cache in the rootfs. No hook, no
 //! `nvidia-container-cli`: libcontainer then creates the nodes and mounts like any others.
 
 use std::path::Path;
@@ -170,7 +171,7 @@ impl GpuInjector {
         if let Some(devices) = from_driver {
             let inventory = self.inventory(id, config, &what)?;
             let gpus = select(&inventory, &devices).map_err(|e| invalid(format!("{what}: {e}")))?;
-            self.check_requirements(id, config, &request, &inventory, &gpus)?;
+            check_requirements(id, config, &request, &inventory, &gpus)?;
             let request = GpuRequest {
                 devices,
                 ..request.clone()
@@ -183,7 +184,7 @@ impl GpuInjector {
         } else if config.proc_root.join("driver/nvidia/version").exists() {
             // Only CDI devices from disk: the host's driver still answers NVIDIA_REQUIRE_*.
             let inventory = self.inventory(id, config, &what)?;
-            self.check_requirements(id, config, &request, &inventory, &[])?;
+            check_requirements(id, config, &request, &inventory, &[])?;
         }
         // No hook or runtime after us may act on the request again.
         set_env(&mut spec, &["NVIDIA_VISIBLE_DEVICES=void".to_owned()]);
@@ -215,35 +216,35 @@ impl GpuInjector {
             mounts: edits.mounts.len(),
         }))
     }
+}
 
-    fn check_requirements(
-        &self,
-        id: &str,
-        config: &Config,
-        request: &GpuRequest,
-        inv: &Inventory,
-        gpus: &[&GpuDevice],
-    ) -> Result<()> {
-        if !config.check_requirements || request.disable_require {
-            return Ok(());
-        }
-        let driver = Version::parse(&inv.driver_version);
-        let host = HostFacts {
-            cuda: driver.as_ref().and_then(cuda_for_driver),
-            driver,
-        };
-        let devices: Vec<DeviceFacts> = gpus
-            .iter()
-            .map(|g| DeviceFacts {
-                arch: g.arch.clone(),
-                brand: g.brand.clone(),
-            })
-            .collect();
-        check(&request.requirements, &host, &devices).map_err(|e| ShimError::FailedPrecondition {
-            id: id.to_owned(),
-            reason: e.to_string(),
-        })
+/// Enforces `NVIDIA_REQUIRE_*` unless disabled, against the host's driver and `gpus`.
+fn check_requirements(
+    id: &str,
+    config: &Config,
+    request: &GpuRequest,
+    inv: &Inventory,
+    gpus: &[&GpuDevice],
+) -> Result<()> {
+    if !config.check_requirements || request.disable_require {
+        return Ok(());
     }
+    let driver = Version::parse(&inv.driver_version);
+    let host = HostFacts {
+        cuda: driver.as_ref().and_then(cuda_for_driver),
+        driver,
+    };
+    let devices: Vec<DeviceFacts> = gpus
+        .iter()
+        .map(|g| DeviceFacts {
+            arch: g.arch.clone(),
+            brand: g.brand.clone(),
+        })
+        .collect();
+    check(&request.requirements, &host, &devices).map_err(|e| ShimError::FailedPrecondition {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Whether the selection names any device by a CDI name.

@@ -28,12 +28,9 @@ fn nodes_named(dev_root: &Path, dir: &str, prefix: &str, digits: bool) -> Vec<De
         .collect()
 }
 
-/// The nodes and host files (`host_root`-relative paths that exist) a feature brings.
-pub fn gated(
-    dev_root: &Path,
-    host_root: &Path,
-    feature: GatedFeature,
-) -> (Vec<DeviceNode>, Vec<PathBuf>) {
+/// The nodes a feature brings, and the files it mounts as (host path, container path). Nodes
+/// and files are looked up under `dev_root` (the host root, `/` by default).
+pub fn gated(dev_root: &Path, feature: GatedFeature) -> (Vec<DeviceNode>, Vec<(PathBuf, PathBuf)>) {
     let one = |path: &str| {
         DeviceNode::probe(dev_root, path)
             .into_iter()
@@ -47,8 +44,8 @@ pub fn gated(
             } else {
                 ["run/udev", "etc/cufile.json"]
                     .iter()
-                    .map(|p| host_root.join(p))
-                    .filter(|p| p.exists())
+                    .map(|p| (dev_root.join(p), Path::new("/").join(p)))
+                    .filter(|(host, _)| host.exists())
                     .collect()
             };
             (nodes, files)

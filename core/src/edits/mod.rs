@@ -109,17 +109,9 @@ pub fn edits_for(
         }
     }
     for &feature in &request.gated {
-        let (nodes, files) = gated(
-            &inventory.roots.dev_root,
-            &inventory.roots.dev_root,
-            feature,
-        );
+        let (nodes, files) = gated(&inventory.roots.dev_root, feature);
         e.devices.extend(nodes);
-        for f in files {
-            let container =
-                Path::new("/").join(f.strip_prefix(&inventory.roots.dev_root).unwrap_or(&f));
-            e.mounts.push((f, container));
-        }
+        e.mounts.extend(files);
     }
     // No hook or runtime after us may act on the request again.
     e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());

@@ -489,21 +489,18 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
                   echo FPGA=$FPGA NVD=$NVIDIA_VISIBLE_DEVICES; cat /opt/fpga/firmware.bin; echo; \
                   head -c 4 /dev/fpga0 | wc -c; echo \"$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1)\"; \
                   grep -c libcuda.so.1 /etc/ld.so.cache 2>/dev/null || echo 0";
+    // Runs a container with the fake driver's config and `extra` flags; checks it left nothing.
+    let run_cdi = |extra: &[&str], cmd: &[&str]| -> Result<(String, std::process::Output)> {
+        let id = unique_id("cdi");
+        let mut args = vec!["--rm", "--runtime-config-path", g.config.as_str()];
+        args.extend_from_slice(extra);
+        let out = c.ctr(&run_args(&id, &args, cmd))?;
+        assert_clean(&c, &id, &id);
+        Ok((id, out))
+    };
     let ann = "--annotation=cdi.k8s.io/test=vendor.example/fpga=f0";
-    let id = unique_id("cdi");
-    let out = c.ctr(&run_args(
-        &id,
-        &[
-            "--rm",
-            "--runtime-config-path",
-            &g.config,
-            ann,
-            "--env",
-            "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1",
-        ],
-        &["sh", "-c", script],
-    ))?;
-    assert_clean(&c, &id, &id);
+    let env = "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1";
+    let (_, out) = run_cdi(&[ann, "--env", env], &["sh", "-c", script])?;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
@@ -521,19 +518,7 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     );
 
     // The env request alone resolves nvidia.com/gpu=1 through the spec on disk.
-    let id = unique_id("cdi");
-    let out = c.ctr(&run_args(
-        &id,
-        &[
-            "--rm",
-            "--runtime-config-path",
-            &g.config,
-            "--env",
-            "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1",
-        ],
-        &["sh", "-c", script],
-    ))?;
-    assert_clean(&c, &id, &id);
+    let (_, out) = run_cdi(&["--env", env], &["sh", "-c", script])?;
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0].trim(), "nvidia1", "{stdout}{}", text(&out.stderr));
@@ -542,24 +527,16 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     assert_eq!(lines[5], "1", "libcuda.so.1 is in the ld cache: {stdout}");
 
     // An unknown CDI device fails Create, naming it, and leaves nothing behind.
-    let id = unique_id("cdi");
-    let out = c.ctr(&run_args(
-        &id,
-        &[
-            "--rm",
-            "--runtime-config-path",
-            &g.config,
-            "--annotation=cdi.k8s.io/x=vendor.example/fpga=f9",
-        ],
+    let (id, out) = run_cdi(
+        &["--annotation=cdi.k8s.io/x=vendor.example/fpga=f9"],
         &["true"],
-    ))?;
+    )?;
     assert_ne!(out.status.code(), Some(0));
     let err = text(&out.stderr);
     assert!(
         err.contains("unresolvable CDI devices vendor.example/fpga=f9") && err.contains(&id),
         "{err}"
     );
-    assert_clean(&c, &id, &id);
     Ok(())
 }
 

@@ -181,8 +181,11 @@ impl GpuInjector {
                 uuids.extend(gpus.iter().map(|g| g.uuid.clone()));
             }
             apply(&mut spec, &edits);
-        } else if config.proc_root.join("driver/nvidia/version").exists() {
-            // Only CDI devices from disk: the host's driver still answers NVIDIA_REQUIRE_*.
+        } else if requirements_apply(config, &request)
+            && config.proc_root.join("driver/nvidia/version").exists()
+        {
+            // Only CDI devices from disk: the host's driver still answers NVIDIA_REQUIRE_*
+            // (discovery only when there is a requirement to check).
             let inventory = self.inventory(id, config, &what)?;
             check_requirements(id, config, &request, &inventory, &[])?;
         }
@@ -218,6 +221,11 @@ impl GpuInjector {
     }
 }
 
+/// Whether the container has `NVIDIA_REQUIRE_*` terms that are to be enforced.
+fn requirements_apply(config: &Config, request: &GpuRequest) -> bool {
+    config.check_requirements && !request.disable_require && !request.requirements.is_empty()
+}
+
 /// Enforces `NVIDIA_REQUIRE_*` unless disabled, against the host's driver and `gpus`.
 fn check_requirements(
     id: &str,
@@ -226,7 +234,7 @@ fn check_requirements(
     inv: &Inventory,
     gpus: &[&GpuDevice],
 ) -> Result<()> {
-    if !config.check_requirements || request.disable_require {
+    if !requirements_apply(config, request) {
         return Ok(());
     }
     let driver = Version::parse(&inv.driver_version);

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages this project builds and tests with (as root), only if missing.
 set -euo pipefail
-pkgs=(containerd libseccomp-dev libelf-dev zlib1g-dev pkg-config make gcc busybox-static procps)
+# protobuf-compiler builds the CRI client of the Kubernetes tests (k8s-cri);
+# containernetworking-plugins gives their pods a network (bridge, host-local, loopback).
+pkgs=(containerd libseccomp-dev libelf-dev zlib1g-dev pkg-config make gcc busybox-static procps
+  protobuf-compiler containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,8 @@ pub struct Containerd {
     child: Option<Child>,
     path_env: String,
     level: String,
+    /// Extra TOML appended to the config; when set, the CRI plugin stays enabled.
+    cri_config: Option<String>,
 }
 
 impl Containerd {
@@ -42,6 +44,17 @@ impl Containerd {
     /// Starts containerd with `shim` on its PATH at log level `level` (containerd passes
     /// `-debug` to shims only at `debug`).
     pub fn start_with_level(shim: &Path, level: &str) -> Result<Self> {
+        Self::start_configured(shim, level, |_| None)
+    }
+
+    /// Starts containerd with `shim` on its PATH at log level `level`; `cri` gets the temp dir
+    /// and may return the CRI plugin's TOML, which then enables that plugin (it is disabled
+    /// otherwise).
+    pub fn start_configured(
+        shim: &Path,
+        level: &str,
+        cri: impl FnOnce(&Path) -> Option<String>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
             .tempdir_in("/tmp")?;
@@ -55,11 +68,13 @@ impl Containerd {
             bin.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
+        let cri_config = cri(dir.path());
         let mut me = Self {
             dir,
             child: None,
             path_env,
             level: level.to_owned(),
+            cri_config,
         };
         me.spawn()?;
         Ok(me)
@@ -67,18 +82,22 @@ impl Containerd {
 
     fn spawn(&mut self) -> Result<()> {
         let d = self.dir.path();
+        let (disabled, cri) = match &self.cri_config {
+            Some(c) => ("", c.as_str()),
+            None => (r#""io.containerd.grpc.v1.cri""#, ""),
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{disabled}]
 [grpc]
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
 [debug]
   level = "{level}"
-"#,
+{cri}"#,
             level = self.level,
             root = d.join("root").display(),
             state = d.join("state").display(),
@@ -168,11 +187,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// A `ctr` command against this containerd in the test namespace.
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_in(NAMESPACE, args)
+    }
+
+    /// A `ctr` command against this containerd in namespace `ns`.
+    pub fn ctr_cmd_in(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
             .arg(self.socket())
             .arg("--namespace")
-            .arg(NAMESPACE)
+            .arg(ns)
             .args(args)
             .env("PATH", &self.path_env);
         c
@@ -185,7 +209,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Runs `ctr`, feeding `input` on stdin (kept open until ctr exits, as a terminal would).
     pub fn ctr_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Output> {
-        let mut cmd = self.ctr_cmd(args);
+        self.run_ctr(self.ctr_cmd(args), args, input)
+    }
+
+    fn run_ctr(&self, mut cmd: Command, args: &[&str], input: Option<&[u8]>) -> Result<Output> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let (read_end, write_end) = if input.is_some() {
             let (r, w) = pipe()?;
@@ -211,12 +238,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Imports `image` under `name`.
     pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
+        self.import_in(NAMESPACE, image, name)
+    }
+
+    /// Imports `image` under `name` into namespace `ns` (`k8s.io` for the CRI plugin).
+    pub fn import_in(&self, ns: &str, image: &ImageSpec, name: &str) -> Result<()> {
         let archive = self
             .dir
             .path()
             .join(format!("image-{}.tar", sanitize(name)));
         image.write_archive(name, &archive)?;
-        let out = self.ctr(&["image", "import", archive.to_str().unwrap_or_default()])?;
+        let args = ["image", "import", archive.to_str().unwrap_or_default()];
+        let out = self.run_ctr(self.ctr_cmd_in(ns, &args), &args, None)?;
         if !out.status.success() {
             bail!("ctr image import: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -231,6 +264,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Containerd {
+    /// Stops containerd, then kills what a failed test left of it: its shims (and so their
+    /// containers), then mounts under its dir. Idempotent; dropping does it too.
+    pub fn shutdown(&mut self) {
         self.stop();
         // Whatever a failed test left: shims of this containerd, then mounts under our dir.
         for pid in crate::leftovers::shim_pids(&self.socket()) {

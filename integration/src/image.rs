@@ -28,6 +28,8 @@ pub struct ImageSpec {
     pub entries: Vec<Entry>,
     /// `config.Env`.
     pub env: Vec<String>,
+    /// `config.Entrypoint`; empty means none (the command is then `Cmd`, `sh`).
+    pub entrypoint: Vec<String>,
 }
 
 impl ImageSpec {
@@ -67,7 +69,15 @@ impl ImageSpec {
         Ok(Self {
             entries,
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            entrypoint: Vec::new(),
         })
+    }
+
+    /// A pod sandbox ("pause") image: busybox whose entrypoint sleeps until killed.
+    pub fn pause() -> Result<Self> {
+        let mut me = Self::busybox()?;
+        me.entrypoint = vec!["/bin/sleep".into(), "2147483647".into()];
+        Ok(me)
     }
 
     fn layer(&self) -> Result<Vec<u8>> {
@@ -109,7 +119,11 @@ impl ImageSpec {
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": { "Env": self.env, "Cmd": ["sh"] },
+            "config": {
+                "Env": self.env,
+                "Entrypoint": (!self.entrypoint.is_empty()).then_some(&self.entrypoint),
+                "Cmd": if self.entrypoint.is_empty() { Some(["sh"]) } else { None },
+            },
             "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
         })
         .to_string()

@@ -5,6 +5,7 @@
 
 pub mod checks;
 pub mod containerd;
+pub mod cri;
 pub mod image;
 pub mod leftovers;
 pub mod pty;

@@ -4,14 +4,18 @@
 //! `nvbench [--pairs N] [--shim PATH]` prints, for `ctr run --rm IMG ID /bin/true`, the median
 //! wall time of each runtime over N interleaved pairs (order alternating) and their ratio; then
 //! the resident memory (VmRSS and PSS, every process of the shim: ours has a zygote) while one
-//! container sleeps. Run as root, with a release build of the shim. containerd runs at its
-//! default log level (info).
+//! container sleeps; the GPU injection overhead; then, through containerd's CRI plugin, pod start
+//! time and shim memory per pod against a runc-shim handler. Run as root, with a release build
+//! of the shim. containerd runs at its default log level (info).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::cri::{
+    ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
+};
 use nvidia_shim_integration::{leftovers, unique_id};
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -103,6 +107,92 @@ fn injection_overhead(
         }
     }
     Ok((median(&mut gpu), median(&mut plain)))
+}
+
+/// Pod start through the CRI plugin (RunPodSandbox + CreateContainer + StartContainer of one
+/// sleeping container, host network so that CNI's cost does not dilute the runtimes'), our
+/// handler vs one using the runc shim, `pairs` interleaved pairs; then the shim memory per pod.
+fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
+    let cri = Cri::start_with(shim, &HandlerConfigs::default())?;
+    let opts = PodOptions {
+        host_network: true,
+        ..PodOptions::default()
+    };
+    let app = ContainerOptions::sh("app", "exec sleep 600");
+    // Starts a pod with one container; returns (time to running, pod id).
+    let start = |handler: &str| -> Result<(Duration, String)> {
+        let name = unique_id("pod");
+        let t = Instant::now();
+        let pod = cri.run_pod(&name, handler, &opts)?;
+        cri.run_container(&pod, &name, &opts, &app)?;
+        Ok((t.elapsed(), pod))
+    };
+    let once = |handler: &str| -> Result<Duration> {
+        let (d, pod) = start(handler)?;
+        cri.remove_pod(&pod)?;
+        Ok(d)
+    };
+    for _ in 0..2 {
+        once(HANDLER)?;
+        once(HANDLER_RUNC)?;
+    }
+    let (mut ours, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        if i % 2 == 0 {
+            ours.push(once(HANDLER)?);
+            runc.push(once(HANDLER_RUNC)?);
+        } else {
+            runc.push(once(HANDLER_RUNC)?);
+            ours.push(once(HANDLER)?);
+        }
+    }
+    let (mo, mr) = (median(&mut ours), median(&mut runc));
+    println!("CRI pod start (RunPodSandbox + CreateContainer + StartContainer, host network), {pairs} interleaved pairs:");
+    println!(
+        "  handler {HANDLER:<18} median {:>7.1} ms",
+        mo.as_secs_f64() * 1e3
+    );
+    println!(
+        "  handler {HANDLER_RUNC:<18} median {:>7.1} ms",
+        mr.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratio nvidia/runc               {:>7.2}",
+        mo.as_secs_f64() / mr.as_secs_f64()
+    );
+
+    // Shim memory of one pod (sandbox + one container): every process of the pod's shim.
+    let sock = cri.containerd.socket().to_string_lossy().into_owned();
+    let per_pod = |handler: &str, exe: &str| -> Result<(u64, u64, usize)> {
+        let (_, pod) = start(handler)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let pids = leftovers::processes_of(exe, &sock);
+        let (rss, pss) = pids
+            .iter()
+            .map(|&p| leftovers::memory_kb(p))
+            .fold((0, 0), |(a, b), (r, p)| (a + r, b + p));
+        cri.remove_pod(&pod)?;
+        Ok((rss, pss, pids.len()))
+    };
+    let (orss, opss, on) = per_pod(HANDLER, "containerd-shim-nvidia-v2")?;
+    let (rrss, rpss, rn) = per_pod(HANDLER_RUNC, "containerd-shim-runc-v2")?;
+    println!("shim memory per pod (sandbox + one container):");
+    println!(
+        "  handler {HANDLER:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes)",
+        orss as f64 / 1024.0,
+        opss as f64 / 1024.0
+    );
+    println!(
+        "  handler {HANDLER_RUNC:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes)",
+        rrss as f64 / 1024.0,
+        rpss as f64 / 1024.0
+    );
+    println!(
+        "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
+        orss as f64 / rrss as f64,
+        opss as f64 / rpss as f64
+    );
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -201,5 +291,6 @@ fn main() -> Result<()> {
         "  overhead                            {:>7.1} ms",
         (gpu.as_secs_f64() - plain.as_secs_f64()) * 1e3
     );
-    Ok(())
+    drop(c);
+    pod_benchmark(&shim, pairs)
 }

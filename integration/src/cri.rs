@@ -1,0 +1,577 @@
+//! A private containerd with its CRI plugin serving runtime handlers, driven by a real CRI
+//! client (`k8s-cri`, gRPC over the containerd socket) as the kubelet drives it.
+//!
+//! Handlers: `nvidia` (this shim, config `shim-config.toml` of the caller), `nvidia-isolated`
+//! (this shim, a Kubernetes isolation-profile config) and `runc` (the Go runc shim, for the
+//! benchmark). Pods get a network from Debian's CNI plugins (`bridge` + `host-local`, a bridge and
+//! an IP range of their own), or the host's with [`PodOptions::host_network`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec as CriImage,
+    KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::containerd::{Containerd, BUSYBOX_IMAGE};
+use crate::image::ImageSpec;
+use crate::shim_binary;
+
+/// The namespace the CRI plugin keeps its containers and images in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The sandbox image the CRI plugin is configured with (imported, never pulled).
+pub const PAUSE_IMAGE: &str = "docker.io/library/nvtest-pause:latest";
+/// The runtime handler served by this shim with the caller's config.
+pub const HANDLER: &str = "nvidia";
+/// The runtime handler served by this shim with the Kubernetes isolation profile.
+pub const HANDLER_ISOLATED: &str = "nvidia-isolated";
+/// The runtime handler served by the Go runc shim.
+pub const HANDLER_RUNC: &str = "runc";
+
+/// A containerd with CRI, its CNI network and a connected CRI runtime client.
+#[derive(Debug)]
+pub struct Cri {
+    /// The containerd (dropped last: it cleans up what a failed test left).
+    pub containerd: Containerd,
+    rt: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+    bridge: String,
+    cgroup_parent: String,
+}
+
+/// The shim configs of the two handlers this shim serves.
+#[derive(Debug, Clone)]
+pub struct HandlerConfigs {
+    /// `nvidia`'s `config.toml` text.
+    pub nvidia: String,
+    /// `nvidia-isolated`'s `config.toml` text.
+    pub isolated: String,
+}
+
+impl Default for HandlerConfigs {
+    fn default() -> Self {
+        Self {
+            nvidia: String::new(),
+            isolated:
+                "accept_envvar_when_unprivileged = false\naccept_volume_mount_requests = true\n"
+                    .into(),
+        }
+    }
+}
+
+/// How a pod is created.
+#[derive(Debug, Clone, Default)]
+pub struct PodOptions {
+    /// Share the host's network namespace instead of a CNI network.
+    pub host_network: bool,
+    /// Pod annotations.
+    pub annotations: HashMap<String, String>,
+}
+
+/// One app container of a pod.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerOptions {
+    /// Its name in the pod.
+    pub name: String,
+    /// Entrypoint and arguments.
+    pub command: Vec<String>,
+    /// Environment, `KEY=VALUE`.
+    pub env: Vec<(String, String)>,
+    /// Container annotations (the device plugin's CDI requests arrive here).
+    pub annotations: HashMap<String, String>,
+    /// Bind mounts `(host, container)`, read-only.
+    pub mounts: Vec<(String, String)>,
+    /// Run privileged.
+    pub privileged: bool,
+}
+
+impl ContainerOptions {
+    /// A container `name` running `sh -c script`.
+    pub fn sh(name: &str, script: &str) -> Self {
+        Self {
+            name: name.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Self::default()
+        }
+    }
+}
+
+/// A process exit seen through `ExecSync`.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+    /// Its exit code.
+    pub exit_code: i32,
+}
+
+impl Cri {
+    /// Starts containerd with the CRI plugin, the three handlers and a CNI network; imports the
+    /// pause and busybox images into `k8s.io`. `configs` are the shim configs of the handlers.
+    pub fn start(configs: &HandlerConfigs) -> Result<Self> {
+        Self::start_with(&shim_binary(), configs)
+    }
+
+    /// [`Cri::start`] with the shim binary `shim`.
+    pub fn start_with(shim: &Path, configs: &HandlerConfigs) -> Result<Self> {
+        let tag = std::process::id() % 10_000;
+        let bridge = format!("nvcri{tag}");
+        let cgroup_parent = format!("/nvcri-{}", std::process::id());
+        let containerd = Containerd::start_configured(shim, "info", |dir| {
+            Some(cri_config(dir, configs, &bridge, tag).unwrap_or_else(|e| {
+                // The config files could not be written; containerd then fails to start with
+                // this in its log, which the caller sees.
+                format!("# {e:#}\n")
+            }))
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let socket = containerd.socket();
+        let client = rt.block_on(connect(socket))?;
+        let me = Self {
+            containerd,
+            rt,
+            client,
+            bridge,
+            cgroup_parent,
+        };
+        me.containerd
+            .import_in(CRI_NAMESPACE, &ImageSpec::pause()?, PAUSE_IMAGE)?;
+        me.containerd
+            .import_in(CRI_NAMESPACE, &ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
+        Ok(me)
+    }
+
+    /// The cgroup parent of every pod (`/nvcri-<pid>`, under each v1 controller or the v2 root).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// `RunPodSandbox` with `handler`; returns the sandbox id.
+    pub fn run_pod(&self, name: &str, handler: &str, opts: &PodOptions) -> Result<String> {
+        let config = self.pod_config(name, opts);
+        let mut client = self.client.clone();
+        let resp = self
+            .rt
+            .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            }))
+            .map_err(|e| self.failed(e))
+            .with_context(|| format!("RunPodSandbox {name} ({handler})"))?;
+        Ok(resp.into_inner().pod_sandbox_id)
+    }
+
+    /// A failed CRI call with the end of containerd's log, where the CRI plugin says why.
+    fn failed(&self, s: tonic::Status) -> anyhow::Error {
+        let log = self.containerd.log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        status(s).context(format!("containerd log:\n{}", tail.join("\n")))
+    }
+
+    fn pod_config(&self, name: &str, opts: &PodOptions) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            // As the kubelet does: a host-network pod shares the host's UTS namespace, so it
+            // gets no hostname of its own (runc and libcontainer refuse one).
+            hostname: if opts.host_network {
+                String::new()
+            } else {
+                name.into()
+            },
+            annotations: opts.annotations.clone(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces(opts)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `CreateContainer` + `StartContainer` of `c` in pod `pod`; returns the container id.
+    pub fn run_container(
+        &self,
+        pod: &str,
+        pod_name: &str,
+        opts: &PodOptions,
+        c: &ContainerOptions,
+    ) -> Result<String> {
+        let id = self.create_container(pod, pod_name, opts, c)?;
+        let mut client = self.client.clone();
+        self.rt
+            .block_on(client.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .map_err(status)
+            .with_context(|| format!("StartContainer {}", c.name))?;
+        Ok(id)
+    }
+
+    /// `CreateContainer` of `c` in pod `pod` (created with `opts`); returns the container id.
+    pub fn create_container(
+        &self,
+        pod: &str,
+        pod_name: &str,
+        opts: &PodOptions,
+        c: &ContainerOptions,
+    ) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: c.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(CriImage {
+                image: BUSYBOX_IMAGE.into(),
+                ..Default::default()
+            }),
+            command: c.command.clone(),
+            envs: c
+                .env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|(host, path)| Mount {
+                    host_path: host.clone(),
+                    container_path: path.clone(),
+                    readonly: true,
+                    ..Default::default()
+                })
+                .collect(),
+            annotations: c.annotations.clone(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    privileged: c.privileged,
+                    // As the kubelet sends them: the pod's network and IPC, a PID namespace of
+                    // the container's own (no shareProcessNamespace).
+                    namespace_options: Some(namespaces(opts)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let resp = self
+            .rt
+            .block_on(client.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(self.pod_config(pod_name, opts)),
+            }))
+            .map_err(status)
+            .with_context(|| format!("CreateContainer {}", c.name))?;
+        Ok(resp.into_inner().container_id)
+    }
+
+    /// `ContainerStatus`: the state of container `id`.
+    pub fn container_state(&self, id: &str) -> Result<ContainerState> {
+        let mut client = self.client.clone();
+        let status = self
+            .rt
+            .block_on(client.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            }))
+            .map_err(status)
+            .with_context(|| format!("ContainerStatus {id}"))?
+            .into_inner()
+            .status
+            .context("ContainerStatus without status")?;
+        Ok(ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown))
+    }
+
+    /// `ExecSync` of `cmd` in container `id` with a 30 s timeout.
+    pub fn exec(&self, id: &str, cmd: &[&str]) -> Result<ExecOutput> {
+        let mut client = self.client.clone();
+        let resp = self
+            .rt
+            .block_on(client.exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+                timeout: 30,
+            }))
+            .map_err(status)
+            .with_context(|| format!("ExecSync {cmd:?} in {id}"))?
+            .into_inner();
+        Ok(ExecOutput {
+            stdout: String::from_utf8_lossy(&resp.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&resp.stderr).into_owned(),
+            exit_code: resp.exit_code,
+        })
+    }
+
+    /// `ExecSync` of `sh -c script`, failing unless it exits 0; returns its stdout.
+    pub fn sh(&self, id: &str, script: &str) -> Result<String> {
+        let out = self.exec(id, &["sh", "-c", script])?;
+        if out.exit_code != 0 {
+            bail!(
+                "`{script}` in {id} exited {}: {}{}",
+                out.exit_code,
+                out.stdout,
+                out.stderr
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// `ContainerStats` of container `id`.
+    pub fn stats(&self, id: &str) -> Result<ContainerStats> {
+        let mut client = self.client.clone();
+        self.rt
+            .block_on(client.container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            }))
+            .map_err(status)
+            .with_context(|| format!("ContainerStats {id}"))?
+            .into_inner()
+            .stats
+            .context("ContainerStats without stats")
+    }
+
+    /// `PodSandboxStatus`: the runtime handler containerd recorded for pod `pod`.
+    pub fn pod_handler(&self, pod: &str) -> Result<String> {
+        let mut client = self.client.clone();
+        let status = self
+            .rt
+            .block_on(client.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: false,
+            }))
+            .map_err(status)
+            .with_context(|| format!("PodSandboxStatus {pod}"))?
+            .into_inner()
+            .status
+            .context("PodSandboxStatus without status")?;
+        Ok(status.runtime_handler)
+    }
+
+    /// `StopContainer` (10 s grace) and `RemoveContainer`.
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let mut client = self.client.clone();
+        self.rt
+            .block_on(client.stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 10,
+            }))
+            .map_err(status)
+            .with_context(|| format!("StopContainer {id}"))?;
+        self.rt
+            .block_on(client.remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            }))
+            .map_err(status)
+            .with_context(|| format!("RemoveContainer {id}"))?;
+        Ok(())
+    }
+
+    /// `StopPodSandbox` and `RemovePodSandbox` (which also removes the pod's containers).
+    pub fn remove_pod(&self, pod: &str) -> Result<()> {
+        let mut client = self.client.clone();
+        self.rt
+            .block_on(client.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            }))
+            .map_err(status)
+            .with_context(|| format!("StopPodSandbox {pod}"))?;
+        self.rt
+            .block_on(client.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            }))
+            .map_err(status)
+            .with_context(|| format!("RemovePodSandbox {pod}"))?;
+        Ok(())
+    }
+
+    /// The host pid of container `id`'s init process, from its task (`ctr -n k8s.io task ls`).
+    pub fn pid_of(&self, id: &str) -> Result<i32> {
+        let out = self
+            .containerd
+            .ctr_cmd_in(CRI_NAMESPACE, &["task", "ls"])
+            .output()
+            .context("ctr task ls")?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+            })
+            .with_context(|| format!("no task {id} in ctr task ls"))
+    }
+
+    /// Cgroup directories left under the pods' cgroup parent, on v1 (any controller) or v2.
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent.trim_start_matches('/');
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
+            roots.extend(d.flatten().map(|e| e.path()));
+        }
+        roots
+            .iter()
+            .map(|r| r.join(parent))
+            .filter_map(|p| std::fs::read_dir(p).ok())
+            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+            .collect()
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        // containerd and whatever a failed test left of its pods first, then the bridge and the
+        // cgroups under the pods' parent, which are ours.
+        self.containerd.shutdown();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let left = self.leftover_cgroups();
+        for dir in &left {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: signalling a process by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for dir in &left {
+            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
+                std::fs::remove_dir(dir).is_ok() || !dir.exists()
+            });
+        }
+        let parent = self.cgroup_parent.trim_start_matches('/');
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
+        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in d.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(parent));
+            }
+        }
+    }
+}
+
+/// The namespaces of a pod and its containers.
+fn namespaces(opts: &PodOptions) -> NamespaceOption {
+    let network = if opts.host_network {
+        NamespaceMode::Node
+    } else {
+        NamespaceMode::Pod
+    };
+    NamespaceOption {
+        network: network as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// A CRI error as text: tonic's `Status` displays without its message.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>> {
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .context("connect to containerd's CRI socket")?;
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+/// Writes the shim configs and the CNI network under `dir`; returns the CRI plugin's TOML.
+fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> Result<String> {
+    let nvidia_cfg = dir.join("shim-nvidia.toml");
+    let isolated_cfg = dir.join("shim-isolated.toml");
+    std::fs::write(&nvidia_cfg, &configs.nvidia)?;
+    std::fs::write(&isolated_cfg, &configs.isolated)?;
+    let net_dir = dir.join("cni");
+    std::fs::create_dir_all(&net_dir)?;
+    let conflist = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": format!("nvtest-{tag}"),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": format!("10.{}.{}.0/24", 100 + tag / 256 % 100, tag % 256) }]],
+                "dataDir": dir.join("cni-ipam"),
+            },
+        }],
+    });
+    std::fs::write(net_dir.join("10-nvtest.conflist"), conflist.to_string())?;
+    let runtime = |name: &str, ty: &str, cfg: Option<&Path>| {
+        let mut t = format!(
+            r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]
+  runtime_type = "{ty}"
+  pod_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
+  container_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
+"#
+        );
+        if let Some(cfg) = cfg {
+            t += &format!(
+                r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}.options]
+  ConfigPath = "{}"
+"#,
+                cfg.display()
+            );
+        }
+        t
+    };
+    Ok(format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{net}"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "{HANDLER_RUNC}"
+{nvidia}{isolated}{runc}"#,
+        net = net_dir.display(),
+        nvidia = runtime(HANDLER, crate::containerd::RUNTIME, Some(&nvidia_cfg)),
+        isolated = runtime(
+            HANDLER_ISOLATED,
+            crate::containerd::RUNTIME,
+            Some(&isolated_cfg)
+        ),
+        runc = runtime(HANDLER_RUNC, "io.containerd.runc.v2", None),
+    ))
+}

@@ -1,0 +1,260 @@
+//! Kubernetes through containerd's CRI plugin (issue 6): a real CRI client drives pods with the
+//! `nvidia` runtime handler as the kubelet does; device-plugin request strategies against a fake
+//! driver; nothing left once the pod is removed.
+
+use std::collections::HashMap;
+
+use anyhow::{ensure, Context, Result};
+use k8s_cri::v1::ContainerState;
+use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
+use nvidia_shim_integration::checks::eventually;
+use nvidia_shim_integration::cri::{
+    ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED,
+};
+use nvidia_shim_integration::{can_run_containerd, leftovers};
+
+fn cri(test: &str, configs: &HandlerConfigs) -> Option<Cri> {
+    if !can_run_containerd(test) {
+        return None;
+    }
+    Some(Cri::start(configs).expect("start containerd with CRI"))
+}
+
+/// The parent pid of `pid`.
+fn ppid(pid: i32) -> Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("no ppid in /proc/{pid}/stat"))
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind() -> Result<()> {
+    let Some(cri) = cri(
+        "a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind",
+        &HandlerConfigs::default(),
+    ) else {
+        return Ok(());
+    };
+    let opts = PodOptions::default();
+    let pod = cri.run_pod("web", HANDLER, &opts)?;
+    assert_eq!(
+        cri.pod_handler(&pod)?,
+        HANDLER,
+        "PodSandboxStatus echoes the handler"
+    );
+
+    let sleeper = |name: &str| ContainerOptions::sh(name, "echo started; exec sleep 1000");
+    let app = cri.run_container(&pod, "web", &opts, &sleeper("app"))?;
+    let side = cri.run_container(&pod, "web", &opts, &sleeper("sidecar"))?;
+    assert_eq!(cri.container_state(&app)?, ContainerState::ContainerRunning);
+    assert_eq!(
+        cri.container_state(&side)?,
+        ContainerState::ContainerRunning
+    );
+
+    // ExecSync: output and exit code.
+    let out = cri.exec(&app, &["sh", "-c", "echo hi; echo oops >&2; exit 3"])?;
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("hi\n", "oops\n")
+    );
+    assert_eq!(out.exit_code, 3);
+
+    // Both app containers joined the sandbox's network namespace (a CNI network of its own,
+    // not the host's), and one shim process serves the whole pod.
+    let sandbox_pid = cri.pid_of(&pod)?;
+    let net = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net"));
+    let pod_net = net(sandbox_pid)?;
+    assert_ne!(
+        pod_net,
+        net(std::process::id() as i32)?,
+        "pod has its own netns"
+    );
+    for c in [&app, &side] {
+        let inside = cri.sh(c, "readlink /proc/self/ns/net")?;
+        assert_eq!(
+            inside.trim(),
+            pod_net.to_string_lossy(),
+            "{c} shares the pod netns"
+        );
+        assert!(
+            cri.sh(c, "ip -4 addr show eth0")?.contains("inet 10."),
+            "{c} has the pod IP"
+        );
+    }
+    let pids = [sandbox_pid, cri.pid_of(&app)?, cri.pid_of(&side)?];
+    let shims: Vec<i32> = pids.iter().map(|&p| ppid(p)).collect::<Result<_>>()?;
+    assert!(
+        shims.windows(2).all(|w| w[0] == w[1]),
+        "one shim per pod: {shims:?}"
+    );
+    let exe = std::fs::read_link(format!("/proc/{}/exe", shims[0]))?;
+    assert!(
+        exe.ends_with("containerd-shim-nvidia-v2"),
+        "the pod's parent is our shim, not {exe:?}"
+    );
+    assert!(leftovers::shim_pids(&cri.containerd.socket()).contains(&shims[0]));
+
+    // ContainerStats: CPU and memory figures from the container's cgroup.
+    cri.sh(&app, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")?;
+    let stats = cri.stats(&app)?;
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    let mem = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(cpu.unwrap_or(0) > 0, "cpu usage: {cpu:?}");
+    assert!(mem.unwrap_or(0) > 0, "memory working set: {mem:?}");
+
+    // Stop and remove one container, then the pod (which removes the other).
+    cri.remove_container(&side)?;
+    ensure!(
+        !alive(pids[2]),
+        "sidecar process gone after RemoveContainer"
+    );
+    cri.remove_pod(&pod)?;
+    eventually("the pod's shim to exit", || !alive(shims[0]))?;
+    for p in pids {
+        assert!(!alive(p), "process {p} of the pod is gone");
+    }
+    assert!(leftovers::shim_pids(&cri.containerd.socket()).is_empty());
+    let mounts = leftovers::mounts_under(cri.containerd.dir());
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let cgroups = cri.leftover_cgroups();
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    let bundles = cri
+        .containerd
+        .state_dir()
+        .join("io.containerd.runtime.v2.task/k8s.io");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    Ok(())
+}
+
+/// The `/dev/nvidiaN` nodes a container sees, as `nvidia1 nvidia3`.
+fn gpu_nodes(cri: &Cri, id: &str) -> Result<String> {
+    let out = cri.sh(
+        id,
+        "cd /dev && ls -d nvidia[0-9]* 2>/dev/null | tr '\\n' ' '; true",
+    )?;
+    Ok(out.trim().to_owned())
+}
+
+#[test]
+fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
+    let fake = FakeDriver::builder().gpus(4).layout(Layout::Distro).build();
+    let configs = HandlerConfigs {
+        nvidia: fake.shim_config(),
+        isolated: format!(
+            "{}{}",
+            fake.shim_config(),
+            HandlerConfigs::default().isolated
+        ),
+    };
+    let Some(cri) = cri(
+        "device_plugin_strategies_inject_exactly_the_allocated_gpu",
+        &configs,
+    ) else {
+        return Ok(());
+    };
+    let host = PodOptions {
+        host_network: true,
+        ..PodOptions::default()
+    };
+    let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");
+
+    // envvar strategy (the default config accepts env requests).
+    let pod = cri.run_pod("envvar", HANDLER, &host)?;
+    let env = ContainerOptions {
+        env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "1".into())],
+        ..sleeper("envvar")
+    };
+    let c = cri.run_container(&pod, "envvar", &host, &env)?;
+    assert_eq!(gpu_nodes(&cri, &c)?, "nvidia1", "envvar strategy");
+    // The container's own process sees the env the shim wrote back (an exec gets the process
+    // spec containerd stored, as with runc).
+    let init_env = cri.sh(
+        &c,
+        "ls /dev/nvidiactl >/dev/null && tr '\\0' '\\n' </proc/1/environ",
+    )?;
+    assert!(
+        init_env.contains("NVIDIA_VISIBLE_DEVICES=void\n"),
+        "{init_env}"
+    );
+    cri.remove_pod(&pod)?;
+
+    // The isolation profile: mounts and annotations are authoritative, env is ignored for
+    // unprivileged containers.
+    let pod = cri.run_pod("isolated", HANDLER_ISOLATED, &host)?;
+    let cases = [
+        (
+            "volume-mounts",
+            ContainerOptions {
+                env: vec![(
+                    "NVIDIA_VISIBLE_DEVICES".into(),
+                    "/var/run/nvidia-container-devices".into(),
+                )],
+                mounts: vec![(
+                    "/dev/null".into(),
+                    "/var/run/nvidia-container-devices/2".into(),
+                )],
+                ..sleeper("volume-mounts")
+            },
+            "nvidia2",
+        ),
+        (
+            "cdi-annotations (device plugin kind)",
+            ContainerOptions {
+                annotations: HashMap::from([(
+                    "cdi.k8s.io/k8s-device-plugin.nvidia.com_gpu".into(),
+                    "k8s.device-plugin.nvidia.com/gpu=3".into(),
+                )]),
+                ..sleeper("cdi-plugin")
+            },
+            "nvidia3",
+        ),
+        (
+            "cdi-annotations (nvidia.com/gpu)",
+            ContainerOptions {
+                annotations: HashMap::from([(
+                    "cdi.k8s.io/nvidia".into(),
+                    "nvidia.com/gpu=0".into(),
+                )]),
+                ..sleeper("cdi-nvidia")
+            },
+            "nvidia0",
+        ),
+        (
+            "a CUDA image's NVIDIA_VISIBLE_DEVICES=all without an allocation",
+            ContainerOptions {
+                env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into())],
+                ..sleeper("greedy")
+            },
+            "",
+        ),
+    ];
+    for (what, opts, want) in &cases {
+        let c = cri.run_container(&pod, "isolated", &host, opts)?;
+        assert_eq!(&gpu_nodes(&cri, &c)?, want, "{what}");
+        if want.is_empty() {
+            let ctl = cri.exec(&c, &["ls", "/dev/nvidiactl"])?;
+            assert_ne!(ctl.exit_code, 0, "{what}: no control node either");
+        }
+    }
+    cri.remove_pod(&pod)?;
+    eventually("every shim to exit", || {
+        leftovers::shim_pids(&cri.containerd.socket()).is_empty()
+    })?;
+    Ok(())
+}

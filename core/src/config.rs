@@ -49,6 +49,9 @@ pub struct Config {
     /// Directories of CDI spec files, lowest priority first (default `/etc/cdi`,
     /// `/var/run/cdi`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Use an image's CUDA forward-compat libraries (`/usr/local/cuda/compat`) when their ELF
+    /// note says they are newer than, and made for, the host driver (default true).
+    pub cuda_compat: bool,
     /// Where the driver inventory is cached between shims (default
     /// `/run/containerd-shim-nvidia`; empty disables the on-disk cache).
     pub cache_dir: PathBuf,
@@ -72,6 +75,7 @@ impl Default for Config {
                 .map(PathBuf::from)
                 .collect(),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            cuda_compat: true,
         }
     }
 }

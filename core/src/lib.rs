@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod cdi;
+pub mod compat;
 pub mod config;
 pub mod discover;
 pub mod edits;

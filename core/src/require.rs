@@ -35,7 +35,13 @@ impl Version {
             .map(Self)
     }
 
-    fn cmp_to(&self, other: &Self) -> Ordering {
+    /// The first component (`580` of `580.159.04`).
+    pub fn major(&self) -> u64 {
+        self.0.first().copied().unwrap_or(0)
+    }
+
+    /// Compares component by component, a missing component counting as 0 (`12` = `12.0`).
+    pub fn cmp_to(&self, other: &Self) -> Ordering {
         let n = self.0.len().max(other.0.len());
         (0..n)
             .map(|i| {

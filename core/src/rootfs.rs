@@ -32,6 +32,15 @@ pub struct RootfsError {
     pub source: std::io::Error,
 }
 
+/// One entry of a directory listed by [`Rootfs::list_dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Its name.
+    pub name: String,
+    /// Whether it is a regular file (not a symlink, not a directory).
+    pub is_file: bool,
+}
+
 /// A rootfs opened for confined writes.
 #[derive(Debug)]
 pub struct Rootfs {
@@ -191,6 +200,27 @@ impl Rootfs {
             }
         }
         Ok(())
+    }
+
+    /// The entries of directory `dir` (absolute in the container), resolved inside the rootfs;
+    /// empty when it is missing or not a directory.
+    pub fn list_dir(&self, dir: &Path) -> Vec<DirEntry> {
+        let Ok(fd) = self.open_dir(&relative(dir)) else {
+            return Vec::new();
+        };
+        // The descriptor is already confined; its /proc link reopens that very directory.
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+            return Vec::new();
+        };
+        let mut out: Vec<DirEntry> = entries
+            .flatten()
+            .map(|e| DirEntry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                is_file: e.file_type().map(|t| t.is_file()).unwrap_or(false),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Reads file `path` (absolute in the container); `None` if it is missing, a symlink or

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
+use nvidia_shim_core::discover::fixture::{compat_libcuda, FakeDriver, Layout};
 use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
@@ -314,8 +314,18 @@ fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
     nvidia_shim_integration::checks::stop_and_remove(&c, &id)
 }
 
-/// A glibc image (the host's loader and libc) with a program that `dlopen`s `libcuda.so.1`.
+/// A glibc image (the host's loader and libc) with a program that `dlopen`s `libcuda.so.1`,
+/// imported.
 fn glibc_image(c: &Containerd) -> Result<&'static str> {
+    let image = glibc_spec(c)?;
+    let name = "docker.io/library/nvtest-glibc:latest";
+    c.import(&image, name)?;
+    Ok(name)
+}
+
+/// [`glibc_image`]'s contents: `dlopen-test` prints `dlopen ok N` with what the library's
+/// `nvidia_fake_symbol` returns.
+fn glibc_spec(c: &Containerd) -> Result<ImageSpec> {
     let dir = c.dir().join("dlopen-src");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
@@ -348,9 +358,7 @@ fn glibc_image(c: &Containerd) -> Result<&'static str> {
         0o755,
         std::fs::read(dir.join("dlopen-test"))?,
     ));
-    let name = "docker.io/library/nvtest-glibc:latest";
-    c.import(&image, name)?;
-    Ok(name)
+    Ok(image)
 }
 
 #[test]
@@ -386,6 +394,68 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
         lines.last().is_some_and(|l| l.starts_with("dlopen failed")),
         "control without the cache: {out}"
     );
+    Ok(())
+}
+
+#[test]
+fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host() -> Result<()> {
+    let Some(c) =
+        setup("cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host")
+    else {
+        return Ok(());
+    };
+    let g = gpu(&c, 1)?;
+    let base = glibc_image(&c)?;
+    // The fake host driver is 580.159.04; the image carries a 590 compat libcuda.
+    let with_compat = |name: &str, note: &str| -> Result<String> {
+        let dir = c.dir().join(name);
+        compat_libcuda(&dir, "590.10.01", Some(note));
+        let mut image = glibc_spec(&c)?;
+        for d in ["usr/local", "usr/local/cuda", "usr/local/cuda/compat"] {
+            image.entries.push(Entry::Dir(d.into()));
+        }
+        image.entries.push(Entry::File(
+            "usr/local/cuda/compat/libcuda.so.590.10.01".into(),
+            0o755,
+            std::fs::read(dir.join("usr/local/cuda/compat/libcuda.so.590.10.01"))?,
+        ));
+        image.entries.push(Entry::Symlink(
+            "usr/local/cuda/compat/libcuda.so.1".into(),
+            "libcuda.so.590.10.01".into(),
+        ));
+        let reference = format!("docker.io/library/nvtest-{name}:latest");
+        c.import(&image, &reference)?;
+        Ok(reference)
+    };
+    let for_580 = with_compat(
+        "compat580",
+        r#"{"format":1,"CUDA version":"13.1","driver":[570,580]}"#,
+    )?;
+    let for_550 = with_compat(
+        "compat550",
+        r#"{"format":1,"CUDA version":"13.1","driver":[550]}"#,
+    )?;
+    let script = "dlopen-test; head -1 /etc/ld.so.conf.d/000-nvidia-container-shim.conf";
+    let all = ["NVIDIA_VISIBLE_DEVICES=all"];
+    let (_, out, err) = run(&c, &g, &for_580, &all, script)?;
+    assert_eq!(
+        out, "dlopen ok 99\n/usr/local/cuda/compat\n",
+        "compat used: {err}"
+    );
+    let (_, out, err) = run(&c, &g, &for_550, &all, script)?;
+    assert!(
+        out.starts_with("dlopen ok 42\n"),
+        "not made for 580: host's libcuda: {out}{err}"
+    );
+    let (_, out, _) = run(&c, &g, base, &all, "dlopen-test")?;
+    assert_eq!(out, "dlopen ok 42\n", "no compat dir: host's libcuda");
+    // Without compute, neither libcuda is in the cache.
+    let utility = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=utility",
+    ];
+    let (_, out, _) = run(&c, &g, &for_580, &utility, "dlopen-test")?;
+    assert!(out.starts_with("dlopen failed"), "{out}");
     Ok(())
 }
 

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nvidia_shim_core::cdi::{self, HookPlan, Registry};
+use nvidia_shim_core::compat::{compat_for, Decision};
 use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
 use nvidia_shim_core::discover::{
-    detect_driver_root, soname, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
+    detect_driver_root, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
 };
 use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
@@ -22,6 +23,7 @@ use nvidia_shim_core::Config;
 
 use crate::bundle::Bundle;
 use crate::error::{Result, ShimError};
+use crate::ldplan::LdPlan;
 
 /// What an injection did, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,8 @@ impl GpuInjector {
             uuids.extend(cdi_names.iter().cloned());
         }
         let mut edits = ContainerEdits::default();
+        // The host driver's version when compute libraries go in, for CUDA forward compat.
+        let mut compat_host = plan.cuda_compat_host_version.clone();
         if let Some(devices) = from_driver {
             let inventory = self.inventory(id, config, &what)?;
             let gpus = select(&inventory, &devices).map_err(|e| invalid(format!("{what}: {e}")))?;
@@ -181,6 +185,9 @@ impl GpuInjector {
                 uuids.extend(gpus.iter().map(|g| g.uuid.clone()));
             }
             apply(&mut spec, &edits);
+            if request.capabilities.needs_compute() {
+                compat_host = Some(inventory.driver_version.clone());
+            }
         } else if requirements_apply(config, &request)
             && config.proc_root.join("driver/nvidia/version").exists()
         {
@@ -200,6 +207,16 @@ impl GpuInjector {
         let rootfs = Rootfs::open(&bundle.rootfs()).map_err(rootfs_err)?;
         let mut libs = LdPlan::from_symlinks(&edits.symlinks);
         libs.add_cdi_folders(&spec, &plan.ld_folders);
+        if let Some(host) = compat_host.filter(|_| config.cuda_compat) {
+            match compat_for(&rootfs, &host) {
+                Decision::Use(lib) => libs.prefer_compat(&rootfs, &lib),
+                Decision::Skip(lib, why) => log::info!(
+                    "container {id}: CUDA forward compat {} not used: {why}",
+                    lib.path.display()
+                ),
+                Decision::NoCompat => {}
+            }
+        }
         for (link, target) in edits
             .symlinks
             .iter()
@@ -284,103 +301,6 @@ fn split_cdi(
     let rest = (!rest.is_empty()).then_some(DeviceSelection::List(rest));
     (names, rest)
 }
-
-/// Libraries to add to the container's ld cache, with the SONAME links they need.
-#[derive(Debug, Default)]
-struct LdPlan {
-    /// (SONAME, path of the SONAME link in the container).
-    entries: Vec<(String, std::path::PathBuf)>,
-    /// SONAME links to create: (link, target file name).
-    links: Vec<(std::path::PathBuf, String)>,
-}
-
-impl LdPlan {
-    fn from_symlinks(symlinks: &[(std::path::PathBuf, String)]) -> Self {
-        let entries = symlinks
-            .iter()
-            .filter_map(|(link, _)| {
-                Some((
-                    link.file_name()?.to_string_lossy().into_owned(),
-                    link.clone(),
-                ))
-            })
-            .collect();
-        Self {
-            entries,
-            links: Vec::new(),
-        }
-    }
-
-    /// `update-ldcache --folder` of a CDI spec: every mounted `*.so*` file in those folders,
-    /// by the SONAME read from the host file.
-    fn add_cdi_folders(&mut self, spec: &Spec, folders: &[std::path::PathBuf]) {
-        let Some(mounts) = spec.mounts() else { return };
-        for m in mounts {
-            let dest = m.destination();
-            let (Some(dir), Some(file), Some(source)) =
-                (dest.parent(), dest.file_name(), m.source())
-            else {
-                continue;
-            };
-            let file = file.to_string_lossy();
-            if !folders.iter().any(|f| f == dir) || !file.contains(".so") {
-                continue;
-            }
-            let Ok(Some(soname)) = soname(source) else {
-                continue;
-            };
-            let link = dir.join(&soname);
-            if self.entries.iter().any(|(_, l)| *l == link) {
-                continue;
-            }
-            if soname != file {
-                self.links.push((link.clone(), file.into_owned()));
-            }
-            self.entries.push((soname, link));
-        }
-    }
-
-    /// Adds the entries to the image's `/etc/ld.so.cache` and writes the ld.so.conf.d drop-in.
-    fn write(
-        &self,
-        rootfs: &Rootfs,
-    ) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
-        use nvidia_shim_core::ldcache::{merge, Entry, FLAGS_X86_64};
-        if self.entries.is_empty() {
-            return Ok(());
-        }
-        let entries: Vec<Entry> = self
-            .entries
-            .iter()
-            .map(|(key, link)| Entry {
-                flags: FLAGS_X86_64,
-                key: key.clone(),
-                value: link.to_string_lossy().into_owned(),
-                osversion: 0,
-                hwcap: 0,
-            })
-            .collect();
-        let cache = Path::new("/etc/ld.so.cache");
-        let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
-        rootfs.write_file(cache, &merged, 0o644)?;
-        let mut dirs: Vec<String> = self
-            .entries
-            .iter()
-            .filter_map(|(_, l)| Some(l.parent()?.to_string_lossy().into_owned()))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        rootfs.write_file(
-            Path::new(LD_CONF_DROP_IN),
-            format!("{}\n", dirs.join("\n")).as_bytes(),
-            0o644,
-        )
-    }
-}
-
-/// Where the shim's ld.so.conf.d drop-in goes, so a later `ldconfig` in the container keeps
-/// the injected directories.
-const LD_CONF_DROP_IN: &str = "/etc/ld.so.conf.d/000-nvidia-container-shim.conf";
 
 /// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).
 fn write_spec(id: &str, path: &Path, spec: &Spec) -> Result<()> {

@@ -14,6 +14,7 @@ mod events;
 mod exec;
 mod exit;
 mod gpu;
+mod ldplan;
 mod logdriver;
 mod logging;
 mod oom;

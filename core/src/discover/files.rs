@@ -195,6 +195,14 @@ pub fn soname(path: &Path) -> Result<Option<String>, DiscoverError> {
     Ok(elf.soname.map(str::to_owned))
 }
 
+/// The SONAME of the ELF shared object in `bytes`, if it is one and has a SONAME.
+pub fn soname_of(bytes: &[u8]) -> Option<String> {
+    goblin::elf::Elf::parse(bytes)
+        .ok()?
+        .soname
+        .map(str::to_owned)
+}
+
 /// Driver libraries of `version` under `driver_root`. A library found in several directories
 /// is taken from the first of [`LIBRARY_DIRS`].
 pub fn libraries(driver_root: &Path, version: &str) -> Result<Vec<DriverLibrary>, DiscoverError> {

@@ -114,6 +114,48 @@ fn shared_object(soname: &str) -> PathBuf {
     out
 }
 
+/// Puts a CUDA forward-compat `libcuda.so.<version>` (SONAME `libcuda.so.1`, with its SONAME
+/// link) into `rootfs`'s `/usr/local/cuda/compat`, carrying a `.note.cuda.fwd_compatibility`
+/// note with `note_json` when given, as NVIDIA's compat packages do. Its `nvidia_fake_symbol`
+/// returns 99 (the fake host libraries' return 42).
+pub fn compat_libcuda(rootfs: &Path, version: &str, note_json: Option<&str>) -> PathBuf {
+    let dir = rootfs.join("usr/local/cuda/compat");
+    std::fs::create_dir_all(&dir).expect("mkdir compat");
+    let build = tempfile::tempdir().expect("temp dir");
+    let src = build.path().join("compat.c");
+    // 99, where the fake host libraries' symbol returns 42: a program can tell which it got.
+    let mut c = String::from("int nvidia_fake_symbol(void) { return 99; }\n");
+    if let Some(json) = note_json {
+        // An ELF note: namesz, descsz, type, then name and desc each padded to 4 bytes. GCC
+        // gives sections named .note* the SHT_NOTE type.
+        let owner = "NVIDIA Corporation";
+        let pad = |n: usize| n.div_ceil(4) * 4;
+        let escaped = json.replace('\\', "\\\\").replace('"', "\\\"");
+        c += &format!(
+            "struct note {{ unsigned int namesz, descsz, type; char name[{}]; char desc[{}]; }};\n\
+             __attribute__((section(\".note.cuda.fwd_compatibility\"), aligned(4), used))\n\
+             static const struct note fwd = {{ {}, {}, 1, \"{owner}\", \"{escaped}\" }};\n",
+            pad(owner.len() + 1),
+            pad(json.len() + 1),
+            owner.len() + 1,
+            json.len() + 1,
+        );
+    }
+    std::fs::write(&src, c).expect("write C source");
+    let file = dir.join(format!("libcuda.so.{version}"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&file)
+        .arg(&src)
+        .status()
+        .expect("run cc (install gcc)");
+    assert!(status.success(), "cc failed building the compat libcuda");
+    let _ = std::fs::remove_file(dir.join("libcuda.so.1"));
+    std::os::unix::fs::symlink(format!("libcuda.so.{version}"), dir.join("libcuda.so.1"))
+        .expect("symlink libcuda.so.1");
+    file
+}
+
 /// Makes a character device node (root only), creating its directory.
 pub fn mknod(path: &Path, major: u32, minor: u32) {
     if let Some(dir) = path.parent() {

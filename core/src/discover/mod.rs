@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-pub use files::{soname, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS};
+pub use files::{
+    soname, soname_of, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS,
+};
 pub use gated::gated;
 
 use serde::{Deserialize, Serialize};

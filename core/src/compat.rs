@@ -1,0 +1,140 @@
+//! CUDA forward compatibility: an image may carry a newer user-mode driver in
+//! `/usr/local/cuda/compat` (`libcuda.so.<version>` and friends) to run a newer CUDA on an older
+//! kernel driver. It is used only when it is newer than the host's driver and made for it, which
+//! the library's `.note.cuda.fwd_compatibility` ELF note tells; the container's ld cache then
+//! lists the compat directory first.
+//!
+//! The decision is the toolkit's `enable-cuda-compat` hook's: with the note, the host driver's
+//! major must be one of the note's `driver` majors and the compat version newer than the host's;
+//! without it, the compat major must be greater than the host's major. Everything is read
+//! through [`Rootfs`], so a hostile image cannot point the shim outside its rootfs.
+
+use std::path::{Path, PathBuf};
+
+use crate::require::Version;
+use crate::rootfs::Rootfs;
+
+/// Where CUDA images keep their forward-compat libraries.
+pub const COMPAT_DIR: &str = "/usr/local/cuda/compat";
+
+/// The ELF note section of a compat `libcuda`.
+const NOTE_SECTION: &str = ".note.cuda.fwd_compatibility";
+/// The owner of that note.
+const NOTE_OWNER: &str = "NVIDIA Corporation";
+
+/// The `.note.cuda.fwd_compatibility` payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FwdCompatNote {
+    /// `format` (1).
+    pub format: u32,
+    /// `CUDA version`: the CUDA version the library implements.
+    #[serde(rename = "CUDA version")]
+    pub cuda_version: String,
+    /// `driver`: the kernel driver majors it runs on.
+    #[serde(default)]
+    pub driver: Vec<u64>,
+}
+
+/// A compat `libcuda` found in an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompatLibcuda {
+    /// Its path in the container.
+    pub path: PathBuf,
+    /// Its version, from the file name (`libcuda.so.<version>`).
+    pub version: Version,
+    /// Its forward-compat note, when it has one.
+    pub note: Option<FwdCompatNote>,
+}
+
+/// Why compat libraries are used, or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The image has no (or more than one) `libcuda.so.X.Y` in [`COMPAT_DIR`].
+    NoCompat,
+    /// Use them: the compat driver is newer than the host's and made for it.
+    Use(CompatLibcuda),
+    /// Keep the host's driver; the reason says why.
+    Skip(CompatLibcuda, String),
+}
+
+/// The image's compat `libcuda`: exactly one regular file `libcuda.so.X.Y[.Z]` in
+/// [`COMPAT_DIR`] (as the toolkit requires), with its note read from the ELF.
+pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
+    let dir = Path::new(COMPAT_DIR);
+    let mut found: Vec<(String, Version)> = rootfs
+        .list_dir(dir)
+        .into_iter()
+        .filter(|e| e.is_file)
+        .filter_map(|e| {
+            let v = e.name.strip_prefix("libcuda.so.")?;
+            // X.Y at least: `libcuda.so.1` is the SONAME link, not a versioned file.
+            v.contains('.').then_some(())?;
+            Some((e.name.clone(), Version::parse(v)?))
+        })
+        .collect();
+    if found.len() != 1 {
+        return None;
+    }
+    let (name, version) = found.pop()?;
+    let path = dir.join(name);
+    let note = rootfs.read_file(&path).and_then(|b| read_note(&b));
+    Some(CompatLibcuda {
+        path,
+        version,
+        note,
+    })
+}
+
+/// The forward-compat note of an ELF file, if it has a well-formed one.
+pub fn read_note(elf: &[u8]) -> Option<FwdCompatNote> {
+    let parsed = goblin::elf::Elf::parse(elf).ok()?;
+    let notes = parsed.iter_note_sections(elf, Some(NOTE_SECTION))?;
+    notes.flatten().find_map(|n| {
+        if n.name.trim_end_matches('\0') != NOTE_OWNER {
+            return None;
+        }
+        let json = n.desc.split(|&b| b == 0).next().unwrap_or(n.desc);
+        serde_json::from_slice(json).ok()
+    })
+}
+
+/// Whether `lib` is to be used on a host whose kernel driver is `host_driver`.
+pub fn decide(lib: CompatLibcuda, host_driver: &str) -> Decision {
+    let Some(host) = Version::parse(host_driver) else {
+        return Decision::Skip(
+            lib,
+            format!("host driver version {host_driver:?} unreadable"),
+        );
+    };
+    let newer = lib.version.cmp_to(&host).is_gt();
+    let reason = match &lib.note {
+        Some(note) if !note.driver.contains(&host.major()) => Some(format!(
+            "made for driver majors {:?}, host driver is {host_driver}",
+            note.driver
+        )),
+        Some(_) if !newer => Some(format!(
+            "{} is not newer than host driver {host_driver}",
+            lib.version
+        )),
+        None if lib.version.major() <= host.major() => Some(format!(
+            "no forward-compat note and major {} is not above host driver {host_driver}",
+            lib.version.major()
+        )),
+        _ => None,
+    };
+    match reason {
+        Some(r) => Decision::Skip(lib, r),
+        None => Decision::Use(lib),
+    }
+}
+
+/// [`find`] then [`decide`].
+pub fn compat_for(rootfs: &Rootfs, host_driver: &str) -> Decision {
+    match find(rootfs) {
+        Some(lib) => decide(lib, host_driver),
+        None => Decision::NoCompat,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -460,6 +460,45 @@ fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host(
 }
 
 #[test]
+fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()> {
+    let Some(c) = setup("daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability") else {
+        return Ok(());
+    };
+    let g = gpu(&c, 1)?;
+    let root = g.fake.host_root();
+    std::fs::create_dir_all(root.join("run/nvidia-persistenced"))?;
+    let _persistenced =
+        std::os::unix::net::UnixListener::bind(root.join("run/nvidia-persistenced/socket"))?;
+    std::fs::create_dir_all(root.join("tmp/nvidia-mps"))?;
+    std::fs::write(root.join("tmp/nvidia-mps/control"), "")?;
+    let script = "test -S /run/nvidia-persistenced/socket && echo socket; \
+                  ls /tmp/nvidia-mps 2>/dev/null; \
+                  grep -E ' /(run/nvidia-persistenced/socket|tmp/nvidia-mps) ' /proc/self/mountinfo \
+                  | grep -c 'rw,nosuid,nodev,noexec'";
+    let (_, out, err) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        script,
+    )?;
+    assert_eq!(out, "socket\ncontrol\n2\n", "utility+compute: {err}");
+    let utility = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=utility",
+    ];
+    let (_, out, _) = run(&c, &g, BUSYBOX_IMAGE, &utility, script)?;
+    assert_eq!(out, "socket\n1\n", "utility only: no MPS dir");
+    let compute = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=compute",
+    ];
+    let (_, out, _) = run(&c, &g, BUSYBOX_IMAGE, &compute, script)?;
+    assert_eq!(out, "control\n1\n", "compute only: no persistenced socket");
+    Ok(())
+}
+
+#[test]
 fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
     let Some(c) = setup("cdi_annotations_and_the_isolation_profile") else {
         return Ok(());

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::spec::{CdiDevice, CdiSpec, ContainerEdits, DeviceNode, Hook, Mount};
 use crate::discover::{DeviceNode as HostNode, Inventory};
-use crate::edits::{edits_for, FILE_MOUNT_OPTIONS};
+use crate::edits::{edits_for, FILE_MOUNT_OPTIONS, IPC_MOUNT_OPTIONS};
 use crate::request::{Capabilities, DeviceSelection, GpuRequest, RequestSource};
 
 /// The kind of generated specs.
@@ -47,10 +47,12 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
         mounts: common
             .mounts
             .iter()
-            .map(|(host, container)| Mount {
+            .map(|m| (m, &FILE_MOUNT_OPTIONS))
+            .chain(common.ipc.iter().map(|m| (m, &IPC_MOUNT_OPTIONS)))
+            .map(|((host, container), options)| Mount {
                 host_path: host.to_string_lossy().into_owned(),
                 container_path: container.to_string_lossy().into_owned(),
-                options: FILE_MOUNT_OPTIONS.map(str::to_owned).to_vec(),
+                options: options.map(str::to_owned).to_vec(),
                 typ: None,
             })
             .collect(),

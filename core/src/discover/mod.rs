@@ -5,6 +5,7 @@
 pub mod cache;
 mod files;
 mod gated;
+mod ipc;
 mod procfs;
 
 #[cfg(any(test, feature = "fixture"))]
@@ -18,6 +19,7 @@ pub use files::{
     soname, soname_of, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS,
 };
 pub use gated::gated;
+pub use ipc::{ipc_endpoints, mps_pipe_dir, DEFAULT_MPS_PIPE_DIR};
 
 use serde::{Deserialize, Serialize};
 

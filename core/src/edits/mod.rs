@@ -10,12 +10,15 @@ use oci_spec::runtime::{
     LinuxDeviceType, LinuxResourcesBuilder, Mount, MountBuilder, Spec,
 };
 
-use crate::discover::{gated, DeviceNode, Inventory};
+use crate::discover::{gated, ipc_endpoints, mps_pipe_dir, DeviceNode, Inventory};
 use crate::request::{Capability, GpuRequest};
 use crate::select::{select, SelectError};
 
 /// Mount options of driver files (the toolkit's CDI specs use the same).
 pub const FILE_MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
+
+/// Mount options of IPC endpoints (as the toolkit's: writable, no devices, setuid or exec).
+pub const IPC_MOUNT_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "rbind", "rprivate"];
 
 /// What a request adds to a container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,6 +27,9 @@ pub struct ContainerEdits {
     pub devices: Vec<DeviceNode>,
     /// Host files to bind-mount read-only: (host path, container path).
     pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// Host IPC endpoints (daemon sockets, the MPS pipe dir) to bind-mount read-write, without
+    /// devices, setuid or exec: (host path, container path).
+    pub ipc: Vec<(PathBuf, PathBuf)>,
     /// Symlinks to create in the rootfs: (link in the container, target).
     pub symlinks: Vec<(PathBuf, String)>,
     /// Environment entries to set (`KEY=value`).
@@ -90,6 +96,7 @@ pub fn edits_for(
     for fw in &inventory.firmware {
         e.mounts.push((fw.clone(), inventory.container_path(fw)));
     }
+    e.ipc = ipc_endpoints(&inventory.roots.dev_root, caps, &mps_pipe_dir());
     if let Some(&channel) = request.imex_channels.first() {
         let major = *inventory
             .char_majors
@@ -142,12 +149,12 @@ fn allow_rule(node: &DeviceNode) -> LinuxDeviceCgroup {
         .expect("all rule fields are set")
 }
 
-fn file_mount(host: &Path, container: &Path) -> Mount {
+fn bind_mount(host: &Path, container: &Path, options: &[&str]) -> Mount {
     MountBuilder::default()
         .destination(container)
         .source(host)
         .typ("bind")
-        .options(FILE_MOUNT_OPTIONS.map(str::to_owned).to_vec())
+        .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
         .build()
         .expect("all mount fields are set")
 }
@@ -210,9 +217,11 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) {
     spec.set_linux(Some(linux));
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for (host, container) in &edits.mounts {
+    let files = edits.mounts.iter().map(|m| (m, &FILE_MOUNT_OPTIONS));
+    let ipc = edits.ipc.iter().map(|m| (m, &IPC_MOUNT_OPTIONS));
+    for ((host, container), options) in files.chain(ipc) {
         if !mounts.iter().any(|m| m.destination() == container) {
-            mounts.push(file_mount(host, container));
+            mounts.push(bind_mount(host, container, options));
         }
     }
     spec.set_mounts(Some(mounts));

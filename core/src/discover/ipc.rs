@@ -1,0 +1,103 @@
+//! IPC endpoints of the driver's host daemons, mounted into containers that use them:
+//! `nvidia-persistenced` and `nv-fabricmanager` sockets (with `utility`) and the CUDA MPS pipe
+//! directory (with `compute`). Looked up at each create, not cached: the daemons come and go.
+
+use std::path::{Path, PathBuf};
+
+use crate::request::{Capabilities, Capability};
+
+/// Daemon sockets, relative to a run directory, with the capability that mounts them.
+const SOCKETS: [&str; 2] = ["nvidia-persistenced/socket", "nvidia-fabricmanager/socket"];
+/// Where run directories are searched, relative to the host root, first match wins.
+const RUN_DIRS: [&str; 2] = ["run", "var/run"];
+/// The MPS pipe directory when `CUDA_MPS_PIPE_DIRECTORY` is unset.
+pub const DEFAULT_MPS_PIPE_DIR: &str = "/tmp/nvidia-mps";
+
+/// The IPC endpoints present under `host_root` that `caps` call for, as (host path, container
+/// path). `mps_pipe_dir` is the MPS pipe directory as the host names it (the shim's
+/// `CUDA_MPS_PIPE_DIRECTORY`, else [`DEFAULT_MPS_PIPE_DIR`]).
+pub fn ipc_endpoints(
+    host_root: &Path,
+    caps: &Capabilities,
+    mps_pipe_dir: &Path,
+) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    if caps.has(Capability::Utility) {
+        for socket in SOCKETS {
+            let found = RUN_DIRS.iter().find_map(|dir| {
+                let rel = Path::new(dir).join(socket);
+                is_socket(&host_root.join(&rel)).then_some(rel)
+            });
+            if let Some(rel) = found {
+                out.push((host_root.join(&rel), Path::new("/").join(rel)));
+            }
+        }
+    }
+    if caps.needs_compute() {
+        let rel = mps_pipe_dir.strip_prefix("/").unwrap_or(mps_pipe_dir);
+        let host = host_root.join(rel);
+        if host.is_dir() {
+            out.push((host, Path::new("/").join(rel)));
+        }
+    }
+    out
+}
+
+/// The MPS pipe directory the host's MPS daemon uses: `CUDA_MPS_PIPE_DIRECTORY` of the shim's
+/// environment (containerd's), else [`DEFAULT_MPS_PIPE_DIR`], as the toolkit's hook reads it.
+pub fn mps_pipe_dir() -> PathBuf {
+    std::env::var_os("CUDA_MPS_PIPE_DIRECTORY")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MPS_PIPE_DIR))
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(text: &str) -> Capabilities {
+        Capabilities::parse(Some(text), &Capabilities::default_set(), false)
+            .expect("valid capabilities")
+    }
+
+    #[test]
+    fn sockets_with_utility_and_the_mps_dir_with_compute() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("run/nvidia-persistenced")).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(r.join("run/nvidia-persistenced/socket"))
+            .unwrap();
+        // A regular file named like a socket is not one.
+        std::fs::create_dir_all(r.join("var/run/nvidia-fabricmanager")).unwrap();
+        std::fs::write(r.join("var/run/nvidia-fabricmanager/socket"), "").unwrap();
+        std::fs::create_dir_all(r.join("tmp/nvidia-mps")).unwrap();
+        let mps = Path::new(DEFAULT_MPS_PIPE_DIR);
+
+        let got = ipc_endpoints(r, &caps("utility,compute"), mps);
+        assert_eq!(
+            got,
+            [
+                (
+                    r.join("run/nvidia-persistenced/socket"),
+                    PathBuf::from("/run/nvidia-persistenced/socket")
+                ),
+                (r.join("tmp/nvidia-mps"), PathBuf::from("/tmp/nvidia-mps")),
+            ]
+        );
+        assert_eq!(ipc_endpoints(r, &caps("utility"), mps).len(), 1);
+        assert_eq!(
+            ipc_endpoints(r, &caps("compute"), mps),
+            [(r.join("tmp/nvidia-mps"), PathBuf::from("/tmp/nvidia-mps"))]
+        );
+        assert!(ipc_endpoints(r, &caps("graphics"), mps).is_empty());
+        assert!(ipc_endpoints(r, &caps("compute"), Path::new("/srv/mps")).is_empty());
+    }
+}

@@ -1,6 +1,6 @@
 //! Resolving a [`DeviceSelection`] against the host's GPUs.
 
-use crate::discover::{GpuDevice, Inventory};
+use crate::discover::{GpuDevice, Inventory, MigDevice};
 use crate::request::{DeviceId, DeviceSelection};
 
 /// A requested device the host does not have, or cannot give this way.
@@ -14,8 +14,8 @@ pub enum SelectError {
         /// The valid identifiers, index and UUID per GPU.
         valid: String,
     },
-    /// The identifier form is not resolvable here yet (MIG devices need NVML; CDI names are
-    /// resolved through CDI specs).
+    /// The identifier form is not resolvable here (MIG UUIDs need NVML; CDI names of other
+    /// kinds are resolved through CDI specs).
     #[error("GPU {id:?} cannot be selected by {what}")]
     Unsupported {
         /// The identifier.
@@ -25,14 +25,19 @@ pub enum SelectError {
     },
 }
 
-fn valid_ids(gpus: &[GpuDevice]) -> String {
-    if gpus.is_empty() {
+fn valid_ids(inventory: &Inventory) -> String {
+    if inventory.gpus.is_empty() {
         return "no GPUs".to_owned();
     }
-    gpus.iter()
-        .map(|g| format!("{} ({}, {})", g.index, g.uuid, g.bus_id))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let gpus = inventory
+        .gpus
+        .iter()
+        .map(|g| format!("{} ({}, {})", g.index, g.uuid, g.bus_id));
+    let migs = inventory.mig.iter().map(|m| match &m.uuid {
+        Some(u) => format!("{}:{} ({u})", m.parent, m.index),
+        None => format!("{}:{} (MIG gi{} ci{})", m.parent, m.index, m.gi, m.ci),
+    });
+    gpus.chain(migs).collect::<Vec<_>>().join(", ")
 }
 
 /// CDI kinds whose device names the built-in inventory answers without a CDI spec on disk:
@@ -44,22 +49,66 @@ pub const BUILTIN_CDI_KINDS: [&str; 3] = [
     "runtime.nvidia.com/gpu",
 ];
 
+/// What a selection resolves to: GPUs (including the parents of selected MIG devices, which
+/// requirements are checked against and whose nodes MIG devices need) and MIG devices.
+#[derive(Debug, Clone, Default)]
+pub struct Selected<'a> {
+    /// GPUs, in request order without duplicates.
+    pub gpus: Vec<&'a GpuDevice>,
+    /// MIG devices, in request order without duplicates.
+    pub migs: Vec<&'a MigDevice>,
+}
+
+impl<'a> Selected<'a> {
+    fn add_gpu(&mut self, g: &'a GpuDevice) {
+        if !self.gpus.iter().any(|o| o.uuid == g.uuid) {
+            self.gpus.push(g);
+        }
+    }
+
+    fn add_mig(&mut self, inventory: &'a Inventory, m: &'a MigDevice) {
+        if let Some(parent) = inventory.gpus.iter().find(|g| g.index == m.parent) {
+            self.add_gpu(parent);
+        }
+        if !self
+            .migs
+            .iter()
+            .any(|o| (o.parent, o.index) == (m.parent, m.index))
+        {
+            self.migs.push(m);
+        }
+    }
+}
+
 /// The GPUs `selection` names, in request order without duplicates (`All` gives every GPU;
-/// `Void` and `NoGpu` none).
+/// `Void` and `NoGpu` none); a MIG device counts as its parent GPU.
 pub fn select<'a>(
     inventory: &'a Inventory,
     selection: &DeviceSelection,
 ) -> Result<Vec<&'a GpuDevice>, SelectError> {
+    Ok(select_devices(inventory, selection)?.gpus)
+}
+
+/// The GPUs and MIG devices `selection` names. `All` gives every GPU and every MIG device,
+/// as nvidia-container-cli does.
+pub fn select_devices<'a>(
+    inventory: &'a Inventory,
+    selection: &DeviceSelection,
+) -> Result<Selected<'a>, SelectError> {
+    let mut out = Selected::default();
     let ids = match selection {
-        DeviceSelection::Void | DeviceSelection::NoGpu => return Ok(Vec::new()),
-        DeviceSelection::All => return Ok(inventory.gpus.iter().collect()),
+        DeviceSelection::Void | DeviceSelection::NoGpu => return Ok(out),
+        DeviceSelection::All => {
+            out.gpus = inventory.gpus.iter().collect();
+            out.migs = inventory.mig.iter().collect();
+            return Ok(out);
+        }
         DeviceSelection::List(ids) => ids,
     };
-    let mut out: Vec<&GpuDevice> = Vec::new();
     for id in ids {
         let unknown = || SelectError::Unknown {
             id: id.to_string(),
-            valid: valid_ids(&inventory.gpus),
+            valid: valid_ids(inventory),
         };
         let gpu = match id {
             DeviceId::Index(i) => inventory.gpus.iter().find(|g| g.index == *i),
@@ -71,28 +120,47 @@ pub fn select<'a>(
                 .gpus
                 .iter()
                 .find(|g| g.bus_id.eq_ignore_ascii_case(b)),
-            DeviceId::MigIndex(..) | DeviceId::MigUuid(_) => {
-                return Err(SelectError::Unsupported {
-                    id: id.to_string(),
-                    what: "MIG identifier without NVML discovery",
-                })
+            DeviceId::MigIndex(g, m) => {
+                let mig = inventory
+                    .mig
+                    .iter()
+                    .find(|d| (d.parent, d.index) == (*g, *m))
+                    .ok_or_else(unknown)?;
+                out.add_mig(inventory, mig);
+                continue;
+            }
+            DeviceId::MigUuid(u) => {
+                if inventory.mig.iter().all(|d| d.uuid.is_none()) && !inventory.mig.is_empty() {
+                    return Err(SelectError::Unsupported {
+                        id: id.to_string(),
+                        what: "MIG UUID without NVML (use <gpu>:<mig> indices)",
+                    });
+                }
+                let mig = inventory
+                    .mig
+                    .iter()
+                    .find(|d| d.uuid.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(u)))
+                    .ok_or_else(unknown)?;
+                out.add_mig(inventory, mig);
+                continue;
             }
             DeviceId::Cdi { kind, name } if BUILTIN_CDI_KINDS.contains(&kind.as_str()) => {
-                if name == "all" {
-                    for g in &inventory.gpus {
-                        if !out.iter().any(|o| o.uuid == g.uuid) {
-                            out.push(g);
-                        }
+                let inner = if name == "all" {
+                    DeviceSelection::All
+                } else {
+                    match DeviceId::parse(name).map_err(|_| unknown())? {
+                        DeviceId::Cdi { .. } => return Err(unknown()),
+                        inner => DeviceSelection::List(vec![inner]),
                     }
-                    continue;
+                };
+                let found = select_devices(inventory, &inner).map_err(|_| unknown())?;
+                for g in found.gpus {
+                    out.add_gpu(g);
                 }
-                let inner = DeviceId::parse(name).map_err(|_| unknown())?;
-                if matches!(inner, DeviceId::Cdi { .. }) {
-                    return Err(unknown());
+                for m in found.migs {
+                    out.add_mig(inventory, m);
                 }
-                let mut found = select(inventory, &DeviceSelection::List(vec![inner]))
-                    .map_err(|_| unknown())?;
-                found.pop()
+                continue;
             }
             DeviceId::Cdi { .. } => {
                 return Err(SelectError::Unsupported {
@@ -102,9 +170,7 @@ pub fn select<'a>(
             }
         }
         .ok_or_else(unknown)?;
-        if !out.iter().any(|g| g.uuid == gpu.uuid) {
-            out.push(gpu);
-        }
+        out.add_gpu(gpu);
     }
     Ok(out)
 }

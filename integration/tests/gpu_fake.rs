@@ -499,6 +499,47 @@ fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()>
 }
 
 #[test]
+fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() -> Result<()> {
+    let Some(c) =
+        setup("mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege")
+    else {
+        return Ok(());
+    };
+    let fake = FakeDriver::builder()
+        .gpus(2)
+        .mig(0, &[(1, &[0, 1])])
+        .build();
+    let config = c.dir().join("mig.toml");
+    std::fs::write(&config, fake.shim_config())?;
+    let g = Gpu {
+        fake,
+        config: config.display().to_string(),
+    };
+    // 0:1 is GI 1 / CI 1: mig-minors numbers gi1 3, gi1/ci0 4, gi1/ci1 5.
+    let list = "ls /dev | grep '^nvidia[0-9]'; \
+                stat -c '%n %t:%T' /dev/nvidia-caps/* | sed 's/ f1:/ 241:/'";
+    let (code, out, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=0:1"], list)?;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "nvidia0\n/dev/nvidia-caps/nvidia-cap3 241:3\n/dev/nvidia-caps/nvidia-cap5 241:5\n"
+    );
+    let (code, _, err) = run(
+        &c,
+        &g,
+        BUSYBOX_IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"],
+        "true",
+    )?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("cannot set NVIDIA_MIG_CONFIG_DEVICES in a non-privileged container"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
     let Some(c) = setup("cdi_annotations_and_the_isolation_profile") else {
         return Ok(());

@@ -38,6 +38,8 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
         env_ignored: false,
         imex_channels: Vec::new(),
         gated: Vec::new(),
+        mig_config: DeviceSelection::Void,
+        mig_monitor: DeviceSelection::Void,
     };
     // `none` selects no GPU, so this cannot fail.
     let common = edits_for(inventory, &request).unwrap_or_default();

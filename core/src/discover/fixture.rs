@@ -43,6 +43,7 @@ pub struct FakeDriverBuilder {
     gpus: u32,
     layout: Layout,
     reverse_minors: bool,
+    mig: Vec<(u32, Vec<(u32, Vec<u32>)>)>,
 }
 
 impl FakeDriverBuilder {
@@ -64,6 +65,18 @@ impl FakeDriverBuilder {
         self
     }
 
+    /// Enables MIG on the GPU with device minor `gpu_minor` with GPU instances `(gi, [ci...])`:
+    /// `capabilities/gpu<minor>/mig/gi<G>/ci<C>/access` files and `mig-minors` lines, numbered
+    /// from 3 after `config 1` and `monitor 2` as the driver does.
+    pub fn mig(mut self, gpu_minor: u32, instances: &[(u32, &[u32])]) -> Self {
+        let instances = instances
+            .iter()
+            .map(|(gi, cis)| (*gi, cis.to_vec()))
+            .collect();
+        self.mig.push((gpu_minor, instances));
+        self
+    }
+
     /// Writes the tree.
     pub fn build(self) -> FakeDriver {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -72,6 +85,7 @@ impl FakeDriverBuilder {
             layout: self.layout,
         };
         fake.write(self.gpus, self.reverse_minors);
+        fake.write_mig(&self.mig);
         fake
     }
 }
@@ -186,6 +200,7 @@ impl FakeDriver {
             gpus: 1,
             layout: Layout::Distro,
             reverse_minors: false,
+            mig: Vec::new(),
         }
     }
 
@@ -239,6 +254,42 @@ impl FakeDriver {
     /// The inventory cache directory [`FakeDriver::shim_config`] names.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
+    }
+
+    fn write_mig(&self, mig: &[(u32, Vec<(u32, Vec<u32>)>)]) {
+        if mig.is_empty() {
+            return;
+        }
+        let proc = self.proc_root();
+        let mut minors = String::from("config 1\nmonitor 2\n");
+        let mut next = 3;
+        let mut access = |path: &Path, key: String, minors: &mut String| {
+            write(
+                path,
+                &format!("DeviceFileMinor: {next}\nDeviceFileMode: 292\nDeviceFileModify: 1\n"),
+            );
+            minors.push_str(&format!("{key} {next}\n"));
+            next += 1;
+        };
+        for (gpu, instances) in mig {
+            let dir = proc.join(format!("driver/nvidia/capabilities/gpu{gpu}/mig"));
+            for (gi, cis) in instances {
+                let gi_dir = dir.join(format!("gi{gi}"));
+                access(
+                    &gi_dir.join("access"),
+                    format!("gpu{gpu}/gi{gi}/access"),
+                    &mut minors,
+                );
+                for ci in cis {
+                    access(
+                        &gi_dir.join(format!("ci{ci}/access")),
+                        format!("gpu{gpu}/gi{gi}/ci{ci}/access"),
+                        &mut minors,
+                    );
+                }
+            }
+        }
+        write(&proc.join("driver/nvidia-caps/mig-minors"), &minors);
     }
 
     fn write(&self, gpus: u32, reverse_minors: bool) {

@@ -6,6 +6,7 @@ pub mod cache;
 mod files;
 mod gated;
 mod ipc;
+pub mod mig;
 mod procfs;
 
 #[cfg(any(test, feature = "fixture"))]
@@ -20,6 +21,7 @@ pub use files::{
 };
 pub use gated::gated;
 pub use ipc::{ipc_endpoints, mps_pipe_dir, DEFAULT_MPS_PIPE_DIR};
+pub use mig::MigDevice;
 
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +188,17 @@ pub struct Inventory {
     /// Character device majors by driver name from `/proc/devices` (`nvidia-uvm`,
     /// `nvidia-caps`, ...), for device rules of nodes the host has not created yet.
     pub char_majors: BTreeMap<String, u32>,
+    /// MIG devices of MIG-enabled GPUs, by parent index then MIG index.
+    #[serde(default)]
+    pub mig: Vec<MigDevice>,
+    /// MIG capability minors from `/proc/driver/nvidia-caps/mig-minors` (empty without MIG
+    /// support).
+    #[serde(default)]
+    pub mig_minors: BTreeMap<String, u32>,
 }
+
+/// The MIG capability minors file, relative to the proc root.
+pub const MIG_MINORS: &str = "driver/nvidia-caps/mig-minors";
 
 /// Finds the driver root among `candidates` (relative to `host_root`): the first holding
 /// `libnvidia-ml.so.<version>` in one of [`LIBRARY_DIRS`].
@@ -235,7 +247,20 @@ impl Inventory {
             })?;
             gpu_nodes.insert(g.minor, node);
         }
+        let char_majors = procfs::char_majors(&roots.proc_root)?;
+        let mig_minors = std::fs::read_to_string(roots.proc_root.join(MIG_MINORS))
+            .map(|t| mig::parse_mig_minors(&t))
+            .unwrap_or_default();
+        let mig = mig::mig_devices(
+            &roots.proc_root,
+            &roots.dev_root,
+            &gpus,
+            char_majors.get("nvidia-caps").copied(),
+            &mig_minors,
+        );
         Ok(Self {
+            mig,
+            mig_minors,
             driver_version: driver_version.clone(),
             gpus,
             ctl,
@@ -246,7 +271,7 @@ impl Inventory {
             libraries: files::libraries(&roots.driver_root, &driver_version)?,
             binaries: files::binaries(&roots.driver_root),
             firmware: files::firmware(&roots.driver_root, &driver_version),
-            char_majors: procfs::char_majors(&roots.proc_root)?,
+            char_majors,
             roots: roots.clone(),
         })
     }

@@ -10,9 +10,10 @@ use oci_spec::runtime::{
     LinuxDeviceType, LinuxResourcesBuilder, Mount, MountBuilder, Spec,
 };
 
-use crate::discover::{gated, ipc_endpoints, mps_pipe_dir, DeviceNode, Inventory};
-use crate::request::{Capability, GpuRequest};
-use crate::select::{select, SelectError};
+use crate::discover::mig::{cap_node, gpu_cap_minors};
+use crate::discover::{gated, ipc_endpoints, mps_pipe_dir, DeviceNode, Inventory, MIG_MINORS};
+use crate::request::{Capability, DeviceSelection, GpuRequest};
+use crate::select::{select, select_devices, SelectError};
 
 /// Mount options of driver files (the toolkit's CDI specs use the same).
 pub const FILE_MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
@@ -42,7 +43,15 @@ pub enum EditsError {
     /// A requested GPU cannot be selected.
     #[error(transparent)]
     Select(#[from] SelectError),
-    /// IMEX channels were requested but the driver has no IMEX channel device.
+    /// MIG config/monitor was requested but the driver has no such capability.
+    #[error("MIG {cap} requested, but the driver lists no MIG {cap} capability ({file} or the nvidia-caps major is missing)")]
+    NoMigCaps {
+        /// `config` or `monitor`.
+        cap: &'static str,
+        /// The `mig-minors` file read.
+        file: PathBuf,
+    },
+    /// IMEX channels were requested but the driver has none.
     #[error("IMEX channel {channel} requested, but {devices} lists no nvidia-caps-imex-channels major (is the driver's IMEX support loaded?)")]
     NoImex {
         /// The first channel requested.
@@ -60,7 +69,8 @@ pub fn edits_for(
     if request.devices.is_void() {
         return Ok(ContainerEdits::default());
     }
-    let gpus = select(inventory, &request.devices)?;
+    let selected = select_devices(inventory, &request.devices)?;
+    let gpus = selected.gpus;
     let caps = &request.capabilities;
     let mut e = ContainerEdits::default();
     e.devices.push(inventory.ctl.clone());
@@ -75,6 +85,17 @@ pub fn edits_for(
         if let Some(node) = inventory.gpu_nodes.get(&g.minor) {
             e.devices.push(node.clone());
         }
+    }
+    for m in &selected.migs {
+        e.devices.push(m.gi_access.clone());
+        e.devices.push(m.ci_access.clone());
+    }
+    for (selection, cap) in [
+        (&request.mig_config, "config"),
+        (&request.mig_monitor, "monitor"),
+    ] {
+        e.devices
+            .extend(mig_admin_nodes(inventory, selection, cap)?);
     }
     for lib in inventory.libraries.iter().filter(|l| l.group.wanted(caps)) {
         let target = inventory.container_path(&lib.path);
@@ -123,6 +144,38 @@ pub fn edits_for(
     // No hook or runtime after us may act on the request again.
     e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());
     Ok(e)
+}
+
+/// The nodes `NVIDIA_MIG_CONFIG_DEVICES`/`MONITOR_DEVICES` (`cap` = `config`/`monitor`) give:
+/// the global capability and every MIG capability of the GPUs `selection` names.
+fn mig_admin_nodes(
+    inventory: &Inventory,
+    selection: &DeviceSelection,
+    cap: &'static str,
+) -> Result<Vec<DeviceNode>, EditsError> {
+    if selection.is_void() || matches!(selection, DeviceSelection::NoGpu) {
+        return Ok(Vec::new());
+    }
+    let minors = &inventory.mig_minors;
+    let no_caps = || EditsError::NoMigCaps {
+        cap,
+        file: inventory.roots.proc_root.join(MIG_MINORS),
+    };
+    let major = *inventory
+        .char_majors
+        .get("nvidia-caps")
+        .ok_or_else(no_caps)?;
+    let &global = minors.get(cap).ok_or_else(no_caps)?;
+    let dev_root = &inventory.roots.dev_root;
+    let mut nodes = vec![cap_node(dev_root, major, global)];
+    for g in select(inventory, selection)? {
+        nodes.extend(
+            gpu_cap_minors(minors, g.minor)
+                .into_iter()
+                .map(|m| cap_node(dev_root, major, m)),
+        );
+    }
+    Ok(nodes)
 }
 
 fn device(node: &DeviceNode) -> LinuxDevice {

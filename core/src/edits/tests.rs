@@ -398,3 +398,109 @@ fn gated_features_bring_their_host_devices_only_when_enabled() {
     }
     assert!(mounts.contains(&"/run/udev".to_owned()), "{mounts:?}");
 }
+
+/// A 2-GPU host with MIG on GPU 1: GI 1 with CIs 0 and 1, GI 2 with CI 0.
+fn mig_inventory() -> (FakeDriver, Inventory) {
+    let fake = FakeDriver::builder()
+        .gpus(2)
+        .mig(1, &[(1, &[0, 1]), (2, &[0])])
+        .build();
+    let inv = Inventory::discover(&fake.roots()).unwrap();
+    (fake, inv)
+}
+
+fn nodes(e: &ContainerEdits) -> Vec<String> {
+    e.devices
+        .iter()
+        .map(|d| format!("{} {}:{}", d.path.display(), d.major, d.minor))
+        .collect()
+}
+
+#[test]
+fn mig_devices_are_read_from_proc_and_selected_by_index() {
+    if !root() {
+        return;
+    }
+    let (_f, inv) = mig_inventory();
+    let layout: Vec<(u32, u32, u32, u32)> = inv
+        .mig
+        .iter()
+        .map(|m| (m.parent, m.index, m.gi, m.ci))
+        .collect();
+    assert_eq!(layout, [(1, 0, 1, 0), (1, 1, 1, 1), (1, 2, 2, 0)]);
+    // 1:2 is GI 2 / CI 0: the parent's node plus the GI and CI access nodes (minors 6 and 7:
+    // config 1, monitor 2, then gi1 3, gi1/ci0 4, gi1/ci1 5, gi2 6, gi2/ci0 7).
+    let e = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=1:2"])).unwrap();
+    let n = nodes(&e);
+    assert!(n.contains(&"/dev/nvidia1 195:1".to_owned()), "{n:?}");
+    assert!(!n.contains(&"/dev/nvidia0 195:0".to_owned()), "{n:?}");
+    assert!(
+        n.contains(&"/dev/nvidia-caps/nvidia-cap6 241:6".to_owned()),
+        "{n:?}"
+    );
+    assert!(
+        n.contains(&"/dev/nvidia-caps/nvidia-cap7 241:7".to_owned()),
+        "{n:?}"
+    );
+    assert_eq!(n.iter().filter(|x| x.contains("nvidia-cap")).count(), 2);
+    // all: every GPU and every MIG device.
+    let e = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"])).unwrap();
+    assert_eq!(
+        nodes(&e)
+            .iter()
+            .filter(|x| x.contains("nvidia-cap"))
+            .count(),
+        6
+    );
+}
+
+#[test]
+fn unknown_mig_ids_list_the_valid_ones_and_uuids_need_nvml() {
+    if !root() {
+        return;
+    }
+    let (_f, inv) = mig_inventory();
+    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=1:3"])).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("\"1:3\"") && text.contains("1:2 (MIG gi2 ci0)"),
+        "{text}"
+    );
+    let err = edits_for(
+        &inv,
+        &request(&["NVIDIA_VISIBLE_DEVICES=MIG-0c6f3c5a-0000"]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("MIG UUID without NVML"), "{err}");
+}
+
+#[test]
+fn mig_config_gives_the_config_cap_and_the_gpus_mig_caps() {
+    if !root() {
+        return;
+    }
+    let (_f, inv) = mig_inventory();
+    let mut r = request(&["NVIDIA_VISIBLE_DEVICES=1"]);
+    r.mig_config = DeviceSelection::parse(Some("1"), false).unwrap();
+    let n = nodes(&edits_for(&inv, &r).unwrap());
+    let caps: Vec<&String> = n.iter().filter(|x| x.contains("nvidia-cap")).collect();
+    // config (1) then every MIG minor of GPU 1 (3..=7).
+    assert_eq!(caps.len(), 6, "{caps:?}");
+    assert!(n.contains(&"/dev/nvidia-caps/nvidia-cap1 241:1".to_owned()));
+    r.mig_config = DeviceSelection::Void;
+    r.mig_monitor = DeviceSelection::All;
+    let n = nodes(&edits_for(&inv, &r).unwrap());
+    assert!(
+        n.contains(&"/dev/nvidia-caps/nvidia-cap2 241:2".to_owned()),
+        "{n:?}"
+    );
+    // A host without MIG support says so.
+    let (_g, plain) = inventory(1, Layout::Distro);
+    let mut r = request(&["NVIDIA_VISIBLE_DEVICES=0"]);
+    r.mig_monitor = DeviceSelection::All;
+    let err = edits_for(&plain, &r).unwrap_err().to_string();
+    assert!(
+        err.contains("MIG monitor requested") && err.contains("mig-minors"),
+        "{err}"
+    );
+}

@@ -75,6 +75,12 @@ pub struct GpuRequest {
     pub imex_channels: Vec<u32>,
     /// Gated features set to `enabled` (`NVIDIA_GDS`, `NVIDIA_MOFED`, ...).
     pub gated: Vec<GatedFeature>,
+    /// GPUs whose MIG configuration the container may change (`NVIDIA_MIG_CONFIG_DEVICES`,
+    /// privileged containers only); `Void` when unset.
+    pub mig_config: DeviceSelection,
+    /// GPUs whose MIG devices the container may monitor (`NVIDIA_MIG_MONITOR_DEVICES`,
+    /// privileged containers only); `Void` when unset.
+    pub mig_monitor: DeviceSelection,
 }
 
 /// The highest IMEX channel number the driver allows.
@@ -163,6 +169,12 @@ pub enum RequestError {
     ImexChannel {
         /// The value.
         value: String,
+    },
+    /// A MIG config/monitor request in an unprivileged container.
+    #[error("cannot set {variable} in a non-privileged container (it needs CAP_SYS_ADMIN)")]
+    MigUnprivileged {
+        /// The variable.
+        variable: &'static str,
     },
     /// A legacy image's `CUDA_VERSION` is not a version.
     #[error("CUDA_VERSION {value:?} is not a version (legacy image without NVIDIA_REQUIRE_CUDA)")]
@@ -363,6 +375,15 @@ impl GpuRequest {
         } else {
             Vec::new()
         };
+        let mig = |variable: &'static str| -> Result<DeviceSelection, RequestError> {
+            let value = get(variable).filter(|v| !v.trim().is_empty());
+            if value.is_some() && !privileged {
+                return Err(RequestError::MigUnprivileged { variable });
+            }
+            Ok(DeviceSelection::parse(value, false)?)
+        };
+        let mig_config = mig("NVIDIA_MIG_CONFIG_DEVICES")?;
+        let mig_monitor = mig("NVIDIA_MIG_MONITOR_DEVICES")?;
         let gated = GatedFeature::ALL
             .iter()
             .filter(|(_, var)| get(var) == Some("enabled"))
@@ -394,6 +415,8 @@ impl GpuRequest {
             env_ignored,
             imex_channels,
             gated,
+            mig_config,
+            mig_monitor,
         })
     }
 }

@@ -350,3 +350,48 @@ fn gated_features_need_exactly_enabled() {
     });
     assert_eq!(r.gated, [GatedFeature::Gds, GatedFeature::NvSwitch]);
 }
+
+#[test]
+fn mig_config_and_monitor_need_privilege() {
+    for var in ["NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES"] {
+        let env = [format!("{var}=all")];
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let err = GpuRequest::from_spec(
+            &spec(&Case {
+                env: &env,
+                ..Case::default()
+            }),
+            &RequestPolicy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot set {var} in a non-privileged container (it needs CAP_SYS_ADMIN)")
+        );
+        let ok = GpuRequest::from_spec(
+            &spec(&Case {
+                env: &env,
+                privileged: true,
+                ..Case::default()
+            }),
+            &RequestPolicy::default(),
+        )
+        .unwrap();
+        let sel = if var.contains("CONFIG") {
+            ok.mig_config
+        } else {
+            ok.mig_monitor
+        };
+        assert_eq!(sel, DeviceSelection::All);
+    }
+    // Unset or empty: nothing, privileged or not.
+    let r = GpuRequest::from_spec(
+        &spec(&Case {
+            env: &["NVIDIA_MIG_CONFIG_DEVICES="],
+            ..Case::default()
+        }),
+        &RequestPolicy::default(),
+    )
+    .unwrap();
+    assert!(r.mig_config.is_void() && r.mig_monitor.is_void());
+}

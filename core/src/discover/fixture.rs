@@ -43,8 +43,11 @@ pub struct FakeDriverBuilder {
     gpus: u32,
     layout: Layout,
     reverse_minors: bool,
-    mig: Vec<(u32, Vec<(u32, Vec<u32>)>)>,
+    mig: Vec<MigLayout>,
 }
+
+/// MIG instances of one GPU: (GPU minor, [(GI id, [CI ids])]).
+type MigLayout = (u32, Vec<(u32, Vec<u32>)>);
 
 impl FakeDriverBuilder {
     /// Number of GPUs (default 1).
@@ -256,7 +259,7 @@ impl FakeDriver {
         self.dir.path().join("cache")
     }
 
-    fn write_mig(&self, mig: &[(u32, Vec<(u32, Vec<u32>)>)]) {
+    fn write_mig(&self, mig: &[MigLayout]) {
         if mig.is_empty() {
             return;
         }

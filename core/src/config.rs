@@ -49,6 +49,9 @@ pub struct Config {
     /// Directories of CDI spec files, lowest priority first (default `/etc/cdi`,
     /// `/var/run/cdi`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Load the driver's NVML at discovery for GPU arch, brand, the CUDA version and MIG UUIDs
+    /// (default true; discovery falls back to `/proc` without it).
+    pub nvml: bool,
     /// Use an image's CUDA forward-compat libraries (`/usr/local/cuda/compat`) when their ELF
     /// note says they are newer than, and made for, the host driver (default true).
     pub cuda_compat: bool,
@@ -76,6 +79,7 @@ impl Default for Config {
                 .collect(),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             cuda_compat: true,
+            nvml: true,
         }
     }
 }

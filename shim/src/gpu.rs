@@ -11,7 +11,7 @@ use nvidia_shim_core::cdi::{self, HookPlan, Registry};
 use nvidia_shim_core::compat::{compat_for, Decision};
 use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
 use nvidia_shim_core::discover::{
-    detect_driver_root, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
+    detect_driver_root, nvml, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
 };
 use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
@@ -44,6 +44,25 @@ pub struct GpuInjector {
 
 /// Discovers the driver under the configured roots, detecting the driver root when unset.
 pub fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
+    let mut inv = discover_files(config)?;
+    if config.nvml {
+        match nvml::enrich(&mut inv) {
+            Ok(()) => log::info!(
+                "NVML: CUDA {}, {} GPUs, {} MIG devices",
+                inv.cuda_version.as_deref().unwrap_or("?"),
+                inv.gpus.len(),
+                inv.mig.len()
+            ),
+            Err(e) => {
+                log::info!("NVML not used ({e}): GPU arch and brand and MIG UUIDs are unknown")
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// The NVML-free inventory, with the driver root detected when the config leaves it unset.
+fn discover_files(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
     let mut roots = Roots {
         driver_root: config.driver_root.clone().unwrap_or_else(|| "/".into()),
         dev_root: config.dev_root.clone(),
@@ -256,7 +275,11 @@ fn check_requirements(
     }
     let driver = Version::parse(&inv.driver_version);
     let host = HostFacts {
-        cuda: driver.as_ref().and_then(cuda_for_driver),
+        cuda: inv
+            .cuda_version
+            .as_deref()
+            .and_then(Version::parse)
+            .or_else(|| driver.as_ref().and_then(cuda_for_driver)),
         driver,
     };
     let devices: Vec<DeviceFacts> = gpus

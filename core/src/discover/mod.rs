@@ -7,6 +7,7 @@ mod files;
 mod gated;
 mod ipc;
 pub mod mig;
+pub mod nvml;
 mod procfs;
 
 #[cfg(any(test, feature = "fixture"))]
@@ -188,6 +189,10 @@ pub struct Inventory {
     /// Character device majors by driver name from `/proc/devices` (`nvidia-uvm`,
     /// `nvidia-caps`, ...), for device rules of nodes the host has not created yet.
     pub char_majors: BTreeMap<String, u32>,
+    /// The CUDA version the driver supports (NVML only; otherwise derived from the driver
+    /// version when requirements are checked).
+    #[serde(default)]
+    pub cuda_version: Option<String>,
     /// MIG devices of MIG-enabled GPUs, by parent index then MIG index.
     #[serde(default)]
     pub mig: Vec<MigDevice>,
@@ -259,6 +264,7 @@ impl Inventory {
             &mig_minors,
         );
         Ok(Self {
+            cuda_version: None,
             mig,
             mig_minors,
             driver_version: driver_version.clone(),

@@ -19,6 +19,8 @@ use nvidia_shim_integration::cri::{
 use nvidia_shim_integration::{leftovers, unique_id};
 
 const RUNC: &str = "io.containerd.runc.v2";
+/// Pods running at once for the per-pod memory figure.
+const PODS: usize = 8;
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -161,37 +163,46 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         mo.as_secs_f64() / mr.as_secs_f64()
     );
 
-    // Shim memory of one pod (sandbox + one container): every process of the pod's shim.
+    // Shim memory per pod (sandbox + one container), with one pod and with PODS pods running:
+    // every process of the pods' shims. With several pods the binary's pages are shared, so
+    // PSS per pod approaches what each additional pod really costs.
     let sock = cri.containerd.socket().to_string_lossy().into_owned();
-    let per_pod = |handler: &str, exe: &str| -> Result<(u64, u64, usize)> {
-        let (_, pod) = start(handler)?;
+    let per_pod = |handler: &str, exe: &str, n: usize| -> Result<(u64, u64, usize)> {
+        let pods: Vec<String> = (0..n)
+            .map(|_| start(handler).map(|(_, p)| p))
+            .collect::<Result<_>>()?;
         std::thread::sleep(Duration::from_millis(500));
         let pids = leftovers::processes_of(exe, &sock);
         let (rss, pss) = pids
             .iter()
             .map(|&p| leftovers::memory_kb(p))
             .fold((0, 0), |(a, b), (r, p)| (a + r, b + p));
-        cri.remove_pod(&pod)?;
-        Ok((rss, pss, pids.len()))
+        for pod in &pods {
+            cri.remove_pod(pod)?;
+        }
+        let n = n as u64;
+        Ok((rss / n, pss / n, pids.len()))
     };
-    let (orss, opss, on) = per_pod(HANDLER, "containerd-shim-nvidia-v2")?;
-    let (rrss, rpss, rn) = per_pod(HANDLER_RUNC, "containerd-shim-runc-v2")?;
-    println!("shim memory per pod (sandbox + one container):");
-    println!(
-        "  handler {HANDLER:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes)",
-        orss as f64 / 1024.0,
-        opss as f64 / 1024.0
-    );
-    println!(
-        "  handler {HANDLER_RUNC:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes)",
-        rrss as f64 / 1024.0,
-        rpss as f64 / 1024.0
-    );
-    println!(
-        "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
-        orss as f64 / rrss as f64,
-        opss as f64 / rpss as f64
-    );
+    for n in [1, PODS] {
+        let (orss, opss, on) = per_pod(HANDLER, "containerd-shim-nvidia-v2", n)?;
+        let (rrss, rpss, rn) = per_pod(HANDLER_RUNC, "containerd-shim-runc-v2", n)?;
+        println!("shim memory per pod (sandbox + one container), {n} pod(s) running:");
+        println!(
+            "  handler {HANDLER:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes in all)",
+            orss as f64 / 1024.0,
+            opss as f64 / 1024.0
+        );
+        println!(
+            "  handler {HANDLER_RUNC:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes in all)",
+            rrss as f64 / 1024.0,
+            rpss as f64 / 1024.0
+        );
+        println!(
+            "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
+            orss as f64 / rrss as f64,
+            opss as f64 / rpss as f64
+        );
+    }
     Ok(())
 }
 

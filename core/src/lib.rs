@@ -9,6 +9,7 @@ pub mod config;
 pub mod discover;
 pub mod edits;
 pub mod ldcache;
+pub mod proc_overlay;
 pub mod request;
 pub mod require;
 pub mod rootfs;

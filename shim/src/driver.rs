@@ -19,6 +19,8 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 use zygote::{WireFd, Zygote};
 
+use crate::proc_overlay::{OverlayArgs, Prepared};
+
 use crate::error::{chain_to_string, Result, ShimError};
 
 /// Where libcontainer keeps a container's state: `<root>/<id>`.
@@ -165,6 +167,13 @@ fn load(state: &StateRef) -> Wire<Container> {
     Container::load(state.dir()).map_err(flatten)
 }
 
+fn zy_proc_overlay(args: OverlayArgs) -> Wire<usize> {
+    // The worker is single-threaded, so it may join the container's mount namespace.
+    Prepared::new(&args)
+        .and_then(|p| p.attach())
+        .map_err(|e| format!("/proc/driver/nvidia overlay: {e}"))
+}
+
 fn zy_start(state: StateRef) -> Wire<()> {
     load(&state)?.start().map_err(flatten)
 }
@@ -242,6 +251,12 @@ impl Driver {
     pub async fn create(&self, args: CreateArgs) -> Result<Created> {
         let id = args.state.id.clone();
         Self::call(&id, "create", zy_create, args).await
+    }
+
+    /// Attaches the `/proc/driver/nvidia` overlay inside a created container; returns how many
+    /// mounts had a target there.
+    pub async fn proc_overlay(&self, id: &str, args: OverlayArgs) -> Result<usize> {
+        Self::call(id, "create", zy_proc_overlay, args).await
     }
 
     /// Starts an exec process; returns its host pid.

@@ -15,6 +15,7 @@ use nvidia_shim_core::discover::{
 };
 use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
+use nvidia_shim_core::proc_overlay::{proc_overlay, ProcOverlay, CONTAINER_PROC_DRIVER};
 use nvidia_shim_core::request::{DeviceId, DeviceSelection, GpuRequest};
 use nvidia_shim_core::require::{check, cuda_for_driver, DeviceFacts, HostFacts, Version};
 use nvidia_shim_core::rootfs::Rootfs;
@@ -34,6 +35,9 @@ pub struct Injected {
     pub devices: usize,
     /// Files mounted.
     pub mounts: usize,
+    /// The `/proc/driver/nvidia` overlay to attach once the container exists: (host source in
+    /// the bundle, container target).
+    pub proc_mounts: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Discovers once, injects many times.
@@ -191,6 +195,7 @@ impl GpuInjector {
         let mut edits = ContainerEdits::default();
         // The host driver's version when compute libraries go in, for CUDA forward compat.
         let mut compat_host = plan.cuda_compat_host_version.clone();
+        let mut overlay = ProcOverlay::default();
         if let Some(devices) = from_driver {
             let inventory = self.inventory(id, config, &what)?;
             let gpus = select(&inventory, &devices).map_err(|e| invalid(format!("{what}: {e}")))?;
@@ -204,6 +209,7 @@ impl GpuInjector {
                 uuids.extend(gpus.iter().map(|g| g.uuid.clone()));
             }
             apply(&mut spec, &edits);
+            overlay = proc_overlay(&inventory, &gpus);
             if request.capabilities.needs_compute() {
                 compat_host = Some(inventory.driver_version.clone());
             }
@@ -245,7 +251,9 @@ impl GpuInjector {
             rootfs.symlink(link, target).map_err(rootfs_err)?;
         }
         libs.write(&rootfs).map_err(rootfs_err)?;
+        let proc_mounts = overlay_sources(id, bundle, &overlay)?;
         Ok(Some(Injected {
+            proc_mounts,
             gpus: uuids,
             devices: spec
                 .linux()
@@ -255,6 +263,36 @@ impl GpuInjector {
             mounts: edits.mounts.len(),
         }))
     }
+}
+
+/// Writes the overlay's sources into the bundle (a read-only `params` copy and an empty
+/// directory) and pairs them with their targets in the container.
+fn overlay_sources(
+    id: &str,
+    bundle: &Bundle,
+    overlay: &ProcOverlay,
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut mounts = Vec::new();
+    let write_err = |what: &Path, e| ShimError::io(id, format!("write {}", what.display()), e);
+    if let Some(params) = &overlay.params {
+        let file = bundle.path().join("nvidia-params");
+        std::fs::write(&file, params).map_err(|e| write_err(&file, e))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))
+            .map_err(|e| write_err(&file, e))?;
+        mounts.push((file, Path::new(CONTAINER_PROC_DRIVER).join("params")));
+    }
+    if !overlay.hidden.is_empty() {
+        let empty = bundle.path().join("nvidia-empty");
+        match std::fs::create_dir(&empty) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(write_err(&empty, e))
+            }
+            _ => {}
+        }
+        mounts.extend(overlay.hidden.iter().map(|h| (empty.clone(), h.clone())));
+    }
+    Ok(mounts)
 }
 
 /// Whether the container has `NVIDIA_REQUIRE_*` terms that are to be enforced.

@@ -19,6 +19,7 @@ mod logdriver;
 mod logging;
 mod oom;
 mod options;
+mod proc_overlay;
 mod procio;
 mod shim;
 mod stdio;

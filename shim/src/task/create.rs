@@ -44,19 +44,22 @@ impl TaskService {
                 .map_err(|e| ShimError::io(id, "GPU injection task", std::io::Error::other(e)))
                 .and_then(|r| r)
         };
-        match injected {
-            Ok(Some(done)) => log::info!(
-                "container {id}: injected GPUs {:?} ({} device nodes, {} mounts)",
-                done.gpus,
-                done.devices,
-                done.mounts
-            ),
-            Ok(None) => {}
+        let proc_mounts = match injected {
+            Ok(Some(done)) => {
+                log::info!(
+                    "container {id}: injected GPUs {:?} ({} device nodes, {} mounts)",
+                    done.gpus,
+                    done.devices,
+                    done.mounts
+                );
+                done.proc_mounts
+            }
+            Ok(None) => Vec::new(),
             Err(e) => {
                 undo_rootfs(&bundle);
                 return Err(e);
             }
-        }
+        };
         let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
             Ok(io) => io,
             Err(e) => {
@@ -91,7 +94,21 @@ impl TaskService {
         };
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
-        let io = match pending.attach(id, &req.stdin, &req.stdout) {
+        let overlaid = if proc_mounts.is_empty() {
+            Ok(0)
+        } else {
+            let args = OverlayArgs {
+                pid: created.pid,
+                mounts: proc_mounts,
+            };
+            self.driver.proc_overlay(id, args).await
+        };
+        let io = match overlaid.and_then(|n| {
+            if n > 0 {
+                log::info!("container {id}: /proc/driver/nvidia overlay: {n} mounts");
+            }
+            pending.attach(id, &req.stdin, &req.stdout)
+        }) {
             Ok(io) => io,
             Err(e) => {
                 if let Err(del) = self.driver.delete(&state_ref, true).await {

@@ -32,6 +32,7 @@ use crate::exec::{ExecProcess, Started};
 use crate::exit::{ExitCell, ExitRouter, ExitStatus};
 use crate::gpu::GpuInjector;
 use crate::options::{config_path_from_any, load_config};
+use crate::proc_overlay::OverlayArgs;
 use crate::procio::PreparedIo;
 
 mod create;

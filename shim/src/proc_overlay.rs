@@ -1,0 +1,225 @@
+//! Applies a [`ProcOverlay`] inside a created container: libcontainer, like runc, refuses spec
+//! mounts under `/proc`, so the shim does what the toolkit's hook does, from outside and
+//! without running anything in the container. Detached bind mounts of the host-side sources
+//! (`open_tree(OPEN_TREE_CLONE)`, made read-only with `mount_setattr`) are created in the
+//! shim's mount namespace, then the process joins the container's (`setns`) and attaches them
+//! (`move_mount`) over `/proc/driver/nvidia/params` and the unselected GPUs' `gpus/<bus>`.
+//! Targets the container's `/proc` does not have are skipped.
+//!
+//! [`Prepared::new`] allocates and opens; [`Prepared::attach`] only makes system calls, so it
+//! may run in a freshly forked child. It joins another mount namespace, so the calling process
+//! must be single-threaded (the zygote's workers are).
+//!
+//! [`ProcOverlay`]: nvidia_shim_core::proc_overlay::ProcOverlay
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What the zygote needs to apply an overlay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayArgs {
+    /// The container's init (its mount namespace is the target).
+    pub pid: i32,
+    /// `(host source, container target)` pairs; a source is a file or a directory.
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Detached mounts ready to attach in the container.
+#[derive(Debug)]
+pub struct Prepared {
+    ns: OwnedFd,
+    mounts: Vec<(OwnedFd, CString)>,
+}
+
+fn cpath(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+fn last_error(what: &str, path: &Path) -> std::io::Error {
+    let e = std::io::Error::last_os_error();
+    std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// A read-only, nosuid, nodev, noexec detached bind mount of `source`.
+fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
+    let c = cpath(source)?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    // SAFETY: valid C string; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(last_error("open_tree", source));
+    }
+    // SAFETY: the kernel returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, and a mount_attr of the size
+    // passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error("mount_setattr", source));
+    }
+    Ok(fd)
+}
+
+impl Prepared {
+    /// Opens the container's mount namespace and makes the detached mounts.
+    pub fn new(args: &OverlayArgs) -> std::io::Result<Self> {
+        let ns_path = PathBuf::from(format!("/proc/{}/ns/mnt", args.pid));
+        let ns = std::fs::File::open(&ns_path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", ns_path.display())))?;
+        let mounts = args
+            .mounts
+            .iter()
+            .map(|(src, target)| Ok((detached_bind(src)?, cpath(target)?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            ns: ns.into(),
+            mounts,
+        })
+    }
+
+    /// Joins the container's mount namespace and attaches every mount whose target exists
+    /// there; returns how many were attached. System calls only: safe after `fork`.
+    pub fn attach(&self) -> std::io::Result<usize> {
+        // SAFETY: a valid namespace descriptor.
+        if unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut attached = 0;
+        for (fd, target) in &self.mounts {
+            // SAFETY: an all-zero stat is a valid out-buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: valid C string and out-pointer.
+            if unsafe { libc::lstat(target.as_ptr(), &mut st) } != 0 {
+                continue;
+            }
+            let empty = c"";
+            // SAFETY: valid descriptors and C strings; MOVE_MOUNT_F_EMPTY_PATH makes the
+            // source the detached mount itself.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    fd.as_raw_fd(),
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            attached += 1;
+        }
+        Ok(attached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn mounts_land_in_the_target_namespace_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP mounts_land_in_the_target_namespace_only: needs root");
+            return;
+        }
+        // A fake driver proc tree, seen by the host and by a process in a mount namespace of
+        // its own (a copy of the host's, private propagation).
+        let t = tempfile::tempdir().unwrap();
+        let nv = t.path().join("driver/nvidia");
+        std::fs::create_dir_all(nv.join("gpus/a")).unwrap();
+        std::fs::create_dir_all(nv.join("gpus/b")).unwrap();
+        std::fs::write(nv.join("gpus/b/information"), "Model: x\n").unwrap();
+        std::fs::write(nv.join("params"), "ModifyDeviceFiles: 1\n").unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("params"), "ModifyDeviceFiles: 0\n").unwrap();
+        std::fs::create_dir(src.path().join("empty")).unwrap();
+        let mut target = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "30"])
+            .spawn()
+            .expect("unshare (util-linux)");
+        // Wait until it has its own namespace.
+        let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        for _ in 0..200 {
+            if std::fs::read_link(format!("/proc/{}/ns/mnt", target.id()))
+                .ok()
+                .as_ref()
+                != Some(&own)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let prepared = Prepared::new(&OverlayArgs {
+            pid: target.id() as i32,
+            mounts: vec![
+                (src.path().join("params"), nv.join("params")),
+                (src.path().join("empty"), nv.join("gpus/b")),
+                (src.path().join("empty"), nv.join("gpus/missing")),
+            ],
+        })
+        .unwrap();
+        // Attach from a forked child, which then shows the namespace's view.
+        let script = format!(
+            "cat {nv}/params; ls {nv}/gpus/b | wc -l; touch {nv}/gpus/b/x 2>/dev/null || echo ro",
+            nv = nv.display()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]).stdout(Stdio::piped());
+        // SAFETY: attach() makes system calls only.
+        unsafe {
+            cmd.pre_exec(move || prepared.attach().map(|_| ()));
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ModifyDeviceFiles: 0\n0\nro\n"
+        );
+        // The host's view is untouched; the target process sees the overlay.
+        assert_eq!(
+            std::fs::read_to_string(nv.join("params")).unwrap(),
+            "ModifyDeviceFiles: 1\n"
+        );
+        assert!(nv.join("gpus/b/information").exists());
+        let seen = Command::new("nsenter")
+            .args(["-t", &target.id().to_string(), "-m", "cat"])
+            .arg(nv.join("params"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&seen.stdout),
+            "ModifyDeviceFiles: 0\n"
+        );
+        let _ = target.kill();
+        let _ = target.wait();
+    }
+}

@@ -165,23 +165,34 @@ impl Cri {
     pub fn run_pod(&self, name: &str, handler: &str, opts: &PodOptions) -> Result<String> {
         let config = self.pod_config(name, opts);
         let mut client = self.client.clone();
-        let resp = self
-            .rt
-            .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
+        let resp = self.call(
+            client.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config),
                 runtime_handler: handler.into(),
-            }))
-            .map_err(|e| self.failed(e))
-            .with_context(|| format!("RunPodSandbox {name} ({handler})"))?;
-        Ok(resp.into_inner().pod_sandbox_id)
+            }),
+            || format!("RunPodSandbox {name} ({handler})"),
+        )?;
+        Ok(resp.pod_sandbox_id)
     }
 
-    /// A failed CRI call with the end of containerd's log, where the CRI plugin says why.
-    fn failed(&self, s: tonic::Status) -> anyhow::Error {
-        let log = self.containerd.log();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        status(s).context(format!("containerd log:\n{}", tail.join("\n")))
+    /// Runs one CRI call; a failure carries `what` and the end of containerd's log, where
+    /// the CRI plugin says why.
+    fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        self.rt
+            .block_on(call)
+            .map(tonic::Response::into_inner)
+            .map_err(|s| {
+                let log = self.containerd.log();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                status(s)
+                    .context(format!("containerd log:\n{}", tail.join("\n")))
+                    .context(what())
+            })
     }
 
     fn pod_config(&self, name: &str, opts: &PodOptions) -> PodSandboxConfig {
@@ -222,12 +233,12 @@ impl Cri {
     ) -> Result<String> {
         let id = self.create_container(pod, pod_name, opts, c)?;
         let mut client = self.client.clone();
-        self.rt
-            .block_on(client.start_container(StartContainerRequest {
+        self.call(
+            client.start_container(StartContainerRequest {
                 container_id: id.clone(),
-            }))
-            .map_err(status)
-            .with_context(|| format!("StartContainer {}", c.name))?;
+            }),
+            || format!("StartContainer {}", c.name),
+        )?;
         Ok(id)
     }
 
@@ -281,30 +292,28 @@ impl Cri {
             ..Default::default()
         };
         let mut client = self.client.clone();
-        let resp = self
-            .rt
-            .block_on(client.create_container(CreateContainerRequest {
+        let resp = self.call(
+            client.create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.into(),
                 config: Some(config),
                 sandbox_config: Some(self.pod_config(pod_name, opts)),
-            }))
-            .map_err(status)
-            .with_context(|| format!("CreateContainer {}", c.name))?;
-        Ok(resp.into_inner().container_id)
+            }),
+            || format!("CreateContainer {}", c.name),
+        )?;
+        Ok(resp.container_id)
     }
 
     /// `ContainerStatus`: the state of container `id`.
     pub fn container_state(&self, id: &str) -> Result<ContainerState> {
         let mut client = self.client.clone();
         let status = self
-            .rt
-            .block_on(client.container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            }))
-            .map_err(status)
-            .with_context(|| format!("ContainerStatus {id}"))?
-            .into_inner()
+            .call(
+                client.container_status(ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                }),
+                || format!("ContainerStatus {id}"),
+            )?
             .status
             .context("ContainerStatus without status")?;
         Ok(ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown))
@@ -313,16 +322,14 @@ impl Cri {
     /// `ExecSync` of `cmd` in container `id` with a 30 s timeout.
     pub fn exec(&self, id: &str, cmd: &[&str]) -> Result<ExecOutput> {
         let mut client = self.client.clone();
-        let resp = self
-            .rt
-            .block_on(client.exec_sync(ExecSyncRequest {
+        let resp = self.call(
+            client.exec_sync(ExecSyncRequest {
                 container_id: id.into(),
                 cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
                 timeout: 30,
-            }))
-            .map_err(status)
-            .with_context(|| format!("ExecSync {cmd:?} in {id}"))?
-            .into_inner();
+            }),
+            || format!("ExecSync {cmd:?} in {id}"),
+        )?;
         Ok(ExecOutput {
             stdout: String::from_utf8_lossy(&resp.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&resp.stderr).into_owned(),
@@ -347,29 +354,27 @@ impl Cri {
     /// `ContainerStats` of container `id`.
     pub fn stats(&self, id: &str) -> Result<ContainerStats> {
         let mut client = self.client.clone();
-        self.rt
-            .block_on(client.container_stats(ContainerStatsRequest {
+        self.call(
+            client.container_stats(ContainerStatsRequest {
                 container_id: id.into(),
-            }))
-            .map_err(status)
-            .with_context(|| format!("ContainerStats {id}"))?
-            .into_inner()
-            .stats
-            .context("ContainerStats without stats")
+            }),
+            || format!("ContainerStats {id}"),
+        )?
+        .stats
+        .context("ContainerStats without stats")
     }
 
     /// `PodSandboxStatus`: the runtime handler containerd recorded for pod `pod`.
     pub fn pod_handler(&self, pod: &str) -> Result<String> {
         let mut client = self.client.clone();
         let status = self
-            .rt
-            .block_on(client.pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.into(),
-                verbose: false,
-            }))
-            .map_err(status)
-            .with_context(|| format!("PodSandboxStatus {pod}"))?
-            .into_inner()
+            .call(
+                client.pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.into(),
+                    verbose: false,
+                }),
+                || format!("PodSandboxStatus {pod}"),
+            )?
             .status
             .context("PodSandboxStatus without status")?;
         Ok(status.runtime_handler)
@@ -378,37 +383,37 @@ impl Cri {
     /// `StopContainer` (10 s grace) and `RemoveContainer`.
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let mut client = self.client.clone();
-        self.rt
-            .block_on(client.stop_container(StopContainerRequest {
+        self.call(
+            client.stop_container(StopContainerRequest {
                 container_id: id.into(),
                 timeout: 10,
-            }))
-            .map_err(status)
-            .with_context(|| format!("StopContainer {id}"))?;
-        self.rt
-            .block_on(client.remove_container(RemoveContainerRequest {
+            }),
+            || format!("StopContainer {id}"),
+        )?;
+        self.call(
+            client.remove_container(RemoveContainerRequest {
                 container_id: id.into(),
-            }))
-            .map_err(status)
-            .with_context(|| format!("RemoveContainer {id}"))?;
+            }),
+            || format!("RemoveContainer {id}"),
+        )?;
         Ok(())
     }
 
     /// `StopPodSandbox` and `RemovePodSandbox` (which also removes the pod's containers).
     pub fn remove_pod(&self, pod: &str) -> Result<()> {
         let mut client = self.client.clone();
-        self.rt
-            .block_on(client.stop_pod_sandbox(StopPodSandboxRequest {
+        self.call(
+            client.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: pod.into(),
-            }))
-            .map_err(status)
-            .with_context(|| format!("StopPodSandbox {pod}"))?;
-        self.rt
-            .block_on(client.remove_pod_sandbox(RemovePodSandboxRequest {
+            }),
+            || format!("StopPodSandbox {pod}"),
+        )?;
+        self.call(
+            client.remove_pod_sandbox(RemovePodSandboxRequest {
                 pod_sandbox_id: pod.into(),
-            }))
-            .map_err(status)
-            .with_context(|| format!("RemovePodSandbox {pod}"))?;
+            }),
+            || format!("RemovePodSandbox {pod}"),
+        )?;
         Ok(())
     }
 

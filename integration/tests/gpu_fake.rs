@@ -22,6 +22,11 @@ fn gpu(c: &Containerd, gpus: u32) -> Result<Gpu> {
         .gpus(gpus)
         .layout(Layout::Distro)
         .build();
+    gpu_from(c, fake)
+}
+
+/// `fake` and a shim config file pointing at it.
+fn gpu_from(c: &Containerd, fake: FakeDriver) -> Result<Gpu> {
     let config = c.dir().join(format!("shim-{}.toml", unique_id("cfg")));
     std::fs::write(&config, fake.shim_config())?;
     Ok(Gpu {
@@ -371,12 +376,7 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
         .gpus(1)
         .layout(Layout::UsrLocalNvidia)
         .build();
-    let config = c.dir().join("usr-local.toml");
-    std::fs::write(&config, fake.shim_config())?;
-    let g = Gpu {
-        fake,
-        config: config.display().to_string(),
-    };
+    let g = gpu_from(&c, fake)?;
     let image = glibc_image(&c)?;
     // The image has no ldconfig at all; the cache is the shim's, and without it dlopen fails.
     let script = "dlopen-test; cat /etc/ld.so.conf.d/000-nvidia-container-shim.conf; \
@@ -509,12 +509,7 @@ fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() 
         .gpus(2)
         .mig(0, &[(1, &[0, 1])])
         .build();
-    let config = c.dir().join("mig.toml");
-    std::fs::write(&config, fake.shim_config())?;
-    let g = Gpu {
-        fake,
-        config: config.display().to_string(),
-    };
+    let g = gpu_from(&c, fake)?;
     // 0:1 is GI 1 / CI 1: mig-minors numbers gi1 3, gi1/ci0 4, gi1/ci1 5.
     let list = "ls /dev | grep '^nvidia[0-9]'; \
                 stat -c '%n %t:%T' /dev/nvidia-caps/* | sed 's/ f1:/ 241:/'";

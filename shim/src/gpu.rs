@@ -266,7 +266,8 @@ impl GpuInjector {
 }
 
 /// Writes the overlay's sources into the bundle (a read-only `params` copy and an empty
-/// directory) and pairs them with their targets in the container.
+/// directory) and pairs them with their targets in the container; none when the host kernel
+/// has no `/proc/driver/nvidia`.
 fn overlay_sources(
     id: &str,
     bundle: &Bundle,
@@ -274,6 +275,11 @@ fn overlay_sources(
 ) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     use std::os::unix::fs::PermissionsExt;
     let mut mounts = Vec::new();
+    // The container's /proc is this kernel's: without the driver's tree here there is nothing
+    // to cover there (fake driver roots in tests), and no worker needs to run.
+    if !Path::new(CONTAINER_PROC_DRIVER).exists() {
+        return Ok(mounts);
+    }
     let write_err = |what: &Path, e| ShimError::io(id, format!("write {}", what.display()), e);
     if let Some(params) = &overlay.params {
         let file = bundle.path().join("nvidia-params");

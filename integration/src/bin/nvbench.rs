@@ -27,6 +27,37 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Prints two medians under `title` and their ratio.
+fn print_times(title: &str, (a, ma): (&str, Duration), (b, mb): (&str, Duration)) {
+    println!("{title}:");
+    println!("  {a:<26} median {:>7.1} ms", ma.as_secs_f64() * 1e3);
+    println!("  {b:<26} median {:>7.1} ms", mb.as_secs_f64() * 1e3);
+    println!(
+        "  ratio nvidia/runc               {:>7.2}",
+        ma.as_secs_f64() / mb.as_secs_f64()
+    );
+}
+
+/// (VmRSS kB, PSS kB, process count).
+type Memory = (u64, u64, usize);
+
+/// Prints two memory figures under `title` and their ratios.
+fn print_memory(title: &str, (a, ma): (&str, Memory), (b, mb): (&str, Memory)) {
+    println!("{title}:");
+    for (name, (rss, pss, n)) in [(a, ma), (b, mb)] {
+        println!(
+            "  {name:<26} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({n} processes)",
+            rss as f64 / 1024.0,
+            pss as f64 / 1024.0
+        );
+    }
+    println!(
+        "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
+        ma.0 as f64 / mb.0 as f64,
+        ma.1 as f64 / mb.1 as f64
+    );
+}
+
 fn run_true(c: &Containerd, runtime: &str) -> Result<Duration> {
     run_true_with(c, runtime, &[])
 }
@@ -47,7 +78,7 @@ fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Durati
 }
 
 /// (VmRSS kB, PSS kB, process count) of the shim serving a sleeping container.
-fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<(u64, u64, usize)> {
+fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<Memory> {
     let id = unique_id("mem");
     let out = c.ctr(&[
         "run",
@@ -149,25 +180,17 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         }
     }
     let (mo, mr) = (median(&mut ours), median(&mut runc));
-    println!("CRI pod start (RunPodSandbox + CreateContainer + StartContainer, host network), {pairs} interleaved pairs:");
-    println!(
-        "  handler {HANDLER:<18} median {:>7.1} ms",
-        mo.as_secs_f64() * 1e3
-    );
-    println!(
-        "  handler {HANDLER_RUNC:<18} median {:>7.1} ms",
-        mr.as_secs_f64() * 1e3
-    );
-    println!(
-        "  ratio nvidia/runc               {:>7.2}",
-        mo.as_secs_f64() / mr.as_secs_f64()
+    print_times(
+        &format!("CRI pod start (RunPodSandbox + CreateContainer + StartContainer, host network), {pairs} interleaved pairs"),
+        (&format!("handler {HANDLER}"), mo),
+        (&format!("handler {HANDLER_RUNC}"), mr),
     );
 
     // Shim memory per pod (sandbox + one container), with one pod and with PODS pods running:
     // every process of the pods' shims. With several pods the binary's pages are shared, so
     // PSS per pod approaches what each additional pod really costs.
     let sock = cri.containerd.socket().to_string_lossy().into_owned();
-    let per_pod = |handler: &str, exe: &str, n: usize| -> Result<(u64, u64, usize)> {
+    let per_pod = |handler: &str, exe: &str, n: usize| -> Result<Memory> {
         let pods: Vec<String> = (0..n)
             .map(|_| start(handler).map(|(_, p)| p))
             .collect::<Result<_>>()?;
@@ -184,23 +207,12 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         Ok((rss / n, pss / n, pids.len()))
     };
     for n in [1, PODS] {
-        let (orss, opss, on) = per_pod(HANDLER, "containerd-shim-nvidia-v2", n)?;
-        let (rrss, rpss, rn) = per_pod(HANDLER_RUNC, "containerd-shim-runc-v2", n)?;
-        println!("shim memory per pod (sandbox + one container), {n} pod(s) running:");
-        println!(
-            "  handler {HANDLER:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes in all)",
-            orss as f64 / 1024.0,
-            opss as f64 / 1024.0
-        );
-        println!(
-            "  handler {HANDLER_RUNC:<18} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes in all)",
-            rrss as f64 / 1024.0,
-            rpss as f64 / 1024.0
-        );
-        println!(
-            "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
-            orss as f64 / rrss as f64,
-            opss as f64 / rpss as f64
+        let ours = per_pod(HANDLER, "containerd-shim-nvidia-v2", n)?;
+        let runc = per_pod(HANDLER_RUNC, "containerd-shim-runc-v2", n)?;
+        print_memory(
+            &format!("shim memory per pod (sandbox + one container), {n} pod(s) running"),
+            (&format!("handler {HANDLER}"), ours),
+            (&format!("handler {HANDLER_RUNC}"), runc),
         );
     }
     Ok(())
@@ -243,31 +255,18 @@ fn main() -> Result<()> {
         }
     }
     let (mo, mr) = (median(&mut ours), median(&mut runc));
-    println!("ctr run --rm {BUSYBOX_IMAGE} /bin/true, {pairs} interleaved pairs:");
-    println!("  {RUNTIME:<26} median {:>7.1} ms", mo.as_secs_f64() * 1e3);
-    println!("  {RUNC:<26} median {:>7.1} ms", mr.as_secs_f64() * 1e3);
-    println!(
-        "  ratio nvidia/runc               {:>7.2}",
-        mo.as_secs_f64() / mr.as_secs_f64()
+    print_times(
+        &format!("ctr run --rm {BUSYBOX_IMAGE} /bin/true, {pairs} interleaved pairs"),
+        (RUNTIME, mo),
+        (RUNC, mr),
     );
-
-    let (orss, opss, on) = shim_memory(&c, RUNTIME, "containerd-shim-nvidia-v2")?;
-    let (rrss, rpss, rn) = shim_memory(&c, RUNC, "containerd-shim-runc-v2")?;
-    println!("shim memory while one container sleeps (all processes of the shim):");
-    println!(
-        "  {RUNTIME:<26} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({on} processes)",
-        orss as f64 / 1024.0,
-        opss as f64 / 1024.0
-    );
-    println!(
-        "  {RUNC:<26} VmRSS {:>6.1} MB  PSS {:>6.1} MB  ({rn} processes)",
-        rrss as f64 / 1024.0,
-        rpss as f64 / 1024.0
-    );
-    println!(
-        "  ratio nvidia/runc               VmRSS {:.2}  PSS {:.2}",
-        orss as f64 / rrss as f64,
-        opss as f64 / rpss as f64
+    print_memory(
+        "shim memory while one container sleeps (all processes of the shim)",
+        (
+            RUNTIME,
+            shim_memory(&c, RUNTIME, "containerd-shim-nvidia-v2")?,
+        ),
+        (RUNC, shim_memory(&c, RUNC, "containerd-shim-runc-v2")?),
     );
 
     // GPU injection overhead: on the host's driver when there is one, else on a fake 4-GPU

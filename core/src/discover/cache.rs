@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{DiscoverError, Inventory};
 
 /// Version of the cache file layout; bumped when [`Inventory`] changes shape.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// What an inventory depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

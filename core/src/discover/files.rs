@@ -256,6 +256,38 @@ pub fn binaries(driver_root: &Path) -> Vec<(PathBuf, Capability)> {
         .collect()
 }
 
+/// Graphics configuration files the driver installs, relative to a data directory: Vulkan ICD
+/// and layers, the GLVND EGL vendor file, EGL external platforms and OptiX's cache.
+pub const GRAPHICS_CONFIGS: [&str; 7] = [
+    "vulkan/icd.d/nvidia_icd.json",
+    "vulkan/icd.d/nvidia_layers.json",
+    "vulkan/implicit_layer.d/nvidia_layers.json",
+    "glvnd/egl_vendor.d/10_nvidia.json",
+    "egl/egl_external_platform.d/10_nvidia_wayland.json",
+    "egl/egl_external_platform.d/15_nvidia_gbm.json",
+    "nvidia/nvoptix.bin",
+];
+
+/// The [`GRAPHICS_CONFIGS`] present under `driver_root`, as (host path, container path):
+/// searched in `etc/`, `usr/share/` and (the `/usr/local/nvidia` layout) `share/`, first match
+/// wins; a file from `share/` goes to `/usr/share/` in the container, where loaders look.
+pub fn graphics_configs(driver_root: &Path) -> Vec<(PathBuf, PathBuf)> {
+    const DIRS: [(&str, &str); 3] = [
+        ("etc", "/etc"),
+        ("usr/share", "/usr/share"),
+        ("share", "/usr/share"),
+    ];
+    GRAPHICS_CONFIGS
+        .iter()
+        .filter_map(|f| {
+            DIRS.iter().find_map(|(dir, container)| {
+                let host = driver_root.join(dir).join(f);
+                host.is_file().then(|| (host, Path::new(container).join(f)))
+            })
+        })
+        .collect()
+}
+
 /// GSP firmware files of `version` (`lib/firmware/nvidia/<version>/gsp*.bin`, or the
 /// `/usr/local/nvidia` style `firmware/nvidia/<version>`).
 pub fn firmware(driver_root: &Path, version: &str) -> Vec<PathBuf> {

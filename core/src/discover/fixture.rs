@@ -337,6 +337,18 @@ impl FakeDriver {
             }
         }
         let droot = self.driver_root();
+        let share = match self.layout {
+            Layout::Distro => "usr/share",
+            Layout::UsrLocalNvidia => "share",
+        };
+        write(
+            &droot.join(share).join("vulkan/icd.d/nvidia_icd.json"),
+            &format!("{{\"file_format_version\":\"1.0.1\",\"ICD\":{{\"library_path\":\"libGLX_nvidia.so.0\",\"api_version\":\"1.4.312\"}}}}\n"),
+        );
+        write(
+            &droot.join(share).join("glvnd/egl_vendor.d/10_nvidia.json"),
+            "{\"file_format_version\":\"1.0.0\",\"ICD\":{\"library_path\":\"libEGL_nvidia.so.0\"}}\n",
+        );
         let (libdir, bindir, fwdir) = match self.layout {
             Layout::Distro => ("usr/lib/x86_64-linux-gnu", "usr/bin", "lib/firmware/nvidia"),
             Layout::UsrLocalNvidia => ("lib64", "bin", "firmware/nvidia"),

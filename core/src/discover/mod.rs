@@ -186,6 +186,9 @@ pub struct Inventory {
     pub binaries: Vec<(PathBuf, Capability)>,
     /// GSP firmware.
     pub firmware: Vec<PathBuf>,
+    /// Graphics configuration files (Vulkan, EGL, GLVND), as (host path, container path).
+    #[serde(default)]
+    pub graphics_configs: Vec<(PathBuf, PathBuf)>,
     /// Character device majors by driver name from `/proc/devices` (`nvidia-uvm`,
     /// `nvidia-caps`, ...), for device rules of nodes the host has not created yet.
     pub char_majors: BTreeMap<String, u32>,
@@ -277,6 +280,7 @@ impl Inventory {
             libraries: files::libraries(&roots.driver_root, &driver_version)?,
             binaries: files::binaries(&roots.driver_root),
             firmware: files::firmware(&roots.driver_root, &driver_version),
+            graphics_configs: files::graphics_configs(&roots.driver_root),
             char_majors,
             roots: roots.clone(),
         })

@@ -117,6 +117,9 @@ pub fn edits_for(
     for fw in &inventory.firmware {
         e.mounts.push((fw.clone(), inventory.container_path(fw)));
     }
+    if caps.needs_graphics() {
+        e.mounts.extend(inventory.graphics_configs.iter().cloned());
+    }
     e.ipc = ipc_endpoints(&inventory.roots.dev_root, caps, &mps_pipe_dir());
     if let Some(&channel) = request.imex_channels.first() {
         let major = *inventory

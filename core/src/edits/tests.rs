@@ -504,3 +504,35 @@ fn mig_config_gives_the_config_cap_and_the_gpus_mig_caps() {
         "{err}"
     );
 }
+
+#[test]
+fn graphics_gets_vulkan_and_egl_configs_at_usr_share_in_both_layouts() {
+    if !root() {
+        return;
+    }
+    for layout in [Layout::Distro, Layout::UsrLocalNvidia] {
+        let (_f, inv) = inventory(1, layout);
+        let configs = |caps: &str| -> Vec<String> {
+            let r = request(&[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                &format!("NVIDIA_DRIVER_CAPABILITIES={caps}"),
+            ]);
+            edits_for(&inv, &r)
+                .unwrap()
+                .mounts
+                .iter()
+                .map(|(_, c)| c.display().to_string())
+                .filter(|c| c.ends_with(".json"))
+                .collect()
+        };
+        assert_eq!(
+            configs("graphics"),
+            [
+                "/usr/share/vulkan/icd.d/nvidia_icd.json",
+                "/usr/share/glvnd/egl_vendor.d/10_nvidia.json"
+            ],
+            "{layout:?}"
+        );
+        assert!(configs("utility,compute").is_empty(), "{layout:?}");
+    }
+}

@@ -343,7 +343,7 @@ impl FakeDriver {
         };
         write(
             &droot.join(share).join("vulkan/icd.d/nvidia_icd.json"),
-            &format!("{{\"file_format_version\":\"1.0.1\",\"ICD\":{{\"library_path\":\"libGLX_nvidia.so.0\",\"api_version\":\"1.4.312\"}}}}\n"),
+            "{\"file_format_version\":\"1.0.1\",\"ICD\":{\"library_path\":\"libGLX_nvidia.so.0\",\"api_version\":\"1.4.312\"}}\n",
         );
         write(
             &droot.join(share).join("glvnd/egl_vendor.d/10_nvidia.json"),

@@ -163,12 +163,37 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
         Ok(())
     };
     run_cycle(5)?; // warm-up: first-use allocations
-    let fds_before = leftovers::fd_count(shim);
+                   // The shim finishes a container's cleanup (exit reaping, event publishing) just after ctr
+                   // returns, so counts are read once the shim has settled; a leak never settles back.
+    let settled = || {
+        let mut last = leftovers::fd_count(shim);
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = leftovers::fd_count(shim);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    };
+    let fds_before = settled();
     run_cycle(50)?;
+    let shrank = eventually("the grouped shim's fds to settle", || {
+        leftovers::fd_count(shim) <= fds_before
+    });
     let fds_after = leftovers::fd_count(shim);
+    let open: Vec<String> = std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        fds_after <= fds_before,
-        "grouped shim fds grew from {fds_before} to {fds_after}"
+        shrank.is_ok() && fds_after <= fds_before,
+        "grouped shim fds grew from {fds_before} to {fds_after}: {open:?}"
     );
     assert_eq!(
         leftovers::shim_pids(&c.socket()).len(),

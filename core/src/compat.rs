@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::discover::soname_of;
 use crate::require::Version;
 use crate::rootfs::Rootfs;
 
@@ -44,6 +45,8 @@ pub struct CompatLibcuda {
     pub version: Version,
     /// Its forward-compat note, when it has one.
     pub note: Option<FwdCompatNote>,
+    /// Its SONAME (`libcuda.so.1`), read from the same bytes as the note.
+    pub soname: Option<String>,
 }
 
 /// Why compat libraries are used, or not.
@@ -77,11 +80,14 @@ pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
     }
     let (name, version) = found.pop()?;
     let path = dir.join(name);
-    let note = rootfs.read_file(&path).and_then(|b| read_note(&b));
+    let bytes = rootfs.read_file(&path);
+    let note = bytes.as_deref().and_then(read_note);
+    let soname = bytes.as_deref().and_then(soname_of);
     Some(CompatLibcuda {
         path,
         version,
         note,
+        soname,
     })
 }
 

@@ -44,16 +44,16 @@ impl Containerd {
     /// Starts containerd with `shim` on its PATH at log level `level` (containerd passes
     /// `-debug` to shims only at `debug`).
     pub fn start_with_level(shim: &Path, level: &str) -> Result<Self> {
-        Self::start_configured(shim, level, |_| None)
+        Self::start_configured(shim, level, |_| Ok(None))
     }
 
     /// Starts containerd with `shim` on its PATH at log level `level`; `cri` gets the temp dir
     /// and may return the CRI plugin's TOML, which then enables that plugin (it is disabled
-    /// otherwise).
+    /// otherwise). An error from `cri` is returned before containerd starts.
     pub fn start_configured(
         shim: &Path,
         level: &str,
-        cri: impl FnOnce(&Path) -> Option<String>,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
@@ -68,7 +68,7 @@ impl Containerd {
             bin.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let cri_config = cri(dir.path());
+        let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
         let mut me = Self {
             dir,
             child: None,

@@ -130,11 +130,7 @@ impl Cri {
         let bridge = format!("nvcri{tag}");
         let cgroup_parent = format!("/nvcri-{}", std::process::id());
         let containerd = Containerd::start_configured(shim, "info", |dir| {
-            Some(cri_config(dir, configs, &bridge, tag).unwrap_or_else(|e| {
-                // The config files could not be written; containerd then fails to start with
-                // this in its log, which the caller sees.
-                format!("# {e:#}\n")
-            }))
+            cri_config(dir, configs, &bridge, tag).map(Some)
         })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -67,7 +67,7 @@ impl LdPlan {
     }
 
     /// Puts the image's forward-compat libraries (every `lib*.so*` regular file in
-    /// [`COMPAT_DIR`], by the SONAME read from it) ahead of the host's: the dynamic loader
+    /// [`COMPAT_DIR`], by its SONAME) ahead of the host's: the dynamic loader
     /// takes the first cache entry of a SONAME.
     pub fn prefer_compat(&mut self, rootfs: &Rootfs, lib: &CompatLibcuda) {
         let dir = Path::new(COMPAT_DIR);
@@ -77,9 +77,13 @@ impl LdPlan {
                 continue;
             }
             let path = dir.join(&e.name);
-            let Some(name) = rootfs.read_file(&path).and_then(|b| soname_of(&b)) else {
-                continue;
+            // libcuda was read when its note was; the others are read for their SONAME.
+            let name = if path == lib.path {
+                lib.soname.clone()
+            } else {
+                rootfs.read_file(&path).and_then(|b| soname_of(&b))
             };
+            let Some(name) = name else { continue };
             compat.push((name, path));
         }
         log::info!(

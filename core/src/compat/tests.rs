@@ -19,6 +19,7 @@ fn the_note_is_read_from_the_elf() {
         Path::new("/usr/local/cuda/compat/libcuda.so.550.54.15")
     );
     assert_eq!(lib.version, Version::parse("550.54.15").unwrap());
+    assert_eq!(lib.soname.as_deref(), Some("libcuda.so.1"));
     let note = lib.note.expect("note");
     assert_eq!(note.cuda_version, "12.4");
     assert_eq!(note.driver, [470, 525, 535]);

@@ -3,6 +3,7 @@
 //! `main` stays synchronous until the zygote is forked, so that the process which runs
 //! libcontainer never inherits another thread's locks; only then does tokio start.
 
+mod attach_warmup;
 mod bundle;
 mod cdi_cli;
 mod cgroup;
@@ -65,6 +66,9 @@ fn main() -> ExitCode {
             .unwrap_or(false);
     if serve || orphaned_state {
         Driver::init();
+    }
+    if flags.action == "start" {
+        attach_warmup::start();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -56,21 +56,15 @@ pub fn watch(c: &Arc<Container>, events: EventSink) {
     }
 }
 
-fn publish_oom(id: &str, events: &EventSink) -> impl std::future::Future<Output = ()> {
+fn publish_oom(id: &str, events: &EventSink) {
     log::info!("container {id}: OOM killer acted");
-    let events = events.clone();
-    let id = id.to_owned();
-    async move {
-        events
-            .publish(
-                topics::TASK_OOM_EVENT_TOPIC,
-                Box::new(TaskOOM {
-                    container_id: id,
-                    ..Default::default()
-                }),
-            )
-            .await;
-    }
+    events.publish(
+        topics::TASK_OOM_EVENT_TOPIC,
+        Box::new(TaskOOM {
+            container_id: id.to_owned(),
+            ..Default::default()
+        }),
+    );
 }
 
 fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
@@ -106,7 +100,7 @@ fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             if !dir.join("memory.oom_control").exists() {
                 break;
             }
-            publish_oom(&id, &events).await;
+            publish_oom(&id, &events);
         }
     });
     Ok(())
@@ -158,7 +152,7 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             };
             if now > last {
                 last = now;
-                publish_oom(&id, &events).await;
+                publish_oom(&id, &events);
             }
         }
     });

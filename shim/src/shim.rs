@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::util::write_str_to_file;
@@ -28,6 +28,8 @@ pub const RUNTIME_ID: &str = "io.containerd.nvidia.v2";
 /// The shim's `containerd_shim::Shim` implementation.
 pub struct NvidiaShim {
     exit: Arc<ExitSignal>,
+    /// The task service's event queue, flushed before the shim exits.
+    events: OnceLock<EventSink>,
     namespace: String,
     id: String,
     address: String,
@@ -53,6 +55,7 @@ impl Shim for NvidiaShim {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Self {
             exit: Arc::new(ExitSignal::default()),
+            events: OnceLock::new(),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             address: args.address.clone(),
@@ -127,12 +130,16 @@ impl Shim for NvidiaShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        if let Some(events) = self.events.get() {
+            events.flush().await;
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let config_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
         crate::logdriver::set_namespace(&self.namespace);
         let events = EventSink::new(publisher, &self.namespace);
+        let _ = self.events.set(events.clone());
         TaskApi(TaskService::new(events, Arc::clone(&self.exit), config_path).await)
     }
 }

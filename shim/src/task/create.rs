@@ -148,26 +148,24 @@ impl TaskService {
         log::info!("container {id}: created, init pid {}", created.pid);
         crate::oom::watch(&container, self.events.clone());
         let pid = u32::try_from(created.pid).unwrap_or_default();
-        self.events
-            .publish(
-                topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
-                    container_id: id.to_owned(),
-                    bundle: req.bundle.clone(),
-                    rootfs: req.rootfs.clone(),
-                    io: MessageField::some(TaskIO {
-                        stdin: req.stdin.clone(),
-                        stdout: req.stdout.clone(),
-                        stderr: req.stderr.clone(),
-                        terminal: req.terminal,
-                        ..Default::default()
-                    }),
-                    checkpoint: req.checkpoint.clone(),
-                    pid,
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: id.to_owned(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
                     ..Default::default()
                 }),
-            )
-            .await;
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
         Ok(pid)
     }
 
@@ -187,16 +185,14 @@ impl TaskService {
         self.driver.start(&c.state_ref).await?;
         log::info!("container {}: started", c.id);
         let pid = u32::try_from(c.pid).unwrap_or_default();
-        self.events
-            .publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: c.id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.events.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: c.id.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
         // Spawned after TaskStart is queued, so TaskExit always follows it.
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -208,19 +204,17 @@ impl TaskService {
                 // as the runc shim does.
                 lifecycle::kill_remaining(&c);
             }
-            events
-                .publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: c.id.clone(),
-                        id: c.id.clone(),
-                        pid,
-                        exit_status: status.code,
-                        exited_at: MessageField::some(status.at),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            events.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: c.id.clone(),
+                    id: c.id.clone(),
+                    pid,
+                    exit_status: status.code,
+                    exited_at: MessageField::some(status.at),
+                    ..Default::default()
+                }),
+            );
         });
         Ok(pid)
     }

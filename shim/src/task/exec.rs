@@ -50,16 +50,14 @@ impl TaskService {
                 id: format!("{} exec {}", c.id, req.exec_id),
             });
         }
-        self.events
-            .publish(
-                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded {
-                    container_id: c.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
         Ok(())
     }
 
@@ -132,17 +130,15 @@ impl TaskService {
         });
         let upid = u32::try_from(pid).unwrap_or_default();
         log::info!("container {}: exec {exec_id} started, pid {pid}", c.id);
-        self.events
-            .publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: c.id.clone(),
-                    exec_id: exec_id.to_owned(),
-                    pid: upid,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: exec_id.to_owned(),
+                pid: upid,
+                ..Default::default()
+            }),
+        );
         let events = self.events.clone();
         let container_id = c.id.clone();
         tokio::spawn(async move {
@@ -153,19 +149,17 @@ impl TaskService {
                 e.exec_id,
                 status.code
             );
-            events
-                .publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id,
-                        id: e.exec_id.clone(),
-                        pid: upid,
-                        exit_status: status.code,
-                        exited_at: MessageField::some(status.at),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            events.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id,
+                    id: e.exec_id.clone(),
+                    pid: upid,
+                    exit_status: status.code,
+                    exited_at: MessageField::some(status.at),
+                    ..Default::default()
+                }),
+            );
         });
         Ok(upid)
     }

@@ -144,18 +144,16 @@ impl TaskService {
         let status = c.exit.get().unwrap_or_else(|| ExitStatus::now(137));
         let pid = u32::try_from(c.pid).unwrap_or_default();
         log::info!("container {}: deleted", c.id);
-        self.events
-            .publish(
-                topics::TASK_DELETE_EVENT_TOPIC,
-                Box::new(TaskDelete {
-                    container_id: c.id.clone(),
-                    pid,
-                    exit_status: status.code,
-                    exited_at: MessageField::some(status.at.clone()),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: c.id.clone(),
+                pid,
+                exit_status: status.code,
+                exited_at: MessageField::some(status.at.clone()),
+                ..Default::default()
+            }),
+        );
         Ok(DeleteResponse {
             pid,
             exit_status: status.code,
@@ -230,25 +228,21 @@ impl TaskService {
             return Err(e);
         }
         if pause {
-            self.events
-                .publish(
-                    topics::TASK_PAUSED_EVENT_TOPIC,
-                    Box::new(TaskPaused {
-                        container_id: c.id.clone(),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
         } else {
-            self.events
-                .publish(
-                    topics::TASK_RESUMED_EVENT_TOPIC,
-                    Box::new(TaskResumed {
-                        container_id: c.id.clone(),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
         }
         Ok(())
     }

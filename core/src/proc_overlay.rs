@@ -1,13 +1,25 @@
-//! What a GPU container's `/proc/driver/nvidia` should show, as the toolkit shows it: a
-//! read-only `params` whose `ModifyDeviceFiles` is `0` (so the driver inside never creates or
-//! changes device nodes), and only the selected GPUs' `gpus/<bus>` directories (the others are
-//! covered by an empty read-only directory). The shim applies the plan after the container's
-//! mount namespace exists, since libcontainer, like runc, refuses mounts under `/proc` in the
-//! spec.
+//! What a GPU container's `/proc/driver/nvidia` should show, as the toolkit shows it:
+//!
+//! - a read-only `params` whose `ModifyDeviceFiles` is `0`, so the driver inside never creates
+//!   or changes device nodes;
+//! - only the selected GPUs' `gpus/<bus>` directories;
+//! - under `capabilities/`, only what the container may use: the whole `gpu<minor>` tree of a
+//!   GPU given whole or named by `NVIDIA_MIG_CONFIG_DEVICES`/`MONITOR_DEVICES`, only the
+//!   selected GI and CI `access` files of a GPU given as MIG devices, and `mig/config` /
+//!   `mig/monitor` only with those requests.
+//!
+//! The toolkit builds this by covering the directory with a tmpfs and binding back what is
+//! allowed; the plan here covers what is not allowed with an empty read-only directory or file,
+//! which leaves every other driver file (`version`, `registry`, ...) as the host has it. The shim
+//! applies the plan after the container's mount namespace exists, since libcontainer, like runc,
+//! refuses mounts under `/proc` in the spec.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::discover::{GpuDevice, Inventory};
+use crate::discover::mig::numbered;
+use crate::discover::{GpuDevice, Inventory, MigDevice};
+use crate::request::{DeviceSelection, GpuRequest};
+use crate::select::{select, select_devices, SelectError};
 
 /// Where the driver's proc tree is in a container.
 pub const CONTAINER_PROC_DRIVER: &str = "/proc/driver/nvidia";
@@ -18,14 +30,16 @@ pub struct ProcOverlay {
     /// The `params` content to show at `/proc/driver/nvidia/params`, when the host's says
     /// `ModifyDeviceFiles: 1`.
     pub params: Option<Vec<u8>>,
-    /// Paths under `/proc/driver/nvidia/gpus` to hide (the GPUs not selected).
+    /// Directories under `/proc/driver/nvidia` to cover with an empty directory.
     pub hidden: Vec<PathBuf>,
+    /// Files under `/proc/driver/nvidia` to cover with an empty file.
+    pub hidden_files: Vec<PathBuf>,
 }
 
 impl ProcOverlay {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.params.is_none() && self.hidden.is_empty()
+        self.params.is_none() && self.hidden.is_empty() && self.hidden_files.is_empty()
     }
 }
 
@@ -46,19 +60,80 @@ pub fn params_without_device_modification(params: &str) -> Option<String> {
     changed.then(|| lines.join("\n") + "\n")
 }
 
-/// The overlay for a container given `selected` GPUs on the host `inventory` describes.
-pub fn proc_overlay(inventory: &Inventory, selected: &[&GpuDevice]) -> ProcOverlay {
+/// Whether a MIG config/monitor selection asks for anything.
+fn requested(sel: &DeviceSelection) -> bool {
+    !matches!(sel, DeviceSelection::Void | DeviceSelection::NoGpu)
+}
+
+/// The overlay for a container making `request` on the host `inventory` describes.
+pub fn proc_overlay(
+    inventory: &Inventory,
+    request: &GpuRequest,
+) -> Result<ProcOverlay, SelectError> {
+    let selected = select_devices(inventory, &request.devices)?;
+    let admin = [&request.mig_config, &request.mig_monitor]
+        .into_iter()
+        .map(|s| select(inventory, s))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let params = std::fs::read_to_string(inventory.roots.proc_root.join("driver/nvidia/params"))
         .ok()
         .and_then(|p| params_without_device_modification(&p))
         .map(String::into_bytes);
-    let hidden = inventory
+    let same = |a: &GpuDevice, b: &GpuDevice| a.uuid == b.uuid;
+    let mut hidden: Vec<PathBuf> = inventory
         .gpus
         .iter()
-        .filter(|g| !selected.iter().any(|s| s.uuid == g.uuid))
+        .filter(|g| !selected.gpus.iter().any(|s| same(s, g)))
         .map(|g| PathBuf::from(format!("{CONTAINER_PROC_DRIVER}/gpus/{}", g.proc_dir)))
         .collect();
-    ProcOverlay { params, hidden }
+    let host_caps = inventory.roots.proc_root.join("driver/nvidia/capabilities");
+    let caps = Path::new(CONTAINER_PROC_DRIVER).join("capabilities");
+    for g in &inventory.gpus {
+        let gpu_dir = format!("gpu{}", g.minor);
+        if !host_caps.join(&gpu_dir).is_dir()
+            || selected.whole.iter().any(|s| same(s, g))
+            || admin.iter().any(|s| same(s, g))
+        {
+            continue;
+        }
+        let migs: Vec<&MigDevice> = selected
+            .migs
+            .iter()
+            .copied()
+            .filter(|m| m.parent == g.index)
+            .collect();
+        if migs.is_empty() {
+            hidden.push(caps.join(&gpu_dir));
+            continue;
+        }
+        let mig = Path::new(&gpu_dir).join("mig");
+        for gi in numbered(&host_caps.join(&mig), "gi") {
+            let gi_dir = mig.join(format!("gi{gi}"));
+            if !migs.iter().any(|m| m.gi == gi) {
+                hidden.push(caps.join(&gi_dir));
+                continue;
+            }
+            for ci in numbered(&host_caps.join(&gi_dir), "ci") {
+                if !migs.iter().any(|m| (m.gi, m.ci) == (gi, ci)) {
+                    hidden.push(caps.join(gi_dir.join(format!("ci{ci}"))));
+                }
+            }
+        }
+    }
+    let hidden_files = [
+        ("config", &request.mig_config),
+        ("monitor", &request.mig_monitor),
+    ]
+    .into_iter()
+    .filter(|(name, sel)| !requested(sel) && host_caps.join("mig").join(name).is_file())
+    .map(|(name, _)| caps.join("mig").join(name))
+    .collect();
+    Ok(ProcOverlay {
+        params,
+        hidden,
+        hidden_files,
+    })
 }
 
 #[cfg(test)]
@@ -83,27 +158,115 @@ mod tests {
         );
     }
 
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let ok = unsafe { libc::geteuid() } == 0;
+        if !ok {
+            eprintln!("SKIP: fake device nodes need mknod (root)");
+        }
+        ok
+    }
+
+    fn request(visible: &str) -> GpuRequest {
+        let spec = oci_spec::runtime::SpecBuilder::default()
+            .process(
+                oci_spec::runtime::ProcessBuilder::default()
+                    .env(vec![format!("NVIDIA_VISIBLE_DEVICES={visible}")])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        GpuRequest::from_spec(&spec, &crate::request::RequestPolicy::default()).unwrap()
+    }
+
+    fn shown(paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| {
+                p.strip_prefix(CONTAINER_PROC_DRIVER)
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
     #[test]
     fn unselected_gpus_are_hidden() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: fake device nodes need mknod (root)");
+        if !root() {
             return;
         }
         let fake = FakeDriver::builder().gpus(3).build();
         let inv = Inventory::discover(&fake.roots()).unwrap();
-        let o = proc_overlay(&inv, &[&inv.gpus[1]]);
-        assert_eq!(
-            o.hidden,
-            [
-                PathBuf::from("/proc/driver/nvidia/gpus/0000:00:06.0"),
-                PathBuf::from("/proc/driver/nvidia/gpus/0000:00:08.0")
-            ]
-        );
+        let o = proc_overlay(&inv, &request("1")).unwrap();
+        assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0", "gpus/0000:00:08.0"]);
+        assert!(o.hidden_files.is_empty());
         assert!(String::from_utf8(o.params.unwrap())
             .unwrap()
             .contains("ModifyDeviceFiles: 0"));
-        let all: Vec<&GpuDevice> = inv.gpus.iter().collect();
-        assert!(proc_overlay(&inv, &all).hidden.is_empty());
+        assert!(proc_overlay(&inv, &request("all"))
+            .unwrap()
+            .hidden
+            .is_empty());
+    }
+
+    /// GPU 0 plain, GPU 1 with MIG: GI 1 (CIs 0, 1) and GI 2 (CI 0); index 1:1 is GI 1 / CI 1.
+    fn mig_host() -> (FakeDriver, Inventory) {
+        let fake = FakeDriver::builder()
+            .gpus(2)
+            .mig(1, &[(1, &[0, 1]), (2, &[0])])
+            .build();
+        let inv = Inventory::discover(&fake.roots()).unwrap();
+        (fake, inv)
+    }
+
+    #[test]
+    fn a_mig_device_shows_only_its_own_gi_and_ci_access_files() {
+        if !root() {
+            return;
+        }
+        let (_f, inv) = mig_host();
+        let o = proc_overlay(&inv, &request("1:1")).unwrap();
+        assert_eq!(
+            shown(&o.hidden),
+            [
+                "gpus/0000:00:06.0",
+                "capabilities/gpu1/mig/gi1/ci0",
+                "capabilities/gpu1/mig/gi2"
+            ]
+        );
+        assert_eq!(
+            shown(&o.hidden_files),
+            ["capabilities/mig/config", "capabilities/mig/monitor"]
+        );
+        // Every path the plan covers exists on the host, so every mount has a target.
+        let host = inv.roots.proc_root.join("driver/nvidia");
+        for p in o.hidden.iter().chain(&o.hidden_files) {
+            let rel = p.strip_prefix(CONTAINER_PROC_DRIVER).unwrap();
+            assert!(host.join(rel).exists(), "{}", rel.display());
+        }
+    }
+
+    #[test]
+    fn whole_gpus_and_mig_admin_requests_show_their_capabilities() {
+        if !root() {
+            return;
+        }
+        let (_f, inv) = mig_host();
+        // The whole GPU 1: its capability tree stays; GPU 0 has none to hide.
+        let o = proc_overlay(&inv, &request("1")).unwrap();
+        assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0"]);
+        // GPU 0 only: GPU 1's capability tree goes.
+        let o = proc_overlay(&inv, &request("0")).unwrap();
+        assert_eq!(shown(&o.hidden), ["gpus/0000:00:07.0", "capabilities/gpu1"]);
+        // MIG config on GPU 1 with one MIG device selected: the whole tree and mig/config show.
+        let mut r = request("1:0");
+        r.mig_config = DeviceSelection::parse(Some("1"), false).unwrap();
+        let o = proc_overlay(&inv, &r).unwrap();
+        assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0"]);
+        assert_eq!(shown(&o.hidden_files), ["capabilities/mig/monitor"]);
+        r.mig_monitor = DeviceSelection::All;
+        assert!(proc_overlay(&inv, &r).unwrap().hidden_files.is_empty());
     }
 }

@@ -57,10 +57,19 @@ pub struct Selected<'a> {
     pub gpus: Vec<&'a GpuDevice>,
     /// MIG devices, in request order without duplicates.
     pub migs: Vec<&'a MigDevice>,
+    /// The GPUs asked for as whole GPUs (not only as a selected MIG device's parent).
+    pub whole: Vec<&'a GpuDevice>,
 }
 
 impl<'a> Selected<'a> {
     fn add_gpu(&mut self, g: &'a GpuDevice) {
+        self.add_parent(g);
+        if !self.whole.iter().any(|o| o.uuid == g.uuid) {
+            self.whole.push(g);
+        }
+    }
+
+    fn add_parent(&mut self, g: &'a GpuDevice) {
         if !self.gpus.iter().any(|o| o.uuid == g.uuid) {
             self.gpus.push(g);
         }
@@ -68,7 +77,7 @@ impl<'a> Selected<'a> {
 
     fn add_mig(&mut self, inventory: &'a Inventory, m: &'a MigDevice) {
         if let Some(parent) = inventory.gpus.iter().find(|g| g.index == m.parent) {
-            self.add_gpu(parent);
+            self.add_parent(parent);
         }
         if !self
             .migs
@@ -100,6 +109,7 @@ pub fn select_devices<'a>(
         DeviceSelection::Void | DeviceSelection::NoGpu => return Ok(out),
         DeviceSelection::All => {
             out.gpus = inventory.gpus.iter().collect();
+            out.whole = out.gpus.clone();
             out.migs = inventory.mig.iter().collect();
             return Ok(out);
         }
@@ -154,7 +164,7 @@ pub fn select_devices<'a>(
                     }
                 };
                 let found = select_devices(inventory, &inner).map_err(|_| unknown())?;
-                for g in found.gpus {
+                for g in found.whole {
                     out.add_gpu(g);
                 }
                 for m in found.migs {

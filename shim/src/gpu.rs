@@ -209,7 +209,8 @@ impl GpuInjector {
                 uuids.extend(gpus.iter().map(|g| g.uuid.clone()));
             }
             apply(&mut spec, &edits);
-            overlay = proc_overlay(&inventory, &gpus);
+            overlay =
+                proc_overlay(&inventory, &request).map_err(|e| invalid(format!("{what}: {e}")))?;
             if request.capabilities.needs_compute() {
                 compat_host = Some(inventory.driver_version.clone());
             }
@@ -265,8 +266,8 @@ impl GpuInjector {
     }
 }
 
-/// Writes the overlay's sources into the bundle (a read-only `params` copy and an empty
-/// directory) and pairs them with their targets in the container; none when the host kernel
+/// Writes the overlay's sources into the bundle (a read-only `params` copy, an empty
+/// directory and an empty file) and pairs them with their targets in the container; none when the host kernel
 /// has no `/proc/driver/nvidia`.
 fn overlay_sources(
     id: &str,
@@ -297,6 +298,18 @@ fn overlay_sources(
             _ => {}
         }
         mounts.extend(overlay.hidden.iter().map(|h| (empty.clone(), h.clone())));
+    }
+    if !overlay.hidden_files.is_empty() {
+        let empty = bundle.path().join("nvidia-empty-file");
+        std::fs::write(&empty, "").map_err(|e| write_err(&empty, e))?;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o444))
+            .map_err(|e| write_err(&empty, e))?;
+        mounts.extend(
+            overlay
+                .hidden_files
+                .iter()
+                .map(|h| (empty.clone(), h.clone())),
+        );
     }
     Ok(mounts)
 }

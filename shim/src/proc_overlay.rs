@@ -159,9 +159,12 @@ mod tests {
         std::fs::create_dir_all(nv.join("gpus/b")).unwrap();
         std::fs::write(nv.join("gpus/b/information"), "Model: x\n").unwrap();
         std::fs::write(nv.join("params"), "ModifyDeviceFiles: 1\n").unwrap();
+        std::fs::create_dir_all(nv.join("capabilities/mig")).unwrap();
+        std::fs::write(nv.join("capabilities/mig/config"), "DeviceFileMinor: 1\n").unwrap();
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("params"), "ModifyDeviceFiles: 0\n").unwrap();
         std::fs::create_dir(src.path().join("empty")).unwrap();
+        std::fs::write(src.path().join("empty-file"), "").unwrap();
         let mut target = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sleep", "30"])
             .spawn()
@@ -184,12 +187,17 @@ mod tests {
                 (src.path().join("params"), nv.join("params")),
                 (src.path().join("empty"), nv.join("gpus/b")),
                 (src.path().join("empty"), nv.join("gpus/missing")),
+                (
+                    src.path().join("empty-file"),
+                    nv.join("capabilities/mig/config"),
+                ),
             ],
         })
         .unwrap();
         // Attach from a forked child, which then shows the namespace's view.
         let script = format!(
-            "cat {nv}/params; ls {nv}/gpus/b | wc -l; touch {nv}/gpus/b/x 2>/dev/null || echo ro",
+            "cat {nv}/params; ls {nv}/gpus/b | wc -l; touch {nv}/gpus/b/x 2>/dev/null || echo ro; \
+             wc -c < {nv}/capabilities/mig/config",
             nv = nv.display()
         );
         let mut cmd = Command::new("sh");
@@ -202,7 +210,7 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "ModifyDeviceFiles: 0\n0\nro\n"
+            "ModifyDeviceFiles: 0\n0\nro\n0\n"
         );
         // The host's view is untouched; the target process sees the overlay.
         assert_eq!(

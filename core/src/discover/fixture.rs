@@ -274,8 +274,15 @@ impl FakeDriver {
             minors.push_str(&format!("{key} {next}\n"));
             next += 1;
         };
+        let caps = proc.join("driver/nvidia/capabilities");
+        for (name, minor) in [("config", 1), ("monitor", 2)] {
+            write(
+                &caps.join("mig").join(name),
+                &format!("DeviceFileMinor: {minor}\nDeviceFileMode: 256\nDeviceFileModify: 1\n"),
+            );
+        }
         for (gpu, instances) in mig {
-            let dir = proc.join(format!("driver/nvidia/capabilities/gpu{gpu}/mig"));
+            let dir = caps.join(format!("gpu{gpu}/mig"));
             for (gi, cis) in instances {
                 let gi_dir = dir.join(format!("gi{gi}"));
                 access(

@@ -57,7 +57,7 @@ pub fn cap_node(dev_root: &Path, major: u32, minor: u32) -> DeviceNode {
 }
 
 /// Numbered subdirectories `<prefix><N>` of `dir`, by number.
-fn numbered(dir: &Path, prefix: &str) -> Vec<u32> {
+pub fn numbered(dir: &Path, prefix: &str) -> Vec<u32> {
     let mut out: Vec<u32> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()

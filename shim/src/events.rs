@@ -1,23 +1,35 @@
 //! Task events published to containerd.
 //!
-//! Publishing is a ttrpc round trip to containerd, so a request handler never waits for it:
-//! [`EventSink::publish`] queues the event and one forwarder task delivers the queue in order,
-//! as the Go runc shim does. A failed publish is logged, never fatal: containerd also learns of
-//! state through `State` and `Wait`. Before the shim exits it calls [`EventSink::flush`], so
-//! that the last events (`TaskExit`, `TaskDelete`) are delivered, not dropped with the process.
+//! Events go through a queue: [`EventSink::publish`] returns at once and one forwarder task
+//! delivers the queue in order over a ttrpc connection to containerd's `Events` service, as
+//! the Go runc shim does. A failed delivery is logged (after one reconnect), never fatal:
+//! containerd also learns of state through `State` and `Wait`. Before the shim exits it calls
+//! [`EventSink::flush`], so that the last events (`TaskExit`, `TaskDelete`) reach containerd
+//! instead of dying with the process.
+//!
+//! The envelope's `Any` is built from the message's static name rather than through
+//! `containerd-shim`'s `RemotePublisher`, which asks rust-protobuf's reflection for it: building
+//! those descriptors costs every shim about 500 KB of heap for as long as it lives.
 
 use std::time::Duration;
 
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
+use containerd_shim::protos::shim_async::{Client, EventsClient};
 use containerd_shim::protos::ttrpc::context::Context;
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`EventSink::flush`] waits for containerd to take the queued events.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The protobuf package of containerd's task events (`containerd.events.TaskCreate`, ...).
+const EVENTS_PACKAGE: &str = "containerd.events";
+
 enum Queued {
-    Event(String, Box<dyn MessageDyn>),
+    Event(Envelope),
     Flush(oneshot::Sender<()>),
 }
 
@@ -36,25 +48,57 @@ impl std::fmt::Debug for EventSink {
     }
 }
 
+/// A ttrpc client of containerd's `Events` service at `address` (its ttrpc socket).
+fn connect(address: &str) -> std::io::Result<EventsClient> {
+    let fd = containerd_shim::util::connect(address)
+        .map_err(|e| std::io::Error::other(format!("connect to {address}: {e}")))?;
+    // SAFETY: `connect` returns a connected unix socket that nothing else owns; the client
+    // takes ownership of it.
+    let client = unsafe { Client::from_raw_unix_socket_fd(fd) };
+    Ok(EventsClient::new(client))
+}
+
 impl EventSink {
-    /// A sink over containerd's publisher for `namespace`; spawns its forwarder on the current
-    /// tokio runtime.
-    pub fn new(publisher: RemotePublisher, namespace: &str) -> Self {
+    /// A sink delivering to containerd's ttrpc socket `address` for `namespace`; spawns its
+    /// forwarder on the current tokio runtime. The connection is made on the first event.
+    pub fn new(address: &str, namespace: &str) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
-        let ns = namespace.to_owned();
+        let address = address.to_owned();
         tokio::spawn(async move {
+            let mut client: Option<EventsClient> = None;
             while let Some(item) = rx.recv().await {
-                match item {
-                    Queued::Event(topic, event) => {
-                        if let Err(e) = publisher
-                            .publish(Context::default(), &topic, &ns, event)
-                            .await
-                        {
-                            log::warn!("publish {topic}: {e}");
-                        }
-                    }
+                let envelope = match item {
+                    Queued::Event(envelope) => envelope,
                     Queued::Flush(done) => {
                         let _ = done.send(());
+                        continue;
+                    }
+                };
+                let req = ForwardRequest {
+                    envelope: MessageField::some(envelope),
+                    ..Default::default()
+                };
+                // One retry on a fresh connection: containerd may have restarted.
+                for attempt in 0..2 {
+                    let c = match client.take() {
+                        Some(c) => c,
+                        None => match connect(&address) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                log::warn!("publish {}: {e}", req.envelope.topic);
+                                break;
+                            }
+                        },
+                    };
+                    match c.forward(Context::default(), &req).await {
+                        Ok(_) => {
+                            client = Some(c);
+                            break;
+                        }
+                        Err(e) if attempt == 0 => {
+                            log::debug!("publish {}: {e}; reconnecting", req.envelope.topic)
+                        }
+                        Err(e) => log::warn!("publish {}: {e}", req.envelope.topic),
                     }
                 }
             }
@@ -65,19 +109,33 @@ impl EventSink {
         }
     }
 
-    /// Queues `event` under `topic`; returns at once.
-    pub fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if self
-            .queue
-            .send(Queued::Event(topic.to_owned(), event))
-            .is_err()
-        {
+    /// Queues `event` (a message of package `containerd.events`) under `topic`; returns at
+    /// once.
+    pub fn publish<M: Message>(&self, topic: &str, event: M) {
+        let envelope = match event.write_to_bytes() {
+            Ok(value) => Envelope {
+                timestamp: MessageField::from_option(timestamp().ok()),
+                namespace: self.namespace.clone(),
+                topic: topic.to_owned(),
+                event: MessageField::some(Any {
+                    type_url: format!("{EVENTS_PACKAGE}.{}", M::NAME),
+                    value,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Err(e) => {
+                log::warn!("publish {topic}: encode {}: {e}", M::NAME);
+                return;
+            }
+        };
+        if self.queue.send(Queued::Event(envelope)).is_err() {
             log::warn!("publish {topic}: the event forwarder has stopped");
         }
     }
 
-    /// Waits until every event queued before this call has been handed to containerd (or
-    /// failed), for at most five seconds.
+    /// Waits until every event queued before this call has been delivered to containerd (or
+    /// given up on), for at most five seconds.
     pub async fn flush(&self) {
         let (done, delivered) = oneshot::channel();
         if self.queue.send(Queued::Flush(done)).is_err() {
@@ -89,5 +147,21 @@ impl EventSink {
         {
             log::warn!("events not delivered to containerd within {FLUSH_TIMEOUT:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim::protos::events::task::TaskExit;
+    use containerd_shim::protos::protobuf::MessageFull;
+
+    use super::*;
+
+    #[test]
+    fn the_static_type_url_is_the_one_reflection_gives() {
+        assert_eq!(
+            format!("{EVENTS_PACKAGE}.{}", TaskExit::NAME),
+            TaskExit::descriptor().full_name()
+        );
     }
 }

@@ -60,10 +60,10 @@ fn publish_oom(id: &str, events: &EventSink) {
     log::info!("container {id}: OOM killer acted");
     events.publish(
         topics::TASK_OOM_EVENT_TOPIC,
-        Box::new(TaskOOM {
+        TaskOOM {
             container_id: id.to_owned(),
             ..Default::default()
-        }),
+        },
     );
 }
 

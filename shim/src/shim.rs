@@ -138,7 +138,8 @@ impl Shim for NvidiaShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let config_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
         crate::logdriver::set_namespace(&self.namespace);
-        let events = EventSink::new(publisher, &self.namespace);
+        // Events go out without the publisher's reflection (see `events`); only its address is used.
+        let events = EventSink::new(&publisher.address, &self.namespace);
         let _ = self.events.set(events.clone());
         TaskApi(TaskService::new(events, Arc::clone(&self.exit), config_path).await)
     }

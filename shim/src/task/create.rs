@@ -150,7 +150,7 @@ impl TaskService {
         let pid = u32::try_from(created.pid).unwrap_or_default();
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
+            TaskCreate {
                 container_id: id.to_owned(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
@@ -164,7 +164,7 @@ impl TaskService {
                 checkpoint: req.checkpoint.clone(),
                 pid,
                 ..Default::default()
-            }),
+            },
         );
         Ok(pid)
     }
@@ -187,11 +187,11 @@ impl TaskService {
         let pid = u32::try_from(c.pid).unwrap_or_default();
         self.events.publish(
             topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
+            TaskStart {
                 container_id: c.id.clone(),
                 pid,
                 ..Default::default()
-            }),
+            },
         );
         // Spawned after TaskStart is queued, so TaskExit always follows it.
         let events = self.events.clone();
@@ -206,14 +206,14 @@ impl TaskService {
             }
             events.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
+                TaskExit {
                     container_id: c.id.clone(),
                     id: c.id.clone(),
                     pid,
                     exit_status: status.code,
                     exited_at: MessageField::some(status.at),
                     ..Default::default()
-                }),
+                },
             );
         });
         Ok(pid)

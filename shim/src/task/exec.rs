@@ -52,11 +52,11 @@ impl TaskService {
         }
         self.events.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
+            TaskExecAdded {
                 container_id: c.id.clone(),
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(())
     }
@@ -132,12 +132,12 @@ impl TaskService {
         log::info!("container {}: exec {exec_id} started, pid {pid}", c.id);
         self.events.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
+            TaskExecStarted {
                 container_id: c.id.clone(),
                 exec_id: exec_id.to_owned(),
                 pid: upid,
                 ..Default::default()
-            }),
+            },
         );
         let events = self.events.clone();
         let container_id = c.id.clone();
@@ -151,14 +151,14 @@ impl TaskService {
             );
             events.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
+                TaskExit {
                     container_id,
                     id: e.exec_id.clone(),
                     pid: upid,
                     exit_status: status.code,
                     exited_at: MessageField::some(status.at),
                     ..Default::default()
-                }),
+                },
             );
         });
         Ok(upid)

@@ -146,13 +146,13 @@ impl TaskService {
         log::info!("container {}: deleted", c.id);
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            TaskDelete {
                 container_id: c.id.clone(),
                 pid,
                 exit_status: status.code,
                 exited_at: MessageField::some(status.at.clone()),
                 ..Default::default()
-            }),
+            },
         );
         Ok(DeleteResponse {
             pid,
@@ -230,18 +230,18 @@ impl TaskService {
         if pause {
             self.events.publish(
                 topics::TASK_PAUSED_EVENT_TOPIC,
-                Box::new(TaskPaused {
+                TaskPaused {
                     container_id: c.id.clone(),
                     ..Default::default()
-                }),
+                },
             );
         } else {
             self.events.publish(
                 topics::TASK_RESUMED_EVENT_TOPIC,
-                Box::new(TaskResumed {
+                TaskResumed {
                     container_id: c.id.clone(),
                     ..Default::default()
-                }),
+                },
             );
         }
         Ok(())

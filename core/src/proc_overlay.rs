@@ -213,10 +213,7 @@ mod tests {
 
     /// GPU 0 plain, GPU 1 with MIG: GI 1 (CIs 0, 1) and GI 2 (CI 0); index 1:1 is GI 1 / CI 1.
     fn mig_host() -> (FakeDriver, Inventory) {
-        let fake = FakeDriver::builder()
-            .gpus(2)
-            .mig(1, &[(1, &[0, 1]), (2, &[0])])
-            .build();
+        let fake = FakeDriver::mig_host();
         let inv = Inventory::discover(&fake.roots()).unwrap();
         (fake, inv)
     }

@@ -197,6 +197,15 @@ pub fn mknod(path: &Path, major: u32, minor: u32) {
 }
 
 impl FakeDriver {
+    /// A 2-GPU host with MIG on GPU 1: GI 1 with CIs 0 and 1, GI 2 with CI 0 (MIG devices
+    /// `1:0`, `1:1`, `1:2`).
+    pub fn mig_host() -> FakeDriver {
+        FakeDriver::builder()
+            .gpus(2)
+            .mig(1, &[(1, &[0, 1]), (2, &[0])])
+            .build()
+    }
+
     /// A builder with one GPU in the distribution layout.
     pub fn builder() -> FakeDriverBuilder {
         FakeDriverBuilder {

@@ -401,10 +401,7 @@ fn gated_features_bring_their_host_devices_only_when_enabled() {
 
 /// A 2-GPU host with MIG on GPU 1: GI 1 with CIs 0 and 1, GI 2 with CI 0.
 fn mig_inventory() -> (FakeDriver, Inventory) {
-    let fake = FakeDriver::builder()
-        .gpus(2)
-        .mig(1, &[(1, &[0, 1]), (2, &[0])])
-        .build();
+    let fake = FakeDriver::mig_host();
     let inv = Inventory::discover(&fake.roots()).unwrap();
     (fake, inv)
 }

@@ -4,7 +4,7 @@
 //! Moving a process into a cgroup (a write to `cgroup.procs`, which libcontainer does for the
 //! container's first process, on cgroup v1 and v2 alike) takes the kernel's global
 //! `cgroup_threadgroup_rwsem` for writing. When no migration happened in the last few
-//! milliseconds, that first writer waits for a whole RCU grace period: 7 to 13 ms measured on
+//! milliseconds, that first writer waits for a whole RCU grace period: 7 to 16 ms measured on
 //! this project's cgroup v1 test host, more than libcontainer's whole create otherwise costs.
 //! Writers that follow within about one grace period pass at once.
 //!
@@ -26,7 +26,7 @@ use nix::unistd::{close, fork, write, ForkResult};
 /// and the cgroupfs mount root (`/sys/fs/cgroup`): the unified hierarchy (pure v2, or the
 /// hybrid layout's `unified/`), else the first v1 hierarchy whose directory exists.
 pub fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
-    let candidates = proc_self_cgroup.lines().flat_map(|line| {
+    let mut candidates = proc_self_cgroup.lines().flat_map(|line| {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
         let path = path.unwrap_or("").trim_start_matches('/');
@@ -40,7 +40,7 @@ pub fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
         };
         dirs.into_iter().map(|d| d.join("cgroup.procs"))
     });
-    candidates.into_iter().find(|p| p.is_file())
+    candidates.find(|p| p.is_file())
 }
 
 /// Forks the warm-up child and returns at once. Call it only while the process has a single

@@ -267,8 +267,8 @@ impl GpuInjector {
 }
 
 /// Writes the overlay's sources into the bundle (a read-only `params` copy, an empty
-/// directory and an empty file) and pairs them with their targets in the container; none when the host kernel
-/// has no `/proc/driver/nvidia`.
+/// directory and an empty file) and pairs them with their targets in the container; none
+/// when the host kernel has no `/proc/driver/nvidia`.
 fn overlay_sources(
     id: &str,
     bundle: &Bundle,
@@ -282,11 +282,14 @@ fn overlay_sources(
         return Ok(mounts);
     }
     let write_err = |what: &Path, e| ShimError::io(id, format!("write {}", what.display()), e);
+    let write_read_only = |file: &Path, content: &[u8]| {
+        std::fs::write(file, content)
+            .and_then(|()| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444)))
+            .map_err(|e| write_err(file, e))
+    };
     if let Some(params) = &overlay.params {
         let file = bundle.path().join("nvidia-params");
-        std::fs::write(&file, params).map_err(|e| write_err(&file, e))?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))
-            .map_err(|e| write_err(&file, e))?;
+        write_read_only(&file, params)?;
         mounts.push((file, Path::new(CONTAINER_PROC_DRIVER).join("params")));
     }
     if !overlay.hidden.is_empty() {
@@ -301,9 +304,7 @@ fn overlay_sources(
     }
     if !overlay.hidden_files.is_empty() {
         let empty = bundle.path().join("nvidia-empty-file");
-        std::fs::write(&empty, "").map_err(|e| write_err(&empty, e))?;
-        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o444))
-            .map_err(|e| write_err(&empty, e))?;
+        write_read_only(&empty, b"")?;
         mounts.extend(
             overlay
                 .hidden_files

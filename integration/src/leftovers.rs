@@ -119,6 +119,40 @@ pub fn memory_kb(pid: i32) -> (u64, u64) {
     (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
 }
 
+/// The shim executable's code in `pid`'s address space: (resident kB, mapped kB) of its
+/// executable mappings, from `/proc/<pid>/smaps`.
+pub fn resident_shim_code_kb(pid: i32) -> (u64, u64) {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_code = false;
+    let (mut resident, mut mapped) = (0, 0);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(&first) = fields.first() else {
+            continue;
+        };
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            in_code = fields.get(1).is_some_and(|p| p.contains('x'))
+                && fields
+                    .get(5)
+                    .is_some_and(|p| p.ends_with("containerd-shim-nvidia-v2"));
+            continue;
+        }
+        let kb = || {
+            fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match first {
+            "Size:" if in_code => mapped += kb(),
+            "Rss:" if in_code => resident += kb(),
+            _ => {}
+        }
+    }
+    (resident, mapped)
+}
+
 /// Processes whose executable name ends with `exe` and whose arguments include `arg`.
 pub fn processes_of(exe: &str, arg: &str) -> Vec<i32> {
     pids()

@@ -239,6 +239,42 @@ fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
     Ok(())
 }
 
+/// A quiet shim drops the code it ran to create and start the container from its resident set
+/// (`shim/src/working_set.rs`), and still serves exec, kill and delete afterwards: that code
+/// faults back in when it runs again.
+#[test]
+fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
+    let Some(c) = setup("a_quiet_shim_releases_its_start_up_code_and_still_serves") else {
+        return Ok(());
+    };
+    let id = unique_id("quiet");
+    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "600"]))?;
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let shim = *leftovers::shim_pids(&c.socket())
+        .iter()
+        .min()
+        .expect("shim running");
+    let fresh = leftovers::resident_shim_code_kb(shim);
+    // Well past the shim's 300 ms quiet spell.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (resident, mapped) = leftovers::resident_shim_code_kb(shim);
+    assert!(mapped > 0, "no code mapping found in pid {shim}");
+    assert!(
+        resident * 3 < mapped,
+        "quiet shim keeps {resident} of {mapped} kB of its code resident (just after start: \
+         {fresh:?})"
+    );
+
+    let exec = c.ctr(&["task", "exec", "--exec-id", "probe", &id, "echo", "again"])?;
+    assert_eq!(
+        text(&exec.stdout),
+        "again\n",
+        "exec: {}",
+        text(&exec.stderr)
+    );
+    stop_and_remove(&c, &id)
+}
+
 #[test]
 fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
     let Some(mut c) = setup("containerd_restart_keeps_task_and_reports_its_exit") else {

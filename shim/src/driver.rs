@@ -163,6 +163,10 @@ fn zy_detach_stdout((): ()) -> Wire<()> {
         .map_err(flatten)
 }
 
+fn zy_release_code_pages((): ()) -> usize {
+    crate::working_set::release_code_pages()
+}
+
 fn load(state: &StateRef) -> Wire<Container> {
     Container::load(state.dir()).map_err(flatten)
 }
@@ -219,6 +223,12 @@ impl Driver {
         if let Err(e) = Zygote::global().try_run(zy_detach_stdout, ()) {
             log::warn!("zygote: cannot detach stdout: {e}");
         }
+    }
+
+    /// Lets the idle zygote drop its code mappings (see `working_set`); returns the bytes
+    /// released.
+    pub fn release_code_pages() -> std::result::Result<usize, zygote::Error> {
+        Zygote::global().try_run(zy_release_code_pages, ())
     }
 
     async fn call<A, R>(id: &str, op: &'static str, f: fn(A) -> Wire<R>, args: A) -> Result<R>

@@ -25,6 +25,7 @@ mod procio;
 mod shim;
 mod stdio;
 mod task;
+mod working_set;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(working_set::BLOCKING_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => rt,

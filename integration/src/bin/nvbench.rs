@@ -21,6 +21,10 @@ use nvidia_shim_integration::{leftovers, unique_id};
 const RUNC: &str = "io.containerd.runc.v2";
 /// Pods running at once for the per-pod memory figure.
 const PODS: usize = 8;
+/// How long containers run before their shims' memory is read: well past the moment our shim,
+/// quiet for 300 ms, releases the code it ran at start-up (`shim/src/working_set.rs`), so that
+/// both runtimes are measured at rest.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -93,7 +97,7 @@ fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<Memory> {
     if !out.status.success() {
         bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(SETTLE);
     let sock = c.socket().to_string_lossy().into_owned();
     let pids = leftovers::processes_of(exe, &sock);
     let (rss, pss) = pids
@@ -194,7 +198,7 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         let pods: Vec<String> = (0..n)
             .map(|_| start(handler).map(|(_, p)| p))
             .collect::<Result<_>>()?;
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(SETTLE);
         let pids = leftovers::processes_of(exe, &sock);
         let (rss, pss) = pids
             .iter()

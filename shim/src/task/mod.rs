@@ -34,6 +34,7 @@ use crate::gpu::GpuInjector;
 use crate::options::{config_path_from_any, load_config};
 use crate::proc_overlay::OverlayArgs;
 use crate::procio::PreparedIo;
+use crate::working_set::{Active, IdleTrim};
 
 mod create;
 mod exec;
@@ -60,6 +61,7 @@ pub struct TaskService {
     gpu: Arc<GpuInjector>,
     shutdown: Arc<ExitSignal>,
     start_config: Option<PathBuf>,
+    idle: IdleTrim,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -87,6 +89,14 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// What the zygote gives back once the shim is quiet: its code pages.
+fn release_zygote_pages() {
+    match Driver::release_code_pages() {
+        Ok(bytes) => log::trace!("quiet: the zygote released {bytes} bytes of code mappings"),
+        Err(e) => log::debug!("quiet: the zygote released nothing: {e}"),
+    }
+}
+
 impl TaskService {
     /// A service publishing to `events`; `start_config` is the config path `start` received.
     pub async fn new(
@@ -106,6 +116,7 @@ impl TaskService {
             gpu: Arc::default(),
             shutdown,
             start_config,
+            idle: IdleTrim::spawn(release_zygote_pages),
         });
         let weak = Arc::downgrade(&service);
         tokio::spawn(async move {
@@ -168,6 +179,13 @@ impl TaskService {
 #[derive(Debug, Clone)]
 pub struct TaskApi(pub Arc<TaskService>);
 
+impl TaskApi {
+    /// The service, in use for one request: the idle trim waits for a quiet spell after it.
+    fn svc(&self) -> Active<'_, TaskService> {
+        self.0.idle.active(&self.0)
+    }
+}
+
 #[async_trait]
 impl Task for TaskApi {
     async fn create(
@@ -176,7 +194,7 @@ impl Task for TaskApi {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let pid = self
-            .0
+            .svc()
             .create(&req)
             .await
             .inspect_err(|e| log::error!("{e}"))?;
@@ -188,7 +206,7 @@ impl Task for TaskApi {
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let pid = self
-            .0
+            .svc()
             .start(&req)
             .await
             .inspect_err(|e| log::error!("{e}"))?;
@@ -199,51 +217,51 @@ impl Task for TaskApi {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        Ok(self.0.state(&req)?)
+        Ok(self.svc().state(&req)?)
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        self.0.kill(&req).await?;
+        self.svc().kill(&req).await?;
         Ok(Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        Ok(self.0.wait(&req).await?)
+        Ok(self.svc().wait(&req).await?)
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         Ok(self
-            .0
+            .svc()
             .delete(&req)
             .await
             .inspect_err(|e| log::error!("{e}"))?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        Ok(self.0.pids(&req).await?)
+        Ok(self.svc().pids(&req).await?)
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        self.0.set_paused(&req.id, true).await?;
+        self.svc().set_paused(&req.id, true).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        self.0.set_paused(&req.id, false).await?;
+        self.svc().set_paused(&req.id, false).await?;
         Ok(Empty::new())
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        Ok(self.0.stats(&req).await?)
+        Ok(self.svc().stats(&req).await?)
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        self.0.update(&req).await?;
+        self.svc().update(&req).await?;
         Ok(Empty::new())
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        self.0.close_io(&req)?;
+        self.svc().close_io(&req)?;
         Ok(Empty::new())
     }
 
@@ -252,11 +270,11 @@ impl Task for TaskApi {
         _ctx: &TtrpcContext,
         req: ConnectRequest,
     ) -> TtrpcResult<ConnectResponse> {
-        Ok(self.0.connect(&req)?)
+        Ok(self.svc().connect(&req)?)
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.0
+        self.svc()
             .exec(&req)
             .await
             .inspect_err(|e| log::error!("{e}"))?;
@@ -264,12 +282,12 @@ impl Task for TaskApi {
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        self.0.resize_pty(&req)?;
+        self.svc().resize_pty(&req)?;
         Ok(Empty::new())
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        self.0.shutdown();
+        self.svc().shutdown();
         Ok(Empty::new())
     }
 }

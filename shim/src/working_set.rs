@@ -1,0 +1,348 @@
+//! Releases the code pages a quiet shim no longer runs.
+//!
+//! A shim spends milliseconds creating a container and then, for the container's whole life,
+//! sits in `epoll_wait`. The code it ran meanwhile (spec parsing, mounts, libcontainer's wire
+//! types, GPU discovery) stays mapped: the kernel maps text in 64 KB fault-around windows and
+//! never unmaps it from a process that lives on, so that code counts in the shim's resident set
+//! (5.6 MB of the binary's 9.5 MB text, measured with one sleeping container) although the
+//! shim will not run it again until the container exits.
+//!
+//! [`release_code_pages`] drops this process's page-table entries for the read-only segments
+//! (text, rodata, and the relocated data the loader made read-only, RELRO) of every loaded
+//! object, with `madvise(MADV_DONTNEED)`. Nothing is lost: the
+//! pages stay in the page cache, shared with every other shim, and a page the shim runs later
+//! faults back in from there (a minor fault, no I/O). What changes is that the idle shim maps
+//! only what it uses, and page cache that nobody maps is what the kernel reclaims first.
+//!
+//! It never drops a page the process holds privately: a read-only segment can still hold one
+//! (text relocations, a debugger's breakpoint, a uprobe), and `MADV_DONTNEED` would throw it
+//! away. `/proc/self/pagemap` tells, page by page, which pages are private; those are kept.
+//! Writable data (`.data`, `.bss`, the heap) is never touched.
+//!
+//! [`IdleTrim`] calls it, in the shim and in the zygote, once the task service has been quiet
+//! for [`QUIET`].
+
+use std::ffi::{c_int, c_void};
+use std::fs::File;
+use std::ops::Deref;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long the service must see no request before it releases its code pages.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// How long an idle blocking-pool thread may wait for work before it exits: less than
+/// [`QUIET`], so that it has gone before the release (see [`IdleTrim::spawn`]).
+pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(100);
+
+/// A page-aligned address range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    start: usize,
+    end: usize,
+}
+
+/// The whole pages inside `[start, start + len)`: rounded inwards, so that a page shared with a
+/// neighbouring (possibly writable) segment is never included.
+fn inner_pages(start: usize, len: usize, page: usize) -> Option<Range> {
+    let first = start.checked_add(page - 1)? & !(page - 1);
+    let last = start.checked_add(len)? & !(page - 1);
+    (last > first).then_some(Range {
+        start: first,
+        end: last,
+    })
+}
+
+struct Collect {
+    vdso: usize,
+    page: usize,
+    ranges: Vec<Range>,
+}
+
+unsafe extern "C" fn collect(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: `data` is the `Collect` that `read_only_segments` passed to `dl_iterate_phdr`,
+    // and `info` is valid for this call, as dl_iterate_phdr(3) promises.
+    let (out, info) = unsafe { (&mut *data.cast::<Collect>(), &*info) };
+    if info.dlpi_phdr.is_null() {
+        return 0;
+    }
+    // SAFETY: dlpi_phdr points at dlpi_phnum program headers of a loaded object.
+    let headers =
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+    let base = info.dlpi_addr as usize;
+    let loads_at = |h: &libc::Elf64_Phdr| base.wrapping_add(h.p_vaddr as usize);
+    let loads = headers.iter().filter(|h| h.p_type == libc::PT_LOAD);
+    // The vDSO is the kernel's special mapping, not a file: leave it alone.
+    if loads
+        .clone()
+        .any(|h| loads_at(h) & !(out.page - 1) == out.vdso)
+    {
+        return 0;
+    }
+    // Read-only loads, and the part of a writable load that the loader made read-only once it
+    // had relocated it (RELRO): neither can be written any more.
+    let read_only = headers.iter().filter(|h| {
+        (h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) || h.p_type == libc::PT_GNU_RELRO
+    });
+    out.ranges
+        .extend(read_only.filter_map(|h| inner_pages(loads_at(h), h.p_filesz as usize, out.page)));
+    0
+}
+
+/// The system's page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// The page ranges of every loaded object's read-only segments: read-only `PT_LOAD`s (text,
+/// rodata) and `PT_GNU_RELRO`.
+fn read_only_segments() -> Vec<Range> {
+    // SAFETY: getauxval has no preconditions; 0 means "no vDSO".
+    let vdso = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+    let mut out = Collect {
+        vdso,
+        page: page_size(),
+        ranges: Vec::new(),
+    };
+    // SAFETY: `collect` only reads what dl_iterate_phdr hands it and writes into `out`, which
+    // outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(collect), (&raw mut out).cast()) };
+    out.ranges
+}
+
+/// Whether a `/proc/<pid>/pagemap` entry is a page only this process holds: present or swapped,
+/// and not a file page (see the kernel's `admin-guide/mm/pagemap`).
+fn is_private(entry: u64) -> bool {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE_OR_SHARED: u64 = 1 << 61;
+    entry & (PRESENT | SWAPPED) != 0 && entry & FILE_OR_SHARED == 0
+}
+
+/// Splits `range` into the runs of pages that may be dropped: every page but the private ones,
+/// read from `pagemap`. `None` when the pagemap cannot be read: then nothing is dropped.
+fn droppable_runs(pagemap: &File, range: Range, page: usize) -> Option<Vec<Range>> {
+    let pages = (range.end - range.start) / page;
+    let mut raw = vec![0u8; pages * 8];
+    let offset = u64::try_from(range.start / page * 8).ok()?;
+    pagemap.read_exact_at(&mut raw, offset).ok()?;
+    let mut runs: Vec<Range> = Vec::new();
+    for (i, entry) in raw.chunks_exact(8).enumerate() {
+        let entry = u64::from_ne_bytes(entry.try_into().ok()?);
+        if is_private(entry) {
+            continue;
+        }
+        let at = range.start + i * page;
+        match runs.last_mut() {
+            Some(run) if run.end == at => run.end = at + page,
+            _ => runs.push(Range {
+                start: at,
+                end: at + page,
+            }),
+        }
+    }
+    Some(runs)
+}
+
+/// Drops this process's mappings of shared, read-only code and data pages (see the module doc);
+/// returns how many bytes of address range were released.
+pub fn release_code_pages() -> usize {
+    let pagemap = match File::open("/proc/self/pagemap") {
+        Ok(f) => f,
+        Err(e) => {
+            log::debug!("/proc/self/pagemap: {e}; keeping every page");
+            return 0;
+        }
+    };
+    let page = page_size();
+    read_only_segments()
+        .into_iter()
+        .filter_map(|segment| droppable_runs(&pagemap, segment, page))
+        .flatten()
+        .map(|run| {
+            let len = run.end - run.start;
+            // SAFETY: whole pages of a read-only segment that hold no private page; dropping
+            // them only makes the next access fault them back in from the page cache.
+            let rc = unsafe { libc::madvise(run.start as *mut c_void, len, libc::MADV_DONTNEED) };
+            if rc == 0 {
+                len
+            } else {
+                let e = std::io::Error::last_os_error();
+                log::debug!("madvise({:#x}, {len}, MADV_DONTNEED): {e}", run.start);
+                0
+            }
+        })
+        .sum()
+}
+
+/// Releases code pages once the service has been quiet for [`QUIET`]; see the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct IdleTrim {
+    activity: Arc<Notify>,
+}
+
+impl IdleTrim {
+    /// Starts the task that waits for quiet spells and then runs `others` (such as asking the
+    /// zygote to release its pages) and then releases this process's pages.
+    ///
+    /// Both run on the reactor thread: the service is quiet, and `others` must be short. A
+    /// blocking-pool thread would undo part of the release: its exit, seconds later, runs code
+    /// that is then mapped again. For the same reason the runtime's blocking threads should
+    /// not outlive [`QUIET`] ([`BLOCKING_KEEP_ALIVE`]). This process goes last, so that what
+    /// runs between the release and the next `epoll_wait` is as little code as possible.
+    pub fn spawn(others: fn()) -> Self {
+        let trim = Self::default();
+        let activity = Arc::clone(&trim.activity);
+        tokio::spawn(async move {
+            loop {
+                activity.notified().await;
+                while tokio::time::timeout(QUIET, activity.notified())
+                    .await
+                    .is_ok()
+                {}
+                others();
+                let released = release_code_pages();
+                log::trace!("quiet: released {released} bytes of code mappings");
+            }
+        });
+        trim
+    }
+
+    /// Records activity: the next release waits for another quiet spell.
+    pub fn touch(&self) {
+        self.activity.notify_one();
+    }
+
+    /// `inner`, in use: activity is recorded now and again when the returned guard drops, so a
+    /// long request (a create that waits for NVML) is not trimmed under.
+    pub fn active<'a, T>(&'a self, inner: &'a T) -> Active<'a, T> {
+        self.touch();
+        Active { inner, trim: self }
+    }
+}
+
+/// A value in use; see [`IdleTrim::active`].
+#[derive(Debug)]
+pub struct Active<'a, T> {
+    inner: &'a T,
+    trim: &'a IdleTrim,
+}
+
+impl<T> Deref for Active<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.inner
+    }
+}
+
+impl<T> Drop for Active<'_, T> {
+    fn drop(&mut self) {
+        self.trim.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_pages_rounds_inwards() {
+        let range = |start, end| Some(Range { start, end });
+        assert_eq!(inner_pages(0x1000, 0x3000, 0x1000), range(0x1000, 0x4000));
+        assert_eq!(inner_pages(0x1010, 0x3000, 0x1000), range(0x2000, 0x4000));
+        assert_eq!(inner_pages(0x1010, 0x800, 0x1000), None);
+        assert_eq!(inner_pages(usize::MAX - 10, 0x2000, 0x1000), None);
+    }
+
+    #[test]
+    fn pagemap_entries_classify_private_pages() {
+        assert!(is_private(1 << 63), "present anonymous");
+        assert!(is_private(1 << 62), "swapped anonymous");
+        assert!(!is_private((1 << 63) | (1 << 61)), "present file page");
+        assert!(!is_private(0), "not present");
+    }
+
+    #[test]
+    fn finds_the_binarys_text_and_libcs() {
+        let ranges = read_only_segments();
+        let here = finds_the_binarys_text_and_libcs as *const () as usize;
+        assert!(
+            ranges.iter().any(|r| (r.start..r.end).contains(&here)),
+            "this function's own code at {here:#x} is in a read-only segment: {ranges:x?}"
+        );
+        let libc_fn = libc::getpid as *const () as usize;
+        assert!(ranges.iter().any(|r| (r.start..r.end).contains(&libc_fn)));
+    }
+
+    #[test]
+    fn a_private_page_in_a_read_only_mapping_is_kept() {
+        // A private file mapping with one page written (a copy-on-write page, as a breakpoint
+        // or a text relocation makes) and then made read-only, like a segment.
+        let page = page_size();
+        let mut file = tempfile::tempfile().expect("temp file");
+        std::io::Write::write_all(&mut file, &vec![b'f'; 3 * page]).expect("write");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: a fresh private mapping of a file we own, unmapped at the end of the test.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let bytes = base.cast::<u8>();
+        // SAFETY: all three pages are mapped; the middle one is written, the others read.
+        unsafe {
+            std::ptr::read_volatile(bytes);
+            bytes.add(page).write(b'P');
+            std::ptr::read_volatile(bytes.add(2 * page));
+            assert_eq!(libc::mprotect(base, 3 * page, libc::PROT_READ), 0);
+        }
+        let range = Range {
+            start: base as usize,
+            end: base as usize + 3 * page,
+        };
+        let pagemap = File::open("/proc/self/pagemap").expect("pagemap");
+        let runs = droppable_runs(&pagemap, range, page).expect("pagemap readable");
+        let first = Range {
+            start: range.start,
+            end: range.start + page,
+        };
+        let last = Range {
+            start: range.start + 2 * page,
+            end: range.end,
+        };
+        assert_eq!(runs, vec![first, last], "the written page is kept");
+        // SAFETY: the mapping is ours and nothing else refers to it.
+        unsafe { libc::munmap(base, 3 * page) };
+    }
+
+    #[test]
+    fn released_code_still_runs_and_data_survives() {
+        // Data that relocation or the program wrote must be kept: a static with a pointer and
+        // a heap value are checked after the release.
+        static GREETING: &str = "still here";
+        let heap = vec![7u8; 4096];
+        let released = release_code_pages();
+        assert!(released > 0);
+        assert_eq!(GREETING, "still here");
+        assert_eq!(
+            heap.iter().map(|&b| usize::from(b)).sum::<usize>(),
+            7 * 4096
+        );
+        assert_eq!(format!("{}", 6 * 7), "42");
+    }
+}

@@ -14,7 +14,7 @@
 //! container's own attach then finds the fast path. The move changes nothing; a host where the
 //! write fails (a read-only cgroupfs) simply gets no head start.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -43,19 +43,31 @@ pub fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
     candidates.find(|p| p.is_file())
 }
 
+/// This process's own `cgroup.procs` file, as a C string for the forked child.
+fn own_procs_path() -> Option<CString> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let file = own_procs_file(&text, Path::new("/sys/fs/cgroup"))?;
+    CString::new(file.as_os_str().as_bytes()).ok()
+}
+
+/// Moves the calling process into the cgroup it is already in. Uses only async-signal-safe
+/// calls, so a forked child may run it.
+fn move_into(file: &CStr) {
+    if let Ok(fd) = open(file, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        // SAFETY: `fd` was just opened here and is closed right after this one write.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = write(borrowed, b"0");
+        let _ = close(fd);
+    }
+}
+
 /// Forks the warm-up child and returns at once. Call it only while the process has a single
 /// thread (before tokio starts): the child runs nothing but `close`, `open`, `write` and
 /// `_exit`. The child closes stdio first, so containerd, which reads the `start` command's
 /// output to its end, never waits for it; once `start` exits the child is reaped by whoever
 /// adopts the shim daemon.
 pub fn start() {
-    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
-        return;
-    };
-    let Some(file) = own_procs_file(&text, Path::new("/sys/fs/cgroup")) else {
-        return;
-    };
-    let Ok(file) = CString::new(file.as_os_str().as_bytes()) else {
+    let Some(file) = own_procs_path() else {
         return;
     };
     // SAFETY: the process is single-threaded here (see above), and the child only makes
@@ -65,16 +77,23 @@ pub fn start() {
             for fd in 0..=2 {
                 let _ = close(fd);
             }
-            if let Ok(fd) = open(file.as_c_str(), OFlag::O_WRONLY, Mode::empty()) {
-                // SAFETY: `fd` was just opened by this child and is used once.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                let _ = write(fd, b"0");
-            }
+            move_into(&file);
             // SAFETY: leaves without running the parent's atexit handlers or destructors.
             unsafe { libc::_exit(0) }
         }
         Ok(ForkResult::Parent { .. }) => {}
         Err(e) => log::debug!("cgroup attach warm-up: fork: {e}"),
+    }
+}
+
+/// The same warm-up from the running shim, when a Create arrives: the grace period then runs
+/// while the shim mounts the rootfs and libcontainer prepares the container, which is where it
+/// helps most when containerd took longer than a grace period between `start` and Create (a
+/// busy host, CRI's sandbox set-up). Blocks for the grace period: call it off the reactor.
+/// The whole shim process is "moved" into the cgroup it is in, which changes nothing.
+pub fn now() {
+    if let Some(file) = own_procs_path() {
+        move_into(&file);
     }
 }
 

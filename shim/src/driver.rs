@@ -208,6 +208,16 @@ fn zy_delete((state, force): (StateRef, bool)) -> Wire<()> {
     }
 }
 
+/// Deletes a container's state and cgroup in this process, killing what is left: for the
+/// `delete` command, which has no other thread and so needs no zygote.
+pub fn delete_in_process(state: &StateRef, force: bool) -> Result<()> {
+    zy_delete((state.clone(), force)).map_err(|message| ShimError::Runtime {
+        id: state.id.clone(),
+        op: "delete",
+        message,
+    })
+}
+
 /// The async face of the zygote: each method runs one libcontainer operation there.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Driver;

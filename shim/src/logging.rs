@@ -1,7 +1,8 @@
 //! The shim's log (containerd's `log` FIFO in the bundle, served by containerd-shim's logger
 //! through the `log` facade; libcontainer's `tracing` events arrive through tracing's `log`
-//! feature) and the `-info` reply.
+//! feature), the `delete` command's stderr, and the `-info` reply.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,18 +11,94 @@ use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use containerd_shim::Flags;
 use nvidia_shim_core::Config;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use crate::options::CONFIG_PATH_ENV;
 use crate::shim::RUNTIME_ID;
 
+/// The shim log: containerd's `log` FIFO in the bundle, which containerd copies into its own
+/// log. The line format is containerd-shim's (`time="…" level=… msg="…"`), but each record is
+/// formatted whole and written with one `write`: records from the shim, its zygote and the
+/// zygote's workers, which share the FIFO, never interleave (a FIFO write of at most
+/// `PIPE_BUF` bytes is atomic), and a record costs one syscall instead of one per formatted
+/// piece.
+struct FifoLog {
+    fifo: File,
+}
+
+impl log::Log for FifoLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let time = now.format(&Rfc3339).unwrap_or_else(|_| now.to_string());
+        let level = record.level().as_str().to_ascii_lowercase();
+        let line = format!(
+            "time=\"{time}\" level={level} msg=\"{}\"\n\n",
+            record.args()
+        );
+        let _ = (&self.fifo).write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// The log level: `RUST_LOG` if set, else the config file's, raised to debug by `-debug`.
+fn level(configured: &str, rust_log: Option<&str>, debug: bool) -> log::LevelFilter {
+    let level = rust_log
+        .unwrap_or(configured)
+        .parse()
+        .unwrap_or(log::LevelFilter::Info);
+    if debug {
+        level.max(log::LevelFilter::Debug)
+    } else {
+        level
+    }
+}
+
 /// Opens the shim log at the level from the config file (`-debug` raises it to debug).
 pub fn init(flags: &Flags) {
     let path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-    let level = Config::load_or_default(path.as_deref())
+    let configured = Config::load_or_default(path.as_deref())
         .map(|c| c.log_level.as_str())
         .unwrap_or("info");
-    if let Err(e) = containerd_shim::logger::init(flags.debug, level, &flags.namespace, &flags.id) {
-        eprintln!("{RUNTIME_ID}: cannot open the shim log: {e}");
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let fifo = match OpenOptions::new().write(true).open("log") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: cannot open the shim log: {e}");
+            return;
+        }
+    };
+    if log::set_boxed_logger(Box::new(FifoLog { fifo })).is_ok() {
+        log::set_max_level(level(configured, rust_log.as_deref(), flags.debug));
+    }
+}
+
+/// Warnings and errors to stderr, for the `delete` command: containerd reads its stderr and
+/// logs it as "cleanup warnings" (the shim log FIFO belonged to the shim that is gone).
+pub fn init_stderr() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                eprintln!("{}: {}", record.level(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
     }
 }
 
@@ -45,5 +122,44 @@ pub fn print_info() -> ExitCode {
             eprintln!("{RUNTIME_ID}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::{Level, LevelFilter, Log, Record};
+
+    #[test]
+    fn level_follows_rust_log_then_config_and_debug_raises_it() {
+        assert_eq!(level("warn", None, false), LevelFilter::Warn);
+        assert_eq!(level("warn", Some("error"), false), LevelFilter::Error);
+        assert_eq!(level("warn", None, true), LevelFilter::Debug);
+        assert_eq!(level("trace", None, true), LevelFilter::Trace);
+        assert_eq!(level("nonsense", None, false), LevelFilter::Info);
+    }
+
+    #[test]
+    fn a_record_is_one_write_in_containerd_shims_format() {
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        let mut reader = File::from(reader);
+        let logger = FifoLog {
+            fifo: File::from(writer),
+        };
+        log::set_max_level(LevelFilter::Info);
+        logger.log(
+            &Record::builder()
+                .level(Level::Warn)
+                .args(format_args!("container {}: oops", "c1"))
+                .build(),
+        );
+        drop(logger);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut text).expect("read");
+        assert!(text.starts_with("time=\""), "{text}");
+        assert!(
+            text.ends_with(" level=warn msg=\"container c1: oops\"\n\n"),
+            "{text}"
+        );
     }
 }

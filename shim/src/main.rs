@@ -27,12 +27,14 @@ mod stdio;
 mod task;
 mod working_set;
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use containerd_shim::Config;
+use containerd_shim::protos::protobuf::Message;
 
 use crate::driver::Driver;
 use crate::shim::{NvidiaShim, RUNTIME_ID};
+use containerd_shim::Config;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
@@ -55,22 +57,45 @@ fn main() -> ExitCode {
     if flags.info {
         return logging::print_info();
     }
-    let serve = flags.action.is_empty();
-    if serve {
-        // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
-        logging::init(&flags);
+    // `start` and `delete` are synchronous and single-threaded: containerd waits for them on
+    // every container's create and delete. Only serving needs the zygote and a runtime.
+    let reply = match flags.action.as_str() {
+        "" => None,
+        "start" => {
+            attach_warmup::start();
+            Some(
+                shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
+                    .map(String::into_bytes),
+            )
+        }
+        "delete" => {
+            logging::init_stderr();
+            Some(
+                shim::delete_command(&flags.namespace, &flags.id, &flags.address)
+                    .and_then(|r| Ok(r.write_to_bytes()?)),
+            )
+        }
+        other => Some(Err(containerd_shim::Error::InvalidArgument(format!(
+            "unknown action {other:?}"
+        )))),
+    };
+    if let Some(reply) = reply {
+        let written = reply.and_then(|bytes| {
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|e| containerd_shim::Error::Other(format!("write stdout: {e}")))
+        });
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: {}: {e}", flags.action);
+                ExitCode::FAILURE
+            }
+        };
     }
-    // `delete` needs libcontainer only when a container's state is left (the shim died).
-    let orphaned_state = flags.action == "delete"
-        && std::env::current_dir()
-            .map(|d| bundle::Bundle::new(d).state_root().join(&flags.id).exists())
-            .unwrap_or(false);
-    if serve || orphaned_state {
-        Driver::init();
-    }
-    if flags.action == "start" {
-        attach_warmup::start();
-    }
+    // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
+    logging::init(&flags);
+    Driver::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(working_set::BLOCKING_KEEP_ALIVE)

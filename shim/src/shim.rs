@@ -2,22 +2,22 @@
 //! group and print its address), `delete` (clean up after a shim that died) and serving.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::util::write_str_to_file;
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::shim_async::Client;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{
-    socket_address, spawn, Config, DeleteResponse, Error, ExitSignal, Flags, Shim, StartOpts,
+    socket_address, Config, DeleteResponse, Error, ExitSignal, Flags, Shim, StartOpts,
 };
 use libcontainer::container::Container as YoukiContainer;
 
 use crate::bundle::Bundle;
-use crate::driver::{Driver, StateRef};
+use crate::driver::{self, StateRef};
 use crate::events::EventSink;
 use crate::options::{config_path_from_bytes, CONFIG_PATH_ENV};
 use crate::task::{TaskApi, TaskService};
@@ -48,6 +48,133 @@ fn bundle_dir() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
+/// The `start` command: containerd runs it for every new container and reads the shim's
+/// ttrpc address from its stdout. When the container's group (see `Bundle::group`) already
+/// has a live shim, the container joins it; otherwise a shim daemon is spawned for the group.
+/// The runtime options on stdin may name the shim's config file, which the daemon is given.
+///
+/// Synchronous, with no runtime and no thread: containerd waits for it on every create. It
+/// returns once the daemon listens (the daemon closes its stdout then).
+pub fn start_command(
+    namespace: &str,
+    id: &str,
+    containerd_address: &str,
+    debug: bool,
+) -> containerd_shim::Result<String> {
+    // containerd writes the runtime options (an Any) on our stdin.
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut raw)
+        .map_err(|e| Error::Other(format!("read runtime options from stdin: {e}")))?;
+    let config_path =
+        config_path_from_bytes(id, &raw).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+
+    let cwd = bundle_dir();
+    let group = Bundle::new(&cwd).group(id);
+    let address = socket_address(containerd_address, namespace, &group);
+    let socket_path = address.trim_start_matches("unix://");
+    if group != id && UnixStream::connect(socket_path).is_ok() {
+        // The group's shim already runs: this container joins it.
+        write_address(&cwd, &address)?;
+        return Ok(address);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::Other(format!("own path: {e}")))?;
+    let mut daemon = Command::new(exe);
+    daemon
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .args([
+            "-namespace",
+            namespace,
+            "-id",
+            id,
+            "-address",
+            containerd_address,
+        ])
+        .args(["-socket", &address]);
+    if debug {
+        daemon.arg("-debug");
+    }
+    if let Some(path) = config_path {
+        daemon.env(CONFIG_PATH_ENV, path);
+    }
+    let mut child = daemon
+        .spawn()
+        .map_err(|e| Error::Other(format!("spawn the shim daemon: {e}")))?;
+    if let Err(e) = containerd_shim::cgroup::adjust_oom_score(child.id()) {
+        log::warn!("shim daemon {}: oom score: {e}", child.id());
+    }
+    // The daemon closes its stdout once it listens; anything it printed before goes to stderr.
+    if let Some(mut out) = child.stdout.take() {
+        std::io::copy(&mut out, &mut std::io::stderr())
+            .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}")))?;
+    }
+    write_address(&cwd, &address)?;
+    Ok(address)
+}
+
+/// Writes the bundle's `address` file (through a temporary file and a rename, as
+/// containerd-shim does), which containerd reads to reconnect after a restart.
+fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {
+    let tmp = bundle.join(".address");
+    let done = bundle.join("address");
+    std::fs::write(&tmp, address)
+        .and_then(|()| std::fs::rename(&tmp, &done))
+        .map_err(|e| Error::Other(format!("write {}: {e}", done.display())))
+}
+
+/// The `delete` command: containerd runs it when a shim's connection closes, after the shim
+/// exited or died. It kills what is left of container `id`, removes its state and cgroup,
+/// unmounts its rootfs, removes the group's socket unless a live shim answers there, and
+/// returns the reply containerd expects (exit status 137, the init pid if known).
+///
+/// It runs before any thread or runtime exists, so libcontainer runs here directly, without a
+/// zygote; containerd waits for it on every container's delete, so it must be quick.
+pub fn delete_command(
+    namespace: &str,
+    id: &str,
+    address: &str,
+) -> containerd_shim::Result<DeleteResponse> {
+    let bundle = Bundle::new(bundle_dir());
+    let state = StateRef {
+        root: bundle.state_root(),
+        id: id.to_owned(),
+    };
+    // No state: the shim deleted the container before it exited (the usual case).
+    let mut pid = 0;
+    if state.dir().exists() {
+        pid = YoukiContainer::load(state.dir())
+            .ok()
+            .and_then(|c| c.pid())
+            .map(|p| u32::try_from(p.as_raw()).unwrap_or_default())
+            .unwrap_or_default();
+        if let Err(e) = driver::delete_in_process(&state, true) {
+            log::warn!("{e}");
+        }
+    }
+    if let Err(e) = bundle.unmount_rootfs(id) {
+        log::warn!("{e}");
+    }
+    // A shim killed outright leaves its socket; remove it unless a live shim answers there.
+    let address = socket_address(address, namespace, &bundle.group(id));
+    let path = address.trim_start_matches("unix://");
+    if UnixStream::connect(path).is_err() {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("remove stale shim socket {path}: {e}");
+            }
+        }
+    }
+    Ok(DeleteResponse {
+        pid,
+        exit_status: 137,
+        exited_at: MessageField::some(timestamp()?),
+        ..Default::default()
+    })
+}
+
 #[async_trait]
 impl Shim for NvidiaShim {
     type T = TaskApi;
@@ -63,69 +190,15 @@ impl Shim for NvidiaShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // containerd writes the runtime options (an Any) on our stdin.
-        let mut raw = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut raw)
-            .map_err(|e| Error::Other(format!("read runtime options from stdin: {e}")))?;
-        let config_path = config_path_from_bytes(&opts.id, &raw)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-
-        let group = Bundle::new(bundle_dir()).group(&opts.id);
-        let address = socket_address(&opts.address, &opts.namespace, &group);
-        if group != opts.id && Client::connect(&address).await.is_ok() {
-            // The group's shim already runs: this container joins it.
-            write_str_to_file("address", &address).await?;
-            return Ok(address);
-        }
-        let config_env = config_path
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let vars = if config_env.is_empty() {
-            Vec::new()
-        } else {
-            vec![(CONFIG_PATH_ENV, config_env.as_str())]
-        };
-        let address = spawn(opts, &group, vars).await?;
-        write_str_to_file("address", &address).await?;
-        Ok(address)
+        // `main` runs `start` itself, before any runtime starts (see `start_command`); this is
+        // the same command for a caller that goes through the trait.
+        start_command(&opts.namespace, &opts.id, &opts.address, opts.debug)
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = Bundle::new(bundle_dir());
-        let state = StateRef {
-            root: bundle.state_root(),
-            id: self.id.clone(),
-        };
-        let pid = YoukiContainer::load(state.dir())
-            .ok()
-            .and_then(|c| c.pid())
-            .map(|p| u32::try_from(p.as_raw()).unwrap_or_default())
-            .unwrap_or_default();
-        if state.dir().exists() {
-            if let Err(e) = Driver.delete(&state, true).await {
-                log::warn!("{e}");
-            }
-        }
-        if let Err(e) = bundle.unmount_rootfs(&self.id) {
-            log::warn!("{e}");
-        }
-        // A shim killed outright leaves its socket; remove it unless a live shim answers there.
-        let address = socket_address(&self.address, &self.namespace, &bundle.group(&self.id));
-        if Client::connect(&address).await.is_err() {
-            let path = address.trim_start_matches("unix://");
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("remove stale shim socket {path}: {e}");
-                }
-            }
-        }
-        Ok(DeleteResponse {
-            pid,
-            exit_status: 137,
-            exited_at: MessageField::some(timestamp()?),
-            ..Default::default()
-        })
+        // `main` runs `delete` itself, before any runtime starts (see `delete_command`); this
+        // is the same cleanup for a caller that goes through the trait.
+        delete_command(&self.namespace, &self.id, &self.address)
     }
 
     async fn wait(&mut self) {

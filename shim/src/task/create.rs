@@ -13,6 +13,8 @@ impl TaskService {
             });
         }
         let reservation = self.reserve(id)?;
+        // Start the cgroup migration grace period now, alongside the work before the attach.
+        drop(tokio::task::spawn_blocking(crate::attach_warmup::now));
         let config_path = match req.options.as_ref() {
             Some(any) => config_path_from_any(id, any)?,
             None => None,

@@ -57,6 +57,12 @@ pub fn shim_pids(socket: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The shim daemon serving the containerd listening on `socket`: the oldest of its processes
+/// (its zygote is forked after it).
+pub fn shim_daemon_pid(socket: &Path) -> Option<i32> {
+    shim_pids(socket).into_iter().min()
+}
+
 /// Mount points under `dir`, in mount order.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().into_owned();

@@ -148,10 +148,7 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
         &["sleep", "86400"],
     ))?;
     assert!(out.status.success(), "anchor: {}", text(&out.stderr));
-    let shim = *leftovers::shim_pids(&c.socket())
-        .iter()
-        .min()
-        .expect("grouped shim");
+    let shim = leftovers::shim_daemon_pid(&c.socket()).expect("grouped shim");
     let run_cycle = |n: usize| -> Result<()> {
         for _ in 0..n {
             let id = unique_id("gcycle");
@@ -224,10 +221,7 @@ fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
     let out = c.ctr(&run_args(&id, &["-d"], &["sh", "-c", &script]))?;
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     assert_eq!(leftovers::processes_matching(&marker).len(), 1);
-    let shim = *leftovers::shim_pids(&c.socket())
-        .iter()
-        .min()
-        .expect("shim running");
+    let shim = leftovers::shim_daemon_pid(&c.socket()).expect("shim running");
     // SAFETY: signalling the shim by pid.
     unsafe { libc::kill(shim, libc::SIGKILL) };
     eventually("container process to be killed", || {
@@ -250,10 +244,7 @@ fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
     let id = unique_id("quiet");
     let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "600"]))?;
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    let shim = *leftovers::shim_pids(&c.socket())
-        .iter()
-        .min()
-        .expect("shim running");
+    let shim = leftovers::shim_daemon_pid(&c.socket()).expect("shim running");
     let fresh = leftovers::resident_shim_code_kb(shim);
     // Well past the shim's 300 ms quiet spell.
     std::thread::sleep(std::time::Duration::from_millis(1500));

@@ -31,10 +31,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use containerd_shim::protos::protobuf::Message;
+use containerd_shim::Config;
 
 use crate::driver::Driver;
 use crate::shim::{NvidiaShim, RUNTIME_ID};
-use containerd_shim::Config;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();

@@ -1,6 +1,6 @@
-//! The shim's log (containerd's `log` FIFO in the bundle, served by containerd-shim's logger
-//! through the `log` facade; libcontainer's `tracing` events arrive through tracing's `log`
-//! feature), the `delete` command's stderr, and the `-info` reply.
+//! The shim's log (containerd's `log` FIFO in the bundle, written by [`FifoLog`] in
+//! containerd-shim's line format through the `log` facade; libcontainer's `tracing` events
+//! arrive through tracing's `log` feature), the `delete` command's stderr, and the `-info` reply.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -73,6 +73,9 @@ pub struct Container {
     pub rootfs_mounted: bool,
     /// Whether the container has a pid namespace of its own (its processes die with init).
     pub private_pid_ns: bool,
+    /// Whether removing its cgroup and state directory is all a delete after exit needs
+    /// ([`crate::driver::Created::plain_teardown`]).
+    pub plain_teardown: bool,
     /// Init's I/O.
     pub io: ProcessIo,
     state: Mutex<TaskState>,
@@ -102,6 +105,8 @@ pub struct ContainerParts {
     pub rootfs_mounted: bool,
     /// Whether the container has a pid namespace of its own.
     pub private_pid_ns: bool,
+    /// Whether a delete after exit needs libcontainer.
+    pub plain_teardown: bool,
     /// Init's I/O.
     pub io: ProcessIo,
 }
@@ -119,6 +124,7 @@ impl Container {
             exit,
             rootfs_mounted: parts.rootfs_mounted,
             private_pid_ns: parts.private_pid_ns,
+            plain_teardown: parts.plain_teardown,
             io: parts.io,
             state: Mutex::new(TaskState::Created),
             execs: Mutex::default(),

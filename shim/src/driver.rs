@@ -90,6 +90,10 @@ pub struct Created {
     pub pid: i32,
     /// The cgroup path libcontainer derived from the spec.
     pub cgroup_path: PathBuf,
+    /// Whether, once the container has stopped, libcontainer's delete would do nothing but
+    /// remove its cgroup and its state directory: cgroupfs driver, no poststop hooks, no Intel
+    /// RDT group. The shim then does that itself (see `task::lifecycle`).
+    pub plain_teardown: bool,
 }
 
 type Wire<T> = std::result::Result<T, String>;
@@ -132,8 +136,21 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         .pid()
         .ok_or_else(|| "libcontainer returned no init pid".to_owned())?
         .as_raw();
-    let cgroup_path = container.spec().map_err(flatten)?.cgroup_path;
-    Ok(Created { pid, cgroup_path })
+    let config = container.spec().map_err(flatten)?;
+    let poststop = config
+        .hooks
+        .as_ref()
+        .and_then(|h| h.poststop().as_ref())
+        .is_some_and(|hooks| !hooks.is_empty());
+    let plain_teardown = !systemd
+        && !poststop
+        && container.intel_rdt_dir().is_none()
+        && container.intel_rdt_monitoring_dir().is_none();
+    Ok(Created {
+        pid,
+        cgroup_path: config.cgroup_path,
+        plain_teardown,
+    })
 }
 
 /// Starts a process inside the running container: it joins every namespace and the cgroup of

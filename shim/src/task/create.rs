@@ -137,6 +137,7 @@ impl TaskService {
                 },
                 rootfs_mounted,
                 private_pid_ns,
+                plain_teardown: created.plain_teardown,
                 io,
             },
             exit,

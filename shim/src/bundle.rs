@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use containerd_shim::mount::umount_recursive;
 use containerd_shim::protos::types::mount::Mount;
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
 
 use crate::error::{Result, ShimError};
 
@@ -112,17 +113,24 @@ impl Bundle {
         Ok(())
     }
 
-    /// Unmounts everything under `<bundle>/rootfs`.
+    /// Unmounts everything on `<bundle>/rootfs`. Each lazy unmount detaches the top mount
+    /// there together with every mount below it, so no mount table needs reading: unmount
+    /// until the directory is no mount point (`EINVAL`) or is gone.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
         let target = self.rootfs();
-        let target_str = target.to_string_lossy();
-        umount_recursive(Some(&target_str), libc::MNT_DETACH).map_err(|e| {
-            ShimError::io(
-                id,
-                format!("unmount {}", target.display()),
-                std::io::Error::other(e.to_string()),
-            )
-        })
+        loop {
+            match umount2(&target, MntFlags::MNT_DETACH) {
+                Ok(()) => {}
+                Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+                Err(e) => {
+                    return Err(ShimError::io(
+                        id,
+                        format!("unmount {}", target.display()),
+                        e.into(),
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -178,6 +186,50 @@ mod tests {
         assert!(!b.has_private_pid_namespace());
         write(r#"{"type":"mount"}"#);
         assert!(!b.has_private_pid_namespace());
+    }
+
+    #[test]
+    fn unmounts_stacked_rootfs_mounts_and_their_submounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bundle::new(dir.path());
+        let rootfs = b.rootfs();
+        std::fs::create_dir(&rootfs).unwrap();
+        let tmpfs = |target: &Path| {
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&rootfs);
+        tmpfs(&rootfs);
+        std::fs::create_dir(rootfs.join("proc")).unwrap();
+        tmpfs(&rootfs.join("proc"));
+        std::fs::write(rootfs.join("proc/marker"), "x").unwrap();
+
+        b.unmount_rootfs("c1").unwrap();
+        assert!(
+            !rootfs.join("proc").exists(),
+            "the top mount is still there"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&*dir.path().to_string_lossy()),
+            "mounts left under {}",
+            dir.path().display()
+        );
+        // Nothing mounted, or no rootfs at all: nothing to do.
+        b.unmount_rootfs("c1").unwrap();
+        std::fs::remove_dir(&rootfs).unwrap();
+        b.unmount_rootfs("c1").unwrap();
     }
 
     #[test]

@@ -115,11 +115,12 @@ impl Bundle {
 
     /// Unmounts everything on `<bundle>/rootfs`. Each lazy unmount detaches the top mount
     /// there together with every mount below it, so no mount table needs reading: unmount
-    /// until the directory is no mount point (`EINVAL`) or is gone.
+    /// until the directory is no mount point (`EINVAL`) or is gone. A symlink in its place is
+    /// not followed.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
         let target = self.rootfs();
         loop {
-            match umount2(&target, MntFlags::MNT_DETACH) {
+            match umount2(&target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
                 Ok(()) => {}
                 Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
                 Err(e) => {

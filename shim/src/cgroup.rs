@@ -104,7 +104,8 @@ impl ContainerCgroup {
     ///
     /// This is libcgroups' `remove` for the case where there is nothing to kill, in one
     /// mountinfo read: libcgroups' v1 manager reads mountinfo and `/proc/self/cgroup` once
-    /// per controller, 4 ms on every container's delete. A directory that still holds a
+    /// per controller, about 2 ms here and more on a host with many mounts, and libcontainer
+    /// runs it in a forked worker. A directory that still holds a
     /// process fails the call (`EBUSY`); the caller then goes through libcontainer, which
     /// kills and retries. Directories already gone are skipped, so a retry is harmless.
     pub fn remove_emptied(&self) -> Result<()> {

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use wait_timeout::ChildExt;
 
 use crate::image::ImageSpec;
 use crate::shim_binary;
@@ -325,17 +326,12 @@ pub fn wait_output(child: &mut Child, limit: Duration) -> Result<Output> {
         }
         b
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // The wait blocks until the exit (a polling loop would round every duration up to its
+    // period, which `nvbench` measures).
+    let Some(status) = child.wait_timeout(limit)? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("timed out after {limit:?}");
     };
     Ok(Output {
         status,

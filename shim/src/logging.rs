@@ -36,17 +36,47 @@ impl log::Log for FifoLog {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let message = record.args().to_string();
+        let level = effective_level(record.level(), record.target(), &message);
+        if level > log::max_level() {
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         let time = now.format(&Rfc3339).unwrap_or_else(|_| now.to_string());
-        let level = record.level().as_str().to_ascii_lowercase();
-        let line = format!(
-            "time=\"{time}\" level={level} msg=\"{}\"\n\n",
-            record.args()
-        );
+        let level = level.as_str().to_ascii_lowercase();
+        let line = format!("time=\"{time}\" level={level} msg=\"{message}\"\n\n");
         let _ = (&self.fifo).write_all(line.as_bytes());
     }
 
     fn flush(&self) {}
+}
+
+/// Warnings that libcontainer and libcgroups give on every create although nothing is wrong,
+/// as (log target, part of the message): they are logged at debug level instead of five
+/// warnings per container in containerd's log.
+/// - The intermediate process is the shim's child (libcontainer clones it as a sibling of the
+///   zygote worker) and the shim reaps every child, so libcontainer finds it already reaped,
+///   which its own comment there calls safe.
+/// - libcgroups' v1 manager names each controller the host does not mount; a spec that needs
+///   one fails with an error of its own.
+const BENIGN_WARNINGS: [(&str, &str); 2] = [
+    (
+        "libcontainer::process::container_main_process",
+        "intermediate process already reaped",
+    ),
+    ("libcgroups::v1::manager", "not supported on this system"),
+];
+
+/// The level a record is logged at: its own, except for [`BENIGN_WARNINGS`].
+fn effective_level(level: log::Level, target: &str, message: &str) -> log::Level {
+    let benign = BENIGN_WARNINGS
+        .iter()
+        .any(|(t, m)| target == *t && message.contains(m));
+    if level == log::Level::Warn && benign {
+        log::Level::Debug
+    } else {
+        level
+    }
 }
 
 /// The log level: `RUST_LOG` if set, else the config file's, raised to debug by `-debug`.
@@ -137,6 +167,47 @@ mod tests {
         assert_eq!(level("warn", None, true), LevelFilter::Debug);
         assert_eq!(level("trace", None, true), LevelFilter::Trace);
         assert_eq!(level("nonsense", None, false), LevelFilter::Info);
+    }
+
+    #[test]
+    fn dependencies_benign_warnings_go_to_debug() {
+        let cgroups = "libcgroups::v1::manager";
+        assert_eq!(
+            effective_level(
+                Level::Warn,
+                cgroups,
+                "cgroup hugetlb not supported on this system"
+            ),
+            Level::Debug
+        );
+        assert_eq!(
+            effective_level(Level::Warn, cgroups, "something else"),
+            Level::Warn
+        );
+        assert_eq!(
+            effective_level(
+                Level::Error,
+                cgroups,
+                "cgroup memory not supported on this system"
+            ),
+            Level::Error
+        );
+        assert_eq!(
+            effective_level(
+                Level::Warn,
+                "libcontainer::process::container_main_process",
+                "intermediate process already reaped"
+            ),
+            Level::Debug
+        );
+        assert_eq!(
+            effective_level(
+                Level::Warn,
+                "containerd_shim_nvidia_v2::task",
+                "intermediate process already reaped"
+            ),
+            Level::Warn
+        );
     }
 
     #[test]

@@ -82,14 +82,14 @@ pub enum ShimError {
         #[source]
         source: std::io::Error,
     },
-    /// Cgroup statistics or resource updates failed.
+    /// A cgroup read, update or removal failed.
     #[error("container {id}: cgroup {op} failed: {message}")]
     Cgroup {
         /// Container id.
         id: String,
-        /// `stats`, `update` or `pids`.
+        /// `stats`, `update`, `pids` or `remove`.
         op: &'static str,
-        /// libcgroups' error.
+        /// What failed, with the path or libcgroups' error.
         message: String,
     },
 }

@@ -115,6 +115,7 @@ fn main() -> ExitCode {
         RUNTIME_ID,
         Some(config),
     ));
+    shim::remove_served_socket();
     // A blocking task that cannot finish (a FIFO open nobody answers) must not keep the shim.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     ExitCode::SUCCESS

@@ -33,6 +33,37 @@ pub struct NvidiaShim {
     namespace: String,
     id: String,
     address: String,
+    /// The `-socket` this daemon serves (`unix://...`).
+    socket: String,
+}
+
+/// The socket file this daemon serves, as (path, device, inode), recorded once it is bound.
+static SERVED_SOCKET: OnceLock<(PathBuf, u64, u64)> = OnceLock::new();
+
+/// Records the socket `address` names as this daemon's, if it is bound.
+fn record_served_socket(address: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let path = PathBuf::from(address.trim_start_matches("unix://"));
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        let _ = SERVED_SOCKET.set((path, m.dev(), m.ino()));
+    }
+}
+
+/// Removes the socket this daemon served, once it has stopped serving. containerd may have
+/// removed the bundle (and its `address` file, through which containerd-shim finds the socket)
+/// by then, which left the socket behind; the `-socket` path recorded at start does not depend
+/// on it. A socket a newer shim bound at the same path (another inode) is left alone.
+pub fn remove_served_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let Some((path, dev, ino)) = SERVED_SOCKET.get() else {
+        return;
+    };
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino);
+    if ours {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("remove shim socket {}: {e}", path.display());
+        }
+    }
 }
 
 impl std::fmt::Debug for NvidiaShim {
@@ -186,6 +217,7 @@ impl Shim for NvidiaShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             address: args.address.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -202,6 +234,8 @@ impl Shim for NvidiaShim {
     }
 
     async fn wait(&mut self) {
+        // containerd-shim calls this once the socket is bound and served.
+        record_served_socket(&self.socket);
         self.exit.wait().await;
         if let Some(events) = self.events.get() {
             events.flush().await;

@@ -45,6 +45,7 @@ fn inject(c: &mut Criterion) {
             let host = HostFacts {
                 cuda: driver.as_ref().and_then(cuda_for_driver),
                 driver,
+                unknown_because: None,
             };
             check(&request.requirements, &host, &[]).expect("requirements");
             let edits = edits_for(&inv, &request).expect("edits");

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::discover::soname_of;
 use crate::require::Version;
 use crate::rootfs::Rootfs;
 
@@ -80,9 +79,12 @@ pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
     }
     let (name, version) = found.pop()?;
     let path = dir.join(name);
-    let bytes = rootfs.read_file(&path);
-    let note = bytes.as_deref().and_then(read_note);
-    let soname = bytes.as_deref().and_then(soname_of);
+    let file = rootfs.open_file(&path)?;
+    let soname = crate::elf::read_info(&file).ok().and_then(|i| i.soname);
+    let note = crate::elf::read_section(&file, NOTE_SECTION)
+        .ok()
+        .flatten()
+        .and_then(|notes| parse_note(&notes));
     Some(CompatLibcuda {
         path,
         version,
@@ -91,17 +93,31 @@ pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
     })
 }
 
-/// The forward-compat note of an ELF file, if it has a well-formed one.
-pub fn read_note(elf: &[u8]) -> Option<FwdCompatNote> {
-    let parsed = goblin::elf::Elf::parse(elf).ok()?;
-    let notes = parsed.iter_note_sections(elf, Some(NOTE_SECTION))?;
-    notes.flatten().find_map(|n| {
-        if n.name.trim_end_matches('\0') != NOTE_OWNER {
-            return None;
+/// The NVIDIA forward-compat payload among the notes of a note section (`namesz`, `descsz`,
+/// `type`, then name and descriptor, each padded to 4 bytes), if one is well formed.
+pub fn parse_note(mut notes: &[u8]) -> Option<FwdCompatNote> {
+    let word = |b: &[u8], at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    };
+    let pad = |n: usize| n.checked_add(3).map(|n| n & !3);
+    while notes.len() >= 12 {
+        let (namesz, descsz) = (word(notes, 0)?, word(notes, 4)?);
+        let name_end = 12usize.checked_add(namesz)?;
+        let desc_start = 12usize.checked_add(pad(namesz)?)?;
+        let desc_end = desc_start.checked_add(descsz)?;
+        let name = notes.get(12..name_end)?;
+        let desc = notes.get(desc_start..desc_end)?;
+        let owner = name.split(|&b| b == 0).next().unwrap_or(name);
+        if owner == NOTE_OWNER.as_bytes() {
+            let json = desc.split(|&b| b == 0).next().unwrap_or(desc);
+            if let Ok(note) = serde_json::from_slice(json) {
+                return Some(note);
+            }
         }
-        let json = n.desc.split(|&b| b == 0).next().unwrap_or(n.desc);
-        serde_json::from_slice(json).ok()
-    })
+        notes = notes.get(desc_start.checked_add(pad(descsz)?)?..)?;
+    }
+    None
 }
 
 /// Whether `lib` is to be used on a host whose kernel driver is `host_driver`.

@@ -8,6 +8,7 @@ pub mod compat;
 pub mod config;
 pub mod discover;
 pub mod edits;
+pub mod elf;
 pub mod ldcache;
 pub mod proc_overlay;
 pub mod request;

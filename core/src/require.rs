@@ -5,16 +5,25 @@
 //! ANDed; separate variables are ANDed. A factor is `<property><op><value>` with properties
 //! `cuda`, `driver`, `arch` (compute capability) and `brand`, and operators `= != < <= > >=`
 //! (`brand` takes only `=` and `!=`, case-insensitively). Versions compare field by field,
-//! trailing `.0` fields ignored. A value the host cannot tell satisfies its factor, as in
-//! libnvidia-container.
+//! trailing `.0` fields ignored.
+//!
+//! Where libnvidia-container lets a value it cannot tell satisfy its factor, this shim refuses:
+//! a requirement that only a fact it could not learn (a GPU's architecture or brand without
+//! NVML, the CUDA version of a driver branch it does not know) could decide fails with that
+//! fact and why it is unknown, unless `NVIDIA_DISABLE_REQUIRE` turns requirements off. With no
+//! GPU selected, `arch` and `brand` hold, as in libnvidia-container.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A dotted numeric version (`12.4`, `580.159.04`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Version(Vec<u64>);
+/// A dotted numeric version (`12.4`, `580.159.04`), shown as it was written (`04` stays
+/// `04`) and compared by value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    parts: Vec<u64>,
+    text: String,
+}
 
 impl Version {
     /// Parses digits and dots only; `None` for anything else.
@@ -23,7 +32,8 @@ impl Version {
         if s.is_empty() {
             return None;
         }
-        s.split('.')
+        let parts = s
+            .split('.')
             .map(|f| {
                 if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
                     None
@@ -31,22 +41,34 @@ impl Version {
                     f.parse::<u64>().ok()
                 }
             })
-            .collect::<Option<Vec<_>>>()
-            .map(Self)
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            parts,
+            text: s.to_owned(),
+        })
+    }
+
+    fn from_parts(parts: Vec<u64>) -> Self {
+        let text = parts
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
+        Self { parts, text }
     }
 
     /// The first component (`580` of `580.159.04`).
     pub fn major(&self) -> u64 {
-        self.0.first().copied().unwrap_or(0)
+        self.parts.first().copied().unwrap_or(0)
     }
 
     /// Compares component by component, a missing component counting as 0 (`12` = `12.0`).
     pub fn cmp_to(&self, other: &Self) -> Ordering {
-        let n = self.0.len().max(other.0.len());
+        let n = self.parts.len().max(other.parts.len());
         (0..n)
             .map(|i| {
-                let a = self.0.get(i).copied().unwrap_or(0);
-                let b = other.0.get(i).copied().unwrap_or(0);
+                let a = self.parts.get(i).copied().unwrap_or(0);
+                let b = other.parts.get(i).copied().unwrap_or(0);
                 a.cmp(&b)
             })
             .find(|o| *o != Ordering::Equal)
@@ -56,8 +78,21 @@ impl Version {
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(u64::to_string).collect();
-        f.write_str(&parts.join("."))
+        f.write_str(&self.text)
+    }
+}
+
+impl serde::Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a version")))
     }
 }
 
@@ -120,14 +155,14 @@ const CUDA_BY_BRANCH: &[(u64, u64, u64)] = &[
 /// `None` for branches newer than the table knows (the value is then unknown, and `cuda`
 /// factors hold, as they do when NVML cannot tell) or older than 450.
 pub fn cuda_for_driver(driver: &Version) -> Option<Version> {
-    let major = *driver.0.first()?;
+    let major = *driver.parts.first()?;
     if major > CUDA_BY_BRANCH[0].0 + 9 {
         return None;
     }
     CUDA_BY_BRANCH
         .iter()
         .find(|(branch, ..)| *branch <= major)
-        .map(|(_, ma, mi)| Version(vec![*ma, *mi]))
+        .map(|(_, ma, mi)| Version::from_parts(vec![*ma, *mi]))
 }
 
 /// What the host's driver reports.
@@ -137,6 +172,9 @@ pub struct HostFacts {
     pub cuda: Option<Version>,
     /// Driver version.
     pub driver: Option<Version>,
+    /// Why facts only NVML knows (a GPU's arch and brand, the CUDA version) may be missing,
+    /// e.g. `NVML unavailable: ...`; said when a requirement needs one.
+    pub unknown_because: Option<String>,
 }
 
 /// What one selected GPU reports (a MIG device reports its parent's).
@@ -187,9 +225,30 @@ enum Value {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Factor {
+    text: String,
     property: Property,
     op: Op,
     value: Value,
+}
+
+impl Property {
+    /// What the property is, for messages.
+    fn fact(self) -> &'static str {
+        match self {
+            Self::Cuda => "CUDA version",
+            Self::Driver => "driver version",
+            Self::Arch => "GPU architecture",
+            Self::Brand => "GPU brand",
+        }
+    }
+}
+
+/// Kleene's three values: a factor on a fact the host could not tell is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truth<'a> {
+    True,
+    False,
+    Unknown(&'a Factor),
 }
 
 /// One parsed `NVIDIA_REQUIRE_*` value.
@@ -223,6 +282,18 @@ pub enum RequireError {
         host: String,
         /// The toolkit's advice for a `cuda>=` term, or empty.
         hint: String,
+    },
+    /// The expression holds or not depending on a fact the shim could not learn.
+    #[error("cannot check {factor} (from {variable}): {fact} unknown, {reason}; set NVIDIA_DISABLE_REQUIRE=true to start without checking")]
+    Unknown {
+        /// The variable.
+        variable: String,
+        /// The factor that decides, e.g. `arch>=9.0`.
+        factor: String,
+        /// What is unknown (`GPU architecture`).
+        fact: &'static str,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -262,6 +333,7 @@ fn parse_factor(s: &str) -> Result<Factor, String> {
         )
     };
     Ok(Factor {
+        text: s.to_owned(),
         property,
         op,
         value,
@@ -295,11 +367,34 @@ impl Constraint {
         })
     }
 
-    /// Whether some term holds for `host` and `device` (no device: `arch` and `brand` hold).
+    /// Whether some term holds for `host` and `device` (no device: `arch` and `brand` hold):
+    /// true when a term holds, else unknown when a term could hold but for an unknown fact.
+    fn eval(&self, host: &HostFacts, device: Option<&DeviceFacts>) -> Truth<'_> {
+        let mut unknown = None;
+        for (_, factors) in &self.terms {
+            let mut term = Truth::True;
+            for f in factors {
+                match factor_holds(f, host, device) {
+                    Truth::False => {
+                        term = Truth::False;
+                        break;
+                    }
+                    Truth::Unknown(u) if term == Truth::True => term = Truth::Unknown(u),
+                    _ => {}
+                }
+            }
+            match term {
+                Truth::True => return Truth::True,
+                Truth::Unknown(u) if unknown.is_none() => unknown = Some(u),
+                _ => {}
+            }
+        }
+        unknown.map_or(Truth::False, Truth::Unknown)
+    }
+
+    /// Whether some term holds for `host` and `device`; an unknown fact counts as not holding.
     pub fn holds(&self, host: &HostFacts, device: Option<&DeviceFacts>) -> bool {
-        self.terms
-            .iter()
-            .any(|(_, factors)| factors.iter().all(|f| factor_holds(f, host, device)))
+        self.eval(host, device) == Truth::True
     }
 
     fn first_term(&self) -> &str {
@@ -307,16 +402,17 @@ impl Constraint {
     }
 }
 
-fn factor_holds(f: &Factor, host: &HostFacts, device: Option<&DeviceFacts>) -> bool {
-    let have = match f.property {
-        Property::Cuda => host.cuda.clone().map(Value::Version),
-        Property::Driver => host.driver.clone().map(Value::Version),
-        Property::Arch => device.and_then(|d| d.arch.clone()).map(Value::Version),
-        Property::Brand => device.and_then(|d| d.brand.clone()).map(Value::Brand),
+fn factor_holds<'a>(f: &'a Factor, host: &HostFacts, device: Option<&DeviceFacts>) -> Truth<'a> {
+    let have = match (f.property, device) {
+        (Property::Cuda, _) => host.cuda.clone().map(Value::Version),
+        (Property::Driver, _) => host.driver.clone().map(Value::Version),
+        // No GPU selected (`none`): nothing to check, as in libnvidia-container.
+        (Property::Arch | Property::Brand, None) => return Truth::True,
+        (Property::Arch, Some(d)) => d.arch.clone().map(Value::Version),
+        (Property::Brand, Some(d)) => d.brand.clone().map(Value::Brand),
     };
-    match (have, &f.value) {
-        // Unknown to the host (or no device for arch/brand): satisfied.
-        (None, _) => true,
+    let holds = match (have, &f.value) {
+        (None, _) => return Truth::Unknown(f),
         (Some(Value::Version(h)), Value::Version(w)) => f.op.holds(h.cmp_to(w)),
         (Some(Value::Brand(h)), Value::Brand(w)) => f.op.holds(if h.eq_ignore_ascii_case(w) {
             Ordering::Equal
@@ -324,6 +420,11 @@ fn factor_holds(f: &Factor, host: &HostFacts, device: Option<&DeviceFacts>) -> b
             Ordering::Less
         }),
         _ => false,
+    };
+    if holds {
+        Truth::True
+    } else {
+        Truth::False
     }
 }
 
@@ -354,19 +455,33 @@ pub fn check(
             devices.iter().map(Some).collect()
         };
         for device in targets {
-            if !constraint.holds(host, device) {
-                let term = constraint.first_term().to_owned();
-                let hint = if term.starts_with("cuda>=") {
-                    "; please update your driver to a newer version, or use an earlier cuda container".to_owned()
-                } else {
-                    String::new()
-                };
-                return Err(RequireError::Unsatisfied {
-                    variable: variable.clone(),
-                    term,
-                    host: describe(host, device),
-                    hint,
-                });
+            match constraint.eval(host, device) {
+                Truth::True => {}
+                Truth::Unknown(f) => {
+                    return Err(RequireError::Unknown {
+                        variable: variable.clone(),
+                        factor: f.text.clone(),
+                        fact: f.property.fact(),
+                        reason: host
+                            .unknown_because
+                            .clone()
+                            .unwrap_or_else(|| "the driver does not report it".to_owned()),
+                    })
+                }
+                Truth::False => {
+                    let term = constraint.first_term().to_owned();
+                    let hint = if term.starts_with("cuda>=") {
+                        "; please update your driver to a newer version, or use an earlier cuda container".to_owned()
+                    } else {
+                        String::new()
+                    };
+                    return Err(RequireError::Unsatisfied {
+                        variable: variable.clone(),
+                        term,
+                        host: describe(host, device),
+                        hint,
+                    });
+                }
             }
         }
     }
@@ -385,6 +500,7 @@ mod tests {
         HostFacts {
             cuda: v(cuda),
             driver: v(driver),
+            unknown_because: None,
         }
     }
 
@@ -499,13 +615,75 @@ mod tests {
     }
 
     #[test]
-    fn unknown_host_values_hold() {
+    fn a_requirement_only_an_unknown_fact_decides_fails_naming_it_and_why() {
+        let mut h = host("12.2", "535.261.03");
+        h.unknown_because = Some("NVML unavailable: driver not loaded".into());
+        let blind = DeviceFacts::default();
+        let err = check(
+            &reqs(&[("NVIDIA_REQUIRE_ARCH", "arch>=9.0")]),
+            &h,
+            std::slice::from_ref(&blind),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "cannot check arch>=9.0 (from NVIDIA_REQUIRE_ARCH): GPU architecture unknown, NVML unavailable: driver not loaded; set NVIDIA_DISABLE_REQUIRE=true to start without checking"
+        );
+        let err = check(
+            &reqs(&[("B", "brand=tesla")]),
+            &h,
+            std::slice::from_ref(&blind),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("cannot check brand=tesla (from B): GPU brand unknown"),
+            "{err}"
+        );
+        // A term that fails on a known fact needs no unknown one; a term that holds decides.
+        let err = check(
+            &reqs(&[("C", "brand=tesla,driver>=999")]),
+            &h,
+            std::slice::from_ref(&blind),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("unsatisfied condition"), "{err}");
         check(
-            &reqs(&[("A", "cuda>=99.0,driver>=999")]),
-            &HostFacts::default(),
-            &[],
+            &reqs(&[("C", "cuda>=12.0 brand=tesla")]),
+            &h,
+            std::slice::from_ref(&blind),
         )
         .unwrap();
+        // The CUDA 12.2 image's string on a 535 host: cuda>=12.2 holds without NVML.
+        check(&reqs(&[("NVIDIA_REQUIRE_CUDA", CUDA_12_2)]), &h, &[blind]).unwrap();
+        // An unknown CUDA version is unknown too.
+        let mut newer = h.clone();
+        newer.cuda = None;
+        let err = check(&reqs(&[("D", "cuda>=12.0")]), &newer, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CUDA version unknown"), "{err}");
+    }
+
+    #[test]
+    fn versions_print_as_written() {
+        assert_eq!(v("535.261.03").unwrap().to_string(), "535.261.03");
+        let json = serde_json::to_string(&v("9.0")).unwrap();
+        assert_eq!(json, "\"9.0\"");
+        assert_eq!(
+            serde_json::from_str::<Version>(&json).unwrap(),
+            v("9.0").unwrap()
+        );
+        let err = check(
+            &reqs(&[("D", "driver>=999")]),
+            &host("12.2", "535.261.03"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("driver=535.261.03"), "{err}");
     }
 
     #[test]

@@ -9,13 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
-/// The kernel's `struct open_how` (libc's is non-exhaustive).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 /// A rootfs write failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +25,20 @@ pub struct RootfsError {
     /// The OS error.
     #[source]
     pub source: std::io::Error,
+}
+
+/// What [`Rootfs::symlink`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// Nothing was there; the link was made.
+    Created,
+    /// The same link was already there.
+    Unchanged,
+    /// A symlink pointing elsewhere (the old target) was replaced.
+    Replaced(PathBuf),
+    /// Something other than a symlink is there (the image's own file or directory) and was
+    /// left in place.
+    KeptEntry,
 }
 
 /// One entry of a directory listed by [`Rootfs::list_dir`].
@@ -96,27 +105,13 @@ impl Rootfs {
         } else {
             rel
         };
-        let c = cstr(target)?;
-        let how = OpenHow {
-            flags: u64::try_from(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap_or(0),
-            mode: 0,
-            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: valid dirfd, C string and open_how for the duration of the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a new descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .mode(Mode::empty())
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(self.fd.as_raw_fd(), target, how)?;
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Creates directory `dir` (absolute in the container) and its parents, 0755. A component
@@ -181,8 +176,10 @@ impl Rootfs {
     }
 
     /// Creates symlink `link` (absolute in the container) pointing at `target`, creating its
-    /// directory. An existing entry at `link` is left alone.
-    pub fn symlink(&self, link: &Path, target: &str) -> Result<(), RootfsError> {
+    /// directory. An existing symlink there is replaced unless it already points at `target`
+    /// (the image's own `libcuda.so.1 -> libcuda.so.470.82.01` must not hide the injected
+    /// driver); anything else there (a regular file, a directory) is left in place.
+    pub fn symlink(&self, link: &Path, target: &str) -> Result<LinkOutcome, RootfsError> {
         let (dir, n) = self.entry(link, "create symlink")?;
         let t = CString::new(target).map_err(|e| {
             self.err(
@@ -191,15 +188,59 @@ impl Rootfs {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             )
         })?;
-        // SAFETY: valid C strings and dirfd.
-        let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
-        if rc != 0 {
+        let mut replaced = None;
+        loop {
+            // SAFETY: valid C strings and dirfd.
+            let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
+            if rc == 0 {
+                return Ok(match replaced {
+                    Some(old) => LinkOutcome::Replaced(old),
+                    None => LinkOutcome::Created,
+                });
+            }
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
+            if e.raw_os_error() != Some(libc::EEXIST) || replaced.is_some() {
                 return Err(self.err("create symlink", link, e));
             }
+            let old = match readlinkat(&dir, &n) {
+                Ok(old) => old,
+                // Not a symlink: the image's own file or directory stays.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Ok(LinkOutcome::KeptEntry)
+                }
+                Err(e) => return Err(self.err("read symlink", link, e)),
+            };
+            if old == Path::new(target) {
+                return Ok(LinkOutcome::Unchanged);
+            }
+            // SAFETY: valid dirfd and C string.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), n.as_ptr(), 0) } != 0 {
+                return Err(self.err("replace symlink", link, std::io::Error::last_os_error()));
+            }
+            replaced = Some(old);
         }
-        Ok(())
+    }
+
+    /// Opens file `path` (absolute in the container) for reading, confined to the rootfs and
+    /// not following a final symlink; `None` if it is missing or not a regular file.
+    pub fn open_file(&self, path: &Path) -> Option<File> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let dir = self.open_dir(&relative(parent)).ok()?;
+        let n = cstr(Path::new(path.file_name()?)).ok()?;
+        // SAFETY: valid dirfd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel returned a new descriptor we own.
+        let f = unsafe { File::from_raw_fd(fd) };
+        f.metadata().ok()?.is_file().then_some(f)
     }
 
     /// The entries of directory `dir` (absolute in the container), resolved inside the rootfs;
@@ -227,25 +268,7 @@ impl Rootfs {
     /// not a regular file.
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         use std::io::Read;
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let dir = self.open_dir(&relative(parent)).ok()?;
-        let n = cstr(Path::new(path.file_name()?)).ok()?;
-        // SAFETY: valid dirfd and C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                n.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: the kernel returned a new descriptor we own.
-        let mut f = unsafe { File::from_raw_fd(fd) };
-        if !f.metadata().ok()?.is_file() {
-            return None;
-        }
+        let mut f = self.open_file(path)?;
         let mut out = Vec::new();
         f.read_to_end(&mut out).ok()?;
         Some(out)
@@ -404,14 +427,35 @@ mod tests {
     }
 
     #[test]
-    fn existing_symlink_is_kept() {
+    fn an_image_symlink_is_replaced_and_its_file_kept() {
         let host = tempfile::tempdir().unwrap();
         let r = Rootfs::open(host.path()).unwrap();
-        r.symlink(Path::new("/lib/a.so.1"), "a.so.1.0").unwrap();
-        r.symlink(Path::new("/lib/a.so.1"), "other").unwrap();
+        let link = Path::new("/lib/libcuda.so.1");
         assert_eq!(
-            std::fs::read_link(host.path().join("lib/a.so.1")).unwrap(),
-            Path::new("a.so.1.0")
+            r.symlink(link, "libcuda.so.470.82.01").unwrap(),
+            LinkOutcome::Created
+        );
+        assert_eq!(
+            r.symlink(link, "libcuda.so.535.1").unwrap(),
+            LinkOutcome::Replaced(PathBuf::from("libcuda.so.470.82.01"))
+        );
+        assert_eq!(
+            r.symlink(link, "libcuda.so.535.1").unwrap(),
+            LinkOutcome::Unchanged
+        );
+        assert_eq!(
+            std::fs::read_link(host.path().join("lib/libcuda.so.1")).unwrap(),
+            Path::new("libcuda.so.535.1")
+        );
+        std::fs::write(host.path().join("lib/libnvidia-ml.so.1"), b"image's own").unwrap();
+        assert_eq!(
+            r.symlink(Path::new("/lib/libnvidia-ml.so.1"), "libnvidia-ml.so.535.1")
+                .unwrap(),
+            LinkOutcome::KeptEntry
+        );
+        assert_eq!(
+            std::fs::read(host.path().join("lib/libnvidia-ml.so.1")).unwrap(),
+            b"image's own"
         );
     }
 }

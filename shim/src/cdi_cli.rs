@@ -1,17 +1,29 @@
-//! `containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE]`: writes a CDI spec
-//! (JSON) for the host's GPUs from the shim's own discovery, named as `nvidia-ctk cdi generate`
-//! names devices, for runtimes and tools that read CDI specs from `/etc/cdi` or `/var/run/cdi`.
+//! `containerd-shim-nvidia-v2 cdi generate`: writes a CDI spec for the host's GPUs from the
+//! shim's own discovery, named as `nvidia-ctk cdi generate` names devices, for runtimes and
+//! tools that read CDI specs from `/etc/cdi` or `/var/run/cdi`. YAML for a `.yaml`/`.yml`
+//! output (or `--format yaml`), JSON otherwise; the links and ld cache as the toolkit's
+//! `nvidia-cdi-hook` steps (default) or left to this shim (`--hooks none`).
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nvidia_shim_core::cdi::generate::generate;
+use nvidia_shim_core::cdi::generate::{generate, Hooks, HOOK_PATH};
 use nvidia_shim_core::request::Capabilities;
 use nvidia_shim_core::Config;
 
-const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE]";
+const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks nvidia-cdi-hook|none] [--hook-path PATH]
+
+  --config FILE      the shim's config (driver, dev and proc roots); default /etc/containerd-shim-nvidia/config.toml
+  --output FILE      where to write the spec; default standard output
+  --format FORMAT    json or yaml; default yaml for a .yaml or .yml output, json otherwise
+  --hooks MODE       nvidia-cdi-hook (default): SONAME links, CUDA compat and the ld cache as
+                     createContainer hooks of the NVIDIA Container Toolkit's nvidia-cdi-hook,
+                     for CDI consumers where the toolkit is installed;
+                     none: no hooks; this shim makes the links and the ld cache itself, other
+                     consumers get the driver files without them
+  --hook-path PATH   where nvidia-cdi-hook is installed; default /usr/bin/nvidia-cdi-hook";
 
 /// Whether `args` (without the program name) is a `cdi` command.
 pub fn is_cdi_command(args: &[OsString]) -> bool {
@@ -20,7 +32,16 @@ pub fn is_cdi_command(args: &[OsString]) -> bool {
 
 /// Runs a `cdi` command; `args` starts with `cdi`.
 pub fn run(args: &[OsString]) -> ExitCode {
-    match generate_cmd(args.get(1..).unwrap_or_default()) {
+    let args: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match generate_cmd(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("containerd-shim-nvidia-v2 cdi: {e}");
@@ -29,32 +50,96 @@ pub fn run(args: &[OsString]) -> ExitCode {
     }
 }
 
-fn generate_cmd(args: &[OsString]) -> Result<(), String> {
-    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
-    if it.next().as_deref() != Some("generate") {
-        return Err(USAGE.to_owned());
+/// The output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// The format of `output` when none is asked for: YAML for `.yaml`/`.yml`.
+fn format_for(output: Option<&Path>) -> Format {
+    match output.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => Format::Yaml,
+        _ => Format::Json,
     }
-    let (mut config_path, mut output) = (None, None);
+}
+
+fn generate_cmd(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    if it.next().map(String::as_str) != Some("generate") {
+        return Err(format!("unknown command; {USAGE}"));
+    }
+    let (mut config_path, mut output, mut format) = (None, None, None);
+    let (mut hooks, mut hook_path) = ("nvidia-cdi-hook".to_owned(), HOOK_PATH.to_owned());
     while let Some(flag) = it.next() {
         let value = it
             .next()
-            .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?;
+            .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?
+            .clone();
         match flag.as_str() {
             "--config" => config_path = Some(PathBuf::from(value)),
             "--output" => output = Some(PathBuf::from(value)),
+            "--format" => {
+                format = Some(match value.as_str() {
+                    "json" => Format::Json,
+                    "yaml" => Format::Yaml,
+                    other => return Err(format!("--format {other:?}: json or yaml")),
+                })
+            }
+            "--hooks" => hooks = value,
+            "--hook-path" => hook_path = value,
             _ => return Err(format!("unknown flag {flag}; {USAGE}")),
         }
     }
+    let hooks = match hooks.as_str() {
+        "nvidia-cdi-hook" => Hooks::NvidiaCdiHook(hook_path),
+        "none" => Hooks::None,
+        other => return Err(format!("--hooks {other:?}: nvidia-cdi-hook or none")),
+    };
+    let format = format.unwrap_or_else(|| format_for(output.as_deref()));
     let config = Config::load_or_default(config_path.as_deref()).map_err(|e| e.to_string())?;
     let inventory = crate::gpu::discover(&config).map_err(|e| e.to_string())?;
-    let spec = generate(&inventory, Capabilities::all());
-    let mut json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
-    json.push(b'\n');
+    let spec = generate(&inventory, Capabilities::all(), &hooks).map_err(|e| e.to_string())?;
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(&spec)
+            .map(|t| t + "\n")
+            .map_err(|e| e.to_string()),
+        Format::Yaml => spec.to_yaml(),
+    }
+    .map_err(|e| format!("cannot serialize the spec: {e}"))?;
     match output {
-        Some(path) => std::fs::write(&path, &json)
-            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
         None => std::io::stdout()
-            .write_all(&json)
+            .write_all(text.as_bytes())
             .map_err(|e| format!("cannot write to stdout: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_name_picks_the_format() {
+        assert_eq!(
+            format_for(Some(Path::new("/etc/cdi/nvidia.yaml"))),
+            Format::Yaml
+        );
+        assert_eq!(format_for(Some(Path::new("nvidia.yml"))), Format::Yaml);
+        assert_eq!(format_for(Some(Path::new("nvidia.json"))), Format::Json);
+        assert_eq!(format_for(None), Format::Json);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let err = generate_cmd(&["generate".into(), "--hooks".into(), "maybe".into()]).unwrap_err();
+        assert!(err.contains("--hooks \"maybe\""), "{err}");
+        let err = generate_cmd(&["generate".into(), "--format".into(), "xml".into()]).unwrap_err();
+        assert!(err.contains("json or yaml"), "{err}");
+        let err = generate_cmd(&["list".into()]).unwrap_err();
+        assert!(err.contains("unknown command"), "{err}");
     }
 }

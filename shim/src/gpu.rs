@@ -11,14 +11,15 @@ use nvidia_shim_core::cdi::{self, HookPlan, Registry};
 use nvidia_shim_core::compat::{compat_for, Decision};
 use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
 use nvidia_shim_core::discover::{
-    detect_driver_root, nvml, DiscoverError, GpuDevice, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
+    detect_driver_root, nvml, Arch, DiscoverError, GpuDevice, Inventory, Roots,
+    DRIVER_ROOT_CANDIDATES,
 };
 use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
 use nvidia_shim_core::proc_overlay::{proc_overlay, ProcOverlay, CONTAINER_PROC_DRIVER};
 use nvidia_shim_core::request::{DeviceId, DeviceSelection, GpuRequest};
 use nvidia_shim_core::require::{check, cuda_for_driver, DeviceFacts, HostFacts, Version};
-use nvidia_shim_core::rootfs::Rootfs;
+use nvidia_shim_core::rootfs::{LinkOutcome, Rootfs};
 use nvidia_shim_core::select::{select, BUILTIN_CDI_KINDS};
 use nvidia_shim_core::Config;
 
@@ -49,17 +50,23 @@ pub struct GpuInjector {
 /// Discovers the driver under the configured roots, detecting the driver root when unset.
 pub fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
     let mut inv = discover_files(config)?;
-    if config.nvml {
-        match nvml::enrich(&mut inv) {
-            Ok(()) => log::info!(
+    if !config.nvml {
+        inv.nvml_unavailable = Some("NVML is off in the shim's config (nvml = false)".to_owned());
+        return Ok(inv);
+    }
+    match nvml::enrich(&mut inv) {
+        Ok(()) => {
+            inv.nvml_unavailable = None;
+            log::info!(
                 "NVML: CUDA {}, {} GPUs, {} MIG devices",
                 inv.cuda_version.as_deref().unwrap_or("?"),
                 inv.gpus.len(),
                 inv.mig.len()
-            ),
-            Err(e) => {
-                log::info!("NVML not used ({e}): GPU arch and brand and MIG UUIDs are unknown")
-            }
+            )
+        }
+        Err(e) => {
+            log::info!("NVML not used ({e}): GPU arch and brand and MIG UUIDs are unknown");
+            inv.nvml_unavailable = Some(format!("NVML unavailable: {e}"));
         }
     }
     Ok(inv)
@@ -76,9 +83,16 @@ fn discover_files(config: &Config) -> std::result::Result<Inventory, DiscoverErr
     if config.driver_root.is_some() {
         return Ok(inv);
     }
-    roots.driver_root =
-        detect_driver_root(Path::new("/"), DRIVER_ROOT_CANDIDATES, &inv.driver_version)?;
-    Inventory::discover(&roots)
+    roots.driver_root = detect_driver_root(
+        Path::new("/"),
+        DRIVER_ROOT_CANDIDATES,
+        &inv.driver_version,
+        inv.arch,
+    )?;
+    if roots.driver_root == Path::new("/") {
+        return Ok(inv);
+    }
+    Inventory::discover_for(&roots, inv.arch)
 }
 
 fn request_text(spec: &Spec) -> String {
@@ -106,6 +120,7 @@ impl GpuInjector {
             &config.proc_root,
             config.driver_root.as_deref(),
             &config.dev_root,
+            config.nvml,
         )
         .map_err(no_driver)?;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -231,8 +246,10 @@ impl GpuInjector {
             message: e.to_string(),
         };
         let rootfs = Rootfs::open(&bundle.rootfs()).map_err(rootfs_err)?;
-        let mut libs = LdPlan::from_symlinks(&edits.symlinks);
-        libs.add_cdi_folders(&spec, &plan.ld_folders);
+        let arch = Arch::host().unwrap_or(Arch::X86_64);
+        let mut libs = LdPlan::new(arch, &edits.ld_cache);
+        libs.add_cdi_mounts(&spec, &plan.ld_folders);
+        let compat_host = compat_host.or_else(|| mounted_libcuda_version(&spec));
         if let Some(host) = compat_host.filter(|_| config.cuda_compat) {
             match compat_for(&rootfs, &host) {
                 Decision::Use(lib) => libs.prefer_compat(&rootfs, &lib),
@@ -243,13 +260,30 @@ impl GpuInjector {
                 Decision::NoCompat => {}
             }
         }
+        let mut made: Vec<&Path> = Vec::new();
         for (link, target) in edits
             .symlinks
             .iter()
             .chain(&plan.symlinks)
             .chain(&libs.links)
         {
-            rootfs.symlink(link, target).map_err(rootfs_err)?;
+            if made.contains(&link.as_path()) {
+                continue;
+            }
+            made.push(link);
+            match rootfs.symlink(link, target).map_err(rootfs_err)? {
+                LinkOutcome::Replaced(old) => log::info!(
+                    "container {id}: the image's {} pointed at {}; now at {target}",
+                    link.display(),
+                    old.display()
+                ),
+                LinkOutcome::KeptEntry => log::warn!(
+                    "container {id}: the image's {} is not a symlink and is left in place; the ld cache points {} at the injected library",
+                    link.display(),
+                    link.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                ),
+                LinkOutcome::Created | LinkOutcome::Unchanged => {}
+            }
         }
         libs.write(&rootfs).map_err(rootfs_err)?;
         let proc_mounts = overlay_sources(id, bundle, &overlay)?;
@@ -339,6 +373,7 @@ fn check_requirements(
             .and_then(Version::parse)
             .or_else(|| driver.as_ref().and_then(cuda_for_driver)),
         driver,
+        unknown_because: inv.nvml_unavailable.clone(),
     };
     let devices: Vec<DeviceFacts> = gpus
         .iter()
@@ -381,6 +416,17 @@ fn split_cdi(
     }
     let rest = (!rest.is_empty()).then_some(DeviceSelection::List(rest));
     (names, rest)
+}
+
+/// The driver version of a `libcuda.so.<version>` a CDI spec mounts, for CUDA forward compat
+/// when the spec carries no `enable-cuda-compat` hook (specs generated without hooks).
+fn mounted_libcuda_version(spec: &Spec) -> Option<String> {
+    spec.mounts().as_ref()?.iter().find_map(|m| {
+        let name = m.destination().file_name()?.to_str()?;
+        let version = name.strip_prefix("libcuda.so.")?;
+        (version.matches('.').count() >= 1 && Version::parse(version).is_some())
+            .then(|| version.to_owned())
+    })
 }
 
 /// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).

@@ -1,45 +1,45 @@
-//! The container's ld cache after injection: the injected libraries (and, for images that
+//! The container's ld cache after injection: every injected library (and, for images that
 //! carry newer CUDA forward-compat libraries, those first) added to the image's
-//! `/etc/ld.so.cache`, written in place, plus an `ld.so.conf.d` drop-in so that a later
-//! `ldconfig` in the container keeps them. Works for images without `ldconfig`; every read and
-//! write goes through [`Rootfs`], confined to the rootfs.
+//! `/etc/ld.so.cache` under its SONAME, pointing at the injected file itself, written in place,
+//! plus an `ld.so.conf.d` drop-in so that a later `ldconfig` in the container keeps them. Works
+//! for images without `ldconfig`; every read and write goes through [`Rootfs`], confined to the
+//! rootfs.
 
 use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::compat::{CompatLibcuda, COMPAT_DIR};
-use nvidia_shim_core::discover::{soname, soname_of};
+use nvidia_shim_core::discover::{group_of, Arch};
+use nvidia_shim_core::elf::read_info;
+use nvidia_shim_core::ldcache::{merge, Entry};
 use nvidia_shim_core::oci_spec::runtime::Spec;
 use nvidia_shim_core::rootfs::{Rootfs, RootfsError};
 
 /// Libraries to add to the container's ld cache, with the SONAME links they need.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LdPlan {
-    /// (SONAME, path of the SONAME link in the container).
+    /// The cache entries' flags (the architecture's).
+    flags: i32,
+    /// (name looked up, library file in the container), in priority order.
     entries: Vec<(String, PathBuf)>,
     /// SONAME links to create: (link, target file name).
     pub links: Vec<(PathBuf, String)>,
 }
 
 impl LdPlan {
-    pub fn from_symlinks(symlinks: &[(PathBuf, String)]) -> Self {
-        let entries = symlinks
-            .iter()
-            .filter_map(|(link, _)| {
-                Some((
-                    link.file_name()?.to_string_lossy().into_owned(),
-                    link.clone(),
-                ))
-            })
-            .collect();
+    /// A plan for `arch` holding the built-in injection's `entries`.
+    pub fn new(arch: Arch, entries: &[(String, PathBuf)]) -> Self {
         Self {
-            entries,
+            flags: arch.ldcache_flags(),
+            entries: entries.to_vec(),
             links: Vec::new(),
         }
     }
 
-    /// `update-ldcache --folder` of a CDI spec: every mounted `*.so*` file in those folders,
-    /// by the SONAME read from the host file.
-    pub fn add_cdi_folders(&mut self, spec: &Spec, folders: &[PathBuf]) {
+    /// The libraries a CDI spec mounted: every `*.so*` file in `folders` (its
+    /// `update-ldcache --folder`s), and every NVIDIA driver library wherever it is mounted (a
+    /// spec generated without hooks leaves the ld cache to this shim), by the SONAME read from
+    /// the host file, with the SONAME link when the file has another name.
+    pub fn add_cdi_mounts(&mut self, spec: &Spec, folders: &[PathBuf]) {
         let Some(mounts) = spec.mounts() else { return };
         for m in mounts {
             let dest = m.destination();
@@ -49,20 +49,26 @@ impl LdPlan {
                 continue;
             };
             let file = file.to_string_lossy();
-            if !folders.iter().any(|f| f == dir) || !file.contains(".so") {
+            let driver_library = file
+                .split_once(".so")
+                .is_some_and(|(name, _)| group_of(name).is_some());
+            if !file.contains(".so") || !(driver_library || folders.iter().any(|f| f == dir)) {
                 continue;
             }
-            let Ok(Some(soname)) = soname(source) else {
+            let Some(soname) = std::fs::File::open(source)
+                .ok()
+                .and_then(|f| read_info(&f).ok())
+                .and_then(|i| i.soname)
+            else {
                 continue;
             };
-            let link = dir.join(&soname);
-            if self.entries.iter().any(|(_, l)| *l == link) {
+            if self.entries.iter().any(|(k, _)| *k == soname) {
                 continue;
             }
             if soname != file {
-                self.links.push((link.clone(), file.into_owned()));
+                self.links.push((dir.join(&soname), file.into_owned()));
             }
-            self.entries.push((soname, link));
+            self.entries.push((soname, dest.to_owned()));
         }
     }
 
@@ -81,7 +87,10 @@ impl LdPlan {
             let name = if path == lib.path {
                 lib.soname.clone()
             } else {
-                rootfs.read_file(&path).and_then(|b| soname_of(&b))
+                rootfs
+                    .open_file(&path)
+                    .and_then(|f| read_info(&f).ok())
+                    .and_then(|i| i.soname)
             };
             let Some(name) = name else { continue };
             compat.push((name, path));
@@ -97,28 +106,30 @@ impl LdPlan {
 
     /// Adds the entries to the image's `/etc/ld.so.cache` and writes the ld.so.conf.d drop-in.
     pub fn write(&self, rootfs: &Rootfs) -> Result<(), RootfsError> {
-        use nvidia_shim_core::ldcache::{merge, Entry, FLAGS_X86_64};
         if self.entries.is_empty() {
             return Ok(());
         }
-        let entries: Vec<Entry> = self
-            .entries
-            .iter()
-            .map(|(key, link)| Entry {
-                flags: FLAGS_X86_64,
+        // The first entry of a name wins (compat libraries come first).
+        let mut entries: Vec<Entry> = Vec::with_capacity(self.entries.len());
+        for (key, path) in &self.entries {
+            if entries.iter().any(|e| e.key == *key) {
+                continue;
+            }
+            entries.push(Entry {
+                flags: self.flags,
                 key: key.clone(),
-                value: link.to_string_lossy().into_owned(),
+                value: path.to_string_lossy().into_owned(),
                 osversion: 0,
                 hwcap: 0,
-            })
-            .collect();
+            });
+        }
         let cache = Path::new("/etc/ld.so.cache");
         let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
         rootfs.write_file(cache, &merged, 0o644)?;
         // In order of first appearance: compat libraries, when used, come first.
         let mut dirs: Vec<String> = Vec::new();
-        for (_, link) in &self.entries {
-            if let Some(dir) = link.parent().map(|d| d.to_string_lossy().into_owned()) {
+        for (_, path) in &self.entries {
+            if let Some(dir) = path.parent().map(|d| d.to_string_lossy().into_owned()) {
                 if !dirs.contains(&dir) {
                     dirs.push(dir);
                 }

@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         let host = HostFacts {
             cuda: Version::parse("12.4"),
             driver: Version::parse("550.54.15"),
+            unknown_because: None,
         };
         let device = DeviceFacts {
             arch: Version::parse("9.0"),

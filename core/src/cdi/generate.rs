@@ -1,20 +1,43 @@
 //! A CDI spec for the host's GPUs from a discovered [`Inventory`], named as
 //! `nvidia-ctk cdi generate` names them: kind `nvidia.com/gpu`, one device per index and per
-//! UUID, and `all`. Common nodes and driver files go into the spec-wide edits; the SONAME links
-//! and ld cache are expressed as `nvidia-cdi-hook` steps, which this shim performs natively
-//! (other runtimes need the toolkit's hook installed).
+//! UUID, and `all`. Common nodes and driver files go into the spec-wide edits; they are exactly
+//! what the built-in injection gives a container asking for all capabilities.
+//!
+//! The SONAME links and ld cache are either expressed as the toolkit's `nvidia-cdi-hook` steps
+//! ([`Hooks::NvidiaCdiHook`]: other CDI consumers need the toolkit's hook installed at that
+//! path; this shim performs the steps natively), or left out ([`Hooks::None`]: a spec with no
+//! host program in it; this shim makes the links and the ld cache entries of every NVIDIA
+//! driver library a spec mounts by itself, other consumers get the files without links or
+//! cache entries).
 
 use std::path::Path;
 
 use super::spec::{CdiDevice, CdiSpec, ContainerEdits, DeviceNode, Hook, Mount};
 use crate::discover::{DeviceNode as HostNode, Inventory};
-use crate::edits::{edits_for, FILE_MOUNT_OPTIONS, IPC_MOUNT_OPTIONS};
+use crate::edits::{edits_for, EditsError, FILE_MOUNT_OPTIONS, IPC_MOUNT_OPTIONS};
 use crate::request::{Capabilities, DeviceSelection, GpuRequest, RequestSource};
 
 /// The kind of generated specs.
 pub const KIND: &str = "nvidia.com/gpu";
-/// Where the toolkit's hook program is installed.
+/// Where the toolkit installs its hook program.
 pub const HOOK_PATH: &str = "/usr/bin/nvidia-cdi-hook";
+
+/// How a generated spec expresses the links and the ld cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hooks {
+    /// `createContainer` hooks calling the toolkit's `nvidia-cdi-hook` at this path
+    /// (`create-symlinks`, `enable-cuda-compat`, `update-ldcache`), as `nvidia-ctk cdi
+    /// generate` writes them.
+    NvidiaCdiHook(String),
+    /// No hooks.
+    None,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self::NvidiaCdiHook(HOOK_PATH.to_owned())
+    }
+}
 
 fn node(n: &HostNode) -> DeviceNode {
     let host = n.host_path.to_string_lossy().into_owned();
@@ -26,9 +49,9 @@ fn node(n: &HostNode) -> DeviceNode {
     }
 }
 
-/// Generates the spec for `inventory` with `capabilities` (use `all` for a general spec).
-pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
-    let request = GpuRequest {
+/// The request whose edits are a spec's common edits: no GPU, every given capability.
+fn common_request(capabilities: Capabilities) -> GpuRequest {
+    GpuRequest {
         devices: DeviceSelection::NoGpu,
         source: RequestSource::Env,
         capabilities,
@@ -40,9 +63,18 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
         gated: Vec::new(),
         mig_config: DeviceSelection::Void,
         mig_monitor: DeviceSelection::Void,
-    };
-    // `none` selects no GPU, so this cannot fail.
-    let common = edits_for(inventory, &request).unwrap_or_default();
+    }
+}
+
+/// Generates the spec for `inventory` with `capabilities` (use `all` for a general spec) and
+/// the links and ld cache expressed as `hooks` says. Fails as the built-in injection would for
+/// the same capabilities (a core library missing from the driver root).
+pub fn generate(
+    inventory: &Inventory,
+    capabilities: Capabilities,
+    hooks: &Hooks,
+) -> Result<CdiSpec, EditsError> {
+    let common = edits_for(inventory, &common_request(capabilities))?;
     let mut edits = ContainerEdits {
         env: vec!["NVIDIA_VISIBLE_DEVICES=void".to_owned()],
         device_nodes: common.devices.iter().map(node).collect(),
@@ -60,26 +92,40 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
             .collect(),
         ..ContainerEdits::default()
     };
-    if !common.symlinks.is_empty() {
-        let mut args = vec!["nvidia-cdi-hook".to_owned(), "create-symlinks".to_owned()];
-        for (link, target) in &common.symlinks {
-            args.push("--link".to_owned());
-            args.push(format!("{target}::{}", link.display()));
+    if let Hooks::NvidiaCdiHook(path) = hooks {
+        if !common.symlinks.is_empty() {
+            let mut args = vec!["nvidia-cdi-hook".to_owned(), "create-symlinks".to_owned()];
+            for (link, target) in &common.symlinks {
+                args.push("--link".to_owned());
+                args.push(format!("{target}::{}", link.display()));
+            }
+            edits.hooks.push(hook(path, args));
         }
-        edits.hooks.push(hook(args));
+        if common.ld_cache.iter().any(|(k, _)| k == "libcuda.so.1") {
+            edits.hooks.push(hook(
+                path,
+                vec![
+                    "nvidia-cdi-hook".to_owned(),
+                    "enable-cuda-compat".to_owned(),
+                    format!("--host-driver-version={}", inventory.driver_version),
+                ],
+            ));
+        }
         let mut folders: Vec<&Path> = common
-            .symlinks
+            .ld_cache
             .iter()
-            .filter_map(|(l, _)| l.parent())
+            .filter_map(|(_, file)| file.parent())
             .collect();
         folders.sort();
         folders.dedup();
-        let mut args = vec!["nvidia-cdi-hook".to_owned(), "update-ldcache".to_owned()];
-        for f in folders {
-            args.push("--folder".to_owned());
-            args.push(f.display().to_string());
+        if !folders.is_empty() {
+            let mut args = vec!["nvidia-cdi-hook".to_owned(), "update-ldcache".to_owned()];
+            for f in folders {
+                args.push("--folder".to_owned());
+                args.push(f.display().to_string());
+            }
+            edits.hooks.push(hook(path, args));
         }
-        edits.hooks.push(hook(args));
     }
     let gpu_edits = |minors: &[u32]| ContainerEdits {
         device_nodes: minors
@@ -113,15 +159,18 @@ pub fn generate(inventory: &Inventory, capabilities: Capabilities) -> CdiSpec {
         container_edits: edits,
     };
     spec.cdi_version = spec.required_version().to_string();
-    spec
+    Ok(spec)
 }
 
-fn hook(args: Vec<String>) -> Hook {
+/// A `createContainer` hook running the toolkit's hook program; its environment is given
+/// explicitly (`NVIDIA_CTK_DEBUG=false`, as the toolkit writes it since CVE-2025-23266), so
+/// the container's is never inherited.
+fn hook(path: &str, args: Vec<String>) -> Hook {
     Hook {
         hook_name: "createContainer".to_owned(),
-        path: HOOK_PATH.to_owned(),
+        path: path.to_owned(),
         args,
-        env: Vec::new(),
+        env: vec!["NVIDIA_CTK_DEBUG=false".to_owned()],
         timeout: None,
     }
 }
@@ -141,7 +190,7 @@ mod tests {
         }
         let fake = FakeDriver::builder().gpus(2).build();
         let inv = Inventory::discover(&fake.roots()).unwrap();
-        let spec = generate(&inv, Capabilities::all());
+        let spec = generate(&inv, Capabilities::all(), &Hooks::default()).unwrap();
         let names: Vec<_> = spec.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
@@ -175,5 +224,63 @@ mod tests {
             .iter()
             .any(|(l, t)| l.ends_with("libcuda.so.1") && t.starts_with("libcuda.so.")));
         assert!(!plan.ld_folders.is_empty());
+    }
+
+    #[test]
+    fn the_spec_mounts_what_the_built_in_path_injects_for_all_capabilities() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP the_spec_mounts_what_the_built_in_path_injects: mknod needs root");
+            return;
+        }
+        let fake = FakeDriver::builder().gpus(2).build();
+        let inv = Inventory::discover(&fake.roots()).unwrap();
+        let spec = generate(&inv, Capabilities::all(), &Hooks::None).unwrap();
+        let oci: oci_spec::runtime::Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","env":["NVIDIA_VISIBLE_DEVICES=all","NVIDIA_DRIVER_CAPABILITIES=all"]},"root":{"path":"rootfs"}}"#,
+        )
+        .unwrap();
+        let request =
+            GpuRequest::from_spec(&oci, &crate::request::RequestPolicy::default()).unwrap();
+        let built_in = edits_for(&inv, &request).unwrap();
+        let mut want: Vec<(String, String)> = built_in
+            .mounts
+            .iter()
+            .chain(&built_in.ipc)
+            .map(|(h, c)| (h.display().to_string(), c.display().to_string()))
+            .collect();
+        let mut got: Vec<(String, String)> = spec
+            .container_edits
+            .mounts
+            .iter()
+            .map(|m| (m.host_path.clone(), m.container_path.clone()))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(spec.container_edits.hooks.is_empty(), "no hooks asked for");
+        // With the toolkit's hook: at the given path, with an explicit environment, and the
+        // links the built-in path makes.
+        let hooked = generate(
+            &inv,
+            Capabilities::all(),
+            &Hooks::NvidiaCdiHook("/opt/nvidia/bin/nvidia-cdi-hook".into()),
+        )
+        .unwrap();
+        let hooks = &hooked.container_edits.hooks;
+        assert!(hooks
+            .iter()
+            .all(|h| h.path == "/opt/nvidia/bin/nvidia-cdi-hook"
+                && h.env == ["NVIDIA_CTK_DEBUG=false"]
+                && h.hook_name == "createContainer"));
+        let names: Vec<&str> = hooks.iter().map(|h| h.args[1].as_str()).collect();
+        assert_eq!(
+            names,
+            ["create-symlinks", "enable-cuda-compat", "update-ldcache"]
+        );
+        for (link, target) in &built_in.symlinks {
+            let arg = format!("{target}::{}", link.display());
+            assert!(hooks[0].args.contains(&arg), "{arg} missing");
+        }
     }
 }

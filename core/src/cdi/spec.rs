@@ -228,6 +228,11 @@ pub fn split_kind(kind: &str) -> Option<(&str, &str)> {
 }
 
 impl CdiSpec {
+    /// The spec as a YAML document.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        serde_yaml::to_string(self).map_err(|e| e.to_string())
+    }
+
     /// Parses `text` as JSON (`.json`) or YAML (anything else), then validates it.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SpecError> {
         let err = |reason: String| SpecError {

@@ -100,5 +100,6 @@ fn a_compat_dir_symlinked_out_of_the_rootfs_is_read_inside_it() {
 
 #[test]
 fn garbage_is_not_a_note() {
-    assert_eq!(read_note(b"not an elf"), None);
+    assert_eq!(parse_note(b"not a note section at all"), None);
+    assert_eq!(parse_note(&[0xff; 16]), None);
 }

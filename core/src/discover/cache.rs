@@ -1,9 +1,10 @@
 //! The on-disk driver inventory cache, so that a new shim does not rediscover the driver (or
 //! initialise NVML) on a warm host. An entry is keyed by what changes when the driver does:
 //! the `driver/nvidia/version` text, the GPUs listed under `driver/nvidia/gpus`, the MIG layout
-//! under `driver/nvidia/capabilities` and `driver/nvidia-caps/mig-minors`, and the configured
-//! roots. An entry that does not parse, has another format or key, or names files that are gone
-//! is discarded, never trusted.
+//! under `driver/nvidia/capabilities` and `driver/nvidia-caps/mig-minors`, the modification
+//! times of the driver roots' ld caches and library directories (a library installed or removed
+//! changes its directory), the configured roots and whether NVML is used. An entry that does not
+//! parse, has another format or key, or names files that are gone is discarded, never trusted.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
@@ -11,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DiscoverError, Inventory};
+use super::{Arch, DiscoverError, Inventory, DRIVER_ROOT_CANDIDATES, LD_CACHE};
 
 /// Version of the cache file layout; bumped when [`Inventory`] changes shape.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// What an inventory depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,36 @@ pub struct CacheKey {
     pub dev_root: PathBuf,
     /// The proc root.
     pub proc_root: PathBuf,
+    /// Whether NVML is used (its facts are in the inventory or not).
+    pub nvml: bool,
+    /// Modification times (nanoseconds) of each candidate driver root's ld cache and library
+    /// directories that exist.
+    pub library_state: Vec<(PathBuf, i128)>,
+}
+
+/// The modification time of `path` in nanoseconds, if it exists.
+fn mtime(path: &Path) -> Option<i128> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()))
+}
+
+/// What the library search of the driver root (or of every candidate root when none is
+/// configured) depends on.
+fn library_state(driver_root: Option<&Path>) -> Vec<(PathBuf, i128)> {
+    let roots: Vec<PathBuf> = match driver_root {
+        Some(r) => vec![r.to_owned()],
+        None => DRIVER_ROOT_CANDIDATES.iter().map(PathBuf::from).collect(),
+    };
+    let mut places = vec![LD_CACHE.to_owned()];
+    if let Some(arch) = Arch::host() {
+        places.extend(arch.library_dirs());
+    }
+    roots
+        .iter()
+        .flat_map(|r| places.iter().map(move |p| r.join(p)))
+        .filter_map(|p| mtime(&p).map(|t| (p, t)))
+        .collect()
 }
 
 fn walk(dir: &Path, base: &Path, out: &mut Vec<String>, depth: usize) {
@@ -59,6 +90,7 @@ impl CacheKey {
         proc_root: &Path,
         driver_root: Option<&Path>,
         dev_root: &Path,
+        nvml: bool,
     ) -> Result<Self, DiscoverError> {
         let version = proc_root.join("driver/nvidia/version");
         let version_file = std::fs::read_to_string(&version)
@@ -84,6 +116,8 @@ impl CacheKey {
             driver_root: driver_root.map(Path::to_owned),
             dev_root: dev_root.to_owned(),
             proc_root: proc_root.to_owned(),
+            nvml,
+            library_state: library_state(driver_root),
         })
     }
 
@@ -203,7 +237,7 @@ fn vanished(inv: &Inventory) -> Option<&Path> {
     inv.libraries
         .iter()
         .map(|l| l.path.as_path())
-        .chain(inv.binaries.iter().map(|(b, _)| b.as_path()))
+        .chain(inv.binaries.iter().map(|b| b.path.as_path()))
         .find(|p| !p.exists())
 }
 
@@ -230,7 +264,7 @@ mod tests {
         let r = fake.roots();
         let inv = Inventory::discover(&r).unwrap();
         let cache = InventoryCache::new(fake.cache_dir());
-        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root).unwrap();
+        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
         assert!(matches!(cache.load(&key), Lookup::Miss));
         cache.store(&key, &inv).unwrap();
         match cache.load(&key) {
@@ -241,14 +275,41 @@ mod tests {
         let version = r.proc_root.join("driver/nvidia/version");
         let text = std::fs::read_to_string(&version).unwrap();
         std::fs::write(&version, text.replace("580.159.04", "580.200.01")).unwrap();
-        let newer = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root).unwrap();
+        let newer = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
         assert_ne!(newer, key);
         assert!(matches!(cache.load(&newer), Lookup::Miss));
         // So does a new MIG layout.
         std::fs::create_dir_all(r.proc_root.join("driver/nvidia/capabilities/gpu0/mig/gi1"))
             .unwrap();
-        let mig = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root).unwrap();
+        let mig = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
         assert_ne!(mig, newer);
+        // So does turning NVML on: the entry lacks its facts.
+        let nvml = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, true).unwrap();
+        assert_ne!(nvml, mig);
+    }
+
+    #[test]
+    fn a_library_installed_after_the_entry_changes_the_key() {
+        let fake = FakeDriver::builder().gpus(1).build();
+        let r = fake.roots();
+        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
+        assert!(
+            key.library_state
+                .iter()
+                .any(|(p, _)| p.ends_with("usr/lib/x86_64-linux-gnu")),
+            "{:?}",
+            key.library_state
+        );
+        // A new file in a library directory (a package installed later) changes its mtime.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let lib = r
+            .driver_root
+            .join("usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.580.159.04");
+        assert!(!lib.exists());
+        std::fs::write(&lib, b"new").unwrap();
+        let after = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
+        assert_ne!(after, key);
+        assert_ne!(after.file_name(), key.file_name());
     }
 
     #[test]
@@ -260,7 +321,7 @@ mod tests {
         let r = fake.roots();
         let inv = Inventory::discover(&r).unwrap();
         let cache = InventoryCache::new(fake.cache_dir());
-        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root).unwrap();
+        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
         cache.store(&key, &inv).unwrap();
         let file = fake.cache_dir().join(key.file_name());
         std::fs::write(&file, b"{\"format\":1,\"key\":").unwrap();

@@ -44,6 +44,8 @@ pub struct FakeDriverBuilder {
     layout: Layout,
     reverse_minors: bool,
     mig: Vec<MigLayout>,
+    version: String,
+    driver_root: Option<PathBuf>,
 }
 
 /// MIG instances of one GPU: (GPU minor, [(GI id, [CI ids])]).
@@ -59,6 +61,19 @@ impl FakeDriverBuilder {
     /// File layout (default [`Layout::Distro`]).
     pub fn layout(mut self, layout: Layout) -> Self {
         self.layout = layout;
+        self
+    }
+
+    /// The driver version the fake kernel side reports (default [`VERSION`]).
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_owned();
+        self
+    }
+
+    /// Only the kernel side (`/proc`, `/dev`): the driver's files are the installation at
+    /// `root` (a real driver userspace, such as Debian's packages unpacked), not fakes.
+    pub fn driver_root(mut self, root: &Path) -> Self {
+        self.driver_root = Some(root.to_owned());
         self
     }
 
@@ -86,6 +101,8 @@ impl FakeDriverBuilder {
         let fake = FakeDriver {
             dir,
             layout: self.layout,
+            version: self.version,
+            external_root: self.driver_root,
         };
         fake.write(self.gpus, self.reverse_minors);
         fake.write_mig(&self.mig);
@@ -98,6 +115,8 @@ impl FakeDriverBuilder {
 pub struct FakeDriver {
     dir: tempfile::TempDir,
     layout: Layout,
+    version: String,
+    external_root: Option<PathBuf>,
 }
 
 fn write(path: &Path, text: &str) {
@@ -106,7 +125,7 @@ fn write(path: &Path, text: &str) {
 }
 
 /// A shared object with SONAME `soname`, built once per process and copied from a cache.
-fn shared_object(soname: &str) -> PathBuf {
+pub(crate) fn shared_object(soname: &str) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR
@@ -213,6 +232,8 @@ impl FakeDriver {
             layout: Layout::Distro,
             reverse_minors: false,
             mig: Vec::new(),
+            version: VERSION.to_owned(),
+            driver_root: None,
         }
     }
 
@@ -226,8 +247,16 @@ impl FakeDriver {
         self.dir.path().join("proc")
     }
 
-    /// The driver root of the chosen layout.
+    /// The driver version its kernel side reports.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The driver root: the external installation, or the fake one of the chosen layout.
     pub fn driver_root(&self) -> PathBuf {
+        if let Some(root) = &self.external_root {
+            return root.clone();
+        }
         match self.layout {
             Layout::Distro => self.dir.path().to_owned(),
             Layout::UsrLocalNvidia => self.dir.path().join("usr/local/nvidia"),
@@ -317,7 +346,7 @@ impl FakeDriver {
         std::fs::create_dir_all(self.cdi_dir()).expect("create the CDI dir");
         write(
             &proc.join("driver/nvidia/version"),
-            &format!("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {VERSION}  Thu Jan  1 00:00:00 UTC 2026\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"),
+            &format!("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {}  Thu Jan  1 00:00:00 UTC 2026\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n", self.version),
         );
         write(
             &proc.join("driver/nvidia/params"),
@@ -351,6 +380,9 @@ impl FakeDriver {
             for (name, major, minor) in nodes {
                 mknod(&dev.join(name), major, minor);
             }
+        }
+        if self.external_root.is_some() {
+            return;
         }
         let droot = self.driver_root();
         let share = match self.layout {

@@ -2,31 +2,37 @@
 //! binaries, firmware), read without NVML from `/proc`, `/dev` and a driver root, each under a
 //! root the caller chooses so tests can use fake trees.
 
+mod arch;
 pub mod cache;
 mod files;
 mod gated;
+mod in_root;
 mod ipc;
+mod libraries;
 pub mod mig;
 pub mod nvml;
 mod procfs;
 
 #[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
+#[cfg(any(test, feature = "fixture"))]
+pub mod layouts;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-pub use files::{
-    soname, soname_of, DriverLibrary, LibraryGroup, BINARIES, BINARY_DIRS, LIBRARY_DIRS,
-};
+pub use arch::Arch;
+pub use files::{DriverBinary, BINARIES, BINARY_DIRS, GRAPHICS_CONFIGS};
 pub use gated::gated;
+pub use in_root::DriverRoot;
 pub use ipc::{ipc_endpoints, mps_pipe_dir, DEFAULT_MPS_PIPE_DIR};
+pub use libraries::{
+    group_of, DriverLibrary, LibraryGroup, LibrarySet, CORE_LIBRARIES, LD_CACHE, LIBRARIES,
+};
 pub use mig::MigDevice;
 
 use serde::{Deserialize, Serialize};
-
-use crate::request::Capability;
 
 /// Where the host's driver pieces are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +172,8 @@ pub fn rdev_minor(rdev: u64) -> u32 {
 pub struct Inventory {
     /// The roots it was read from (with the driver root resolved).
     pub roots: Roots,
+    /// The architecture whose libraries were looked for.
+    pub arch: Arch,
     /// Kernel module version, e.g. `580.159.04`.
     pub driver_version: String,
     /// GPUs in NVML index order.
@@ -180,60 +188,79 @@ pub struct Inventory {
     pub modeset: Option<DeviceNode>,
     /// `/dev/nvidia<minor>` by minor.
     pub gpu_nodes: BTreeMap<u32, DeviceNode>,
-    /// Driver libraries.
+    /// Driver libraries, one per name.
     pub libraries: Vec<DriverLibrary>,
-    /// Driver binaries with the capability each needs.
-    pub binaries: Vec<(PathBuf, Capability)>,
-    /// GSP firmware.
-    pub firmware: Vec<PathBuf>,
+    /// Where libraries were looked for (the root's ld cache, then directories), for messages.
+    pub library_search: Vec<PathBuf>,
+    /// Driver binaries.
+    pub binaries: Vec<DriverBinary>,
+    /// GSP firmware, as (host path, container path).
+    pub firmware: Vec<(PathBuf, PathBuf)>,
     /// Graphics configuration files (Vulkan, EGL, GLVND), as (host path, container path).
-    #[serde(default)]
     pub graphics_configs: Vec<(PathBuf, PathBuf)>,
     /// Character device majors by driver name from `/proc/devices` (`nvidia-uvm`,
     /// `nvidia-caps`, ...), for device rules of nodes the host has not created yet.
     pub char_majors: BTreeMap<String, u32>,
     /// The CUDA version the driver supports (NVML only; otherwise derived from the driver
     /// version when requirements are checked).
-    #[serde(default)]
     pub cuda_version: Option<String>,
+    /// Why the NVML-only facts (GPU arch and brand, the CUDA version, MIG UUIDs) are missing;
+    /// `None` once NVML answered.
+    pub nvml_unavailable: Option<String>,
     /// MIG devices of MIG-enabled GPUs, by parent index then MIG index.
-    #[serde(default)]
     pub mig: Vec<MigDevice>,
     /// MIG capability minors from `/proc/driver/nvidia-caps/mig-minors` (empty without MIG
     /// support).
-    #[serde(default)]
     pub mig_minors: BTreeMap<String, u32>,
 }
 
 /// The MIG capability minors file, relative to the proc root.
 pub const MIG_MINORS: &str = "driver/nvidia-caps/mig-minors";
 
-/// Finds the driver root among `candidates` (relative to `host_root`): the first holding
-/// `libnvidia-ml.so.<version>` in one of [`LIBRARY_DIRS`].
+/// What NVML-free discovery says of NVML before anyone tried it.
+pub const NVML_NOT_TRIED: &str = "NVML was not loaded";
+
+/// Finds the driver root among `candidates` (relative to `host_root`): the first where
+/// `libnvidia-ml.so.<version>` of `arch` is found the way libraries are (its ld cache, then its
+/// library directories, symlinks followed).
 pub fn detect_driver_root(
     host_root: &Path,
     candidates: &[&str],
     version: &str,
+    arch: Arch,
 ) -> Result<PathBuf, DiscoverError> {
-    let marker = format!("libnvidia-ml.so.{version}");
+    let mut searched = Vec::new();
     for c in candidates {
         let root = host_root.join(c.trim_start_matches('/'));
-        if LIBRARY_DIRS
-            .iter()
-            .any(|d| root.join(d).join(&marker).is_file())
-        {
+        let Ok(opened) = DriverRoot::open(&root) else {
+            searched.push(root.display().to_string());
+            continue;
+        };
+        let set = libraries::libraries(&opened, arch, version);
+        if set.libraries.iter().any(|l| l.name() == "libnvidia-ml") {
             return Ok(root);
         }
+        searched.extend(set.searched.iter().map(|p| p.display().to_string()));
     }
     Err(DiscoverError::NoDriverRoot {
         version: version.to_owned(),
-        tried: candidates.join(", "),
+        tried: searched.join(", "),
     })
 }
 
 impl Inventory {
-    /// Discovers the driver without NVML. `roots.driver_root` is used as given.
+    /// Discovers the driver without NVML for the architecture this shim runs on.
+    /// `roots.driver_root` is used as given.
     pub fn discover(roots: &Roots) -> Result<Self, DiscoverError> {
+        let arch = Arch::host().ok_or_else(|| DiscoverError::Parse {
+            path: PathBuf::from("/"),
+            reason: format!("no NVIDIA driver for {}", std::env::consts::ARCH),
+        })?;
+        Self::discover_for(roots, arch)
+    }
+
+    /// Discovers the driver's `arch` files without NVML. `roots.driver_root` is used as given.
+    pub fn discover_for(roots: &Roots, arch: Arch) -> Result<Self, DiscoverError> {
         let version_file = roots.proc_root.join("driver/nvidia/version");
         if !version_file.exists() {
             return Err(DiscoverError::NoDriver { path: version_file });
@@ -266,32 +293,40 @@ impl Inventory {
             char_majors.get("nvidia-caps").copied(),
             &mig_minors,
         );
+        let root = DriverRoot::open(&roots.driver_root).map_err(|source| DiscoverError::Read {
+            path: roots.driver_root.clone(),
+            source,
+        })?;
+        let LibrarySet {
+            libraries,
+            searched,
+        } = libraries::libraries(&root, arch, &driver_version);
         Ok(Self {
             cuda_version: None,
+            nvml_unavailable: Some(NVML_NOT_TRIED.to_owned()),
             mig,
             mig_minors,
-            driver_version: driver_version.clone(),
+            arch,
             gpus,
             ctl,
             uvm: DeviceNode::probe(&roots.dev_root, "/dev/nvidia-uvm"),
             uvm_tools: DeviceNode::probe(&roots.dev_root, "/dev/nvidia-uvm-tools"),
             modeset: DeviceNode::probe(&roots.dev_root, "/dev/nvidia-modeset"),
             gpu_nodes,
-            libraries: files::libraries(&roots.driver_root, &driver_version)?,
-            binaries: files::binaries(&roots.driver_root),
-            firmware: files::firmware(&roots.driver_root, &driver_version),
-            graphics_configs: files::graphics_configs(&roots.driver_root),
+            binaries: files::binaries(&root, &libraries),
+            firmware: files::firmware(&root, &driver_version, &libraries),
+            graphics_configs: files::graphics_configs(&root),
+            libraries,
+            library_search: searched,
+            driver_version,
             char_majors,
             roots: roots.clone(),
         })
     }
 
-    /// The path a host file gets in the container: its path with the driver root removed.
-    pub fn container_path(&self, host: &Path) -> PathBuf {
-        match host.strip_prefix(&self.roots.driver_root) {
-            Ok(rel) => Path::new("/").join(rel),
-            Err(_) => host.to_owned(),
-        }
+    /// The library named `name` (`libcuda`), if found.
+    pub fn library(&self, name: &str) -> Option<&DriverLibrary> {
+        self.libraries.iter().find(|l| l.name() == name)
     }
 }
 

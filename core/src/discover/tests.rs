@@ -19,23 +19,20 @@ fn discovers_a_four_gpu_distro_layout() {
     assert_eq!((inv.ctl.major, inv.ctl.minor), (195, 255));
     assert_eq!(inv.uvm.as_ref().map(|n| (n.major, n.minor)), Some((238, 0)));
     assert_eq!(inv.gpu_nodes[&3].path, Path::new("/dev/nvidia3"));
-    let cuda = inv
-        .libraries
-        .iter()
-        .find(|l| l.path.file_name().unwrap() == "libcuda.so.580.159.04")
-        .unwrap();
+    let cuda = inv.library("libcuda").unwrap();
     assert_eq!(cuda.soname.as_deref(), Some("libcuda.so.1"));
     assert_eq!(cuda.group, LibraryGroup::Compute);
     assert_eq!(
-        inv.container_path(&cuda.path),
+        cuda.container_path,
         Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04")
     );
     assert!(inv
         .binaries
         .iter()
-        .any(|(p, _)| p.ends_with("usr/bin/nvidia-smi")));
+        .any(|b| b.container_path == Path::new("/usr/bin/nvidia-smi")));
     assert_eq!(inv.firmware.len(), 2);
     assert_eq!(inv.char_majors.get("nvidia-uvm"), Some(&238));
+    assert_eq!(inv.nvml_unavailable.as_deref(), Some(NVML_NOT_TRIED));
 }
 
 #[test]
@@ -44,24 +41,21 @@ fn finds_the_usr_local_nvidia_layout() {
         .gpus(1)
         .layout(Layout::UsrLocalNvidia)
         .build();
-    let root = detect_driver_root(fake.host_root(), DRIVER_ROOT_CANDIDATES, "580.159.04").unwrap();
+    let root = detect_driver_root(
+        fake.host_root(),
+        DRIVER_ROOT_CANDIDATES,
+        "580.159.04",
+        Arch::X86_64,
+    )
+    .unwrap();
     assert_eq!(root, fake.host_root().join("usr/local/nvidia"));
-    let libs = files::libraries(&root, "580.159.04").unwrap();
-    let ml = libs
-        .iter()
-        .find(|l| l.soname.as_deref() == Some("libnvidia-ml.so.1"))
-        .unwrap();
-    assert!(ml.path.starts_with(root.join("lib64")), "{:?}", ml.path);
-    assert!(files::binaries(&root)
-        .iter()
-        .any(|(p, _)| p.ends_with("bin/nvidia-smi")));
-    assert_eq!(files::firmware(&root, "580.159.04").len(), 2);
 }
 
 #[test]
 fn no_driver_root_is_a_clear_error() {
     let fake = FakeDriver::builder().gpus(1).build();
-    let err = detect_driver_root(fake.host_root(), &["/opt/none"], "580.159.04").unwrap_err();
+    let err = detect_driver_root(fake.host_root(), &["/opt/none"], "580.159.04", Arch::X86_64)
+        .unwrap_err();
     assert!(
         err.to_string().contains("/opt/none") && err.to_string().contains("580.159.04"),
         "{err}"
@@ -81,13 +75,225 @@ fn missing_driver_is_reported() {
     assert!(err.to_string().contains("driver/nvidia/version"));
 }
 
-#[test]
-fn soname_of_a_non_elf_file_is_a_parse_error() {
+const V: &str = "535.261.03";
+
+/// A host root with `items` installed for `arch`, and, as root, the ld cache the host's own
+/// `ldconfig -r` builds for it (`None` when it cannot run here: the layouts are then found
+/// through their directories alone).
+fn host_with(items: &[layouts::Item], arch: Arch) -> (tempfile::TempDir, Option<()>) {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("libcuda.so.580.159.04");
-    std::fs::write(&f, b"not elf").unwrap();
-    let err = soname(&f).unwrap_err();
-    assert!(err.to_string().contains("libcuda.so.580.159.04"), "{err}");
+    layouts::install(dir.path(), items, V, arch);
+    let cache = (is_root() && arch == Arch::X86_64)
+        .then(|| {
+            std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+            let conf = dir.path().join("etc/ld.so.conf");
+            if !conf.exists() {
+                std::fs::write(&conf, "include /etc/ld.so.conf.d/*.conf\n").unwrap();
+            }
+            let status = std::process::Command::new("ldconfig")
+                .arg("-r")
+                .arg(dir.path())
+                .status()
+                .ok()?;
+            (status.success() && dir.path().join(LD_CACHE).exists()).then_some(())
+        })
+        .flatten();
+    if cache.is_none() {
+        eprintln!("note: no ld cache for this layout (needs root and ldconfig): directories only");
+    }
+    (dir, cache)
+}
+
+/// The libraries of `root` as (name, container path, host path relative to the host root).
+fn found(host: &Path, root: &Path, arch: Arch) -> Vec<(String, String, String)> {
+    let set = libraries::libraries(&DriverRoot::open(root).unwrap(), arch, V);
+    set.libraries
+        .iter()
+        .map(|l| {
+            (
+                l.name().to_owned(),
+                l.container_path.display().to_string(),
+                Path::new("/")
+                    .join(l.path.strip_prefix(host).unwrap())
+                    .display()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn lib<'a>(libs: &'a [(String, String, String)], name: &str) -> &'a (String, String, String) {
+    libs.iter()
+        .find(|l| l.0 == name)
+        .unwrap_or_else(|| panic!("{name} not found in {libs:#?}"))
+}
+
+#[test]
+fn debian_packages_are_found_through_alternatives_and_injected_where_the_cache_names_them() {
+    let (host, cache) = host_with(&layouts::debian(), Arch::X86_64);
+    let libs = found(host.path(), host.path(), Arch::X86_64);
+    let cuda = lib(&libs, "libcuda");
+    assert_eq!(cuda.1, format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{V}"));
+    assert_eq!(
+        cuda.2,
+        format!("/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.{V}")
+    );
+    let ml = lib(&libs, "libnvidia-ml");
+    assert_eq!(
+        ml.1,
+        format!("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.{V}")
+    );
+    // libnvidia-cfg.so.1 is linked into .../nvidia/ only, which no cache or directory lists:
+    // it is found where its real file is.
+    let cfg = lib(&libs, "libnvidia-cfg");
+    assert_eq!(
+        cfg.1,
+        format!("/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-cfg.so.{V}")
+    );
+    let glsi = lib(&libs, "libnvidia-glsi");
+    assert_eq!(glsi.1, glsi.2, "real files in the multiarch dir stay there");
+    let names: Vec<&str> = libs.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(libs.len(), 18, "every library of the packages: {names:?}");
+    let root = DriverRoot::open(host.path()).unwrap();
+    let set = libraries::libraries(&root, Arch::X86_64, V);
+    let bins = files::binaries(&root, &set.libraries);
+    let smi = bins
+        .iter()
+        .find(|b| b.container_path == Path::new("/usr/bin/nvidia-smi"));
+    assert_eq!(
+        smi.map(|b| b.path.strip_prefix(host.path()).unwrap().to_owned()),
+        Some(PathBuf::from("usr/lib/nvidia/current/nvidia-smi"))
+    );
+    assert!(bins
+        .iter()
+        .any(|b| b.container_path == Path::new("/usr/sbin/nvidia-cuda-mps-server")));
+    assert_eq!(files::firmware(&root, V, &set.libraries).len(), 2);
+    assert_eq!(files::graphics_configs(&root).len(), 2);
+    // No version of these files is another driver's: a 470 root finds nothing.
+    assert!(libraries::libraries(&root, Arch::X86_64, "470.82.01")
+        .libraries
+        .is_empty());
+    if cache.is_some() {
+        // The cache alone (directories emptied of links) still finds what it lists.
+        let cached =
+            crate::ldcache::parse(&std::fs::read(host.path().join(LD_CACHE)).unwrap()).unwrap();
+        assert!(cached.iter().any(|e| e.key == "libcuda.so.1"));
+    }
+}
+
+#[test]
+fn a_flat_multiarch_install_and_a_lib64_install_are_found_in_place() {
+    for (items, dir) in [
+        (layouts::flat(), "/usr/lib/x86_64-linux-gnu"),
+        (layouts::rhel(), "/usr/lib64"),
+    ] {
+        let (host, _) = host_with(&items, Arch::X86_64);
+        let libs = found(host.path(), host.path(), Arch::X86_64);
+        assert_eq!(libs.len(), 18, "{dir}: {libs:#?}");
+        for l in &libs {
+            assert_eq!(l.1, l.2, "real files are injected where they are");
+            assert!(l.1.starts_with(dir), "{l:?}");
+        }
+        let root = DriverRoot::open(host.path()).unwrap();
+        let set = libraries::libraries(&root, Arch::X86_64, V);
+        assert!(
+            !files::firmware(&root, V, &set.libraries).is_empty(),
+            "{dir}"
+        );
+        assert!(files::binaries(&root, &set.libraries)
+            .iter()
+            .any(|b| b.container_path == Path::new("/usr/bin/nvidia-smi")));
+    }
+}
+
+#[test]
+fn usr_local_nvidia_as_its_own_root_or_behind_host_links_never_gives_its_glibc() {
+    let (host, _) = host_with(&layouts::usr_local_nvidia(), Arch::X86_64);
+    // As the driver root (the config's driver_root, or detected).
+    let root = host.path().join("usr/local/nvidia");
+    let libs = found(host.path(), &root, Arch::X86_64);
+    assert_eq!(libs.len(), 18, "{libs:#?}");
+    assert_eq!(lib(&libs, "libcuda").1, format!("/lib64/libcuda.so.{V}"));
+    assert!(
+        !libs.iter().any(|l| l.2.contains("glibc")),
+        "its glibc is never a driver library: {libs:#?}"
+    );
+    let opened = DriverRoot::open(&root).unwrap();
+    let set = libraries::libraries(&opened, Arch::X86_64, V);
+    assert!(files::binaries(&opened, &set.libraries)
+        .iter()
+        .any(|b| b.container_path == Path::new("/bin/nvidia-smi")));
+    // As `/`, through the host's links and ld cache into it: the binaries and firmware beside
+    // its lib64 are found too, and binaries land on the container's PATH.
+    let as_host = DriverRoot::open(host.path()).unwrap();
+    let set = libraries::libraries(&as_host, Arch::X86_64, V);
+    assert!(set.libraries.iter().any(|l| l.name() == "libnvidia-ml"));
+    assert!(!set
+        .libraries
+        .iter()
+        .any(|l| l.path.to_string_lossy().contains("glibc")));
+    let smi = files::binaries(&as_host, &set.libraries)
+        .into_iter()
+        .find(|b| b.path.ends_with("usr/local/nvidia/bin/nvidia-smi"))
+        .expect("nvidia-smi beside lib64");
+    assert_eq!(smi.container_path, Path::new("/usr/bin/nvidia-smi"));
+    assert_eq!(files::firmware(&as_host, V, &set.libraries).len(), 1);
+    assert_eq!(
+        detect_driver_root(host.path(), DRIVER_ROOT_CANDIDATES, V, Arch::X86_64).unwrap(),
+        host.path(),
+        "`/` holds libnvidia-ml through its links"
+    );
+}
+
+#[test]
+fn aarch64_hosts_use_their_triplet_flags_and_machine() {
+    let (host, _) = host_with(&layouts::debian_aarch64(), Arch::Aarch64);
+    let libs = found(host.path(), host.path(), Arch::Aarch64);
+    assert_eq!(
+        lib(&libs, "libcuda").1,
+        format!("/usr/lib/aarch64-linux-gnu/libcuda.so.{V}")
+    );
+    assert_eq!(libs.len(), 18);
+    // Looked for as x86_64, nothing matches: other directories, and the machine differs.
+    assert!(found(host.path(), host.path(), Arch::X86_64).is_empty());
+    // An aarch64 ld cache names them with aarch64 flags.
+    let entries: Vec<crate::ldcache::Entry> = ["libcuda.so.1", "libnvidia-ml.so.1"]
+        .iter()
+        .map(|k| crate::ldcache::Entry {
+            flags: Arch::Aarch64.ldcache_flags(),
+            key: (*k).to_owned(),
+            value: format!("/usr/lib/aarch64-linux-gnu/{k}"),
+            osversion: 0,
+            hwcap: 0,
+        })
+        .collect();
+    std::fs::write(host.path().join(LD_CACHE), crate::ldcache::build(entries)).unwrap();
+    assert_eq!(found(host.path(), host.path(), Arch::Aarch64).len(), 18);
+    // x86_64 objects in an aarch64 directory are refused by their machine.
+    let other = tempfile::tempdir().unwrap();
+    layouts::install(other.path(), &layouts::debian_aarch64(), V, Arch::X86_64);
+    assert!(found(other.path(), other.path(), Arch::Aarch64).is_empty());
+}
+
+#[test]
+fn only_the_ld_cache_of_the_architecture_counts() {
+    let (host, _) = host_with(&layouts::flat(), Arch::X86_64);
+    // A cache naming the libraries only under other flags (i386's): they are still found
+    // through the directories, never through those entries.
+    let entries = vec![crate::ldcache::Entry {
+        flags: 0x0003,
+        key: "libcuda.so.1".into(),
+        value: "/usr/lib/i386-linux-gnu/libcuda.so.1".into(),
+        osversion: 0,
+        hwcap: 0,
+    }];
+    std::fs::create_dir_all(host.path().join("etc")).unwrap();
+    std::fs::write(host.path().join(LD_CACHE), crate::ldcache::build(entries)).unwrap();
+    let libs = found(host.path(), host.path(), Arch::X86_64);
+    assert_eq!(
+        lib(&libs, "libcuda").1,
+        format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{V}")
+    );
 }
 
 #[test]

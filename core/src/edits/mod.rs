@@ -11,7 +11,10 @@ use oci_spec::runtime::{
 };
 
 use crate::discover::mig::{cap_node, gpu_cap_minors};
-use crate::discover::{gated, ipc_endpoints, mps_pipe_dir, DeviceNode, Inventory, MIG_MINORS};
+use crate::discover::{
+    gated, ipc_endpoints, mps_pipe_dir, DeviceNode, DriverLibrary, Inventory, CORE_LIBRARIES,
+    MIG_MINORS,
+};
 use crate::request::{Capability, DeviceSelection, GpuRequest};
 use crate::select::{select, select_devices, SelectError};
 
@@ -20,6 +23,27 @@ pub const FILE_MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rp
 
 /// Mount options of IPC endpoints (as the toolkit's: writable, no devices, setuid or exec).
 pub const IPC_MOUNT_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "rbind", "rprivate"];
+
+/// What an extra link points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkTo {
+    /// The library's SONAME link (`libcuda.so -> libcuda.so.1`).
+    Soname,
+    /// The library's file (`libGLX_indirect.so.0 -> libGLX_nvidia.so.<version>`).
+    File,
+}
+
+/// The links libnvidia-container makes beside the mounted libraries besides the SONAME links:
+/// (library, link name, what it points at).
+const EXTRA_LINKS: [(&str, &str, LinkTo); 3] = [
+    ("libcuda", "libcuda.so", LinkTo::Soname),
+    (
+        "libnvidia-opticalflow",
+        "libnvidia-opticalflow.so",
+        LinkTo::Soname,
+    ),
+    ("libGLX_nvidia", "libGLX_indirect.so.0", LinkTo::File),
+];
 
 /// What a request adds to a container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,6 +57,10 @@ pub struct ContainerEdits {
     pub ipc: Vec<(PathBuf, PathBuf)>,
     /// Symlinks to create in the rootfs: (link in the container, target).
     pub symlinks: Vec<(PathBuf, String)>,
+    /// Entries for the container's ld cache: (name looked up, library file in the container).
+    /// Every injected library has one under its SONAME; the `.so` links the toolkit makes
+    /// (`libcuda.so`, `libGLX_indirect.so.0`, ...) have one too.
+    pub ld_cache: Vec<(String, PathBuf)>,
     /// Environment entries to set (`KEY=value`).
     pub env: Vec<String>,
 }
@@ -50,6 +78,18 @@ pub enum EditsError {
         cap: &'static str,
         /// The `mig-minors` file read.
         file: PathBuf,
+    },
+    /// The driver's version is known but a library the request cannot do without is missing.
+    #[error("capability {} needs {library}.so.{version}, but the driver root has no such library (searched {searched})", capability.name())]
+    MissingLibrary {
+        /// The capability needing it.
+        capability: Capability,
+        /// The library (`libcuda`).
+        library: &'static str,
+        /// The driver version looked for.
+        version: String,
+        /// The ld cache and directories searched.
+        searched: String,
     },
     /// IMEX channels were requested but the driver has none.
     #[error("IMEX channel {channel} requested, but {devices} lists no nvidia-caps-imex-channels major (is the driver's IMEX support loaded?)")]
@@ -97,8 +137,28 @@ pub fn edits_for(
         e.devices
             .extend(mig_admin_nodes(inventory, selection, cap)?);
     }
-    for lib in inventory.libraries.iter().filter(|l| l.group.wanted(caps)) {
-        let target = inventory.container_path(&lib.path);
+    for (capability, library) in CORE_LIBRARIES {
+        if caps.has(*capability) && inventory.library(library).is_none() {
+            return Err(EditsError::MissingLibrary {
+                capability: *capability,
+                library,
+                version: inventory.driver_version.clone(),
+                searched: inventory
+                    .library_search
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let libraries: Vec<&DriverLibrary> = inventory
+        .libraries
+        .iter()
+        .filter(|l| l.group.wanted(caps))
+        .collect();
+    for lib in &libraries {
+        let target = &lib.container_path;
         if let (Some(soname), Some(dir), Some(file)) =
             (&lib.soname, target.parent(), target.file_name())
         {
@@ -106,17 +166,35 @@ pub fn edits_for(
             if *soname != file {
                 e.symlinks.push((dir.join(soname), file.into_owned()));
             }
+            e.ld_cache.push((soname.clone(), target.clone()));
         }
-        e.mounts.push((lib.path.clone(), target));
+        e.mounts.push((lib.path.clone(), target.clone()));
     }
-    for (bin, cap) in &inventory.binaries {
-        if caps.has(*cap) {
-            e.mounts.push((bin.clone(), inventory.container_path(bin)));
+    for (name, link, points_at) in EXTRA_LINKS {
+        let Some(lib) = libraries.iter().find(|l| l.name() == name) else {
+            continue;
+        };
+        let (Some(dir), Some(file)) = (lib.container_path.parent(), lib.container_path.file_name())
+        else {
+            continue;
+        };
+        let target = match points_at {
+            LinkTo::Soname => match &lib.soname {
+                Some(s) => s.clone(),
+                None => continue,
+            },
+            LinkTo::File => file.to_string_lossy().into_owned(),
+        };
+        e.symlinks.push((dir.join(link), target));
+        e.ld_cache
+            .push((link.to_owned(), lib.container_path.clone()));
+    }
+    for b in &inventory.binaries {
+        if caps.has(b.capability) {
+            e.mounts.push((b.path.clone(), b.container_path.clone()));
         }
     }
-    for fw in &inventory.firmware {
-        e.mounts.push((fw.clone(), inventory.container_path(fw)));
-    }
+    e.mounts.extend(inventory.firmware.iter().cloned());
     if caps.needs_graphics() {
         e.mounts.extend(inventory.graphics_configs.iter().cloned());
     }

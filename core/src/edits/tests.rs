@@ -533,3 +533,84 @@ fn graphics_gets_vulkan_and_egl_configs_at_usr_share_in_both_layouts() {
         assert!(configs("utility,compute").is_empty(), "{layout:?}");
     }
 }
+
+#[test]
+fn every_library_gets_an_ld_cache_entry_and_the_toolkits_extra_links() {
+    if !root() {
+        return;
+    }
+    let (_fake, inv) = inventory(1, Layout::Distro);
+    let env = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=all",
+    ];
+    let edits = edits_for(&inv, &request(&env)).unwrap();
+    let v = crate::discover::fixture::VERSION;
+    let dir = Path::new("/usr/lib/x86_64-linux-gnu");
+    for l in &inv.libraries {
+        let soname = l.soname.clone().unwrap();
+        assert!(
+            edits
+                .ld_cache
+                .contains(&(soname.clone(), l.container_path.clone())),
+            "{soname} has no ld cache entry: {:?}",
+            edits.ld_cache
+        );
+    }
+    // SONAME = file name (libnvidia-glcore.so.<v>): an entry, no link.
+    let glcore = format!("libnvidia-glcore.so.{v}");
+    assert!(edits.ld_cache.iter().any(|(k, _)| *k == glcore));
+    assert!(!edits.symlinks.iter().any(|(l, _)| l.ends_with(&glcore)));
+    for (link, target) in [
+        ("libcuda.so", "libcuda.so.1".to_owned()),
+        ("libGLX_indirect.so.0", format!("libGLX_nvidia.so.{v}")),
+    ] {
+        if link == "libGLX_indirect.so.0" && inv.library("libGLX_nvidia").is_none() {
+            continue; // the fake driver has no GLX library
+        }
+        assert!(
+            edits.symlinks.contains(&(dir.join(link), target.clone())),
+            "{link} -> {target} missing: {:?}",
+            edits.symlinks
+        );
+        assert!(edits.ld_cache.iter().any(|(k, _)| k == link));
+    }
+    // Each link is made once.
+    let mut links: Vec<_> = edits.symlinks.iter().map(|(l, _)| l).collect();
+    let n = links.len();
+    links.sort();
+    links.dedup();
+    assert_eq!(links.len(), n, "{:?}", edits.symlinks);
+}
+
+#[test]
+fn a_root_without_a_capabilitys_core_library_fails_naming_it() {
+    if !root() {
+        return;
+    }
+    let (fake, _) = inventory(1, Layout::Distro);
+    let v = crate::discover::fixture::VERSION;
+    let lib = fake
+        .driver_root()
+        .join(format!("usr/lib/x86_64-linux-gnu/libcuda.so.{v}"));
+    std::fs::remove_file(&lib).unwrap();
+    let inv = Inventory::discover(&fake.roots()).unwrap();
+    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("compute needs libcuda.so.{v}"))
+            && err.contains("etc/ld.so.cache")
+            && err.contains("usr/lib/x86_64-linux-gnu"),
+        "{err}"
+    );
+    // utility alone does not need libcuda.
+    edits_for(
+        &inv,
+        &request(&[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ]),
+    )
+    .unwrap();
+}

@@ -34,6 +34,31 @@ pub fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a 
     v
 }
 
+/// Runs `sh -c script` in a fresh container of `image` (`--rm`) with the shim configuration
+/// file `config` and `env`, checks that it left nothing behind, and returns its exit code,
+/// stdout and stderr.
+pub fn run_script(
+    c: &Containerd,
+    config: &str,
+    image: &str,
+    env: &[&str],
+    script: &str,
+) -> Result<(Option<i32>, String, String)> {
+    let id = crate::unique_id("gpu");
+    let mut extra = vec!["--rm", "--runtime-config-path", config];
+    for e in env {
+        extra.push("--env");
+        extra.push(e);
+    }
+    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
+    if let Some(pos) = args.iter().position(|a| *a == BUSYBOX_IMAGE) {
+        args[pos] = image;
+    }
+    let out = c.ctr(&args)?;
+    assert_clean(c, &id, &id);
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
 /// Polls `f` until it returns true or 15 s pass.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);

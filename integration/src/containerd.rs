@@ -29,6 +29,8 @@ pub struct Containerd {
     level: String,
     /// Extra TOML appended to the config; when set, the CRI plugin stays enabled.
     cri_config: Option<String>,
+    /// A command containerd is started through (it must exec its arguments in the end).
+    wrapper: Vec<String>,
 }
 
 impl Containerd {
@@ -56,6 +58,23 @@ impl Containerd {
         level: &str,
         cri: impl FnOnce(&Path) -> Result<Option<String>>,
     ) -> Result<Self> {
+        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()))
+    }
+
+    /// Starts containerd with the shim under test through `wrapper` (given the temp dir), a
+    /// command that ends by exec'ing its arguments (`containerd --config ...`), so the PID is
+    /// containerd's: `unshare -m sh -c '<mounts>; exec "$@"' sh` gives it (and its shims) a
+    /// private mount namespace.
+    pub fn start_in(wrapper: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<Self> {
+        Self::start_wrapped(&shim_binary(), "debug", |_| Ok(None), wrapper)
+    }
+
+    fn start_wrapped(
+        shim: &Path,
+        level: &str,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
+        wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
             .tempdir_in("/tmp")?;
@@ -70,12 +89,14 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
+        let wrapper = wrapper(dir.path())?;
         let mut me = Self {
             dir,
             child: None,
             path_env,
             level: level.to_owned(),
             cri_config,
+            wrapper,
         };
         me.spawn()?;
         Ok(me)
@@ -109,7 +130,15 @@ disabled_plugins = [{disabled}]
             .create(true)
             .append(true)
             .open(d.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", &self.path_env)

@@ -73,6 +73,56 @@ impl ImageSpec {
         })
     }
 
+    /// busybox plus the host's glibc (the loader, libc and what NVIDIA's binaries and libraries
+    /// need besides: libm, libdl, libpthread, librt, libutil, libgcc_s), the shape of a
+    /// glibc-based image: CUDA programs and `nvidia-smi` are glibc programs, and neither the
+    /// toolkit nor this shim injects a glibc. No `ldconfig` and no `/etc/ld.so.cache`, as in
+    /// distroless images.
+    pub fn glibc() -> Result<Self> {
+        let mut me = Self::busybox()?;
+        for d in [
+            "lib",
+            "lib64",
+            "lib/x86_64-linux-gnu",
+            "usr",
+            "usr/bin",
+            "usr/lib",
+        ] {
+            me.entries.push(Entry::Dir(d.into()));
+        }
+        let host = |p: &str| -> Result<Vec<u8>> {
+            fs::read(fs::canonicalize(p)?).with_context(|| format!("read the host's {p}"))
+        };
+        me.entries.push(Entry::File(
+            "lib64/ld-linux-x86-64.so.2".into(),
+            0o755,
+            host("/lib64/ld-linux-x86-64.so.2")?,
+        ));
+        for lib in [
+            "libc.so.6",
+            "libm.so.6",
+            "libdl.so.2",
+            "libpthread.so.0",
+            "librt.so.1",
+            "libutil.so.1",
+            "libgcc_s.so.1",
+        ] {
+            me.entries.push(Entry::File(
+                format!("lib/x86_64-linux-gnu/{lib}"),
+                0o755,
+                host(&format!("/lib/x86_64-linux-gnu/{lib}"))?,
+            ));
+        }
+        Ok(me)
+    }
+
+    /// Adds the host file `host` as executable `path` in the image.
+    pub fn with_program(mut self, path: &str, host: &Path) -> Result<Self> {
+        let bytes = fs::read(host).with_context(|| format!("read {}", host.display()))?;
+        self.entries.push(Entry::File(path.into(), 0o755, bytes));
+        Ok(self)
+    }
+
     /// A pod sandbox ("pause") image: busybox whose entrypoint sleeps until killed.
     pub fn pause() -> Result<Self> {
         let mut me = Self::busybox()?;

@@ -6,8 +6,10 @@
 pub mod checks;
 pub mod containerd;
 pub mod cri;
+pub mod debian_driver;
 pub mod image;
 pub mod leftovers;
+pub mod probe;
 pub mod pty;
 
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use nvidia_shim_core::discover::fixture::{compat_libcuda, FakeDriver, Layout};
-use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
+use nvidia_shim_integration::checks::{assert_clean, run_args, run_script, setup, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
 use nvidia_shim_integration::{leftovers, unique_id};
@@ -43,21 +43,7 @@ fn run(
     env: &[&str],
     script: &str,
 ) -> Result<(Option<i32>, String, String)> {
-    let id = unique_id("gpu");
-    let mut extra = vec!["--rm", "--runtime-config-path", &g.config];
-    for e in env {
-        extra.push("--env");
-        extra.push(e);
-    }
-    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
-    let pos = args
-        .iter()
-        .position(|a| *a == BUSYBOX_IMAGE)
-        .expect("image arg");
-    args[pos] = image;
-    let out = c.ctr(&args)?;
-    assert_clean(c, &id, &id);
-    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+    run_script(c, &g.config, image, env, script)
 }
 
 #[test]
@@ -343,27 +329,7 @@ fn glibc_spec(c: &Containerd) -> Result<ImageSpec> {
         .arg(dir.join("t.c"))
         .status()?;
     anyhow::ensure!(status.success(), "cc dlopen-test");
-    let mut image = ImageSpec::busybox()?;
-    for d in ["lib", "lib64", "lib/x86_64-linux-gnu", "usr", "usr/bin"] {
-        image.entries.push(Entry::Dir(d.into()));
-    }
-    let host = |p: &str| std::fs::read(std::fs::canonicalize(p)?);
-    image.entries.push(Entry::File(
-        "lib64/ld-linux-x86-64.so.2".into(),
-        0o755,
-        host("/lib64/ld-linux-x86-64.so.2")?,
-    ));
-    image.entries.push(Entry::File(
-        "lib/x86_64-linux-gnu/libc.so.6".into(),
-        0o755,
-        host("/lib/x86_64-linux-gnu/libc.so.6")?,
-    ));
-    image.entries.push(Entry::File(
-        "usr/bin/dlopen-test".into(),
-        0o755,
-        std::fs::read(dir.join("dlopen-test"))?,
-    ));
-    Ok(image)
+    ImageSpec::glibc()?.with_program("usr/bin/dlopen-test", &dir.join("dlopen-test"))
 }
 
 #[test]

@@ -105,10 +105,14 @@ impl DriverRoot {
         names
     }
 
-    /// Whether `p` resolves to a directory inside the root.
-    pub fn is_dir(&self, p: &Path) -> bool {
-        self.open_in_root(p, OFlag::O_PATH | OFlag::O_DIRECTORY)
-            .is_ok()
+    /// Directory `p` with every symlink resolved, as a path inside the root (`/lib/x86_64-linux-gnu`
+    /// is `/usr/lib/x86_64-linux-gnu` on a merged-/usr host); `None` when it is not a directory.
+    pub fn real_dir(&self, p: &Path) -> Option<PathBuf> {
+        let fd = self
+            .open_in_root(p, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .ok()?;
+        let host = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        self.inside(&host)
     }
 
     /// `host` (a resolved host path) as a path inside the root, when it is under it.
@@ -177,7 +181,15 @@ mod tests {
             r.list(Path::new("/usr/lib/x86_64-linux-gnu")),
             ["libcuda.so.1", "libpw.so", "nvidia"]
         );
-        assert!(r.is_dir(Path::new("/etc/alternatives")));
-        assert!(!r.is_dir(Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1")));
+        assert!(r.real_dir(Path::new("/etc/alternatives")).is_some());
+        symlink("usr/lib", root.join("lib")).unwrap();
+        assert_eq!(
+            r.real_dir(Path::new("/lib/x86_64-linux-gnu")).unwrap(),
+            Path::new("/usr/lib/x86_64-linux-gnu")
+        );
+        assert_eq!(r.real_dir(Path::new("/")).unwrap(), Path::new("/"));
+        assert!(r
+            .real_dir(Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1"))
+            .is_none());
     }
 }

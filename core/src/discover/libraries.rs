@@ -191,6 +191,7 @@ fn candidates(root: &DriverRoot, arch: Arch) -> Vec<PathBuf> {
 /// The driver libraries of `version` under `root` for `arch`.
 pub fn libraries(root: &DriverRoot, arch: Arch, version: &str) -> LibrarySet {
     let mut libraries: Vec<DriverLibrary> = Vec::new();
+    let mut real_dirs: std::collections::HashMap<PathBuf, Option<PathBuf>> = Default::default();
     for candidate in candidates(root, arch) {
         let Some(name) = candidate
             .file_name()
@@ -215,7 +216,17 @@ pub fn libraries(root: &DriverRoot, arch: Arch, version: &str) -> LibrarySet {
         if info.machine != arch.elf_machine() {
             continue;
         }
-        let (Some(dir), Some(file)) = (candidate.parent(), found.host.file_name()) else {
+        // The directory as it really is: a link's directory may be a symlink itself (`/lib` on
+        // a merged-/usr host), which a container's image need not have.
+        let Some(dir) = candidate.parent().and_then(|d| {
+            real_dirs
+                .entry(d.to_owned())
+                .or_insert_with(|| root.real_dir(d))
+                .clone()
+        }) else {
+            continue;
+        };
+        let Some(file) = found.host.file_name() else {
             continue;
         };
         libraries.push(DriverLibrary {

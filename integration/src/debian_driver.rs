@@ -1,0 +1,82 @@
+//! Debian's packaged NVIDIA driver userspace for the real-driver tests: unpacked once per
+//! machine by `scripts/debian-nvidia-driver.sh` into `target/debian-nvidia/root` (a private apt
+//! configuration; the host's packages stay untouched), with the kernel side faked by
+//! [`FakeDriver`] pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use nvidia_shim_core::discover::fixture::FakeDriver;
+
+/// The unpacked driver.
+#[derive(Debug)]
+pub struct DebianDriver {
+    /// The driver root (a host `/` as Debian's packages leave it).
+    pub root: PathBuf,
+    /// Its version, e.g. `535.309.01`.
+    pub version: String,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The Debian driver, fetched and unpacked on first use (a failure is an error, not a skip:
+/// the packages reach any Debian machine).
+pub fn debian_driver() -> Result<&'static DebianDriver> {
+    static DRIVER: OnceLock<Result<DebianDriver, String>> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| fetch().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn fetch() -> Result<DebianDriver> {
+    let dir = target_dir().join("debian-nvidia");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-nvidia-driver.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(DebianDriver {
+        root: dir.join("root").canonicalize()?,
+        version,
+    })
+}
+
+impl DebianDriver {
+    /// A fake kernel side (`/proc/driver/nvidia`, `/dev/nvidia*`) with `gpus` GPUs reporting
+    /// this driver's version, whose shim config points at this root.
+    pub fn kernel(&self, gpus: u32) -> FakeDriver {
+        FakeDriver::builder()
+            .gpus(gpus)
+            .version(&self.version)
+            .driver_root(&self.root)
+            .build()
+    }
+
+    /// The directories of `root` a host program would load the driver from with
+    /// `LD_LIBRARY_PATH` (the alternatives links are absolute, so they only resolve inside the
+    /// root; the real files and their relative SONAME links are in `nvidia/current`).
+    pub fn host_library_path(&self) -> String {
+        let libs = self.root.join("usr/lib/x86_64-linux-gnu");
+        format!(
+            "{}:{}",
+            libs.join("nvidia/current").display(),
+            libs.display()
+        )
+    }
+}

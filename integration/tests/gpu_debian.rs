@@ -1,0 +1,469 @@
+//! GPU injection of a real NVIDIA userspace through containerd: Debian bookworm's packaged
+//! driver (`contrib`/`non-free`, unpacked by `scripts/debian-nvidia-driver.sh` with a private
+//! apt configuration), with the kernel side faked (a `/proc/driver/nvidia` tree and mknod'ed
+//! `/dev/nvidia*` nodes with no driver behind them). A glibc image runs `nvprobe`, which
+//! `dlopen`s the driver's libraries and calls `cuInit(0)` and `nvmlInit_v2()`; the same probe on
+//! the host, against the same root, gives the reference answers (no driver: 100 and 9).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_integration::checks::{run_script, setup, text};
+use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::debian_driver::{debian_driver, DebianDriver};
+use nvidia_shim_integration::image::{Entry, ImageSpec};
+use nvidia_shim_integration::{probe, unique_id};
+
+/// A private containerd, the Debian driver with a fake 2-GPU kernel side, a shim config
+/// pointing at them, and the glibc image with the probe.
+struct Env {
+    c: Containerd,
+    driver: &'static DebianDriver,
+    _kernel: FakeDriver,
+    config: String,
+    image: String,
+}
+
+const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
+
+/// The probe built once per test binary.
+fn probe_binary() -> Result<&'static Path> {
+    static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("nvprobe-{}", std::process::id()));
+            probe::build(&dir).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn probe_image() -> Result<ImageSpec> {
+    ImageSpec::glibc()?.with_program("usr/bin/nvprobe", probe_binary()?)
+}
+
+fn env(test: &str) -> Result<Option<Env>> {
+    let Some(c) = setup(test) else {
+        return Ok(None);
+    };
+    let driver = debian_driver()?;
+    let kernel = driver.kernel(2);
+    let config = c.dir().join(format!("{}.toml", unique_id("shim")));
+    std::fs::write(&config, kernel.shim_config())?;
+    c.import(&probe_image()?, IMAGE)?;
+    Ok(Some(Env {
+        c,
+        driver,
+        _kernel: kernel,
+        config: config.display().to_string(),
+        image: IMAGE.to_owned(),
+    }))
+}
+
+impl Env {
+    fn run(&self, env: &[&str], script: &str) -> Result<(Option<i32>, String, String)> {
+        run_script(&self.c, &self.config, &self.image, env, script)
+    }
+
+    /// The probe's answers on the host, loading the driver from the same root.
+    fn host_probe(&self, probes: &[&str]) -> Result<String> {
+        let out = Command::new(probe_binary()?)
+            .args(probes)
+            .env("LD_LIBRARY_PATH", self.driver.host_library_path())
+            .output()?;
+        Ok(text(&out.stdout))
+    }
+
+    fn lib(&self, name: &str) -> String {
+        format!(
+            "/usr/lib/x86_64-linux-gnu/{name}.so.{}",
+            self.driver.version
+        )
+    }
+}
+
+#[test]
+fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
+    let Some(e) = env("all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host")? else {
+        return Ok(());
+    };
+    let host = e.host_probe(&["cuInit", "nvmlInit"])?;
+    let (host_cu, host_nvml) = (probe::code(&host, "cuInit"), probe::code(&host, "nvmlInit"));
+    assert_eq!(
+        (host_cu, host_nvml),
+        (Some(100), Some(9)),
+        "no driver: {host}"
+    );
+    let libs = "libcuda.so libnvidia-cfg.so.1 libnvidia-ptxjitcompiler.so.1 libnvidia-nvvm.so.4 \
+                libnvidia-opencl.so.1 libnvidia-allocator.so.1 libcudadebugger.so.1";
+    let script = format!(
+        "nvprobe cuInit nvmlInit {libs}; nvidia-smi; echo smi=$?; \
+         ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo"
+    );
+    let (code, out, err) = e.run(&["NVIDIA_VISIBLE_DEVICES=all"], &script)?;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(probe::code(&out, "cuInit"), host_cu, "{out}");
+    assert_eq!(probe::code(&out, "nvmlInit"), host_nvml, "{out}");
+    assert_eq!(
+        probe::answer(&out, "cuInit"),
+        Some(format!("100 {}", e.lib("libcuda")).as_str()),
+        "libcuda at the directory the host's ld cache names, through the container's: {out}"
+    );
+    for lib in libs.split_whitespace() {
+        assert!(out.contains(&format!("dlopen {lib} ok")), "{lib}: {out}");
+    }
+    assert!(
+        out.contains("couldn't communicate with the NVIDIA driver") && out.contains("smi=9"),
+        "nvidia-smi fails only for the missing kernel driver: {out}"
+    );
+    assert!(
+        out.contains("nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
+    let Some(e) = env("capabilities_choose_the_libraries_and_nodes")? else {
+        return Ok(());
+    };
+    let host = e.host_probe(&["nvmlInit"])?;
+    // utility: NVML, no CUDA.
+    let (_, out, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ],
+        "nvprobe nvmlInit cuInit",
+    )?;
+    assert_eq!(
+        probe::code(&out, "nvmlInit"),
+        probe::code(&host, "nvmlInit"),
+        "{out}{err}"
+    );
+    assert!(
+        probe::answer(&out, "cuInit").is_some_and(|a| a.starts_with("dlopen-failed")),
+        "{out}"
+    );
+    // none: the libraries and the control nodes, no GPU.
+    let (_, out, err) = e.run(
+        &["NVIDIA_VISIBLE_DEVICES=none"],
+        "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo; nvprobe cuInit",
+    )?;
+    assert!(
+        out.starts_with("nvidia-uvm nvidia-uvm-tools nvidiactl \n"),
+        "{out}{err}"
+    );
+    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
+    // graphics: EGL loads; GLX loads its NVIDIA dependencies and stops at X11, which the
+    // image does not have.
+    let v = &e.driver.version;
+    let deps: Vec<String> = ["libnvidia-glsi", "libnvidia-tls", "libnvidia-glcore"]
+        .iter()
+        .map(|d| format!("{d}.so.{v}"))
+        .collect();
+    let script = format!(
+        "nvprobe libEGL_nvidia.so.0 {} libGLX_nvidia.so.0; \
+         readlink /usr/lib/x86_64-linux-gnu/libGLX_indirect.so.0",
+        deps.join(" ")
+    );
+    let (_, out, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=graphics",
+        ],
+        &script,
+    )?;
+    assert!(out.contains("dlopen libEGL_nvidia.so.0 ok"), "{out}{err}");
+    for dep in &deps {
+        assert!(out.contains(&format!("dlopen {dep} ok")), "{dep}: {out}");
+    }
+    assert!(
+        out.contains(
+            "dlopen libGLX_nvidia.so.0 failed: libX11.so.6: cannot open shared object file"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with(&format!("libGLX_nvidia.so.{v}")),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// An image with `entries` added to the probe image, imported as `name`.
+fn image_with(e: &Env, name: &str, entries: Vec<Entry>) -> Result<String> {
+    let mut image = probe_image()?;
+    for d in ["usr/lib/x86_64-linux-gnu"] {
+        image.entries.push(Entry::Dir(d.into()));
+    }
+    image.entries.extend(entries);
+    let reference = format!("docker.io/library/nvtest-{name}:latest");
+    e.c.import(&image, &reference)?;
+    Ok(reference)
+}
+
+#[test]
+fn the_images_libcuda_links_and_files_do_not_hide_the_driver() -> Result<()> {
+    let Some(mut e) = env("the_images_libcuda_links_and_files_do_not_hide_the_driver")? else {
+        return Ok(());
+    };
+    let all = ["NVIDIA_VISIBLE_DEVICES=all"];
+    // A dangling link left by an older CUDA base image: replaced, and logged with its target.
+    e.image = image_with(
+        &e,
+        "dangling",
+        vec![Entry::Symlink(
+            "usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+            "libcuda.so.470.82.01".into(),
+        )],
+    )?;
+    let (_, out, err) = e.run(
+        &all,
+        "nvprobe cuInit; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+    )?;
+    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}{err}");
+    let v = &e.driver.version;
+    assert!(out.ends_with(&format!("libcuda.so.{v}\n")), "{out}");
+    assert!(
+        e.c.log()
+            .contains("libcuda.so.1 pointed at libcuda.so.470.82.01; now at libcuda.so."),
+        "the replacement is logged"
+    );
+    // A regular file with the SONAME (a stub the image ships): left in place; the cache sends
+    // the loader to the injected library, and the shim warns naming the file.
+    let stub_dir = e.c.dir().join("stub");
+    std::fs::create_dir_all(&stub_dir)?;
+    std::fs::write(
+        stub_dir.join("s.c"),
+        "int image_stub_libcuda(void) { return 7; }\n",
+    )?;
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(stub_dir.join("libcuda.so.1"))
+        .arg(stub_dir.join("s.c"))
+        .status()?;
+    anyhow::ensure!(status.success(), "cc stub");
+    let stub = std::fs::read(stub_dir.join("libcuda.so.1"))?;
+    e.image = image_with(
+        &e,
+        "stubfile",
+        vec![Entry::File(
+            "usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+            0o755,
+            stub,
+        )],
+    )?;
+    let (_, out, err) = e.run(
+        &all,
+        "nvprobe cuInit; grep -q image_stub_libcuda /usr/lib/x86_64-linux-gnu/libcuda.so.1 \
+         && echo image-file-kept",
+    )?;
+    let cuinit = probe::answer(&out, "cuInit").unwrap_or_default();
+    assert_eq!(
+        cuinit,
+        format!("100 {}", e.lib("libcuda")),
+        "the injected libcuda, not the image's: {out}{err}"
+    );
+    assert!(out.ends_with("image-file-kept\n"), "{out}");
+    assert!(
+        e.c.log().contains(
+            "the image's /usr/lib/x86_64-linux-gnu/libcuda.so.1 is not a symlink and is left in place"
+        ),
+        "warned"
+    );
+    Ok(())
+}
+
+/// `src` copied to `dst` as hard links (cheap: both are under the target directory).
+fn copy_linked(src: &Path, dst: &Path) -> Result<()> {
+    let status = Command::new("cp").arg("-al").arg(src).arg(dst).status()?;
+    anyhow::ensure!(
+        status.success(),
+        "cp -al {} {}",
+        src.display(),
+        dst.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()> {
+    let Some(e) = env("a_library_installed_after_the_inventory_was_cached_is_injected")? else {
+        return Ok(());
+    };
+    let v = &e.driver.version;
+    let work = tempfile::Builder::new()
+        .prefix("root-copy")
+        .tempdir_in(e.driver.root.parent().context("root's parent")?)?;
+    let root = work.path().join("root");
+    copy_linked(&e.driver.root, &root)?;
+    let current = root.join("usr/lib/x86_64-linux-gnu/nvidia/current");
+    let cfg = current.join(format!("libnvidia-cfg.so.{v}"));
+    std::fs::remove_file(&cfg)?;
+    let kernel = FakeDriver::builder()
+        .gpus(1)
+        .version(v)
+        .driver_root(&root)
+        .build();
+    let config = e.c.dir().join("copy.toml");
+    std::fs::write(&config, kernel.shim_config())?;
+    let config = config.display().to_string();
+    let utility = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=utility",
+    ];
+    let (_, out, err) = run_script(
+        &e.c,
+        &config,
+        &e.image,
+        &utility,
+        "nvprobe libnvidia-cfg.so.1",
+    )?;
+    assert!(
+        out.contains("dlopen libnvidia-cfg.so.1 failed"),
+        "{out}{err}"
+    );
+    let entries = std::fs::read_dir(kernel.cache_dir())?.count();
+    assert_eq!(entries, 1, "the inventory was cached");
+    // The package is installed (again): its directory changes, so does the cache key.
+    std::fs::hard_link(e.driver.root.join(cfg.strip_prefix(&root)?), &cfg)?;
+    let (_, out, err) = run_script(
+        &e.c,
+        &config,
+        &e.image,
+        &utility,
+        "nvprobe libnvidia-cfg.so.1",
+    )?;
+    assert!(out.contains("dlopen libnvidia-cfg.so.1 ok"), "{out}{err}");
+    // Without libnvidia-ml the version is known but utility cannot work: Create fails, saying
+    // what is missing and where it was looked for.
+    std::fs::remove_file(current.join(format!("libnvidia-ml.so.{v}")))?;
+    let (code, _, err) = run_script(&e.c, &config, &e.image, &utility, "true")?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!("capability utility needs libnvidia-ml.so.{v}"))
+            && err.contains("nvidia/current"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn requirements_nvml_cannot_answer_fail_clearly_and_versions_print_as_written() -> Result<()> {
+    let Some(e) = env("requirements_nvml_cannot_answer_fail_clearly")? else {
+        return Ok(());
+    };
+    let (code, _, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_ARCH=arch>=9.0",
+        ],
+        "true",
+    )?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("cannot check arch>=9.0 (from NVIDIA_REQUIRE_ARCH): GPU architecture unknown, NVML unavailable:"),
+        "{err}"
+    );
+    let (code, _, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_ARCH=arch>=9.0",
+            "NVIDIA_DISABLE_REQUIRE=true",
+        ],
+        "true",
+    )?;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_DRIVER=driver>=999",
+        ],
+        "true",
+    )?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!("driver={}", e.driver.version)),
+        "as the driver writes it: {err}"
+    );
+    // A CUDA 12.2 image on this 535 driver passes on the driver's facts alone.
+    let (code, _, err) = e.run(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.2",
+        ],
+        "true",
+    )?;
+    assert_eq!(code, Some(0), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_default_config_finds_a_driver_installed_at_the_hosts_root() -> Result<()> {
+    if !nvidia_shim_integration::can_run_containerd("the_default_config_finds_a_driver") {
+        return Ok(());
+    }
+    let driver = debian_driver()?;
+    // A Debian host with the driver installed: containerd (and so the shim) runs in a mount
+    // namespace where the packages' /usr and /etc lie over the host's, with the ld cache
+    // ldconfig builds there. Nothing changes outside that namespace.
+    let root = driver.root.display().to_string();
+    let c = Containerd::start_in(|dir| {
+        let cache = dir.join("ld.so.cache");
+        Ok(vec![
+            "unshare".into(),
+            "-m".into(),
+            "--propagation".into(),
+            "private".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "set -e; mount -t overlay overlay -o lowerdir={root}/usr:/usr /usr; \
+                 mount -t overlay overlay -o lowerdir={root}/etc:/etc /etc; \
+                 ldconfig -C {cache}; mount --bind {cache} /etc/ld.so.cache; exec \"$@\"",
+                cache = cache.display()
+            ),
+            "sh".into(),
+        ])
+    })?;
+    c.import(&probe_image()?, IMAGE)?;
+    let kernel = driver.kernel(1);
+    // The kernel side is still fake; the driver root is left to the shim to find.
+    let config = c.dir().join("default-root.toml");
+    let r = kernel.roots();
+    std::fs::write(
+        &config,
+        format!(
+            "dev_root = \"{}\"\nproc_root = \"{}\"\ncache_dir = \"{}\"\ncdi_spec_dirs = []\n",
+            r.dev_root.display(),
+            r.proc_root.display(),
+            kernel.cache_dir().display()
+        ),
+    )?;
+    let (code, out, err) = run_script(
+        &c,
+        &config.display().to_string(),
+        IMAGE,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        "nvprobe cuInit nvmlInit; nvidia-smi -L; echo smi=$?",
+    )?;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
+    assert_eq!(probe::code(&out, "nvmlInit"), Some(9), "{out}");
+    assert!(out.contains("smi=9"), "{out}");
+    assert!(
+        c.log().contains(&format!(
+            "discovered NVIDIA driver {} with 1 GPU(s) under /",
+            driver.version
+        )),
+        "found at /"
+    );
+    Ok(())
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Unpacks Debian bookworm's packaged NVIDIA driver userspace (contrib/non-free) into DIR/root,
+# as a Debian host with the driver installed has it, for the real-driver tests:
+#   - the .deb files are fetched with apt through a private configuration under DIR/apt (its own
+#     sources list, lists and cache), so the host's apt sources and packages stay untouched;
+#   - each is unpacked with dpkg-deb -x;
+#   - nvidia-alternative's own maintainer script makes the alternatives links
+#     (/usr/lib/x86_64-linux-gnu/libcuda.so.1 -> /etc/alternatives/... -> nvidia/current/...),
+#     run with update-alternatives --root DIR/root; only the paths it tests and changes are
+#     prefixed with the root;
+#   - ldconfig -r builds the root's /etc/ld.so.cache.
+# Prints the driver version. Reuses DIR/root when it is complete (DIR/ready), so a second run
+# needs no network. Needs root (dpkg-deb keeps owners, ldconfig -r chroots).
+#
+# usage: scripts/debian-nvidia-driver.sh DIR
+set -euo pipefail
+dir=${1:?usage: $0 DIR}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+exec 9>"$dir/.lock"
+flock 9
+if [ -f "$dir/ready" ] && [ -d "$dir/root" ]; then
+  cat "$dir/ready"
+  exit 0
+fi
+rm -rf "$dir/root" "$dir/debs" "$dir/ctl"
+mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/preferences.d" \
+  "$dir/debs" "$dir/ctl" "$dir/root"
+cat >"$dir/apt/sources.list" <<'EOF'
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm contrib non-free non-free-firmware
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates contrib non-free non-free-firmware
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security contrib non-free non-free-firmware
+EOF
+apt_opts=(
+  -o "Dir::Etc::SourceList=$dir/apt/sources.list"
+  -o "Dir::Etc::SourceParts=/dev/null"
+  -o "Dir::Etc::Preferences=/dev/null"
+  -o "Dir::Etc::PreferencesParts=$dir/apt/preferences.d"
+  -o "Dir::State::Lists=$dir/apt/lists"
+  -o "Dir::Cache=$dir/apt/cache"
+  -o "Debug::NoLocking=1"
+  -o "APT::Sandbox::User=root"
+  -o "Acquire::Retries=3"
+)
+echo "debian-nvidia-driver: fetching the package lists (private apt configuration in $dir/apt)" >&2
+apt-get "${apt_opts[@]}" -qq update >&2
+# The userspace of the nvidia-driver metapackage's dependency tree (without the kernel module,
+# the X.Org driver and the settings tool), plus the firmware and the common files of the ICDs.
+pkgs=(
+  libcuda1 libcudadebugger1 libnvidia-ml1 nvidia-smi libnvidia-cfg1 libnvidia-ptxjitcompiler1
+  libnvidia-nvvm4 nvidia-opencl-icd nvidia-opencl-common libnvidia-allocator1 libnvcuvid1
+  libnvidia-encode1 libnvidia-opticalflow1 libnvidia-fbc1 libnvidia-ngx1
+  libegl-nvidia0 libglx-nvidia0 libgles-nvidia1 libgles-nvidia2 libnvidia-eglcore
+  libnvidia-glcore libnvidia-glvkspirv libnvidia-rtcore libnvidia-pkcs11-openssl3
+  nvidia-egl-icd nvidia-egl-common nvidia-vulkan-icd nvidia-vulkan-common
+  firmware-nvidia-gsp nvidia-alternative nvidia-cuda-mps
+)
+echo "debian-nvidia-driver: downloading ${#pkgs[@]} packages" >&2
+(cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "${pkgs[@]}" >&2)
+version=$(dpkg-deb -f "$dir"/debs/libcuda1_*.deb Version)
+version=${version%%-*}
+for deb in "$dir"/debs/*.deb; do
+  dpkg-deb -x "$deb" "$dir/root"
+done
+for deb in "$dir"/debs/nvidia-alternative_*.deb; do
+  dpkg-deb -e "$deb" "$dir/ctl/nvidia-alternative"
+done
+# nvidia-alternative's postinst, as dpkg runs it on its trigger, with its file tests and
+# update-alternatives pointed at the root; triggers and conffile moves are dpkg's business.
+postinst="$dir/ctl/nvidia-alternative/postinst"
+sed -e 's#\[ -f "${source_path}" \] && \[ -d "$(dirname "${target_link}")" \]#[ -f "$DPKG_ROOT${source_path}" ] \&\& [ -d "$DPKG_ROOT$(dirname "${target_link}")" ]#' \
+    -e 's#^\(\s*\)update-alternatives #\1update-alternatives --root "$DPKG_ROOT" #' \
+    -e 's#^\(\s*\)dpkg-trigger #\1: #' \
+    -e 's#^dpkg-maintscript-helper #: #' \
+    -e 's#\[ -f /usr/include/nvml.h \]#[ -f "$DPKG_ROOT/usr/include/nvml.h" ]#' \
+    "$postinst" >"$postinst.rooted"
+mkdir -p "$dir/root/etc/alternatives" "$dir/root/var/lib/dpkg/alternatives" "$dir/root/var/log"
+DPKG_ROOT="$dir/root" sh "$postinst.rooted" triggered >&2
+link="$dir/root/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+target=$(readlink "$link" || true)
+case "$target" in
+  /etc/alternatives/*) ;;
+  *) echo "debian-nvidia-driver: the alternatives were not made ($link -> '$target')" >&2; exit 1 ;;
+esac
+printf 'include /etc/ld.so.conf.d/*.conf\n' >"$dir/root/etc/ld.so.conf"
+ldconfig -r "$dir/root"
+echo "$version" >"$dir/ready"
+echo "debian-nvidia-driver: $version unpacked in $dir/root" >&2
+echo "$version"

@@ -22,7 +22,7 @@ use nvidia_shim_integration::{probe, unique_id};
 struct Env {
     c: Containerd,
     driver: &'static DebianDriver,
-    _kernel: FakeDriver,
+    kernel: FakeDriver,
     config: String,
     image: String,
 }
@@ -58,10 +58,24 @@ fn env(test: &str) -> Result<Option<Env>> {
     Ok(Some(Env {
         c,
         driver,
-        _kernel: kernel,
+        kernel,
         config: config.display().to_string(),
         image: IMAGE.to_owned(),
     }))
+}
+
+/// The host's `/dev/nvidia*` entries.
+fn host_nodes() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("nvidia"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 impl Env {
@@ -69,12 +83,19 @@ impl Env {
         run_script(&self.c, &self.config, &self.image, env, script)
     }
 
-    /// The probe's answers on the host, loading the driver from the same root.
+    /// The probe's answers on the host, loading the driver from the same root. It runs in a
+    /// mount namespace of its own with an empty `/dev`: as root, NVIDIA's libraries create the
+    /// device nodes they miss, which must not happen to the host's `/dev`.
     fn host_probe(&self, probes: &[&str]) -> Result<String> {
-        let out = Command::new(probe_binary()?)
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs nvprobe-dev /dev && exec \"$@\"")
+            .arg("sh")
+            .arg(probe_binary()?)
             .args(probes)
             .env("LD_LIBRARY_PATH", self.driver.host_library_path())
             .output()?;
+        anyhow::ensure!(out.status.success(), "host probe: {}", text(&out.stderr));
         Ok(text(&out.stdout))
     }
 
@@ -91,6 +112,7 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
     let Some(e) = env("all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host")? else {
         return Ok(());
     };
+    let nodes = host_nodes();
     let host = e.host_probe(&["cuInit", "nvmlInit"])?;
     let (host_cu, host_nvml) = (probe::code(&host, "cuInit"), probe::code(&host, "nvmlInit"));
     assert_eq!(
@@ -124,6 +146,9 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
         out.contains("nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl"),
         "{out}"
     );
+    // Run as root without a kernel driver, NVIDIA's libraries make the nodes they miss: not
+    // in the host's /dev, neither from the probe nor from the shim's discovery.
+    assert_eq!(host_nodes(), nodes, "the host's /dev is untouched");
     Ok(())
 }
 
@@ -464,6 +489,67 @@ fn the_default_config_finds_a_driver_installed_at_the_hosts_root() -> Result<()>
             driver.version
         )),
         "found at /"
+    );
+    Ok(())
+}
+
+/// The file mount points under `/usr`, `/lib` and `/etc` of a container's mount table.
+const FILE_MOUNTS: &str =
+    "awk '$5 ~ /^\\/(usr|lib|etc)\\// {print $5}' /proc/self/mountinfo | sort";
+
+#[test]
+fn a_generated_spec_without_hooks_mounts_what_the_built_in_path_does_and_still_loads() -> Result<()>
+{
+    let Some(e) = env("a_generated_spec_without_hooks_mounts_what_the_built_in_path_does")? else {
+        return Ok(());
+    };
+    let out_file = e.c.dir().join("nvidia.yaml");
+    let out = Command::new(nvidia_shim_integration::shim_binary())
+        .args([
+            "cdi", "generate", "--hooks", "none", "--config", &e.config, "--output",
+        ])
+        .arg(&out_file)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = std::fs::read_to_string(&out_file)?;
+    assert!(
+        yaml.starts_with("cdiVersion:"),
+        "YAML for a .yaml output: {yaml:.80}"
+    );
+    let spec = nvidia_shim_core::cdi::CdiSpec::parse(&out_file, &yaml)?;
+    assert!(spec.container_edits.hooks.is_empty());
+    // The built-in path with every capability mounts exactly the spec's files.
+    let all = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=all",
+    ];
+    let (_, built_in, err) = e.run(&all, FILE_MOUNTS)?;
+    let mut from_spec: Vec<String> = spec
+        .container_edits
+        .mounts
+        .iter()
+        .map(|m| m.container_path.clone())
+        .filter(|p| ["/usr/", "/lib/", "/etc/"].iter().any(|d| p.starts_with(d)))
+        .collect();
+    from_spec.sort();
+    let mut injected: Vec<String> = built_in.lines().map(str::to_owned).collect();
+    injected.retain(|p| !["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"].contains(&p.as_str()));
+    assert_eq!(injected, from_spec, "{err}");
+    assert!(from_spec.len() > 25, "{from_spec:?}");
+    // The spec on disk serves `nvidia.com/gpu=all`; without its hooks the shim still makes
+    // the links and the ld cache, so CUDA loads.
+    let cdi_dir = e.kernel.cdi_dir();
+    std::fs::write(cdi_dir.join("nvidia.yaml"), &yaml)?;
+    let (code, out, err) = e.run(
+        &["NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=all"],
+        "nvprobe cuInit nvmlInit; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+    )?;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
+    assert_eq!(probe::code(&out, "nvmlInit"), Some(9), "{out}");
+    assert!(
+        out.ends_with(&format!("libcuda.so.{}\n", e.driver.version)),
+        "{out}"
     );
     Ok(())
 }

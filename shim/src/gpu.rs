@@ -47,11 +47,23 @@ pub struct GpuInjector {
     cache: Mutex<Option<(CacheKey, Arc<Inventory>)>>,
 }
 
+/// The host's own `/proc`, the only one NVML answers for.
+const HOST_PROC: &str = "/proc";
+
 /// Discovers the driver under the configured roots, detecting the driver root when unset.
 pub fn discover(config: &Config) -> std::result::Result<Inventory, DiscoverError> {
     let mut inv = discover_files(config)?;
     if !config.nvml {
         inv.nvml_unavailable = Some("NVML is off in the shim's config (nvml = false)".to_owned());
+        return Ok(inv);
+    }
+    if config.proc_root != Path::new(HOST_PROC) {
+        // NVML talks to the kernel driver of this host, not to the one `proc_root` describes;
+        // and without a loaded driver, NVML run as root creates `/dev/nvidia*` nodes itself.
+        inv.nvml_unavailable = Some(format!(
+            "NVML unavailable: proc_root is {}, not {HOST_PROC}, so NVML would not answer for that driver",
+            config.proc_root.display()
+        ));
         return Ok(inv);
     }
     match nvml::enrich(&mut inv) {

@@ -1,21 +1,26 @@
 //! Benchmark: `io.containerd.nvidia.v2` against the Go runc shim (`io.containerd.runc.v2`) in
 //! the same run, on the same private containerd.
 //!
-//! `nvbench [--pairs N] [--shim PATH]` prints, for `ctr run --rm IMG ID /bin/true`, the median
-//! wall time of each runtime over N interleaved pairs (order alternating) and their ratio; then
-//! the resident memory (VmRSS and PSS, every process of the shim: ours has a zygote) while one
-//! container sleeps; the GPU injection overhead; then, through containerd's CRI plugin, pod start
-//! time and shim memory per pod against a runc-shim handler. Run as root, with a release build
-//! of the shim. containerd runs at its default log level (info).
+//! `nvbench [--pairs N] [--shim PATH] [--gpu-only]` prints, for `ctr run --rm IMG ID /bin/true`,
+//! the median wall time of each runtime over N interleaved pairs (order alternating) and their
+//! ratio; then the resident memory (VmRSS and PSS, every process of the shim: ours has a zygote)
+//! while one container sleeps; the GPU injection overhead (the host's driver when there is one;
+//! else a fake 4-GPU driver, and Debian's packaged driver userspace with a warm and a cold
+//! inventory cache), with the shim's own Create and injection times from its log; then, through
+//! containerd's CRI plugin, pod start time and shim memory per pod against a runc-shim handler.
+//! Run as root, with a release build of the shim. containerd runs at its default log level
+//! (info).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nvidia_shim_core::discover::fixture::FakeDriver;
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
 };
+use nvidia_shim_integration::debian_driver::debian_driver;
 use nvidia_shim_integration::{leftovers, unique_id};
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -63,11 +68,11 @@ fn print_memory(title: &str, (a, ma): (&str, Memory), (b, mb): (&str, Memory)) {
 }
 
 fn run_true(c: &Containerd, runtime: &str) -> Result<Duration> {
-    run_true_with(c, runtime, &[])
+    run_true_with(c, runtime, &[]).map(|(d, _)| d)
 }
 
-/// `ctr run --rm` of `/bin/true` with extra `ctr run` flags.
-fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Duration> {
+/// `ctr run --rm` of `/bin/true` with extra `ctr run` flags: its wall time and container id.
+fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<(Duration, String)> {
     let id = unique_id("bench");
     let mut args = vec!["run", "--rm", "--runtime", runtime];
     args.extend_from_slice(extra);
@@ -78,7 +83,7 @@ fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Durati
     if !out.status.success() {
         bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(d)
+    Ok((d, id))
 }
 
 /// (VmRSS kB, PSS kB, process count) of the shim serving a sleeping container.
@@ -118,21 +123,33 @@ fn shim_memory(c: &Containerd, runtime: &str, exe: &str) -> Result<Memory> {
     Ok((rss, pss, pids.len()))
 }
 
-/// Median wall time of a GPU container (`all`, utility+compute) minus the same container
-/// without a GPU request, through this shim, `pairs` interleaved pairs. `config` is a shim
-/// config file (None: the shim's defaults, for a host with a real driver).
-fn injection_overhead(
-    c: &Containerd,
-    pairs: usize,
-    config: Option<&str>,
-) -> Result<(Duration, Duration)> {
+/// The milliseconds the shim logged for container `id` on the line containing `what`
+/// (`container <id>: created, init pid N, in X ms`).
+fn logged_ms(log: &str, id: &str, what: &str) -> Option<f64> {
+    let prefix = format!("container {id}: {what}");
+    let line = log.lines().find(|l| l.contains(&prefix))?;
+    let tail = &line[line.find(&prefix)?..];
+    let (_, ms) = tail.rsplit_once(" in ")?;
+    ms.split_whitespace().next()?.parse().ok()
+}
+
+fn median_ms(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The GPU injection overhead on one driver: the median wall time of a GPU container (`all`,
+/// utility+compute) and of the same container without a GPU request, through this shim,
+/// `pairs` interleaved pairs, with the Create times and the injection step the shim logged.
+/// `config` is a shim config file (None: the shim's defaults, for a host with a real driver).
+fn gpu_overhead(c: &Containerd, pairs: usize, label: &str, config: Option<&str>) -> Result<()> {
     let mut gpu_flags = vec!["--env", "NVIDIA_VISIBLE_DEVICES=all"];
     let mut plain_flags = vec![];
     if let Some(cfg) = config {
         gpu_flags.extend_from_slice(&["--runtime-config-path", cfg]);
         plain_flags.extend_from_slice(&["--runtime-config-path", cfg]);
     }
-    run_true_with(c, RUNTIME, &gpu_flags)?; // discovery happens once per shim; warm the page cache
+    run_true_with(c, RUNTIME, &gpu_flags)?; // warm the page cache (and the inventory cache)
     let (mut gpu, mut plain) = (Vec::new(), Vec::new());
     for i in 0..pairs {
         if i % 2 == 0 {
@@ -143,7 +160,90 @@ fn injection_overhead(
             gpu.push(run_true_with(c, RUNTIME, &gpu_flags)?);
         }
     }
-    Ok((median(&mut gpu), median(&mut plain)))
+    let log = c.log();
+    let logged = |runs: &[(Duration, String)], what: &str| -> f64 {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter_map(|(_, id)| logged_ms(&log, id, what))
+            .collect();
+        median_ms(&mut v)
+    };
+    let create = (logged(&gpu, "created"), logged(&plain, "created"));
+    let inject = logged(&gpu, "injected GPUs");
+    let mut gpu: Vec<Duration> = gpu.into_iter().map(|(d, _)| d).collect();
+    let mut plain: Vec<Duration> = plain.into_iter().map(|(d, _)| d).collect();
+    let (g, p) = (median(&mut gpu), median(&mut plain));
+    println!(
+        "GPU injection overhead ({label}), {pairs} interleaved pairs, ctr run --rm /bin/true:"
+    );
+    println!(
+        "  NVIDIA_VISIBLE_DEVICES=all   median {:>7.1} ms",
+        g.as_secs_f64() * 1e3
+    );
+    println!(
+        "  no GPU request               median {:>7.1} ms",
+        p.as_secs_f64() * 1e3
+    );
+    println!(
+        "  overhead                            {:>7.1} ms",
+        (g.as_secs_f64() - p.as_secs_f64()) * 1e3
+    );
+    println!(
+        "  shim's Task Create (its log)  GPU {:>5.1} ms, no GPU {:>5.1} ms, difference {:>5.1} ms; injection step {:>5.1} ms",
+        create.0,
+        create.1,
+        create.0 - create.1,
+        inject
+    );
+    Ok(())
+}
+
+/// The GPU overhead benchmarks this machine can run: the host's driver, or a fake 4-GPU
+/// driver and Debian's packaged userspace (fake kernel side) with a warm and a cold cache.
+fn gpu_benchmarks(c: &Containerd, pairs: usize) -> Result<()> {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        return gpu_overhead(c, pairs, "host driver", None);
+    }
+    let fake = FakeDriver::builder().gpus(4).build();
+    let cfg = c.dir().join("bench-fake.toml");
+    std::fs::write(&cfg, fake.shim_config())?;
+    gpu_overhead(
+        c,
+        pairs,
+        "fake 4-GPU driver",
+        Some(&cfg.display().to_string()),
+    )?;
+    let debian = debian_driver()?;
+    let kernel = debian.kernel(1);
+    let warm = c.dir().join("bench-debian.toml");
+    std::fs::write(&warm, kernel.shim_config())?;
+    gpu_overhead(
+        c,
+        pairs,
+        &format!(
+            "Debian's packaged driver {}, 1 GPU, warm inventory cache",
+            debian.version
+        ),
+        Some(&warm.display().to_string()),
+    )?;
+    // No on-disk cache: every shim (one per `ctr run`) discovers the driver, NVML included.
+    let cold = c.dir().join("bench-debian-cold.toml");
+    let text: String = kernel
+        .shim_config()
+        .lines()
+        .filter(|l| !l.starts_with("cache_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cold, format!("{text}cache_dir = \"\"\n"))?;
+    gpu_overhead(
+        c,
+        pairs,
+        &format!(
+            "Debian's packaged driver {}, 1 GPU, no inventory cache (cold)",
+            debian.version
+        ),
+        Some(&cold.display().to_string()),
+    )
 }
 
 /// Pod start through the CRI plugin (RunPodSandbox + CreateContainer + StartContainer of one
@@ -224,6 +324,7 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     let mut pairs = 20usize;
+    let mut gpu_only = false;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut shim = root.join("target/release/containerd-shim-nvidia-v2");
     let mut args = std::env::args().skip(1);
@@ -231,7 +332,10 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--pairs" => pairs = args.next().context("--pairs N")?.parse()?,
             "--shim" => shim = PathBuf::from(args.next().context("--shim PATH")?),
-            other => bail!("unknown argument {other}; usage: nvbench [--pairs N] [--shim PATH]"),
+            "--gpu-only" => gpu_only = true,
+            other => bail!(
+                "unknown argument {other}; usage: nvbench [--pairs N] [--shim PATH] [--gpu-only]"
+            ),
         }
     }
     if !shim.exists() {
@@ -243,6 +347,9 @@ fn main() -> Result<()> {
     // containerd's default log level: at debug it makes both shims log every step.
     let c = Containerd::start_with_level(&shim, "info")?;
     c.import_busybox()?;
+    if gpu_only {
+        return gpu_benchmarks(&c, pairs);
+    }
     // Warm both paths (page cache, snapshotter) before measuring.
     for _ in 0..2 {
         run_true(&c, RUNTIME)?;
@@ -273,38 +380,7 @@ fn main() -> Result<()> {
         (RUNC, shim_memory(&c, RUNC, "containerd-shim-runc-v2")?),
     );
 
-    // GPU injection overhead: on the host's driver when there is one, else on a fake 4-GPU
-    // driver (real ELF libraries, mknod'ed nodes, fake /proc tree).
-    let (label, config, _fake) = if std::path::Path::new("/dev/nvidiactl").exists() {
-        ("host driver", None, None)
-    } else {
-        let fake = nvidia_shim_core::discover::fixture::FakeDriver::builder()
-            .gpus(4)
-            .build();
-        let cfg = c.dir().join("bench-gpu.toml");
-        std::fs::write(&cfg, fake.shim_config())?;
-        (
-            "fake 4-GPU driver",
-            Some(cfg.display().to_string()),
-            Some(fake),
-        )
-    };
-    let (gpu, plain) = injection_overhead(&c, pairs, config.as_deref())?;
-    println!(
-        "GPU injection overhead ({label}), {pairs} interleaved pairs, ctr run --rm /bin/true:"
-    );
-    println!(
-        "  NVIDIA_VISIBLE_DEVICES=all   median {:>7.1} ms",
-        gpu.as_secs_f64() * 1e3
-    );
-    println!(
-        "  no GPU request               median {:>7.1} ms",
-        plain.as_secs_f64() * 1e3
-    );
-    println!(
-        "  overhead                            {:>7.1} ms",
-        (gpu.as_secs_f64() - plain.as_secs_f64()) * 1e3
-    );
+    gpu_benchmarks(&c, pairs)?;
     drop(c);
     pod_benchmark(&shim, pairs)
 }

@@ -13,6 +13,7 @@ impl TaskService {
             });
         }
         let reservation = self.reserve(id)?;
+        let started = std::time::Instant::now();
         // Start the cgroup migration grace period now, alongside the work before the attach.
         drop(tokio::task::spawn_blocking(crate::attach_warmup::now));
         let config_path = match req.options.as_ref() {
@@ -34,6 +35,7 @@ impl TaskService {
         };
         // GPU injection edits config.json and the rootfs before libcontainer reads them. It
         // reads files (discovery, ELF headers, the image's ld cache): off the reactor.
+        let injecting = std::time::Instant::now();
         let injected = {
             let (gpu, owned_id, b, cfg) = (
                 Arc::clone(&self.gpu),
@@ -49,10 +51,11 @@ impl TaskService {
         let proc_mounts = match injected {
             Ok(Some(done)) => {
                 log::info!(
-                    "container {id}: injected GPUs {:?} ({} device nodes, {} mounts)",
+                    "container {id}: injected GPUs {:?} ({} device nodes, {} mounts) in {:.1} ms",
                     done.gpus,
                     done.devices,
-                    done.mounts
+                    done.mounts,
+                    injecting.elapsed().as_secs_f64() * 1e3
                 );
                 done.proc_mounts
             }
@@ -148,7 +151,11 @@ impl TaskService {
             t.ever_created = true;
         }
         drop(reservation);
-        log::info!("container {id}: created, init pid {}", created.pid);
+        log::info!(
+            "container {id}: created, init pid {}, in {:.1} ms",
+            created.pid,
+            started.elapsed().as_secs_f64() * 1e3
+        );
         crate::oom::watch(&container, self.events.clone());
         let pid = u32::try_from(created.pid).unwrap_or_default();
         self.events.publish(

@@ -181,6 +181,52 @@ impl Rootfs {
     /// driver); anything else there (a regular file, a directory) is left in place.
     pub fn symlink(&self, link: &Path, target: &str) -> Result<LinkOutcome, RootfsError> {
         let (dir, n) = self.entry(link, "create symlink")?;
+        self.link_at(&dir, &n, link, target)
+    }
+
+    /// [`Rootfs::symlink`] for each of `links` (link, target), each directory created and
+    /// opened once, each link made once (the first target given for it wins); returns each
+    /// link made with its target and what was done.
+    pub fn symlinks<'a>(
+        &self,
+        links: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<Vec<(&'a Path, &'a str, LinkOutcome)>, RootfsError> {
+        let mut dirs: std::collections::HashMap<&Path, OwnedFd> = Default::default();
+        let mut done: Vec<(&'a Path, &'a str, LinkOutcome)> = Vec::new();
+        for (link, target) in links {
+            if done.iter().any(|(l, _, _)| *l == link) {
+                continue;
+            }
+            let (Some(parent), Some(name)) = (link.parent(), link.file_name()) else {
+                return Err(self.err(
+                    "create symlink",
+                    link,
+                    std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                ));
+            };
+            if !dirs.contains_key(parent) {
+                self.create_dir_all(parent)?;
+                let fd = self
+                    .open_dir(&relative(parent))
+                    .map_err(|e| self.err("open", parent, e))?;
+                dirs.insert(parent, fd);
+            }
+            let n = cstr(Path::new(name)).map_err(|e| self.err("create symlink", link, e))?;
+            let outcome = self.link_at(&dirs[parent], &n, link, target)?;
+            done.push((link, target, outcome));
+        }
+        Ok(done)
+    }
+
+    /// Makes `name` in `dir` (the directory of `link`) a symlink to `target`; see
+    /// [`Rootfs::symlink`].
+    fn link_at(
+        &self,
+        dir: &OwnedFd,
+        n: &CString,
+        link: &Path,
+        target: &str,
+    ) -> Result<LinkOutcome, RootfsError> {
         let t = CString::new(target).map_err(|e| {
             self.err(
                 "create symlink",
@@ -202,7 +248,7 @@ impl Rootfs {
             if e.raw_os_error() != Some(libc::EEXIST) || replaced.is_some() {
                 return Err(self.err("create symlink", link, e));
             }
-            let old = match readlinkat(&dir, &n) {
+            let old = match readlinkat(dir, n) {
                 Ok(old) => old,
                 // Not a symlink: the image's own file or directory stays.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {

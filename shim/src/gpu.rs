@@ -272,22 +272,18 @@ impl GpuInjector {
                 Decision::NoCompat => {}
             }
         }
-        let mut made: Vec<&Path> = Vec::new();
-        for (link, target) in edits
+        let links = edits
             .symlinks
             .iter()
             .chain(&plan.symlinks)
             .chain(&libs.links)
-        {
-            if made.contains(&link.as_path()) {
-                continue;
-            }
-            made.push(link);
-            match rootfs.symlink(link, target).map_err(rootfs_err)? {
+            .map(|(link, target)| (link.as_path(), target.as_str()));
+        for (link, target, outcome) in rootfs.symlinks(links).map_err(rootfs_err)? {
+            match outcome {
                 LinkOutcome::Replaced(old) => log::info!(
                     "container {id}: the image's {} pointed at {}; now at {target}",
                     link.display(),
-                    old.display()
+                    old.display(),
                 ),
                 LinkOutcome::KeptEntry => log::warn!(
                     "container {id}: the image's {} is not a symlink and is left in place; the ld cache points {} at the injected library",

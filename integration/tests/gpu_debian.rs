@@ -224,9 +224,9 @@ fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
 /// An image with `entries` added to the probe image, imported as `name`.
 fn image_with(e: &Env, name: &str, entries: Vec<Entry>) -> Result<String> {
     let mut image = probe_image()?;
-    for d in ["usr/lib/x86_64-linux-gnu"] {
-        image.entries.push(Entry::Dir(d.into()));
-    }
+    image
+        .entries
+        .push(Entry::Dir("usr/lib/x86_64-linux-gnu".into()));
     image.entries.extend(entries);
     let reference = format!("docker.io/library/nvtest-{name}:latest");
     e.c.import(&image, &reference)?;

@@ -7,8 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-/// Where the static busybox comes from.
+/// Where the static busybox comes from, unless `NVIDIA_TEST_BUSYBOX` names another (the GPU
+/// host has none of its own; its test kit carries one).
 pub const BUSYBOX: &str = "/bin/busybox";
+
+fn busybox_path() -> std::path::PathBuf {
+    std::env::var_os("NVIDIA_TEST_BUSYBOX")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| BUSYBOX.into())
+}
 
 /// One file of an image layer.
 #[derive(Debug, Clone)]
@@ -35,9 +42,10 @@ pub struct ImageSpec {
 impl ImageSpec {
     /// busybox with its applets as symlinks in `/bin`, passwd/group, and the usual dirs.
     pub fn busybox() -> Result<Self> {
-        let bb = fs::read(BUSYBOX)
-            .with_context(|| format!("read {BUSYBOX} (install busybox-static)"))?;
-        let list = std::process::Command::new(BUSYBOX)
+        let busybox = busybox_path();
+        let bb = fs::read(&busybox)
+            .with_context(|| format!("read {} (install busybox-static)", busybox.display()))?;
+        let list = std::process::Command::new(&busybox)
             .arg("--list")
             .output()
             .context("busybox --list")?;

@@ -26,15 +26,34 @@ pub fn shim_binary() -> PathBuf {
     target.join("debug").join("containerd-shim-nvidia-v2")
 }
 
+/// Says that `test` is skipped and why: on stderr, and as a line in the file named by
+/// `NVIDIA_TEST_SKIPS` when set, so that `scripts/test.sh` reports skips as skips, not passes.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIP {test}: {why}");
+    if let Some(path) = std::env::var_os("NVIDIA_TEST_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
 /// Whether the tests that need root and containerd can run; prints why not when they can't.
 pub fn can_run_containerd(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root (containerd, mounts, cgroups)");
+        skip(test, "needs root (containerd, mounts, cgroups)");
         return false;
     }
     if which("containerd").is_none() || which("ctr").is_none() {
-        eprintln!("SKIP {test}: containerd/ctr not installed (scripts/test.sh installs them)");
+        skip(
+            test,
+            "containerd/ctr not installed (scripts/test.sh installs them)",
+        );
         return false;
     }
     if !shim_binary().exists() {

@@ -1,0 +1,213 @@
+//! On a host with a real NVIDIA GPU and driver (`/dev/nvidiactl` exists; skipped with the reason
+//! elsewhere): the shim with its default configuration finds the driver, and containers get
+//! the GPU they ask for and nothing more. Run there by `scripts/gpu-host-suite.sh`, which packs
+//! this test, the release shim, containerd and the probe for a machine that can install
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
+use nvidia_shim_integration::image::ImageSpec;
+use nvidia_shim_integration::{probe, unique_id};
+
+const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
+
+/// Whether this host has a GPU; says why not when it has none.
+fn gpu_host(test: &str) -> bool {
+    let has = Path::new("/dev/nvidiactl").exists();
+    if !has {
+        nvidia_shim_integration::skip(test, "no NVIDIA GPU here (/dev/nvidiactl does not exist)");
+    }
+    has
+}
+
+/// The GPUs' UUIDs as the driver lists them in `/proc`.
+fn host_uuids() -> Vec<String> {
+    let mut uuids: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
+                .filter_map(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("GPU UUID:").map(|u| u.trim().to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    uuids.sort();
+    uuids
+}
+
+fn probe_path() -> Result<&'static Path> {
+    static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("nvprobe-{}", std::process::id()));
+            probe::probe(&dir).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A private containerd with the probe image, or `None` when this host cannot run the test.
+fn env(test: &str) -> Result<Option<Containerd>> {
+    if !gpu_host(test) {
+        return Ok(None);
+    }
+    let Some(c) = setup(test) else {
+        return Ok(None);
+    };
+    c.import(
+        &ImageSpec::glibc()?.with_program("usr/bin/nvprobe", probe_path()?)?,
+        IMAGE,
+    )?;
+    Ok(Some(c))
+}
+
+/// Runs `script` in the probe image through `runtime` with the shim's default configuration.
+fn run(
+    c: &Containerd,
+    runtime: &str,
+    env: &[&str],
+    script: &str,
+) -> Result<(Option<i32>, String, String)> {
+    let id = unique_id("gpu");
+    let mut extra = vec!["--rm"];
+    for e in env {
+        extra.push("--env");
+        extra.push(e);
+    }
+    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
+    if let Some(p) = args.iter().position(|a| *a == BUSYBOX_IMAGE) {
+        args[p] = IMAGE;
+    }
+    if let Some(p) = args.iter().position(|a| *a == "--runtime") {
+        args[p + 1] = runtime;
+    }
+    let out = c.ctr(&args)?;
+    assert_clean(c, &id, &id);
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
+const NVIDIA: &str = nvidia_shim_integration::containerd::RUNTIME;
+const RUNC: &str = "io.containerd.runc.v2";
+
+#[test]
+fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {
+    let Some(c) = env("nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid")? else {
+        return Ok(());
+    };
+    let uuids = host_uuids();
+    assert!(!uuids.is_empty(), "the driver lists GPUs in /proc");
+    let (code, out, err) = run(&c, NVIDIA, &["NVIDIA_VISIBLE_DEVICES=all"], "nvidia-smi -L")?;
+    eprintln!("nvidia-smi -L with =all:\n{out}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for u in &uuids {
+        assert!(out.contains(&format!("UUID: {u}")), "{u}: {out}");
+    }
+    let one = &uuids[0];
+    let (code, out, err) = run(
+        &c,
+        NVIDIA,
+        &[&format!("NVIDIA_VISIBLE_DEVICES={one}")],
+        "nvidia-smi -L; ls /dev | grep '^nvidia[0-9]' | wc -l",
+    )?;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("UUID: {one}")), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("GPU ")).count(),
+        1,
+        "{out}"
+    );
+    assert!(out.ends_with("1\n"), "one GPU node: {out}");
+    eprintln!(
+        "{}",
+        c.log()
+            .lines()
+            .filter(|l| l.contains("NVML") || l.contains("discovered NVIDIA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_vector_add_runs_on_the_gpu_inside_the_container() -> Result<()> {
+    let Some(c) = env("a_vector_add_runs_on_the_gpu_inside_the_container")? else {
+        return Ok(());
+    };
+    let (code, out, err) = run(
+        &c,
+        NVIDIA,
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        "nvprobe cuInit nvmlInit vadd",
+    )?;
+    eprintln!("probe inside: {out}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(probe::code(&out, "cuInit"), Some(0), "{out}");
+    assert_eq!(probe::code(&out, "nvmlInit"), Some(0), "{out}");
+    assert!(out.contains("vadd ok 1048576"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn none_void_and_no_request_give_no_gpu_as_runc_gives_none() -> Result<()> {
+    let Some(c) = env("none_void_and_no_request_give_no_gpu")? else {
+        return Ok(());
+    };
+    let nodes = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo";
+    let (_, out, err) = run(
+        &c,
+        NVIDIA,
+        &["NVIDIA_VISIBLE_DEVICES=none"],
+        &format!("{nodes}; nvprobe cuInit"),
+    )?;
+    assert!(
+        out.contains("nvidiactl") && !out.contains("nvidia0"),
+        "none: {out}{err}"
+    );
+    // No GPU to initialise: CUDA_ERROR_NO_DEVICE.
+    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
+    let (_, out, _) = run(&c, NVIDIA, &["NVIDIA_VISIBLE_DEVICES=void"], nodes)?;
+    assert_eq!(out.trim(), "", "void: no node at all");
+    // Without a request the container cannot reach the GPU even through a node it makes: the
+    // device cgroup (v2: the BPF program) refuses it, as runc's does.
+    let sneak = "mknod /tmp/gpu0 c 195 0 && cat /tmp/gpu0 2>&1 | head -1";
+    for runtime in [NVIDIA, RUNC] {
+        let (_, out, err) = run(&c, runtime, &[], sneak)?;
+        assert!(
+            out.contains("Operation not permitted"),
+            "{runtime}: {out}{err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn nvml_facts_decide_requirements() -> Result<()> {
+    let Some(c) = env("nvml_facts_decide_requirements")? else {
+        return Ok(());
+    };
+    let all = "NVIDIA_VISIBLE_DEVICES=all";
+    let (code, _, err) = run(&c, NVIDIA, &[all, "NVIDIA_REQUIRE_ARCH=arch>=5.0"], "true")?;
+    assert_eq!(code, Some(0), "{err}");
+    // The refusals name what NVML read: arch, brand and the CUDA version.
+    let (code, _, err) = run(
+        &c,
+        NVIDIA,
+        &[all, "NVIDIA_REQUIRE_ARCH=arch>=99.0 brand=nosuchbrand"],
+        "true",
+    )?;
+    eprintln!("refusal: {err}");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unsatisfied condition: arch>=99.0"), "{err}");
+    assert!(
+        !err.contains("arch=unknown") && !err.contains("cuda=unknown"),
+        "NVML answered: {err}"
+    );
+    Ok(())
+}

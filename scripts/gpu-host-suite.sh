@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The real-GPU suite, packed here and run on a GPU host that can install nothing.
+#
+#   scripts/gpu-host-suite.sh pack DIR   (here, as root) builds the release shim, the gpu_host
+#       test and nvbench, the probe, and packs them with containerd, ctr, runc, the Go runc shim
+#       and a busybox (../shared/gpu-host/pack.sh, or $GPU_KIT_PACK) into DIR; DIR must be
+#       ignored by git (.git/info/exclude) and named in the device call's `carry`.
+#   bash DIR/gpu-host-suite.sh run DIR   (there) runs the gpu_host tests against a private
+#       containerd with the shim's default configuration (the driver root is found, NVML is
+#       used), then nvbench's GPU overhead, and prints one summary line.
+set -euo pipefail
+cmd=${1:?usage: gpu-host-suite.sh pack|run DIR}
+dir=${2:?usage: gpu-host-suite.sh pack|run DIR}
+
+pack() {
+  local repo
+  repo=$(cd "$(dirname "$0")/.." && pwd)
+  cd "$repo"
+  mkdir -p "$dir"
+  bash "${GPU_KIT_PACK:-$repo/../shared/gpu-host/pack.sh}" "$dir" >/dev/null
+  cargo build --locked --release -p containerd-shim-nvidia-v2
+  cargo build --locked --release -p nvidia-shim-integration --bin nvbench
+  local test_bin
+  test_bin=$(cargo test --locked --release -p nvidia-shim-integration --test gpu_host --no-run \
+    --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_host":
+        print(m["executable"])')
+  [ -x "$test_bin" ] || { echo "gpu-host-suite: no gpu_host test binary" >&2; exit 1; }
+  local w
+  w=$(mktemp -d)
+  trap 'rm -rf "$w"' RETURN
+  mkdir -p "$w/ours"
+  cp target/release/containerd-shim-nvidia-v2 target/release/nvbench /bin/busybox "$w/ours/"
+  cp "$test_bin" "$w/ours/gpu_host"
+  strip "$w/ours/gpu_host" "$w/ours/nvbench" 2>/dev/null || true
+  # The probe, built here: the GPU host may have no C compiler.
+  python3 - "$w/ours/nvprobe.c" <<'EOF'
+import sys
+src = open("integration/src/probe.rs").read()
+sys.stdout = open(sys.argv[1], "w")
+print(src[src.index('r#"') + 3:src.index('"#;')])
+EOF
+  cc -O2 -o "$w/ours/nvprobe" "$w/ours/nvprobe.c" -ldl
+  tar cJf "$dir/ours.tar.xz" -C "$w" ours
+  cp "$0" "$dir/gpu-host-suite.sh"
+  du -sh "$dir"
+}
+
+run() {
+  local started k o
+  started=$(date +%s)
+  mkdir -p /tmp/kit && tar xJf "$dir/kit.tar.xz" -C /tmp
+  tar xJf "$dir/ours.tar.xz" -C /tmp
+  k=/tmp/kit
+  o=/tmp/ours
+  export PATH="$k/bin:$PATH" LD_LIBRARY_PATH="$k/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export NVIDIA_SHIM_BIN=$o/containerd-shim-nvidia-v2 NVIDIA_TEST_BUSYBOX=$o/busybox \
+    NVIDIA_TEST_PROBE=$o/nvprobe
+  echo "== host: $(uname -r), $(nvidia-smi -L 2>/dev/null | head -3 || true)"
+  local log=/tmp/gpu_host.log rc=0
+  "$o/gpu_host" --test-threads=2 --nocapture 2>&1 | tee "$log" || rc=$?
+  echo "== nvbench --gpu-only --pairs 10"
+  "$o/nvbench" --gpu-only --pairs 10 --shim "$NVIDIA_SHIM_BIN" 2>&1 || true
+  local result skips
+  result=$(grep '^test result:' "$log" | tail -1)
+  skips=$(grep -c '^SKIP ' "$log" || true)
+  echo "GPU SUITE: ${result:-no result} (${skips} skipped) in $(($(date +%s) - started)) s"
+  return "$rc"
+}
+
+case "$cmd" in
+  pack) pack ;;
+  run) run ;;
+  *) echo "usage: gpu-host-suite.sh pack|run DIR" >&2; exit 2 ;;
+esac

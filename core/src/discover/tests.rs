@@ -313,3 +313,32 @@ fn rdev_split_matches_glibc() {
         );
     }
 }
+
+#[test]
+fn the_gpu_operators_driver_container_root_is_detected_and_its_paths_are_relative_to_it() {
+    // The GPU Operator's driver container exposes its own `/` (a distribution with the driver
+    // installed flat) at /run/nvidia/driver on the host.
+    let host = tempfile::tempdir().unwrap();
+    let items: Vec<layouts::Item> = layouts::flat()
+        .into_iter()
+        .map(|i| match i {
+            layouts::Item::Lib(p, s) => layouts::Item::Lib(format!("run/nvidia/driver/{p}"), s),
+            layouts::Item::Link(p, t) => layouts::Item::Link(format!("run/nvidia/driver/{p}"), t),
+            layouts::Item::Exe(p) => layouts::Item::Exe(format!("run/nvidia/driver/{p}")),
+            layouts::Item::Data(p) => layouts::Item::Data(format!("run/nvidia/driver/{p}")),
+        })
+        .collect();
+    layouts::install(host.path(), &items, V, Arch::X86_64);
+    let root = detect_driver_root(host.path(), DRIVER_ROOT_CANDIDATES, V, Arch::X86_64).unwrap();
+    assert_eq!(root, host.path().join("run/nvidia/driver"));
+    let libs = found(host.path(), &root, Arch::X86_64);
+    assert_eq!(libs.len(), 18);
+    assert_eq!(
+        lib(&libs, "libcuda"),
+        &(
+            "libcuda".to_owned(),
+            format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{V}"),
+            format!("/run/nvidia/driver/usr/lib/x86_64-linux-gnu/libcuda.so.{V}"),
+        )
+    );
+}

@@ -12,6 +12,9 @@ use crate::request::{Capabilities, RequestPolicy, UnknownCapability};
 /// Where the shim looks for its configuration when containerd passes no `ConfigPath`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-nvidia/config.toml";
 
+/// The largest configuration file read (the shipped ones are about 2 kB).
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
 /// Where the driver inventory is cached on disk unless configured otherwise.
 pub const DEFAULT_CACHE_DIR: &str = "/run/containerd-shim-nvidia";
 
@@ -125,6 +128,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO, a device, a directory, ...).
+    #[error("config file {path} is {what}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
+    /// The file is larger than [`MAX_CONFIG_SIZE`].
+    #[error("config file {path} is {size} bytes, more than the {MAX_CONFIG_SIZE} a configuration may have")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
     /// The file is not valid TOML, or holds a key or value the shim does not accept.
     #[error("invalid config file {path}{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
     Parse {
@@ -138,11 +157,60 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads the configuration from `path`.
+    /// Loads the configuration from `path`: a regular file of at most [`MAX_CONFIG_SIZE`]
+    /// bytes. It is opened without blocking (a FIFO there cannot hang the shim) and read
+    /// bounded (`/dev/zero` cannot grow it); anything else is refused, naming the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(ConfigError::NotAFile {
+                path: path.to_owned(),
+                what,
+            });
+        }
+        if meta.len() > MAX_CONFIG_SIZE {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size: meta.len(),
+            });
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_SIZE {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size: bytes.len() as u64,
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            line: None,
+            message: "not UTF-8 text".to_owned(),
         })?;
         Self::parse(&text, path)
     }
@@ -213,6 +281,33 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_paths_are_refused_fast_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; makes a FIFO in a temp dir.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let err = Config::load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("fifo.toml is a FIFO"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/dev/zero is a device"), "{err}");
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; 10 << 20]).unwrap();
+        let err = Config::load(&big).unwrap_err().to_string();
+        assert!(err.contains("big.toml is 10485760 bytes"), "{err}");
+        let missing = Config::load(&dir.path().join("none.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("none.toml"), "{missing}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/x.toml"))

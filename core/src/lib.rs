@@ -11,6 +11,7 @@ pub mod edits;
 pub mod elf;
 pub mod ldcache;
 pub mod proc_overlay;
+pub mod quote;
 pub mod request;
 pub mod require;
 pub mod rootfs;

@@ -262,7 +262,12 @@ pub struct Constraint {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequireError {
     /// The expression is not in the DSL.
-    #[error("invalid expression in {variable}={text:?}: {reason}")]
+    #[error(
+        "invalid expression in {}={}: {}",
+        crate::quote::bounded(.variable, crate::quote::MAX_QUOTED),
+        crate::quote::quoted(.text),
+        crate::quote::bounded(.reason, crate::quote::MAX_QUOTED)
+    )]
     Invalid {
         /// The variable.
         variable: String,
@@ -272,7 +277,11 @@ pub enum RequireError {
         reason: String,
     },
     /// No term of the expression holds on the host.
-    #[error("unsatisfied condition: {term} (from {variable}; host has {host}){hint}")]
+    #[error(
+        "unsatisfied condition: {} (from {}; host has {host}){hint}",
+        crate::quote::bounded(.term, crate::quote::MAX_QUOTED),
+        crate::quote::bounded(.variable, crate::quote::MAX_QUOTED)
+    )]
     Unsatisfied {
         /// The variable.
         variable: String,
@@ -284,7 +293,11 @@ pub enum RequireError {
         hint: String,
     },
     /// The expression holds or not depending on a fact the shim could not learn.
-    #[error("cannot check {factor} (from {variable}): {fact} unknown, {reason}; set NVIDIA_DISABLE_REQUIRE=true to start without checking")]
+    #[error(
+        "cannot check {} (from {}): {fact} unknown, {reason}; set NVIDIA_DISABLE_REQUIRE=true to start without checking",
+        crate::quote::bounded(.factor, crate::quote::MAX_QUOTED),
+        crate::quote::bounded(.variable, crate::quote::MAX_QUOTED)
+    )]
     Unknown {
         /// The variable.
         variable: String,

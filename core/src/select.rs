@@ -7,7 +7,7 @@ use crate::request::{DeviceId, DeviceSelection};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     /// No GPU matches the identifier.
-    #[error("unknown GPU {id:?}; this host has: {valid}")]
+    #[error("unknown GPU {}; this host has: {valid}", crate::quote::quoted(.id))]
     Unknown {
         /// The identifier as requested.
         id: String,
@@ -16,7 +16,7 @@ pub enum SelectError {
     },
     /// The identifier form is not resolvable here (MIG UUIDs need NVML; CDI names of other
     /// kinds are resolved through CDI specs).
-    #[error("GPU {id:?} cannot be selected by {what}")]
+    #[error("GPU {} cannot be selected by {what}", crate::quote::quoted(.id))]
     Unsupported {
         /// The identifier.
         id: String,

@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
@@ -15,26 +14,37 @@ use tokio::sync::watch;
 
 use crate::error::{Result, ShimError};
 
-/// A listening console socket for one process.
+/// A listening console socket for one process, alone in a fresh directory only root can enter
+/// (`/tmp/nvshim-console-XXXXXX/sock`, mode 0700: no other user can connect to it or predict
+/// it; the path stays short, under the 108-byte limit of socket addresses).
 #[derive(Debug)]
 pub struct ConsoleSocket {
     listener: UnixListener,
+    dir: PathBuf,
     path: PathBuf,
 }
 
 impl ConsoleSocket {
-    /// Binds a fresh socket (short path: libcontainer connects through a symlink anyway).
+    /// Binds a fresh socket in a fresh private directory.
     pub fn new(id: &str) -> Result<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "nvshim-console-{}-{}.sock",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| ShimError::io(id, format!("bind console socket {}", path.display()), e))?;
-        Ok(Self { listener, path })
+        let template = std::env::temp_dir().join("nvshim-console-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template).map_err(|e| {
+            ShimError::io(
+                id,
+                format!("create a console socket directory {}", template.display()),
+                e.into(),
+            )
+        })?;
+        let path = dir.join("sock");
+        let listener = UnixListener::bind(&path).map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            ShimError::io(id, format!("bind console socket {}", path.display()), e)
+        })?;
+        Ok(Self {
+            listener,
+            dir,
+            path,
+        })
     }
 
     /// The socket's path, for libcontainer.
@@ -51,6 +61,20 @@ impl ConsoleSocket {
             .set_nonblocking(true)
             .map_err(|e| err("set non-blocking", e))?;
         let (stream, _) = self.listener.accept().map_err(|e| err("accept", e))?;
+        // Only this shim's own user (root, as libcontainer runs) may hand over a terminal.
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| err("read the peer's credentials", e.into()))?;
+        if peer.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(err(
+                &format!(
+                    "refused a connection from uid {} pid {}",
+                    peer.uid(),
+                    peer.pid()
+                ),
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ));
+        }
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| err("set timeout", e))?;
@@ -85,6 +109,7 @@ impl ConsoleSocket {
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -173,5 +198,24 @@ impl Console {
     pub async fn drained(&self, limit: Duration) {
         let mut rx = self.drained.clone();
         let _ = tokio::time::timeout(limit, rx.wait_for(|d| *d)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_socket_lives_alone_in_a_private_directory_removed_with_it() {
+        let s = ConsoleSocket::new("c1").unwrap();
+        let dir = s.path().parent().unwrap().to_owned();
+        assert!(s.path().as_os_str().len() < 108, "fits a socket address");
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let other = ConsoleSocket::new("c1").unwrap();
+        assert_ne!(other.path(), s.path(), "unpredictable and distinct");
+        drop(s);
+        assert!(!dir.exists(), "removed with the socket");
     }
 }

@@ -117,9 +117,14 @@ impl ShimError {
     }
 }
 
+/// The longest error message sent to containerd: input values are quoted bounded where they
+/// are named, and this bounds whatever else an error carries (a long chain from libcontainer).
+pub const MAX_MESSAGE: usize = 4096;
+
 impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.to_string()))
+        let message = nvidia_shim_core::quote::bounded(&err.to_string(), MAX_MESSAGE);
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), message))
     }
 }
 

@@ -17,6 +17,7 @@ use nvidia_shim_core::discover::{
 use nvidia_shim_core::edits::{apply, edits_for, set_env, ContainerEdits};
 use nvidia_shim_core::oci_spec::runtime::Spec;
 use nvidia_shim_core::proc_overlay::{proc_overlay, ProcOverlay, CONTAINER_PROC_DRIVER};
+use nvidia_shim_core::quote::{bounded, MAX_QUOTED};
 use nvidia_shim_core::request::{DeviceId, DeviceSelection, GpuRequest};
 use nvidia_shim_core::require::{check, cuda_for_driver, DeviceFacts, HostFacts, Version};
 use nvidia_shim_core::rootfs::{LinkOutcome, Rootfs};
@@ -107,6 +108,8 @@ fn discover_files(config: &Config) -> std::result::Result<Inventory, DiscoverErr
     Inventory::discover_for(&roots, inv.arch)
 }
 
+/// The request as errors name it: `NVIDIA_VISIBLE_DEVICES=...` (its value bounded), or a
+/// description when the request comes from elsewhere.
 fn request_text(spec: &Spec) -> String {
     spec.process()
         .as_ref()
@@ -114,8 +117,8 @@ fn request_text(spec: &Spec) -> String {
         .and_then(|env| {
             env.iter()
                 .rev()
-                .find(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
-                .cloned()
+                .find_map(|e| e.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
+                .map(|v| format!("NVIDIA_VISIBLE_DEVICES={}", bounded(v, MAX_QUOTED)))
         })
         .unwrap_or_else(|| "the container's GPU request".to_owned())
 }
@@ -147,6 +150,13 @@ impl GpuInjector {
             Some(Lookup::Hit(inv)) => {
                 log::debug!("driver inventory from {}", config.cache_dir.display());
                 Some(*inv)
+            }
+            Some(Lookup::Refused { path, reason }) => {
+                log::warn!(
+                    "driver inventory cache {} refused: {reason}; discovering instead",
+                    path.display()
+                );
+                None
             }
             Some(Lookup::Discarded { path, reason }) => {
                 log::warn!(

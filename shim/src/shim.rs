@@ -40,11 +40,16 @@ pub struct NvidiaShim {
 /// The socket file this daemon serves, as (path, device, inode), recorded once it is bound.
 static SERVED_SOCKET: OnceLock<(PathBuf, u64, u64)> = OnceLock::new();
 
-/// Records the socket `address` names as this daemon's, if it is bound.
+/// Records the socket `address` names as this daemon's, if it is bound, and makes it
+/// reachable by root only (0600, as the runc shim's; containerd-shim binds it with the umask's
+/// mode).
 fn record_served_socket(address: &str) {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let path = PathBuf::from(address.trim_start_matches("unix://"));
     if let Ok(m) = std::fs::symlink_metadata(&path) {
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            log::warn!("shim socket {}: chmod 0600: {e}", path.display());
+        }
         let _ = SERVED_SOCKET.set((path, m.dev(), m.ino()));
     }
 }

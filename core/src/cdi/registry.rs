@@ -25,7 +25,11 @@ pub struct Registry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     /// No spec defines these devices.
-    #[error("unresolvable CDI devices {names}{}", broken_note(.broken))]
+    #[error(
+        "unresolvable CDI devices {}{}",
+        crate::quote::bounded(.names, crate::quote::MAX_QUOTED),
+        broken_note(.broken)
+    )]
     Unresolvable {
         /// The names, comma-separated.
         names: String,

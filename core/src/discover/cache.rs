@@ -145,6 +145,13 @@ pub enum Lookup {
     Hit(Box<Inventory>),
     /// No entry.
     Miss,
+    /// An entry (or directory) another user could have written; it was not read.
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An entry that could not be trusted; it was removed.
     Discarded {
         /// The file.
@@ -166,14 +173,50 @@ impl InventoryCache {
         Self { dir: dir.into() }
     }
 
-    /// The entry for `key`.
+    /// The entry for `key`. The directory and the entry must be this user's (root's) and
+    /// writable by nobody else: an entry another user could write would choose the files
+    /// mounted into every GPU container; such an entry is refused, not read.
     pub fn load(&self, key: &CacheKey) -> Lookup {
         let path = self.dir.join(key.file_name());
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        if let Err(why) = trusted_dir(&self.dir) {
+            return match why {
+                Untrusted::Missing => Lookup::Miss,
+                Untrusted::Unsafe(reason) => Lookup::Refused { path, reason },
+            };
+        }
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
-            Err(e) => return discard(path, e.to_string()),
+            Err(e) => {
+                return Lookup::Refused {
+                    path,
+                    reason: format!("cannot open it without following a link: {e}"),
+                }
+            }
         };
+        match file.metadata() {
+            Ok(m) if !m.is_file() => {
+                return Lookup::Refused {
+                    path,
+                    reason: "not a regular file".to_owned(),
+                }
+            }
+            Ok(m) => {
+                if let Err(reason) = owned_and_private(&m) {
+                    return Lookup::Refused { path, reason };
+                }
+            }
+            Err(e) => return discard(path, e.to_string()),
+        }
+        let mut bytes = Vec::new();
+        use std::io::Read;
+        if let Err(e) = file.take(MAX_ENTRY).read_to_end(&mut bytes) {
+            return discard(path, e.to_string());
+        }
         let file: CacheFile = match serde_json::from_slice(&bytes) {
             Ok(f) => f,
             Err(e) => return discard(path, format!("corrupt: {e}")),
@@ -184,18 +227,31 @@ impl InventoryCache {
         if file.key != *key {
             return discard(path, "written for another driver state".to_owned());
         }
+        if let Some(odd) = foreign_file(&file.inventory) {
+            return discard(
+                path,
+                format!("it names {}, which is no driver file", odd.display()),
+            );
+        }
         if let Some(gone) = vanished(&file.inventory) {
             return discard(path, format!("{} is gone", gone.display()));
         }
         Lookup::Hit(Box::new(file.inventory))
     }
 
-    /// Stores `inventory` for `key`, atomically (readers see the old entry or the new one).
+    /// Stores `inventory` for `key`, atomically (readers see the old entry or the new one), in
+    /// a directory created 0700; one that exists but is not this user's alone is refused.
     pub fn store(&self, key: &CacheKey, inventory: &Inventory) -> std::io::Result<()> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
+        if let Err(Untrusted::Unsafe(reason)) = trusted_dir(&self.dir) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not used: {reason}", self.dir.display()),
+            ));
+        }
         let path = self.dir.join(key.file_name());
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let json = serde_json::to_vec(&CacheFile {
@@ -204,11 +260,12 @@ impl InventoryCache {
             inventory: inventory.clone(),
         })
         .map_err(std::io::Error::other)?;
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(&json)?;
         drop(f);
@@ -216,6 +273,69 @@ impl InventoryCache {
             let _ = std::fs::remove_file(&tmp);
         })
     }
+}
+
+/// The largest cache entry read (a 16-GPU MIG host's is tens of kB).
+const MAX_ENTRY: u64 = 16 << 20;
+
+/// Why a cache directory is not used.
+enum Untrusted {
+    /// It does not exist (yet).
+    Missing,
+    /// It is not safe to trust.
+    Unsafe(String),
+}
+
+/// Whether `meta` belongs to this process's user and nobody else can write it.
+fn owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a real directory (not a link) of this user, writable by nobody else.
+fn trusted_dir(dir: &Path) -> Result<(), Untrusted> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Untrusted::Missing),
+        Err(e) => return Err(Untrusted::Unsafe(e.to_string())),
+    };
+    if !meta.is_dir() {
+        return Err(Untrusted::Unsafe("not a directory".to_owned()));
+    }
+    owned_and_private(&meta).map_err(Untrusted::Unsafe)
+}
+
+/// A file the inventory names that discovery would never have given: a library not named
+/// `<driver library>.so.<driver version>`, or a driver file outside the driver root.
+fn foreign_file(inv: &Inventory) -> Option<&Path> {
+    let suffix = format!(".so.{}", inv.driver_version);
+    let root = &inv.roots.driver_root;
+    for lib in &inv.libraries {
+        let name = lib.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let known = name
+            .strip_suffix(&suffix)
+            .is_some_and(|stem| super::group_of(stem).is_some());
+        if !known || !lib.path.starts_with(root) {
+            return Some(&lib.path);
+        }
+    }
+    inv.binaries
+        .iter()
+        .map(|b| b.path.as_path())
+        .chain(inv.firmware.iter().map(|(h, _)| h.as_path()))
+        .chain(inv.graphics_configs.iter().map(|(h, _)| h.as_path()))
+        .find(|p| !p.starts_with(root))
 }
 
 fn discard(path: PathBuf, reason: String) -> Lookup {
@@ -336,5 +456,58 @@ mod tests {
             Lookup::Discarded { reason, .. } => assert!(reason.contains("is gone"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn entries_and_directories_others_can_write_are_refused() {
+        if !root() {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let fake = FakeDriver::builder().gpus(1).build();
+        let r = fake.roots();
+        let inv = Inventory::discover(&r).unwrap();
+        let cache = InventoryCache::new(fake.cache_dir());
+        let key = CacheKey::read(&r.proc_root, Some(&r.driver_root), &r.dev_root, false).unwrap();
+        cache.store(&key, &inv).unwrap();
+        let dir_mode = std::fs::metadata(fake.cache_dir())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700, "created private");
+        let file = fake.cache_dir().join(key.file_name());
+        // A poisoned entry, as a user who could write it would leave it: /etc/shadow among the
+        // libraries, the file group-writable.
+        let mut poisoned: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        poisoned["inventory"]["libraries"][0]["path"] = "/etc/shadow".into();
+        std::fs::write(&file, serde_json::to_vec(&poisoned).unwrap()).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+        match cache.load(&key) {
+            Lookup::Refused { reason, .. } => {
+                assert!(reason.contains("writable by group"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Even private, an entry naming a file no discovery gives is thrown away.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        match cache.load(&key) {
+            Lookup::Discarded { reason, .. } => assert!(reason.contains("/etc/shadow"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // A directory others can write is used for nothing.
+        cache.store(&key, &inv).unwrap();
+        std::fs::set_permissions(fake.cache_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(cache.load(&key), Lookup::Refused { .. }));
+        let err = cache.store(&key, &inv).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        // A directory that is a link is refused too.
+        std::fs::set_permissions(fake.cache_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = fake.host_root().join("cache-link");
+        std::os::unix::fs::symlink(fake.cache_dir(), &link).unwrap();
+        assert!(matches!(
+            InventoryCache::new(&link).load(&key),
+            Lookup::Refused { .. }
+        ));
     }
 }

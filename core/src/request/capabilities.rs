@@ -60,7 +60,7 @@ pub struct Capabilities(BTreeSet<Capability>);
 
 /// A capability name the toolkit does not know (`none` included: it fails there too).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsupported driver capability {value:?} in NVIDIA_DRIVER_CAPABILITIES (known: compute, compat32, graphics, utility, video, display, ngx, all)")]
+#[error("unsupported driver capability {} in NVIDIA_DRIVER_CAPABILITIES (known: compute, compat32, graphics, utility, video, display, ngx, all)", crate::quote::quoted(.value))]
 pub struct UnknownCapability {
     /// The offending name.
     pub value: String,

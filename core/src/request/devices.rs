@@ -52,7 +52,7 @@ impl fmt::Display for DeviceId {
 
 /// A device identifier that matches none of the accepted forms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid device identifier {value:?}: expected an index, i:j, GPU-/MIG- UUID, PCI bus id or vendor/class=name")]
+#[error("invalid device identifier {}: expected an index, i:j, GPU-/MIG- UUID, PCI bus id or vendor/class=name", crate::quote::quoted(.value))]
 pub struct InvalidDeviceId {
     /// The offending identifier.
     pub value: String,

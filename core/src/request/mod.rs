@@ -156,7 +156,9 @@ pub enum RequestError {
     },
     /// A CDI annotation's value is not a list of fully qualified names.
     #[error(
-        "annotation {key}: {value:?} is not a fully qualified CDI device name (vendor/class=name)"
+        "annotation {}: {} is not a fully qualified CDI device name (vendor/class=name)",
+        crate::quote::bounded(.key, crate::quote::MAX_QUOTED),
+        crate::quote::quoted(.value)
     )]
     Annotation {
         /// The annotation key.
@@ -165,7 +167,7 @@ pub enum RequestError {
         value: String,
     },
     /// An IMEX channel id is not a number up to 2^20-1 (or `channelN`).
-    #[error("invalid IMEX channel {value:?} (want N or channelN, N <= 1048575)")]
+    #[error("invalid IMEX channel {} (want N or channelN, N <= 1048575)", crate::quote::quoted(.value))]
     ImexChannel {
         /// The value.
         value: String,
@@ -177,7 +179,10 @@ pub enum RequestError {
         variable: &'static str,
     },
     /// A legacy image's `CUDA_VERSION` is not a version.
-    #[error("CUDA_VERSION {value:?} is not a version (legacy image without NVIDIA_REQUIRE_CUDA)")]
+    #[error(
+        "CUDA_VERSION {} is not a version (legacy image without NVIDIA_REQUIRE_CUDA)",
+        crate::quote::quoted(.value)
+    )]
     CudaVersion {
         /// The value.
         value: String,

@@ -186,6 +186,16 @@ impl TaskApi {
     }
 }
 
+/// Logs a request's failure for containerd's log, bounded as the reply is. A container that is
+/// not there (containerd deletes a task whose Create failed) is no error of the shim's.
+fn report(e: &ShimError) {
+    let text = nvidia_shim_core::quote::bounded(&e.to_string(), crate::error::MAX_MESSAGE);
+    match e {
+        ShimError::NotFound { .. } => log::debug!("{text}"),
+        _ => log::error!("{text}"),
+    }
+}
+
 #[async_trait]
 impl Task for TaskApi {
     async fn create(
@@ -193,11 +203,7 @@ impl Task for TaskApi {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        let pid = self
-            .svc()
-            .create(&req)
-            .await
-            .inspect_err(|e| log::error!("{e}"))?;
+        let pid = self.svc().create(&req).await.inspect_err(report)?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -205,11 +211,7 @@ impl Task for TaskApi {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self
-            .svc()
-            .start(&req)
-            .await
-            .inspect_err(|e| log::error!("{e}"))?;
+        let pid = self.svc().start(&req).await.inspect_err(report)?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -230,11 +232,7 @@ impl Task for TaskApi {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self
-            .svc()
-            .delete(&req)
-            .await
-            .inspect_err(|e| log::error!("{e}"))?)
+        Ok(self.svc().delete(&req).await.inspect_err(report)?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -274,10 +272,7 @@ impl Task for TaskApi {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.svc()
-            .exec(&req)
-            .await
-            .inspect_err(|e| log::error!("{e}"))?;
+        self.svc().exec(&req).await.inspect_err(report)?;
         Ok(Empty::new())
     }
 

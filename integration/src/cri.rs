@@ -31,6 +31,8 @@ use crate::shim_binary;
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The sandbox image the CRI plugin is configured with (imported, never pulled).
 pub const PAUSE_IMAGE: &str = "docker.io/library/nvtest-pause:latest";
+/// busybox without `Env` in its config.
+pub const NO_ENV_IMAGE: &str = "docker.io/library/nvtest-noenv:latest";
 /// The runtime handler served by this shim with the caller's config.
 pub const HANDLER: &str = "nvidia";
 /// The runtime handler served by this shim with the Kubernetes isolation profile.
@@ -93,6 +95,8 @@ pub struct ContainerOptions {
     pub mounts: Vec<(String, String)>,
     /// Run privileged.
     pub privileged: bool,
+    /// The image (default: busybox).
+    pub image: Option<String>,
 }
 
 impl ContainerOptions {
@@ -149,6 +153,8 @@ impl Cri {
             .import_in(CRI_NAMESPACE, &ImageSpec::pause()?, PAUSE_IMAGE)?;
         me.containerd
             .import_in(CRI_NAMESPACE, &ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
+        me.containerd
+            .import_in(CRI_NAMESPACE, &ImageSpec::without_env()?, NO_ENV_IMAGE)?;
         Ok(me)
     }
 
@@ -252,7 +258,7 @@ impl Cri {
                 attempt: 0,
             }),
             image: Some(CriImage {
-                image: BUSYBOX_IMAGE.into(),
+                image: c.image.clone().unwrap_or_else(|| BUSYBOX_IMAGE.into()),
                 ..Default::default()
             }),
             command: c.command.clone(),

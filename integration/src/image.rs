@@ -131,10 +131,19 @@ impl ImageSpec {
         Ok(self)
     }
 
-    /// A pod sandbox ("pause") image: busybox whose entrypoint sleeps until killed.
+    /// A pod sandbox ("pause") image: busybox whose entrypoint sleeps until killed, with no
+    /// `Env` at all, as pause images built `FROM scratch` with only an `Entrypoint` have.
     pub fn pause() -> Result<Self> {
-        let mut me = Self::busybox()?;
+        let mut me = Self::without_env()?;
         me.entrypoint = vec!["/bin/sleep".into(), "2147483647".into()];
+        Ok(me)
+    }
+
+    /// busybox with no `Env` in its config (no `PATH` either): CRI gives such a container no
+    /// environment of its own, where `ctr` always adds a `PATH`.
+    pub fn without_env() -> Result<Self> {
+        let mut me = Self::busybox()?;
+        me.env.clear();
         Ok(me)
     }
 

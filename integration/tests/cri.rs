@@ -9,7 +9,8 @@ use k8s_cri::v1::ContainerState;
 use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
 use nvidia_shim_integration::checks::eventually;
 use nvidia_shim_integration::cri::{
-    ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED,
+    ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED, HANDLER_RUNC,
+    NO_ENV_IMAGE,
 };
 use nvidia_shim_integration::{can_run_containerd, leftovers};
 
@@ -256,5 +257,53 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
     eventually("every shim to exit", || {
         leftovers::shim_pids(&cri.containerd.socket()).is_empty()
     })?;
+    Ok(())
+}
+
+#[test]
+fn images_without_env_run_as_under_runc() -> Result<()> {
+    let Some(cri) = cri(
+        "images_without_env_run_as_under_runc",
+        &HandlerConfigs::default(),
+    ) else {
+        return Ok(());
+    };
+    // The sandbox image has no Env (see ImageSpec::pause); the app's image neither. An
+    // absolute program runs without PATH; a relative one is found in runc's default PATH, and
+    // the process's environment stays without PATH.
+    let opts = PodOptions::default();
+    let mut seen = Vec::new();
+    for handler in [HANDLER, HANDLER_RUNC] {
+        let pod = cri.run_pod("noenv", handler, &opts)?;
+        let app = ContainerOptions {
+            name: "app".into(),
+            command: vec!["/bin/sleep".into(), "600".into()],
+            image: Some(NO_ENV_IMAGE.into()),
+            ..ContainerOptions::default()
+        };
+        let abs = cri.run_container(&pod, "noenv", &opts, &app)?;
+        let rel = cri.run_container(
+            &pod,
+            "noenv",
+            &opts,
+            &ContainerOptions {
+                name: "relative".into(),
+                command: vec!["sleep".into(), "600".into()],
+                ..app.clone()
+            },
+        )?;
+        let mut out = Vec::new();
+        for c in [&abs, &rel] {
+            out.push(format!("{:?}", cri.container_state(c)?));
+            let e = cri.exec(c, &["/bin/sh", "-c", "echo path=[$PATH]; exit 0"])?;
+            out.push(e.stdout.trim().to_owned());
+            let e = cri.exec(c, &["sh", "-c", "echo relative exec ok"])?;
+            out.push(format!("{} {}", e.exit_code, e.stdout.trim()));
+        }
+        cri.remove_pod(&pod)?;
+        seen.push(out);
+    }
+    assert_eq!(seen[0], seen[1], "nvidia vs runc");
+    assert!(seen[0][0].contains("Running"), "{seen:?}");
     Ok(())
 }

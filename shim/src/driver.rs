@@ -19,6 +19,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 use zygote::{WireFd, Zygote};
 
+use crate::executor::ShimExecutor;
 use crate::proc_overlay::{OverlayArgs, Prepared};
 
 use crate::error::{chain_to_string, Result, ShimError};
@@ -81,6 +82,8 @@ pub struct ExecArgs {
     pub process: PathBuf,
     /// Its stdio.
     pub io: WireIo,
+    /// What to apply before its program runs (the container's seccomp profile).
+    pub executor: ShimExecutor,
 }
 
 /// What a successful create returns.
@@ -115,6 +118,7 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         .validate_id()
         .map_err(flatten)?;
     let container = with_io(builder, io)
+        .with_executor(ShimExecutor::default())
         .as_init(&bundle)
         .with_systemd(systemd)
         .with_detach(true)
@@ -156,11 +160,17 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
 /// Starts a process inside the running container: it joins every namespace and the cgroup of
 /// the container (libcontainer's tenant builder) and is the shim's child.
 fn zy_exec(args: ExecArgs) -> Wire<i32> {
-    let ExecArgs { state, process, io } = args;
+    let ExecArgs {
+        state,
+        process,
+        io,
+        executor,
+    } = args;
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
         .map_err(flatten)?;
     let pid = with_io(builder, io)
+        .with_executor(executor)
         .as_tenant()
         .with_process(Some(&process))
         .as_sibling(true)

@@ -13,6 +13,7 @@ mod driver;
 mod error;
 mod events;
 mod exec;
+mod executor;
 mod exit;
 mod gpu;
 mod ldplan;

@@ -1,6 +1,9 @@
 //! Exec processes: Exec, their Start and Delete.
 
+use libcontainer::oci_spec::runtime::{Process, Spec};
+
 use super::*;
+use crate::executor::ShimExecutor;
 
 impl TaskService {
     pub(super) fn get_exec(c: &Container, exec_id: &str) -> Result<Arc<ExecProcess>> {
@@ -61,6 +64,27 @@ impl TaskService {
         Ok(())
     }
 
+    /// The process JSON libcontainer is given for exec `process` of `c`, and its executor.
+    fn exec_process(&self, c: &Container, process: &[u8]) -> Result<(Vec<u8>, ShimExecutor)> {
+        let invalid = |reason: String| ShimError::InvalidArgument {
+            id: c.id.clone(),
+            reason,
+        };
+        let config = c.bundle.path().join("config.json");
+        let spec: Spec = std::fs::read(&config)
+            .map_err(|err| ShimError::io(&c.id, format!("read {}", config.display()), err))
+            .and_then(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|err| invalid(format!("cannot parse {}: {err}", config.display())))
+            })?;
+        let process: Process = serde_json::from_slice(process)
+            .map_err(|err| invalid(format!("exec process spec: {err}")))?;
+        let (process, executor) = crate::executor::for_exec(&spec, process);
+        let bytes = serde_json::to_vec(&process)
+            .map_err(|err| invalid(format!("exec process spec: {err}")))?;
+        Ok((bytes, executor))
+    }
+
     pub(super) async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
         let e = Self::get_exec(c, exec_id)?;
         if c.state() == TaskState::Stopped {
@@ -75,8 +99,11 @@ impl TaskService {
                 reason: format!("exec {exec_id} was already started"),
             });
         }
+        // libcontainer gives an exec'd process the container's namespaces and cgroup but not
+        // its seccomp profile: the executor loads it (see `executor`).
+        let (process, executor) = self.exec_process(c, &e.process)?;
         let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
-        std::fs::write(&spec_file, &e.process)
+        std::fs::write(&spec_file, &process)
             .map_err(|err| ShimError::io(&c.id, format!("write {}", spec_file.display()), err))?;
         let io = PreparedIo::open(
             &c.id,
@@ -100,6 +127,7 @@ impl TaskService {
                 state: c.state_ref.clone(),
                 process: spec_file.clone(),
                 io: wire_io,
+                executor,
             })
             .await;
         let _ = std::fs::remove_file(&spec_file);

@@ -140,6 +140,13 @@ pub fn print_info() -> ExitCode {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ..Default::default()
         }),
+        features: MessageField::some(
+            containerd_shim::protos::protobuf::well_known_types::any::Any {
+                type_url: crate::features::FEATURES_TYPE_URL.to_owned(),
+                value: crate::features::features_json(),
+                ..Default::default()
+            },
+        ),
         ..Default::default()
     };
     match info

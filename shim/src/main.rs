@@ -15,6 +15,7 @@ mod events;
 mod exec;
 mod executor;
 mod exit;
+mod features;
 mod gpu;
 mod ldplan;
 mod logdriver;

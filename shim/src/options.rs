@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::Message;
 use nvidia_shim_core::Config;
-use nvidia_shim_proto::{decode_runtime_options, is_runc_options, is_runtime_options};
+use nvidia_shim_proto::{
+    decode_runtime_options, decode_start_input, is_runc_options, is_runtime_options,
+};
 
 use crate::error::{Result, ShimError};
 
@@ -42,16 +43,43 @@ pub fn config_path_from_any(id: &str, any: &Any) -> Result<Option<PathBuf>> {
     })
 }
 
-/// Decodes the options containerd writes on the stdin of `start` (a marshalled `Any`).
-pub fn config_path_from_bytes(id: &str, bytes: &[u8]) -> Result<Option<PathBuf>> {
+/// What `start` learns from its stdin: the config file the runtime options name, and where
+/// containerd wants the shim's socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartInput {
+    /// The runtime options' `ConfigPath`.
+    pub config_path: Option<PathBuf>,
+    /// containerd 2.3's `BootstrapParams.socket_dir`.
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// Decodes what containerd writes on the stdin of `start`: a `BootstrapParams` (containerd
+/// 2.3 and later, with the runtime options among its extensions) or the runtime options `Any`
+/// alone (before 2.3).
+pub fn start_input(id: &str, namespace: &str, bytes: &[u8]) -> Result<StartInput> {
     if bytes.is_empty() {
-        return Ok(None);
+        return Ok(StartInput::default());
     }
-    let any = Any::parse_from_bytes(bytes).map_err(|e| ShimError::InvalidArgument {
-        id: id.to_owned(),
-        reason: format!("cannot decode runtime options from stdin: {e}"),
-    })?;
-    config_path_from_any(id, &any)
+    let input =
+        decode_start_input(bytes, id, namespace).map_err(|e| ShimError::InvalidArgument {
+            id: id.to_owned(),
+            reason: format!("cannot decode the runtime options on stdin: {e}"),
+        })?;
+    let config_path = match input.options() {
+        Some(any) => config_path_from_any(
+            id,
+            &Any {
+                type_url: any.type_url.clone(),
+                value: any.value.clone(),
+                ..Default::default()
+            },
+        )?,
+        None => None,
+    };
+    Ok(StartInput {
+        config_path,
+        socket_dir: input.socket_dir().map(PathBuf::from),
+    })
 }
 
 /// Loads the configuration at `path`, or the default file, or defaults.
@@ -83,9 +111,10 @@ mod tests {
             config_path_from_any("c", &a).unwrap(),
             Some(PathBuf::from("/etc/shim.toml"))
         );
+        use containerd_shim::protos::protobuf::Message;
         let bytes = a.write_to_bytes().unwrap();
         assert_eq!(
-            config_path_from_bytes("c", &bytes).unwrap(),
+            start_input("c", "default", &bytes).unwrap().config_path,
             Some(PathBuf::from("/etc/shim.toml"))
         );
     }
@@ -100,7 +129,10 @@ mod tests {
     #[test]
     fn empty_options_mean_defaults() {
         assert_eq!(config_path_from_any("c", &Any::default()).unwrap(), None);
-        assert_eq!(config_path_from_bytes("c", &[]).unwrap(), None);
+        assert_eq!(
+            start_input("c", "default", &[]).unwrap(),
+            StartInput::default()
+        );
     }
 
     #[test]
@@ -132,5 +164,29 @@ mod tests {
         assert!(err.contains("container c5"), "{err}");
         assert!(err.contains("c.toml"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn containerd_2_3s_bootstrap_gives_the_config_path_and_socket_dir() {
+        use nvidia_shim_proto::{BootstrapParams, Extension, ProtoAny};
+        use prost::Message;
+        let params = BootstrapParams {
+            instance_id: "c".into(),
+            namespace: "k8s.io".into(),
+            extensions: vec![Extension {
+                value: Some(ProtoAny {
+                    type_url: "runtimeoptions.v1.Options".into(),
+                    value: prost_encode("/etc/shim.toml"),
+                }),
+            }],
+            socket_dir: Some("/run/containerd/s".into()),
+            ..Default::default()
+        };
+        let got = start_input("c", "k8s.io", &params.encode_to_vec()).unwrap();
+        assert_eq!(got.config_path, Some(PathBuf::from("/etc/shim.toml")));
+        assert_eq!(got.socket_dir, Some(PathBuf::from("/run/containerd/s")));
+        // The option type containerd 2.3 refused before: "nv1" was the id read as a type.
+        let err = config_path_from_any("c", &any("nv1", vec![])).unwrap_err();
+        assert!(err.to_string().contains("nv1"));
     }
 }

@@ -19,7 +19,7 @@ use libcontainer::container::Container as YoukiContainer;
 use crate::bundle::Bundle;
 use crate::driver::{self, StateRef};
 use crate::events::EventSink;
-use crate::options::{config_path_from_bytes, CONFIG_PATH_ENV};
+use crate::options::{start_input, CONFIG_PATH_ENV};
 use crate::task::{TaskApi, TaskService};
 
 /// The runtime type containerd knows this shim by.
@@ -84,6 +84,10 @@ fn bundle_dir() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
+/// The most bytes `start` reads from its stdin (the options are a few hundred bytes; a 2.3
+/// bootstrap with a pod's sandbox config a few kB).
+const MAX_START_INPUT: u64 = 1 << 20;
+
 /// The `start` command: containerd runs it for every new container and reads the shim's
 /// ttrpc address from its stdout. When the container's group (see `Bundle::group`) already
 /// has a live shim, the container joins it; otherwise a shim daemon is spawned for the group.
@@ -97,17 +101,34 @@ pub fn start_command(
     containerd_address: &str,
     debug: bool,
 ) -> containerd_shim::Result<String> {
-    // containerd writes the runtime options (an Any) on our stdin.
+    // containerd writes the runtime options (an Any), or from 2.3 its BootstrapParams, on our
+    // stdin; read once and bounded.
     let mut raw = Vec::new();
     std::io::stdin()
+        .take(MAX_START_INPUT + 1)
         .read_to_end(&mut raw)
         .map_err(|e| Error::Other(format!("read runtime options from stdin: {e}")))?;
-    let config_path =
-        config_path_from_bytes(id, &raw).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if raw.len() as u64 > MAX_START_INPUT {
+        return Err(Error::InvalidArgument(format!(
+            "container {id}: more than {MAX_START_INPUT} bytes of runtime options on stdin"
+        )));
+    }
+    let input =
+        start_input(id, namespace, &raw).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let config_path = input.config_path;
 
     let cwd = bundle_dir();
     let group = Bundle::new(&cwd).group(id);
     let address = socket_address(containerd_address, namespace, &group);
+    // containerd 2.3 may name another directory for the socket; the name stays the same.
+    let address = match &input.socket_dir {
+        Some(dir) => format!(
+            "unix://{}/{}",
+            dir.display(),
+            address.rsplit('/').next().unwrap_or_default()
+        ),
+        None => address,
+    };
     let socket_path = address.trim_start_matches("unix://");
     if group != id && UnixStream::connect(socket_path).is_ok() {
         // The group's shim already runs: this container joins it.

@@ -12,7 +12,11 @@ fn info_reports_the_runtime_features_containerd_2_introspects() -> Result<()> {
         .arg("-info")
         .output()
         .context("run the shim with -info")?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info = RuntimeInfo::parse_from_bytes(&out.stdout)?;
     assert_eq!(info.name, "io.containerd.nvidia.v2");
     let features = info.features.as_ref().context("no features")?;

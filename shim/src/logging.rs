@@ -44,11 +44,32 @@ impl log::Log for FifoLog {
         let now = OffsetDateTime::now_utc();
         let time = now.format(&Rfc3339).unwrap_or_else(|_| now.to_string());
         let level = level.as_str().to_ascii_lowercase();
-        let line = format!("time=\"{time}\" level={level} msg=\"{message}\"\n\n");
+        let line = format!(
+            "time=\"{time}\" level={level} msg=\"{}\"\n",
+            escape(&message)
+        );
         let _ = (&self.fifo).write_all(line.as_bytes());
     }
 
     fn flush(&self) {}
+}
+
+/// `message` as a quoted logfmt value (as logrus quotes it): one record per line, whatever the
+/// message holds.
+fn escape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Warnings that libcontainer and libcgroups give on every create although nothing is wrong,
@@ -236,8 +257,15 @@ mod tests {
         std::io::Read::read_to_string(&mut reader, &mut text).expect("read");
         assert!(text.starts_with("time=\""), "{text}");
         assert!(
-            text.ends_with(" level=warn msg=\"container c1: oops\"\n\n"),
-            "{text}"
+            text.ends_with(" level=warn msg=\"container c1: oops\"\n"),
+            "one line, no empty record after it: {text}"
         );
+        assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn messages_stay_one_quoted_value() {
+        assert_eq!(escape("a \"b\"\nc\\"), "a \\\"b\\\"\\nc\\\\");
+        assert_eq!(escape("bell\u{7}"), "bell\\u0007");
     }
 }

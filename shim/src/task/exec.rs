@@ -64,8 +64,14 @@ impl TaskService {
         Ok(())
     }
 
-    /// The process JSON libcontainer is given for exec `process` of `c`, and its executor.
-    fn exec_process(&self, c: &Container, process: &[u8]) -> Result<(Vec<u8>, ShimExecutor)> {
+    /// The process JSON libcontainer is given for exec `process` of `c` (with a terminal when
+    /// the request asks for one), and its executor.
+    fn exec_process(
+        &self,
+        c: &Container,
+        process: &[u8],
+        terminal: bool,
+    ) -> Result<(Vec<u8>, ShimExecutor)> {
         let invalid = |reason: String| ShimError::InvalidArgument {
             id: c.id.clone(),
             reason,
@@ -77,8 +83,11 @@ impl TaskService {
                 serde_json::from_slice(&b)
                     .map_err(|err| invalid(format!("cannot parse {}: {err}", config.display())))
             })?;
-        let process: Process = serde_json::from_slice(process)
+        let mut process: Process = serde_json::from_slice(process)
             .map_err(|err| invalid(format!("exec process spec: {err}")))?;
+        // containerd's client may ask for a terminal in the request and not in the process
+        // spec; as with the runc shim, the request's flag wins.
+        process.set_terminal(Some(terminal));
         let (process, executor) = crate::executor::for_exec(&spec, process);
         let bytes = serde_json::to_vec(&process)
             .map_err(|err| invalid(format!("exec process spec: {err}")))?;
@@ -101,7 +110,7 @@ impl TaskService {
         }
         // libcontainer gives an exec'd process the container's namespaces and cgroup but not
         // its seccomp profile: the executor loads it (see `executor`).
-        let (process, executor) = self.exec_process(c, &e.process)?;
+        let (process, executor) = self.exec_process(c, &e.process, e.stdio.terminal)?;
         let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
         std::fs::write(&spec_file, &process)
             .map_err(|err| ShimError::io(&c.id, format!("write {}", spec_file.display()), err))?;

@@ -341,19 +341,18 @@ impl TaskService {
     /// Resizes the terminal of init or of an exec process.
     pub fn resize_pty(&self, req: &ResizePtyRequest) -> Result<()> {
         let c = self.get(&req.id)?;
-        let no_tty = || ShimError::FailedPrecondition {
-            id: c.id.clone(),
-            reason: "the process has no terminal".into(),
-        };
+        // A process without a terminal has nothing to resize: success, as with the runc shim.
         if req.exec_id.is_empty() {
-            let console = c.io.console().ok_or_else(no_tty)?;
-            return console.resize(&c.id, req.width, req.height);
+            return match c.io.console() {
+                Some(console) => console.resize(&c.id, req.width, req.height),
+                None => Ok(()),
+            };
         }
-        let started = Self::get_exec(&c, &req.exec_id)?
-            .started()
-            .ok_or_else(no_tty)?;
-        let console = started.io.console().ok_or_else(no_tty)?;
-        console.resize(&c.id, req.width, req.height)
+        let exec = Self::get_exec(&c, &req.exec_id)?;
+        match exec.started().as_ref().and_then(|s| s.io.console()) {
+            Some(console) => console.resize(&c.id, req.width, req.height),
+            None => Ok(()),
+        }
     }
 }
 

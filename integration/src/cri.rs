@@ -132,7 +132,8 @@ impl Cri {
     pub fn start_with(shim: &Path, configs: &HandlerConfigs) -> Result<Self> {
         let tag = std::process::id() % 10_000;
         let bridge = format!("nvcri{tag}");
-        let cgroup_parent = format!("/nvcri-{}", std::process::id());
+        // One parent per CRI containerd: tests of one binary run side by side.
+        let cgroup_parent = format!("/{}", crate::unique_id("nvcri"));
         let containerd = Containerd::start_configured(shim, "info", |dir| {
             cri_config(dir, configs, &bridge, tag).map(Some)
         })?;
@@ -158,7 +159,8 @@ impl Cri {
         Ok(me)
     }
 
-    /// The cgroup parent of every pod (`/nvcri-<pid>`, under each v1 controller or the v2 root).
+    /// The cgroup parent of every pod (`/nvcri-<pid>-<n>`, under each v1 controller or the v2
+    /// root).
     pub fn cgroup_parent(&self) -> &str {
         &self.cgroup_parent
     }
@@ -566,6 +568,10 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  # The shim owns CDI here, as under containerd 1.6 (which has no CDI) and 1.7 (off by
+  # default); containerd 2.x turns its own CDI on and resolves `cdi.k8s.io/` annotations from
+  # its spec directories before any runtime sees them (see README, "Who applies CDI").
+  enable_cdi = false
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{net}"

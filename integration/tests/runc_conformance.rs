@@ -151,3 +151,87 @@ fn an_exec_whose_request_asks_for_a_terminal_gets_one_as_with_runc() -> Result<(
     assert_eq!(seen[0], (0, "has-a-tty".to_owned()));
     Ok(())
 }
+
+/// `ctr run` of a container that cannot be created, through `runtime`; its error output.
+fn create_error(c: &Containerd, runtime: &str, image: &str, extra: &[&str]) -> Result<String> {
+    let id = unique_id("bad");
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[image, &id, "true"]);
+    let out = c.ctr(&args)?;
+    anyhow::ensure!(!out.status.success(), "{runtime}: {args:?} succeeded");
+    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
+    let _ = c.ctr(&["container", "rm", &id]);
+    Ok(text(&out.stderr))
+}
+
+#[test]
+fn create_failures_say_their_cause_as_runc_does() -> Result<()> {
+    let Some(c) = setup("create_failures_say_their_cause_as_runc_does") else {
+        return Ok(());
+    };
+    // An image whose /dev is a regular file.
+    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    image
+        .entries
+        .retain(|e| !matches!(e, nvidia_shim_integration::image::Entry::Dir(d) if d == "dev"));
+    image
+        .entries
+        .push(nvidia_shim_integration::image::Entry::File(
+            "dev".into(),
+            0o644,
+            b"not a directory".to_vec(),
+        ));
+    let dev_file = "docker.io/library/nvtest-devfile:latest";
+    c.import(&image, dev_file)?;
+    let missing = c.dir().join("no-such-source").display().to_string();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("/dev is a file", vec![], "not a directory"),
+        (
+            "missing mount source",
+            vec![
+                "--mount".into(),
+                format!("type=bind,src={missing},dst=/x,options=rbind:ro"),
+            ],
+            "no such file or directory",
+        ),
+        (
+            "unknown filesystem type",
+            vec!["--mount".into(), "type=nosuchfs,src=none,dst=/x".into()],
+            "no such device",
+        ),
+        (
+            "cwd is a file",
+            vec!["--cwd".into(), "/bin/busybox".into()],
+            "not a directory",
+        ),
+    ];
+    for (what, flags, cause) in cases {
+        let image = if what == "/dev is a file" {
+            dev_file
+        } else {
+            BUSYBOX_IMAGE
+        };
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let runc = create_error(&c, RUNC, image, &flags)?;
+        let ours = create_error(&c, RUNTIME, image, &flags)?;
+        eprintln!("{what}:\n  runc:   {runc}\n  nvidia: {ours}");
+        eprintln!(
+            "LOG {}",
+            c.log()
+                .lines()
+                .filter(|l| l.contains("level=error"))
+                .collect::<Vec<_>>()
+                .join("\nLOG ")
+        );
+        assert!(
+            runc.to_lowercase().contains(cause),
+            "{what}: runc says {runc}"
+        );
+        assert!(
+            ours.to_lowercase().contains(cause),
+            "{what}: the cause reaches containerd like runc's ({cause}): {ours}"
+        );
+    }
+    Ok(())
+}

@@ -105,6 +105,15 @@ fn flatten(err: impl std::error::Error) -> String {
     chain_to_string(&err)
 }
 
+/// `message` with the cause the container's init process logged (see `causes`), when it
+/// adds something.
+fn with_cause(message: String, cause: Option<String>) -> String {
+    match cause {
+        Some(c) if !message.contains(&c) => format!("{message}: {c}"),
+        _ => message,
+    }
+}
+
 fn zy_create(args: CreateArgs) -> Wire<Created> {
     let CreateArgs {
         state,
@@ -117,17 +126,19 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         .map_err(flatten)?
         .validate_id()
         .map_err(flatten)?;
-    let container = with_io(builder, io)
-        .with_executor(ShimExecutor::default())
-        .as_init(&bundle)
-        .with_systemd(systemd)
-        .with_detach(true)
-        .as_sibling(true)
-        .build();
+    let (container, cause) = crate::causes::watch(|| {
+        with_io(builder, io)
+            .with_executor(ShimExecutor::default())
+            .as_init(&bundle)
+            .with_systemd(systemd)
+            .with_detach(true)
+            .as_sibling(true)
+            .build()
+    });
     let container = match container {
         Ok(c) => c,
         Err(err) => {
-            let msg = flatten(err);
+            let msg = with_cause(flatten(err), cause);
             // libcontainer may have left a state dir and a cgroup behind: remove both.
             if let Ok(mut c) = Container::load(state.dir()) {
                 let _ = c.delete(true);
@@ -169,14 +180,16 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
         .map_err(flatten)?;
-    let pid = with_io(builder, io)
-        .with_executor(executor)
-        .as_tenant()
-        .with_process(Some(&process))
-        .as_sibling(true)
-        .with_detach(true)
-        .build()
-        .map_err(flatten)?;
+    let (pid, cause) = crate::causes::watch(|| {
+        with_io(builder, io)
+            .with_executor(executor)
+            .as_tenant()
+            .with_process(Some(&process))
+            .as_sibling(true)
+            .with_detach(true)
+            .build()
+    });
+    let pid = pid.map_err(|e| with_cause(flatten(e), cause))?;
     Ok(pid.as_raw())
 }
 

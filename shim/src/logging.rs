@@ -38,6 +38,9 @@ impl log::Log for FifoLog {
         }
         let message = record.args().to_string();
         let level = effective_level(record.level(), record.target(), &message);
+        if level == log::Level::Error {
+            crate::causes::record(&message);
+        }
         if level > log::max_level() {
             return;
         }

@@ -5,6 +5,7 @@
 
 mod attach_warmup;
 mod bundle;
+mod causes;
 mod cdi_cli;
 mod cgroup;
 mod console;

@@ -127,6 +127,77 @@ impl StartInput {
     }
 }
 
+/// `containerd.linux.runc.CreateOptions`, the runc options of containerd's v1 runtime, which
+/// containerd's Go client (`WithShimCgroup`) sends to runtimes not named `io.containerd.runc*`.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct RuncCreateOptions {
+    /// Field 1.
+    #[prost(bool, tag = "1")]
+    pub no_pivot_root: bool,
+    /// Field 2.
+    #[prost(bool, tag = "2")]
+    pub open_tcp: bool,
+    /// Field 3.
+    #[prost(bool, tag = "3")]
+    pub external_unix_sockets: bool,
+    /// Field 4.
+    #[prost(bool, tag = "4")]
+    pub terminal: bool,
+    /// Field 5.
+    #[prost(bool, tag = "5")]
+    pub file_locks: bool,
+    /// Field 6.
+    #[prost(string, repeated, tag = "6")]
+    pub empty_namespaces: Vec<String>,
+    /// Field 7.
+    #[prost(string, tag = "7")]
+    pub cgroups_mode: String,
+    /// Field 8.
+    #[prost(bool, tag = "8")]
+    pub no_new_keyring: bool,
+    /// Field 9: the cgroup the shim process is to be placed in.
+    #[prost(string, tag = "9")]
+    pub shim_cgroup: String,
+    /// Field 10.
+    #[prost(uint32, tag = "10")]
+    pub io_uid: u32,
+    /// Field 11.
+    #[prost(uint32, tag = "11")]
+    pub io_gid: u32,
+    /// Field 12.
+    #[prost(string, tag = "12")]
+    pub criu_work_path: String,
+    /// Field 13.
+    #[prost(string, tag = "13")]
+    pub criu_image_path: String,
+}
+
+impl RuncCreateOptions {
+    /// The fields set that this shim does not act on, by their Go names.
+    pub fn ignored_fields(&self) -> Vec<&'static str> {
+        [
+            (self.no_pivot_root, "NoPivotRoot"),
+            (self.open_tcp, "OpenTcp"),
+            (self.external_unix_sockets, "ExternalUnixSockets"),
+            (self.terminal, "Terminal"),
+            (self.file_locks, "FileLocks"),
+            (!self.empty_namespaces.is_empty(), "EmptyNamespaces"),
+            (!self.cgroups_mode.is_empty(), "CgroupsMode"),
+            (self.no_new_keyring, "NoNewKeyring"),
+            (self.io_uid != 0, "IoUid"),
+            (self.io_gid != 0, "IoGid"),
+            (!self.criu_work_path.is_empty(), "CriuWorkPath"),
+            (!self.criu_image_path.is_empty(), "CriuImagePath"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// The `Any.type_url` of [`RuncCreateOptions`].
+pub const RUNC_CREATE_OPTIONS_TYPE_URL: &str = "containerd.linux.runc.CreateOptions";
+
 /// Encodes [`RuntimeOptions`] as containerd does.
 pub fn encode_runtime_options(opts: &RuntimeOptions) -> Vec<u8> {
     opts.encode_to_vec()
@@ -141,6 +212,11 @@ pub fn is_runtime_options(type_url: &str) -> bool {
 /// Whether `type_url` names the runc shim's options.
 pub fn is_runc_options(type_url: &str) -> bool {
     type_url.rsplit('/').next() == Some(RUNC_OPTIONS_TYPE_URL)
+}
+
+/// Whether `type_url` names [`RuncCreateOptions`].
+pub fn is_runc_create_options(type_url: &str) -> bool {
+    type_url.rsplit('/').next() == Some(RUNC_CREATE_OPTIONS_TYPE_URL)
 }
 
 /// Decodes the `value` of an `Any` carrying [`RuntimeOptions`].
@@ -248,6 +324,18 @@ mod tests {
         // Another container's or namespace's parameters are not taken for ours.
         let other = decode_start_input(&bytes, "c2", "k8s.io").unwrap();
         assert!(matches!(other, StartInput::Options(_)));
+    }
+
+    #[test]
+    fn decodes_the_v1_runc_create_options() {
+        // Go: proto.Marshal(&runctypes.CreateOptions{ShimCgroup: "/shims", NoPivotRoot: true})
+        let bytes = [0x08, 0x01, 0x4a, 0x06, b'/', b's', b'h', b'i', b'm', b's'];
+        let o = RuncCreateOptions::decode(&bytes[..]).unwrap();
+        assert_eq!(o.shim_cgroup, "/shims");
+        assert_eq!(o.ignored_fields(), ["NoPivotRoot"]);
+        assert!(is_runc_create_options(
+            "containerd.linux.runc.CreateOptions"
+        ));
     }
 
     #[test]

@@ -4,43 +4,79 @@
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use nvidia_shim_core::quote::quoted;
 use nvidia_shim_core::Config;
 use nvidia_shim_proto::{
-    decode_runtime_options, decode_start_input, is_runc_options, is_runtime_options,
+    decode_runtime_options, decode_start_input, is_runc_create_options, is_runc_options,
+    is_runtime_options, RuncCreateOptions,
 };
+use prost::Message;
 
 use crate::error::{Result, ShimError};
 
 /// Environment variable through which `start` passes the config path to the shim daemon.
 pub const CONFIG_PATH_ENV: &str = "NVIDIA_SHIM_CONFIG_PATH";
 
-/// The config path carried by containerd's options, if any.
-///
-/// `runtimeoptions.v1.Options` gives `config_path`; the runc shim's options (sent when a runc
-/// style runtime entry points at this shim) carry nothing this shim uses; any other type is
+/// What containerd's options for one container ask of the shim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The runtime options' `ConfigPath`.
+    pub config_path: Option<PathBuf>,
+    /// The v1 runc options' `ShimCgroup`: the cgroup the shim process goes into.
+    pub shim_cgroup: Option<String>,
+}
+
+/// What containerd's options `Any` asks, by its type: `runtimeoptions.v1.Options` gives the
+/// config file; the runc shim's options (sent when a runc style runtime entry points at this
+/// shim) carry nothing this shim uses; the v1 runc `CreateOptions` (containerd's Go client
+/// sends them with `WithShimCgroup` to runtimes not named `io.containerd.runc*`) give the shim
+/// cgroup, as the runc shim honours it, the other fields logged as ignored. Any other type is
 /// refused, so a misconfigured runtime entry is reported instead of silently ignored.
-pub fn config_path_from_any(id: &str, any: &Any) -> Result<Option<PathBuf>> {
+pub fn create_options(id: &str, any: &Any) -> Result<CreateOptions> {
     if any.type_url.is_empty() && any.value.is_empty() {
-        return Ok(None);
+        return Ok(CreateOptions::default());
     }
+    let undecodable = |e: prost::DecodeError| ShimError::InvalidArgument {
+        id: id.to_owned(),
+        reason: format!("cannot decode runtime options ({}): {e}", any.type_url),
+    };
     if is_runtime_options(&any.type_url) {
-        let opts = decode_runtime_options(&any.value).map_err(|e| ShimError::InvalidArgument {
-            id: id.to_owned(),
-            reason: format!("cannot decode runtime options ({}): {e}", any.type_url),
-        })?;
-        return Ok((!opts.config_path.is_empty()).then(|| PathBuf::from(opts.config_path)));
+        let opts = decode_runtime_options(&any.value).map_err(undecodable)?;
+        return Ok(CreateOptions {
+            config_path: (!opts.config_path.is_empty()).then(|| PathBuf::from(opts.config_path)),
+            shim_cgroup: None,
+        });
     }
     if is_runc_options(&any.type_url) {
         log::warn!("container {id}: runc options are ignored by io.containerd.nvidia.v2; use runtimeoptions ConfigPath");
-        return Ok(None);
+        return Ok(CreateOptions::default());
+    }
+    if is_runc_create_options(&any.type_url) {
+        let opts = RuncCreateOptions::decode(any.value.as_slice()).map_err(undecodable)?;
+        let ignored = opts.ignored_fields();
+        if !ignored.is_empty() {
+            log::warn!(
+                "container {id}: {} of the runc CreateOptions are ignored by io.containerd.nvidia.v2",
+                ignored.join(", ")
+            );
+        }
+        return Ok(CreateOptions {
+            config_path: None,
+            shim_cgroup: (!opts.shim_cgroup.is_empty()).then_some(opts.shim_cgroup),
+        });
     }
     Err(ShimError::InvalidArgument {
         id: id.to_owned(),
         reason: format!(
-            "unsupported runtime options type {:?} (expected runtimeoptions.v1.Options)",
-            any.type_url
+            "unsupported runtime options type {} (expected runtimeoptions.v1.Options)",
+            quoted(&any.type_url)
         ),
     })
+}
+
+/// The config path carried by containerd's options, if any (see [`create_options`]).
+pub fn config_path_from_any(id: &str, any: &Any) -> Result<Option<PathBuf>> {
+    create_options(id, any).map(|o| o.config_path)
 }
 
 /// What `start` learns from its stdin: the config file the runtime options name, and where
@@ -188,5 +224,20 @@ mod tests {
         // The option type containerd 2.3 refused before: "nv1" was the id read as a type.
         let err = config_path_from_any("c", &any("nv1", vec![])).unwrap_err();
         assert!(err.to_string().contains("nv1"));
+    }
+
+    #[test]
+    fn the_v1_runc_create_options_give_the_shim_cgroup() {
+        let value = nvidia_shim_proto::RuncCreateOptions {
+            shim_cgroup: "/shims/nv".into(),
+            io_uid: 1000,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let o = create_options("c", &any("containerd.linux.runc.CreateOptions", value)).unwrap();
+        assert_eq!(o.shim_cgroup.as_deref(), Some("/shims/nv"));
+        assert_eq!(o.config_path, None);
+        let err = create_options("c", &any("example.Other", vec![])).unwrap_err();
+        assert!(err.to_string().contains("\"example.Other\""), "{err}");
     }
 }

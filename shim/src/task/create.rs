@@ -16,11 +16,21 @@ impl TaskService {
         let started = std::time::Instant::now();
         // Start the cgroup migration grace period now, alongside the work before the attach.
         drop(tokio::task::spawn_blocking(crate::attach_warmup::now));
-        let config_path = match req.options.as_ref() {
-            Some(any) => config_path_from_any(id, any)?,
-            None => None,
+        let options = match req.options.as_ref() {
+            Some(any) => create_options(id, any)?,
+            None => CreateOptions::default(),
+        };
+        if let Some(cgroup) = &options.shim_cgroup {
+            // As the runc shim does with its ShimCgroup: the shim process joins that cgroup.
+            containerd_shim::cgroup::add_task_to_cgroup(cgroup, std::process::id()).map_err(
+                |e| ShimError::InvalidArgument {
+                    id: id.to_owned(),
+                    reason: format!("cannot move the shim into ShimCgroup {cgroup:?}: {e}"),
+                },
+            )?;
+            log::info!("container {id}: the shim joined cgroup {cgroup}");
         }
-        .or_else(|| self.start_config.clone());
+        let config_path = options.config_path.or_else(|| self.start_config.clone());
         let config = load_config(id, config_path.as_deref())?;
 
         let bundle = Bundle::new(&req.bundle);

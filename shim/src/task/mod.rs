@@ -31,7 +31,7 @@ use crate::events::EventSink;
 use crate::exec::{ExecProcess, Started};
 use crate::exit::{ExitCell, ExitRouter, ExitStatus};
 use crate::gpu::GpuInjector;
-use crate::options::{config_path_from_any, load_config};
+use crate::options::{create_options, load_config, CreateOptions};
 use crate::proc_overlay::OverlayArgs;
 use crate::procio::PreparedIo;
 use crate::working_set::{Active, IdleTrim};

@@ -78,6 +78,8 @@ pub struct PodOptions {
     pub host_network: bool,
     /// Pod annotations.
     pub annotations: HashMap<String, String>,
+    /// A privileged sandbox (which privileged containers need).
+    pub privileged: bool,
 }
 
 /// One app container of a pod.
@@ -97,6 +99,9 @@ pub struct ContainerOptions {
     pub privileged: bool,
     /// The image (default: busybox).
     pub image: Option<String>,
+    /// The mounts' propagation (`MountPropagation` of the CRI API: 0 private, 1 host to
+    /// container, 2 bidirectional); their source must then be on a shared mount.
+    pub mount_propagation: i32,
 }
 
 impl ContainerOptions {
@@ -219,6 +224,7 @@ impl Cri {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(namespaces(opts)),
+                    privileged: opts.privileged,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -278,7 +284,8 @@ impl Cri {
                 .map(|(host, path)| Mount {
                     host_path: host.clone(),
                     container_path: path.clone(),
-                    readonly: true,
+                    readonly: c.mount_propagation != 2,
+                    propagation: c.mount_propagation,
                     ..Default::default()
                 })
                 .collect(),

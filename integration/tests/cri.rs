@@ -307,3 +307,66 @@ fn images_without_env_run_as_under_runc() -> Result<()> {
     assert!(seen[0][0].contains("Running"), "{seen:?}");
     Ok(())
 }
+
+#[test]
+fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
+    let Some(cri) = cri(
+        "a_bidirectional_volume_propagates_both_ways_as_under_runc",
+        &HandlerConfigs::default(),
+    ) else {
+        return Ok(());
+    };
+    // A shared host directory, as kubelet requires for Bidirectional (CSI drivers use it):
+    // containerd's CRI then gives the container rootfsPropagation rshared and the mount rshared.
+    let opts = PodOptions {
+        privileged: true,
+        ..PodOptions::default()
+    };
+    let mut seen = Vec::new();
+    for handler in [HANDLER, HANDLER_RUNC] {
+        let host = std::env::temp_dir().join(nvidia_shim_integration::unique_id("bidir"));
+        std::fs::create_dir_all(&host)?;
+        let sh = |args: &[&str]| std::process::Command::new("mount").args(args).status();
+        ensure!(sh(&[
+            "--bind",
+            host.to_str().unwrap_or_default(),
+            host.to_str().unwrap_or_default()
+        ])?
+        .success());
+        ensure!(sh(&["--make-shared", host.to_str().unwrap_or_default()])?.success());
+        let pod = cri.run_pod("bidir", handler, &opts)?;
+        let app = ContainerOptions {
+            mounts: vec![(host.display().to_string(), "/vol".into())],
+            mount_propagation: 2,
+            privileged: true,
+            ..ContainerOptions::sh("app", "exec sleep 600")
+        };
+        let app = cri.run_container(&pod, "bidir", &opts, &app)?;
+        // A mount made inside shows on the host; one the host makes shows inside.
+        cri.sh(&app, "mkdir -p /vol/in && mount -t tmpfs inside /vol/in")?;
+        let on_host = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .any(|l| {
+                l.split_whitespace().nth(4) == Some(host.join("in").to_str().unwrap_or_default())
+            });
+        std::fs::create_dir_all(host.join("out"))?;
+        ensure!(sh(&[
+            "-t",
+            "tmpfs",
+            "outside",
+            host.join("out").to_str().unwrap_or_default()
+        ])?
+        .success());
+        let inside = cri.sh(&app, "grep -c ' /vol/out ' /proc/self/mountinfo || true")?;
+        seen.push((on_host, inside.trim().to_owned()));
+        cri.remove_pod(&pod)?;
+        for m in ["out", "in", ""] {
+            let _ = std::process::Command::new("umount")
+                .arg(host.join(m))
+                .status();
+        }
+    }
+    assert_eq!(seen[0], seen[1], "nvidia vs runc");
+    assert_eq!(seen[0], (true, "1".to_owned()), "both ways");
+    Ok(())
+}

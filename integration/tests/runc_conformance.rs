@@ -235,3 +235,76 @@ fn create_failures_say_their_cause_as_runc_does() -> Result<()> {
     }
     Ok(())
 }
+
+/// The optional fields (propagation) of the mountinfo lines of `/` and `/x` inside a
+/// container of `runtime` with a bind mount at `/x` with `options`.
+fn propagation(c: &Containerd, runtime: &str, options: &str) -> Result<Vec<String>> {
+    // A shared mount as the source, as a volume on a systemd host is: a mount that does not
+    // ask for it must not receive what the host mounts there later.
+    let src = c.dir().join(unique_id("src"));
+    std::fs::create_dir_all(&src)?;
+    for args in [
+        vec![
+            "--bind",
+            src.to_str().unwrap_or_default(),
+            src.to_str().unwrap_or_default(),
+        ],
+        vec!["--make-shared", src.to_str().unwrap_or_default()],
+    ] {
+        let status = std::process::Command::new("mount").args(&args).status()?;
+        anyhow::ensure!(status.success(), "mount {args:?}");
+    }
+    let id = unique_id("prop");
+    let mount = format!("type=bind,src={},dst=/x,options={options}", src.display());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--mount",
+        &mount,
+        BUSYBOX_IMAGE,
+        &id,
+        "cat",
+        "/proc/self/mountinfo",
+    ])?;
+    let _ = std::process::Command::new("umount").arg(&src).status();
+    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+    Ok(text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let mount_point = *f.get(4)?;
+            if mount_point != "/x" {
+                return None;
+            }
+            // Fields 6.. up to the "-" separator are the optional (propagation) fields.
+            let optional: Vec<&str> = f[6..].iter().take_while(|x| **x != "-").copied().collect();
+            // Peer group numbers differ between runs; their kinds must not.
+            let kinds: Vec<&str> = optional
+                .iter()
+                .map(|o| o.split(':').next().unwrap_or(o))
+                .collect();
+            Some(format!("{mount_point} [{}]", kinds.join(" ")))
+        })
+        .collect())
+}
+
+#[test]
+fn a_mounts_propagation_option_is_honoured_as_by_runc() -> Result<()> {
+    let Some(c) = setup("a_mounts_propagation_option_is_honoured_as_by_runc") else {
+        return Ok(());
+    };
+    for options in [
+        "rbind:rprivate",
+        "rbind:ro:rprivate",
+        "rbind:rslave",
+        "rbind",
+    ] {
+        let ours = propagation(&c, RUNTIME, options)?;
+        let runc = propagation(&c, RUNC, options)?;
+        eprintln!("{options}: nvidia {ours:?}, runc {runc:?}");
+        assert_eq!(ours, runc, "{options}");
+    }
+    Ok(())
+}

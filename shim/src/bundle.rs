@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
+use libcontainer::oci_spec::runtime::Spec;
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
 
@@ -45,6 +46,39 @@ impl Bundle {
     /// libcontainer's root for this bundle.
     pub fn state_root(&self) -> PathBuf {
         self.path.join(STATE_DIR)
+    }
+
+    /// The spec (`config.json`).
+    pub fn load_spec(&self, id: &str) -> Result<Spec> {
+        let path = self.path.join("config.json");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ShimError::io(id, format!("read {}", path.display()), e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ShimError::InvalidArgument {
+            id: id.to_owned(),
+            reason: format!("cannot parse {}: {e}", path.display()),
+        })
+    }
+
+    /// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).
+    pub fn write_spec(&self, id: &str, spec: &Spec) -> Result<()> {
+        let path = self.path.join("config.json");
+        let tmp = path.with_extension("json.nvidia-tmp");
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| ShimError::io(id, "serialize spec", std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json)
+            .map_err(|e| ShimError::io(id, format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| ShimError::io(id, format!("replace {}", path.display()), e))
+    }
+
+    /// Gives libcontainer the spec as it can take it (see `propagation`) and returns the mount
+    /// propagation the shim applies itself after create.
+    pub fn adapt_spec(&self, id: &str) -> Result<Vec<(PathBuf, u64)>> {
+        let mut spec = self.load_spec(id)?;
+        if crate::propagation::adapt_rootfs_propagation(&mut spec) {
+            self.write_spec(id, &spec)?;
+        }
+        Ok(crate::propagation::mount_propagation(&spec))
     }
 
     /// The spec's annotations (empty when `config.json` has none or cannot be read).

@@ -197,14 +197,7 @@ impl GpuInjector {
     /// CDI names whose kind has a spec in `cdi_spec_dirs` are applied from that spec; the
     /// NVIDIA kinds without one, and every other request form, come from driver discovery.
     pub fn inject(&self, id: &str, bundle: &Bundle, config: &Config) -> Result<Option<Injected>> {
-        let spec_path = bundle.path().join("config.json");
-        let bytes = std::fs::read(&spec_path)
-            .map_err(|e| ShimError::io(id, format!("read {}", spec_path.display()), e))?;
-        let mut spec: Spec =
-            serde_json::from_slice(&bytes).map_err(|e| ShimError::InvalidArgument {
-                id: id.to_owned(),
-                reason: format!("cannot parse {}: {e}", spec_path.display()),
-            })?;
+        let mut spec: Spec = bundle.load_spec(id)?;
         let what = request_text(&spec);
         let invalid = |reason: String| ShimError::InvalidArgument {
             id: id.to_owned(),
@@ -261,7 +254,7 @@ impl GpuInjector {
         }
         // No hook or runtime after us may act on the request again.
         set_env(&mut spec, &["NVIDIA_VISIBLE_DEVICES=void".to_owned()]);
-        write_spec(id, &spec_path, &spec)?;
+        bundle.write_spec(id, &spec)?;
         let rootfs_err = |e: nvidia_shim_core::rootfs::RootfsError| ShimError::Runtime {
             id: id.to_owned(),
             op: "inject",
@@ -445,17 +438,6 @@ fn mounted_libcuda_version(spec: &Spec) -> Option<String> {
         (version.matches('.').count() >= 1 && Version::parse(version).is_some())
             .then(|| version.to_owned())
     })
-}
-
-/// Replaces `config.json` atomically (libcontainer reads the spec only from the bundle).
-fn write_spec(id: &str, path: &Path, spec: &Spec) -> Result<()> {
-    let tmp = path.with_extension("json.nvidia-tmp");
-    let json = serde_json::to_vec(spec)
-        .map_err(|e| ShimError::io(id, "serialize spec", std::io::Error::other(e)))?;
-    std::fs::write(&tmp, json)
-        .map_err(|e| ShimError::io(id, format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| ShimError::io(id, format!("replace {}", path.display()), e))
 }
 
 #[cfg(test)]

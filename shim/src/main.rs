@@ -25,6 +25,7 @@ mod oom;
 mod options;
 mod proc_overlay;
 mod procio;
+mod propagation;
 mod shim;
 mod stdio;
 mod task;

@@ -26,6 +26,8 @@ pub struct OverlayArgs {
     pub pid: i32,
     /// `(host source, container target)` pairs; a source is a file or a directory.
     pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// `(container mount point, mount(2) propagation flags)` to apply (see `propagation`).
+    pub propagation: Vec<(PathBuf, u64)>,
 }
 
 /// Detached mounts ready to attach in the container.
@@ -33,6 +35,7 @@ pub struct OverlayArgs {
 pub struct Prepared {
     ns: OwnedFd,
     mounts: Vec<(OwnedFd, CString)>,
+    propagation: Vec<(CString, libc::c_ulong)>,
 }
 
 fn cpath(p: &Path) -> std::io::Result<CString> {
@@ -95,9 +98,15 @@ impl Prepared {
             .iter()
             .map(|(src, target)| Ok((detached_bind(src)?, cpath(target)?)))
             .collect::<std::io::Result<_>>()?;
+        let propagation = args
+            .propagation
+            .iter()
+            .map(|(target, flags)| Ok((cpath(target)?, *flags as libc::c_ulong)))
+            .collect::<std::io::Result<_>>()?;
         Ok(Self {
             ns: ns.into(),
             mounts,
+            propagation,
         })
     }
 
@@ -107,6 +116,27 @@ impl Prepared {
         // SAFETY: a valid namespace descriptor.
         if unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        // Each mount's own propagation, which libcontainer parses but does not apply.
+        for (target, flags) in &self.propagation {
+            // SAFETY: valid C string; no source, type or data for a propagation change.
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    *flags,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                let path = Path::new(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("set the propagation of {}: {e}", path.display()),
+                ));
+            }
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
@@ -192,6 +222,7 @@ mod tests {
                     nv.join("capabilities/mig/config"),
                 ),
             ],
+            propagation: Vec::new(),
         })
         .unwrap();
         // Attach from a forked child, which then shows the namespace's view.

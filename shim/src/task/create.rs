@@ -43,8 +43,9 @@ impl TaskService {
                 }
             }
         };
-        // GPU injection edits config.json and the rootfs before libcontainer reads them. It
-        // reads files (discovery, ELF headers, the image's ld cache): off the reactor.
+        // The spec adapted to libcontainer (see `propagation`), then GPU injection, edit
+        // config.json and the rootfs before libcontainer reads them. They read files
+        // (discovery, ELF headers, the image's ld cache): off the reactor.
         let injecting = std::time::Instant::now();
         let injected = {
             let (gpu, owned_id, b, cfg) = (
@@ -53,10 +54,17 @@ impl TaskService {
                 bundle.clone(),
                 config.clone(),
             );
-            tokio::task::spawn_blocking(move || gpu.inject(&owned_id, &b, &cfg))
-                .await
-                .map_err(|e| ShimError::io(id, "GPU injection task", std::io::Error::other(e)))
-                .and_then(|r| r)
+            tokio::task::spawn_blocking(move || {
+                let propagation = b.adapt_spec(&owned_id)?;
+                gpu.inject(&owned_id, &b, &cfg).map(|i| (propagation, i))
+            })
+            .await
+            .map_err(|e| ShimError::io(id, "GPU injection task", std::io::Error::other(e)))
+            .and_then(|r| r)
+        };
+        let (propagation, injected) = match injected {
+            Ok((propagation, injected)) => (propagation, Ok(injected)),
+            Err(e) => (Vec::new(), Err(e)),
         };
         let proc_mounts = match injected {
             Ok(Some(done)) => {
@@ -109,12 +117,13 @@ impl TaskService {
         };
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
-        let overlaid = if proc_mounts.is_empty() {
+        let overlaid = if proc_mounts.is_empty() && propagation.is_empty() {
             Ok(0)
         } else {
             let args = OverlayArgs {
                 pid: created.pid,
                 mounts: proc_mounts,
+                propagation,
             };
             self.driver.proc_overlay(id, args).await
         };

@@ -1,0 +1,119 @@
+//! Mount propagation as runc applies it, where libcontainer 0.7 does not:
+//!
+//! - `linux.rootfsPropagation` of `rshared`, `rslave`, `rprivate` or `runbindable` (containerd's
+//!   CRI sets `rshared`/`rslave` for pods with Bidirectional or HostToContainer volumes) is
+//!   refused by libcontainer as unknown; it applies its `shared`, `slave`, `private` (and its
+//!   first step of `unbindable`) recursively already, so the recursive names are given to it as
+//!   those.
+//! - A mount's own propagation option (`rprivate`, CRI's default for volumes, `rslave`,
+//!   `rshared`, ...) is parsed but never applied by libcontainer, so a volume stayed a slave of
+//!   the host's shared mount and saw mounts the host made later. The shim applies each one in
+//!   the container's mount namespace after create, before the container starts.
+
+use std::path::PathBuf;
+
+use libcontainer::oci_spec::runtime::Spec;
+use nix::mount::MsFlags;
+
+/// Rewrites a recursive `rootfsPropagation` to the name libcontainer knows (with the same
+/// recursive effect there); true when the spec changed.
+pub fn adapt_rootfs_propagation(spec: &mut Spec) -> bool {
+    let Some(mut linux) = spec.linux().clone() else {
+        return false;
+    };
+    let known = match linux.rootfs_propagation().as_deref() {
+        Some("rshared") => "shared",
+        Some("rslave") => "slave",
+        Some("rprivate") => "private",
+        Some("runbindable") => "unbindable",
+        _ => return false,
+    };
+    linux.set_rootfs_propagation(Some(known.to_owned()));
+    spec.set_linux(Some(linux));
+    true
+}
+
+/// The propagation flags of mount option `option`, if it is one.
+fn flags_of(option: &str) -> Option<MsFlags> {
+    Some(match option {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Each spec mount's propagation, in order, as (destination, `mount(2)` flags bits): the
+/// last propagation option of a mount wins, as in runc.
+pub fn mount_propagation(spec: &Spec) -> Vec<(PathBuf, u64)> {
+    spec.mounts()
+        .as_ref()
+        .map(|mounts| {
+            mounts
+                .iter()
+                .filter_map(|m| {
+                    let flags = m
+                        .options()
+                        .as_ref()?
+                        .iter()
+                        .filter_map(|o| flags_of(o))
+                        .last()?;
+                    Some((m.destination().clone(), flags.bits()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn recursive_rootfs_propagation_becomes_what_libcontainer_knows() {
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"rootfsPropagation":"rslave"}}"#,
+        );
+        assert!(adapt_rootfs_propagation(&mut s));
+        assert_eq!(
+            s.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
+            Some("slave")
+        );
+        assert!(
+            !adapt_rootfs_propagation(&mut s),
+            "already known: unchanged"
+        );
+    }
+
+    #[test]
+    fn each_mounts_last_propagation_option_is_taken() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+                {"destination":"/a","type":"bind","source":"/x","options":["rbind","rprivate"]},
+                {"destination":"/b","type":"bind","source":"/x","options":["rbind","ro"]},
+                {"destination":"/c","type":"bind","source":"/x","options":["rslave","rshared"]}]}"#,
+        );
+        assert_eq!(
+            mount_propagation(&s),
+            vec![
+                (
+                    PathBuf::from("/a"),
+                    (MsFlags::MS_PRIVATE | MsFlags::MS_REC).bits()
+                ),
+                (
+                    PathBuf::from("/c"),
+                    (MsFlags::MS_SHARED | MsFlags::MS_REC).bits()
+                ),
+            ]
+        );
+    }
+}

@@ -61,8 +61,8 @@ pub fn mount_propagation(spec: &Spec) -> Vec<(PathBuf, u64)> {
                         .options()
                         .as_ref()?
                         .iter()
-                        .filter_map(|o| flags_of(o))
-                        .last()?;
+                        .rev()
+                        .find_map(|o| flags_of(o))?;
                     Some((m.destination().clone(), flags.bits()))
                 })
                 .collect()

@@ -308,3 +308,44 @@ fn a_mounts_propagation_option_is_honoured_as_by_runc() -> Result<()> {
     }
     Ok(())
 }
+
+/// The `/proc/self/cgroup` lines of an exec'd process and of the init process of a container
+/// of `runtime`, with the container's id in place of itself.
+fn cgroup_lines(c: &Containerd, runtime: &str) -> Result<Vec<String>> {
+    let id = sleeper(c, runtime, &[])?;
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "cg",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ])?;
+    let init = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "cg1",
+        &id,
+        "cat",
+        "/proc/1/cgroup",
+    ])?;
+    stop_and_remove(c, &id)?;
+    Ok(text(&exec.stdout)
+        .lines()
+        .chain(text(&init.stdout).lines())
+        .map(|l| l.replace(&id, "ID"))
+        .collect())
+}
+
+#[test]
+fn a_container_is_placed_in_every_hierarchy_as_by_runc() -> Result<()> {
+    let Some(c) = setup("a_container_is_placed_in_every_hierarchy_as_by_runc") else {
+        return Ok(());
+    };
+    let ours = cgroup_lines(&c, RUNTIME)?;
+    let runc = cgroup_lines(&c, RUNC)?;
+    assert_eq!(ours, runc, "\nnvidia {ours:#?}\nrunc {runc:#?}");
+    Ok(())
+}

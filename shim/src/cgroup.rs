@@ -1,7 +1,10 @@
 //! Cgroup reads and writes the shim does in-process (plain cgroupfs file I/O, no fork):
 //! statistics converted to containerd's cgroup v1 / v2 metrics messages, the pid list, and
 //! resource updates. libcgroups picks the v1, v2 or systemd manager for the host. Also the
-//! removal of an emptied cgroup, which the shim does without libcgroups' manager.
+//! removal of an emptied cgroup, which the shim does without libcgroups' manager, and, on a
+//! hybrid host, the `name=systemd` and unified (`0::`) hierarchies libcontainer leaves out
+//! (runc places a container's processes there too; systemd in containers and tools reading the
+//! unified hierarchy depend on it).
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -131,11 +134,70 @@ impl ContainerCgroup {
                 let mounts = procfs::process::Process::myself()
                     .and_then(|me| me.mountinfo())
                     .map_err(|e| fail(format!("/proc/self/mountinfo: {e}")))?;
-                v1_dirs(&mounts.0, &relative)
+                let mut dirs = v1_dirs(&mounts.0, &relative);
+                dirs.extend(hybrid_dirs(&mounts.0, &relative));
+                dirs
             }
         };
         remove_dirs(&dirs).map_err(fail)
     }
+
+    /// The cgroup's directories in the `name=systemd` and unified hierarchies of a hybrid
+    /// host (none on a unified host or under the systemd driver, which places them itself).
+    pub fn hybrid(&self) -> Vec<PathBuf> {
+        if self.systemd
+            || matches!(
+                libcgroups::common::get_cgroup_setup(),
+                Ok(CgroupSetup::Unified)
+            )
+        {
+            return Vec::new();
+        }
+        let (Some(relative), Ok(mounts)) = (
+            relative_cgroup_path(&self.path),
+            procfs::process::Process::myself().and_then(|me| me.mountinfo()),
+        ) else {
+            return Vec::new();
+        };
+        hybrid_dirs(&mounts.0, &relative)
+    }
+
+    /// Moves `pid` into the cgroup's `name=systemd` and unified hierarchies on a hybrid host,
+    /// creating the directories, as runc places a container's processes.
+    pub fn join_hybrid(&self, pid: i32) -> Result<()> {
+        for dir in self.hybrid() {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
+                .map_err(|e| ShimError::Cgroup {
+                    id: self.id.clone(),
+                    op: "join",
+                    message: format!("{}: {e}", dir.display()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup's `name=systemd` and unified directories of a hybrid host, which
+    /// libcontainer's delete does not know of; a busy or missing one is left.
+    pub fn remove_hybrid(&self) {
+        if let Err(e) = remove_dirs(&self.hybrid()) {
+            log::warn!("container {}: cgroup remove failed: {e}", self.id);
+        }
+    }
+}
+
+/// On a hybrid host, the cgroup's directory in the `name=systemd` hierarchy and in the unified
+/// (cgroup2) one, which hold no controller libcontainer manages.
+fn hybrid_dirs(mounts: &[MountInfo], relative: &Path) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| {
+            m.fs_type == "cgroup2"
+                || (m.fs_type == "cgroup"
+                    && m.super_options.get("name").and_then(|v| v.as_deref()) == Some("systemd"))
+        })
+        .map(|m| m.mount_point.join(relative))
+        .collect()
 }
 
 /// The cgroup v1 controllers libcontainer's cgroupfs manager creates a container's cgroup in.
@@ -436,6 +498,14 @@ mod tests {
                 "/sys/fs/cgroup/cpu,cpuacct/default/c1",
                 "/sys/fs/cgroup/memory/default/c1",
                 "/sys/fs/cgroup/net_cls,net_prio/default/c1",
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            hybrid_dirs(&mounts, Path::new("default/c1")),
+            [
+                "/sys/fs/cgroup/systemd/default/c1",
+                "/sys/fs/cgroup/unified/default/c1",
             ]
             .map(PathBuf::from)
         );

@@ -84,6 +84,10 @@ pub struct ExecArgs {
     pub io: WireIo,
     /// What to apply before its program runs (the container's seccomp profile).
     pub executor: ShimExecutor,
+    /// The container's cgroups in the hierarchies libcontainer does not manage (`name=systemd`
+    /// and the unified one of a hybrid host): the worker joins them first, so the process is
+    /// born there.
+    pub hybrid_cgroups: Vec<PathBuf>,
 }
 
 /// What a successful create returns.
@@ -176,7 +180,13 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
         process,
         io,
         executor,
+        hybrid_cgroups,
     } = args;
+    for dir in &hybrid_cgroups {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
+            .map_err(|e| format!("join {}: {e}", dir.display()))?;
+    }
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
         .map_err(flatten)?;

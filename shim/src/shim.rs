@@ -17,6 +17,7 @@ use containerd_shim::{
 use libcontainer::container::Container as YoukiContainer;
 
 use crate::bundle::Bundle;
+use crate::cgroup::ContainerCgroup;
 use crate::driver::{self, StateRef};
 use crate::events::EventSink;
 use crate::options::{start_input, CONFIG_PATH_ENV};
@@ -202,13 +203,23 @@ pub fn delete_command(
     // No state: the shim deleted the container before it exited (the usual case).
     let mut pid = 0;
     if state.dir().exists() {
-        pid = YoukiContainer::load(state.dir())
-            .ok()
+        let loaded = YoukiContainer::load(state.dir()).ok();
+        pid = loaded
+            .as_ref()
             .and_then(|c| c.pid())
             .map(|p| u32::try_from(p.as_raw()).unwrap_or_default())
             .unwrap_or_default();
+        // The hierarchies libcontainer does not know of (see `cgroup`), known before its
+        // state goes.
+        let cgroup = loaded.as_ref().and_then(|c| {
+            let config = c.spec().ok()?;
+            Some(ContainerCgroup::new(id, config.cgroup_path, c.systemd()))
+        });
         if let Err(e) = driver::delete_in_process(&state, true) {
             log::warn!("{e}");
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.remove_hybrid();
         }
     }
     if let Err(e) = bundle.unmount_rootfs(id) {

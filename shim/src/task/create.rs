@@ -117,15 +117,18 @@ impl TaskService {
         };
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
-        let overlaid = if proc_mounts.is_empty() && propagation.is_empty() {
-            Ok(0)
-        } else {
-            let args = OverlayArgs {
-                pid: created.pid,
-                mounts: proc_mounts,
-                propagation,
-            };
-            self.driver.proc_overlay(id, args).await
+        let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
+        let overlaid = match cgroup.join_hybrid(created.pid) {
+            Err(e) => Err(e),
+            Ok(()) if proc_mounts.is_empty() && propagation.is_empty() => Ok(0),
+            Ok(()) => {
+                let args = OverlayArgs {
+                    pid: created.pid,
+                    mounts: proc_mounts,
+                    propagation,
+                };
+                self.driver.proc_overlay(id, args).await
+            }
         };
         let io = match overlaid.and_then(|n| {
             if n > 0 {
@@ -138,6 +141,7 @@ impl TaskService {
                 if let Err(del) = self.driver.delete(&state_ref, true).await {
                     log::warn!("{del}");
                 }
+                cgroup.remove_hybrid();
                 self.exits.forget(created.pid);
                 undo_rootfs(&bundle);
                 return Err(e);
@@ -147,7 +151,7 @@ impl TaskService {
         let container = Arc::new(Container::new(
             ContainerParts {
                 id: id.to_owned(),
-                cgroup: ContainerCgroup::new(id, created.cgroup_path, config.systemd_cgroup),
+                cgroup,
                 bundle,
                 state_ref,
                 pid: created.pid,

@@ -137,6 +137,7 @@ impl TaskService {
                 process: spec_file.clone(),
                 io: wire_io,
                 executor,
+                hybrid_cgroups: c.cgroup.hybrid(),
             })
             .await;
         let _ = std::fs::remove_file(&spec_file);

@@ -206,7 +206,9 @@ impl TaskService {
                 Err(e) => log::warn!("container {}: teardown task: {e}", c.id),
             }
         }
-        self.driver.delete(&c.state_ref, true).await
+        self.driver.delete(&c.state_ref, true).await?;
+        c.cgroup.remove_hybrid();
+        Ok(())
     }
 
     /// Every process in the container's cgroup.

@@ -12,7 +12,7 @@ use containerd_shim_protos::api::{
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc;
 use nvidia_shim_integration::checks::{setup, shim_client, stop_and_remove, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
 use nvidia_shim_integration::unique_id;
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -347,5 +347,93 @@ fn a_container_is_placed_in_every_hierarchy_as_by_runc() -> Result<()> {
     let ours = cgroup_lines(&c, RUNTIME)?;
     let runc = cgroup_lines(&c, RUNC)?;
     assert_eq!(ours, runc, "\nnvidia {ours:#?}\nrunc {runc:#?}");
+    Ok(())
+}
+
+/// Whether `ctr task exec … true` succeeds in a sleeper through `runtime` once its pids limit
+/// is set (through the Task API's Update, as containerd sends it) to `limit`.
+fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<bool> {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::MessageField;
+    let id = sleeper(c, runtime, &[])?;
+    let req = UpdateTaskRequest {
+        id: id.clone(),
+        resources: MessageField::some(Any {
+            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: format!(r#"{{"pids":{{"limit":{limit}}}}}"#).into_bytes(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    shim_client(c, &id)?.update(ctx(), &req)?;
+    let exec = c.ctr(&["task", "exec", "--exec-id", "p", &id, "true"])?;
+    // The limit is the one set, after the exec as before.
+    let pids_max = nvidia_shim_integration::leftovers::cgroups_of(NAMESPACE, &id)
+        .iter()
+        .map(|d| d.join("pids.max"))
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    assert_eq!(
+        pids_max.as_deref().map(str::trim),
+        Some(&*limit.to_string())
+    );
+    stop_and_remove(c, &id)?;
+    Ok(exec.status.success())
+}
+
+/// Whether a container whose spec sets `pids.limit = 1` runs its process through `runtime`
+/// (`ctr run --config` with a spec of its own over a directory rootfs).
+fn create_under_pids_limit_one(c: &Containerd, runtime: &str) -> Result<(bool, String)> {
+    let id = unique_id("pids");
+    let dir = tempfile::tempdir()?;
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(
+        nvidia_shim_integration::image::BUSYBOX,
+        rootfs.join("bin/busybox"),
+    )?;
+    let default = c.ctr(&["oci", "spec"])?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&default.stdout)?;
+    spec["root"] = serde_json::json!({ "path": rootfs });
+    spec["process"]["args"] = serde_json::json!(["/bin/busybox", "echo", "alone"]);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/nvtest/{id}"));
+    spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 1 });
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, serde_json::to_vec(&spec)?)?;
+    let run = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--config",
+        &file.to_string_lossy(),
+        &id,
+    ])?;
+    let _ = c.ctr(&["container", "rm", &id]);
+    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
+    Ok((run.status.success(), text(&run.stdout)))
+}
+
+#[test]
+fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
+    let Some(c) = setup("a_pids_limit_admits_as_many_processes_as_under_runc") else {
+        return Ok(());
+    };
+    // The sleeper is one process. runc moves its init into the cgroup, a move the pids
+    // controller does not count, and execs there: an exec is admitted even when the limit is
+    // already reached.
+    for limit in [2, 1] {
+        let ours = exec_under_pids_limit(&c, RUNTIME, limit)?;
+        let runc = exec_under_pids_limit(&c, RUNC, limit)?;
+        assert_eq!(ours, runc, "exec under pids.max {limit}");
+        assert!(ours, "exec under pids.max {limit}");
+    }
+    let ours = create_under_pids_limit_one(&c, RUNTIME)?;
+    let runc = create_under_pids_limit_one(&c, RUNC)?;
+    assert_eq!(ours, runc, "a container whose spec sets pids.limit 1");
+    assert_eq!(ours, (true, "alone\n".to_owned()));
     Ok(())
 }

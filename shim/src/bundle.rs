@@ -21,6 +21,15 @@ pub const GROUP_ANNOTATIONS: [&str; 2] = [
 /// libcontainer's root directory inside a bundle.
 pub const STATE_DIR: &str = "libcontainer";
 
+/// What the shim applies itself once libcontainer has created the container.
+#[derive(Debug, Clone, Default)]
+pub struct Adapted {
+    /// Each mount's propagation: (mount point, `mount(2)` flags).
+    pub propagation: Vec<(PathBuf, u64)>,
+    /// The spec's pids limit, raised by one for creating (see `propagation`).
+    pub pids_limit: Option<i64>,
+}
+
 /// An OCI bundle directory.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -71,14 +80,19 @@ impl Bundle {
             .map_err(|e| ShimError::io(id, format!("replace {}", path.display()), e))
     }
 
-    /// Gives libcontainer the spec as it can take it (see `propagation`) and returns the mount
-    /// propagation the shim applies itself after create.
-    pub fn adapt_spec(&self, id: &str) -> Result<Vec<(PathBuf, u64)>> {
+    /// Gives libcontainer the spec as it can take it (see `propagation`) and returns what the
+    /// shim applies itself after create.
+    pub fn adapt_spec(&self, id: &str) -> Result<Adapted> {
         let mut spec = self.load_spec(id)?;
-        if crate::propagation::adapt_rootfs_propagation(&mut spec) {
+        let rootfs = crate::propagation::adapt_rootfs_propagation(&mut spec);
+        let pids_limit = crate::propagation::make_room_for_intermediate(&mut spec);
+        if rootfs || pids_limit.is_some() {
             self.write_spec(id, &spec)?;
         }
-        Ok(crate::propagation::mount_propagation(&spec))
+        Ok(Adapted {
+            propagation: crate::propagation::mount_propagation(&spec),
+            pids_limit,
+        })
     }
 
     /// The spec's annotations (empty when `config.json` has none or cannot be read).

@@ -177,6 +177,67 @@ impl ContainerCgroup {
         Ok(())
     }
 
+    /// The cgroup's `pids.max` file (cgroupfs driver only).
+    fn pids_max_file(&self) -> Option<PathBuf> {
+        if self.systemd {
+            return None;
+        }
+        let relative = relative_cgroup_path(&self.path)?;
+        if matches!(
+            libcgroups::common::get_cgroup_setup(),
+            Ok(CgroupSetup::Unified)
+        ) {
+            return Some(
+                Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT)
+                    .join(relative)
+                    .join("pids.max"),
+            );
+        }
+        let mounts = procfs::process::Process::myself()
+            .and_then(|me| me.mountinfo())
+            .ok()?;
+        mounts
+            .0
+            .iter()
+            .find(|m| m.fs_type == "cgroup" && m.super_options.contains_key("pids"))
+            .map(|m| m.mount_point.join(relative).join("pids.max"))
+    }
+
+    /// Sets `pids.max` to `limit`.
+    pub fn set_pids_max(&self, limit: i64) -> Result<()> {
+        let file = self.pids_max_file().ok_or_else(|| ShimError::Cgroup {
+            id: self.id.clone(),
+            op: "update",
+            message: "no pids controller".to_owned(),
+        })?;
+        std::fs::write(&file, limit.to_string()).map_err(|e| ShimError::Cgroup {
+            id: self.id.clone(),
+            op: "update",
+            message: format!("{}: {e}", file.display()),
+        })
+    }
+
+    /// Makes room under a set `pids.max` for an exec: runc moves its `runc init` into the
+    /// cgroup (a move the pids controller does not count against the limit) and execs there,
+    /// so an exec is admitted whatever the limit; libcontainer's intermediate process moves in
+    /// and then forks the new one, which the limit would refuse. Raises the limit to the count
+    /// plus those two and returns the limit to put back.
+    pub fn make_room_for_exec(&self) -> Option<i64> {
+        let file = self.pids_max_file()?;
+        let limit: i64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+        let current: i64 = std::fs::read_to_string(file.with_file_name("pids.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let room = limit.max(current + 2);
+        if room == limit {
+            return None;
+        }
+        std::fs::write(&file, room.to_string()).ok()?;
+        Some(limit)
+    }
+
     /// Removes the cgroup's `name=systemd` and unified directories of a hybrid host, which
     /// libcontainer's delete does not know of; a busy or missing one is left.
     pub fn remove_hybrid(&self) {

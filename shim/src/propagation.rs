@@ -1,3 +1,6 @@
+//! What the shim changes in a spec before libcontainer reads it, where libcontainer 0.7 would
+//! behave otherwise than runc: mount propagation, and the pids limit.
+//!
 //! Mount propagation as runc applies it, where libcontainer 0.7 does not:
 //!
 //! - `linux.rootfsPropagation` of `rshared`, `rslave`, `rprivate` or `runbindable` (containerd's
@@ -31,6 +34,25 @@ pub fn adapt_rootfs_propagation(spec: &mut Spec) -> bool {
     linux.set_rootfs_propagation(Some(known.to_owned()));
     spec.set_linux(Some(linux));
     true
+}
+
+/// Raises a spec's pids limit by one for libcontainer's intermediate process, which joins the
+/// container's cgroup beside its init while it is created (runc's init is alone there): a
+/// spec with `pids.limit = 1` failed to create. Returns the spec's limit, which the shim sets
+/// back once the container is created.
+pub fn make_room_for_intermediate(spec: &mut Spec) -> Option<i64> {
+    let mut linux = spec.linux().clone()?;
+    let mut resources = linux.resources().clone()?;
+    let mut pids = (*resources.pids())?;
+    let limit = pids.limit();
+    if limit <= 0 {
+        return None;
+    }
+    pids.set_limit(limit + 1);
+    resources.set_pids(Some(pids));
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    Some(limit)
 }
 
 /// The propagation flags of mount option `option`, if it is one.
@@ -92,6 +114,18 @@ mod tests {
             !adapt_rootfs_propagation(&mut s),
             "already known: unchanged"
         );
+    }
+
+    #[test]
+    fn a_pids_limit_gets_room_for_the_intermediate_process() {
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"resources":{"pids":{"limit":1}}}}"#,
+        );
+        assert_eq!(make_room_for_intermediate(&mut s), Some(1));
+        let resources = s.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert_eq!(resources.pids().unwrap().limit(), 2);
+        let mut none = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
+        assert_eq!(make_room_for_intermediate(&mut none), None);
     }
 
     #[test]

@@ -55,16 +55,16 @@ impl TaskService {
                 config.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                let propagation = b.adapt_spec(&owned_id)?;
-                gpu.inject(&owned_id, &b, &cfg).map(|i| (propagation, i))
+                let adapted = b.adapt_spec(&owned_id)?;
+                gpu.inject(&owned_id, &b, &cfg).map(|i| (adapted, i))
             })
             .await
             .map_err(|e| ShimError::io(id, "GPU injection task", std::io::Error::other(e)))
             .and_then(|r| r)
         };
-        let (propagation, injected) = match injected {
-            Ok((propagation, injected)) => (propagation, Ok(injected)),
-            Err(e) => (Vec::new(), Err(e)),
+        let (adapted, injected) = match injected {
+            Ok((adapted, injected)) => (adapted, Ok(injected)),
+            Err(e) => (Adapted::default(), Err(e)),
         };
         let proc_mounts = match injected {
             Ok(Some(done)) => {
@@ -118,7 +118,14 @@ impl TaskService {
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
         let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
-        let overlaid = match cgroup.join_hybrid(created.pid) {
+        let after_create = cgroup.join_hybrid(created.pid).and_then(|()| {
+            // The spec's own pids limit, now that libcontainer's intermediate process is gone.
+            adapted
+                .pids_limit
+                .map_or(Ok(()), |limit| cgroup.set_pids_max(limit))
+        });
+        let propagation = adapted.propagation;
+        let overlaid = match after_create {
             Err(e) => Err(e),
             Ok(()) if proc_mounts.is_empty() && propagation.is_empty() => Ok(0),
             Ok(()) => {

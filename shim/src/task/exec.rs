@@ -129,6 +129,8 @@ impl TaskService {
             }
         };
         let (wire_io, pending) = io.split();
+        // An exec is admitted under any pids limit, as with runc (see `make_room_for_exec`).
+        let restore_pids = c.cgroup.make_room_for_exec();
         let guard = self.exits.begin_create();
         let pid = self
             .driver
@@ -141,6 +143,11 @@ impl TaskService {
             })
             .await;
         let _ = std::fs::remove_file(&spec_file);
+        if let Some(limit) = restore_pids {
+            if let Err(err) = c.cgroup.set_pids_max(limit) {
+                log::warn!("{err}");
+            }
+        }
         let pid = match pid {
             Ok(pid) => pid,
             Err(err) => {

@@ -22,7 +22,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Adapted, Bundle};
 use crate::cgroup::{decode_resources, ContainerCgroup};
 use crate::container::{Container, ContainerParts, StdioPaths, TaskState};
 use crate::driver::{CreateArgs, Driver, ExecArgs, StateRef};

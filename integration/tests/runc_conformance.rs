@@ -437,3 +437,71 @@ fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
     assert_eq!(ours, (true, "alone\n".to_owned()));
     Ok(())
 }
+
+/// Each mount inside a sleeper through `runtime`, from `/proc/self/mountinfo` of an exec:
+/// mount point, mount options, filesystem type and superblock options (ids, sources and
+/// sizes, which differ from one container to the next, left out).
+fn mounts(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Vec<String>> {
+    let id = sleeper(c, runtime, extra)?;
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "m",
+        &id,
+        "cat",
+        "/proc/self/mountinfo",
+    ])?;
+    stop_and_remove(c, &id)?;
+    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+    Ok(text(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let super_options: Vec<&str> = right
+                .get(2)?
+                .split(',')
+                .filter(|o| !o.starts_with("size=") && !o.starts_with("nr_inodes="))
+                .filter(|o| !o.starts_with("lowerdir=") && !o.starts_with("upperdir="))
+                .filter(|o| !o.starts_with("workdir="))
+                .collect();
+            Some(format!(
+                "{} {} {} {}",
+                left.get(4)?,
+                left.get(5)?,
+                right.first()?,
+                super_options.join(",")
+            ))
+        })
+        .collect())
+}
+
+#[test]
+fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
+    let Some(c) = setup("mounts_and_their_flags_are_those_of_runc") else {
+        return Ok(());
+    };
+    // With a network namespace of its own a container has its own sysfs superblock, which
+    // runc leaves read-only; with the host's, the host's sysfs, which stays as it is.
+    let host_sysfs = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/sys"))
+            .map(str::to_owned)
+    };
+    let before = host_sysfs();
+    for extra in [&[][..], &["--net-host"][..]] {
+        let ours = mounts(&c, RUNTIME, extra)?;
+        let runc = mounts(&c, RUNC, extra)?;
+        assert_eq!(ours, runc, "{extra:?}\nnvidia {ours:#?}\nrunc {runc:#?}");
+        assert_eq!(host_sysfs(), before, "the host's /sys after {extra:?}");
+    }
+    assert!(
+        before.as_deref().is_some_and(|l| l.ends_with(" rw")) || before.is_none(),
+        "{before:?}"
+    );
+    Ok(())
+}

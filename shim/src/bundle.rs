@@ -26,8 +26,10 @@ pub const STATE_DIR: &str = "libcontainer";
 pub struct Adapted {
     /// Each mount's propagation: (mount point, `mount(2)` flags).
     pub propagation: Vec<(PathBuf, u64)>,
-    /// The spec's pids limit, raised by one for creating (see `propagation`).
+    /// The spec's pids limit, raised by one for creating (see `spec_adapt`).
     pub pids_limit: Option<i64>,
+    /// Mount points whose new superblock is made read-only.
+    pub read_only_superblocks: Vec<PathBuf>,
 }
 
 /// An OCI bundle directory.
@@ -80,18 +82,19 @@ impl Bundle {
             .map_err(|e| ShimError::io(id, format!("replace {}", path.display()), e))
     }
 
-    /// Gives libcontainer the spec as it can take it (see `propagation`) and returns what the
+    /// Gives libcontainer the spec as it can take it (see `spec_adapt`) and returns what the
     /// shim applies itself after create.
     pub fn adapt_spec(&self, id: &str) -> Result<Adapted> {
         let mut spec = self.load_spec(id)?;
-        let rootfs = crate::propagation::adapt_rootfs_propagation(&mut spec);
-        let pids_limit = crate::propagation::make_room_for_intermediate(&mut spec);
+        let rootfs = crate::spec_adapt::adapt_rootfs_propagation(&mut spec);
+        let pids_limit = crate::spec_adapt::make_room_for_intermediate(&mut spec);
         if rootfs || pids_limit.is_some() {
             self.write_spec(id, &spec)?;
         }
         Ok(Adapted {
-            propagation: crate::propagation::mount_propagation(&spec),
+            propagation: crate::spec_adapt::mount_propagation(&spec),
             pids_limit,
+            read_only_superblocks: crate::spec_adapt::read_only_superblocks(&spec),
         })
     }
 

@@ -205,8 +205,10 @@ mod tests {
             .permitted(caps.clone())
             .build()
             .unwrap();
+        // oci-spec's default process sets noNewPrivileges; a filter needs no privilege then.
         let p = ProcessBuilder::default()
             .capabilities(lc.clone())
+            .no_new_privileges(false)
             .build()
             .unwrap();
         let seccomp = LinuxSeccomp::default();

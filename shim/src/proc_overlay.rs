@@ -26,8 +26,20 @@ pub struct OverlayArgs {
     pub pid: i32,
     /// `(host source, container target)` pairs; a source is a file or a directory.
     pub mounts: Vec<(PathBuf, PathBuf)>,
-    /// `(container mount point, mount(2) propagation flags)` to apply (see `propagation`).
+    /// `(container mount point, mount(2) propagation flags)` to apply (see `spec_adapt`).
     pub propagation: Vec<(PathBuf, u64)>,
+    /// Container mount points whose superblock is made read-only where the container has a
+    /// superblock of its own there (see `spec_adapt`).
+    pub read_only_superblocks: Vec<PathBuf>,
+}
+
+impl OverlayArgs {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.mounts.is_empty()
+            && self.propagation.is_empty()
+            && self.read_only_superblocks.is_empty()
+    }
 }
 
 /// Detached mounts ready to attach in the container.
@@ -36,6 +48,71 @@ pub struct Prepared {
     ns: OwnedFd,
     mounts: Vec<(OwnedFd, CString)>,
     propagation: Vec<(CString, libc::c_ulong)>,
+    read_only_superblocks: Vec<CString>,
+    /// The devices of the superblocks mounted in the shim's mount namespace: a container mount
+    /// on one of them shares the host's superblock, which is left as it is.
+    host_devices: Vec<libc::dev_t>,
+}
+
+/// The superblock devices of the mounts in the calling process's mount namespace.
+fn mounted_devices() -> std::io::Result<Vec<libc::dev_t>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut devices: Vec<libc::dev_t> = info
+        .lines()
+        .filter_map(|line| {
+            let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
+            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    Ok(devices)
+}
+
+/// Makes the superblock mounted at `target` (in the current mount namespace) read-only, as
+/// `mount(2)` with `MS_RDONLY` would have made it, leaving the mount's own flags; the
+/// superblock of a device in `host_devices` is left. System calls only.
+fn make_superblock_read_only(
+    target: &CString,
+    host_devices: &[libc::dev_t],
+) -> std::io::Result<()> {
+    // SAFETY: an all-zero stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::lstat(target.as_ptr(), &mut st) } != 0
+        || host_devices.binary_search(&st.st_dev).is_ok()
+    {
+        return Ok(());
+    }
+    let flags = libc::FSPICK_CLOEXEC | libc::FSPICK_SYMLINK_NOFOLLOW | libc::FSPICK_NO_AUTOMOUNT;
+    // SAFETY: valid C string; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, target.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let ro = c"ro";
+    for (cmd, key) in [
+        (libc::FSCONFIG_SET_FLAG, ro.as_ptr()),
+        (libc::FSCONFIG_CMD_RECONFIGURE, std::ptr::null()),
+    ] {
+        // SAFETY: a valid filesystem context descriptor; a flag key or none, no value.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fd.as_raw_fd(),
+                cmd,
+                key,
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn cpath(p: &Path) -> std::io::Result<CString> {
@@ -103,10 +180,22 @@ impl Prepared {
             .iter()
             .map(|(target, flags)| Ok((cpath(target)?, *flags as libc::c_ulong)))
             .collect::<std::io::Result<_>>()?;
+        let read_only_superblocks = args
+            .read_only_superblocks
+            .iter()
+            .map(|target| cpath(target))
+            .collect::<std::io::Result<_>>()?;
+        let host_devices = if args.read_only_superblocks.is_empty() {
+            Vec::new()
+        } else {
+            mounted_devices()?
+        };
         Ok(Self {
             ns: ns.into(),
             mounts,
             propagation,
+            read_only_superblocks,
+            host_devices,
         })
     }
 
@@ -137,6 +226,11 @@ impl Prepared {
                     format!("set the propagation of {}: {e}", path.display()),
                 ));
             }
+        }
+        // Best effort, as the mount itself is read-only already: a kernel without `fspick`
+        // or a filesystem that refuses leaves the superblock as libcontainer made it.
+        for target in &self.read_only_superblocks {
+            let _ = make_superblock_read_only(target, &self.host_devices);
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
@@ -223,6 +317,7 @@ mod tests {
                 ),
             ],
             propagation: Vec::new(),
+            read_only_superblocks: Vec::new(),
         })
         .unwrap();
         // Attach from a forked child, which then shows the namespace's view.

@@ -43,7 +43,7 @@ impl TaskService {
                 }
             }
         };
-        // The spec adapted to libcontainer (see `propagation`), then GPU injection, edit
+        // The spec adapted to libcontainer (see `spec_adapt`), then GPU injection, edit
         // config.json and the rootfs before libcontainer reads them. They read files
         // (discovery, ELF headers, the image's ld cache): off the reactor.
         let injecting = std::time::Instant::now();
@@ -124,18 +124,16 @@ impl TaskService {
                 .pids_limit
                 .map_or(Ok(()), |limit| cgroup.set_pids_max(limit))
         });
-        let propagation = adapted.propagation;
+        let args = OverlayArgs {
+            pid: created.pid,
+            mounts: proc_mounts,
+            propagation: adapted.propagation,
+            read_only_superblocks: adapted.read_only_superblocks,
+        };
         let overlaid = match after_create {
             Err(e) => Err(e),
-            Ok(()) if proc_mounts.is_empty() && propagation.is_empty() => Ok(0),
-            Ok(()) => {
-                let args = OverlayArgs {
-                    pid: created.pid,
-                    mounts: proc_mounts,
-                    propagation,
-                };
-                self.driver.proc_overlay(id, args).await
-            }
+            Ok(()) if args.is_empty() => Ok(0),
+            Ok(()) => self.driver.proc_overlay(id, args).await,
         };
         let io = match overlaid.and_then(|n| {
             if n > 0 {

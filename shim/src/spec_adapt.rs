@@ -1,7 +1,7 @@
-//! What the shim changes in a spec before libcontainer reads it, where libcontainer 0.7 would
-//! behave otherwise than runc: mount propagation, and the pids limit.
+//! Where libcontainer 0.7 would treat a spec otherwise than runc: what the shim changes in the
+//! spec before libcontainer reads it, and what it applies itself after create.
 //!
-//! Mount propagation as runc applies it, where libcontainer 0.7 does not:
+//! Mount propagation as runc applies it:
 //!
 //! - `linux.rootfsPropagation` of `rshared`, `rslave`, `rprivate` or `runbindable` (containerd's
 //!   CRI sets `rshared`/`rslave` for pods with Bidirectional or HostToContainer volumes) is
@@ -12,6 +12,13 @@
 //!   `rshared`, ...) is parsed but never applied by libcontainer, so a volume stayed a slave of
 //!   the host's shared mount and saw mounts the host made later. The shim applies each one in
 //!   the container's mount namespace after create, before the container starts.
+//!
+//! Read-only filesystems: runc mounts a filesystem with `mount(2)` and `MS_RDONLY`, so a new
+//! superblock (a container's own sysfs, a read-only tmpfs) is read-only itself; libcontainer
+//! creates it read-write and makes only the mount read-only. The shim makes those superblocks
+//! read-only after create ([`read_only_superblocks`]).
+//!
+//! The pids limit ([`make_room_for_intermediate`]).
 
 use std::path::PathBuf;
 
@@ -92,6 +99,31 @@ pub fn mount_propagation(spec: &Spec) -> Vec<(PathBuf, u64)> {
         .unwrap_or_default()
 }
 
+/// The destinations of the spec's new (not bind) read-only filesystems, whose superblock runc
+/// leaves read-only: the last of a mount's `ro`/`rw` options wins. cgroup filesystems are left
+/// out: libcontainer mounts those its own way.
+pub fn read_only_superblocks(spec: &Spec) -> Vec<PathBuf> {
+    let Some(mounts) = spec.mounts().as_ref() else {
+        return Vec::new();
+    };
+    mounts
+        .iter()
+        .filter(|m| {
+            let typ = m.typ().as_deref().unwrap_or("bind");
+            let options = m.options().as_deref().unwrap_or_default();
+            !matches!(typ, "bind" | "cgroup" | "cgroup2" | "none")
+                && !options.iter().any(|o| o == "bind" || o == "rbind")
+                && options
+                    .iter()
+                    .rev()
+                    .find(|o| *o == "ro" || *o == "rw")
+                    .map(String::as_str)
+                    == Some("ro")
+        })
+        .map(|m| m.destination().clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +158,25 @@ mod tests {
         assert_eq!(resources.pids().unwrap().limit(), 2);
         let mut none = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
         assert_eq!(make_room_for_intermediate(&mut none), None);
+    }
+
+    #[test]
+    fn new_read_only_filesystems_are_listed_bind_mounts_are_not() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+              {"destination":"/sys","type":"sysfs","source":"sysfs","options":["nosuid","ro"]},
+              {"destination":"/a","type":"tmpfs","source":"tmpfs","options":["ro","rw"]},
+              {"destination":"/b","type":"bind","source":"/x","options":["rbind","ro"]},
+              {"destination":"/c","type":"none","source":"/x","options":["bind","ro"]},
+              {"destination":"/d","source":"/x","options":["ro"]},
+              {"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro"]},
+              {"destination":"/e","type":"tmpfs","source":"tmpfs","options":["rw","ro"]}
+            ]}"#,
+        );
+        assert_eq!(
+            read_only_superblocks(&s),
+            vec![PathBuf::from("/sys"), PathBuf::from("/e")]
+        );
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn a_container_is_placed_in_every_hierarchy_as_by_runc() -> Result<()> {
 
 /// Whether `ctr task exec … true` succeeds in a sleeper through `runtime` once its pids limit
 /// is set (through the Task API's Update, as containerd sends it) to `limit`.
-fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<bool> {
+fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<(bool, String)> {
     use containerd_shim_protos::api::UpdateTaskRequest;
     use containerd_shim_protos::protobuf::MessageField;
     let id = sleeper(c, runtime, &[])?;
@@ -378,7 +378,7 @@ fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<bo
         Some(&*limit.to_string())
     );
     stop_and_remove(c, &id)?;
-    Ok(exec.status.success())
+    Ok((exec.status.success(), text(&exec.stderr)))
 }
 
 /// Whether a container whose spec sets `pids.limit = 1` runs its process through `runtime`
@@ -424,12 +424,21 @@ fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
     };
     // The sleeper is one process. runc moves its init into the cgroup, a move the pids
     // controller does not count, and execs there: an exec is admitted even when the limit is
-    // already reached.
+    // already reached. Under load runc's init sometimes forks its stages after the move and
+    // fails ("read init-p: connection reset by peer"), so runc's answer is what it gives in
+    // any of three tries; the shim's first answer must be that.
     for limit in [2, 1] {
         let ours = exec_under_pids_limit(&c, RUNTIME, limit)?;
-        let runc = exec_under_pids_limit(&c, RUNC, limit)?;
-        assert_eq!(ours, runc, "exec under pids.max {limit}");
-        assert!(ours, "exec under pids.max {limit}");
+        let mut runc = Vec::new();
+        while runc.len() < 3 && !runc.iter().any(|r: &(bool, String)| r.0) {
+            runc.push(exec_under_pids_limit(&c, RUNC, limit)?);
+        }
+        let admitted_by_runc = runc.iter().any(|r| r.0);
+        assert_eq!(
+            ours.0, admitted_by_runc,
+            "pids.max {limit}: {ours:?} {runc:?}"
+        );
+        assert!(ours.0, "exec under pids.max {limit}: {ours:?}");
     }
     let ours = create_under_pids_limit_one(&c, RUNTIME)?;
     let runc = create_under_pids_limit_one(&c, RUNC)?;
@@ -503,5 +512,164 @@ fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
         before.as_deref().is_some_and(|l| l.ends_with(" rw")) || before.is_none(),
         "{before:?}"
     );
+    Ok(())
+}
+
+/// Runs `total` `ctr task exec … echo` in a sleeper through `runtime`, `parallel` at a time;
+/// returns how many exited 0 with output other than their own line (lost or torn output),
+/// and the first such case.
+fn lost_exec_output(
+    c: &Containerd,
+    runtime: &str,
+    total: usize,
+    parallel: usize,
+) -> Result<(usize, Option<String>)> {
+    let id = sleeper(c, runtime, &[])?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let lost = std::sync::Mutex::new((0usize, None::<String>));
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let exec_id = format!("e{i}");
+                let line = format!("output-of-exec-{i}");
+                let Ok(out) = c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", &line])
+                else {
+                    continue;
+                };
+                let stdout = text(&out.stdout);
+                if out.status.success() && stdout != format!("{line}\n") {
+                    let mut l = lost.lock().unwrap_or_else(|e| e.into_inner());
+                    l.0 += 1;
+                    l.1.get_or_insert_with(|| format!("{exec_id}: stdout {stdout:?}"));
+                }
+            });
+        }
+    });
+    stop_and_remove(c, &id)?;
+    Ok(lost.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+#[test]
+fn exec_output_survives_parallel_load() -> Result<()> {
+    let Some(c) = setup("exec_output_survives_parallel_load") else {
+        return Ok(());
+    };
+    // NVIDIA_TEST_EXEC_LOAD=total,parallel runs another load (more parallel execs than CPUs
+    // is what makes a client's reader late).
+    let (total, parallel): (usize, usize) = std::env::var("NVIDIA_TEST_EXEC_LOAD")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((600, 16));
+    let ours = lost_exec_output(&c, RUNTIME, total, parallel)?;
+    let runc = lost_exec_output(&c, RUNC, total, parallel)?;
+    // runc's shim is measured in the same run, for the record; it is not the bar here: not
+    // one exec may lose its output.
+    eprintln!(
+        "exec output lost, {total} execs {parallel} at a time: nvidia {}, runc {} ({:?})",
+        ours.0, runc.0, runc.1
+    );
+    assert_eq!(ours.0, 0, "{ours:?}");
+    Ok(())
+}
+
+/// An exec of `echo` through `runtime` whose stdout reader, like containerd's client, stops
+/// reading once the exit has been reported (its `Delete` cancels the FIFO copy), and is slow
+/// to start reading; returns what it read.
+fn output_read_before_the_exit_is_reported(c: &Containerd, runtime: &str) -> Result<String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let id = sleeper(c, runtime, &[])?;
+    let client = shim_client(c, &id)?;
+    let stdout = c.dir().join(format!("{id}-slow.out"));
+    let path = std::ffi::CString::new(stdout.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid C string; a FIFO in the test's directory.
+    anyhow::ensure!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) } == 0, "mkfifo");
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&stdout)?;
+    let reported = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = std::sync::Arc::clone(&reported);
+    let read = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if seen.load(Ordering::SeqCst) {
+            return String::new(); // cancelled, as the client's Delete does
+        }
+        let mut s = String::new();
+        let _ = reader.read_to_string(&mut s);
+        s
+    });
+    let process = serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["echo", "the-last-line"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+    });
+    let exec_id = "slow".to_owned();
+    client.exec(
+        ctx(),
+        &ExecProcessRequest {
+            id: id.clone(),
+            exec_id: exec_id.clone(),
+            stdout: stdout.display().to_string(),
+            stderr: stdout.display().to_string(),
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&process)?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        },
+    )?;
+    let ids = |exec_id: &str| (id.clone(), exec_id.to_owned());
+    let (task, exec) = ids(&exec_id);
+    client.start(
+        ctx(),
+        &StartRequest {
+            id: task.clone(),
+            exec_id: exec.clone(),
+            ..Default::default()
+        },
+    )?;
+    client.wait(
+        ctx(),
+        &WaitRequest {
+            id: task.clone(),
+            exec_id: exec.clone(),
+            ..Default::default()
+        },
+    )?;
+    reported.store(true, Ordering::SeqCst);
+    client.delete(
+        ctx(),
+        &DeleteRequest {
+            id: task,
+            exec_id: exec,
+            ..Default::default()
+        },
+    )?;
+    drop(client);
+    let out = read.join().unwrap_or_default();
+    stop_and_remove(c, &id)?;
+    Ok(out)
+}
+
+#[test]
+fn an_execs_exit_is_reported_once_a_reading_client_has_its_output() -> Result<()> {
+    let Some(c) = setup("an_execs_exit_is_reported_once_a_reading_client_has_its_output") else {
+        return Ok(());
+    };
+    let ours = output_read_before_the_exit_is_reported(&c, RUNTIME)?;
+    let runc = output_read_before_the_exit_is_reported(&c, RUNC)?;
+    // The runc shim reports the exit at once; shown for the record, not asserted.
+    eprintln!("a slow reader's output: nvidia {ours:?}, runc {runc:?}");
+    assert_eq!(ours, "the-last-line\n");
     Ok(())
 }

@@ -9,14 +9,23 @@ use zygote::WireFd;
 use crate::console::{Console, ConsoleSocket};
 use crate::driver::WireIo;
 use crate::error::Result;
-use crate::stdio::{ProcessStdio, StdinForwarder};
+use crate::stdio::{OutputFifos, ProcessStdio, StdinForwarder};
 
 /// How long an exit report waits for a terminal's last output to reach the client.
 const TTY_DRAIN: Duration = Duration::from_secs(2);
 
+/// How long an exit report waits for a reading client to take the output out of its FIFOs.
+const FIFO_DRAIN: Duration = Duration::from_secs(2);
+
 /// I/O prepared for a process about to be created.
 #[derive(Debug)]
-pub enum PreparedIo {
+pub struct PreparedIo {
+    kind: PreparedKind,
+    outputs: OutputFifos,
+}
+
+#[derive(Debug)]
+enum PreparedKind {
     /// FIFOs (or files, or /dev/null) as plain fds.
     Pipes(ProcessStdio),
     /// A terminal: libcontainer will send the pty master to this socket.
@@ -25,7 +34,13 @@ pub enum PreparedIo {
 
 /// The part of [`PreparedIo`] that stays with the shim while the process is created.
 #[derive(Debug)]
-pub enum PendingIo {
+pub struct PendingIo {
+    kind: PendingKind,
+    outputs: OutputFifos,
+}
+
+#[derive(Debug)]
+enum PendingKind {
     /// The stdin forwarder, if stdin is a FIFO.
     Pipes(Option<StdinForwarder>),
     /// The console socket to receive the pty master from.
@@ -35,24 +50,30 @@ pub enum PendingIo {
 impl PreparedIo {
     /// Opens what containerd asked for.
     pub fn open(id: &str, terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
-        if terminal {
-            Ok(Self::Tty(ConsoleSocket::new(id)?))
+        let kind = if terminal {
+            PreparedKind::Tty(ConsoleSocket::new(id)?)
         } else {
-            Ok(Self::Pipes(ProcessStdio::open(id, stdin, stdout, stderr)?))
-        }
+            PreparedKind::Pipes(ProcessStdio::open(id, stdin, stdout, stderr)?)
+        };
+        Ok(Self {
+            kind,
+            outputs: OutputFifos::open(&[stdout, stderr]),
+        })
     }
 
     /// Splits into what crosses to the zygote and what the shim keeps.
     pub fn split(self) -> (WireIo, PendingIo) {
-        match self {
-            Self::Pipes(ProcessStdio { fds, stdin }) => {
-                (WireIo::Fds(fds.map(WireFd::new)), PendingIo::Pipes(stdin))
+        let (wire, kind) = match self.kind {
+            PreparedKind::Pipes(ProcessStdio { fds, stdin }) => {
+                (WireIo::Fds(fds.map(WireFd::new)), PendingKind::Pipes(stdin))
             }
-            Self::Tty(socket) => (
+            PreparedKind::Tty(socket) => (
                 WireIo::Console(socket.path().to_owned()),
-                PendingIo::Tty(socket),
+                PendingKind::Tty(socket),
             ),
-        }
+        };
+        let outputs = self.outputs;
+        (wire, PendingIo { kind, outputs })
     }
 }
 
@@ -60,19 +81,18 @@ impl PendingIo {
     /// Completes the I/O of a created process: for a terminal, takes the pty master and starts
     /// copying it to and from the FIFOs.
     pub fn attach(self, id: &str, stdin: &str, stdout: &str) -> Result<ProcessIo> {
-        match self {
-            Self::Pipes(forwarder) => Ok(ProcessIo {
-                stdin: Mutex::new(forwarder),
-                console: None,
-            }),
-            Self::Tty(socket) => {
+        let (stdin, console) = match self.kind {
+            PendingKind::Pipes(forwarder) => (forwarder, None),
+            PendingKind::Tty(socket) => {
                 let master = socket.receive_master(id)?;
-                Ok(ProcessIo {
-                    stdin: Mutex::new(None),
-                    console: Some(Console::start(id, master, stdin, stdout)?),
-                })
+                (None, Some(Console::start(id, master, stdin, stdout)?))
             }
-        }
+        };
+        Ok(ProcessIo {
+            stdin: Mutex::new(stdin),
+            console,
+            outputs: self.outputs,
+        })
     }
 }
 
@@ -81,6 +101,7 @@ impl PendingIo {
 pub struct ProcessIo {
     stdin: Mutex<Option<StdinForwarder>>,
     console: Option<Console>,
+    outputs: OutputFifos,
 }
 
 impl ProcessIo {
@@ -101,10 +122,12 @@ impl ProcessIo {
         self.console.as_ref()
     }
 
-    /// Waits briefly for a terminal's output to drain; returns at once without a terminal.
+    /// Waits briefly until the process's last output has reached the client: a terminal's
+    /// copy has ended, and a reading client has taken the output out of its FIFOs.
     pub async fn drained(&self) {
         if let Some(c) = &self.console {
             c.drained(TTY_DRAIN).await;
         }
+        self.outputs.read_by_client(FIFO_DRAIN).await;
     }
 }

@@ -175,6 +175,91 @@ impl Drop for StdinForwarder {
     }
 }
 
+/// A process's output FIFOs, held by `O_PATH` handles (which neither read nor write), so that
+/// its exit can wait until the client has read what it wrote.
+///
+/// containerd's client cancels its FIFO readers as soon as `Delete` returns (`ctr run`,
+/// `ctr task exec`), so output still in a FIFO when the exit is reported may be lost under
+/// load. The data is in the FIFO by the time the process has exited; what the shim waits for
+/// is that a client reading it has taken it out.
+#[derive(Debug, Default)]
+pub struct OutputFifos(Vec<OwnedFd>);
+
+impl OutputFifos {
+    /// Handles on those of `paths` that are FIFOs (not `file://`, `binary://` or empty).
+    pub fn open(paths: &[&str]) -> Self {
+        let mut handles: Vec<OwnedFd> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for path in paths {
+            if path.is_empty() || path.contains("://") || seen.contains(path) {
+                continue;
+            }
+            seen.push(path);
+            let Ok(file) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(path)
+            else {
+                continue;
+            };
+            if file
+                .metadata()
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+            {
+                handles.push(file.into());
+            }
+        }
+        Self(handles)
+    }
+
+    /// Waits, up to `limit`, until no FIFO holds unread output while a client is there to
+    /// read it; a FIFO without a reader is not waited for.
+    pub async fn read_by_client(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for handle in &self.0 {
+            // A writer of our own, to ask the pipe: it opens only while a reader is there
+            // (ENXIO otherwise), and tells when that reader is gone (POLLERR).
+            let Ok(writer) = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(proc_path(handle))
+            else {
+                continue;
+            };
+            let mut pause = std::time::Duration::from_millis(1);
+            while unread(&writer) > 0 && has_reader(&writer) {
+                if tokio::time::Instant::now() + pause > deadline {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Bytes in the pipe of `fifo` not read yet.
+fn unread(fifo: &File) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: a valid pipe descriptor and an int out-parameter, as FIONREAD takes.
+    if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
+/// Whether the pipe of `fifo` (a write end) still has a reader.
+fn has_reader(fifo: &File) -> bool {
+    let mut fd = libc::pollfd {
+        fd: fifo.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n >= 0 && fd.revents & libc::POLLERR == 0
+}
+
 fn proc_path(handle: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()))
 }
@@ -206,6 +291,7 @@ async fn forward(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::time::Duration;
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -278,6 +364,51 @@ mod tests {
             .expect("close must end the forwarder")
             .unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_exit_waits_for_its_output_to_be_read_while_a_reader_is_there() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("out");
+        mkfifo(&fifo);
+        let path = fifo.to_str().unwrap();
+        let fifos = OutputFifos::open(&[path, path, "", "file:///x"]);
+        assert_eq!(fifos.0.len(), 1);
+        // No reader: nothing to wait for.
+        let started = std::time::Instant::now();
+        fifos.read_by_client(Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // A reader that takes its time: the wait ends once it has read the output.
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"last words\n").unwrap();
+        drop(writer);
+        let read = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut s = String::new();
+            let _ = reader.read_to_string(&mut s);
+            s
+        });
+        let started = std::time::Instant::now();
+        fifos.read_by_client(Duration::from_secs(5)).await;
+        let waited = started.elapsed();
+        assert_eq!(read.join().unwrap(), "last words\n");
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        // A reader that never reads: the wait is bounded.
+        let _idle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"unread").unwrap();
+        let started = std::time::Instant::now();
+        fifos.read_by_client(Duration::from_millis(100)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

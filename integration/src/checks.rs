@@ -149,15 +149,12 @@ pub fn remove_stopped(c: &Containerd, id: &str, code: i32) -> Result<()> {
 }
 
 /// A ttrpc client of the Task API of shim group `group`, as containerd uses it.
-pub fn shim_client(
-    c: &Containerd,
-    group: &str,
-) -> Result<containerd_shim_protos::shim::shim_ttrpc::TaskClient> {
-    use containerd_shim_protos::ttrpc;
+pub fn shim_client(c: &Containerd, group: &str) -> Result<crate::task_api::TaskApi> {
     let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
-    Ok(containerd_shim_protos::shim::shim_ttrpc::TaskClient::new(
-        ttrpc::Client::connect(&format!("unix://{}", socket.display()))?,
-    ))
+    Ok(crate::task_api::TaskApi::connect(&format!(
+        "unix://{}",
+        socket.display()
+    ))?)
 }
 
 /// `ctr events`, read line by line in the background.

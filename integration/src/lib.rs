@@ -11,6 +11,7 @@ pub mod image;
 pub mod leftovers;
 pub mod probe;
 pub mod pty;
+pub mod task_api;
 
 use std::path::PathBuf;
 

@@ -158,12 +158,15 @@ pub fn start_command(
     if let Some(path) = config_path {
         daemon.env(CONFIG_PATH_ENV, path);
     }
+    // The daemon's OOM score is containerd's plus one, as the runc shim's. Set here, before
+    // the spawn, so the daemon and its zygote (and so every exec) have it from their birth:
+    // set on the daemon after the spawn, it raced the zygote's fork.
+    if let Err(e) = containerd_shim::cgroup::adjust_oom_score(std::process::id()) {
+        log::warn!("oom score: {e}");
+    }
     let mut child = daemon
         .spawn()
         .map_err(|e| Error::Other(format!("spawn the shim daemon: {e}")))?;
-    if let Err(e) = containerd_shim::cgroup::adjust_oom_score(child.id()) {
-        log::warn!("shim daemon {}: oom score: {e}", child.id());
-    }
     // The daemon closes its stdout once it listens; anything it printed before goes to stderr.
     if let Some(mut out) = child.stdout.take() {
         std::io::copy(&mut out, &mut std::io::stderr())

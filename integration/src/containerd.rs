@@ -302,9 +302,24 @@ impl Containerd {
     /// Stops containerd, then kills what a failed test left of it: its shims (and so their
     /// containers), then mounts under its dir. Idempotent; dropping does it too.
     pub fn shutdown(&mut self) {
+        // Whatever a failed test left: its tasks (through both runtimes; a runc shim killed
+        // with its containers running would leave them behind), ...
+        if self.child.is_some() {
+            if let Ok(out) = self.ctr(&["task", "ls", "-q"]) {
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+                }
+            }
+        }
         self.stop();
-        // Whatever a failed test left: shims of this containerd, then mounts under our dir.
-        for pid in crate::leftovers::shim_pids(&self.socket()) {
+        // ... then the shims of this containerd, then mounts under our dir.
+        let socket = self.socket();
+        let runc_shims =
+            crate::leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy());
+        for pid in crate::leftovers::shim_pids(&socket)
+            .into_iter()
+            .chain(runc_shims)
+        {
             // SAFETY: signalling a process by pid.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

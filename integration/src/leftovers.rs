@@ -63,6 +63,26 @@ pub fn shim_daemon_pid(socket: &Path) -> Option<i32> {
     shim_pids(socket).into_iter().min()
 }
 
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The zygotes of shim daemon `daemon`: its children that are shim processes too.
+pub fn zygotes_of(socket: &Path, daemon: i32) -> Vec<i32> {
+    shim_pids(socket)
+        .into_iter()
+        .filter(|&p| parent_pid(p) == Some(daemon))
+        .collect()
+}
+
 /// Mount points under `dir`, in mount order.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().into_owned();

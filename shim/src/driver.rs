@@ -1,10 +1,14 @@
-//! libcontainer operations, run inside the zygote.
+//! libcontainer operations: create, exec and start inside a zygote worker; kill, pause, resume
+//! and delete in the shim itself.
 //!
-//! The zygote is a single-threaded process forked at the top of `main`, before tokio starts
-//! any thread, so libcontainer's `clone` and its process-global `chdir` never meet another
-//! thread's locks (runwasi #357, youki #2425). Every function that crosses into it is a plain
-//! `fn` over serde types; errors come back as text with their whole chain. Calls block, so
-//! the async service reaches them through [`Driver`], which runs them on tokio's blocking pool.
+//! The zygotes (see `zygotes`) are single-threaded processes forked at the top of `main`,
+//! before tokio starts any thread, so libcontainer's `clone` and its process-global `chdir`
+//! (create, exec, and start's notify socket) never meet another thread's locks (runwasi #357,
+//! youki #2425). Every function that crosses into one is a plain `fn` over serde types; errors
+//! come back as text with their whole chain. Kill, pause, resume and delete neither fork nor
+//! change directory, so the shim runs them itself: stopping and removing a container never
+//! depends on a helper process. Calls block, so the async service reaches them all through
+//! [`Driver`], which runs them on tokio's blocking pool.
 //!
 //! Containers are created `as_sibling`: the init process becomes a child of the shim (the
 //! zygote's parent), which reaps it and reports its exit.
@@ -17,10 +21,11 @@ use libcontainer::container::Container;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
-use zygote::{WireFd, Zygote};
+use zygote::WireFd;
 
 use crate::executor::ShimExecutor;
 use crate::proc_overlay::{OverlayArgs, Prepared};
+use crate::zygotes::ZygoteError;
 
 use crate::error::{chain_to_string, Result, ShimError};
 
@@ -204,6 +209,7 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
 }
 
 fn zy_detach_stdout((): ()) -> Wire<()> {
+    // Runs once, in the first zygote, before anything else.
     let null = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")
@@ -232,22 +238,22 @@ fn zy_start(state: StateRef) -> Wire<()> {
     load(&state)?.start().map_err(flatten)
 }
 
-fn zy_kill((state, signal, all): (StateRef, i32, bool)) -> Wire<()> {
+fn lc_kill((state, signal, all): (StateRef, i32, bool)) -> Wire<()> {
     let signal = Signal::try_from(signal).map_err(flatten)?;
     load(&state)?.kill(signal, all).map_err(flatten)
 }
 
-fn zy_pause(state: StateRef) -> Wire<()> {
+fn lc_pause(state: StateRef) -> Wire<()> {
     load(&state)?.pause().map_err(flatten)
 }
 
-fn zy_resume(state: StateRef) -> Wire<()> {
+fn lc_resume(state: StateRef) -> Wire<()> {
     load(&state)?.resume().map_err(flatten)
 }
 
 /// Deletes the container's state and cgroup, killing what is left when `force`. A missing state
 /// directory is not an error: the container is already gone.
-fn zy_delete((state, force): (StateRef, bool)) -> Wire<()> {
+fn lc_delete((state, force): (StateRef, bool)) -> Wire<()> {
     if !state.dir().exists() {
         return Ok(());
     }
@@ -261,7 +267,7 @@ fn zy_delete((state, force): (StateRef, bool)) -> Wire<()> {
 /// Deletes a container's state and cgroup in this process, killing what is left: for the
 /// `delete` command, which has no other thread and so needs no zygote.
 pub fn delete_in_process(state: &StateRef, force: bool) -> Result<()> {
-    zy_delete((state.clone(), force)).map_err(|message| ShimError::Runtime {
+    lc_delete((state.clone(), force)).map_err(|message| ShimError::Runtime {
         id: state.id.clone(),
         op: "delete",
         message,
@@ -273,51 +279,73 @@ pub fn delete_in_process(state: &StateRef, force: bool) -> Result<()> {
 pub struct Driver;
 
 impl Driver {
-    /// Forks the zygote. Must run before any other thread exists.
+    /// Forks the zygotes. Must run before any other thread exists.
     ///
-    /// The zygote then points its stdout at `/dev/null`: during `start` the shim's stdout is the
-    /// pipe containerd reads the socket address from until EOF, and a zygote holding it would
-    /// keep that pipe open forever.
+    /// The first zygote then points its stdout at `/dev/null` (its reserve inherits that):
+    /// during `start` the shim's stdout is the pipe containerd reads the socket address from
+    /// until EOF, and a zygote holding it would keep that pipe open forever.
     pub fn init() {
-        Zygote::init();
-        if let Err(e) = Zygote::global().try_run(zy_detach_stdout, ()) {
-            log::warn!("zygote: cannot detach stdout: {e}");
+        crate::zygotes::init(zy_detach_stdout);
+    }
+
+    /// Lets the idle zygotes drop their code mappings (see `working_set`); returns the bytes
+    /// released.
+    pub fn release_code_pages() -> std::result::Result<usize, ZygoteError> {
+        crate::zygotes::each(zy_release_code_pages)
+    }
+
+    fn failed<'a>(id: &'a str, op: &'static str) -> impl Fn(String) -> ShimError + 'a {
+        move |message| ShimError::Runtime {
+            id: id.to_owned(),
+            op,
+            message,
         }
     }
 
-    /// Lets the idle zygote drop its code mappings (see `working_set`); returns the bytes
-    /// released.
-    pub fn release_code_pages() -> std::result::Result<usize, zygote::Error> {
-        Zygote::global().try_run(zy_release_code_pages, ())
-    }
-
+    /// Runs `f` in a fresh zygote worker.
     async fn call<A, R>(id: &str, op: &'static str, f: fn(A) -> Wire<R>, args: A) -> Result<R>
     where
         A: Serialize + for<'de> Deserialize<'de> + Send + 'static,
         R: Serialize + for<'de> Deserialize<'de> + Send + 'static,
     {
-        // Each operation runs in a short-lived zygote forked from the global one: the pages
-        // libcontainer touches are released when it exits, so the shim's idle footprint stays
-        // that of the task service alone. The answer comes back before the worker is killed
-        // and waited for (its exit unmaps its memory, about 0.5 ms), so a request never waits
-        // for that.
+        // Each operation runs in a short-lived zygote worker: the pages libcontainer touches
+        // are released when it exits, so the shim's idle footprint stays that of the task
+        // service alone. The answer comes back before the worker is killed and waited for
+        // (its exit unmaps its memory, about 0.5 ms), so a request never waits for that.
         let (answer, answered) = tokio::sync::oneshot::channel();
         drop(tokio::task::spawn_blocking(move || {
-            let worker = Zygote::global().spawn();
-            let _ = answer.send(worker.try_run(f, args));
+            let result = crate::zygotes::worker()
+                .and_then(|worker| worker.try_run(f, args).map_err(ZygoteError::from));
+            let _ = answer.send(result);
         }));
-        let runtime = |message: String| ShimError::Runtime {
-            id: id.to_owned(),
-            op,
-            message,
-        };
         match answered.await {
             Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(message))) => Err(runtime(message)),
-            Ok(Err(err)) => Err(runtime(format!("zygote: {err}"))),
-            Err(_) => Err(runtime(
-                "the zygote worker's task ended without an answer".into(),
-            )),
+            Ok(Ok(Err(message))) => Err(Self::failed(id, op)(message)),
+            Ok(Err(source)) => Err(ShimError::Zygote {
+                id: id.to_owned(),
+                op,
+                source,
+            }),
+            Err(_) => Err(ShimError::Zygote {
+                id: id.to_owned(),
+                op,
+                source: ZygoteError::Spawn("the worker's task ended without an answer".into()),
+            }),
+        }
+    }
+
+    /// Runs `f` in the shim itself, on the blocking pool: for operations that neither fork nor
+    /// change directory.
+    async fn local<A, R>(id: &str, op: &'static str, f: fn(A) -> Wire<R>, args: A) -> Result<R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        match tokio::task::spawn_blocking(move || f(args)).await {
+            Ok(result) => result.map_err(Self::failed(id, op)),
+            Err(e) => Err(Self::failed(id, op)(format!(
+                "the operation's task failed: {e}"
+            ))),
         }
     }
 
@@ -350,21 +378,21 @@ impl Driver {
             id: state.id.clone(),
             reason: format!("signal {signal} out of range"),
         })?;
-        Self::call(&state.id, "kill", zy_kill, (state.clone(), signal, all)).await
+        Self::local(&state.id, "kill", lc_kill, (state.clone(), signal, all)).await
     }
 
     /// Freezes the container's cgroup.
     pub async fn pause(&self, state: &StateRef) -> Result<()> {
-        Self::call(&state.id, "pause", zy_pause, state.clone()).await
+        Self::local(&state.id, "pause", lc_pause, state.clone()).await
     }
 
     /// Thaws the container's cgroup.
     pub async fn resume(&self, state: &StateRef) -> Result<()> {
-        Self::call(&state.id, "resume", zy_resume, state.clone()).await
+        Self::local(&state.id, "resume", lc_resume, state.clone()).await
     }
 
     /// Removes the container's cgroup and state; with `force`, kills its processes first.
     pub async fn delete(&self, state: &StateRef, force: bool) -> Result<()> {
-        Self::call(&state.id, "delete", zy_delete, (state.clone(), force)).await
+        Self::local(&state.id, "delete", lc_delete, (state.clone(), force)).await
     }
 }

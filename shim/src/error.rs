@@ -71,6 +71,17 @@ pub enum ShimError {
         /// libcontainer's error chain, flattened to text by the zygote.
         message: String,
     },
+    /// No zygote worker could run the operation.
+    #[error("container {id}: {op} failed: {source}")]
+    Zygote {
+        /// Container id.
+        id: String,
+        /// The operation.
+        op: &'static str,
+        /// What happened to the zygote or its worker.
+        #[source]
+        source: crate::zygotes::ZygoteError,
+    },
     /// A host operation of the shim itself failed.
     #[error("container {id}: {context}: {source}")]
     Io {
@@ -103,7 +114,9 @@ impl ShimError {
             Self::InvalidArgument { .. } | Self::Config { .. } => Code::INVALID_ARGUMENT,
             Self::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             Self::Unimplemented { .. } => Code::UNIMPLEMENTED,
-            Self::Runtime { .. } | Self::Io { .. } | Self::Cgroup { .. } => Code::UNKNOWN,
+            Self::Runtime { .. } | Self::Io { .. } | Self::Cgroup { .. } | Self::Zygote { .. } => {
+                Code::UNKNOWN
+            }
         }
     }
 

@@ -30,6 +30,7 @@ mod spec_adapt;
 mod stdio;
 mod task;
 mod working_set;
+mod zygotes;
 
 use std::io::Write;
 use std::process::ExitCode;

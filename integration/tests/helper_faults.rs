@@ -1,0 +1,92 @@
+//! A killed helper process of the shim costs no container (issue 14): the zygotes that fork
+//! libcontainer's workers can die (`kill -9`) and exec, create, pause, kill and delete still
+//! work in the same shim; with every zygote gone at once, exec and create fail saying so, and
+//! kill and delete still work (the shim does them itself).
+
+use anyhow::Result;
+use nvidia_shim_integration::checks::{assert_clean, eventually, run_args, setup, text};
+use nvidia_shim_integration::{leftovers, unique_id};
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) on a pid this test found; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn a_killed_zygote_costs_no_container_of_its_shim() -> Result<()> {
+    let Some(c) = setup("a_killed_zygote_costs_no_container_of_its_shim") else {
+        return Ok(());
+    };
+    // A grouped shim (a pod's shape): an anchor container and others joining it.
+    let group = unique_id("zgrp");
+    let ann = format!("io.containerd.nvidia.v2.group={group}");
+    let anchor = unique_id("zanchor");
+    let out = c.ctr(&run_args(
+        &anchor,
+        &["-d", "--annotation", &ann],
+        &["sleep", "86400"],
+    ))?;
+    anyhow::ensure!(out.status.success(), "anchor: {}", text(&out.stderr));
+    let daemon = leftovers::shim_daemon_pid(&c.socket()).expect("the grouped shim");
+    let zygotes = || leftovers::zygotes_of(&c.socket(), daemon);
+    assert_eq!(zygotes().len(), 2, "a zygote and its reserve");
+
+    // Kill one zygote, then the other (the replacement's turn comes in the second round).
+    for round in 0..3 {
+        let victim = zygotes()[0];
+        sigkill(victim);
+        eventually("the killed zygote to be gone", || {
+            !zygotes().contains(&victim)
+        })?;
+        let exec = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("after-{round}"),
+            &anchor,
+            "echo",
+            "still-here",
+        ])?;
+        assert!(exec.status.success(), "exec: {}", text(&exec.stderr));
+        assert_eq!(text(&exec.stdout), "still-here\n");
+        let joiner = unique_id("zjoin");
+        let run = c.ctr(&run_args(
+            &joiner,
+            &["--rm", "--annotation", &ann],
+            &["true"],
+        ))?;
+        assert!(
+            run.status.success(),
+            "create in the group: {}",
+            text(&run.stderr)
+        );
+        for op in ["pause", "resume"] {
+            let out = c.ctr(&["task", op, &anchor])?;
+            assert!(out.status.success(), "{op}: {}", text(&out.stderr));
+        }
+        eventually("a new reserve zygote", || zygotes().len() == 2)?;
+    }
+
+    // Every zygote at once: exec fails saying why; kill and delete still work.
+    for z in zygotes() {
+        sigkill(z);
+    }
+    eventually("every zygote to be gone", || zygotes().is_empty())?;
+    let exec = c.ctr(&["task", "exec", "--exec-id", "none", &anchor, "true"])?;
+    assert!(!exec.status.success());
+    let err = text(&exec.stderr);
+    eprintln!("exec with no zygote left: {err}");
+    assert!(err.contains("zygote") && err.contains(&anchor), "{err}");
+    assert!(err.len() < 1024, "{err}");
+    let kill = c.ctr(&["task", "kill", "-s", "SIGKILL", &anchor])?;
+    assert!(kill.status.success(), "kill: {}", text(&kill.stderr));
+    eventually("the anchor to stop", || {
+        nvidia_shim_integration::checks::task_status(&c, &anchor).as_deref() == Some("STOPPED")
+    })?;
+    let rm = c.ctr(&["task", "rm", &anchor])?;
+    assert!(rm.status.success(), "task rm: {}", text(&rm.stderr));
+    let rm = c.ctr(&["container", "rm", &anchor])?;
+    assert!(rm.status.success(), "container rm: {}", text(&rm.stderr));
+    assert_clean(&c, &anchor, &group);
+    Ok(())
+}

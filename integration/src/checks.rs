@@ -83,7 +83,15 @@ pub fn task_status(c: &Containerd, id: &str) -> Option<String> {
 /// Asserts that container `id` (shim group `group`) left nothing behind: no shim process, no
 /// shim socket, no mount, no cgroup, no bundle or state dir.
 pub fn assert_clean(c: &Containerd, id: &str, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    if let Err(left) = wait_clean(c, id, group, Duration::from_secs(10)) {
+        panic!("container {id} left: {left}\n{}", c.log());
+    }
+}
+
+/// Waits up to `limit` until container `id` (shim group `group`) has left nothing behind;
+/// else says what is left.
+pub fn wait_clean(c: &Containerd, id: &str, group: &str, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
     loop {
         let shims = leftovers::shim_pids(&c.socket());
         let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, group);
@@ -96,14 +104,13 @@ pub fn assert_clean(c: &Containerd, id: &str, group: &str) {
             && cgroups.is_empty()
             && !bundle
         {
-            return;
+            return Ok(());
         }
         if Instant::now() > deadline {
-            panic!(
-                "container {id} left: shims {shims:?}, socket {socket:?} exists {}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {bundle}\n{}",
+            return Err(format!(
+                "shims {shims:?}, socket {socket:?} exists {}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {bundle}",
                 socket.exists(),
-                c.log()
-            );
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -63,6 +63,18 @@ pub fn shim_daemon_pid(socket: &Path) -> Option<i32> {
     shim_pids(socket).into_iter().min()
 }
 
+/// Processes whose `/proc/<pid>/cgroup` names a cgroup ending in `/<id>` (a container's).
+pub fn processes_in_cgroup_named(id: &str) -> Vec<i32> {
+    let suffix = format!("/{id}");
+    pids()
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .is_ok_and(|s| s.lines().any(|l| l.trim_end().ends_with(&suffix)))
+        })
+        .collect()
+}
+
 /// The parent of process `pid`, from `/proc/<pid>/stat`.
 pub fn parent_pid(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

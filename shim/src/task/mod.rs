@@ -42,6 +42,8 @@ mod lifecycle;
 
 /// How long a shim that has never been given a container waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// How often such a shim looks whether its bundle is still there.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// How long `Delete` of a created (never started) container waits for the killed init.
 const KILLED_INIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -119,8 +121,32 @@ impl TaskService {
             idle: IdleTrim::spawn(release_zygote_pages),
         });
         let weak = Arc::downgrade(&service);
+        // The daemon runs in the bundle of the container it was started for: a handle on it
+        // tells when it is gone (renamed and removed, as containerd does), wherever it went.
+        let bundle = std::fs::File::open(".").ok();
+        let bundle_gone = move || {
+            bundle
+                .as_ref()
+                .and_then(|dir| dir.metadata().ok())
+                .is_none_or(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+        };
         tokio::spawn(async move {
-            tokio::time::sleep(IDLE_EXIT).await;
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < IDLE_EXIT {
+                tokio::time::sleep(IDLE_CHECK).await;
+                let Some(s) = weak.upgrade() else { return };
+                let t = lock(&s.table);
+                if t.ever_created {
+                    return;
+                }
+                // containerd removes the bundle when it gives up on a shim it was starting
+                // (a Create past its deadline): nobody will come.
+                if t.reserved.is_empty() && bundle_gone() {
+                    log::warn!("the bundle is gone and no container was created; exiting");
+                    s.shutdown.signal();
+                    return;
+                }
+            }
             if let Some(s) = weak.upgrade() {
                 let t = lock(&s.table);
                 if !t.ever_created && t.reserved.is_empty() {

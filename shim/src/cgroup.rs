@@ -239,13 +239,26 @@ impl ContainerCgroup {
     }
 
     /// Removes the cgroup's `name=systemd` and unified directories of a hybrid host, which
-    /// libcontainer's delete does not know of; a busy or missing one is left.
+    /// libcontainer's delete does not know of. A busy one (a killed process not gone yet) is
+    /// retried for a short while, then left; a missing one is no error. Blocks.
     pub fn remove_hybrid(&self) {
-        if let Err(e) = remove_dirs(&self.hybrid()) {
+        let dirs = self.hybrid();
+        let mut result = remove_dirs(&dirs);
+        for _ in 0..HYBRID_REMOVE_TRIES {
+            if result.is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            result = remove_dirs(&dirs);
+        }
+        if let Err(e) = result {
             log::warn!("container {}: cgroup remove failed: {e}", self.id);
         }
     }
 }
+
+/// How many more times a busy hybrid cgroup directory is tried, 10 ms apart.
+const HYBRID_REMOVE_TRIES: usize = 20;
 
 /// On a hybrid host, the cgroup's directory in the `name=systemd` hierarchy and in the unified
 /// (cgroup2) one, which hold no controller libcontainer manages.

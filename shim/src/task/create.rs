@@ -34,15 +34,13 @@ impl TaskService {
         let config = load_config(id, config_path.as_deref())?;
 
         let bundle = Bundle::new(&req.bundle);
+        // Everything from here on is undone unless the create commits (see `CreateUndo`).
+        let mut undo = CreateUndo::new(id, Arc::clone(&self.exits));
         bundle.mount_rootfs(id, &req.rootfs).await?;
         let rootfs_mounted = !req.rootfs.is_empty();
-        let undo_rootfs = |bundle: &Bundle| {
-            if rootfs_mounted {
-                if let Err(e) = bundle.unmount_rootfs(id) {
-                    log::warn!("{e}");
-                }
-            }
-        };
+        if rootfs_mounted {
+            undo.rootfs = Some(bundle.clone());
+        }
         // The spec adapted to libcontainer (see `spec_adapt`), then GPU injection, edit
         // config.json and the rootfs before libcontainer reads them. They read files
         // (discovery, ELF headers, the image's ld cache): off the reactor.
@@ -78,17 +76,11 @@ impl TaskService {
                 done.proc_mounts
             }
             Ok(None) => Vec::new(),
-            Err(e) => {
-                undo_rootfs(&bundle);
-                return Err(e);
-            }
+            Err(e) => return Err(undo.run(e).await),
         };
         let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
             Ok(io) => io,
-            Err(e) => {
-                undo_rootfs(&bundle);
-                return Err(e);
-            }
+            Err(e) => return Err(undo.run(e).await),
         };
         let private_pid_ns = bundle.has_private_pid_namespace();
         let state_ref = StateRef {
@@ -111,13 +103,13 @@ impl TaskService {
             Ok(c) => c,
             Err(e) => {
                 drop(pending);
-                undo_rootfs(&bundle);
-                return Err(e);
+                return Err(undo.run(e).await);
             }
         };
         self.exits.watch(created.pid, Arc::clone(&exit));
         drop(guard);
         let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
+        undo.container = Some((state_ref.clone(), cgroup.clone(), created.pid));
         let after_create = cgroup.join_hybrid(created.pid).and_then(|()| {
             // The spec's own pids limit, now that libcontainer's intermediate process is gone.
             adapted
@@ -142,15 +134,7 @@ impl TaskService {
             pending.attach(id, &req.stdin, &req.stdout)
         }) {
             Ok(io) => io,
-            Err(e) => {
-                if let Err(del) = self.driver.delete(&state_ref, true).await {
-                    log::warn!("{del}");
-                }
-                cgroup.remove_hybrid();
-                self.exits.forget(created.pid);
-                undo_rootfs(&bundle);
-                return Err(e);
-            }
+            Err(e) => return Err(undo.run(e).await),
         };
 
         let container = Arc::new(Container::new(
@@ -178,6 +162,7 @@ impl TaskService {
             t.containers.insert(id.to_owned(), Arc::clone(&container));
             t.ever_created = true;
         }
+        undo.commit();
         drop(reservation);
         log::info!(
             "container {id}: created, init pid {}, in {:.1} ms",
@@ -220,7 +205,11 @@ impl TaskService {
                 reason: format!("cannot start a task in state {found:?}"),
             });
         }
-        self.driver.start(&c.state_ref).await?;
+        if let Err(e) = self.driver.start(&c.state_ref).await {
+            // Not started: the task is as it was (containerd may retry or delete it).
+            let _ = c.transition(TaskState::Running, TaskState::Created);
+            return Err(e);
+        }
         log::info!("container {}: started", c.id);
         let pid = u32::try_from(c.pid).unwrap_or_default();
         self.events.publish(
@@ -255,5 +244,63 @@ impl TaskService {
             );
         });
         Ok(pid)
+    }
+}
+
+/// What a Create has done so far, undone unless it commits: the rootfs it mounted, the
+/// container libcontainer created (its init killed, its state and cgroups removed) and the exit
+/// watch on that init. [`CreateUndo::run`] undoes on an error return, off the async thread;
+/// should the create's task be dropped half-way, `Drop` does the same in place.
+struct CreateUndo {
+    id: String,
+    exits: Arc<ExitRouter>,
+    rootfs: Option<Bundle>,
+    container: Option<(StateRef, ContainerCgroup, i32)>,
+}
+
+impl CreateUndo {
+    fn new(id: &str, exits: Arc<ExitRouter>) -> Self {
+        Self {
+            id: id.to_owned(),
+            exits,
+            rootfs: None,
+            container: None,
+        }
+    }
+
+    /// The create succeeded: nothing is undone.
+    fn commit(&mut self) {
+        self.rootfs = None;
+        self.container = None;
+    }
+
+    /// Undoes what was done, then returns the create's error.
+    async fn run(mut self, error: ShimError) -> ShimError {
+        let work = Self {
+            id: std::mem::take(&mut self.id),
+            exits: Arc::clone(&self.exits),
+            rootfs: self.rootfs.take(),
+            container: self.container.take(),
+        };
+        // Dropped on a blocking thread: unmounting and removing cgroups block.
+        let _ = tokio::task::spawn_blocking(move || drop(work)).await;
+        error
+    }
+}
+
+impl Drop for CreateUndo {
+    fn drop(&mut self) {
+        if let Some((state, cgroup, pid)) = self.container.take() {
+            if let Err(e) = crate::driver::delete_in_process(&state, true) {
+                log::warn!("{e}");
+            }
+            cgroup.remove_hybrid();
+            self.exits.forget(pid);
+        }
+        if let Some(bundle) = self.rootfs.take() {
+            if let Err(e) = bundle.unmount_rootfs(&self.id) {
+                log::warn!("{e}");
+            }
+        }
     }
 }

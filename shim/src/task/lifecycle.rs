@@ -106,7 +106,7 @@ impl TaskService {
 
     /// Deletes a stopped or never-started container and everything the shim made for it.
     pub async fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse> {
-        let c = self.get(&req.id)?;
+        let c = self.get_when_created(&req.id).await?;
         if !req.exec_id.is_empty() {
             return self.delete_exec(&c, &req.exec_id);
         }
@@ -125,6 +125,8 @@ impl TaskService {
                 {
                     log::warn!("container {}: killed init was not reaped in time", c.id);
                 }
+                let cgroup = c.cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cgroup.remove_hybrid()).await;
                 self.unmount_rootfs(&c).await?;
             }
             TaskState::Stopped => {
@@ -207,7 +209,8 @@ impl TaskService {
             }
         }
         self.driver.delete(&c.state_ref, true).await?;
-        c.cgroup.remove_hybrid();
+        let cgroup = c.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroup.remove_hybrid()).await;
         Ok(())
     }
 

@@ -42,6 +42,8 @@ mod lifecycle;
 
 /// How long a shim that has never been given a container waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// How long a request for a container being created waits for the create to end.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
 /// How often such a shim looks whether its bundle is still there.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// How long `Delete` of a created (never started) container waits for the killed init.
@@ -108,7 +110,11 @@ impl TaskService {
     ) -> Arc<Self> {
         let exits = Arc::new(ExitRouter::default());
         if let Err(e) = exits.spawn().await {
-            log::error!("cannot subscribe to process exits: {e}");
+            // Without exits no Wait would ever answer: do not serve at all. containerd sees
+            // the shim gone and cleans up after it.
+            log::error!("cannot subscribe to process exits: {e}; exiting");
+            crate::shim::remove_served_socket();
+            std::process::exit(1);
         }
         let service = Arc::new(Self {
             events,
@@ -166,6 +172,16 @@ impl TaskService {
             .ok_or_else(|| ShimError::NotFound { id: id.to_owned() })
     }
 
+    /// Container `id`; one still being created (by a request whose caller has given up, say)
+    /// is waited for first.
+    async fn get_when_created(&self, id: &str) -> Result<Arc<Container>> {
+        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        while lock(&self.table).reserved.contains(id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.get(id)
+    }
+
     fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
         let mut t = lock(&self.table);
         if t.containers.contains_key(id) || !t.reserved.insert(id.to_owned()) {
@@ -210,6 +226,30 @@ impl TaskApi {
     fn svc(&self) -> Active<'_, TaskService> {
         self.0.idle.active(&self.0)
     }
+
+    /// Runs a request that changes state as a task of its own: when the caller gives up
+    /// (containerd's deadline drops the request), the request still runs to its end, success or
+    /// undone failure, instead of stopping half-way; a later request then finds it done.
+    async fn detached<T, F, Fut>(&self, id: &str, body: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<TaskService>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let svc = Arc::clone(&self.0);
+        let task = tokio::spawn(async move {
+            let _active = svc.idle.active(&*svc);
+            body(Arc::clone(&svc)).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(ShimError::io(
+                id,
+                "request task",
+                std::io::Error::other(e.to_string()),
+            )),
+        }
+    }
 }
 
 /// Logs a request's failure for containerd's log, bounded as the reply is. A container that is
@@ -229,7 +269,13 @@ impl Task for TaskApi {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        let pid = self.svc().create(&req).await.inspect_err(report)?;
+        let pid = self
+            .detached(
+                &req.id.clone(),
+                move |svc| async move { svc.create(&req).await },
+            )
+            .await
+            .inspect_err(report)?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -237,7 +283,13 @@ impl Task for TaskApi {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self.svc().start(&req).await.inspect_err(report)?;
+        let pid = self
+            .detached(
+                &req.id.clone(),
+                move |svc| async move { svc.start(&req).await },
+            )
+            .await
+            .inspect_err(report)?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -249,7 +301,11 @@ impl Task for TaskApi {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        self.svc().kill(&req).await?;
+        self.detached(
+            &req.id.clone(),
+            move |svc| async move { svc.kill(&req).await },
+        )
+        .await?;
         Ok(Empty::new())
     }
 
@@ -258,7 +314,13 @@ impl Task for TaskApi {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self.svc().delete(&req).await.inspect_err(report)?)
+        Ok(self
+            .detached(
+                &req.id.clone(),
+                move |svc| async move { svc.delete(&req).await },
+            )
+            .await
+            .inspect_err(report)?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -298,7 +360,12 @@ impl Task for TaskApi {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.svc().exec(&req).await.inspect_err(report)?;
+        self.detached(
+            &req.id.clone(),
+            move |svc| async move { svc.exec(&req).await },
+        )
+        .await
+        .inspect_err(report)?;
         Ok(Empty::new())
     }
 

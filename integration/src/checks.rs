@@ -119,6 +119,11 @@ pub fn wait_clean(c: &Containerd, id: &str, group: &str, limit: Duration) -> Res
 /// Kills task `id`, waits for it to stop, removes task and container, and checks that
 /// nothing is left (for a container that is its own shim group).
 pub fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
+    stop_and_remove_in_group(c, id, id)
+}
+
+/// [`stop_and_remove`] for the last container of shim group `group`.
+pub fn stop_and_remove_in_group(c: &Containerd, id: &str, group: &str) -> Result<()> {
     let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
     eventually("task to stop", || {
         task_status(c, id).as_deref() == Some("STOPPED")
@@ -131,7 +136,7 @@ pub fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
     if !rm.status.success() {
         bail!("ctr container rm {id}: {}", text(&rm.stderr));
     }
-    assert_clean(c, id, id);
+    assert_clean(c, id, group);
     Ok(())
 }
 

@@ -90,3 +90,82 @@ fn a_killed_zygote_costs_no_container_of_its_shim() -> Result<()> {
     assert_clean(&c, &anchor, &group);
     Ok(())
 }
+
+#[test]
+fn a_slow_container_does_not_hold_up_the_others_of_its_shim() -> Result<()> {
+    let Some(c) = setup("a_slow_container_does_not_hold_up_the_others_of_its_shim") else {
+        return Ok(());
+    };
+    let group = unique_id("sgrp");
+    let ann = format!("io.containerd.nvidia.v2.group={group}");
+    let anchor = unique_id("sanchor");
+    let out = c.ctr(&run_args(
+        &anchor,
+        &["-d", "--annotation", &ann],
+        &["sleep", "86400"],
+    ))?;
+    anyhow::ensure!(out.status.success(), "anchor: {}", text(&out.stderr));
+    // A logging binary that is not ready until the test says so: the Create of a container
+    // using it waits for it (as containerd's shims do).
+    let logger = c.dir().join("slow-logger.sh");
+    let go = c.dir().join("logger-may-start");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexec 5>&-\n\
+             cat <&3 >/dev/null &\ncat <&4 >/dev/null &\nwait\n",
+            go = go.display()
+        ),
+    )?;
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let slow = unique_id("slow");
+    let uri = format!("binary://{}", logger.display());
+    let mut slow_run = c
+        .ctr_cmd(&run_args(
+            &slow,
+            &["--rm", "--annotation", &ann, "--log-uri", &uri],
+            &["true"],
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    eventually("the slow container's logger to start", || {
+        !leftovers::processes_matching(&logger.to_string_lossy()).is_empty()
+    })?;
+    // While that Create waits, the shim still serves the group's other containers.
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "meanwhile",
+        &anchor,
+        "echo",
+        "served",
+    ])?;
+    assert!(exec.status.success(), "exec: {}", text(&exec.stderr));
+    assert_eq!(text(&exec.stdout), "served\n");
+    let other = unique_id("other");
+    let run = c.ctr(&run_args(
+        &other,
+        &["--rm", "--annotation", &ann],
+        &["echo", "too"],
+    ))?;
+    assert!(run.status.success(), "create: {}", text(&run.stderr));
+    assert_eq!(text(&run.stdout), "too\n");
+    assert!(
+        slow_run.try_wait()?.is_none(),
+        "the slow container's Create was still waiting for its logger"
+    );
+    std::fs::write(&go, "")?;
+    let slow_out = nvidia_shim_integration::containerd::wait_output(
+        &mut slow_run,
+        std::time::Duration::from_secs(60),
+    )?;
+    assert!(
+        slow_out.status.success(),
+        "slow: {}",
+        text(&slow_out.stderr)
+    );
+    nvidia_shim_integration::checks::stop_and_remove_in_group(&c, &anchor, &group)?;
+    Ok(())
+}

@@ -49,6 +49,14 @@ impl std::fmt::Debug for EventSink {
 }
 
 /// A ttrpc client of containerd's `Events` service at `address` (its ttrpc socket).
+/// [`connect`], a blocking call, run off the async thread.
+async fn connect_off_thread(address: &str) -> std::io::Result<EventsClient> {
+    let address = address.to_owned();
+    tokio::task::spawn_blocking(move || connect(&address))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
 fn connect(address: &str) -> std::io::Result<EventsClient> {
     let fd = containerd_shim::util::connect(address)
         .map_err(|e| std::io::Error::other(format!("connect to {address}: {e}")))?;
@@ -82,7 +90,7 @@ impl EventSink {
                 for attempt in 0..2 {
                     let c = match client.take() {
                         Some(c) => c,
-                        None => match connect(&address) {
+                        None => match connect_off_thread(&address).await {
                             Ok(c) => c,
                             Err(e) => {
                                 log::warn!("publish {}: {e}", req.envelope.topic);

@@ -34,6 +34,9 @@ use tokio::sync::Notify;
 /// How long the service must see no request before it releases its code pages.
 pub const QUIET: Duration = Duration::from_millis(300);
 
+/// The longest a quiet spell's release waits for the other processes' (the zygotes').
+pub const OTHERS_LIMIT: Duration = Duration::from_secs(1);
+
 /// How long an idle blocking-pool thread may wait for work before it exits: less than
 /// [`QUIET`], so that it has gone before the release (see [`IdleTrim::spawn`]).
 pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(100);
@@ -193,11 +196,12 @@ impl IdleTrim {
     /// Starts the task that waits for quiet spells and then runs `others` (such as asking the
     /// zygote to release its pages) and then releases this process's pages.
     ///
-    /// Both run on the reactor thread: the service is quiet, and `others` must be short. A
-    /// blocking-pool thread would undo part of the release: its exit, seconds later, runs code
-    /// that is then mapped again. For the same reason the runtime's blocking threads should
-    /// not outlive [`QUIET`] ([`BLOCKING_KEEP_ALIVE`]). This process goes last, so that what
-    /// runs between the release and the next `epoll_wait` is as little code as possible.
+    /// `others` talks to other processes, which could be slow to answer: it runs on the
+    /// blocking pool, waited for at most [`OTHERS_LIMIT`], never on the async thread that
+    /// serves every container. This process's own release runs on the reactor thread and goes
+    /// last, so that what runs between the release and the next `epoll_wait` is as little
+    /// code as possible; the runtime's blocking threads should not outlive [`QUIET`]
+    /// ([`BLOCKING_KEEP_ALIVE`]), as their exit runs code that is then mapped again.
     pub fn spawn(others: fn()) -> Self {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
@@ -208,7 +212,8 @@ impl IdleTrim {
                     .await
                     .is_ok()
                 {}
-                others();
+                let _ =
+                    tokio::time::timeout(OTHERS_LIMIT, tokio::task::spawn_blocking(others)).await;
                 let released = release_code_pages();
                 log::trace!("quiet: released {released} bytes of code mappings");
             }

@@ -78,7 +78,16 @@ impl TaskService {
             Ok(None) => Vec::new(),
             Err(e) => return Err(undo.run(e).await),
         };
-        let io = match PreparedIo::open(id, req.terminal, &req.stdin, &req.stdout, &req.stderr) {
+        let io = {
+            let (owned_id, terminal) = (id.to_owned(), req.terminal);
+            let (stdin, stdout, stderr) =
+                (req.stdin.clone(), req.stdout.clone(), req.stderr.clone());
+            blocking(id, "open stdio", move || {
+                PreparedIo::open(&owned_id, terminal, &stdin, &stdout, &stderr)
+            })
+            .await
+        };
+        let io = match io {
             Ok(io) => io,
             Err(e) => return Err(undo.run(e).await),
         };
@@ -110,12 +119,16 @@ impl TaskService {
         drop(guard);
         let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
         undo.container = Some((state_ref.clone(), cgroup.clone(), created.pid));
-        let after_create = cgroup.join_hybrid(created.pid).and_then(|()| {
-            // The spec's own pids limit, now that libcontainer's intermediate process is gone.
-            adapted
-                .pids_limit
-                .map_or(Ok(()), |limit| cgroup.set_pids_max(limit))
-        });
+        let after_create = {
+            let (cgroup, pid, pids_limit) = (cgroup.clone(), created.pid, adapted.pids_limit);
+            blocking(id, "cgroups", move || {
+                cgroup.join_hybrid(pid)?;
+                // The spec's own pids limit, now that libcontainer's intermediate process is
+                // gone.
+                pids_limit.map_or(Ok(()), |limit| cgroup.set_pids_max(limit))
+            })
+            .await
+        };
         let args = OverlayArgs {
             pid: created.pid,
             mounts: proc_mounts,
@@ -127,12 +140,22 @@ impl TaskService {
             Ok(()) if args.is_empty() => Ok(0),
             Ok(()) => self.driver.proc_overlay(id, args).await,
         };
-        let io = match overlaid.and_then(|n| {
-            if n > 0 {
-                log::info!("container {id}: /proc/driver/nvidia overlay: {n} mounts");
+        let io = match overlaid {
+            Ok(n) => {
+                if n > 0 {
+                    log::info!("container {id}: /proc/driver/nvidia overlay: {n} mounts");
+                }
+                let (owned_id, stdin, stdout) =
+                    (id.to_owned(), req.stdin.clone(), req.stdout.clone());
+                // A terminal's master comes over the console socket: up to seconds.
+                blocking(id, "attach stdio", move || {
+                    pending.attach(&owned_id, &stdin, &stdout)
+                })
+                .await
             }
-            pending.attach(id, &req.stdin, &req.stdout)
-        }) {
+            Err(e) => Err(e),
+        };
+        let io = match io {
             Ok(io) => io,
             Err(e) => return Err(undo.run(e).await),
         };
@@ -229,7 +252,8 @@ impl TaskService {
             if !c.private_pid_ns {
                 // No pid namespace of its own: nothing else ends the rest, so the shim does,
                 // as the runc shim does.
-                lifecycle::kill_remaining(&c);
+                let rest = Arc::clone(&c);
+                let _ = tokio::task::spawn_blocking(move || lifecycle::kill_remaining(&rest)).await;
             }
             events.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,

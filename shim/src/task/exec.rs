@@ -112,25 +112,41 @@ impl TaskService {
         // its seccomp profile: the executor loads it (see `executor`).
         let (process, executor) = self.exec_process(c, &e.process, e.stdio.terminal)?;
         let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
-        std::fs::write(&spec_file, &process)
-            .map_err(|err| ShimError::io(&c.id, format!("write {}", spec_file.display()), err))?;
-        let io = PreparedIo::open(
-            &c.id,
-            e.stdio.terminal,
-            &e.stdio.stdin,
-            &e.stdio.stdout,
-            &e.stdio.stderr,
-        );
-        let io = match io {
-            Ok(io) => io,
-            Err(err) => {
-                let _ = std::fs::remove_file(&spec_file);
-                return Err(err);
-            }
+        // The spec file, the stdio (a logging binary may take seconds to be ready) and room
+        // under the pids limit: blocking calls, off the async thread.
+        let prepared = {
+            let (id, spec_file, stdio, cgroup) = (
+                c.id.clone(),
+                spec_file.clone(),
+                e.stdio.clone(),
+                c.cgroup.clone(),
+            );
+            blocking(&c.id, "prepare exec", move || {
+                std::fs::write(&spec_file, &process).map_err(|err| {
+                    ShimError::io(&id, format!("write {}", spec_file.display()), err)
+                })?;
+                let io = PreparedIo::open(
+                    &id,
+                    stdio.terminal,
+                    &stdio.stdin,
+                    &stdio.stdout,
+                    &stdio.stderr,
+                );
+                let io = match io {
+                    Ok(io) => io,
+                    Err(err) => {
+                        let _ = std::fs::remove_file(&spec_file);
+                        return Err(err);
+                    }
+                };
+                // An exec is admitted under any pids limit, as with runc (see
+                // `make_room_for_exec`).
+                Ok((io, cgroup.make_room_for_exec()))
+            })
+            .await?
         };
+        let (io, restore_pids) = prepared;
         let (wire_io, pending) = io.split();
-        // An exec is admitted under any pids limit, as with runc (see `make_room_for_exec`).
-        let restore_pids = c.cgroup.make_room_for_exec();
         let guard = self.exits.begin_create();
         let pid = self
             .driver
@@ -142,12 +158,16 @@ impl TaskService {
                 hybrid_cgroups: c.cgroup.hybrid(),
             })
             .await;
-        let _ = std::fs::remove_file(&spec_file);
-        if let Some(limit) = restore_pids {
-            if let Err(err) = c.cgroup.set_pids_max(limit) {
-                log::warn!("{err}");
+        let cgroup = c.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&spec_file);
+            if let Some(limit) = restore_pids {
+                if let Err(err) = cgroup.set_pids_max(limit) {
+                    log::warn!("{err}");
+                }
             }
-        }
+        })
+        .await;
         let pid = match pid {
             Ok(pid) => pid,
             Err(err) => {
@@ -159,7 +179,14 @@ impl TaskService {
         };
         self.exits.watch(pid, Arc::clone(&e.exit));
         drop(guard);
-        let io = match pending.attach(&c.id, &e.stdio.stdin, &e.stdio.stdout) {
+        let io = {
+            let (id, stdin, stdout) = (c.id.clone(), e.stdio.stdin.clone(), e.stdio.stdout.clone());
+            blocking(&c.id, "attach stdio", move || {
+                pending.attach(&id, &stdin, &stdout)
+            })
+            .await
+        };
+        let io = match io {
             Ok(io) => Arc::new(io),
             Err(err) => {
                 let _ = nix::sys::signal::kill(

@@ -81,6 +81,24 @@ fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs blocking work (file, cgroup and socket calls that may wait: a logging binary's
+/// readiness, a console master, a cgroup file) off the async thread, which serves every
+/// container of the shim.
+async fn blocking<T, F>(id: &str, what: &'static str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(ShimError::io(
+            id,
+            what,
+            std::io::Error::other(e.to_string()),
+        )),
+    }
+}
+
 /// Releases a reserved id unless the create committed it.
 struct Reservation<'a> {
     service: &'a TaskService,

@@ -187,6 +187,11 @@ disabled_plugins = [{disabled}]
         }
     }
 
+    /// containerd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// The temp dir holding everything.
     pub fn dir(&self) -> &Path {
         self.dir.path()

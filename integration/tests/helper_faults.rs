@@ -169,3 +169,104 @@ fn a_slow_container_does_not_hold_up_the_others_of_its_shim() -> Result<()> {
     nvidia_shim_integration::checks::stop_and_remove_in_group(&c, &anchor, &group)?;
     Ok(())
 }
+
+/// Bytes free in the filesystem of `path`.
+fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid out-buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and out-pointer.
+    anyhow::ensure!(
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0,
+        "statvfs"
+    );
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+#[test]
+fn a_start_on_a_full_state_filesystem_leaves_no_process_or_socket() -> Result<()> {
+    use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+    if setup("a_start_on_a_full_state_filesystem_leaves_no_process_or_socket").is_none() {
+        return Ok(());
+    }
+    // containerd's state directory (bundles, shim logs and addresses) on a small tmpfs of its
+    // own mount namespace.
+    let c = Containerd::start_in(|dir| {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state)?;
+        Ok(vec![
+            "unshare".into(),
+            "-m".into(),
+            "--propagation".into(),
+            "private".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "set -e; mount -t tmpfs -o size=1m tmpfs {}; exec \"$@\"",
+                state.display()
+            ),
+            "sh".into(),
+        ])
+    })?;
+    c.import_busybox()?;
+    let pid = c.pid().expect("containerd runs");
+    // The state directory as containerd sees it.
+    let state = std::path::PathBuf::from(format!("/proc/{pid}/root{}", c.state_dir().display()));
+    let mut outcomes = Vec::new();
+    for (runtime, room) in [
+        (RUNTIME, 4096u64),
+        (RUNTIME, 8192),
+        ("io.containerd.runc.v2", 4096),
+        ("io.containerd.runc.v2", 8192),
+    ] {
+        let filler = state.join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let free = free_bytes(&state)?;
+        std::fs::write(&filler, vec![0u8; free.saturating_sub(room) as usize])?;
+        let id = unique_id("full");
+        let run = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            BUSYBOX_IMAGE,
+            &id,
+            "true",
+        ])?;
+        std::fs::remove_file(&filler)?;
+        let answer = if run.status.success() {
+            "ran".to_owned()
+        } else {
+            text(&run.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let _ = c.ctr(&["task", "rm", "-f", &id]);
+        let _ = c.ctr(&["container", "rm", &id]);
+        let socket = leftovers::shim_socket(&c.socket(), NAMESPACE, &id);
+        let gone = eventually("no shim process or socket", || {
+            leftovers::shim_pids(&c.socket()).is_empty()
+                && leftovers::processes_of("containerd-shim-runc-v2", &c.socket().to_string_lossy())
+                    .is_empty()
+                && !socket.exists()
+        });
+        outcomes.push(format!(
+            "{runtime}, {room} bytes free: {answer}; left {}",
+            if gone.is_ok() {
+                "nothing"
+            } else {
+                "a shim or its socket"
+            }
+        ));
+        if runtime == RUNTIME {
+            assert!(gone.is_ok(), "{runtime} {room}: {answer}\n{}", c.log());
+            assert_clean(&c, &id, &id);
+        }
+    }
+    // The runc shim's leftovers are shown for the record.
+    eprintln!("{outcomes:#?}");
+    Ok(())
+}

@@ -168,11 +168,19 @@ pub fn start_command(
         .spawn()
         .map_err(|e| Error::Other(format!("spawn the shim daemon: {e}")))?;
     // The daemon closes its stdout once it listens; anything it printed before goes to stderr.
-    if let Some(mut out) = child.stdout.take() {
-        std::io::copy(&mut out, &mut std::io::stderr())
-            .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}")))?;
+    let ready = match child.stdout.take() {
+        Some(mut out) => std::io::copy(&mut out, &mut std::io::stderr())
+            .map(drop)
+            .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}"))),
+        None => Ok(()),
+    };
+    if let Err(e) = ready.and_then(|()| write_address(&cwd, &address)) {
+        // containerd gives up on this shim: nothing of it may stay (its zygotes end with it).
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(socket_path);
+        return Err(e);
     }
-    write_address(&cwd, &address)?;
     Ok(address)
 }
 

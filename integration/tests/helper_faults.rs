@@ -176,10 +176,8 @@ fn free_bytes(path: &std::path::Path) -> Result<u64> {
     // SAFETY: an all-zero statvfs is a valid out-buffer.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and out-pointer.
-    anyhow::ensure!(
-        unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0,
-        "statvfs"
-    );
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    anyhow::ensure!(rc == 0, "statvfs {}", path.display());
     Ok(st.f_bavail * st.f_frsize)
 }
 

@@ -18,7 +18,15 @@ set +e
 # mode and reject libtest's flags.
 NVIDIA_TEST_SKIPS=$skips RUST_TEST_THREADS=2 cargo test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The fuzz targets of the parsers that read container-controlled input, 30 s each.
+bash scripts/fuzz.sh
+frc=$?
 set -e
+case $frc in
+  0) ;;
+  2) echo "fuzz: skipped (see above)" ;;
+  *) rc=1 ;;
+esac
 # A test that could not run here (no GPU) returns early: libtest counts it as passed, so the
 # skips are listed and taken out of the passes.
 if [ -s "$skips" ]; then

@@ -105,7 +105,7 @@ fn file_offset(phdrs: &[ProgramHeader], vaddr: u64) -> Option<u64> {
         .iter()
         .filter(|p| p.p_type == PT_LOAD)
         .find(|p| vaddr >= p.p_vaddr && vaddr - p.p_vaddr < p.p_filesz)
-        .map(|p| p.p_offset + (vaddr - p.p_vaddr))
+        .and_then(|p| p.p_offset.checked_add(vaddr - p.p_vaddr))
 }
 
 /// A NUL-terminated string of at most [`MAX_NAME`] bytes at `offset`.
@@ -212,6 +212,23 @@ mod tests {
         }
         assert!(cmd.status().unwrap().success());
         File::open(out).unwrap()
+    }
+
+    #[test]
+    fn the_fuzzers_findings_are_errors_not_panics() {
+        // Inputs cargo-fuzz found (kept as seeds of the `elf_note` target).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/elf_note");
+        let found: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("seed-regression-"))
+            .collect();
+        assert!(!found.is_empty(), "{}", dir.display());
+        for entry in found {
+            let file = File::open(entry.path()).unwrap();
+            let _ = read_info(&file);
+            let _ = read_section(&file, ".note.cuda.fwd_compatibility");
+        }
     }
 
     #[test]

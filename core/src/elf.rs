@@ -221,7 +221,11 @@ mod tests {
         let found: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("seed-regression-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("seed-regression-")
+            })
             .collect();
         assert!(!found.is_empty(), "{}", dir.display());
         for entry in found {

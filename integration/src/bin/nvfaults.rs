@@ -1,0 +1,472 @@
+//! Fault and load runs against a private containerd, each through this shim and through the Go
+//! runc shim (`io.containerd.runc.v2`) in the same run, each ending with a count of what was
+//! left behind (shim processes, shim sockets, mounts, cgroups, bundles, container processes).
+//!
+//! `nvfaults [--scale F] [--shim PATH] [--only NAME]` runs, scaled by F (1 = the issue's
+//! figures):
+//! - `load`: 200 `ctr run --rm` at 16 in flight;
+//! - `cycles`: 1,000 run/rm cycles one after the other;
+//! - `execs`: 1,000 `ctr task exec` in one container, 16 at a time, each checked for its output;
+//! - `restart`: 10 containers running, containerd SIGKILLed and started again: each still
+//!   runs, answers an exec, and is then stopped and removed;
+//! - `helpers`: SIGKILL of each helper process of a shim (this shim's zygotes; the runc shim
+//!   has none) with a container running: exec, kill and delete still work;
+//! - `shim-kill`: SIGKILL of the shim with a container running: containerd reports the task
+//!   gone and cleans up.
+//!
+//! Prints one line per run and runtime with its figures; exits non-zero if this shim failed a
+//! request that the runc shim did not, or left anything. Run as root, with a release build of
+//! the shim.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nvidia_shim_integration::checks::{eventually, task_status, text};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+use nvidia_shim_integration::{leftovers, unique_id};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+/// What one run of one runtime did.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Requests made.
+    requests: usize,
+    /// Requests that failed, and the first failure.
+    failed: usize,
+    first_failure: Option<String>,
+    /// What was left once the run had cleaned up as a user would.
+    left: Vec<String>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn fail(&mut self, what: String) {
+        self.failed += 1;
+        self.first_failure.get_or_insert(what);
+    }
+
+    fn line(&self, run: &str, runtime: &str) -> String {
+        format!(
+            "{run:<10} {runtime:<24} {:>5} requests, {:>3} failed, left: {} ({:.1} s){}",
+            self.requests,
+            self.failed,
+            if self.left.is_empty() {
+                "nothing".to_owned()
+            } else {
+                self.left.join("; ")
+            },
+            self.elapsed.as_secs_f64(),
+            self.first_failure
+                .as_ref()
+                .map(|f| format!("\n           first failure: {}", one_line(f)))
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let s = s.replace('\n', " ");
+    if s.len() > 240 {
+        format!("{}...", &s[..s.floor_char_boundary(240)])
+    } else {
+        s
+    }
+}
+
+/// Everything containers of `ids` (and shims of this containerd) left on the host.
+fn leftovers_of(c: &Containerd, ids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    let socket = c.socket();
+    let shims = leftovers::shim_pids(&socket).len()
+        + leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy()).len();
+    if shims > 0 {
+        left.push(format!("{shims} shim processes"));
+    }
+    let sockets = ids
+        .iter()
+        .filter(|id| leftovers::shim_socket(&socket, NAMESPACE, id).exists())
+        .count();
+    if sockets > 0 {
+        left.push(format!("{sockets} shim sockets"));
+    }
+    let mounts = leftovers::mounts_under(&c.state_dir()).len();
+    if mounts > 0 {
+        left.push(format!("{mounts} mounts"));
+    }
+    let cgroups: usize = ids
+        .iter()
+        .map(|id| leftovers::cgroups_of(NAMESPACE, id).len())
+        .sum();
+    if cgroups > 0 {
+        left.push(format!("{cgroups} cgroup dirs"));
+    }
+    let bundles = ids.iter().filter(|id| c.bundle(id).exists()).count();
+    if bundles > 0 {
+        left.push(format!("{bundles} bundles"));
+    }
+    let processes: usize = ids
+        .iter()
+        .map(|id| leftovers::processes_in_cgroup_named(id).len())
+        .sum();
+    if processes > 0 {
+        left.push(format!("{processes} container processes"));
+    }
+    left
+}
+
+/// Waits (up to 20 s) for the host to be clean of `ids`; returns what stayed.
+fn settle(c: &Containerd, ids: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = leftovers_of(c, ids);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes task and container `id` as a user would after a failure (errors ignored).
+fn remove(c: &Containerd, id: &str) {
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let _ = eventually("the task to stop", || {
+        task_status(c, id).is_none_or(|s| s == "STOPPED")
+    });
+    let _ = c.ctr(&["task", "rm", "-f", id]);
+    let _ = c.ctr(&["container", "rm", id]);
+}
+
+fn run_true(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            BUSYBOX_IMAGE,
+            id,
+            "true",
+        ])
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+fn sleeper(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
+    let out = c
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            BUSYBOX_IMAGE,
+            id,
+            "sleep",
+            "86400",
+        ])
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// `n` runs of `true`, `parallel` at a time.
+fn load(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Outcome::default());
+    let ids = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                if next.fetch_add(1, Ordering::Relaxed) >= n {
+                    break;
+                }
+                let id = unique_id("load");
+                let result = run_true(c, runtime, &id);
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                o.requests += 1;
+                if let Err(e) = result {
+                    o.fail(format!("{id}: {e}"));
+                    drop(o);
+                    remove(c, &id);
+                }
+                ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+            });
+        }
+    });
+    let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    o.left = settle(c, &ids.into_inner().unwrap_or_else(|e| e.into_inner()));
+    o.elapsed = started.elapsed();
+    o
+}
+
+/// `n` execs of `echo` in one container, `parallel` at a time; a success without its own line
+/// of output counts as a failure.
+fn execs(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
+    let started = Instant::now();
+    let id = unique_id("execs");
+    let mut o = Outcome::default();
+    if let Err(e) = sleeper(c, runtime, &id) {
+        o.fail(format!("{id}: {e}"));
+        o.left = settle(c, &[id]);
+        return o;
+    }
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(o);
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let line = format!("exec-{i}");
+                let exec_id = format!("e{i}");
+                let r = c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", &line]);
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                o.requests += 1;
+                match r {
+                    Ok(r) if r.status.success() && text(&r.stdout) == format!("{line}\n") => {}
+                    Ok(r) if r.status.success() => {
+                        o.fail(format!("{exec_id}: output {:?}", text(&r.stdout)))
+                    }
+                    Ok(r) => o.fail(format!("{exec_id}: {}", text(&r.stderr))),
+                    Err(e) => o.fail(format!("{exec_id}: {e}")),
+                }
+            });
+        }
+    });
+    let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    remove(c, &id);
+    o.left = settle(c, &[id]);
+    o.elapsed = started.elapsed();
+    o
+}
+
+/// `n` containers running, containerd SIGKILLed and started again: each must still run and
+/// answer an exec; then all are removed.
+fn restart(c: &mut Containerd, runtime: &str, n: usize) -> Outcome {
+    let started = Instant::now();
+    let mut o = Outcome::default();
+    let ids: Vec<String> = (0..n).map(|_| unique_id("restart")).collect();
+    for id in &ids {
+        o.requests += 1;
+        if let Err(e) = sleeper(c, runtime, id) {
+            o.fail(format!("{id}: {e}"));
+        }
+    }
+    if let Some(pid) = c.pid() {
+        // SAFETY: kill(2) on containerd's pid, which this process started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    if let Err(e) = c.restart() {
+        o.fail(format!("containerd restart: {e}"));
+    }
+    for id in &ids {
+        o.requests += 1;
+        let status = task_status(c, id);
+        if status.as_deref() != Some("RUNNING") {
+            o.fail(format!("{id}: after the restart the task is {status:?}"));
+            continue;
+        }
+        o.requests += 1;
+        match c.ctr(&["task", "exec", "--exec-id", "after", id, "echo", "alive"]) {
+            Ok(r) if r.status.success() && text(&r.stdout) == "alive\n" => {}
+            Ok(r) => o.fail(format!("{id}: exec after the restart: {}", text(&r.stderr))),
+            Err(e) => o.fail(format!("{id}: exec after the restart: {e}")),
+        }
+    }
+    for id in &ids {
+        remove(c, id);
+    }
+    o.left = settle(c, &ids);
+    o.elapsed = started.elapsed();
+    o
+}
+
+/// Kills each helper process of a container's shim in turn (processes of the shim that are
+/// its children); after each, an exec must work; then kill and delete.
+fn helpers(c: &Containerd, runtime: &str) -> Outcome {
+    let started = Instant::now();
+    let mut o = Outcome::default();
+    let id = unique_id("helpers");
+    if let Err(e) = sleeper(c, runtime, &id) {
+        o.fail(format!("{id}: {e}"));
+        o.left = settle(c, &[id]);
+        return o;
+    }
+    let socket = c.socket();
+    let shim_daemon = if runtime == RUNTIME {
+        leftovers::shim_daemon_pid(&socket)
+    } else {
+        leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy())
+            .into_iter()
+            .min()
+    };
+    let helpers: Vec<i32> = leftovers::shim_pids(&socket)
+        .into_iter()
+        .filter(|&p| shim_daemon.is_some() && leftovers::parent_pid(p) == shim_daemon)
+        .collect();
+    for (i, helper) in helpers.iter().enumerate() {
+        // SAFETY: kill(2) on a helper process of the shim under test.
+        unsafe { libc::kill(*helper, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(100));
+        o.requests += 1;
+        let exec_id = format!("h{i}");
+        match c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", "ok"]) {
+            Ok(r) if r.status.success() => {}
+            Ok(r) => o.fail(format!(
+                "exec after killing helper {helper}: {}",
+                text(&r.stderr)
+            )),
+            Err(e) => o.fail(format!("exec after killing helper {helper}: {e}")),
+        }
+    }
+    o.requests += 1;
+    match c.ctr(&["task", "kill", "-s", "SIGKILL", &id]) {
+        Ok(r) if r.status.success() => {}
+        Ok(r) => o.fail(format!("kill: {}", text(&r.stderr))),
+        Err(e) => o.fail(format!("kill: {e}")),
+    }
+    let _ = eventually("the task to stop", || {
+        task_status(c, &id).as_deref() == Some("STOPPED")
+    });
+    o.requests += 1;
+    match c.ctr(&["task", "rm", &id]) {
+        Ok(r) if r.status.success() => {}
+        Ok(r) => o.fail(format!("task rm: {}", text(&r.stderr))),
+        Err(e) => o.fail(format!("task rm: {e}")),
+    }
+    let _ = c.ctr(&["container", "rm", &id]);
+    o.left = settle(c, &[id]);
+    o.first_failure = o
+        .first_failure
+        .map(|f| format!("{f} (helpers killed: {})", helpers.len()));
+    o.elapsed = started.elapsed();
+    o
+}
+
+/// SIGKILL of the shim of a running container: containerd must see the task end and clean up.
+fn shim_kill(c: &Containerd, runtime: &str) -> Outcome {
+    let started = Instant::now();
+    let mut o = Outcome::default();
+    let id = unique_id("shimkill");
+    if let Err(e) = sleeper(c, runtime, &id) {
+        o.fail(format!("{id}: {e}"));
+        o.left = settle(c, &[id]);
+        return o;
+    }
+    let socket = c.socket();
+    let shim = if runtime == RUNTIME {
+        leftovers::shim_daemon_pid(&socket)
+    } else {
+        leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy())
+            .into_iter()
+            .min()
+    };
+    if let Some(pid) = shim {
+        // SAFETY: kill(2) on the shim under test.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    o.requests += 1;
+    if eventually("the task to be gone or stopped", || {
+        task_status(c, &id).is_none_or(|s| s == "STOPPED" || s == "UNKNOWN")
+    })
+    .is_err()
+    {
+        o.fail(format!(
+            "{id}: still {:?} after its shim died",
+            task_status(c, &id)
+        ));
+    }
+    remove(c, &id);
+    o.left = settle(c, &[id]);
+    o.elapsed = started.elapsed();
+    o
+}
+
+fn main() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut shim = root.join("target/release/containerd-shim-nvidia-v2");
+    let mut scale = 1.0f64;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--scale" => scale = args.next().context("--scale F")?.parse()?,
+            "--shim" => shim = PathBuf::from(args.next().context("--shim PATH")?),
+            "--only" => only = Some(args.next().context("--only NAME")?),
+            other => bail!(
+                "unknown argument {other}; usage: nvfaults [--scale F] [--shim PATH] [--only NAME]"
+            ),
+        }
+    }
+    if !shim.exists() {
+        bail!(
+            "{} missing: cargo build --release -p containerd-shim-nvidia-v2",
+            shim.display()
+        );
+    }
+    let n = |full: usize| ((full as f64 * scale).round() as usize).max(1);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let mut c = Containerd::start_with_level(&shim, "info")?;
+    c.import_busybox()?;
+    let mut bad = Vec::new();
+    let mut report = |run: &str, ours: Outcome, runc: Outcome| {
+        println!("{}", ours.line(run, RUNTIME));
+        println!("{}", runc.line(run, RUNC));
+        if !ours.left.is_empty() || ours.failed > runc.failed {
+            bad.push(run.to_owned());
+        }
+    };
+    if wanted("load") {
+        let (total, parallel) = (n(200), 16);
+        report(
+            "load",
+            load(&c, RUNTIME, total, parallel),
+            load(&c, RUNC, total, parallel),
+        );
+    }
+    if wanted("cycles") {
+        let total = n(1000);
+        report(
+            "cycles",
+            load(&c, RUNTIME, total, 1),
+            load(&c, RUNC, total, 1),
+        );
+    }
+    if wanted("execs") {
+        let total = n(1000);
+        report(
+            "execs",
+            execs(&c, RUNTIME, total, 16),
+            execs(&c, RUNC, total, 16),
+        );
+    }
+    if wanted("restart") {
+        let total = n(10);
+        let ours = restart(&mut c, RUNTIME, total);
+        let runc = restart(&mut c, RUNC, total);
+        report("restart", ours, runc);
+    }
+    if wanted("helpers") {
+        report("helpers", helpers(&c, RUNTIME), helpers(&c, RUNC));
+    }
+    if wanted("shim-kill") {
+        report("shim-kill", shim_kill(&c, RUNTIME), shim_kill(&c, RUNC));
+    }
+    if !bad.is_empty() {
+        bail!("this shim failed more requests than runc's, or left something, in: {bad:?}");
+    }
+    Ok(())
+}

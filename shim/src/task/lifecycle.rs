@@ -88,6 +88,7 @@ impl TaskService {
         let status = if req.exec_id.is_empty() {
             let status = c.exit.wait().await;
             c.io.drained().await;
+            Self::end_the_rest(&c).await;
             status
         } else {
             let e = Self::get_exec(&c, &req.exec_id)?;
@@ -130,6 +131,7 @@ impl TaskService {
                 self.unmount_rootfs(&c).await?;
             }
             TaskState::Stopped => {
+                Self::end_the_rest(&c).await;
                 // Independent, a few milliseconds of blocking calls each: side by side.
                 let (removed, unmounted) =
                     tokio::join!(self.remove_stopped(&c), self.unmount_rootfs(&c));
@@ -166,6 +168,18 @@ impl TaskService {
             exited_at: MessageField::some(status.at),
             ..Default::default()
         })
+    }
+
+    /// For a container without a pid namespace of its own, ends what its init left behind
+    /// before a Wait answers or a Delete removes the cgroup, as the runc shim kills them
+    /// before it reports the exit; the exit watch does the same before TaskExit, so this is
+    /// usually one read of an empty cgroup.
+    async fn end_the_rest(c: &Arc<Container>) {
+        if c.private_pid_ns {
+            return;
+        }
+        let rest = Arc::clone(c);
+        let _ = tokio::task::spawn_blocking(move || kill_remaining(&rest)).await;
     }
 
     /// Unmounts the rootfs the shim mounted at create, on the blocking pool: the kernel's
@@ -361,17 +375,40 @@ impl TaskService {
     }
 }
 
-/// SIGKILLs every process left in the container's cgroup.
+/// How long [`kill_remaining`] waits for the container's cgroup to empty.
+const KILL_REMAINING_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGKILLs every process left in the container's cgroup and waits, bounded, until none is
+/// left, killing again whatever a dying process forked meanwhile; so that the delete that
+/// follows finds an empty cgroup to remove (on cgroup v1 a killed process stays listed until
+/// it has exited, which takes a while on a loaded host).
 pub(super) fn kill_remaining(c: &Container) {
-    match c.cgroup.pids() {
-        Ok(pids) => {
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    let deadline = std::time::Instant::now() + KILL_REMAINING_LIMIT;
+    loop {
+        let pids = match c.cgroup.pids() {
+            Ok(pids) => pids,
+            Err(e) => {
+                log::warn!("{e}");
+                return;
             }
+        };
+        if pids.is_empty() {
+            return;
         }
-        Err(e) => log::warn!("{e}"),
+        if std::time::Instant::now() >= deadline {
+            log::warn!(
+                "container {}: {} process(es) still in its cgroup after SIGKILL",
+                c.id,
+                pids.len()
+            );
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

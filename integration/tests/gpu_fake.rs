@@ -581,7 +581,7 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     );
     std::fs::write(
         g.fake.cdi_dir().join("nvidia.yaml"),
-        serde_yaml::to_string(&spec)?,
+        serde_norway::to_string(&spec)?,
     )?;
     // A non-NVIDIA device: a node of its own, a file mount and env.
     let host_file = c.dir().join("fpga-firmware.bin");

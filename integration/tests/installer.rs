@@ -98,8 +98,8 @@ fn manifests_and_examples_parse() -> Result<()> {
         "kubernetes/installer-daemonset.yaml",
     ] {
         let text = std::fs::read_to_string(deploy.join(f))?;
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-            .map(serde_yaml::Value::deserialize)
+        let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+            .map(serde_norway::Value::deserialize)
             .collect::<Result<_, _>>()?;
         assert!(!docs.is_empty(), "{f}");
         for d in &docs {
@@ -109,7 +109,7 @@ fn manifests_and_examples_parse() -> Result<()> {
             );
         }
     }
-    let rc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let rc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(
         deploy.join("kubernetes/runtimeclass.yaml"),
     )?)?;
     assert_eq!(rc["handler"].as_str(), Some("nvidia"));
@@ -121,8 +121,8 @@ fn manifests_and_examples_parse() -> Result<()> {
     );
     // The DaemonSet's embedded config is the same file the installer ships.
     let ds = std::fs::read_to_string(deploy.join("kubernetes/installer-daemonset.yaml"))?;
-    let cm = serde_yaml::Deserializer::from_str(&ds)
-        .map(serde_yaml::Value::deserialize)
+    let cm = serde_norway::Deserializer::from_str(&ds)
+        .map(serde_norway::Value::deserialize)
         .find_map(|d| d.ok().filter(|d| d["kind"].as_str() == Some("ConfigMap")))
         .expect("a ConfigMap");
     let embedded = nvidia_shim_core::Config::parse(

@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(spec.cdi_version, "0.5.0");
 
         let dir = tempfile::tempdir().unwrap();
-        let yaml = serde_yaml::to_string(&spec).unwrap();
+        let yaml = serde_norway::to_string(&spec).unwrap();
         std::fs::write(dir.path().join("nvidia.yaml"), &yaml).unwrap();
         let reg = Registry::load(&[dir.path()]);
         assert!(reg.errors().is_empty(), "{:?}", reg.errors());

@@ -230,7 +230,7 @@ pub fn split_kind(kind: &str) -> Option<(&str, &str)> {
 impl CdiSpec {
     /// The spec as a YAML document.
     pub fn to_yaml(&self) -> Result<String, String> {
-        serde_yaml::to_string(self).map_err(|e| e.to_string())
+        serde_norway::to_string(self).map_err(|e| e.to_string())
     }
 
     /// Parses `text` as JSON (`.json`) or YAML (anything else), then validates it.
@@ -242,7 +242,7 @@ impl CdiSpec {
         let spec: Self = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(text).map_err(|e| err(e.to_string()))?
         } else {
-            serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?
+            serde_norway::from_str(text).map_err(|e| err(e.to_string()))?
         };
         spec.validate().map_err(err)?;
         Ok(spec)

@@ -3,9 +3,10 @@
 //! `cargo bench -p nvidia-shim-core --features fixture` (root: the fake nodes need mknod).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use nvidia_shim_core::cdi::apply_edits;
 use nvidia_shim_core::discover::fixture::FakeDriver;
 use nvidia_shim_core::discover::Inventory;
-use nvidia_shim_core::edits::{apply, edits_for};
+use nvidia_shim_core::edits::edits_for;
 use nvidia_shim_core::oci_spec::runtime::{ProcessBuilder, Spec, SpecBuilder};
 use nvidia_shim_core::request::{GpuRequest, RequestPolicy};
 use nvidia_shim_core::require::{check, cuda_for_driver, HostFacts, Version};
@@ -49,7 +50,7 @@ fn inject(c: &mut Criterion) {
             };
             check(&request.requirements, &host, &[]).expect("requirements");
             let edits = edits_for(&inv, &request).expect("edits");
-            apply(&mut spec, &edits);
+            apply_edits(&mut spec, &[edits.to_cdi()]).expect("apply");
             spec
         })
     });

@@ -52,6 +52,11 @@ pub struct Config {
     /// Directories of CDI spec files, lowest priority first (default `/etc/cdi`,
     /// `/var/run/cdi`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Who serves names of the built-in CDI kinds (`nvidia.com/gpu`,
+    /// `k8s.device-plugin.nvidia.com/gpu`, `runtime.nvidia.com/gpu`): `true` (the default, as
+    /// the toolkit's `cdi` mode) a spec on disk for the kind when there is one, else the driver
+    /// inventory; `false` (as the toolkit's just-in-time mode) always the driver inventory.
+    pub cdi_specs_on_disk_first: bool,
     /// Load the driver's NVML at discovery for GPU arch, brand, the CUDA version and MIG UUIDs
     /// (default true; discovery falls back to `/proc` without it).
     pub nvml: bool,
@@ -80,6 +85,7 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            cdi_specs_on_disk_first: true,
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             cuda_compat: true,
             nvml: true,

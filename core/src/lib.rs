@@ -10,6 +10,7 @@ pub mod discover;
 pub mod edits;
 pub mod elf;
 pub mod ldcache;
+pub mod plan;
 pub mod proc_overlay;
 pub mod quote;
 pub mod request;

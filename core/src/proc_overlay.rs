@@ -14,12 +14,13 @@
 //! applies the plan after the container's mount namespace exists, since libcontainer, like runc,
 //! refuses mounts under `/proc` in the spec.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::discover::mig::numbered;
 use crate::discover::{GpuDevice, Inventory, MigDevice};
 use crate::request::{DeviceSelection, GpuRequest};
-use crate::select::{select, select_devices, SelectError};
+use crate::select::Selection;
 
 /// Where the driver's proc tree is in a container.
 pub const CONTAINER_PROC_DRIVER: &str = "/proc/driver/nvidia";
@@ -60,25 +61,74 @@ pub fn params_without_device_modification(params: &str) -> Option<String> {
     changed.then(|| lines.join("\n") + "\n")
 }
 
+/// What the host's `/proc/driver/nvidia` holds, as far as the overlay needs it (gathered once
+/// per Create by [`ProcFacts::gather`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcFacts {
+    /// Whether the container's `/proc` will show a driver tree: the kernel this shim runs on
+    /// has `/proc/driver/nvidia` (not so with a fake `proc_root` on a host without the driver).
+    pub present: bool,
+    /// The host's `params` text.
+    pub params: Option<String>,
+    /// `capabilities/gpu<minor>` directories by minor, each with its GIs and their CIs.
+    pub gpu_caps: BTreeMap<u32, Vec<(u32, Vec<u32>)>>,
+    /// Which of `capabilities/mig/config` and `capabilities/mig/monitor` exist.
+    pub mig_files: Vec<String>,
+}
+
+impl ProcFacts {
+    /// Reads the facts of the driver tree under `proc_root` for the GPUs of `inventory`;
+    /// `kernel_proc` is the kernel's own `/proc`, which the container's will be.
+    pub fn gather(proc_root: &Path, kernel_proc: &Path, inventory: &Inventory) -> Self {
+        let caps = proc_root.join("driver/nvidia/capabilities");
+        let mut gpu_caps = BTreeMap::new();
+        for g in &inventory.gpus {
+            let dir = caps.join(format!("gpu{}", g.minor));
+            if !dir.is_dir() {
+                continue;
+            }
+            let mig = dir.join("mig");
+            let gis = numbered(&mig, "gi")
+                .into_iter()
+                .map(|gi| (gi, numbered(&mig.join(format!("gi{gi}")), "ci")))
+                .collect();
+            gpu_caps.insert(g.minor, gis);
+        }
+        Self {
+            present: kernel_proc.join("driver/nvidia").exists(),
+            params: std::fs::read_to_string(proc_root.join("driver/nvidia/params")).ok(),
+            gpu_caps,
+            mig_files: ["config", "monitor"]
+                .into_iter()
+                .filter(|f| caps.join("mig").join(f).is_file())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
 /// Whether a MIG config/monitor selection asks for anything.
 fn requested(sel: &DeviceSelection) -> bool {
     !matches!(sel, DeviceSelection::Void | DeviceSelection::NoGpu)
 }
 
-/// The overlay for a container making `request` on the host `inventory` describes.
+/// The overlay for a container making `request` (its devices resolved as `selection`) on the
+/// host `inventory` and `proc` describe: pure. Empty when the container's `/proc` has no driver
+/// tree to cover.
 pub fn proc_overlay(
     inventory: &Inventory,
     request: &GpuRequest,
-) -> Result<ProcOverlay, SelectError> {
-    let selected = select_devices(inventory, &request.devices)?;
-    let admin = [&request.mig_config, &request.mig_monitor]
-        .into_iter()
-        .map(|s| select(inventory, s))
-        .collect::<Result<Vec<_>, _>>()?
-        .concat();
-    let params = std::fs::read_to_string(inventory.roots.proc_root.join("driver/nvidia/params"))
-        .ok()
-        .and_then(|p| params_without_device_modification(&p))
+    selection: &Selection<'_>,
+    proc: &ProcFacts,
+) -> ProcOverlay {
+    if !proc.present {
+        return ProcOverlay::default();
+    }
+    let selected = &selection.devices;
+    let params = proc
+        .params
+        .as_deref()
+        .and_then(params_without_device_modification)
         .map(String::into_bytes);
     let same = |a: &GpuDevice, b: &GpuDevice| a.uuid == b.uuid;
     let mut hidden: Vec<PathBuf> = inventory
@@ -87,14 +137,13 @@ pub fn proc_overlay(
         .filter(|g| !selected.gpus.iter().any(|s| same(s, g)))
         .map(|g| PathBuf::from(format!("{CONTAINER_PROC_DRIVER}/gpus/{}", g.proc_dir)))
         .collect();
-    let host_caps = inventory.roots.proc_root.join("driver/nvidia/capabilities");
     let caps = Path::new(CONTAINER_PROC_DRIVER).join("capabilities");
     for g in &inventory.gpus {
         let gpu_dir = format!("gpu{}", g.minor);
-        if !host_caps.join(&gpu_dir).is_dir()
-            || selected.whole.iter().any(|s| same(s, g))
-            || admin.iter().any(|s| same(s, g))
-        {
+        let Some(gis) = proc.gpu_caps.get(&g.minor) else {
+            continue;
+        };
+        if selected.whole.iter().any(|s| same(s, g)) || selection.admin().any(|s| same(s, g)) {
             continue;
         }
         let migs: Vec<&MigDevice> = selected
@@ -108,14 +157,14 @@ pub fn proc_overlay(
             continue;
         }
         let mig = Path::new(&gpu_dir).join("mig");
-        for gi in numbered(&host_caps.join(&mig), "gi") {
+        for (gi, cis) in gis {
             let gi_dir = mig.join(format!("gi{gi}"));
-            if !migs.iter().any(|m| m.gi == gi) {
+            if !migs.iter().any(|m| m.gi == *gi) {
                 hidden.push(caps.join(&gi_dir));
                 continue;
             }
-            for ci in numbered(&host_caps.join(&gi_dir), "ci") {
-                if !migs.iter().any(|m| (m.gi, m.ci) == (gi, ci)) {
+            for ci in cis {
+                if !migs.iter().any(|m| (m.gi, m.ci) == (*gi, *ci)) {
                     hidden.push(caps.join(gi_dir.join(format!("ci{ci}"))));
                 }
             }
@@ -126,14 +175,14 @@ pub fn proc_overlay(
         ("monitor", &request.mig_monitor),
     ]
     .into_iter()
-    .filter(|(name, sel)| !requested(sel) && host_caps.join("mig").join(name).is_file())
+    .filter(|(name, sel)| !requested(sel) && proc.mig_files.iter().any(|f| f == name))
     .map(|(name, _)| caps.join("mig").join(name))
     .collect();
-    Ok(ProcOverlay {
+    ProcOverlay {
         params,
         hidden,
         hidden_files,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +229,14 @@ mod tests {
         GpuRequest::from_spec(&spec, &crate::request::RequestPolicy::default()).unwrap()
     }
 
+    /// The overlay with the fake driver's proc facts, as if the kernel had the driver's tree.
+    fn overlay(inv: &Inventory, request: &GpuRequest) -> ProcOverlay {
+        let selection = Selection::resolve(inv, &request.devices, request).unwrap();
+        let mut facts = ProcFacts::gather(&inv.roots.proc_root, &inv.roots.proc_root, inv);
+        facts.present = true;
+        proc_overlay(inv, request, &selection, &facts)
+    }
+
     fn shown(paths: &[PathBuf]) -> Vec<String> {
         paths
             .iter()
@@ -199,16 +256,13 @@ mod tests {
         }
         let fake = FakeDriver::builder().gpus(3).build();
         let inv = Inventory::discover(&fake.roots()).unwrap();
-        let o = proc_overlay(&inv, &request("1")).unwrap();
+        let o = overlay(&inv, &request("1"));
         assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0", "gpus/0000:00:08.0"]);
         assert!(o.hidden_files.is_empty());
         assert!(String::from_utf8(o.params.unwrap())
             .unwrap()
             .contains("ModifyDeviceFiles: 0"));
-        assert!(proc_overlay(&inv, &request("all"))
-            .unwrap()
-            .hidden
-            .is_empty());
+        assert!(overlay(&inv, &request("all")).hidden.is_empty());
     }
 
     /// GPU 0 plain, GPU 1 with MIG: GI 1 (CIs 0, 1) and GI 2 (CI 0); index 1:1 is GI 1 / CI 1.
@@ -224,7 +278,7 @@ mod tests {
             return;
         }
         let (_f, inv) = mig_host();
-        let o = proc_overlay(&inv, &request("1:1")).unwrap();
+        let o = overlay(&inv, &request("1:1"));
         assert_eq!(
             shown(&o.hidden),
             [
@@ -252,18 +306,18 @@ mod tests {
         }
         let (_f, inv) = mig_host();
         // The whole GPU 1: its capability tree stays; GPU 0 has none to hide.
-        let o = proc_overlay(&inv, &request("1")).unwrap();
+        let o = overlay(&inv, &request("1"));
         assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0"]);
         // GPU 0 only: GPU 1's capability tree goes.
-        let o = proc_overlay(&inv, &request("0")).unwrap();
+        let o = overlay(&inv, &request("0"));
         assert_eq!(shown(&o.hidden), ["gpus/0000:00:07.0", "capabilities/gpu1"]);
         // MIG config on GPU 1 with one MIG device selected: the whole tree and mig/config show.
         let mut r = request("1:0");
         r.mig_config = DeviceSelection::parse(Some("1"), false).unwrap();
-        let o = proc_overlay(&inv, &r).unwrap();
+        let o = overlay(&inv, &r);
         assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0"]);
         assert_eq!(shown(&o.hidden_files), ["capabilities/mig/monitor"]);
         r.mig_monitor = DeviceSelection::All;
-        assert!(proc_overlay(&inv, &r).unwrap().hidden_files.is_empty());
+        assert!(overlay(&inv, &r).hidden_files.is_empty());
     }
 }

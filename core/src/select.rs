@@ -89,6 +89,39 @@ impl<'a> Selected<'a> {
     }
 }
 
+/// A request's devices resolved once against the inventory: what requirements, edits, the ld
+/// plan and the `/proc` overlay all take.
+#[derive(Debug, Clone, Default)]
+pub struct Selection<'a> {
+    /// The devices `NVIDIA_VISIBLE_DEVICES` (or its other forms) names.
+    pub devices: Selected<'a>,
+    /// The GPUs `NVIDIA_MIG_CONFIG_DEVICES` names.
+    pub mig_config: Vec<&'a GpuDevice>,
+    /// The GPUs `NVIDIA_MIG_MONITOR_DEVICES` names.
+    pub mig_monitor: Vec<&'a GpuDevice>,
+}
+
+impl<'a> Selection<'a> {
+    /// Resolves `request`'s three selections; `devices` replaces the request's own (the part
+    /// left to the inventory once CDI specs on disk took theirs).
+    pub fn resolve(
+        inventory: &'a Inventory,
+        devices: &DeviceSelection,
+        request: &crate::request::GpuRequest,
+    ) -> Result<Self, SelectError> {
+        Ok(Self {
+            devices: select_devices(inventory, devices)?,
+            mig_config: select(inventory, &request.mig_config)?,
+            mig_monitor: select(inventory, &request.mig_monitor)?,
+        })
+    }
+
+    /// The GPUs whose MIG configuration or monitoring the container is given.
+    pub fn admin(&self) -> impl Iterator<Item = &'a GpuDevice> + '_ {
+        self.mig_config.iter().chain(&self.mig_monitor).copied()
+    }
+}
+
 /// The GPUs `selection` names, in request order without duplicates (`All` gives every GPU;
 /// `Void` and `NoGpu` none); a MIG device counts as its parent GPU.
 pub fn select<'a>(

@@ -49,9 +49,17 @@ impl Bundle {
         &self.path
     }
 
-    /// `<bundle>/rootfs`.
+    /// `<bundle>/rootfs`, where containerd mounts the rootfs it passes in Create.
     pub fn rootfs(&self) -> PathBuf {
         self.path.join("rootfs")
+    }
+
+    /// The rootfs `spec` names: its `root.path`, relative to the bundle unless absolute (as
+    /// libcontainer resolves it); `<bundle>/rootfs` when the spec has none.
+    pub fn rootfs_of(&self, spec: &nvidia_shim_core::oci_spec::runtime::Spec) -> PathBuf {
+        spec.root()
+            .as_ref()
+            .map_or_else(|| self.rootfs(), |r| self.path.join(r.path()))
     }
 
     /// libcontainer's root for this bundle.

@@ -100,7 +100,12 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
     let format = format.unwrap_or_else(|| format_for(output.as_deref()));
     let config = Config::load_or_default(config_path.as_deref()).map_err(|e| e.to_string())?;
     let inventory = crate::gpu::discover(&config).map_err(|e| e.to_string())?;
-    let spec = generate(&inventory, Capabilities::all(), &hooks).map_err(|e| e.to_string())?;
+    let ipc = nvidia_shim_core::discover::present_endpoints(
+        &config.dev_root,
+        &nvidia_shim_core::discover::mps_pipe_dir(),
+    );
+    let spec =
+        generate(&inventory, Capabilities::all(), &hooks, &ipc).map_err(|e| e.to_string())?;
     let text = match format {
         Format::Json => serde_json::to_string_pretty(&spec)
             .map(|t| t + "\n")

@@ -2,6 +2,8 @@
 //! status codes (which containerd turns back into `errdefs` errors).
 
 use containerd_shim::protos::ttrpc::{self, Code};
+use nvidia_shim_core::plan::PlanError;
+use nvidia_shim_core::rootfs::RootfsError;
 
 /// Result alias of the shim.
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -82,6 +84,25 @@ pub enum ShimError {
         #[source]
         source: crate::zygotes::ZygoteError,
     },
+    /// The container's GPUs cannot be given: the request is invalid (`InvalidArgument`) or the
+    /// host cannot serve it (`FailedPrecondition`), as [`PlanError::is_invalid_request`] says.
+    #[error("container {id}: {}{source}", if source.is_invalid_request() { "invalid request: " } else { "" })]
+    Gpu {
+        /// Container id.
+        id: String,
+        /// Core's error (boxed: it is large and rare).
+        #[source]
+        source: Box<PlanError>,
+    },
+    /// A write into the container's rootfs (links, ld cache) failed.
+    #[error("container {id}: {source}")]
+    Rootfs {
+        /// Container id.
+        id: String,
+        /// The confined writer's error.
+        #[source]
+        source: RootfsError,
+    },
     /// A host operation of the shim itself failed.
     #[error("container {id}: {context}: {source}")]
     Io {
@@ -113,10 +134,14 @@ impl ShimError {
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::InvalidArgument { .. } | Self::Config { .. } => Code::INVALID_ARGUMENT,
             Self::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
+            Self::Gpu { source, .. } if source.is_invalid_request() => Code::INVALID_ARGUMENT,
+            Self::Gpu { .. } => Code::FAILED_PRECONDITION,
             Self::Unimplemented { .. } => Code::UNIMPLEMENTED,
-            Self::Runtime { .. } | Self::Io { .. } | Self::Cgroup { .. } | Self::Zygote { .. } => {
-                Code::UNKNOWN
-            }
+            Self::Runtime { .. }
+            | Self::Rootfs { .. }
+            | Self::Io { .. }
+            | Self::Cgroup { .. }
+            | Self::Zygote { .. } => Code::UNKNOWN,
         }
     }
 

@@ -18,7 +18,6 @@ mod executor;
 mod exit;
 mod features;
 mod gpu;
-mod ldplan;
 mod logdriver;
 mod logging;
 mod oom;

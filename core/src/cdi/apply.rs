@@ -1,20 +1,25 @@
-//! Applying resolved CDI devices to an OCI spec with CDI's semantics (env replaced by key,
-//! device nodes completed from the host node and allowed in the device cgroup, mounts replacing
-//! any at the same destination and sorted by depth, hooks added, extra groups), except that the
-//! NVIDIA toolkit's `nvidia-cdi-hook` / `nvidia-ctk hook` steps are done natively by the shim
-//! and returned as a [`HookPlan`] instead of being run as host programs.
+//! The one edit engine: CDI `containerEdits` applied to an OCI spec with CDI's semantics (env
+//! replaced by key, device nodes allowed in the device cgroup, mounts replacing any at the same
+//! destination and sorted by depth, hooks added by stage, extra groups). Every GPU edit goes
+//! through it: those of CDI specs on disk and those the driver inventory gives
+//! ([`crate::edits`]).
+//!
+//! The work is split so that decisions are pure: [`gather_node_facts`] stats the host nodes an
+//! edit leaves incomplete (the only I/O), [`device_edits`] completes the nodes and turns the
+//! NVIDIA toolkit's `nvidia-cdi-hook` / `nvidia-ctk hook` steps into a [`HookPlan`] the shim
+//! performs natively, and [`apply_edits`] edits the spec.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Hook as OciHook, HookBuilder, LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxResourcesBuilder, MountBuilder, Spec,
+    LinuxResourcesBuilder, MountBuilder, Spec,
 };
 
 use super::registry::Resolved;
-use super::spec::{ContainerEdits, DeviceNode, Hook, Mount};
+use super::spec::{ContainerEdits, DeviceNode, Hook, HookStage, Mount, NodeType};
 use crate::edits::set_env;
 
 /// Toolkit hook steps the shim does itself rather than run `nvidia-cdi-hook`.
@@ -33,7 +38,7 @@ pub struct HookPlan {
 /// Why CDI edits cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    /// A device node without major/minor whose host node cannot be read.
+    /// A device node without type, major/minor or mode whose host node cannot be read.
     #[error("CDI device {device}: node {path}: {reason}")]
     Node {
         /// The qualified device.
@@ -53,27 +58,105 @@ pub enum ApplyError {
     },
 }
 
-/// Applies the devices' edits (and each touched spec's spec-wide edits, once) to `spec`.
-pub fn apply(spec: &mut Spec, devices: &[Resolved<'_>]) -> Result<HookPlan, ApplyError> {
+/// What a host device node says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Its type.
+    pub typ: NodeType,
+    /// Major number.
+    pub major: i64,
+    /// Minor number.
+    pub minor: i64,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl NodeFacts {
+    /// Stats `path` (following links); an error text when it is absent or not a device.
+    pub fn stat(path: &Path) -> Result<Self, String> {
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        let ft = meta.file_type();
+        let typ = if ft.is_char_device() {
+            NodeType::Char
+        } else if ft.is_block_device() {
+            NodeType::Block
+        } else if ft.is_fifo() {
+            NodeType::Fifo
+        } else {
+            return Err("not a device node".to_owned());
+        };
+        let rdev = meta.rdev();
+        Ok(Self {
+            typ,
+            major: i64::from(crate::discover::rdev_major(rdev)),
+            minor: i64::from(crate::discover::rdev_minor(rdev)),
+            mode: meta.mode() & 0o777,
+        })
+    }
+}
+
+/// Host node facts by host path (the stat's error text when it failed).
+pub type NodeFactsByPath = BTreeMap<String, Result<NodeFacts, String>>;
+
+/// The host path of a node edit.
+pub fn host_path(node: &DeviceNode) -> &str {
+    node.host_path.as_deref().unwrap_or(&node.path)
+}
+
+/// Whether a node edit leaves something to read from the host node.
+pub fn needs_host_facts(node: &DeviceNode) -> bool {
+    node.typ.is_none()
+        || node.file_mode.is_none()
+        || (node.typ != Some(NodeType::Fifo) && (node.major.is_none() || node.minor.is_none()))
+}
+
+/// Stats the host nodes of `devices`' edits that need it (I/O).
+pub fn gather_node_facts(devices: &[Resolved<'_>]) -> NodeFactsByPath {
+    let mut facts = NodeFactsByPath::new();
+    for r in devices {
+        for e in [&r.spec.container_edits, &r.device.container_edits] {
+            for node in e.device_nodes.iter().filter(|n| needs_host_facts(n)) {
+                let path = host_path(node);
+                if !facts.contains_key(path) {
+                    facts.insert(path.to_owned(), NodeFacts::stat(Path::new(path)));
+                }
+            }
+        }
+    }
+    facts
+}
+
+/// The edits of `devices` (each touched spec's spec-wide edits once, before its first
+/// device's) with every node completed from `facts` and the toolkit's hook steps taken out into
+/// the returned [`HookPlan`]: pure.
+pub fn device_edits(
+    devices: &[Resolved<'_>],
+    facts: &NodeFactsByPath,
+) -> Result<(Vec<ContainerEdits>, HookPlan), ApplyError> {
     let mut plan = HookPlan::default();
+    let mut out = Vec::new();
     let mut specs_done = BTreeSet::new();
     for r in devices {
         let name = format!("{}={}", r.spec.kind, r.device.name);
         if specs_done.insert(r.spec_index) {
-            apply_edits(spec, &r.spec.container_edits, &name, &mut plan)?;
+            out.push(complete(&r.spec.container_edits, &name, facts, &mut plan)?);
         }
-        apply_edits(spec, &r.device.container_edits, &name, &mut plan)?;
+        out.push(complete(
+            &r.device.container_edits,
+            &name,
+            facts,
+            &mut plan,
+        )?);
     }
-    sort_mounts_by_depth(spec);
-    Ok(plan)
+    Ok((out, plan))
 }
 
-fn apply_edits(
-    spec: &mut Spec,
+fn complete(
     e: &ContainerEdits,
     device: &str,
+    facts: &NodeFactsByPath,
     plan: &mut HookPlan,
-) -> Result<(), ApplyError> {
+) -> Result<ContainerEdits, ApplyError> {
     let unsupported = |what| ApplyError::Unsupported {
         device: device.to_owned(),
         what,
@@ -84,60 +167,76 @@ fn apply_edits(
     if !e.net_devices.is_empty() {
         return Err(unsupported("netDevices"));
     }
-    set_env(spec, &e.env);
-    for node in &e.device_nodes {
-        add_node(spec, node, device)?;
+    let mut out = e.clone();
+    for node in &mut out.device_nodes {
+        if !needs_host_facts(node) {
+            continue;
+        }
+        let err = |reason: String| ApplyError::Node {
+            device: device.to_owned(),
+            path: host_path(node).to_owned(),
+            reason,
+        };
+        let found = match facts.get(host_path(node)) {
+            Some(Ok(f)) => *f,
+            Some(Err(reason)) => return Err(err(reason.clone())),
+            None => return Err(err("not read from the host".to_owned())),
+        };
+        node.typ.get_or_insert(found.typ);
+        node.major.get_or_insert(found.major);
+        node.minor.get_or_insert(found.minor);
+        node.file_mode.get_or_insert(found.mode);
     }
-    for m in &e.mounts {
-        add_mount(spec, m);
-    }
-    for h in &e.hooks {
-        if !plan_toolkit_hook(h, plan) {
+    out.hooks.retain(|h| !plan_toolkit_hook(h, plan));
+    Ok(out)
+}
+
+/// Applies `edits` in order to `spec` (a later edit replaces an earlier one at the same node
+/// path or mount destination), sorts the mounts by depth, and removes the NVIDIA toolkit's
+/// legacy prestart/createRuntime hooks (this runtime does their work itself). Applying twice
+/// gives the spec applying once does.
+pub fn apply_edits(spec: &mut Spec, edits: &[ContainerEdits]) -> Result<(), ApplyError> {
+    for e in edits {
+        set_env(spec, &e.env);
+        for node in &e.device_nodes {
+            add_node(spec, node)?;
+        }
+        for m in &e.mounts {
+            add_mount(spec, m);
+        }
+        for h in &e.hooks {
             add_hook(spec, h);
         }
+        add_gids(spec, &e.additional_gids);
     }
-    add_gids(spec, &e.additional_gids);
+    if edits.iter().any(|e| !e.mounts.is_empty()) {
+        sort_mounts_by_depth(spec);
+    }
+    remove_toolkit_hooks(spec);
     Ok(())
 }
 
-fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), ApplyError> {
-    let host = node.host_path.as_deref().unwrap_or(&node.path);
-    let err = |reason: String| ApplyError::Node {
-        device: device.to_owned(),
-        path: host.to_owned(),
-        reason,
+/// Applies the devices' edits (and each touched spec's spec-wide edits, once) to `spec`:
+/// [`gather_node_facts`], [`device_edits`] and [`apply_edits`] in one call.
+pub fn apply(spec: &mut Spec, devices: &[Resolved<'_>]) -> Result<HookPlan, ApplyError> {
+    let (edits, plan) = device_edits(devices, &gather_node_facts(devices))?;
+    apply_edits(spec, &edits)?;
+    Ok(plan)
+}
+
+fn add_node(spec: &mut Spec, node: &DeviceNode) -> Result<(), ApplyError> {
+    let err = |reason: &str| ApplyError::Node {
+        device: node.path.clone(),
+        path: host_path(node).to_owned(),
+        reason: reason.to_owned(),
     };
-    let need_stat = node.typ.is_none()
-        || node.file_mode.is_none()
-        || (node.typ.as_deref() != Some("p") && (node.major.is_none() || node.minor.is_none()));
-    let meta = if need_stat {
-        Some(std::fs::metadata(host).map_err(|e| err(e.to_string()))?)
-    } else {
-        None
+    let typ = node.typ.ok_or_else(|| err("no type"))?;
+    let (major, minor) = match (node.major, node.minor, typ) {
+        (Some(major), Some(minor), _) => (major, minor),
+        (_, _, NodeType::Fifo) => (0, 0),
+        _ => return Err(err("no major/minor")),
     };
-    let typ = match node.typ.as_deref() {
-        Some(t) => t.to_owned(),
-        None => {
-            let ft = meta.as_ref().map(|m| m.file_type());
-            match ft {
-                Some(ft) if ft.is_char_device() => "c".to_owned(),
-                Some(ft) if ft.is_block_device() => "b".to_owned(),
-                Some(ft) if ft.is_fifo() => "p".to_owned(),
-                _ => return Err(err("not a device node".to_owned())),
-            }
-        }
-    };
-    let rdev = meta.as_ref().map(MetadataExt::rdev).unwrap_or(0);
-    let major = node
-        .major
-        .unwrap_or_else(|| i64::from(crate::discover::rdev_major(rdev)));
-    let minor = node
-        .minor
-        .unwrap_or_else(|| i64::from(crate::discover::rdev_minor(rdev)));
-    let file_mode = node
-        .file_mode
-        .or_else(|| meta.as_ref().map(|m| m.mode() & 0o777))
-        .unwrap_or(0o666);
+    let file_mode = node.file_mode.unwrap_or(0o666);
     let user = spec.process().as_ref().map(|p| p.user().clone());
     let uid = node
         .uid
@@ -145,15 +244,9 @@ fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), Appl
     let gid = node
         .gid
         .or_else(|| user.as_ref().map(|u| u.gid()).filter(|g| *g > 0));
-    let linux_type = match typ.as_str() {
-        "b" => LinuxDeviceType::B,
-        "u" => LinuxDeviceType::U,
-        "p" => LinuxDeviceType::P,
-        _ => LinuxDeviceType::C,
-    };
     let mut b = LinuxDeviceBuilder::default()
         .path(PathBuf::from(&node.path))
-        .typ(linux_type)
+        .typ(typ.linux())
         .major(major)
         .minor(minor)
         .file_mode(file_mode);
@@ -163,7 +256,7 @@ fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), Appl
     if let Some(gid) = gid {
         b = b.gid(gid);
     }
-    let dev = b.build().map_err(|e| err(e.to_string()))?;
+    let dev = b.build().map_err(|e| err(&e.to_string()))?;
 
     let mut linux = spec
         .linux()
@@ -174,7 +267,7 @@ fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), Appl
     devices.push(dev);
     linux.set_devices(Some(devices));
     let access = node.permissions.as_deref().unwrap_or("rwm");
-    if matches!(typ.as_str(), "b" | "c") && access != "none" {
+    if typ.has_cgroup_rule() && access != "none" {
         let access = if access.is_empty() { "rwm" } else { access };
         let mut resources = linux.resources().clone().unwrap_or_else(|| {
             LinuxResourcesBuilder::default()
@@ -184,12 +277,12 @@ fn add_node(spec: &mut Spec, node: &DeviceNode, device: &str) -> Result<(), Appl
         let mut rules = resources.devices().clone().unwrap_or_default();
         let rule = LinuxDeviceCgroupBuilder::default()
             .allow(true)
-            .typ(linux_type)
+            .typ(typ.linux())
             .major(major)
             .minor(minor)
             .access(access)
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(&e.to_string()))?;
         if !rules.contains(&rule) {
             rules.push(rule);
         }
@@ -228,6 +321,34 @@ fn sort_mounts_by_depth(spec: &mut Spec) {
         mounts.sort_by_key(|m| depth(m.destination()));
         spec.set_mounts(Some(mounts));
     }
+}
+
+fn is_toolkit_hook(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == "nvidia-container-runtime-hook" || n == "nvidia-container-toolkit")
+}
+
+/// Drops the legacy toolkit hooks (`nvidia-container-runtime-hook`) a spec may carry from a
+/// toolkit-configured client: this runtime injects the GPUs itself.
+fn remove_toolkit_hooks(spec: &mut Spec) {
+    let Some(mut hooks) = spec.hooks().clone() else {
+        return;
+    };
+    let keep = |list: Option<Vec<OciHook>>| {
+        list.map(|l| {
+            l.into_iter()
+                .filter(|h| !is_toolkit_hook(h.path()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.is_empty())
+    };
+    #[allow(deprecated)]
+    let prestart = keep(hooks.prestart().clone());
+    #[allow(deprecated)]
+    hooks.set_prestart(prestart);
+    hooks.set_create_runtime(keep(hooks.create_runtime().clone()));
+    spec.set_hooks(Some(hooks));
 }
 
 /// The values of `--flag X` and `--flag=X` in `args`.
@@ -302,14 +423,14 @@ fn add_hook(spec: &mut Spec, h: &Hook) {
     }
     let hook: OciHook = b.build().expect("hook path is set");
     let mut hooks = spec.hooks().clone().unwrap_or_default();
-    let list = match h.hook_name.as_str() {
+    let list = match h.hook_name {
         #[allow(deprecated)]
-        "prestart" => hooks.prestart_mut(),
-        "createRuntime" => hooks.create_runtime_mut(),
-        "createContainer" => hooks.create_container_mut(),
-        "startContainer" => hooks.start_container_mut(),
-        "poststart" => hooks.poststart_mut(),
-        _ => hooks.poststop_mut(),
+        HookStage::Prestart => hooks.prestart_mut(),
+        HookStage::CreateRuntime => hooks.create_runtime_mut(),
+        HookStage::CreateContainer => hooks.create_container_mut(),
+        HookStage::StartContainer => hooks.start_container_mut(),
+        HookStage::Poststart => hooks.poststart_mut(),
+        HookStage::Poststop => hooks.poststop_mut(),
     };
     let list = list.get_or_insert_with(Vec::new);
     if !list.contains(&hook) {

@@ -12,10 +12,10 @@
 
 use std::path::Path;
 
-use super::spec::{CdiDevice, CdiSpec, ContainerEdits, DeviceNode, Hook, Mount};
-use crate::discover::{DeviceNode as HostNode, Inventory};
-use crate::edits::{edits_for, EditsError, FILE_MOUNT_OPTIONS, IPC_MOUNT_OPTIONS};
-use crate::request::{Capabilities, DeviceSelection, GpuRequest, RequestSource};
+use super::spec::{CdiDevice, CdiSpec, ContainerEdits, DeviceNode, Hook, HookStage, Mount};
+use crate::discover::{DeviceNode as HostNode, Inventory, IpcEndpoint};
+use crate::edits::{cdi_node, common_edits, EditsError};
+use crate::request::Capabilities;
 
 /// The kind of generated specs.
 pub const KIND: &str = "nvidia.com/gpu";
@@ -39,56 +39,37 @@ impl Default for Hooks {
     }
 }
 
+/// A node as generated specs write it: its path (and host path when it differs), the rest
+/// read from the host node by whoever applies the spec, as `nvidia-ctk cdi generate` writes it.
 fn node(n: &HostNode) -> DeviceNode {
-    let host = n.host_path.to_string_lossy().into_owned();
-    let path = n.path.to_string_lossy().into_owned();
+    let complete = cdi_node(n);
     DeviceNode {
-        host_path: (host != path).then_some(host),
-        path,
+        host_path: complete.host_path,
+        path: complete.path,
         ..DeviceNode::default()
     }
 }
 
-/// The request whose edits are a spec's common edits: no GPU, every given capability.
-fn common_request(capabilities: Capabilities) -> GpuRequest {
-    GpuRequest {
-        devices: DeviceSelection::NoGpu,
-        source: RequestSource::Env,
-        capabilities,
-        requirements: Default::default(),
-        disable_require: true,
-        privileged: true,
-        env_ignored: false,
-        imex_channels: Vec::new(),
-        gated: Vec::new(),
-        mig_config: DeviceSelection::Void,
-        mig_monitor: DeviceSelection::Void,
-    }
-}
-
-/// Generates the spec for `inventory` with `capabilities` (use `all` for a general spec) and
-/// the links and ld cache expressed as `hooks` says. Fails as the built-in injection would for
-/// the same capabilities (a core library missing from the driver root).
+/// Generates the spec for `inventory` with `capabilities` (use `all` for a general spec), the
+/// host's IPC endpoints `ipc` (see [`crate::discover::present_endpoints`]), and the links and ld
+/// cache expressed as `hooks` says. The spec-wide edits are [`common_edits`], those of the
+/// built-in injection, so the two cannot drift apart. Fails as the built-in injection would
+/// for the same capabilities (a core library missing from the driver root).
 pub fn generate(
     inventory: &Inventory,
     capabilities: Capabilities,
     hooks: &Hooks,
+    ipc: &[IpcEndpoint],
 ) -> Result<CdiSpec, EditsError> {
-    let common = edits_for(inventory, &common_request(capabilities))?;
+    let common = common_edits(inventory, &capabilities, ipc)?;
+    let cdi = common.to_cdi();
     let mut edits = ContainerEdits {
         env: vec!["NVIDIA_VISIBLE_DEVICES=void".to_owned()],
         device_nodes: common.devices.iter().map(node).collect(),
-        mounts: common
+        mounts: cdi
             .mounts
-            .iter()
-            .map(|m| (m, &FILE_MOUNT_OPTIONS))
-            .chain(common.ipc.iter().map(|m| (m, &IPC_MOUNT_OPTIONS)))
-            .map(|((host, container), options)| Mount {
-                host_path: host.to_string_lossy().into_owned(),
-                container_path: container.to_string_lossy().into_owned(),
-                options: options.map(str::to_owned).to_vec(),
-                typ: None,
-            })
+            .into_iter()
+            .map(|m| Mount { typ: None, ..m })
             .collect(),
         ..ContainerEdits::default()
     };
@@ -167,7 +148,7 @@ pub fn generate(
 /// the container's is never inherited.
 fn hook(path: &str, args: Vec<String>) -> Hook {
     Hook {
-        hook_name: "createContainer".to_owned(),
+        hook_name: HookStage::CreateContainer,
         path: path.to_owned(),
         args,
         env: vec!["NVIDIA_CTK_DEBUG=false".to_owned()],
@@ -180,6 +161,8 @@ mod tests {
     use super::*;
     use crate::cdi::{apply, Registry};
     use crate::discover::fixture::FakeDriver;
+    use crate::edits::edits_for;
+    use crate::request::GpuRequest;
 
     #[test]
     fn generated_spec_round_trips_and_names_devices_like_nvidia_ctk() {
@@ -190,7 +173,7 @@ mod tests {
         }
         let fake = FakeDriver::builder().gpus(2).build();
         let inv = Inventory::discover(&fake.roots()).unwrap();
-        let spec = generate(&inv, Capabilities::all(), &Hooks::default()).unwrap();
+        let spec = generate(&inv, Capabilities::all(), &Hooks::default(), &[]).unwrap();
         let names: Vec<_> = spec.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
@@ -235,7 +218,11 @@ mod tests {
         }
         let fake = FakeDriver::builder().gpus(2).build();
         let inv = Inventory::discover(&fake.roots()).unwrap();
-        let spec = generate(&inv, Capabilities::all(), &Hooks::None).unwrap();
+        let ipc = crate::discover::present_endpoints(
+            &inv.roots.dev_root,
+            &crate::discover::mps_pipe_dir(),
+        );
+        let spec = generate(&inv, Capabilities::all(), &Hooks::None, &ipc).unwrap();
         let oci: oci_spec::runtime::Spec = serde_json::from_str(
             r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","env":["NVIDIA_VISIBLE_DEVICES=all","NVIDIA_DRIVER_CAPABILITIES=all"]},"root":{"path":"rootfs"}}"#,
         )
@@ -265,6 +252,7 @@ mod tests {
             &inv,
             Capabilities::all(),
             &Hooks::NvidiaCdiHook("/opt/nvidia/bin/nvidia-cdi-hook".into()),
+            &ipc,
         )
         .unwrap();
         let hooks = &hooked.container_edits.hooks;
@@ -272,7 +260,7 @@ mod tests {
             .iter()
             .all(|h| h.path == "/opt/nvidia/bin/nvidia-cdi-hook"
                 && h.env == ["NVIDIA_CTK_DEBUG=false"]
-                && h.hook_name == "createContainer"));
+                && h.hook_name == HookStage::CreateContainer));
         let names: Vec<&str> = hooks.iter().map(|h| h.args[1].as_str()).collect();
         assert_eq!(
             names,

@@ -8,6 +8,9 @@ pub mod generate;
 mod registry;
 pub mod spec;
 
-pub use apply::{apply, ApplyError, HookPlan};
+pub use apply::{
+    apply, apply_edits, device_edits, gather_node_facts, host_path, needs_host_facts, ApplyError,
+    HookPlan, NodeFacts, NodeFactsByPath,
+};
 pub use registry::{Registry, ResolveError, Resolved, DEFAULT_SPEC_DIRS};
 pub use spec::{CdiSpec, SpecError};

@@ -92,9 +92,9 @@ pub struct DeviceNode {
     /// Path on the host when it differs (0.5.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<String>,
-    /// `c`, `b`, `u` or `p`; read from the host node when absent.
+    /// The node type; read from the host node when absent.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub typ: Option<String>,
+    pub typ: Option<NodeType>,
     /// Major number; read from the host node when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub major: Option<i64>,
@@ -113,6 +113,41 @@ pub struct DeviceNode {
     /// Group in the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
+}
+
+/// A device node's type, as CDI writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeType {
+    /// A character device.
+    #[serde(rename = "c")]
+    Char,
+    /// A block device.
+    #[serde(rename = "b")]
+    Block,
+    /// An unbuffered character device (`u`, as OCI's).
+    #[serde(rename = "u")]
+    Unbuffered,
+    /// A FIFO.
+    #[serde(rename = "p")]
+    Fifo,
+}
+
+impl NodeType {
+    /// The OCI device type.
+    pub fn linux(self) -> oci_spec::runtime::LinuxDeviceType {
+        use oci_spec::runtime::LinuxDeviceType as T;
+        match self {
+            Self::Char => T::C,
+            Self::Block => T::B,
+            Self::Unbuffered => T::U,
+            Self::Fifo => T::P,
+        }
+    }
+
+    /// Whether the device cgroup has rules for this type (`b` and `c` only).
+    pub fn has_cgroup_rule(self) -> bool {
+        matches!(self, Self::Char | Self::Block)
+    }
 }
 
 /// A mount edit.
@@ -135,9 +170,8 @@ pub struct Mount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Hook {
-    /// `prestart`, `createRuntime`, `createContainer`, `startContainer`, `poststart` or
-    /// `poststop`.
-    pub hook_name: String,
+    /// When it runs.
+    pub hook_name: HookStage,
     /// Absolute path of the program.
     pub path: String,
     /// Arguments, `argv[0]` first.
@@ -151,15 +185,24 @@ pub struct Hook {
     pub timeout: Option<i64>,
 }
 
-/// The hook names CDI accepts.
-pub const HOOK_NAMES: [&str; 6] = [
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-];
+/// The OCI hook stages CDI accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HookStage {
+    /// `prestart` (deprecated in OCI, still accepted).
+    Prestart,
+    /// `createRuntime`.
+    CreateRuntime,
+    /// `createContainer`.
+    #[default]
+    CreateContainer,
+    /// `startContainer`.
+    StartContainer,
+    /// `poststart`.
+    Poststart,
+    /// `poststop`.
+    Poststop,
+}
 
 /// A spec file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -355,11 +398,6 @@ fn validate_edits(e: &ContainerEdits) -> Result<(), String> {
         if !n.path.starts_with('/') {
             return Err(format!("device node path {:?} is not absolute", n.path));
         }
-        if let Some(t) = n.typ.as_deref() {
-            if !matches!(t, "b" | "c" | "u" | "p") {
-                return Err(format!("device node {:?} has invalid type {t:?}", n.path));
-            }
-        }
         if let Some(p) = n.permissions.as_deref() {
             if p != "none" && !p.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
                 return Err(format!(
@@ -375,9 +413,6 @@ fn validate_edits(e: &ContainerEdits) -> Result<(), String> {
         }
     }
     for h in &e.hooks {
-        if !HOOK_NAMES.contains(&h.hook_name.as_str()) {
-            return Err(format!("invalid hook name {:?}", h.hook_name));
-        }
         if !h.path.starts_with('/') {
             return Err(format!("hook path {:?} is not absolute", h.path));
         }
@@ -435,7 +470,10 @@ containerEdits:
         let spec = CdiSpec::parse(Path::new("/etc/cdi/nvidia.yaml"), TOOLKIT_YAML).unwrap();
         assert_eq!(spec.kind, "nvidia.com/gpu");
         assert_eq!(spec.devices.len(), 3);
-        assert_eq!(spec.container_edits.hooks[0].hook_name, "createContainer");
+        assert_eq!(
+            spec.container_edits.hooks[0].hook_name,
+            HookStage::CreateContainer
+        );
         assert_eq!(spec.container_edits.mounts[0].options.len(), 5);
         assert_eq!(spec.required_version(), SpecVersion(0, 5, 0));
     }
@@ -533,7 +571,7 @@ containerEdits:
                 "nvidia.com/gpu",
                 "0",
                 r#"{"hooks":[{"hookName":"later","path":"/bin/x"}]}"#,
-                "hook name",
+                "unknown variant `later`",
             ),
         ] {
             let err = CdiSpec::parse(Path::new("x.json"), &base(kind, name, edits))

@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 /// A CPU architecture the shim can inject drivers for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Arch {
     /// x86-64 (`x86_64-linux-gnu`).
+    #[default]
     X86_64,
     /// 64-bit ARM (`aarch64-linux-gnu`).
     Aarch64,

@@ -13,34 +13,67 @@ const RUN_DIRS: [&str; 2] = ["run", "var/run"];
 /// The MPS pipe directory when `CUDA_MPS_PIPE_DIRECTORY` is unset.
 pub const DEFAULT_MPS_PIPE_DIR: &str = "/tmp/nvidia-mps";
 
+/// An IPC endpoint present on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcEndpoint {
+    /// The host path (under the host root).
+    pub host: PathBuf,
+    /// Where it goes in the container.
+    pub container: PathBuf,
+    /// The capability that mounts it (`utility` for daemon sockets, `compute` for MPS).
+    pub capability: Capability,
+}
+
+/// The IPC endpoints present under `host_root` (I/O: stats them). `mps_pipe_dir` is the MPS
+/// pipe directory as the host names it (the shim's `CUDA_MPS_PIPE_DIRECTORY`, else
+/// [`DEFAULT_MPS_PIPE_DIR`]).
+pub fn present_endpoints(host_root: &Path, mps_pipe_dir: &Path) -> Vec<IpcEndpoint> {
+    let mut out = Vec::new();
+    for socket in SOCKETS {
+        let found = RUN_DIRS.iter().find_map(|dir| {
+            let rel = Path::new(dir).join(socket);
+            is_socket(&host_root.join(&rel)).then_some(rel)
+        });
+        if let Some(rel) = found {
+            out.push(IpcEndpoint {
+                host: host_root.join(&rel),
+                container: Path::new("/").join(rel),
+                capability: Capability::Utility,
+            });
+        }
+    }
+    let rel = mps_pipe_dir.strip_prefix("/").unwrap_or(mps_pipe_dir);
+    let host = host_root.join(rel);
+    if host.is_dir() {
+        out.push(IpcEndpoint {
+            host,
+            container: Path::new("/").join(rel),
+            capability: Capability::Compute,
+        });
+    }
+    out
+}
+
+/// The endpoints of `present` that `caps` call for, as (host path, container path): pure.
+pub fn endpoints_for(present: &[IpcEndpoint], caps: &Capabilities) -> Vec<(PathBuf, PathBuf)> {
+    present
+        .iter()
+        .filter(|e| match e.capability {
+            Capability::Compute => caps.needs_compute(),
+            c => caps.has(c),
+        })
+        .map(|e| (e.host.clone(), e.container.clone()))
+        .collect()
+}
+
 /// The IPC endpoints present under `host_root` that `caps` call for, as (host path, container
-/// path). `mps_pipe_dir` is the MPS pipe directory as the host names it (the shim's
-/// `CUDA_MPS_PIPE_DIRECTORY`, else [`DEFAULT_MPS_PIPE_DIR`]).
+/// path): [`present_endpoints`] filtered by [`endpoints_for`].
 pub fn ipc_endpoints(
     host_root: &Path,
     caps: &Capabilities,
     mps_pipe_dir: &Path,
 ) -> Vec<(PathBuf, PathBuf)> {
-    let mut out = Vec::new();
-    if caps.has(Capability::Utility) {
-        for socket in SOCKETS {
-            let found = RUN_DIRS.iter().find_map(|dir| {
-                let rel = Path::new(dir).join(socket);
-                is_socket(&host_root.join(&rel)).then_some(rel)
-            });
-            if let Some(rel) = found {
-                out.push((host_root.join(&rel), Path::new("/").join(rel)));
-            }
-        }
-    }
-    if caps.needs_compute() {
-        let rel = mps_pipe_dir.strip_prefix("/").unwrap_or(mps_pipe_dir);
-        let host = host_root.join(rel);
-        if host.is_dir() {
-            out.push((host, Path::new("/").join(rel)));
-        }
-    }
-    out
+    endpoints_for(&present_endpoints(host_root, mps_pipe_dir), caps)
 }
 
 /// The MPS pipe directory the host's MPS daemon uses: `CUDA_MPS_PIPE_DIRECTORY` of the shim's

@@ -1,22 +1,23 @@
-//! OCI spec edits that give a container its GPUs: device nodes with matching device-cgroup
-//! allow rules (in the spec, so they survive `systemctl daemon-reload`), read-only bind mounts
-//! of driver files at their host paths minus the driver root, the environment written back, and
-//! removal of any NVIDIA toolkit hook. [`apply`] is idempotent.
+//! What the driver inventory gives a request: device nodes (allowed in the device cgroup, in
+//! the spec, so they survive `systemctl daemon-reload`), read-only bind mounts of driver files
+//! at their host paths minus the driver root, IPC endpoints, the SONAME and `.so` links and ld
+//! cache entries, and the environment written back. [`driver_edits`] decides them from its
+//! inputs alone; [`DriverEdits::to_cdi`] expresses them as CDI container edits, the one edit
+//! model, which [`crate::cdi::apply_edits`] applies and [`crate::cdi::generate`] writes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxResourcesBuilder, Mount, MountBuilder, Spec,
-};
+use oci_spec::runtime::Spec;
 
+use crate::cdi::spec::{ContainerEdits as CdiEdits, DeviceNode as CdiNode, Mount, NodeType};
 use crate::discover::mig::{cap_node, gpu_cap_minors};
 use crate::discover::{
-    gated, ipc_endpoints, mps_pipe_dir, DeviceNode, DriverLibrary, Inventory, CORE_LIBRARIES,
-    MIG_MINORS,
+    endpoints_for, gated, mps_pipe_dir, present_endpoints, DeviceNode, DriverLibrary, GpuDevice,
+    Inventory, IpcEndpoint, CORE_LIBRARIES, MIG_MINORS,
 };
-use crate::request::{Capability, DeviceSelection, GpuRequest};
-use crate::select::{select, select_devices, SelectError};
+use crate::request::{Capabilities, Capability, DeviceSelection, GatedFeature, GpuRequest};
+use crate::select::{SelectError, Selection};
 
 /// Mount options of driver files (the toolkit's CDI specs use the same).
 pub const FILE_MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
@@ -45,9 +46,18 @@ const EXTRA_LINKS: [(&str, &str, LinkTo); 3] = [
     ("libGLX_nvidia", "libGLX_indirect.so.0", LinkTo::File),
 ];
 
-/// What a request adds to a container.
+/// The host devices and files of the gated features a request enables, by feature (gathered
+/// by [`gather_gated`]).
+pub type GatedDevices = BTreeMap<GatedFeature, (Vec<DeviceNode>, Vec<(PathBuf, PathBuf)>)>;
+
+/// Looks up the devices of `features` under `dev_root` (I/O).
+pub fn gather_gated(dev_root: &Path, features: &[GatedFeature]) -> GatedDevices {
+    features.iter().map(|&f| (f, gated(dev_root, f))).collect()
+}
+
+/// What the driver inventory adds to a container for a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ContainerEdits {
+pub struct DriverEdits {
     /// Device nodes to create (and allow in the device cgroup).
     pub devices: Vec<DeviceNode>,
     /// Host files to bind-mount read-only: (host path, container path).
@@ -101,27 +111,32 @@ pub enum EditsError {
     },
 }
 
-/// The edits `request` needs on a host described by `inventory`. `Void` requests need none.
-pub fn edits_for(
+/// The edits `request` needs on a host described by `inventory`, gathering the host facts
+/// (IPC endpoints under the dev root, the shim's MPS pipe directory, gated devices) first: a
+/// convenience over [`driver_edits`] for tools and tests. `Void` requests need none.
+pub fn edits_for(inventory: &Inventory, request: &GpuRequest) -> Result<DriverEdits, EditsError> {
+    let selection = Selection::resolve(inventory, &request.devices, request)?;
+    let ipc = present_endpoints(&inventory.roots.dev_root, &mps_pipe_dir());
+    let gated = gather_gated(&inventory.roots.dev_root, &request.gated);
+    driver_edits(inventory, request, &selection, &ipc, &gated)
+}
+
+/// The edits `request` (with its devices resolved as `selection`) needs on a host described by
+/// `inventory`, whose IPC endpoints are `ipc` and gated devices `gated`: pure. `Void` requests
+/// need none.
+pub fn driver_edits(
     inventory: &Inventory,
     request: &GpuRequest,
-) -> Result<ContainerEdits, EditsError> {
+    selection: &Selection<'_>,
+    ipc: &[IpcEndpoint],
+    gated: &GatedDevices,
+) -> Result<DriverEdits, EditsError> {
     if request.devices.is_void() {
-        return Ok(ContainerEdits::default());
+        return Ok(DriverEdits::default());
     }
-    let selected = select_devices(inventory, &request.devices)?;
-    let gpus = selected.gpus;
-    let caps = &request.capabilities;
-    let mut e = ContainerEdits::default();
-    e.devices.push(inventory.ctl.clone());
-    if caps.needs_compute() {
-        e.devices.extend(inventory.uvm.iter().cloned());
-        e.devices.extend(inventory.uvm_tools.iter().cloned());
-    }
-    if caps.has(Capability::Display) {
-        e.devices.extend(inventory.modeset.iter().cloned());
-    }
-    for g in &gpus {
+    let mut e = common_edits(inventory, &request.capabilities, ipc)?;
+    let selected = &selection.devices;
+    for g in &selected.gpus {
         if let Some(node) = inventory.gpu_nodes.get(&g.minor) {
             e.devices.push(node.clone());
         }
@@ -130,12 +145,59 @@ pub fn edits_for(
         e.devices.push(m.gi_access.clone());
         e.devices.push(m.ci_access.clone());
     }
-    for (selection, cap) in [
-        (&request.mig_config, "config"),
-        (&request.mig_monitor, "monitor"),
+    for (asked, gpus, cap) in [
+        (&request.mig_config, &selection.mig_config, "config"),
+        (&request.mig_monitor, &selection.mig_monitor, "monitor"),
     ] {
         e.devices
-            .extend(mig_admin_nodes(inventory, selection, cap)?);
+            .extend(mig_admin_nodes(inventory, asked, gpus, cap)?);
+    }
+    if let Some(&channel) = request.imex_channels.first() {
+        let major = *inventory
+            .char_majors
+            .get("nvidia-caps-imex-channels")
+            .ok_or_else(|| EditsError::NoImex {
+                channel,
+                devices: inventory.roots.proc_root.join("devices"),
+            })?;
+        for &minor in &request.imex_channels {
+            let path = format!("/dev/nvidia-caps-imex-channels/channel{minor}");
+            e.devices.push(DeviceNode {
+                host_path: inventory.roots.dev_root.join(path.trim_start_matches('/')),
+                path: PathBuf::from(path),
+                major,
+                minor,
+            });
+        }
+    }
+    for feature in &request.gated {
+        if let Some((nodes, files)) = gated.get(feature) {
+            e.devices.extend(nodes.iter().cloned());
+            e.mounts.extend(files.iter().cloned());
+        }
+    }
+    // No hook or runtime after us may act on the request again.
+    e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());
+    Ok(e)
+}
+
+/// What every GPU container with `caps` gets whichever GPUs it has: the control nodes the
+/// capabilities need, the driver libraries (with their links and ld cache entries), binaries,
+/// firmware, graphics configs and the IPC endpoints of `ipc` the capabilities call for. Also
+/// the spec-wide edits of a generated CDI spec. Pure.
+pub fn common_edits(
+    inventory: &Inventory,
+    caps: &Capabilities,
+    ipc: &[IpcEndpoint],
+) -> Result<DriverEdits, EditsError> {
+    let mut e = DriverEdits::default();
+    e.devices.push(inventory.ctl.clone());
+    if caps.needs_compute() {
+        e.devices.extend(inventory.uvm.iter().cloned());
+        e.devices.extend(inventory.uvm_tools.iter().cloned());
+    }
+    if caps.has(Capability::Display) {
+        e.devices.extend(inventory.modeset.iter().cloned());
     }
     for (capability, library) in CORE_LIBRARIES {
         if caps.has(*capability) && inventory.library(library).is_none() {
@@ -198,40 +260,16 @@ pub fn edits_for(
     if caps.needs_graphics() {
         e.mounts.extend(inventory.graphics_configs.iter().cloned());
     }
-    e.ipc = ipc_endpoints(&inventory.roots.dev_root, caps, &mps_pipe_dir());
-    if let Some(&channel) = request.imex_channels.first() {
-        let major = *inventory
-            .char_majors
-            .get("nvidia-caps-imex-channels")
-            .ok_or_else(|| EditsError::NoImex {
-                channel,
-                devices: inventory.roots.proc_root.join("devices"),
-            })?;
-        for &minor in &request.imex_channels {
-            let path = format!("/dev/nvidia-caps-imex-channels/channel{minor}");
-            e.devices.push(DeviceNode {
-                host_path: inventory.roots.dev_root.join(path.trim_start_matches('/')),
-                path: PathBuf::from(path),
-                major,
-                minor,
-            });
-        }
-    }
-    for &feature in &request.gated {
-        let (nodes, files) = gated(&inventory.roots.dev_root, feature);
-        e.devices.extend(nodes);
-        e.mounts.extend(files);
-    }
-    // No hook or runtime after us may act on the request again.
-    e.env.push("NVIDIA_VISIBLE_DEVICES=void".to_owned());
+    e.ipc = endpoints_for(ipc, caps);
     Ok(e)
 }
 
 /// The nodes `NVIDIA_MIG_CONFIG_DEVICES`/`MONITOR_DEVICES` (`cap` = `config`/`monitor`) give:
-/// the global capability and every MIG capability of the GPUs `selection` names.
+/// the global capability and every MIG capability of `gpus`, those `selection` names.
 fn mig_admin_nodes(
     inventory: &Inventory,
     selection: &DeviceSelection,
+    gpus: &[&GpuDevice],
     cap: &'static str,
 ) -> Result<Vec<DeviceNode>, EditsError> {
     if selection.is_void() || matches!(selection, DeviceSelection::NoGpu) {
@@ -249,7 +287,7 @@ fn mig_admin_nodes(
     let &global = minors.get(cap).ok_or_else(no_caps)?;
     let dev_root = &inventory.roots.dev_root;
     let mut nodes = vec![cap_node(dev_root, major, global)];
-    for g in select(inventory, selection)? {
+    for g in gpus {
         nodes.extend(
             gpu_cap_minors(minors, g.minor)
                 .into_iter()
@@ -259,38 +297,51 @@ fn mig_admin_nodes(
     Ok(nodes)
 }
 
-fn device(node: &DeviceNode) -> LinuxDevice {
-    LinuxDeviceBuilder::default()
-        .path(node.path.clone())
-        .typ(LinuxDeviceType::C)
-        .major(i64::from(node.major))
-        .minor(i64::from(node.minor))
-        .file_mode(0o666u32)
-        .uid(0u32)
-        .gid(0u32)
-        .build()
-        .expect("all device fields are set")
+/// A host node as a complete CDI node edit: character device, mode 0666, root-owned, `rwm`
+/// in the device cgroup (what libnvidia-container gives).
+pub fn cdi_node(node: &DeviceNode) -> CdiNode {
+    let host = node.host_path.to_string_lossy().into_owned();
+    let path = node.path.to_string_lossy().into_owned();
+    CdiNode {
+        host_path: (host != path).then_some(host),
+        path,
+        typ: Some(NodeType::Char),
+        major: Some(i64::from(node.major)),
+        minor: Some(i64::from(node.minor)),
+        file_mode: Some(0o666),
+        permissions: Some("rwm".to_owned()),
+        uid: Some(0),
+        gid: Some(0),
+    }
 }
 
-fn allow_rule(node: &DeviceNode) -> LinuxDeviceCgroup {
-    LinuxDeviceCgroupBuilder::default()
-        .allow(true)
-        .typ(LinuxDeviceType::C)
-        .major(i64::from(node.major))
-        .minor(i64::from(node.minor))
-        .access("rwm")
-        .build()
-        .expect("all rule fields are set")
+/// A bind mount edit of a host path.
+pub fn cdi_mount(host: &Path, container: &Path, options: &[&str]) -> Mount {
+    Mount {
+        host_path: host.to_string_lossy().into_owned(),
+        container_path: container.to_string_lossy().into_owned(),
+        options: options.iter().map(|o| (*o).to_owned()).collect(),
+        typ: Some("bind".to_owned()),
+    }
 }
 
-fn bind_mount(host: &Path, container: &Path, options: &[&str]) -> Mount {
-    MountBuilder::default()
-        .destination(container)
-        .source(host)
-        .typ("bind")
-        .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
-        .build()
-        .expect("all mount fields are set")
+impl DriverEdits {
+    /// The edits as CDI container edits (complete nodes; files read-only, IPC endpoints
+    /// writable). The links and ld cache entries are not container edits: they go into the
+    /// rootfs plan.
+    pub fn to_cdi(&self) -> CdiEdits {
+        let files = self.mounts.iter().map(|m| (m, &FILE_MOUNT_OPTIONS));
+        let ipc = self.ipc.iter().map(|m| (m, &IPC_MOUNT_OPTIONS));
+        CdiEdits {
+            env: self.env.clone(),
+            device_nodes: self.devices.iter().map(cdi_node).collect(),
+            mounts: files
+                .chain(ipc)
+                .map(|((host, container), options)| cdi_mount(host, container, options))
+                .collect(),
+            ..CdiEdits::default()
+        }
+    }
 }
 
 /// Sets `KEY=value` entries in the process environment, replacing any entry with the same key.
@@ -310,76 +361,8 @@ pub fn set_env(spec: &mut Spec, entries: &[String]) {
     }
 }
 
-fn is_toolkit_hook(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n == "nvidia-container-runtime-hook" || n == "nvidia-container-toolkit")
-}
-
-/// Applies `edits` to `spec`. Applying twice gives the same spec as applying once; nodes and
-/// mounts already present (from CDI or device-plugin `DeviceSpecs`) are not duplicated.
-pub fn apply(spec: &mut Spec, edits: &ContainerEdits) {
-    let mut linux = spec
-        .linux()
-        .clone()
-        .unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux"));
-    let mut devices = linux.devices().clone().unwrap_or_default();
-    for node in &edits.devices {
-        if !devices.iter().any(|d| d.path() == &node.path) {
-            devices.push(device(node));
-        }
-    }
-    if !devices.is_empty() {
-        linux.set_devices(Some(devices));
-    }
-    let mut resources = linux.resources().clone().unwrap_or_else(|| {
-        LinuxResourcesBuilder::default()
-            .build()
-            .expect("empty resources")
-    });
-    let mut rules = resources.devices().clone().unwrap_or_default();
-    for node in &edits.devices {
-        let rule = allow_rule(node);
-        if !rules.contains(&rule) {
-            rules.push(rule);
-        }
-    }
-    if !edits.devices.is_empty() {
-        resources.set_devices(Some(rules));
-        linux.set_resources(Some(resources));
-    }
-    spec.set_linux(Some(linux));
-
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    let files = edits.mounts.iter().map(|m| (m, &FILE_MOUNT_OPTIONS));
-    let ipc = edits.ipc.iter().map(|m| (m, &IPC_MOUNT_OPTIONS));
-    for ((host, container), options) in files.chain(ipc) {
-        if !mounts.iter().any(|m| m.destination() == container) {
-            mounts.push(bind_mount(host, container, options));
-        }
-    }
-    spec.set_mounts(Some(mounts));
-
-    set_env(spec, &edits.env);
-
-    if let Some(mut hooks) = spec.hooks().clone() {
-        if let Some(prestart) = hooks.prestart().clone() {
-            let kept: Vec<_> = prestart
-                .into_iter()
-                .filter(|h| !is_toolkit_hook(h.path()))
-                .collect();
-            hooks.set_prestart(if kept.is_empty() { None } else { Some(kept) });
-        }
-        if let Some(create) = hooks.create_runtime().clone() {
-            let kept: Vec<_> = create
-                .into_iter()
-                .filter(|h| !is_toolkit_hook(h.path()))
-                .collect();
-            hooks.set_create_runtime(if kept.is_empty() { None } else { Some(kept) });
-        }
-        spec.set_hooks(Some(hooks));
-    }
-}
+#[cfg(test)]
+pub(crate) mod test_support;
 
 #[cfg(test)]
 mod proptests;

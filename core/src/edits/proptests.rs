@@ -1,4 +1,5 @@
 //! Property tests of the spec edits over arbitrary requests on fake drivers.
+use super::test_support::apply_one;
 
 use super::*;
 use crate::discover::fixture::{FakeDriver, Layout};
@@ -81,11 +82,11 @@ proptest! {
         // A device plugin may already have put a node in the spec.
         let mut spec = spec0.clone();
         if let Some(node) = inv.gpu_nodes.get(&preexisting) {
-            apply(&mut spec, &ContainerEdits { devices: vec![node.clone()], ..Default::default() });
+            apply_one(&mut spec, &DriverEdits { devices: vec![node.clone()], ..Default::default() });
         }
-        apply(&mut spec, &edits);
+        apply_one(&mut spec, &edits);
         let once = serde_json::to_string(&spec).unwrap();
-        apply(&mut spec, &edits);
+        apply_one(&mut spec, &edits);
         prop_assert_eq!(serde_json::to_string(&spec).unwrap(), once);
         let paths: Vec<_> = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default()
             .iter().map(|d| d.path().clone()).collect();

@@ -1,3 +1,4 @@
+use super::test_support::apply_one;
 use super::*;
 use crate::discover::fixture::{mknod, FakeDriver, Layout};
 use crate::request::{GpuRequest, RequestPolicy};
@@ -62,7 +63,7 @@ fn all_gpus_get_nodes_rules_libraries_binaries_and_env() {
     let env = ["NVIDIA_VISIBLE_DEVICES=all"];
     let edits = edits_for(&inv, &request(&env)).unwrap();
     let mut spec = spec_with_env(&env);
-    apply(&mut spec, &edits);
+    apply_one(&mut spec, &edits);
     let devs = device_paths(&spec);
     for d in [
         "/dev/nvidiactl",
@@ -188,10 +189,10 @@ fn void_or_unset_changes_nothing() {
         &["NVIDIA_VISIBLE_DEVICES="][..],
     ] {
         let edits = edits_for(&inv, &request(env)).unwrap();
-        assert_eq!(edits, ContainerEdits::default());
+        assert_eq!(edits, DriverEdits::default());
         let mut spec = spec_with_env(env);
         let before = spec.clone();
-        apply(&mut spec, &edits);
+        apply_one(&mut spec, &edits);
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
             serde_json::to_string(&before).unwrap()
@@ -238,16 +239,16 @@ fn apply_is_idempotent_and_keeps_existing_nodes_single() {
     let edits = edits_for(&inv, &request(&env)).unwrap();
     let mut spec = spec_with_env(&env);
     // A device plugin already passed /dev/nvidia0 as a DeviceSpec.
-    apply(
+    apply_one(
         &mut spec,
-        &ContainerEdits {
+        &DriverEdits {
             devices: vec![inv.gpu_nodes[&0].clone()],
             ..Default::default()
         },
     );
-    apply(&mut spec, &edits);
+    apply_one(&mut spec, &edits);
     let once = serde_json::to_string(&spec).unwrap();
-    apply(&mut spec, &edits);
+    apply_one(&mut spec, &edits);
     assert_eq!(serde_json::to_string(&spec).unwrap(), once);
     let devs = device_paths(&spec);
     assert_eq!(devs.iter().filter(|d| *d == "/dev/nvidia0").count(), 1);
@@ -266,7 +267,7 @@ fn toolkit_hooks_are_removed_and_others_kept() {
             .build()
             .unwrap(),
     ));
-    apply(&mut spec, &ContainerEdits::default());
+    apply_one(&mut spec, &DriverEdits::default());
     let prestart = spec.hooks().as_ref().unwrap().prestart().clone().unwrap();
     assert_eq!(prestart.len(), 1);
     assert_eq!(prestart[0].path(), Path::new("/usr/bin/other"));
@@ -406,7 +407,7 @@ fn mig_inventory() -> (FakeDriver, Inventory) {
     (fake, inv)
 }
 
-fn nodes(e: &ContainerEdits) -> Vec<String> {
+fn nodes(e: &DriverEdits) -> Vec<String> {
     e.devices
         .iter()
         .map(|d| format!("{} {}:{}", d.path.display(), d.major, d.minor))

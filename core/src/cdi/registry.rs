@@ -92,6 +92,17 @@ impl Registry {
         reg
     }
 
+    /// A registry of specs already in memory (one directory's worth, so a name defined twice
+    /// conflicts), each named by the path it would have on disk: a spec generated from the
+    /// inventory is resolved exactly as a file holding it would be.
+    pub fn from_specs(specs: impl IntoIterator<Item = (PathBuf, CdiSpec)>) -> Self {
+        let mut reg = Self::default();
+        for (path, spec) in specs {
+            reg.add(0, path, spec);
+        }
+        reg
+    }
+
     fn add(&mut self, priority: usize, path: PathBuf, spec: CdiSpec) {
         let spec_index = self.specs.len();
         for (device_index, d) in spec.devices.iter().enumerate() {

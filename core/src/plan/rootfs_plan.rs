@@ -77,10 +77,38 @@ pub fn rootfs_plan(
         if entries.iter().any(|(k, _)| k == soname) {
             continue;
         }
-        if *soname != file {
-            links.push((dir.join(soname), file.into_owned()));
+        let link = dir.join(soname);
+        if *soname != file && !links.iter().any(|(l, _)| *l == link) {
+            links.push((link, file.into_owned()));
         }
         entries.push((soname.clone(), dest.to_owned()));
+    }
+    // As `ldconfig` does for an `update-ldcache` folder, a `create-symlinks` link named like a
+    // library there (`libcuda.so`, `libGLX_indirect.so.0`) gets an entry too, for the file its
+    // target names (directly, or through a SONAME that has an entry).
+    for (link, target) in &hooks.symlinks {
+        let (Some(dir), Some(name)) = (link.parent(), link.file_name()) else {
+            continue;
+        };
+        let name = name.to_string_lossy();
+        if !name.contains(".so") || !hooks.ld_folders.iter().any(|f| f == dir) {
+            continue;
+        }
+        if entries.iter().any(|(k, _)| *k == name) {
+            continue;
+        }
+        let direct = dir.join(target);
+        let file = if mounts.iter().any(|m| m.destination() == &direct) {
+            Some(direct)
+        } else {
+            entries
+                .iter()
+                .find(|(k, p)| k == target && p.parent() == Some(dir))
+                .map(|(_, p)| p.clone())
+        };
+        if let Some(file) = file {
+            entries.push((name.into_owned(), file));
+        }
     }
     let compat_host = compat_host.or_else(|| mounted_libcuda_version(mounts));
     let compat = match (cuda_compat, compat_host, &host.image.compat) {

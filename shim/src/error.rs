@@ -82,7 +82,7 @@ pub enum ShimError {
         op: &'static str,
         /// What happened to the zygote or its worker.
         #[source]
-        source: crate::zygotes::ZygoteError,
+        source: crate::runtime::zygotes::ZygoteError,
     },
     /// The container's GPUs cannot be given: the request is invalid (`InvalidArgument`) or the
     /// host cannot serve it (`FailedPrecondition`), as [`PlanError::is_invalid_request`] says.

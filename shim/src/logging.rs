@@ -14,8 +14,8 @@ use nvidia_shim_core::Config;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::options::CONFIG_PATH_ENV;
-use crate::shim::RUNTIME_ID;
+use crate::service::options::CONFIG_PATH_ENV;
+use crate::cli::shim::RUNTIME_ID;
 
 /// The shim log: containerd's `log` FIFO in the bundle, which containerd copies into its own
 /// log. The line format is containerd-shim's (`time="…" level=… msg="…"`), but each record is
@@ -39,7 +39,7 @@ impl log::Log for FifoLog {
         let message = record.args().to_string();
         let level = effective_level(record.level(), record.target(), &message);
         if level == log::Level::Error {
-            crate::causes::record(&message);
+            crate::runtime::causes::record(&message);
         }
         if level > log::max_level() {
             return;
@@ -166,8 +166,8 @@ pub fn print_info() -> ExitCode {
         }),
         features: MessageField::some(
             containerd_shim::protos::protobuf::well_known_types::any::Any {
-                type_url: crate::features::FEATURES_TYPE_URL.to_owned(),
-                value: crate::features::features_json(),
+                type_url: crate::cli::features::FEATURES_TYPE_URL.to_owned(),
+                value: crate::cli::features::features_json(),
                 ..Default::default()
             },
         ),

@@ -3,33 +3,14 @@
 //! `main` stays synchronous until the zygote is forked, so that the process which runs
 //! libcontainer never inherits another thread's locks; only then does tokio start.
 
-mod attach_warmup;
-mod bundle;
-mod causes;
-mod cdi_cli;
-mod cgroup;
-mod console;
-mod container;
-mod driver;
+mod cli;
 mod error;
-mod events;
-mod exec;
-mod executor;
-mod exit;
-mod features;
 mod gpu;
-mod logdriver;
+mod io;
 mod logging;
-mod oom;
-mod options;
-mod proc_overlay;
-mod procio;
-mod shim;
-mod spec_adapt;
-mod stdio;
-mod task;
+mod runtime;
+mod service;
 mod working_set;
-mod zygotes;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -37,13 +18,13 @@ use std::process::ExitCode;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::Config;
 
-use crate::driver::Driver;
-use crate::shim::{NvidiaShim, RUNTIME_ID};
+use crate::runtime::driver::Driver;
+use crate::cli::shim::{NvidiaShim, RUNTIME_ID};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
-    if cdi_cli::is_cdi_command(args.get(1..).unwrap_or_default()) {
-        return cdi_cli::run(&args[1..]);
+    if cli::cdi::is_cdi_command(args.get(1..).unwrap_or_default()) {
+        return cli::cdi::run(&args[1..]);
     }
     let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
         Ok(flags) => flags,
@@ -66,16 +47,16 @@ fn main() -> ExitCode {
     let reply = match flags.action.as_str() {
         "" => None,
         "start" => {
-            attach_warmup::start();
+            runtime::attach_warmup::start();
             Some(
-                shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
+                cli::shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
                     .map(String::into_bytes),
             )
         }
         "delete" => {
             logging::init_stderr();
             Some(
-                shim::delete_command(&flags.namespace, &flags.id, &flags.address)
+                cli::shim::delete_command(&flags.namespace, &flags.id, &flags.address)
                     .and_then(|r| Ok(r.write_to_bytes()?)),
             )
         }
@@ -119,7 +100,7 @@ fn main() -> ExitCode {
         RUNTIME_ID,
         Some(config),
     ));
-    shim::remove_served_socket();
+    cli::shim::remove_served_socket();
     // A blocking task that cannot finish (a FIFO open nobody answers) must not keep the shim.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     ExitCode::SUCCESS

@@ -7,6 +7,7 @@
 
 mod inventory;
 mod overlay;
+pub mod proc_mount;
 mod rootfs;
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use nvidia_shim_core::request::GpuRequest;
 use nvidia_shim_core::rootfs::Rootfs;
 use nvidia_shim_core::Config;
 
-use crate::bundle::Bundle;
+use crate::runtime::bundle::Bundle;
 use crate::error::{Result, ShimError};
 
 pub use inventory::{discover, Inventories};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::proc_overlay::{ProcOverlay, CONTAINER_PROC_DRIVER};
 
-use crate::bundle::Bundle;
+use crate::runtime::bundle::Bundle;
 use crate::error::{Result, ShimError};
 
 /// Writes the overlay's sources into the bundle (a read-only `params` copy, an empty

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use containerd_shim::protos::protobuf::EnumOrUnknown;
 use containerd_shim::protos::types::task::Status;
 
-use crate::bundle::Bundle;
-use crate::cgroup::ContainerCgroup;
-use crate::driver::StateRef;
-use crate::exec::ExecProcess;
-use crate::exit::ExitCell;
-use crate::procio::ProcessIo;
+use crate::runtime::bundle::Bundle;
+use crate::runtime::cgroup::ContainerCgroup;
+use crate::runtime::driver::StateRef;
+use crate::service::exec_process::ExecProcess;
+use crate::runtime::exit::ExitCell;
+use crate::io::procio::ProcessIo;
 
 /// Where the task is in its life. `Stopped` is derived from the exit cell, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct Container {
     /// Whether the container has a pid namespace of its own (its processes die with init).
     pub private_pid_ns: bool,
     /// Whether removing its cgroup and state directory is all a delete after exit needs
-    /// ([`crate::driver::Created::plain_teardown`]).
+    /// ([`crate::runtime::driver::Created::plain_teardown`]).
     pub plain_teardown: bool,
     /// Init's I/O.
     pub io: ProcessIo,

@@ -15,7 +15,7 @@ impl TaskService {
         let reservation = self.reserve(id)?;
         let started = std::time::Instant::now();
         // Start the cgroup migration grace period now, alongside the work before the attach.
-        drop(tokio::task::spawn_blocking(crate::attach_warmup::now));
+        drop(tokio::task::spawn_blocking(crate::runtime::attach_warmup::now));
         let options = match req.options.as_ref() {
             Some(any) => create_options(id, any)?,
             None => CreateOptions::default(),
@@ -192,7 +192,7 @@ impl TaskService {
             created.pid,
             started.elapsed().as_secs_f64() * 1e3
         );
-        crate::oom::watch(&container, self.events.clone());
+        crate::runtime::oom::watch(&container, self.events.clone());
         let pid = u32::try_from(created.pid).unwrap_or_default();
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -315,7 +315,7 @@ impl CreateUndo {
 impl Drop for CreateUndo {
     fn drop(&mut self) {
         if let Some((state, cgroup, pid)) = self.container.take() {
-            if let Err(e) = crate::driver::delete_in_process(&state, true) {
+            if let Err(e) = crate::runtime::driver::delete_in_process(&state, true) {
                 log::warn!("{e}");
             }
             cgroup.remove_hybrid();

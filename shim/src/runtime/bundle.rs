@@ -94,15 +94,15 @@ impl Bundle {
     /// shim applies itself after create.
     pub fn adapt_spec(&self, id: &str) -> Result<Adapted> {
         let mut spec = self.load_spec(id)?;
-        let rootfs = crate::spec_adapt::adapt_rootfs_propagation(&mut spec);
-        let pids_limit = crate::spec_adapt::make_room_for_intermediate(&mut spec);
+        let rootfs = crate::runtime::spec_adapt::adapt_rootfs_propagation(&mut spec);
+        let pids_limit = crate::runtime::spec_adapt::make_room_for_intermediate(&mut spec);
         if rootfs || pids_limit.is_some() {
             self.write_spec(id, &spec)?;
         }
         Ok(Adapted {
-            propagation: crate::spec_adapt::mount_propagation(&spec),
+            propagation: crate::runtime::spec_adapt::mount_propagation(&spec),
             pids_limit,
-            read_only_superblocks: crate::spec_adapt::read_only_superblocks(&spec),
+            read_only_superblocks: crate::runtime::spec_adapt::read_only_superblocks(&spec),
         })
     }
 

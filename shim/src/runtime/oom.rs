@@ -12,8 +12,8 @@ use containerd_shim::protos::events::task::TaskOOM;
 use containerd_shim::protos::topics;
 use tokio::io::unix::AsyncFd;
 
-use crate::container::Container;
-use crate::events::EventSink;
+use crate::service::container::Container;
+use crate::service::events::EventSink;
 
 /// The memory cgroup directory of `pid`: (directory, unified hierarchy?).
 pub fn memory_cgroup_of(pid: i32) -> Option<(PathBuf, bool)> {

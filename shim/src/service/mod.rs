@@ -1,5 +1,9 @@
 //! The ttrpc Task service. `impl Task` is thin adapters; the work is in `TaskService`'s
-//! inherent methods, which return [`ShimError`] and do not need a ttrpc context.
+//! inherent methods, which return [`ShimError`] and do not need a ttrpc context: [`create`]
+//! (Create and Start of the init process), [`exec`] (Exec processes), [`lifecycle`] (State,
+//! Kill, Wait, Delete and the rest). The state it keeps: [`container`] (one container) and
+//! [`exec_process`] (one exec'd process); what it publishes: [`events`]; what containerd
+//! configures: [`options`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -22,23 +26,27 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
-use crate::bundle::{Adapted, Bundle};
-use crate::cgroup::{decode_resources, ContainerCgroup};
-use crate::container::{Container, ContainerParts, StdioPaths, TaskState};
-use crate::driver::{CreateArgs, Driver, ExecArgs, StateRef};
+use crate::runtime::bundle::{Adapted, Bundle};
+use crate::runtime::cgroup::{decode_resources, ContainerCgroup};
+use crate::service::container::{Container, ContainerParts, StdioPaths, TaskState};
+use crate::runtime::driver::{CreateArgs, Driver, ExecArgs, StateRef};
 use crate::error::{Result, ShimError};
-use crate::events::EventSink;
-use crate::exec::{ExecProcess, Started};
-use crate::exit::{ExitCell, ExitRouter, ExitStatus};
+use crate::service::events::EventSink;
+use crate::service::exec_process::{ExecProcess, Started};
+use crate::runtime::exit::{ExitCell, ExitRouter, ExitStatus};
 use crate::gpu::GpuInjector;
-use crate::options::{create_options, load_config, CreateOptions};
-use crate::proc_overlay::OverlayArgs;
-use crate::procio::PreparedIo;
+use crate::service::options::{create_options, load_config, CreateOptions};
+use crate::gpu::proc_mount::OverlayArgs;
+use crate::io::procio::PreparedIo;
 use crate::working_set::{Active, IdleTrim};
 
+pub mod container;
 mod create;
+pub mod events;
 mod exec;
+pub mod exec_process;
 mod lifecycle;
+pub mod options;
 
 /// How long a shim that has never been given a container waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
@@ -131,7 +139,7 @@ impl TaskService {
             // Without exits no Wait would ever answer: do not serve at all. containerd sees
             // the shim gone and cleans up after it.
             log::error!("cannot subscribe to process exits: {e}; exiting");
-            crate::shim::remove_served_socket();
+            crate::cli::shim::remove_served_socket();
             std::process::exit(1);
         }
         let service = Arc::new(Self {

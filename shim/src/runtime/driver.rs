@@ -23,9 +23,9 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 use zygote::WireFd;
 
-use crate::executor::ShimExecutor;
-use crate::proc_overlay::{OverlayArgs, Prepared};
-use crate::zygotes::ZygoteError;
+use crate::runtime::executor::ShimExecutor;
+use crate::gpu::proc_mount::{OverlayArgs, Prepared};
+use crate::runtime::zygotes::ZygoteError;
 
 use crate::error::{chain_to_string, Result, ShimError};
 
@@ -135,7 +135,7 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         .map_err(flatten)?
         .validate_id()
         .map_err(flatten)?;
-    let (container, cause) = crate::causes::watch(|| {
+    let (container, cause) = crate::runtime::causes::watch(|| {
         with_io(builder, io)
             .with_executor(ShimExecutor::default())
             .as_init(&bundle)
@@ -195,7 +195,7 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
         .map_err(flatten)?;
-    let (pid, cause) = crate::causes::watch(|| {
+    let (pid, cause) = crate::runtime::causes::watch(|| {
         with_io(builder, io)
             .with_executor(executor)
             .as_tenant()
@@ -285,13 +285,13 @@ impl Driver {
     /// during `start` the shim's stdout is the pipe containerd reads the socket address from
     /// until EOF, and a zygote holding it would keep that pipe open forever.
     pub fn init() {
-        crate::zygotes::init(zy_detach_stdout);
+        crate::runtime::zygotes::init(zy_detach_stdout);
     }
 
     /// Lets the idle zygotes drop their code mappings (see `working_set`); returns the bytes
     /// released.
     pub fn release_code_pages() -> std::result::Result<usize, ZygoteError> {
-        crate::zygotes::each(zy_release_code_pages)
+        crate::runtime::zygotes::each(zy_release_code_pages)
     }
 
     fn failed<'a>(id: &'a str, op: &'static str) -> impl Fn(String) -> ShimError + 'a {
@@ -314,7 +314,7 @@ impl Driver {
         // (its exit unmaps its memory, about 0.5 ms), so a request never waits for that.
         let (answer, answered) = tokio::sync::oneshot::channel();
         drop(tokio::task::spawn_blocking(move || {
-            let result = crate::zygotes::worker()
+            let result = crate::runtime::zygotes::worker()
                 .and_then(|worker| worker.try_run(f, args).map_err(ZygoteError::from));
             let _ = answer.send(result);
         }));

@@ -75,7 +75,7 @@ impl ProcessStdio {
     /// Opens the stdio containerd asked for; empty paths become `/dev/null`.
     pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
         if stdout.starts_with("binary://") {
-            let (out, err) = crate::logdriver::start(id, stdout)?;
+            let (out, err) = crate::io::logdriver::start(id, stdout)?;
             return Self::with_outputs(id, stdin, out, err);
         }
         let out = open_output(id, stdout)?;

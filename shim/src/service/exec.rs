@@ -3,7 +3,7 @@
 use libcontainer::oci_spec::runtime::{Process, Spec};
 
 use super::*;
-use crate::executor::ShimExecutor;
+use crate::runtime::executor::ShimExecutor;
 
 impl TaskService {
     pub(super) fn get_exec(c: &Container, exec_id: &str) -> Result<Arc<ExecProcess>> {
@@ -88,7 +88,7 @@ impl TaskService {
         // containerd's client may ask for a terminal in the request and not in the process
         // spec; as with the runc shim, the request's flag wins.
         process.set_terminal(Some(terminal));
-        let (process, executor) = crate::executor::for_exec(&spec, process);
+        let (process, executor) = crate::runtime::executor::for_exec(&spec, process);
         let bytes = serde_json::to_vec(&process)
             .map_err(|err| invalid(format!("exec process spec: {err}")))?;
         Ok((bytes, executor))

@@ -16,12 +16,12 @@ use containerd_shim::{
 };
 use libcontainer::container::Container as YoukiContainer;
 
-use crate::bundle::Bundle;
-use crate::cgroup::ContainerCgroup;
-use crate::driver::{self, StateRef};
-use crate::events::EventSink;
-use crate::options::{start_input, CONFIG_PATH_ENV};
-use crate::task::{TaskApi, TaskService};
+use crate::runtime::bundle::Bundle;
+use crate::runtime::cgroup::ContainerCgroup;
+use crate::runtime::driver::{self, StateRef};
+use crate::service::events::EventSink;
+use crate::service::options::{start_input, CONFIG_PATH_ENV};
+use crate::service::{TaskApi, TaskService};
 
 /// The runtime type containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.nvidia.v2";
@@ -292,7 +292,7 @@ impl Shim for NvidiaShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let config_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-        crate::logdriver::set_namespace(&self.namespace);
+        crate::io::logdriver::set_namespace(&self.namespace);
         // Events go out without the publisher's reflection (see `events`); only its address is used.
         let events = EventSink::new(&publisher.address, &self.namespace);
         let _ = self.events.set(events.clone());

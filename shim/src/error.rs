@@ -64,14 +64,15 @@ pub enum ShimError {
         source: nvidia_shim_core::ConfigError,
     },
     /// libcontainer (run in the zygote) refused or failed an operation.
-    #[error("container {id}: {op} failed: {message}")]
+    #[error("container {id}: {op} failed: {source}")]
     Runtime {
         /// Container id.
         id: String,
         /// The operation (`create`, `start`, `kill`, ...).
         op: &'static str,
-        /// libcontainer's error chain, flattened to text by the zygote.
-        message: String,
+        /// What failed, as the zygote worker (or the shim's blocking pool) reported it.
+        #[source]
+        source: crate::runtime::driver::OpError,
     },
     /// No zygote worker could run the operation.
     #[error("container {id}: {op} failed: {source}")]
@@ -194,7 +195,10 @@ mod tests {
         let rt = ShimError::Runtime {
             id: "c1".into(),
             op: "create",
-            message: "executable 'nope' not found in $PATH".into(),
+            source: crate::runtime::driver::OpError::Libcontainer {
+                message: "executable 'nope' not found in $PATH".into(),
+                cause: None,
+            },
         };
         assert_eq!(rt.code(), Code::UNKNOWN);
         let status: ttrpc::Error = rt.into();

@@ -14,8 +14,8 @@ use nvidia_shim_core::Config;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::service::options::CONFIG_PATH_ENV;
 use crate::cli::shim::RUNTIME_ID;
+use crate::service::options::CONFIG_PATH_ENV;
 
 /// The shim log: containerd's `log` FIFO in the bundle, which containerd copies into its own
 /// log. The line format is containerd-shim's (`time="…" level=… msg="…"`), but each record is

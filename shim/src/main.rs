@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::Config;
 
-use crate::runtime::driver::Driver;
 use crate::cli::shim::{NvidiaShim, RUNTIME_ID};
+use crate::runtime::driver::Driver;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();

@@ -21,8 +21,8 @@ use nvidia_shim_core::request::GpuRequest;
 use nvidia_shim_core::rootfs::Rootfs;
 use nvidia_shim_core::Config;
 
-use crate::runtime::bundle::Bundle;
 use crate::error::{Result, ShimError};
+use crate::runtime::bundle::Bundle;
 
 pub use inventory::{discover, Inventories};
 

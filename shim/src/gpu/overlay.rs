@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::proc_overlay::{ProcOverlay, CONTAINER_PROC_DRIVER};
 
-use crate::runtime::bundle::Bundle;
 use crate::error::{Result, ShimError};
+use crate::runtime::bundle::Bundle;
 
 /// Writes the overlay's sources into the bundle (a read-only `params` copy, an empty
 /// directory and an empty file) and pairs them with their targets in the container.

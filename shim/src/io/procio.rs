@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use zygote::WireFd;
 
-use crate::io::console::{Console, ConsoleSocket};
-use crate::runtime::driver::WireIo;
 use crate::error::Result;
+use crate::io::console::{Console, ConsoleSocket};
 use crate::io::stdio::{OutputFifos, ProcessStdio, StdinForwarder};
+use crate::runtime::driver::WireIo;
 
 /// How long an exit report waits for a terminal's last output to reach the client.
 const TTY_DRAIN: Duration = Duration::from_secs(2);

@@ -5,7 +5,8 @@
 //! before tokio starts any thread, so libcontainer's `clone` and its process-global `chdir`
 //! (create, exec, and start's notify socket) never meet another thread's locks (runwasi #357,
 //! youki #2425). Every function that crosses into one is a plain `fn` over serde types; errors
-//! come back as text with their whole chain. Kill, pause, resume and delete neither fork nor
+//! come back as an [`OpError`], typed by what failed, each libcontainer error with its whole
+//! chain. Kill, pause, resume and delete neither fork nor
 //! change directory, so the shim runs them itself: stopping and removing a container never
 //! depends on a helper process. Calls block, so the async service reaches them all through
 //! [`Driver`], which runs them on tokio's blocking pool.
@@ -23,8 +24,8 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 use zygote::WireFd;
 
-use crate::runtime::executor::ShimExecutor;
 use crate::gpu::proc_mount::{OverlayArgs, Prepared};
+use crate::runtime::executor::ShimExecutor;
 use crate::runtime::zygotes::ZygoteError;
 
 use crate::error::{chain_to_string, Result, ShimError};
@@ -108,18 +109,68 @@ pub struct Created {
     pub plain_teardown: bool,
 }
 
-type Wire<T> = std::result::Result<T, String>;
-
-fn flatten(err: impl std::error::Error) -> String {
-    chain_to_string(&err)
+/// Why a libcontainer operation failed, as it crosses the zygote's channel (serialised, so
+/// libcontainer's error chain travels as its text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// libcontainer refused or failed the operation.
+    #[error("{message}{}", cause.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Libcontainer {
+        /// Its error chain.
+        message: String,
+        /// What the container's init process logged when it failed (see `causes`), when that
+        /// adds something.
+        cause: Option<String>,
+    },
+    /// The container's libcontainer state cannot be loaded.
+    #[error("container state: {0}")]
+    State(String),
+    /// libcontainer created a container without an init pid.
+    #[error("libcontainer returned no init pid")]
+    NoInitPid,
+    /// A signal number libcontainer does not know.
+    #[error("signal {signal}: {message}")]
+    Signal {
+        /// The number.
+        signal: i32,
+        /// libcontainer's reason.
+        message: String,
+    },
+    /// A file operation of the shim's own around libcontainer failed.
+    #[error("{what} {path}: {message}")]
+    File {
+        /// What was being done (`join`, `remove`, ...).
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// The `/proc/driver/nvidia` overlay could not be attached.
+    #[error("/proc/driver/nvidia overlay: {0}")]
+    ProcOverlay(String),
 }
 
-/// `message` with the cause the container's init process logged (see `causes`), when it
-/// adds something.
-fn with_cause(message: String, cause: Option<String>) -> String {
-    match cause {
-        Some(c) if !message.contains(&c) => format!("{message}: {c}"),
-        _ => message,
+type Wire<T> = std::result::Result<T, OpError>;
+
+/// A libcontainer error with its chain, and the init's logged cause when it adds something.
+fn libcontainer(err: impl std::error::Error, cause: Option<String>) -> OpError {
+    let message = chain_to_string(&err);
+    OpError::Libcontainer {
+        cause: cause.filter(|c| !message.contains(c.as_str())),
+        message,
+    }
+}
+
+fn lc(err: impl std::error::Error) -> OpError {
+    libcontainer(err, None)
+}
+
+fn file_error(what: &str, path: &std::path::Path, err: &std::io::Error) -> OpError {
+    OpError::File {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        message: err.to_string(),
     }
 }
 
@@ -132,9 +183,9 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
     } = args;
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
-        .map_err(flatten)?
+        .map_err(lc)?
         .validate_id()
-        .map_err(flatten)?;
+        .map_err(lc)?;
     let (container, cause) = crate::runtime::causes::watch(|| {
         with_io(builder, io)
             .with_executor(ShimExecutor::default())
@@ -147,20 +198,19 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
     let container = match container {
         Ok(c) => c,
         Err(err) => {
-            let msg = with_cause(flatten(err), cause);
+            let error = libcontainer(err, cause);
             // libcontainer may have left a state dir and a cgroup behind: remove both.
             if let Ok(mut c) = Container::load(state.dir()) {
                 let _ = c.delete(true);
             }
             let _ = std::fs::remove_dir_all(state.dir());
-            return Err(msg);
+            return Err(error);
         }
     };
-    let pid = container
-        .pid()
-        .ok_or_else(|| "libcontainer returned no init pid".to_owned())?
-        .as_raw();
-    let config = container.spec().map_err(flatten)?;
+    let pid = container.pid().ok_or(OpError::NoInitPid)?.as_raw();
+    let config = container
+        .spec()
+        .map_err(|e| OpError::State(chain_to_string(&e)))?;
     let poststop = config
         .hooks
         .as_ref()
@@ -190,11 +240,11 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
     for dir in &hybrid_cgroups {
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
-            .map_err(|e| format!("join {}: {e}", dir.display()))?;
+            .map_err(|e| file_error("join", dir, &e))?;
     }
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
-        .map_err(flatten)?;
+        .map_err(lc)?;
     let (pid, cause) = crate::runtime::causes::watch(|| {
         with_io(builder, io)
             .with_executor(executor)
@@ -204,19 +254,20 @@ fn zy_exec(args: ExecArgs) -> Wire<i32> {
             .with_detach(true)
             .build()
     });
-    let pid = pid.map_err(|e| with_cause(flatten(e), cause))?;
+    let pid = pid.map_err(|e| libcontainer(e, cause))?;
     Ok(pid.as_raw())
 }
 
 fn zy_detach_stdout((): ()) -> Wire<()> {
     // Runs once, in the first zygote, before anything else.
+    let null_path = std::path::Path::new("/dev/null");
     let null = std::fs::OpenOptions::new()
         .write(true)
-        .open("/dev/null")
-        .map_err(flatten)?;
+        .open(null_path)
+        .map_err(|e| file_error("open", null_path, &e))?;
     nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), libc::STDOUT_FILENO)
         .map(drop)
-        .map_err(flatten)
+        .map_err(|e| file_error("dup2 onto stdout", null_path, &e.into()))
 }
 
 fn zy_release_code_pages((): ()) -> usize {
@@ -224,31 +275,34 @@ fn zy_release_code_pages((): ()) -> usize {
 }
 
 fn load(state: &StateRef) -> Wire<Container> {
-    Container::load(state.dir()).map_err(flatten)
+    Container::load(state.dir()).map_err(|e| OpError::State(chain_to_string(&e)))
 }
 
 fn zy_proc_overlay(args: OverlayArgs) -> Wire<usize> {
     // The worker is single-threaded, so it may join the container's mount namespace.
     Prepared::new(&args)
         .and_then(|p| p.attach())
-        .map_err(|e| format!("/proc/driver/nvidia overlay: {e}"))
+        .map_err(|e| OpError::ProcOverlay(e.to_string()))
 }
 
 fn zy_start(state: StateRef) -> Wire<()> {
-    load(&state)?.start().map_err(flatten)
+    load(&state)?.start().map_err(lc)
 }
 
 fn lc_kill((state, signal, all): (StateRef, i32, bool)) -> Wire<()> {
-    let signal = Signal::try_from(signal).map_err(flatten)?;
-    load(&state)?.kill(signal, all).map_err(flatten)
+    let signal = Signal::try_from(signal).map_err(|e| OpError::Signal {
+        signal,
+        message: chain_to_string(&e),
+    })?;
+    load(&state)?.kill(signal, all).map_err(lc)
 }
 
 fn lc_pause(state: StateRef) -> Wire<()> {
-    load(&state)?.pause().map_err(flatten)
+    load(&state)?.pause().map_err(lc)
 }
 
 fn lc_resume(state: StateRef) -> Wire<()> {
-    load(&state)?.resume().map_err(flatten)
+    load(&state)?.resume().map_err(lc)
 }
 
 /// Deletes the container's state and cgroup, killing what is left when `force`. A missing state
@@ -258,19 +312,21 @@ fn lc_delete((state, force): (StateRef, bool)) -> Wire<()> {
         return Ok(());
     }
     match Container::load(state.dir()) {
-        Ok(mut c) => c.delete(force).map_err(flatten),
+        Ok(mut c) => c.delete(force).map_err(lc),
         // A state dir without a readable state.json is a create that died half-way.
-        Err(_) => std::fs::remove_dir_all(state.dir()).map_err(flatten),
+        Err(_) => {
+            std::fs::remove_dir_all(state.dir()).map_err(|e| file_error("remove", &state.dir(), &e))
+        }
     }
 }
 
 /// Deletes a container's state and cgroup in this process, killing what is left: for the
 /// `delete` command, which has no other thread and so needs no zygote.
 pub fn delete_in_process(state: &StateRef, force: bool) -> Result<()> {
-    lc_delete((state.clone(), force)).map_err(|message| ShimError::Runtime {
+    lc_delete((state.clone(), force)).map_err(|source| ShimError::Runtime {
         id: state.id.clone(),
         op: "delete",
-        message,
+        source,
     })
 }
 
@@ -294,11 +350,11 @@ impl Driver {
         crate::runtime::zygotes::each(zy_release_code_pages)
     }
 
-    fn failed<'a>(id: &'a str, op: &'static str) -> impl Fn(String) -> ShimError + 'a {
-        move |message| ShimError::Runtime {
+    fn failed<'a>(id: &'a str, op: &'static str) -> impl Fn(OpError) -> ShimError + 'a {
+        move |source| ShimError::Runtime {
             id: id.to_owned(),
             op,
-            message,
+            source,
         }
     }
 
@@ -320,7 +376,7 @@ impl Driver {
         }));
         match answered.await {
             Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(message))) => Err(Self::failed(id, op)(message)),
+            Ok(Ok(Err(source))) => Err(Self::failed(id, op)(source)),
             Ok(Err(source)) => Err(ShimError::Zygote {
                 id: id.to_owned(),
                 op,
@@ -343,9 +399,11 @@ impl Driver {
     {
         match tokio::task::spawn_blocking(move || f(args)).await {
             Ok(result) => result.map_err(Self::failed(id, op)),
-            Err(e) => Err(Self::failed(id, op)(format!(
-                "the operation's task failed: {e}"
-            ))),
+            Err(e) => Err(ShimError::Zygote {
+                id: id.to_owned(),
+                op,
+                source: ZygoteError::Spawn(format!("the operation's blocking task failed: {e}")),
+            }),
         }
     }
 
@@ -394,5 +452,37 @@ impl Driver {
     /// Removes the container's cgroup and state; with `force`, kills its processes first.
     pub async fn delete(&self, state: &StateRef, force: bool) -> Result<()> {
         Self::local(&state.id, "delete", lc_delete, (state.clone(), force)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_errors_cross_the_channel_typed_and_print_their_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "exec format error");
+        let with_new_cause = libcontainer(&io, Some("/app: no such file".to_owned()));
+        let with_known_cause = libcontainer(&io, Some("exec format error".to_owned()));
+        assert_eq!(
+            with_new_cause.to_string(),
+            "exec format error: /app: no such file"
+        );
+        assert_eq!(
+            with_known_cause,
+            OpError::Libcontainer {
+                message: "exec format error".to_owned(),
+                cause: None,
+            }
+        );
+        for e in [
+            with_new_cause,
+            OpError::State("missing state.json".to_owned()),
+            OpError::NoInitPid,
+            file_error("join", std::path::Path::new("/sys/fs/cgroup/x"), &io),
+        ] {
+            let wire = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<OpError>(&wire).unwrap(), e);
+        }
     }
 }

@@ -151,17 +151,18 @@ fn spawn_from(z: &Zygote) -> Result<Zygote, ZygoteError> {
 
 /// Forks the first zygote and runs `setup` in it, then forks its reserve (which inherits what
 /// `setup` did). Must run before any other thread exists; a second call does nothing.
-pub fn init(setup: fn(()) -> Result<(), String>) {
+pub fn init<E>(setup: fn(()) -> Result<(), E>)
+where
+    E: std::fmt::Display + serde::Serialize + for<'de> serde::Deserialize<'de> + 'static,
+{
     if POOL.get().is_some() {
         return;
     }
     let first = Zygote::new();
-    if let Err(e) = first
-        .try_run(setup, ())
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
-    {
-        log::warn!("zygote set-up: {e}");
+    match first.try_run(setup, ()) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("zygote set-up: {e}"),
+        Err(e) => log::warn!("zygote set-up: {e}"),
     }
     let first = match Live::adopt(first) {
         Ok(first) => first,

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use containerd_shim::protos::protobuf::EnumOrUnknown;
 use containerd_shim::protos::types::task::Status;
 
+use crate::io::procio::ProcessIo;
 use crate::runtime::bundle::Bundle;
 use crate::runtime::cgroup::ContainerCgroup;
 use crate::runtime::driver::StateRef;
-use crate::service::exec_process::ExecProcess;
 use crate::runtime::exit::ExitCell;
-use crate::io::procio::ProcessIo;
+use crate::service::exec_process::ExecProcess;
 
 /// Where the task is in its life. `Stopped` is derived from the exit cell, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

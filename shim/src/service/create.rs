@@ -15,7 +15,9 @@ impl TaskService {
         let reservation = self.reserve(id)?;
         let started = std::time::Instant::now();
         // Start the cgroup migration grace period now, alongside the work before the attach.
-        drop(tokio::task::spawn_blocking(crate::runtime::attach_warmup::now));
+        drop(tokio::task::spawn_blocking(
+            crate::runtime::attach_warmup::now,
+        ));
         let options = match req.options.as_ref() {
             Some(any) => create_options(id, any)?,
             None => CreateOptions::default(),

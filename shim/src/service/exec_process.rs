@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::service::container::{StdioPaths, TaskState};
-use crate::runtime::exit::ExitCell;
 use crate::io::procio::ProcessIo;
+use crate::runtime::exit::ExitCell;
+use crate::service::container::{StdioPaths, TaskState};
 
 /// One exec process of a container.
 #[derive(Debug)]

@@ -26,18 +26,18 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
+use crate::error::{Result, ShimError};
+use crate::gpu::proc_mount::OverlayArgs;
+use crate::gpu::GpuInjector;
+use crate::io::procio::PreparedIo;
 use crate::runtime::bundle::{Adapted, Bundle};
 use crate::runtime::cgroup::{decode_resources, ContainerCgroup};
-use crate::service::container::{Container, ContainerParts, StdioPaths, TaskState};
 use crate::runtime::driver::{CreateArgs, Driver, ExecArgs, StateRef};
-use crate::error::{Result, ShimError};
+use crate::runtime::exit::{ExitCell, ExitRouter, ExitStatus};
+use crate::service::container::{Container, ContainerParts, StdioPaths, TaskState};
 use crate::service::events::EventSink;
 use crate::service::exec_process::{ExecProcess, Started};
-use crate::runtime::exit::{ExitCell, ExitRouter, ExitStatus};
-use crate::gpu::GpuInjector;
 use crate::service::options::{create_options, load_config, CreateOptions};
-use crate::gpu::proc_mount::OverlayArgs;
-use crate::io::procio::PreparedIo;
 use crate::working_set::{Active, IdleTrim};
 
 pub mod container;

@@ -6,17 +6,22 @@
 //! (`move_mount`) over `/proc/driver/nvidia/params` and the unselected GPUs' `gpus/<bus>`.
 //! Targets the container's `/proc` does not have are skipped.
 //!
-//! [`Prepared::new`] allocates and opens; [`Prepared::attach`] only makes system calls, so it
-//! may run in a freshly forked child. It joins another mount namespace, so the calling process
-//! must be single-threaded (the zygote's workers are).
+//! [`Prepared::new`] allocates and opens; [`Prepared::attach`] only makes system calls (through
+//! nix and rustix, whose path arguments use stack buffers below 256 bytes; only an error
+//! message allocates), so it may run in a freshly forked child. It joins another mount
+//! namespace, so the calling process must be single-threaded (the zygote's workers are).
 //!
 //! [`ProcOverlay`]: nvidia_shim_core::proc_overlay::ProcOverlay
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use libcontainer::syscall::linux::{LinuxSyscall, MountAttr};
+use libcontainer::syscall::Syscall;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use rustix::fs::CWD;
+use rustix::mount::{FsPickFlags, MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
 
 /// What the zygote needs to apply an overlay.
@@ -46,21 +51,23 @@ impl OverlayArgs {
 #[derive(Debug)]
 pub struct Prepared {
     ns: OwnedFd,
-    mounts: Vec<(OwnedFd, CString)>,
-    propagation: Vec<(CString, libc::c_ulong)>,
-    read_only_superblocks: Vec<CString>,
+    mounts: Vec<(OwnedFd, PathBuf)>,
+    propagation: Vec<(PathBuf, MsFlags)>,
+    read_only_superblocks: Vec<PathBuf>,
     /// The devices of the superblocks mounted in the shim's mount namespace: a container mount
     /// on one of them shares the host's superblock, which is left as it is.
-    host_devices: Vec<libc::dev_t>,
+    host_devices: Vec<u64>,
 }
 
 /// The superblock devices of the mounts in the calling process's mount namespace.
-fn mounted_devices() -> std::io::Result<Vec<libc::dev_t>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut devices: Vec<libc::dev_t> = info
-        .lines()
-        .filter_map(|line| {
-            let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
+fn mounted_devices() -> std::io::Result<Vec<u64>> {
+    let info = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_err(std::io::Error::other)?;
+    let mut devices: Vec<u64> = info
+        .into_iter()
+        .filter_map(|m| {
+            let (major, minor) = m.majmin.split_once(':')?;
             Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
         })
         .collect();
@@ -72,71 +79,40 @@ fn mounted_devices() -> std::io::Result<Vec<libc::dev_t>> {
 /// Makes the superblock mounted at `target` (in the current mount namespace) read-only, as
 /// `mount(2)` with `MS_RDONLY` would have made it, leaving the mount's own flags; the
 /// superblock of a device in `host_devices` is left. System calls only.
-fn make_superblock_read_only(
-    target: &CString,
-    host_devices: &[libc::dev_t],
-) -> std::io::Result<()> {
-    // SAFETY: an all-zero stat is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    if unsafe { libc::lstat(target.as_ptr(), &mut st) } != 0
-        || host_devices.binary_search(&st.st_dev).is_ok()
-    {
+fn make_superblock_read_only(target: &Path, host_devices: &[u64]) -> std::io::Result<()> {
+    let Ok(st) = rustix::fs::lstat(target) else {
+        return Ok(());
+    };
+    if host_devices.binary_search(&st.st_dev).is_ok() {
         return Ok(());
     }
-    let flags = libc::FSPICK_CLOEXEC | libc::FSPICK_SYMLINK_NOFOLLOW | libc::FSPICK_NO_AUTOMOUNT;
-    // SAFETY: valid C string; the kernel returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, target.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let ro = c"ro";
-    for (cmd, key) in [
-        (libc::FSCONFIG_SET_FLAG, ro.as_ptr()),
-        (libc::FSCONFIG_CMD_RECONFIGURE, std::ptr::null()),
-    ] {
-        // SAFETY: a valid filesystem context descriptor; a flag key or none, no value.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fd.as_raw_fd(),
-                cmd,
-                key,
-                std::ptr::null::<libc::c_void>(),
-                0,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    let fs = rustix::mount::fspick(
+        CWD,
+        target,
+        FsPickFlags::FSPICK_CLOEXEC
+            | FsPickFlags::FSPICK_SYMLINK_NOFOLLOW
+            | FsPickFlags::FSPICK_NO_AUTOMOUNT,
+    )?;
+    rustix::mount::fsconfig_set_flag(&fs, "ro")?;
+    rustix::mount::fsconfig_reconfigure(&fs)?;
     Ok(())
 }
 
-fn cpath(p: &Path) -> std::io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-}
-
-fn last_error(what: &str, path: &Path) -> std::io::Error {
-    let e = std::io::Error::last_os_error();
-    std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+fn with_path<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> std::io::Error + 'a {
+    let what = what.to_owned();
+    move |e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 /// A read-only, nosuid, nodev, noexec detached bind mount of `source`.
 fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
-    let c = cpath(source)?;
-    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
-    // SAFETY: valid C string; the kernel returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(last_error("open_tree", source));
-    }
-    // SAFETY: the kernel returned a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = libc::mount_attr {
+    let fd = rustix::mount::open_tree(
+        CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+    .map_err(with_path("open_tree", source))?;
+    let attr = MountAttr {
         attr_set: libc::MOUNT_ATTR_RDONLY
             | libc::MOUNT_ATTR_NOSUID
             | libc::MOUNT_ATTR_NODEV
@@ -145,22 +121,15 @@ fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
         propagation: 0,
         userns_fd: 0,
     };
-    let empty = c"";
-    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, and a mount_attr of the size
-    // passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
+    LinuxSyscall
+        .mount_setattr(
+            fd.as_fd(),
+            Path::new(""),
+            libc::AT_EMPTY_PATH as u32,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
         )
-    };
-    if rc != 0 {
-        return Err(last_error("mount_setattr", source));
-    }
+        .map_err(|e| std::io::Error::other(format!("mount_setattr {}: {e}", source.display())))?;
     Ok(fd)
 }
 
@@ -168,23 +137,22 @@ impl Prepared {
     /// Opens the container's mount namespace and makes the detached mounts.
     pub fn new(args: &OverlayArgs) -> std::io::Result<Self> {
         let ns_path = PathBuf::from(format!("/proc/{}/ns/mnt", args.pid));
-        let ns = std::fs::File::open(&ns_path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", ns_path.display())))?;
+        let ns = std::fs::File::open(&ns_path).map_err(with_path("open", &ns_path))?;
         let mounts = args
             .mounts
             .iter()
-            .map(|(src, target)| Ok((detached_bind(src)?, cpath(target)?)))
+            .map(|(src, target)| Ok((detached_bind(src)?, target.clone())))
             .collect::<std::io::Result<_>>()?;
         let propagation = args
             .propagation
             .iter()
-            .map(|(target, flags)| Ok((cpath(target)?, *flags as libc::c_ulong)))
-            .collect::<std::io::Result<_>>()?;
-        let read_only_superblocks = args
-            .read_only_superblocks
-            .iter()
-            .map(|target| cpath(target))
-            .collect::<std::io::Result<_>>()?;
+            .map(|(target, flags)| {
+                (
+                    target.clone(),
+                    MsFlags::from_bits_truncate(*flags as libc::c_ulong),
+                )
+            })
+            .collect();
         let host_devices = if args.read_only_superblocks.is_empty() {
             Vec::new()
         } else {
@@ -194,38 +162,22 @@ impl Prepared {
             ns: ns.into(),
             mounts,
             propagation,
-            read_only_superblocks,
+            read_only_superblocks: args.read_only_superblocks.clone(),
             host_devices,
         })
     }
 
     /// Joins the container's mount namespace and attaches every mount whose target exists
-    /// there; returns how many were attached. System calls only: safe after `fork`.
+    /// there; returns how many were attached. Runs in a single-threaded zygote worker.
     pub fn attach(&self) -> std::io::Result<usize> {
-        // SAFETY: a valid namespace descriptor.
-        if unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        nix::sched::setns(&self.ns, CloneFlags::CLONE_NEWNS)
+            .map_err(std::io::Error::from)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("join the mount namespace: {e}")))?;
         // Each mount's own propagation, which libcontainer parses but does not apply.
         for (target, flags) in &self.propagation {
-            // SAFETY: valid C string; no source, type or data for a propagation change.
-            let rc = unsafe {
-                libc::mount(
-                    std::ptr::null(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    *flags,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                let path = Path::new(std::ffi::OsStr::from_bytes(target.as_bytes()));
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("set the propagation of {}: {e}", path.display()),
-                ));
-            }
+            nix::mount::mount(None::<&str>, target, None::<&str>, *flags, None::<&str>)
+                .map_err(std::io::Error::from)
+                .map_err(with_path("set the propagation of", target))?;
         }
         // Best effort, as the mount itself is read-only already: a kernel without `fspick`
         // or a filesystem that refuses leaves the superblock as libcontainer made it.
@@ -234,28 +186,12 @@ impl Prepared {
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
-            // SAFETY: an all-zero stat is a valid out-buffer.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: valid C string and out-pointer.
-            if unsafe { libc::lstat(target.as_ptr(), &mut st) } != 0 {
+            if rustix::fs::lstat(target).is_err() {
                 continue;
             }
-            let empty = c"";
-            // SAFETY: valid descriptors and C strings; MOVE_MOUNT_F_EMPTY_PATH makes the
-            // source the detached mount itself.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    fd.as_raw_fd(),
-                    empty.as_ptr(),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    libc::MOVE_MOUNT_F_EMPTY_PATH,
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::mount::move_mount(fd, "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+                .map_err(std::io::Error::from)
+                .map_err(with_path("move_mount onto", target))?;
             attached += 1;
         }
         Ok(attached)

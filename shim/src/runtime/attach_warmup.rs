@@ -23,22 +23,21 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{close, fork, write, ForkResult};
+use procfs::ProcessCGroup;
 
-/// The `cgroup.procs` file of the cgroup this process is in, given `/proc/self/cgroup`'s text
-/// and the cgroupfs mount root (`/sys/fs/cgroup`): the unified hierarchy (pure v2, or the
-/// hybrid layout's `unified/`), else the first v1 hierarchy whose directory exists.
-pub fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
-    let mut candidates = proc_self_cgroup.lines().flat_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-        let path = path.unwrap_or("").trim_start_matches('/');
-        let dirs: Vec<PathBuf> = match controllers {
-            Some("") => vec![root.join(path), root.join("unified").join(path)],
-            Some(list) => {
-                let hierarchy = list.strip_prefix("name=").unwrap_or(list);
-                vec![root.join(hierarchy).join(path)]
-            }
-            None => vec![],
+/// The `cgroup.procs` file of the cgroup this process is in, given its `cgroups`
+/// (`/proc/self/cgroup`) and the cgroupfs mount root (`/sys/fs/cgroup`): the unified hierarchy
+/// (pure v2, or the hybrid layout's `unified/`), else the first v1 hierarchy whose directory
+/// exists.
+pub fn own_procs_file(cgroups: &[ProcessCGroup], root: &Path) -> Option<PathBuf> {
+    let mut candidates = cgroups.iter().flat_map(|cg| {
+        let path = cg.pathname.trim_start_matches('/');
+        let dirs: Vec<PathBuf> = if cg.controllers.is_empty() {
+            vec![root.join(path), root.join("unified").join(path)]
+        } else {
+            let list = cg.controllers.join(",");
+            let hierarchy = list.strip_prefix("name=").unwrap_or(&list).to_owned();
+            vec![root.join(hierarchy).join(path)]
         };
         dirs.into_iter().map(|d| d.join("cgroup.procs"))
     });
@@ -47,8 +46,8 @@ pub fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
 
 /// This process's own `cgroup.procs` file, as a C string for the forked child.
 fn own_procs_path() -> Option<CString> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let file = own_procs_file(&text, Path::new("/sys/fs/cgroup"))?;
+    let cgroups = procfs::process::Process::myself().ok()?.cgroups().ok()?;
+    let file = own_procs_file(&cgroups.0, Path::new("/sys/fs/cgroup"))?;
     CString::new(file.as_os_str().as_bytes()).ok()
 }
 
@@ -103,6 +102,14 @@ pub fn now() {
 mod tests {
     use super::*;
 
+    /// `/proc/<pid>/cgroup` text as procfs parses it (nothing when it does not parse).
+    fn parse(text: &str) -> Vec<ProcessCGroup> {
+        use procfs::FromBufRead;
+        procfs::ProcessCGroups::from_buf_read(text.as_bytes())
+            .map(|c| c.0)
+            .unwrap_or_default()
+    }
+
     fn tree(dirs: &[&str]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         for d in dirs {
@@ -116,7 +123,7 @@ mod tests {
     #[test]
     fn pure_v2_uses_the_unified_root() {
         let root = tree(&["system.slice/containerd.service"]);
-        let got = own_procs_file("0::/system.slice/containerd.service\n", root.path());
+        let got = own_procs_file(&parse("0::/system.slice/containerd.service\n"), root.path());
         assert_eq!(
             got,
             Some(
@@ -132,12 +139,12 @@ mod tests {
         let text = "12:pids:/user.slice\n4:cpu,cpuacct:/user.slice\n0::/user.slice\n";
         // `pids/` is not mounted in this tree, so the combined cpu,cpuacct hierarchy is used.
         assert_eq!(
-            own_procs_file(text, root.path()),
+            own_procs_file(&parse(text), root.path()),
             Some(root.path().join("cpu,cpuacct/user.slice/cgroup.procs"))
         );
         let only_unified = "0::/user.slice\n";
         assert_eq!(
-            own_procs_file(only_unified, root.path()),
+            own_procs_file(&parse(only_unified), root.path()),
             Some(root.path().join("unified/user.slice/cgroup.procs"))
         );
     }
@@ -146,10 +153,13 @@ mod tests {
     fn named_hierarchies_and_missing_dirs() {
         let root = tree(&["systemd"]);
         assert_eq!(
-            own_procs_file("1:name=systemd:/\n", root.path()),
+            own_procs_file(&parse("1:name=systemd:/\n"), root.path()),
             Some(root.path().join("systemd/cgroup.procs"))
         );
-        assert_eq!(own_procs_file("3:memory:/gone\n", root.path()), None);
-        assert_eq!(own_procs_file("garbage", root.path()), None);
+        assert_eq!(
+            own_procs_file(&parse("3:memory:/gone\n"), root.path()),
+            None
+        );
+        assert_eq!(own_procs_file(&parse("garbage"), root.path()), None);
     }
 }

@@ -4,12 +4,15 @@
 //! reporting increases of its `oom_kill` counter. Both end when the cgroup is removed.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::protos::events::task::TaskOOM;
 use containerd_shim::protos::topics;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use procfs::ProcessCGroup;
 use tokio::io::unix::AsyncFd;
 
 use crate::service::container::Container;
@@ -17,20 +20,20 @@ use crate::service::events::EventSink;
 
 /// The memory cgroup directory of `pid`: (directory, unified hierarchy?).
 pub fn memory_cgroup_of(pid: i32) -> Option<(PathBuf, bool)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    memory_cgroup_from(&text, Path::new("/sys/fs/cgroup"))
+    let cgroups = procfs::process::Process::new(pid).ok()?.cgroups().ok()?;
+    memory_cgroup_from(&cgroups.0, Path::new("/sys/fs/cgroup"))
 }
 
-fn memory_cgroup_from(proc_cgroup: &str, root: &Path) -> Option<(PathBuf, bool)> {
+/// The memory cgroup directory among a process's `cgroups` (`/proc/<pid>/cgroup`) under the
+/// cgroupfs mount `root`.
+fn memory_cgroup_from(cgroups: &[ProcessCGroup], root: &Path) -> Option<(PathBuf, bool)> {
     let mut unified = None;
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
+    for cg in cgroups {
+        let rel = cg.pathname.trim_start_matches('/');
+        if cg.controllers.iter().any(|c| c == "memory") {
             return Some((root.join("memory").join(rel), false));
         }
-        if controllers.is_empty() {
+        if cg.controllers.is_empty() {
             unified = Some((root.join(rel), true));
         }
     }
@@ -68,19 +71,14 @@ fn publish_oom(id: &str, events: &EventSink) {
 }
 
 fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
-    // SAFETY: eventfd has no memory preconditions; we own the returned descriptor.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if efd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: efd is a fresh descriptor owned by nobody else.
-    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
     let control = File::open(dir.join("memory.oom_control"))?;
     std::fs::write(
         dir.join("cgroup.event_control"),
         format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
     )?;
-    // SAFETY: the OwnedFd moves into the AsyncFd, which is the only owner while registered.
+    // SAFETY: the EventFd owns its descriptor, which stays open and the same until the
+    // AsyncFd that owns the EventFd is dropped.
     let afd = unsafe { AsyncFd::register(efd) }.map_err(std::io::Error::from)?;
     let id = id.to_owned();
     tokio::spawn(async move {
@@ -89,11 +87,9 @@ fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             let Ok(mut guard) = afd.readable().await else {
                 break;
             };
-            let mut count = [0u8; 8];
-            // SAFETY: reading 8 bytes into an 8-byte buffer from our eventfd.
-            let n = unsafe { libc::read(afd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+            let read = afd.get_ref().read();
             guard.clear_ready();
-            if n != 8 {
+            if read.is_err() {
                 continue;
             }
             // The eventfd also fires when the cgroup is removed.
@@ -104,6 +100,15 @@ fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// An inotify instance as tokio's `AsyncFd` takes it.
+struct Watched(Inotify);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
 }
 
 fn read_oom_kill(file: &Path) -> Option<u64> {
@@ -122,30 +127,20 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             format!("{} has no oom_kill", file.display()),
         )
     })?;
-    // SAFETY: inotify_init1 has no memory preconditions; we own the returned descriptor.
-    let ifd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-    if ifd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: ifd is a fresh descriptor owned by nobody else.
-    let ifd = unsafe { OwnedFd::from_raw_fd(ifd) };
-    let cpath = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: cpath is a valid C string for the duration of the call.
-    if unsafe { libc::inotify_add_watch(ifd.as_raw_fd(), cpath.as_ptr(), libc::IN_MODIFY) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the OwnedFd moves into the AsyncFd, which is the only owner while registered.
-    let afd = unsafe { AsyncFd::register(ifd) }.map_err(std::io::Error::from)?;
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+    inotify.add_watch(&file, AddWatchFlags::IN_MODIFY)?;
+    // SAFETY: the Inotify owns its descriptor, which stays open and the same until the
+    // AsyncFd that owns it is dropped.
+    let afd = unsafe { AsyncFd::register(Watched(inotify)) }.map_err(std::io::Error::from)?;
     let id = id.to_owned();
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = afd.readable().await else {
                 break;
             };
-            let mut buf = [0u8; 4096];
-            // SAFETY: reading into a buffer of the length passed.
-            unsafe { libc::read(afd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // The events only say that the file changed; its counter says whether an OOM kill
+            // was among the changes.
+            let _ = afd.get_ref().0.read_events();
             guard.clear_ready();
             let Some(now) = read_oom_kill(&file) else {
                 break; // the cgroup is gone
@@ -163,10 +158,18 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// `/proc/<pid>/cgroup` text as procfs parses it (nothing when it does not parse).
+    fn parse(text: &str) -> Vec<ProcessCGroup> {
+        use procfs::FromBufRead;
+        procfs::ProcessCGroups::from_buf_read(text.as_bytes())
+            .map(|c| c.0)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn finds_v1_memory_hierarchy() {
         let text = "12:pids:/default/c1\n9:memory:/default/c1\n1:name=systemd:/x\n0::/\n";
-        let (dir, unified) = memory_cgroup_from(text, Path::new("/sys/fs/cgroup")).unwrap();
+        let (dir, unified) = memory_cgroup_from(&parse(text), Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(dir, Path::new("/sys/fs/cgroup/memory/default/c1"));
         assert!(!unified);
     }
@@ -174,7 +177,7 @@ mod tests {
     #[test]
     fn finds_unified_hierarchy() {
         let (dir, unified) =
-            memory_cgroup_from("0::/default/c2\n", Path::new("/sys/fs/cgroup")).unwrap();
+            memory_cgroup_from(&parse("0::/default/c2\n"), Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(dir, Path::new("/sys/fs/cgroup/default/c2"));
         assert!(unified);
     }

@@ -10,7 +10,7 @@
 //!
 //! A zygote cannot be made again from the multi-threaded shim: that is what it exists to avoid.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -45,30 +45,26 @@ impl Live {
     /// Takes a fresh zygote: learns its pid and opens a pidfd on it.
     fn adopt(zygote: Zygote) -> Result<Self, ZygoteError> {
         let pid = zygote.try_run(|()| std::process::id() as i32, ())?;
-        // SAFETY: pidfd_open with a pid and no flags; it returns a new descriptor or -1. The
-        // zygote is the shim's child and has just answered, so the pid is still its own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(ZygoteError::Spawn(format!(
-                "pidfd_open {pid}: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: a new descriptor the kernel gave us.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The zygote is the shim's child and has just answered, so the pid is still its own.
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| ZygoteError::Spawn(format!("the zygote answered pid {pid}")))
+            .and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                    .map_err(|e| ZygoteError::Spawn(format!("pidfd_open {pid}: {e}")))
+            })?;
         Ok(Self { zygote, pid, pidfd })
     }
 
     /// Whether the zygote still runs (its pidfd is not readable yet).
     fn alive(&self) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no wait.
-        let n = unsafe { libc::poll(&mut fd, 1, 0) };
-        n == 0
+        let mut fds = [rustix::event::PollFd::new(
+            &self.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        matches!(
+            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())),
+            Ok(0)
+        )
     }
 
     /// A new zygote forked from this one, which first closes its copies of the sockets this one

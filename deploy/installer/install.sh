@@ -2,9 +2,12 @@
 # Installs containerd-shim-nvidia-v2 on a host, idempotently:
 #   - the binary into <host-root>/usr/local/bin,
 #   - the shim config into <host-root>/etc/containerd-shim-nvidia/config.toml (kept if present
-#     unless --force-config),
-#   - a containerd drop-in registering the "nvidia" CRI runtime handler, imported from
-#     <host-root>/etc/containerd/config.toml (config version 2 for containerd 1.6/1.7, 3 for 2.x).
+#     unless --force-config): --config FILE, else the binary's own Kubernetes profile
+#     (`configure shim --profile kubernetes`),
+#   - the "nvidia" CRI runtime handler in <host-root>/etc/containerd/config.toml, added by the
+#     binary's `configure containerd` (TOML edited in place, comments and other settings kept,
+#     the previous file kept as config.toml.bak; config version 2 for containerd 1.6/1.7, 3 for
+#     2.x when the file is new).
 # It does not restart containerd; --restart does, through the host's systemd (needs hostPID in
 # a DaemonSet).
 #
@@ -13,7 +16,6 @@
 set -euo pipefail
 
 root=/ binary= config= cversion=1 force_config=0 restart=0
-here=$(cd "$(dirname "$0")" && pwd)
 while [ $# -gt 0 ]; do
   case "$1" in
     --host-root) root=$2; shift 2 ;;
@@ -29,43 +31,31 @@ done
 [ -x "$binary" ] || { echo "install.sh: $binary is not an executable file" >&2; exit 2; }
 "$binary" -v >/dev/null || { echo "install.sh: $binary -v failed; not the shim?" >&2; exit 2; }
 case "$cversion" in
-  1) dropin_src=$here/../containerd/config-v2.toml ;;
-  2) dropin_src=$here/../containerd/config-v3.toml ;;
+  1) config_version=2 ;;
+  2) config_version=3 ;;
   *) echo "install.sh: --containerd-version must be 1 or 2" >&2; exit 2 ;;
 esac
-[ -n "$config" ] || config=$here/../kubernetes/shim-config.toml
 
 bin_dir=$root/usr/local/bin
 conf_dir=$root/etc/containerd-shim-nvidia
 ctr_conf=$root/etc/containerd/config.toml
-dropin_dir=$root/etc/containerd/conf.d
-dropin=$dropin_dir/nvidia-shim.toml
-mkdir -p "$bin_dir" "$conf_dir" "$dropin_dir"
+mkdir -p "$bin_dir" "$conf_dir"
 
 # Replace the binary atomically: running shims keep their (old) inode.
 install -m 0755 "$binary" "$bin_dir/.containerd-shim-nvidia-v2.new"
 mv -f "$bin_dir/.containerd-shim-nvidia-v2.new" "$bin_dir/containerd-shim-nvidia-v2"
 
 if [ ! -e "$conf_dir/config.toml" ] || [ "$force_config" = 1 ]; then
-  install -m 0644 "$config" "$conf_dir/config.toml"
-fi
-install -m 0644 "$dropin_src" "$dropin"
-
-# containerd reads drop-ins only through `imports` in its main config.
-import_line="imports = [\"/etc/containerd/conf.d/*.toml\"]"
-if [ ! -e "$ctr_conf" ]; then
-  printf 'version = %s\n%s\n' "$([ "$cversion" = 2 ] && echo 3 || echo 2)" "$import_line" > "$ctr_conf"
-elif ! grep -q '/etc/containerd/conf.d/\*\.toml' "$ctr_conf"; then
-  if grep -q '^imports *=' "$ctr_conf"; then
-    echo "install.sh: $ctr_conf already has an imports line; add \"/etc/containerd/conf.d/*.toml\" to it" >&2
-    exit 1
+  if [ -n "$config" ]; then
+    install -m 0644 "$config" "$conf_dir/config.toml"
+  else
+    "$binary" configure shim --profile kubernetes --output "$conf_dir/config.toml" --force
   fi
-  tmp=$(mktemp "$ctr_conf.XXXXXX")
-  awk -v line="$import_line" 'NR == 1 && /^version/ { print; print line; done = 1; next }
-       NR == 1 { print line; done = 1 } { print }' "$ctr_conf" > "$tmp"
-  mv -f "$tmp" "$ctr_conf"
 fi
-echo "installed containerd-shim-nvidia-v2 into $bin_dir, config $conf_dir/config.toml, drop-in $dropin"
+# The ConfigPath option is the path on the host, whatever --host-root is here.
+"$binary" configure containerd --config "$ctr_conf" --config-version "$config_version" \
+  --runtime-name nvidia --config-path-option /etc/containerd-shim-nvidia/config.toml
+echo "installed containerd-shim-nvidia-v2 into $bin_dir, config $conf_dir/config.toml, runtime nvidia in $ctr_conf"
 
 if [ "$restart" = 1 ]; then
   if [ "$root" = / ]; then

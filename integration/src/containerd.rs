@@ -31,6 +31,9 @@ pub struct Containerd {
     cri_config: Option<String>,
     /// A command containerd is started through (it must exec its arguments in the end).
     wrapper: Vec<String>,
+    /// A command run on the config file after it is written (`--config <file>` appended), as
+    /// an operator edits containerd's config: `containerd-shim-nvidia-v2 configure containerd`.
+    config_command: Vec<String>,
 }
 
 impl Containerd {
@@ -69,6 +72,42 @@ impl Containerd {
         Self::start_wrapped(&shim_binary(), "debug", |_| Ok(None), wrapper)
     }
 
+    /// [`Containerd::start_configured`], with `command` (program and arguments; `--config
+    /// <file>` is appended) run on the config file after it is written and before containerd
+    /// reads it. Its failure fails the start, with its output.
+    pub fn start_configured_by(
+        shim: &Path,
+        level: &str,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
+        command: impl FnOnce(&Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("nvctd")
+            .tempdir_in("/tmp")?;
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin)?;
+        fs::copy(shim, bin.join("containerd-shim-nvidia-v2"))
+            .with_context(|| format!("copy {}", shim.display()))?;
+        let path_env = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
+        let config_command = command(dir.path())?;
+        let mut me = Self {
+            dir,
+            child: None,
+            path_env,
+            level: level.to_owned(),
+            cri_config,
+            wrapper: Vec::new(),
+            config_command,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
     fn start_wrapped(
         shim: &Path,
         level: &str,
@@ -97,6 +136,7 @@ impl Containerd {
             level: level.to_owned(),
             cri_config,
             wrapper,
+            config_command: Vec::new(),
         };
         me.spawn()?;
         Ok(me)
@@ -126,6 +166,21 @@ disabled_plugins = [{disabled}]
             sock = self.socket().display(),
         );
         fs::write(d.join("config.toml"), config)?;
+        if let Some((program, args)) = self.config_command.split_first() {
+            let out = Command::new(program)
+                .args(args)
+                .arg("--config")
+                .arg(d.join("config.toml"))
+                .output()
+                .with_context(|| format!("run {program}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{program} {args:?} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -58,6 +58,9 @@ pub struct HandlerConfigs {
     pub nvidia: String,
     /// `nvidia-isolated`'s `config.toml` text.
     pub isolated: String,
+    /// Register the `nvidia` handler with the shim's own `configure containerd` on the written
+    /// config file (as an operator does) instead of the harness's TOML.
+    pub nvidia_by_configure: bool,
 }
 
 impl Default for HandlerConfigs {
@@ -67,6 +70,7 @@ impl Default for HandlerConfigs {
             isolated:
                 "accept_envvar_when_unprivileged = false\naccept_volume_mount_requests = true\n"
                     .into(),
+            nvidia_by_configure: false,
         }
     }
 }
@@ -139,9 +143,22 @@ impl Cri {
         let bridge = format!("nvcri{tag}");
         // One parent per CRI containerd: tests of one binary run side by side.
         let cgroup_parent = format!("/{}", crate::unique_id("nvcri"));
-        let containerd = Containerd::start_configured(shim, "info", |dir| {
-            cri_config(dir, configs, &bridge, tag).map(Some)
-        })?;
+        let cri = |dir: &Path| cri_config(dir, configs, &bridge, tag).map(Some);
+        let containerd = if configs.nvidia_by_configure {
+            Containerd::start_configured_by(shim, "info", cri, |dir| {
+                Ok(vec![
+                    shim.display().to_string(),
+                    "configure".into(),
+                    "containerd".into(),
+                    "--runtime-name".into(),
+                    HANDLER.into(),
+                    "--config-path-option".into(),
+                    dir.join("shim-nvidia.toml").display().to_string(),
+                ])
+            })?
+        } else {
+            Containerd::start_configured(shim, "info", cri)?
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -586,7 +603,11 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   default_runtime_name = "{HANDLER_RUNC}"
 {nvidia}{isolated}{runc}"#,
         net = net_dir.display(),
-        nvidia = runtime(HANDLER, crate::containerd::RUNTIME, Some(&nvidia_cfg)),
+        nvidia = if configs.nvidia_by_configure {
+            String::new()
+        } else {
+            runtime(HANDLER, crate::containerd::RUNTIME, Some(&nvidia_cfg))
+        },
         isolated = runtime(
             HANDLER_ISOLATED,
             crate::containerd::RUNTIME,

@@ -162,6 +162,7 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
             fake.shim_config(),
             HandlerConfigs::default().isolated
         ),
+        ..HandlerConfigs::default()
     };
     let Some(cri) = cri(
         "device_plugin_strategies_inject_exactly_the_allocated_gpu",

@@ -27,66 +27,93 @@ fn install(root: &Path, extra: &[&str]) -> Result<std::process::Output> {
 }
 
 #[test]
-fn installs_binary_config_and_containerd_drop_in_idempotently() -> Result<()> {
+fn installs_binary_config_and_the_containerd_runtime_idempotently() -> Result<()> {
     let root = tempfile::tempdir()?;
     let ctr_conf = root.path().join("etc/containerd/config.toml");
     std::fs::create_dir_all(ctr_conf.parent().expect("dir"))?;
-    std::fs::write(&ctr_conf, "version = 2\n\n[plugins]\n")?;
-    for _ in 0..2 {
-        let out = install(root.path(), &[])?;
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    let original = "# kept by the platform team\nversion = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"registry.k8s.io/pause:3.9\" # pinned\n";
+    std::fs::write(&ctr_conf, original)?;
+    let first = install(root.path(), &[])?;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let once = std::fs::read_to_string(&ctr_conf)?;
+    let second = install(root.path(), &[])?;
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains("nothing changed"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ctr_conf)?,
+        once,
+        "a second run changed the config"
+    );
+    // The first run's backup is the original file.
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/containerd/config.toml.bak"))?,
+        original
+    );
     let bin = root.path().join("usr/local/bin/containerd-shim-nvidia-v2");
     let v = Command::new(&bin).arg("-v").output()?;
     assert!(text(&v.stdout).contains("io.containerd.nvidia.v2"));
-    let main = std::fs::read_to_string(&ctr_conf)?;
-    assert_eq!(
-        main.matches("/etc/containerd/conf.d/*.toml").count(),
-        1,
-        "{main}"
-    );
-    assert!(main.starts_with("version = 2\nimports = "), "{main}");
-    let parsed: toml::Value = toml::from_str(&main)?;
-    assert!(parsed.get("imports").is_some());
-    let dropin =
-        std::fs::read_to_string(root.path().join("etc/containerd/conf.d/nvidia-shim.toml"))?;
-    let dropin: toml::Value = toml::from_str(&dropin)?;
+    for kept in [
+        "# kept by the platform team",
+        "sandbox_image = \"registry.k8s.io/pause:3.9\" # pinned",
+    ] {
+        assert!(once.contains(kept), "{kept} lost:\n{once}");
+    }
+    let parsed: toml::Value = toml::from_str(&once)?;
     let runtime =
-        &dropin["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nvidia"];
+        &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nvidia"];
     assert_eq!(
         runtime["runtime_type"].as_str(),
         Some("io.containerd.nvidia.v2")
     );
-    // The shipped Kubernetes config is the shim's to read: it must load.
+    assert_eq!(
+        runtime["options"]["ConfigPath"].as_str(),
+        Some("/etc/containerd-shim-nvidia/config.toml")
+    );
+    // The Kubernetes profile the binary writes is the shipped one, and it loads.
     let cfg = root.path().join("etc/containerd-shim-nvidia/config.toml");
+    assert_eq!(
+        std::fs::read_to_string(&cfg)?,
+        std::fs::read_to_string(repo().join("deploy/kubernetes/shim-config.toml"))?
+    );
     let cfg = nvidia_shim_core::Config::load(&cfg)?;
     assert!(!cfg.accept_envvar_when_unprivileged && cfg.accept_volume_mount_requests);
     Ok(())
 }
 
 #[test]
-fn an_existing_config_is_kept_and_a_foreign_imports_line_is_refused() -> Result<()> {
+fn an_existing_shim_config_is_kept_and_an_unparsable_containerd_config_is_refused() -> Result<()> {
     let root = tempfile::tempdir()?;
     let cfg = root.path().join("etc/containerd-shim-nvidia/config.toml");
     std::fs::create_dir_all(cfg.parent().expect("dir"))?;
     std::fs::write(&cfg, "log_level = \"debug\"\n")?;
     let ctr_conf = root.path().join("etc/containerd/config.toml");
     std::fs::create_dir_all(ctr_conf.parent().expect("dir"))?;
-    std::fs::write(&ctr_conf, "version = 2\nimports = [\"/other/*.toml\"]\n")?;
+    let broken = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"\nx = 1\n";
+    std::fs::write(&ctr_conf, broken)?;
     let out = install(root.path(), &[])?;
     assert!(!out.status.success());
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("imports"),
-        "{}",
-        text(&out.stderr)
+        err.contains("config.toml") && err.contains("line 2"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ctr_conf)?,
+        broken,
+        "a refused file was changed"
     );
     assert_eq!(std::fs::read_to_string(&cfg)?, "log_level = \"debug\"\n");
-    // containerd 2.x: a fresh main config gets version 3.
+    // containerd 2.x: a fresh main config gets version 3 and containerd 2's CRI plugin.
     let fresh = tempfile::tempdir()?;
     let out = install(fresh.path(), &["--containerd-version", "2"])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let main = std::fs::read_to_string(fresh.path().join("etc/containerd/config.toml"))?;
     assert!(main.starts_with("version = 3\n"), "{main}");
+    assert!(main.contains("io.containerd.cri.v1.runtime"), "{main}");
     Ok(())
 }
 

@@ -23,8 +23,8 @@ use crate::runtime::driver::Driver;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
-    if cli::cdi::is_cdi_command(args.get(1..).unwrap_or_default()) {
-        return cli::cdi::run(&args[1..]);
+    if let Some(code) = cli::operator_command(args.get(1..).unwrap_or_default()) {
+        return code;
     }
     let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
         Ok(flags) => flags,

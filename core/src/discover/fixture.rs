@@ -213,6 +213,8 @@ pub fn mknod(path: &Path, major: u32, minor: u32) {
         path.display(),
         std::io::Error::last_os_error()
     );
+    // The driver's default (NVreg_DeviceFileMode), whatever the umask took away.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod node");
 }
 
 impl FakeDriver {

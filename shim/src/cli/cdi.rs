@@ -1,19 +1,20 @@
 //! `containerd-shim-nvidia-v2 cdi generate`: writes a CDI spec for the host's GPUs from the
 //! shim's own discovery, named as `nvidia-ctk cdi generate` names devices, for runtimes and
-//! tools that read CDI specs from `/etc/cdi` or `/var/run/cdi`. YAML for a `.yaml`/`.yml`
+//! tools that read CDI specs from `/etc/cdi` or `/var/run/cdi`; `cdi list` prints the device
+//! names that spec holds. YAML for a `.yaml`/`.yml`
 //! output (or `--format yaml`), JSON otherwise; the links and ld cache as the toolkit's
 //! `nvidia-cdi-hook` steps (default) or left to this shim (`--hooks none`).
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use nvidia_shim_core::cdi::generate::{generate, Hooks, HOOK_PATH};
 use nvidia_shim_core::request::Capabilities;
 use nvidia_shim_core::Config;
 
-const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks nvidia-cdi-hook|none] [--hook-path PATH]
+/// The command's usage.
+pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks nvidia-cdi-hook|none] [--hook-path PATH]
+       containerd-shim-nvidia-v2 cdi list [--config FILE]
 
   --config FILE      the shim's config (driver, dev and proc roots); default /etc/containerd-shim-nvidia/config.toml
   --output FILE      where to write the spec; default standard output
@@ -25,29 +26,29 @@ const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FIL
                      consumers get the driver files without them
   --hook-path PATH   where nvidia-cdi-hook is installed; default /usr/bin/nvidia-cdi-hook";
 
-/// Whether `args` (without the program name) is a `cdi` command.
-pub fn is_cdi_command(args: &[OsString]) -> bool {
-    args.first().is_some_and(|a| a == "cdi")
+/// Runs `cdi generate` or `cdi list`; `args` follow `cdi`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("generate") => generate_cmd(args),
+        Some("list") => list_cmd(&args[1..]),
+        _ => Err(format!("generate or list; {USAGE}")),
+    }
 }
 
-/// Runs a `cdi` command; `args` starts with `cdi`.
-pub fn run(args: &[OsString]) -> ExitCode {
-    let args: Vec<String> = args
-        .iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
+/// Prints the qualified names of the devices the generated spec holds, one per line.
+fn list_cmd(args: &[String]) -> Result<(), String> {
+    let args = super::args::Args::parse(args, &["--config"], &[])?;
+    if let Some(extra) = args.positional.first() {
+        return Err(format!("unexpected argument {extra:?}"));
     }
-    match generate_cmd(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("containerd-shim-nvidia-v2 cdi: {e}");
-            ExitCode::FAILURE
-        }
+    let config = super::load_config(args.value("--config"))?;
+    let inventory = crate::gpu::discover(&config).map_err(|e| e.to_string())?;
+    let spec =
+        generate(&inventory, Capabilities::all(), &Hooks::None, &[]).map_err(|e| e.to_string())?;
+    for d in &spec.devices {
+        println!("{}={}", spec.kind, d.name);
     }
+    Ok(())
 }
 
 /// The output format.
@@ -146,5 +147,7 @@ mod tests {
         assert!(err.contains("json or yaml"), "{err}");
         let err = generate_cmd(&["list".into()]).unwrap_err();
         assert!(err.contains("unknown command"), "{err}");
+        let err = run(&["lsit".into()]).unwrap_err();
+        assert!(err.starts_with("generate or list"), "{err}");
     }
 }

@@ -1,7 +1,76 @@
 //! What the binary does when containerd or an operator runs it rather than serving ttrpc:
-//! [`shim`] (containerd's `start` and `delete`, the daemon's set-up), [`features`] (`-info`'s
-//! OCI features document) and [`cdi`] (`cdi generate`).
+//! [`shim`] (containerd's `start` and `delete`, the daemon's set-up) and [`features`]
+//! (`-info`'s OCI features document) for containerd; for operators, subcommands that
+//! containerd never passes (it calls the shim with its own flags, `start` and `delete`):
+//! [`info`] (what the node offers), [`cdi`] (`cdi generate`, `cdi list`), [`configure`]
+//! (containerd, Docker and the shim's own config) and [`doctor`] (checks a node end to end).
+//! Each prints its usage with `--help` and fails with one line and a non-zero status.
 
+pub mod args;
 pub mod cdi;
+pub mod configure;
+pub mod doctor;
 pub mod features;
+pub mod info;
 pub mod shim;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use nvidia_shim_core::Config;
+
+/// The program name errors start with.
+const PROGRAM: &str = "containerd-shim-nvidia-v2";
+
+/// The operator commands and their usage.
+const USAGE: &str = "usage: containerd-shim-nvidia-v2 COMMAND [--help]
+
+  info        what this node offers to GPU containers (--json for machines)
+  cdi         generate or list the CDI spec of this node's GPUs
+  configure   register the runtime with containerd or Docker; write the shim's config
+  doctor      check this node end to end, with the fix for each failure
+
+containerd runs this binary itself (start, delete, and the shim's own flags).";
+
+/// An operator command's body: its arguments after the command word to its exit status.
+type Command = fn(&[String]) -> Result<ExitCode, String>;
+
+/// Runs an operator command when `args` (without the program name) is one; `None` leaves the
+/// arguments to containerd's shim protocol.
+pub fn operator_command(args: &[OsString]) -> Option<ExitCode> {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let (command, rest) = args.split_first()?;
+    let (usage, run): (&str, Command) = match command.as_str() {
+        "info" => (info::USAGE, |a| info::run(a).map(|()| ExitCode::SUCCESS)),
+        "cdi" => (cdi::USAGE, |a| cdi::run(a).map(|()| ExitCode::SUCCESS)),
+        "configure" => (configure::USAGE, |a| {
+            configure::run(a).map(|()| ExitCode::SUCCESS)
+        }),
+        "doctor" => (doctor::USAGE, doctor::run),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            return Some(ExitCode::SUCCESS);
+        }
+        _ => return None,
+    };
+    if args::wants_help(rest) {
+        println!("{usage}");
+        return Some(ExitCode::SUCCESS);
+    }
+    Some(match run(rest) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{PROGRAM} {command}: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// The shim's config from `path`, or the default file when it exists, else the defaults.
+pub fn load_config(path: Option<&str>) -> Result<Config, String> {
+    Config::load_or_default(path.map(Path::new)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,381 @@
+//! The operator commands, run as an operator runs them (the built binary): `configure
+//! containerd` on the installed containerd's own default config and on hand-written version 2
+//! and 3 configs, then a private containerd started with the configured file runs a pod through
+//! the `nvidia` handler; `configure docker`; `info --json` and `cdi list` on a fake driver and
+//! on Debian's packaged driver (golden file); `doctor` on this machine and on a fake node.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_integration::checks::text;
+use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
+use nvidia_shim_integration::debian_driver::debian_driver;
+use nvidia_shim_integration::{can_run_containerd, shim_binary, skip, which};
+use serde_json::Value;
+
+fn shim(args: &[&str]) -> Result<Output> {
+    Command::new(shim_binary())
+        .args(args)
+        .output()
+        .context("run the shim binary")
+}
+
+fn root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(test, "the fake driver's device nodes need mknod (root)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs() -> Result<()>
+{
+    let test = "configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs";
+    if which("containerd").is_none() {
+        skip(test, "containerd is not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("config.toml");
+    let default = Command::new("containerd")
+        .args(["config", "default"])
+        .output()?;
+    assert!(default.status.success(), "{}", text(&default.stderr));
+    std::fs::write(&file, &default.stdout)?;
+    let path = file.display().to_string();
+
+    // --dry-run shows the change and writes nothing.
+    let dry = shim(&["configure", "containerd", "--config", &path, "--dry-run"])?;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains("+runtime_type = \"io.containerd.nvidia.v2\""),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert_eq!(std::fs::read(&file)?, default.stdout, "--dry-run wrote");
+
+    let first = shim(&["configure", "containerd", "--config", &path])?;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let once = std::fs::read_to_string(&file)?;
+    let second = shim(&["configure", "containerd", "--config", &path])?;
+    assert!(text(&second.stdout).contains("nothing changed"));
+    assert_eq!(std::fs::read_to_string(&file)?, once, "not idempotent");
+    assert_eq!(
+        std::fs::read(dir.path().join("config.toml.bak"))?,
+        default.stdout
+    );
+    // Every line of containerd's default is still there (only additions).
+    let kept = text(&default.stdout);
+    for line in kept.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(once.contains(line), "{line:?} lost");
+    }
+    // containerd itself reads the result and sees the runtime.
+    let dump = Command::new("containerd")
+        .args(["--config", &path, "config", "dump"])
+        .output()?;
+    assert!(dump.status.success(), "{}", text(&dump.stderr));
+    let dumped = text(&dump.stdout);
+    assert!(
+        dumped.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]")
+            && dumped.contains("runtime_type = \"io.containerd.nvidia.v2\""),
+        "{dumped}"
+    );
+
+    // A private containerd whose config the binary edited runs a pod through `nvidia`.
+    if !can_run_containerd(test) {
+        return Ok(());
+    }
+    let cri = Cri::start(&HandlerConfigs {
+        nvidia_by_configure: true,
+        ..HandlerConfigs::default()
+    })?;
+    let opts = PodOptions::default();
+    let pod = cri.run_pod("configured", HANDLER, &opts)?;
+    let app = cri.run_container(
+        &pod,
+        "configured",
+        &opts,
+        &ContainerOptions::sh("app", "echo up; exec sleep 1000"),
+    )?;
+    assert_eq!(
+        cri.sh(&app, "echo through the configured handler")?.trim(),
+        "through the configured handler"
+    );
+    let shim_pid = std::fs::read_to_string(format!("/proc/{}/stat", cri.pid_of(&app)?))?
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_owned))
+        .context("ppid")?;
+    let exe = std::fs::read_link(format!("/proc/{shim_pid}/exe"))?;
+    assert!(
+        exe.ends_with("containerd-shim-nvidia-v2"),
+        "{}",
+        exe.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn configure_containerd_on_version_2_and_3_configs_with_comments() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // containerd 2.x's documented defaults, trimmed, with an operator's comments.
+    let v3 = r#"# containerd 2.x, managed by ansible
+version = 3
+root = "/var/lib/containerd"
+
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "runc" # not ours
+
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+"#;
+    let file = dir.path().join("v3.toml");
+    std::fs::write(&file, v3)?;
+    let path = file.display().to_string();
+    let out = shim(&[
+        "configure",
+        "containerd",
+        "--config",
+        &path,
+        "--set-as-default",
+        "--runtime-name",
+        "gpu",
+    ])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let edited = std::fs::read_to_string(&file)?;
+    assert!(edited.contains("# containerd 2.x, managed by ansible"));
+    assert!(edited.contains("SystemdCgroup = true"));
+    let parsed: toml::Value = toml::from_str(&edited)?;
+    let c = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"];
+    assert_eq!(c["default_runtime_name"].as_str(), Some("gpu"));
+    assert_eq!(
+        c["runtimes"]["gpu"]["runtime_type"].as_str(),
+        Some("io.containerd.nvidia.v2")
+    );
+    assert_eq!(
+        c["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(),
+        Some(true)
+    );
+    // A file it cannot parse is refused, naming the line, and left alone.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "version = 2\n\n[plugins\n")?;
+    let out = shim(&[
+        "configure",
+        "containerd",
+        "--config",
+        &broken.display().to_string(),
+    ])?;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&broken)?,
+        "version = 2\n\n[plugins\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn configure_docker_keeps_other_keys() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("daemon.json");
+    std::fs::write(
+        &file,
+        r#"{"log-driver": "journald", "runtimes": {"crun": {"path": "/usr/bin/crun"}}, "data-root": "/srv/docker"}"#,
+    )?;
+    let path = file.display().to_string();
+    let out = shim(&["configure", "docker", "--config", &path])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    assert_eq!(v["log-driver"], "journald");
+    assert_eq!(v["data-root"], "/srv/docker");
+    assert_eq!(v["runtimes"]["crun"]["path"], "/usr/bin/crun");
+    assert_eq!(
+        v["runtimes"]["nvidia"]["runtimeType"],
+        "io.containerd.nvidia.v2"
+    );
+    let again = shim(&["configure", "docker", "--config", &path])?;
+    assert!(text(&again.stdout).contains("nothing changed"));
+    Ok(())
+}
+
+#[test]
+fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
+    if !root("info_and_cdi_list_describe_a_fake_driver") {
+        return Ok(());
+    }
+    let fake = FakeDriver::builder().gpus(2).build();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, fake.shim_config())?;
+    let cfg = config.display().to_string();
+    let out = shim(&["info", "--json", "--config", &cfg])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(info["gpus"].as_array().map(Vec::len), Some(2));
+    assert_eq!(info["discovery_source"], "/proc");
+    assert!(info["nvml_unavailable"]
+        .as_str()
+        .is_some_and(|r| r.contains("proc_root")));
+    let compute = info["capabilities"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["capability"] == "compute"))
+        .context("compute")?;
+    let libcuda = compute["libraries"]
+        .as_array()
+        .and_then(|l| {
+            l.iter().find(|f| {
+                f["container"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("libcuda.so."))
+            })
+        })
+        .context("libcuda among compute's libraries")?;
+    assert!(Path::new(libcuda["host"].as_str().unwrap_or_default()).is_file());
+    assert_eq!(info["cache"]["state"], "absent");
+    let text_out = shim(&["info", "--config", &cfg])?;
+    assert!(text(&text_out.stdout).contains("GPUs:                2"));
+
+    let list = shim(&["cdi", "list", "--config", &cfg])?;
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let names: Vec<String> = text(&list.stdout).lines().map(str::to_owned).collect();
+    let uuid0 = info["gpus"][0]["uuid"].as_str().unwrap_or_default();
+    assert_eq!(
+        names,
+        [
+            "nvidia.com/gpu=0".to_owned(),
+            format!("nvidia.com/gpu={uuid0}"),
+            "nvidia.com/gpu=1".to_owned(),
+            format!(
+                "nvidia.com/gpu={}",
+                info["gpus"][1]["uuid"].as_str().unwrap_or_default()
+            ),
+            "nvidia.com/gpu=all".to_owned(),
+        ]
+    );
+    Ok(())
+}
+
+/// `info --json` on Debian's packaged driver (fake kernel side), against
+/// `integration/testdata/info-debian.json` with the temporary roots and the driver version
+/// written as placeholders (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
+    if !root("info_on_debians_packaged_driver_matches_its_golden_file") {
+        return Ok(());
+    }
+    let driver = debian_driver()?;
+    let kernel = driver.kernel(1);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, kernel.shim_config())?;
+    let out = shim(&["info", "--json", "--config", &config.display().to_string()])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = text(&out.stdout)
+        .replace(&driver.root.display().to_string(), "<debian-root>")
+        .replace(&kernel.host_root().display().to_string(), "<fake-kernel>")
+        .replace(&driver.version, "<version>");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/info-debian.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &got)?;
+    }
+    let want = std::fs::read_to_string(&golden)
+        .with_context(|| format!("{} (UPDATE_GOLDEN=1 writes it)", golden.display()))?;
+    assert_eq!(got, want, "info --json differs from {}", golden.display());
+    Ok(())
+}
+
+#[test]
+fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
+    let test = "doctor_fails_without_a_driver_and_checks_a_fake_node";
+    // This machine: no NVIDIA kernel module.
+    if !Path::new("/proc/driver/nvidia/version").exists() {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("shim.toml");
+        std::fs::write(&config, "")?;
+        let out = shim(&["doctor", "--config", &config.display().to_string()])?;
+        assert!(!out.status.success(), "doctor passed without a driver");
+        let report = text(&out.stdout);
+        let first = report.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("FAIL  kernel module:") && first.contains("not loaded"),
+            "{report}"
+        );
+        assert!(
+            report.contains("fix: install the NVIDIA driver"),
+            "{report}"
+        );
+    }
+    if !can_run_containerd(test) {
+        return Ok(());
+    }
+    // A fake node with a private containerd the binary configured.
+    let fake = FakeDriver::builder().gpus(2).build();
+    let c = Containerd::start_configured_by(
+        &shim_binary(),
+        "info",
+        |_| Ok(None),
+        |_| {
+            Ok(vec![
+                shim_binary().display().to_string(),
+                "configure".into(),
+                "containerd".into(),
+            ])
+        },
+    )?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, fake.shim_config())?;
+    let out = shim(&[
+        "doctor",
+        "--json",
+        "--config",
+        &config.display().to_string(),
+        "--containerd-config",
+        &c.dir().join("config.toml").display().to_string(),
+        "--containerd-socket",
+        &c.socket().display().to_string(),
+    ])?;
+    let report: Vec<Value> =
+        serde_json::from_slice(&out.stdout).with_context(|| text(&out.stdout))?;
+    let status = |name: &str| {
+        report
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["detail"].clone(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    for ok in [
+        "kernel module",
+        "device nodes",
+        "driver libraries",
+        "containerd",
+        "containerd config",
+        "inventory cache",
+    ] {
+        assert_eq!(status(ok).0, "OK", "{ok}: {:?}", status(ok).1);
+    }
+    assert_eq!(
+        status("persistence").0,
+        "WARN",
+        "no nvidia-persistenced on a fake node"
+    );
+    assert_eq!(report.len(), 10, "{report:?}");
+    Ok(())
+}

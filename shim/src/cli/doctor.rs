@@ -1,0 +1,617 @@
+//! `containerd-shim-nvidia-v2 doctor [--json]`: checks a node end to end, one line per check
+//! (OK, WARN, FAIL, or SKIP when an earlier failure decides it) with the fix for each failure;
+//! exits non-zero when a check fails. The checks read the same roots the shim does (its
+//! config's `proc_root`, `dev_root`, `driver_root`), so a fake or foreign root can be checked.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use nvidia_shim_core::cdi::spec::CdiSpec;
+use nvidia_shim_core::discover::{DeviceNode, Inventory};
+use nvidia_shim_core::Config;
+
+use super::args::Args;
+use super::configure::containerd::registers;
+
+/// The command's usage.
+pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 doctor [--json] [--config FILE] [--containerd-config PATH] [--containerd-socket PATH]
+
+Checks the node end to end: kernel module, device nodes, persistence daemon, driver libraries,
+the shim on containerd's PATH, containerd reachable and configured with the runtime, the CDI
+spec, the inventory cache directory and cgroups. Exits non-zero when a check fails.
+
+  --json                    one JSON array of {check, status, detail, fix}
+  --config FILE             the shim's config; default /etc/containerd-shim-nvidia/config.toml
+  --containerd-config PATH  default /etc/containerd/config.toml
+  --containerd-socket PATH  default /run/containerd/containerd.sock";
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could.
+    Warn,
+    /// Broken: GPU containers will fail.
+    Fail,
+    /// Not checked: an earlier failure decides it.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub check: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix a failure or warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn check(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> Check {
+    Check {
+        check: name,
+        status,
+        detail: detail.into(),
+        fix: fix.map(str::to_owned),
+    }
+}
+
+/// Where the checks look besides the shim's config.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// containerd's config.
+    pub containerd_config: PathBuf,
+    /// containerd's socket.
+    pub containerd_socket: PathBuf,
+    /// The cgroupfs mount.
+    pub cgroup_root: PathBuf,
+}
+
+/// Runs every check.
+pub fn checks(config: &Config, targets: &Targets) -> Vec<Check> {
+    let mut out = Vec::new();
+    let version_file = config.proc_root.join("driver/nvidia/version");
+    let module = std::fs::read_to_string(&version_file);
+    match &module {
+        Ok(text) => out.push(check(
+            "kernel module",
+            Status::Ok,
+            text.lines().next().unwrap_or_default().trim(),
+            None,
+        )),
+        Err(e) => out.push(check(
+            "kernel module",
+            Status::Fail,
+            format!("{}: {e}: the NVIDIA kernel module is not loaded", version_file.display()),
+            Some("install the NVIDIA driver (kernel module and userspace of one version) and load it: modprobe nvidia"),
+        )),
+    }
+    let inventory = module.as_ref().ok().map(|_| crate::gpu::discover(config));
+    match &inventory {
+        None => {
+            for name in ["device nodes", "persistence", "driver libraries"] {
+                out.push(check(name, Status::Skip, "no kernel module", None));
+            }
+        }
+        Some(Err(e)) => {
+            out.push(check(
+                "device nodes",
+                Status::Skip,
+                "no driver inventory",
+                None,
+            ));
+            out.push(check(
+                "persistence",
+                Status::Skip,
+                "no driver inventory",
+                None,
+            ));
+            out.push(check(
+                "driver libraries",
+                Status::Fail,
+                e.to_string(),
+                Some("install the driver's userspace of the kernel module's version (Debian: libcuda1 libnvidia-ml1 nvidia-smi from contrib/non-free), or set driver_root in the shim's config"),
+            ));
+        }
+        Some(Ok(inv)) => {
+            out.push(device_nodes(inv));
+            out.push(persistence(config));
+            out.push(libraries(inv));
+        }
+    }
+    out.push(shim_on_path());
+    out.push(containerd_reachable(&targets.containerd_socket));
+    out.push(containerd_configured(&targets.containerd_config));
+    out.push(cdi_spec(
+        config,
+        inventory.as_ref().and_then(|r| r.as_ref().ok()),
+    ));
+    out.push(cache_dir(&config.cache_dir));
+    out.push(cgroups(&targets.cgroup_root));
+    out
+}
+
+fn device_nodes(inv: &Inventory) -> Check {
+    let majors = &inv.char_majors;
+    let gpu_major = majors
+        .get("nvidia-frontend")
+        .or_else(|| majors.get("nvidia"))
+        .copied();
+    let mut problems = Vec::new();
+    let mut modes = Vec::new();
+    let mut nodes: Vec<(&DeviceNode, Option<u32>)> = vec![(&inv.ctl, gpu_major)];
+    nodes.extend(inv.gpu_nodes.values().map(|n| (n, gpu_major)));
+    let uvm_major = majors.get("nvidia-uvm").copied();
+    nodes.extend(inv.uvm.iter().map(|n| (n, uvm_major)));
+    for (node, want_major) in &nodes {
+        match std::fs::metadata(&node.host_path) {
+            Ok(m) if m.file_type().is_char_device() => {
+                let major = nvidia_shim_core::discover::rdev_major(m.rdev());
+                if want_major.is_some_and(|w| w != major) {
+                    problems.push(format!(
+                        "{} has major {major}, /proc/devices says {}",
+                        node.host_path.display(),
+                        want_major.unwrap_or_default()
+                    ));
+                }
+                if m.mode() & 0o666 != 0o666 {
+                    modes.push(format!(
+                        "{} has mode {:o}",
+                        node.host_path.display(),
+                        m.mode() & 0o777
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{} is not a character device",
+                node.host_path.display()
+            )),
+        }
+    }
+    if inv.uvm.is_none() {
+        problems.push("no /dev/nvidia-uvm: CUDA needs it".to_owned());
+    }
+    if problems.is_empty() && !modes.is_empty() {
+        return check(
+            "device nodes",
+            Status::Warn,
+            format!(
+                "{}; the driver's default is 0666 (NVreg_DeviceFileMode): containers get 0666 nodes of their own, but host users other than root cannot reach the GPUs",
+                modes.join("; ")
+            ),
+            Some("chmod 0666 /dev/nvidia* (or load nvidia with NVreg_DeviceFileMode=0666)"),
+        );
+    }
+    if problems.is_empty() {
+        check(
+            "device nodes",
+            Status::Ok,
+            format!(
+                "{} nodes, majors as /proc/devices says, mode 0666",
+                nodes.len()
+            ),
+            None,
+        )
+    } else {
+        check(
+            "device nodes",
+            Status::Fail,
+            problems.join("; "),
+            Some("create the nodes with the driver's majors: nvidia-modprobe -c 0 -u (or load nvidia-uvm), and chmod 0666 /dev/nvidia*"),
+        )
+    }
+}
+
+fn persistence(config: &Config) -> Check {
+    let socket = ["run", "var/run"]
+        .iter()
+        .map(|d| config.dev_root.join(d).join("nvidia-persistenced/socket"))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()));
+    match socket {
+        Some(p) => check(
+            "persistence",
+            Status::Ok,
+            format!("nvidia-persistenced is running ({})", p.display()),
+            None,
+        ),
+        None => check(
+            "persistence",
+            Status::Warn,
+            "nvidia-persistenced is not running: the driver tears a GPU down when no process holds it, so each container start initialises it again",
+            Some("systemctl enable --now nvidia-persistenced"),
+        ),
+    }
+}
+
+fn libraries(inv: &Inventory) -> Check {
+    let missing: Vec<&str> = ["libcuda", "libnvidia-ml"]
+        .into_iter()
+        .filter(|l| inv.library(l).is_none())
+        .collect();
+    if missing.is_empty() {
+        check(
+            "driver libraries",
+            Status::Ok,
+            format!(
+                "{} libraries of version {} under {} (libcuda {})",
+                inv.libraries.len(),
+                inv.driver_version,
+                inv.roots.driver_root.display(),
+                inv.library("libcuda")
+                    .map(|l| l.path.display().to_string())
+                    .unwrap_or_default()
+            ),
+            None,
+        )
+    } else {
+        check(
+            "driver libraries",
+            Status::Fail,
+            format!(
+                "no {} of version {} under {}",
+                missing.join(", "),
+                inv.driver_version,
+                inv.roots.driver_root.display()
+            ),
+            Some("install the driver's userspace of the kernel module's version"),
+        )
+    }
+}
+
+/// The PATH of the running containerd (its environment), or the default one.
+fn containerd_path() -> (String, Option<i32>) {
+    let default = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned();
+    let Ok(procs) = procfs::process::all_processes() else {
+        return (default, None);
+    };
+    for p in procs.flatten() {
+        if p.stat().is_ok_and(|s| s.comm == "containerd") {
+            let path = p
+                .environ()
+                .ok()
+                .and_then(|env| env.get(std::ffi::OsStr::new("PATH")).cloned())
+                .map(|v| v.to_string_lossy().into_owned());
+            return (path.unwrap_or(default), Some(p.pid));
+        }
+    }
+    (default, None)
+}
+
+fn shim_on_path() -> Check {
+    let name = env!("CARGO_BIN_NAME");
+    let (path, pid) = containerd_path();
+    let whose = match pid {
+        Some(pid) => format!("containerd's PATH (pid {pid})"),
+        None => "the default PATH (containerd is not running)".to_owned(),
+    };
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    let Some(found) = found else {
+        return check(
+            "shim on PATH",
+            Status::Fail,
+            format!("no {name} on {whose}: {path}"),
+            Some("install the binary into /usr/local/bin (deploy/installer/install.sh does)"),
+        );
+    };
+    let theirs = std::process::Command::new(&found)
+        .arg("-v")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("Version:")
+                    .map(|v| v.trim().to_owned())
+            })
+        });
+    let ours = env!("CARGO_PKG_VERSION");
+    match theirs {
+        Some(v) if v == ours => check(
+            "shim on PATH",
+            Status::Ok,
+            format!("{} on {whose}, version {v}", found.display()),
+            None,
+        ),
+        other => check(
+            "shim on PATH",
+            Status::Warn,
+            format!(
+                "{} on {whose} is version {}, this one is {ours}",
+                found.display(),
+                other.as_deref().unwrap_or("unknown")
+            ),
+            Some("install this binary over it (running shims keep the old one until their containers go)"),
+        ),
+    }
+}
+
+fn containerd_reachable(socket: &Path) -> Check {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => check(
+            "containerd",
+            Status::Ok,
+            format!("{} accepts connections", socket.display()),
+            None,
+        ),
+        Err(e) => check(
+            "containerd",
+            Status::Fail,
+            format!("{}: {e}", socket.display()),
+            Some("systemctl start containerd"),
+        ),
+    }
+}
+
+/// The files containerd reads as its config: the main file and its `imports`.
+fn config_files(main: &Path) -> Vec<PathBuf> {
+    let mut files = vec![main.to_owned()];
+    let imports: Vec<String> = std::fs::read_to_string(main)
+        .ok()
+        .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
+        .and_then(|d| {
+            d.get("imports")
+                .and_then(toml_edit::Item::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+        })
+        .unwrap_or_default();
+    for pattern in imports {
+        match pattern.strip_suffix("*.toml") {
+            Some(dir) => {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            None => files.push(PathBuf::from(pattern)),
+        }
+    }
+    files
+}
+
+fn containerd_configured(main: &Path) -> Check {
+    let fix = Some("containerd-shim-nvidia-v2 configure containerd, then restart containerd");
+    if !main.exists() {
+        return check(
+            "containerd config",
+            Status::Fail,
+            format!("{} does not exist", main.display()),
+            fix,
+        );
+    }
+    let mut names = Vec::new();
+    for file in config_files(main) {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        match registers(&text, None) {
+            Ok(found) => names.extend(
+                found
+                    .into_iter()
+                    .map(|n| format!("{n} ({})", file.display())),
+            ),
+            Err(e) => {
+                return check(
+                    "containerd config",
+                    Status::Fail,
+                    format!("{}: {e}", file.display()),
+                    Some("fix the file; containerd does not start with it either"),
+                )
+            }
+        }
+    }
+    if names.is_empty() {
+        check(
+            "containerd config",
+            Status::Fail,
+            format!(
+                "no runtime with runtime_type io.containerd.nvidia.v2 in {}",
+                main.display()
+            ),
+            fix,
+        )
+    } else {
+        check(
+            "containerd config",
+            Status::Ok,
+            format!("runtime {}", names.join(", ")),
+            None,
+        )
+    }
+}
+
+fn cdi_spec(config: &Config, inv: Option<&Inventory>) -> Check {
+    let fix = Some(
+        "containerd-shim-nvidia-v2 cdi generate --hooks none --output /var/run/cdi/nvidia.yaml",
+    );
+    let mut specs = Vec::new();
+    for dir in &config.cdi_spec_dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if let Ok(spec) = CdiSpec::load(&path) {
+                if spec.kind == "nvidia.com/gpu" {
+                    specs.push((path, spec));
+                }
+            }
+        }
+    }
+    let Some((path, spec)) = specs.last() else {
+        return check(
+            "CDI spec",
+            Status::Warn,
+            "no nvidia.com/gpu spec in the CDI directories: only CDI consumers other than this shim need one (containerd 2.x's own CDI, Podman)",
+            fix,
+        );
+    };
+    let Some(inv) = inv else {
+        return check("CDI spec", Status::Ok, format!("{}", path.display()), None);
+    };
+    let stale = spec
+        .container_edits
+        .mounts
+        .iter()
+        .find(|m| m.host_path.contains(".so.") && !m.host_path.ends_with(&inv.driver_version));
+    match stale {
+        Some(m) => check(
+            "CDI spec",
+            Status::Warn,
+            format!(
+                "{} is stale: it mounts {} but the driver is {}",
+                path.display(),
+                m.host_path,
+                inv.driver_version
+            ),
+            fix,
+        ),
+        None => check(
+            "CDI spec",
+            Status::Ok,
+            format!("{} ({} devices)", path.display(), spec.devices.len()),
+            None,
+        ),
+    }
+}
+
+fn cache_dir(dir: &Path) -> Check {
+    if dir.as_os_str().is_empty() {
+        return check(
+            "inventory cache",
+            Status::Ok,
+            "disabled (cache_dir = \"\")",
+            None,
+        );
+    }
+    match std::fs::symlink_metadata(dir) {
+        Err(_) => check(
+            "inventory cache",
+            Status::Ok,
+            format!("{} is created on first use (root, 0700)", dir.display()),
+            None,
+        ),
+        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => check(
+            "inventory cache",
+            Status::Ok,
+            format!("{} owned by root, mode {:o}", dir.display(), m.mode() & 0o777),
+            None,
+        ),
+        Ok(m) => check(
+            "inventory cache",
+            Status::Fail,
+            format!(
+                "{} is {} owned by uid {} with mode {:o}: the shim does not trust it",
+                dir.display(),
+                if m.is_dir() { "a directory" } else { "not a directory" },
+                m.uid(),
+                m.mode() & 0o777
+            ),
+            Some("rm -rf the directory (the shim recreates it root-owned, 0700) or chown root:root and chmod 0700"),
+        ),
+    }
+}
+
+fn cgroups(root: &Path) -> Check {
+    if root.join("cgroup.controllers").exists() {
+        check(
+            "cgroups",
+            Status::Ok,
+            "v2 (unified): device rules enforced by an eBPF program per container",
+            None,
+        )
+    } else if root.join("devices").is_dir() {
+        check(
+            "cgroups",
+            Status::Ok,
+            "v1 with the devices controller: device rules enforced",
+            None,
+        )
+    } else {
+        check(
+            "cgroups",
+            Status::Warn,
+            format!("{}: neither cgroup v2 nor the v1 devices controller; device rules cannot be enforced", root.display()),
+            Some("mount cgroup2 at /sys/fs/cgroup (systemd.unified_cgroup_hierarchy=1)"),
+        )
+    }
+}
+
+/// The report as text: one line per check, the fix indented below a failure or warning.
+pub fn text(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let status = match c.status {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        out.push_str(&format!("{status:<5} {}: {}\n", c.check, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("      fix: {fix}\n"));
+        }
+    }
+    out
+}
+
+/// Runs `doctor` with `args` (after the command word).
+pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(
+        args,
+        &["--config", "--containerd-config", "--containerd-socket"],
+        &["--json"],
+    )?;
+    if let Some(extra) = args.positional.first() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    let config = super::load_config(args.value("--config"))?;
+    let targets = Targets {
+        containerd_config: PathBuf::from(
+            args.value("--containerd-config")
+                .unwrap_or("/etc/containerd/config.toml"),
+        ),
+        containerd_socket: PathBuf::from(
+            args.value("--containerd-socket")
+                .unwrap_or("/run/containerd/containerd.sock"),
+        ),
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+    };
+    let report = checks(&config, &targets);
+    if args.has("--json") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", text(&report));
+    }
+    let failed = report.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        eprintln!("doctor: {failed} check(s) failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

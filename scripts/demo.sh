@@ -41,15 +41,25 @@ image=$(target/release/nvtest-image "$work/busybox.tar")
 $ctr image import "$work/busybox.tar" >/dev/null
 echo "== image $image imported"
 
+shim=target/release/containerd-shim-nvidia-v2
 gpu_env=()
-if [ -e /dev/nvidiactl ]; then
-  echo "== /dev/nvidiactl present: requesting all GPUs"
+gpu_line='echo "GPU: none"'
+echo "== what this node offers to GPU containers (containerd-shim-nvidia-v2 info)"
+if info=$($shim info 2>&1); then
+  printf '%s\n' "$info" | sed 's/^/   /'
+  echo "== requesting all GPUs (NVIDIA_VISIBLE_DEVICES=all)"
   gpu_env=(--env NVIDIA_VISIBLE_DEVICES=all)
+  gpu_line='ls /dev | grep "^nvidia" | tr "\n" " " | sed "s/^/GPU device nodes: /"; echo; command -v nvidia-smi >/dev/null && nvidia-smi -L'
+else
+  echo "   $info"
+  echo "== no usable NVIDIA driver on this machine, so the container runs WITHOUT a GPU."
+  echo "   Why, with the fix for each problem (containerd-shim-nvidia-v2 doctor):"
+  $shim doctor 2>/dev/null | grep -E '^(FAIL|WARN) +(kernel module|device nodes|driver libraries)' -A1 | sed 's/^/   /' || true
 fi
 echo "== ctr run --rm --runtime io.containerd.nvidia.v2 $image demo1 ..."
 set +e
 $ctr run --rm --runtime io.containerd.nvidia.v2 "${gpu_env[@]}" "$image" demo1 \
-  sh -c 'echo "hello from $(hostname), pid $$, kernel $(uname -r)"; ls /dev | grep -c . | sed "s/^/devices: /"; exit 3'
+  sh -c "echo \"hello from \$(hostname), pid \$\$, kernel \$(uname -r)\"; $gpu_line; exit 3"
 rc=$?
 set -e
 echo "== container exited with status $rc (expected 3)"

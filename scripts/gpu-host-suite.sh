@@ -60,6 +60,10 @@ run() {
   export NVIDIA_SHIM_BIN=$o/containerd-shim-nvidia-v2 NVIDIA_TEST_BUSYBOX=$o/busybox \
     NVIDIA_TEST_PROBE=$o/nvprobe
   echo "== host: $(uname -r), $(nvidia-smi -L 2>/dev/null | head -3 || true)"
+  echo "== containerd-shim-nvidia-v2 info"
+  "$NVIDIA_SHIM_BIN" info 2>&1 || true
+  echo "== containerd-shim-nvidia-v2 doctor (containerd checks fail here: no system containerd)"
+  "$NVIDIA_SHIM_BIN" doctor 2>&1 || true
   local log=/tmp/gpu_host.log rc=0
   "$o/gpu_host" --test-threads=2 --nocapture 2>&1 | tee "$log" || rc=$?
   echo "== nvbench --gpu-only --pairs 10"

@@ -293,6 +293,15 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
     let want = std::fs::read_to_string(&golden)
         .with_context(|| format!("{} (UPDATE_GOLDEN=1 writes it)", golden.display()))?;
     assert_eq!(got, want, "info --json differs from {}", golden.display());
+    // The spec `cdi generate` would write for it holds the names nvidia-ctk gives.
+    let list = shim(&["cdi", "list", "--config", &config.display().to_string()])?;
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout)?;
+    let uuid = info["gpus"][0]["uuid"].as_str().unwrap_or_default();
+    assert_eq!(
+        text(&list.stdout),
+        format!("nvidia.com/gpu=0\nnvidia.com/gpu={uuid}\nnvidia.com/gpu=all\n")
+    );
     Ok(())
 }
 

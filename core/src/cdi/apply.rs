@@ -237,13 +237,16 @@ fn add_node(spec: &mut Spec, node: &DeviceNode) -> Result<(), ApplyError> {
         _ => return Err(err("no major/minor")),
     };
     let file_mode = node.file_mode.unwrap_or(0o666);
-    let user = spec.process().as_ref().map(|p| p.user().clone());
+    let user = spec
+        .process()
+        .as_ref()
+        .map(|p| (p.user().uid(), p.user().gid()));
     let uid = node
         .uid
-        .or_else(|| user.as_ref().map(|u| u.uid()).filter(|u| *u > 0));
+        .or_else(|| user.map(|(uid, _)| uid).filter(|u| *u > 0));
     let gid = node
         .gid
-        .or_else(|| user.as_ref().map(|u| u.gid()).filter(|g| *g > 0));
+        .or_else(|| user.map(|(_, gid)| gid).filter(|g| *g > 0));
     let mut b = LinuxDeviceBuilder::default()
         .path(PathBuf::from(&node.path))
         .typ(typ.linux())
@@ -257,39 +260,40 @@ fn add_node(spec: &mut Spec, node: &DeviceNode) -> Result<(), ApplyError> {
         b = b.gid(gid);
     }
     let dev = b.build().map_err(|e| err(&e.to_string()))?;
-
-    let mut linux = spec
-        .linux()
-        .clone()
-        .unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux"));
-    let mut devices = linux.devices().clone().unwrap_or_default();
+    let access = node.permissions.as_deref().unwrap_or("rwm");
+    let rule = if typ.has_cgroup_rule() && access != "none" {
+        let access = if access.is_empty() { "rwm" } else { access };
+        Some(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ.linux())
+                .major(major)
+                .minor(minor)
+                .access(access)
+                .build()
+                .map_err(|e| err(&e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    // In place: the Linux section may carry a large seccomp profile, not to be copied per node.
+    let linux = spec
+        .linux_mut()
+        .get_or_insert_with(|| LinuxBuilder::default().build().expect("empty linux"));
+    let devices = linux.devices_mut().get_or_insert_with(Vec::new);
     devices.retain(|d| d.path() != dev.path());
     devices.push(dev);
-    linux.set_devices(Some(devices));
-    let access = node.permissions.as_deref().unwrap_or("rwm");
-    if typ.has_cgroup_rule() && access != "none" {
-        let access = if access.is_empty() { "rwm" } else { access };
-        let mut resources = linux.resources().clone().unwrap_or_else(|| {
+    if let Some(rule) = rule {
+        let resources = linux.resources_mut().get_or_insert_with(|| {
             LinuxResourcesBuilder::default()
                 .build()
                 .expect("empty resources")
         });
-        let mut rules = resources.devices().clone().unwrap_or_default();
-        let rule = LinuxDeviceCgroupBuilder::default()
-            .allow(true)
-            .typ(typ.linux())
-            .major(major)
-            .minor(minor)
-            .access(access)
-            .build()
-            .map_err(|e| err(&e.to_string()))?;
+        let rules = resources.devices_mut().get_or_insert_with(Vec::new);
         if !rules.contains(&rule) {
             rules.push(rule);
         }
-        resources.set_devices(Some(rules));
-        linux.set_resources(Some(resources));
     }
-    spec.set_linux(Some(linux));
     Ok(())
 }
 
@@ -304,10 +308,9 @@ fn add_mount(spec: &mut Spec, m: &Mount) {
         b = b.typ(t);
     }
     let mount = b.build().expect("all mount fields are set");
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
     mounts.retain(|x| x.destination() != mount.destination());
     mounts.push(mount);
-    spec.set_mounts(Some(mounts));
 }
 
 fn depth(p: &Path) -> usize {
@@ -317,9 +320,8 @@ fn depth(p: &Path) -> usize {
 }
 
 fn sort_mounts_by_depth(spec: &mut Spec) {
-    if let Some(mut mounts) = spec.mounts().clone() {
-        mounts.sort_by_key(|m| depth(m.destination()));
-        spec.set_mounts(Some(mounts));
+    if let Some(mounts) = spec.mounts_mut() {
+        mounts.sort_by_cached_key(|m| depth(m.destination()));
     }
 }
 
@@ -335,6 +337,16 @@ fn remove_toolkit_hooks(spec: &mut Spec) {
     let Some(mut hooks) = spec.hooks().clone() else {
         return;
     };
+    #[allow(deprecated)]
+    let any = hooks
+        .prestart()
+        .iter()
+        .chain(hooks.create_runtime())
+        .flatten()
+        .any(|h| is_toolkit_hook(h.path()));
+    if !any {
+        return;
+    }
     let keep = |list: Option<Vec<OciHook>>| {
         list.map(|l| {
             l.into_iter()

@@ -349,15 +349,13 @@ pub fn set_env(spec: &mut Spec, entries: &[String]) {
     if entries.is_empty() {
         return;
     }
-    if let Some(mut process) = spec.process().clone() {
-        let mut env = process.env().clone().unwrap_or_default();
+    if let Some(process) = spec.process_mut() {
+        let env = process.env_mut().get_or_insert_with(Vec::new);
         for kv in entries {
             let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
             env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
             env.push(kv.clone());
         }
-        process.set_env(Some(env));
-        spec.set_process(Some(process));
     }
 }
 

@@ -61,7 +61,7 @@ impl Containerd {
         level: &str,
         cri: impl FnOnce(&Path) -> Result<Option<String>>,
     ) -> Result<Self> {
-        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()))
+        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()), |_| Ok(Vec::new()))
     }
 
     /// Starts containerd with the shim under test through `wrapper` (given the temp dir), a
@@ -69,7 +69,13 @@ impl Containerd {
     /// containerd's: `unshare -m sh -c '<mounts>; exec "$@"' sh` gives it (and its shims) a
     /// private mount namespace.
     pub fn start_in(wrapper: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<Self> {
-        Self::start_wrapped(&shim_binary(), "debug", |_| Ok(None), wrapper)
+        Self::start_wrapped(
+            &shim_binary(),
+            "debug",
+            |_| Ok(None),
+            wrapper,
+            |_| Ok(Vec::new()),
+        )
     }
 
     /// [`Containerd::start_configured`], with `command` (program and arguments; `--config
@@ -81,31 +87,7 @@ impl Containerd {
         cri: impl FnOnce(&Path) -> Result<Option<String>>,
         command: impl FnOnce(&Path) -> Result<Vec<String>>,
     ) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("nvctd")
-            .tempdir_in("/tmp")?;
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&bin)?;
-        fs::copy(shim, bin.join("containerd-shim-nvidia-v2"))
-            .with_context(|| format!("copy {}", shim.display()))?;
-        let path_env = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
-        let config_command = command(dir.path())?;
-        let mut me = Self {
-            dir,
-            child: None,
-            path_env,
-            level: level.to_owned(),
-            cri_config,
-            wrapper: Vec::new(),
-            config_command,
-        };
-        me.spawn()?;
-        Ok(me)
+        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()), command)
     }
 
     fn start_wrapped(
@@ -113,6 +95,7 @@ impl Containerd {
         level: &str,
         cri: impl FnOnce(&Path) -> Result<Option<String>>,
         wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
+        config_command: impl FnOnce(&Path) -> Result<Vec<String>>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
@@ -129,6 +112,7 @@ impl Containerd {
         );
         let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
         let wrapper = wrapper(dir.path())?;
+        let config_command = config_command(dir.path())?;
         let mut me = Self {
             dir,
             child: None,
@@ -136,7 +120,7 @@ impl Containerd {
             level: level.to_owned(),
             cri_config,
             wrapper,
-            config_command: Vec::new(),
+            config_command,
         };
         me.spawn()?;
         Ok(me)

@@ -265,6 +265,11 @@ fn describe(config: &Config, inv: &Inventory, cache: CacheInfo) -> NodeInfo {
     }
 }
 
+/// ` (why)` after a fact, or nothing.
+fn because(why: Option<&str>) -> String {
+    why.map(|r| format!(" ({r})")).unwrap_or_default()
+}
+
 /// The report as text, one fact per line.
 pub fn text(info: &NodeInfo) -> String {
     use std::fmt::Write;
@@ -302,21 +307,14 @@ pub fn text(info: &NodeInfo) -> String {
         out,
         "Discovery:           {}{}",
         info.discovery_source,
-        info.nvml_unavailable
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default()
+        because(info.nvml_unavailable.as_deref())
     );
     let _ = writeln!(
         out,
         "Inventory cache:     {} {}{}",
         info.cache.state,
         info.cache.dir.display(),
-        info.cache
-            .reason
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default()
+        because(info.cache.reason.as_deref())
     );
     let _ = writeln!(out, "GPUs:                {}", info.gpus.len());
     for g in &info.gpus {

@@ -102,13 +102,7 @@ pub fn now() {
 mod tests {
     use super::*;
 
-    /// `/proc/<pid>/cgroup` text as procfs parses it (nothing when it does not parse).
-    fn parse(text: &str) -> Vec<ProcessCGroup> {
-        use procfs::FromBufRead;
-        procfs::ProcessCGroups::from_buf_read(text.as_bytes())
-            .map(|c| c.0)
-            .unwrap_or_default()
-    }
+    use crate::runtime::parse_proc_cgroup as parse;
 
     fn tree(dirs: &[&str]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();

@@ -20,3 +20,13 @@ pub mod exit;
 pub mod oom;
 pub mod spec_adapt;
 pub mod zygotes;
+
+/// `/proc/<pid>/cgroup` text as procfs parses it (nothing when it does not parse), for the
+/// tests of the modules that read it.
+#[cfg(test)]
+pub fn parse_proc_cgroup(text: &str) -> Vec<procfs::ProcessCGroup> {
+    use procfs::FromBufRead;
+    procfs::ProcessCGroups::from_buf_read(text.as_bytes())
+        .map(|c| c.0)
+        .unwrap_or_default()
+}

@@ -158,13 +158,7 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// `/proc/<pid>/cgroup` text as procfs parses it (nothing when it does not parse).
-    fn parse(text: &str) -> Vec<ProcessCGroup> {
-        use procfs::FromBufRead;
-        procfs::ProcessCGroups::from_buf_read(text.as_bytes())
-            .map(|c| c.0)
-            .unwrap_or_default()
-    }
+    use crate::runtime::parse_proc_cgroup as parse;
 
     #[test]
     fn finds_v1_memory_hierarchy() {

@@ -66,16 +66,6 @@ pub fn endpoints_for(present: &[IpcEndpoint], caps: &Capabilities) -> Vec<(PathB
         .collect()
 }
 
-/// The IPC endpoints present under `host_root` that `caps` call for, as (host path, container
-/// path): [`present_endpoints`] filtered by [`endpoints_for`].
-pub fn ipc_endpoints(
-    host_root: &Path,
-    caps: &Capabilities,
-    mps_pipe_dir: &Path,
-) -> Vec<(PathBuf, PathBuf)> {
-    endpoints_for(&present_endpoints(host_root, mps_pipe_dir), caps)
-}
-
 /// The MPS pipe directory the host's MPS daemon uses: `CUDA_MPS_PIPE_DIRECTORY` of the shim's
 /// environment (containerd's), else [`DEFAULT_MPS_PIPE_DIR`], as the toolkit's hook reads it.
 pub fn mps_pipe_dir() -> PathBuf {
@@ -95,6 +85,11 @@ fn is_socket(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The endpoints present under `root` that `caps` call for.
+    fn ipc_endpoints(root: &Path, caps: &Capabilities, mps: &Path) -> Vec<(PathBuf, PathBuf)> {
+        endpoints_for(&present_endpoints(root, mps), caps)
+    }
 
     fn caps(text: &str) -> Capabilities {
         Capabilities::parse(Some(text), &Capabilities::default_set(), false)

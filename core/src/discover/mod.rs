@@ -26,10 +26,7 @@ pub use arch::Arch;
 pub use files::{DriverBinary, BINARIES, BINARY_DIRS, GRAPHICS_CONFIGS};
 pub use gated::gated;
 pub use in_root::DriverRoot;
-pub use ipc::{
-    endpoints_for, ipc_endpoints, mps_pipe_dir, present_endpoints, IpcEndpoint,
-    DEFAULT_MPS_PIPE_DIR,
-};
+pub use ipc::{endpoints_for, mps_pipe_dir, present_endpoints, IpcEndpoint, DEFAULT_MPS_PIPE_DIR};
 pub use libraries::{
     group_of, DriverLibrary, LibraryGroup, LibrarySet, CORE_LIBRARIES, LD_CACHE, LIBRARIES,
 };

@@ -184,14 +184,14 @@ pub fn split(devices: &DeviceSelection, registry: Option<&Registry>, disk_first:
 impl Split {
     /// Whether [`plan`] needs the driver inventory: something is left for it, or only specs on
     /// disk serve the request but its `NVIDIA_REQUIRE_*` terms are to be checked against the
-    /// loaded driver (`driver_loaded`).
+    /// loaded driver (`driver_loaded`, asked only then: it reads the host).
     pub fn needs_inventory(
         &self,
         request: &GpuRequest,
         policy: &PlanPolicy,
-        driver_loaded: bool,
+        driver_loaded: impl FnOnce() -> bool,
     ) -> bool {
-        self.from_inventory.is_some() || (requirements_apply(policy, request) && driver_loaded)
+        self.from_inventory.is_some() || (requirements_apply(policy, request) && driver_loaded())
     }
 }
 

@@ -79,7 +79,7 @@ impl GpuInjector {
             registry.as_ref(),
             policy.cdi_specs_on_disk_first,
         );
-        let driver_loaded = config.proc_root.join("driver/nvidia/version").exists();
+        let driver_loaded = || config.proc_root.join("driver/nvidia/version").exists();
         let inventory = if split.needs_inventory(&request, &policy, driver_loaded) {
             let inv = self.inventories.get(config).map_err(|source| {
                 gpu_err(PlanError::NoDriver {

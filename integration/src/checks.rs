@@ -59,6 +59,22 @@ pub fn run_script(
     Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
 }
 
+/// A ttrpc context with containerd's usual 10 s deadline, for calls to a shim's Task API.
+pub fn ctx() -> containerd_shim_protos::ttrpc::context::Context {
+    containerd_shim_protos::ttrpc::context::with_timeout(10_000_000_000)
+}
+
+/// Starts `sleep 600` detached through `runtime` with `extra` `ctr run` flags; returns its id.
+pub fn sleeper(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<String> {
+    let id = crate::unique_id("conf");
+    let mut args = vec!["run", "-d", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "sleep", "600"]);
+    let out = c.ctr(&args)?;
+    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+    Ok(id)
+}
+
 /// Polls `f` until it returns true or 15 s pass.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -124,6 +140,14 @@ pub fn stop_and_remove(c: &Containerd, id: &str) -> Result<()> {
 
 /// [`stop_and_remove`] for the last container of shim group `group`.
 pub fn stop_and_remove_in_group(c: &Containerd, id: &str, group: &str) -> Result<()> {
+    kill_and_remove(c, id)?;
+    assert_clean(c, id, group);
+    Ok(())
+}
+
+/// Kills task `id`, waits for it to stop, removes task and container (the shim may serve
+/// others of its group still).
+pub fn kill_and_remove(c: &Containerd, id: &str) -> Result<()> {
     let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
     eventually("task to stop", || {
         task_status(c, id).as_deref() == Some("STOPPED")
@@ -136,7 +160,6 @@ pub fn stop_and_remove_in_group(c: &Containerd, id: &str, group: &str) -> Result
     if !rm.status.success() {
         bail!("ctr container rm {id}: {}", text(&rm.stderr));
     }
-    assert_clean(c, id, group);
     Ok(())
 }
 

@@ -17,6 +17,8 @@ use crate::shim_binary;
 pub const NAMESPACE: &str = "nvtest";
 /// The runtime type under test.
 pub const RUNTIME: &str = "io.containerd.nvidia.v2";
+/// The reference runtime: containerd's Go runc shim.
+pub const RUNC: &str = "io.containerd.runc.v2";
 /// The busybox test image's name.
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/nvtest-busybox:latest";
 

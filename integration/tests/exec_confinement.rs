@@ -5,10 +5,8 @@
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{setup, stop_and_remove, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
 use nvidia_shim_integration::unique_id;
-
-const RUNC: &str = "io.containerd.runc.v2";
 
 /// The `/proc/<pid>/status` lines that say how a process is confined.
 const CONFINEMENT: [&str; 13] = [

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC};
 use nvidia_shim_integration::image::ImageSpec;
 use nvidia_shim_integration::{probe, unique_id};
 
@@ -94,7 +94,6 @@ fn run(
 }
 
 const NVIDIA: &str = nvidia_shim_integration::containerd::RUNTIME;
-const RUNC: &str = "io.containerd.runc.v2";
 
 #[test]
 fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {

@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nvidia_shim_core::discover::fixture::FakeDriver;
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
 };
 use nvidia_shim_integration::debian_driver::debian_driver;
 use nvidia_shim_integration::{leftovers, unique_id};
 
-const RUNC: &str = "io.containerd.runc.v2";
 /// Pods running at once for the per-pod memory figure.
 const PODS: usize = 8;
 /// How long containers run before their shims' memory is read: well past the moment our shim,

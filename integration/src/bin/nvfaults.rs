@@ -25,10 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nvidia_shim_integration::checks::{eventually, task_status, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::{leftovers, unique_id};
-
-const RUNC: &str = "io.containerd.runc.v2";
 
 /// What one run of one runtime did.
 #[derive(Debug, Default)]

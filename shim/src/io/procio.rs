@@ -8,13 +8,15 @@ use zygote::WireFd;
 
 use crate::error::Result;
 use crate::io::console::{Console, ConsoleSocket};
+use crate::io::copy::OutputCopy;
 use crate::io::stdio::{OutputFifos, ProcessStdio, StdinForwarder};
 use crate::runtime::driver::WireIo;
 
 /// How long an exit report waits for a terminal's last output to reach the client.
 const TTY_DRAIN: Duration = Duration::from_secs(2);
 
-/// How long an exit report waits for a reading client to take the output out of its FIFOs.
+/// How long an exit report waits for the output to be copied out of the process's pipes and
+/// for a reading client to take it out of its FIFOs.
 const FIFO_DRAIN: Duration = Duration::from_secs(2);
 
 /// I/O prepared for a process about to be created.
@@ -41,8 +43,8 @@ pub struct PendingIo {
 
 #[derive(Debug)]
 enum PendingKind {
-    /// The stdin forwarder, if stdin is a FIFO.
-    Pipes(Option<StdinForwarder>),
+    /// The stdin forwarder, if stdin is a FIFO, and the output copies.
+    Pipes(Option<StdinForwarder>, Vec<OutputCopy>),
     /// The console socket to receive the pty master from.
     Tty(ConsoleSocket),
 }
@@ -64,9 +66,14 @@ impl PreparedIo {
     /// Splits into what crosses to the zygote and what the shim keeps.
     pub fn split(self) -> (WireIo, PendingIo) {
         let (wire, kind) = match self.kind {
-            PreparedKind::Pipes(ProcessStdio { fds, stdin }) => {
-                (WireIo::Fds(fds.map(WireFd::new)), PendingKind::Pipes(stdin))
-            }
+            PreparedKind::Pipes(ProcessStdio {
+                fds,
+                stdin,
+                outputs,
+            }) => (
+                WireIo::Fds(fds.map(WireFd::new)),
+                PendingKind::Pipes(stdin, outputs),
+            ),
             PreparedKind::Tty(socket) => (
                 WireIo::Console(socket.path().to_owned()),
                 PendingKind::Tty(socket),
@@ -81,16 +88,21 @@ impl PendingIo {
     /// Completes the I/O of a created process: for a terminal, takes the pty master and starts
     /// copying it to and from the FIFOs.
     pub fn attach(self, id: &str, stdin: &str, stdout: &str) -> Result<ProcessIo> {
-        let (stdin, console) = match self.kind {
-            PendingKind::Pipes(forwarder) => (forwarder, None),
+        let (stdin, console, copies) = match self.kind {
+            PendingKind::Pipes(forwarder, copies) => (forwarder, None, copies),
             PendingKind::Tty(socket) => {
                 let master = socket.receive_master(id)?;
-                (None, Some(Console::start(id, master, stdin, stdout)?))
+                (
+                    None,
+                    Some(Console::start(id, master, stdin, stdout)?),
+                    Vec::new(),
+                )
             }
         };
         Ok(ProcessIo {
             stdin: Mutex::new(stdin),
             console,
+            copies,
             outputs: self.outputs,
         })
     }
@@ -101,6 +113,7 @@ impl PendingIo {
 pub struct ProcessIo {
     stdin: Mutex<Option<StdinForwarder>>,
     console: Option<Console>,
+    copies: Vec<OutputCopy>,
     outputs: OutputFifos,
 }
 
@@ -123,10 +136,15 @@ impl ProcessIo {
     }
 
     /// Waits briefly until the process's last output has reached the client: a terminal's
-    /// copy has ended, and a reading client has taken the output out of its FIFOs.
+    /// copy has ended, or the output is out of the process's pipes; and a reading client has
+    /// taken it out of its FIFOs.
     pub async fn drained(&self) {
         if let Some(c) = &self.console {
             c.drained(TTY_DRAIN).await;
+        }
+        let deadline = tokio::time::Instant::now() + FIFO_DRAIN;
+        for copy in &self.copies {
+            copy.flushed(deadline).await;
         }
         self.outputs.read_by_client(FIFO_DRAIN).await;
     }

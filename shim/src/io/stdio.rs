@@ -1,10 +1,13 @@
-//! A container's stdio from containerd's FIFOs.
+//! A process's stdio from containerd's request: every fd the process gets is a pipe of the
+//! shim's own, as under the runc shim, so no host file, FIFO or log file ever reaches the
+//! container (through `/proc/self/fd` a process can read, truncate, `chmod` and `chown` the
+//! file behind any fd it holds).
 //!
-//! stdout and stderr: the FIFO is opened read-write (as the Go shim keeps a reader open too, so
-//! a client that goes away does not kill the container with SIGPIPE) and handed straight to the
-//! container: no copy, no thread. stdin: containerd's `CloseIO` must be able to close the
-//! container's stdin while the client still holds the FIFO, so stdin is a pipe fed from the
-//! FIFO by a small task that [`StdinForwarder::close`] ends.
+//! stdout and stderr: pipes copied by the shim (see [`copy`](crate::io::copy)) into the FIFO
+//! (opened read-write, as the Go shim keeps a reader open too, so a client that goes away does
+//! not kill the container with SIGPIPE), the `file://` log (appended), the `binary://` logging
+//! program's pipes, or nowhere. stdin: a pipe fed from the FIFO by a small task that
+//! [`StdinForwarder::close`] ends (containerd's `CloseIO`), or a pipe at its end of file.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -17,29 +20,34 @@ use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
 use crate::error::{Result, ShimError};
+use crate::io::copy::{unread, OutputCopy, Sink};
 
-/// The three fds handed to a new process, plus the forwarder feeding its stdin.
+/// The three fds handed to a new process, the forwarder feeding its stdin and the copies of
+/// its output.
 #[derive(Debug)]
 pub struct ProcessStdio {
-    /// stdin, stdout, stderr for the process.
+    /// stdin, stdout, stderr for the process: pipes, each.
     pub fds: [OwnedFd; 3],
     /// Present when stdin comes from a FIFO.
     pub stdin: Option<StdinForwarder>,
+    /// The copies of stdout and stderr (one when they go to the same place).
+    pub outputs: Vec<OutputCopy>,
 }
 
-fn dev_null(id: &str) -> Result<OwnedFd> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(|e| ShimError::io(id, "open /dev/null", e))
+fn pipe(id: &str, what: &str) -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ShimError::io(id, format!("create {what} pipe"), e.into()))
 }
 
-fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
+/// Where output for `path` goes, opened in the shim.
+fn open_sink(id: &str, path: &str) -> Result<Sink> {
     if path.is_empty() {
-        return dev_null(id);
+        return OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")
+            .map(|f| Sink::spliceable(f.into()))
+            .map_err(|e| ShimError::io(id, "open /dev/null", e));
     }
     if let Some(file) = path.strip_prefix("file://") {
         // A log file: created if missing, appended to.
@@ -53,7 +61,7 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
             .mode(0o640)
             .custom_flags(libc::O_CLOEXEC)
             .open(file)
-            .map(OwnedFd::from)
+            .map(|f| Sink::appended(f.into()))
             .map_err(|e| ShimError::io(id, format!("open log file {file}"), e));
     }
     if path.contains("://") {
@@ -67,40 +75,47 @@ fn open_output(id: &str, path: &str) -> Result<OwnedFd> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map(OwnedFd::from)
+        .map(|f| Sink::spliceable(f.into()))
         .map_err(|e| ShimError::io(id, format!("open stdio {path}"), e))
 }
 
 impl ProcessStdio {
-    /// Opens the stdio containerd asked for; empty paths become `/dev/null`.
+    /// Opens the stdio containerd asked for; empty paths give an empty stdin and discarded
+    /// output.
     pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
-        if stdout.starts_with("binary://") {
+        let (out_sink, err_sink) = if stdout.starts_with("binary://") {
             let (out, err) = crate::io::logdriver::start(id, stdout)?;
-            return Self::with_outputs(id, stdin, out, err);
-        }
-        let out = open_output(id, stdout)?;
-        let err = if stderr == stdout && !stderr.is_empty() {
-            out.try_clone()
-                .map_err(|e| ShimError::io(id, "dup stdout", e))?
+            (Sink::spliceable(out), Some(Sink::spliceable(err)))
+        } else if stderr == stdout && !stderr.is_empty() {
+            (open_sink(id, stdout)?, None)
         } else {
-            open_output(id, stderr)?
+            (open_sink(id, stdout)?, Some(open_sink(id, stderr)?))
         };
-        Self::with_outputs(id, stdin, out, err)
-    }
-
-    fn with_outputs(id: &str, stdin: &str, out: OwnedFd, err: OwnedFd) -> Result<Self> {
-        if stdin.is_empty() {
-            return Ok(Self {
-                fds: [dev_null(id)?, out, err],
-                stdin: None,
-            });
-        }
-        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ShimError::io(id, "create stdin pipe", e.into()))?;
-        let forwarder = StdinForwarder::spawn(id, PathBuf::from(stdin), writer)?;
+        let (out, out_copy) = OutputCopy::start(id, "stdout", out_sink)?;
+        let mut outputs = vec![out_copy];
+        let err = match err_sink {
+            Some(sink) => {
+                let (err, err_copy) = OutputCopy::start(id, "stderr", sink)?;
+                outputs.push(err_copy);
+                err
+            }
+            // The same place: one pipe, so the order of the two streams is kept.
+            None => out
+                .try_clone()
+                .map_err(|e| ShimError::io(id, "dup the stdout pipe", e))?,
+        };
+        let (reader, writer) = pipe(id, "stdin")?;
+        let stdin = if stdin.is_empty() {
+            // No writer: the process reads end of file at once.
+            drop(writer);
+            None
+        } else {
+            Some(StdinForwarder::spawn(id, PathBuf::from(stdin), writer)?)
+        };
         Ok(Self {
             fds: [reader, out, err],
-            stdin: Some(forwarder),
+            stdin,
+            outputs,
         })
     }
 }
@@ -238,16 +253,6 @@ impl OutputFifos {
     }
 }
 
-/// Bytes in the pipe of `fifo` not read yet.
-fn unread(fifo: &File) -> libc::c_int {
-    let mut n: libc::c_int = 0;
-    // SAFETY: a valid pipe descriptor and an int out-parameter, as FIONREAD takes.
-    if unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
-        return 0;
-    }
-    n
-}
-
 /// Whether the pipe of `fifo` (a write end) still has a reader.
 fn has_reader(fifo: &File) -> bool {
     let mut fd = libc::pollfd {
@@ -297,16 +302,34 @@ mod tests {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     }
 
+    fn fd_target(fd: &OwnedFd) -> PathBuf {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
+    }
+
     #[tokio::test]
-    async fn empty_paths_are_dev_null() {
-        let stdio = ProcessStdio::open("c", "", "", "").unwrap();
-        assert!(stdio.stdin.is_none());
-        let target = std::fs::read_link(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&stdio.fds[1])
-        ))
-        .unwrap();
-        assert_eq!(target, Path::new("/dev/null"));
+    async fn the_process_gets_only_pipes_whatever_the_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        mkfifo(&fifo);
+        let log = format!("file://{}", dir.path().join("log").display());
+        let fifo = fifo.to_str().unwrap();
+        for (stdin, stdout, stderr) in [("", "", ""), ("", fifo, fifo), ("", log.as_str(), "")] {
+            let stdio = ProcessStdio::open("c", stdin, stdout, stderr).unwrap();
+            for fd in &stdio.fds {
+                let target = fd_target(fd);
+                assert!(
+                    target.to_string_lossy().starts_with("pipe:"),
+                    "{stdout:?}: {target:?}"
+                );
+            }
+            let same = stdout == stderr && !stdout.is_empty();
+            assert_eq!(stdio.outputs.len(), if same { 1 } else { 2 });
+            // No stdin: end of file at once.
+            let [reader, _, _] = stdio.fds;
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut File::from(reader), &mut rest).unwrap();
+            assert!(rest.is_empty());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,21 +434,27 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
-    #[test]
-    fn file_uri_appends_to_a_created_file() {
+    #[tokio::test]
+    async fn file_uri_output_is_appended_to_a_created_file() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("logs/out.log");
         let uri = format!("file://{}", log.display());
         for _ in 0..2 {
-            let fd = open_output("c", &uri).unwrap();
-            File::from(fd).write_all(b"x\n").unwrap();
+            let stdio = ProcessStdio::open("c", "", &uri, &uri).unwrap();
+            let [_, out, err] = stdio.fds;
+            File::from(out).write_all(b"x\n").unwrap();
+            drop(err);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            for copy in &stdio.outputs {
+                copy.flushed(deadline).await;
+            }
         }
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "x\nx\n");
     }
 
     #[test]
     fn unknown_uri_is_rejected() {
-        let err = open_output("c9", "syslog://host").unwrap_err();
+        let err = open_sink("c9", "syslog://host").unwrap_err();
         assert!(err.to_string().contains("container c9"));
     }
 }

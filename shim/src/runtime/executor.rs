@@ -101,25 +101,54 @@ impl Executor for ShimExecutor {
             .map_err(|_| fail(format!("program {} holds a NUL", program.display())))?;
         // execv: the environment is already the process's (set by `setup_envs`).
         let err = nix::unistd::execv(&c_program, &argv).unwrap_err();
-        Err(fail(format!("exec {}: {err}", program.display())))
+        // As runc's init does when its final exec fails (too big an environment, a script
+        // without an interpreter): the reason on the process's own stderr, exit status 1.
+        let message = format!("exec {}: {}\n", program.display(), go_words(err));
+        let _ = nix::unistd::write(std::io::stderr(), message.as_bytes());
+        // SAFETY: ends this forked, single-threaded process at once, as an exec would have
+        // replaced it; nothing of it needs to run any more.
+        unsafe { libc::_exit(1) }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         let (program, _) = program_of(spec).map_err(ExecutorValidationError::ArgValidationError)?;
-        // As runc's: a missing program is named here, where the error still reaches the caller.
-        match program.metadata() {
-            Ok(m) if m.is_dir() => Err(format!(
-                "exec: {:?}: is a directory",
-                program.display().to_string()
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!(
-                "exec: {:?}: stat {}: {e}",
-                program.display().to_string(),
-                program.display()
-            )),
-        }
-        .map_err(ExecutorValidationError::ArgValidationError)
+        // As runc's `runc init` does before it reports the container created: a program that
+        // cannot be run fails create with the reason, not the start with exit status 255.
+        check_runnable(&program).map_err(ExecutorValidationError::ArgValidationError)
+    }
+}
+
+/// An exec error as Go's `syscall.Errno` words it (runc's messages): the C library's text
+/// with a lower-case first letter.
+fn go_words(err: nix::errno::Errno) -> String {
+    let desc = err.desc();
+    let mut chars = desc.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
+/// Whether `program` (already resolved) can be executed, with runc's words when not: Go's
+/// `exec.LookPath` says `permission denied` for a directory, a file without an execute bit
+/// and one on a `noexec` mount alike.
+fn check_runnable(program: &Path) -> Result<(), String> {
+    let name = program.display().to_string();
+    let meta = program
+        .metadata()
+        .map_err(|e| format!("exec: {name:?}: stat {name}: {e}"))?;
+    let executable = !meta.is_dir()
+        && meta.permissions().mode() & 0o111 != 0
+        && rustix::fs::accessat(
+            rustix::fs::CWD,
+            program,
+            rustix::fs::Access::EXEC_OK,
+            rustix::fs::AtFlags::EACCESS,
+        )
+        .is_ok();
+    if executable {
+        Ok(())
+    } else {
+        Err(format!("exec: {name:?}: permission denied"))
     }
 }
 
@@ -192,6 +221,32 @@ mod tests {
         assert!(resolve("", DEFAULT_PATH).is_err());
         // Relative PATH entries are not searched.
         assert!(resolve("sh", "bin").is_err());
+    }
+
+    #[test]
+    fn programs_that_cannot_run_are_refused_in_runc_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("data");
+        std::fs::write(&plain, "x").unwrap();
+        let err = check_runnable(&plain).unwrap_err();
+        assert_eq!(
+            err,
+            format!("exec: {:?}: permission denied", plain.display().to_string())
+        );
+        assert!(check_runnable(dir.path())
+            .unwrap_err()
+            .ends_with("permission denied"));
+        let missing = dir.path().join("missing");
+        assert!(check_runnable(&missing)
+            .unwrap_err()
+            .contains("No such file or directory"));
+        assert!(check_runnable(Path::new("/bin/sh")).is_ok());
+    }
+
+    #[test]
+    fn exec_errors_are_worded_as_runc_words_them() {
+        assert_eq!(go_words(nix::errno::Errno::E2BIG), "argument list too long");
+        assert_eq!(go_words(nix::errno::Errno::ENOEXEC), "exec format error");
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! Hostile input through containerd (issue 14): configuration paths that are not files, huge
-//! request values, a cache directory another user controls; and the shim's sockets. Each case
-//! must fail (or be refused) quickly, say what and why, and leave nothing behind.
+//! Hostile input through containerd (issues 14 and 22): configuration paths that are not
+//! files, huge request values, a cache directory another user controls; the shim's sockets;
+//! and what a container itself controls: the fds of its stdio, concurrent execs, pid reuse.
+//! Each case must fail (or be refused) quickly, say what and why, and leave nothing behind;
+//! where the runc shim has the behaviour, the same case runs through it and is compared.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use anyhow::Result;
 use nvidia_shim_core::discover::fixture::FakeDriver;
 use nvidia_shim_integration::checks::{
-    assert_clean, run_args, run_script, setup, stop_and_remove, text,
+    assert_clean, ctx, eventually, run_args, run_script, setup, shim_client, sleeper,
+    stop_and_remove, text,
 };
-use nvidia_shim_integration::containerd::{BUSYBOX_IMAGE, NAMESPACE};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::image::ImageSpec;
 use nvidia_shim_integration::{leftovers, unique_id};
 
@@ -162,5 +165,293 @@ fn the_shim_socket_is_root_only_like_the_runc_shims() -> Result<()> {
         modes[1].1 & 0o077 == 0,
         "the runc shim's is private too: {modes:?}"
     );
+    Ok(())
+}
+
+/// What a container of `runtime` does to the host log file behind its stdout (`--log-uri
+/// file://`): what its fds point at, and the log's content, mode and owner afterwards.
+fn attack_the_log_file(c: &Containerd, runtime: &str) -> Result<(String, String, u32, u32)> {
+    let log = c.dir().join(format!("log-{}.txt", unique_id("l")));
+    std::fs::write(&log, "secret line\n")?;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o640))?;
+    let id = unique_id("stdio");
+    let uri = format!("file://{}", log.display());
+    let script = "for fd in 1 2; do readlink /proc/self/fd/$fd | sed 's/:.*//'; done; \
+        : > /proc/self/fd/1; chmod 4755 /proc/self/fd/1 /proc/self/fd/2; \
+        chown 65534 /proc/self/fd/1; timeout 1 head -1 /proc/self/fd/2; echo done";
+    let mut args = run_args(&id, &["--rm", "--log-uri", &uri], &["sh", "-c", script]);
+    args[2] = runtime;
+    let out = c.ctr(&args)?;
+    assert!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+    assert_clean(c, &id, &id);
+    // The runc shim may still be copying the last line when the exit is reported.
+    let _ = eventually("the container's last line in its log", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with("done\n"))
+    });
+    let meta = std::fs::metadata(&log)?;
+    Ok((
+        std::fs::read_to_string(&log)?,
+        text(&out.stdout),
+        meta.mode() & 0o7777,
+        meta.uid(),
+    ))
+}
+
+#[test]
+fn a_container_reaches_no_host_file_through_its_stdio() -> Result<()> {
+    let Some(c) = setup("a_container_reaches_no_host_file_through_its_stdio") else {
+        return Ok(());
+    };
+    for runtime in [RUNC, RUNTIME] {
+        let (log, _, mode, uid) = attack_the_log_file(&c, runtime)?;
+        eprintln!("{runtime}: log {log:?} mode {mode:o} uid {uid}");
+        // The log keeps what it had, its mode and its owner; the container's output is added.
+        assert!(log.starts_with("secret line\n"), "{runtime}: {log:?}");
+        assert_eq!(
+            log.matches("secret").count(),
+            1,
+            "{runtime}: read back: {log:?}"
+        );
+        assert!(
+            log.contains("pipe\npipe\n") && log.ends_with("done\n"),
+            "{runtime}: {log:?}"
+        );
+        assert_eq!((mode, uid), (0o640, 0), "{runtime}");
+    }
+    // With containerd's FIFOs too, the container holds pipes of the shim's only.
+    for runtime in [RUNC, RUNTIME] {
+        let id = unique_id("fifo");
+        let mut args = run_args(
+            &id,
+            &["--rm"],
+            &[
+                "sh",
+                "-c",
+                "for fd in 1 2; do readlink /proc/self/fd/$fd | sed 's/:.*//'; done",
+            ],
+        );
+        args[2] = runtime;
+        let out = c.ctr(&args)?;
+        assert_eq!(
+            text(&out.stdout),
+            "pipe\npipe\n",
+            "{runtime}: {}",
+            text(&out.stderr)
+        );
+        assert_clean(&c, &id, &id);
+    }
+    Ok(())
+}
+
+/// `pids.max` of a sleeper through `runtime` whose limit was set to `limit` (through the Task
+/// API's Update, as containerd sends it), after `rounds` rounds of `parallel` execs at once.
+fn pids_max_after_parallel_execs(
+    c: &Containerd,
+    runtime: &str,
+    limit: i64,
+    parallel: usize,
+    rounds: usize,
+) -> Result<String> {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::MessageField;
+    let id = sleeper(c, runtime, &[])?;
+    let req = UpdateTaskRequest {
+        id: id.clone(),
+        resources: MessageField::some(Any {
+            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: format!(r#"{{"pids":{{"limit":{limit}}}}}"#).into_bytes(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    shim_client(c, &id)?.update(ctx(), &req)?;
+    for round in 0..rounds {
+        std::thread::scope(|s| {
+            for n in 0..parallel {
+                let id = &id;
+                s.spawn(move || {
+                    let exec = format!("p{round}-{n}");
+                    let _ = c.ctr(&["task", "exec", "--exec-id", &exec, id, "true"]);
+                });
+            }
+        });
+    }
+    let pids_max = leftovers::cgroups_of(NAMESPACE, &id)
+        .iter()
+        .map(|d| d.join("pids.max"))
+        .find(|p| p.exists())
+        .map(std::fs::read_to_string)
+        .transpose()?
+        .unwrap_or_default();
+    stop_and_remove(c, &id)?;
+    Ok(pids_max.trim().to_owned())
+}
+
+#[test]
+fn concurrent_execs_leave_the_pids_limit_as_it_was_set() -> Result<()> {
+    let Some(c) = setup("concurrent_execs_leave_the_pids_limit_as_it_was_set") else {
+        return Ok(());
+    };
+    let runc = pids_max_after_parallel_execs(&c, RUNC, 4, 24, 2)?;
+    let ours = pids_max_after_parallel_execs(&c, RUNTIME, 4, 24, 2)?;
+    assert_eq!(runc, "4");
+    assert_eq!(ours, runc, "pids.max after 2 rounds of 24 concurrent execs");
+    Ok(())
+}
+
+/// The pid of containerd's first child of `parent` (containerd under `unshare --fork`).
+fn child_of(parent: u32) -> Result<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{parent} has no child"))
+}
+
+/// Runs `script` in the pid namespace of process `pid` (`nsenter -p`); its stdout.
+fn in_pid_namespace(pid: u32, script: &str) -> Result<String> {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-p", "sh", "-c", script])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "nsenter: {}", text(&out.stderr));
+    Ok(text(&out.stdout))
+}
+
+/// Exit codes of `sh -c 'exit 7'` execs in a container of a grouped shim of `runtime` while
+/// another container of the group is being created (its createRuntime hook sleeps), each exec
+/// made to take a pid number that an unrelated process the shim reaped during that create
+/// had: in containerd's own pid namespace, a burst of orphans (reaped by the shim as their
+/// subreaper, status 0) takes a range of pids, and `ns_last_pid` is put back before each exec
+/// so that its processes are given pids from that range.
+fn exec_codes_under_pid_reuse(c: &Containerd, ns_pid: u32, runtime: &str) -> Result<Vec<i32>> {
+    let group = unique_id("reuse");
+    let groups = [
+        format!("io.containerd.nvidia.v2.group={group}"),
+        format!("io.containerd.runc.v2.group={group}"),
+    ];
+    let a = sleeper(
+        c,
+        runtime,
+        &[
+            "--annotation",
+            &groups[0],
+            "--annotation",
+            &groups[1],
+            "--with-ns",
+            "pid:/proc/1/ns/pid",
+        ],
+    )?;
+    // The slow create: a spec of its own over a directory rootfs, in the same group.
+    let b = unique_id("slow");
+    let dir = tempfile::tempdir()?;
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(
+        nvidia_shim_integration::image::BUSYBOX,
+        rootfs.join("bin/busybox"),
+    )?;
+    let default = c.ctr(&["oci", "spec"])?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&default.stdout)?;
+    spec["root"] = serde_json::json!({ "path": rootfs });
+    spec["process"]["args"] = serde_json::json!(["/bin/busybox", "sleep", "600"]);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/nvtest/{b}"));
+    spec["annotations"] = serde_json::json!({
+        "io.containerd.nvidia.v2.group": group,
+        "io.containerd.runc.v2.group": group,
+    });
+    spec["hooks"] = serde_json::json!({
+        "createRuntime": [{ "path": "/bin/sleep", "args": ["sleep", "10"] }]
+    });
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, serde_json::to_vec(&spec)?)?;
+    let slow = c
+        .ctr_cmd(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--config",
+            &file.to_string_lossy(),
+            &b,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut codes = Vec::new();
+    for round in 0..6 {
+        let last = in_pid_namespace(ns_pid, "cat /proc/sys/kernel/ns_last_pid")?;
+        let last: u32 = last.trim().parse()?;
+        let burst = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("burst{round}"),
+            &a,
+            "sh",
+            "-c",
+            "for i in $(seq 40); do sleep 0 & done",
+        ])?;
+        anyhow::ensure!(burst.status.success(), "{}", text(&burst.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        in_pid_namespace(
+            ns_pid,
+            &format!("echo {last} > /proc/sys/kernel/ns_last_pid"),
+        )?;
+        let exec = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("e{round}"),
+            &a,
+            "sh",
+            "-c",
+            "exit 7",
+        ])?;
+        codes.push(exec.status.code().unwrap_or(-1));
+    }
+    let slow_out = slow.wait_with_output()?;
+    anyhow::ensure!(
+        slow_out.status.success(),
+        "{runtime}: the slow create: {}",
+        text(&slow_out.stderr)
+    );
+    nvidia_shim_integration::checks::kill_and_remove(c, &b)?;
+    nvidia_shim_integration::checks::stop_and_remove_in_group(c, &a, &group)?;
+    Ok(codes)
+}
+
+#[test]
+fn an_exit_is_never_given_to_a_later_process_with_the_same_pid() -> Result<()> {
+    let test = "an_exit_is_never_given_to_a_later_process_with_the_same_pid";
+    if !nvidia_shim_integration::can_run_containerd(test) {
+        return Ok(());
+    }
+    // containerd, its shims and their containers in a pid namespace of their own, whose pid
+    // allocation the test steers without touching the host's.
+    let c = Containerd::start_in(|_| {
+        Ok([
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec())
+    })?;
+    c.import_busybox()?;
+    let ns_pid = child_of(c.pid().ok_or_else(|| anyhow::anyhow!("no containerd"))?)?;
+    let runc = exec_codes_under_pid_reuse(&c, ns_pid, RUNC)?;
+    let ours = exec_codes_under_pid_reuse(&c, ns_pid, RUNTIME)?;
+    eprintln!("exit codes: runc {runc:?}, nvidia {ours:?}");
+    assert_eq!(runc, vec![7; 6]);
+    assert_eq!(ours, runc);
     Ok(())
 }

@@ -10,27 +10,9 @@ use containerd_shim_protos::api::{
     DeleteRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::ttrpc;
-use nvidia_shim_integration::checks::{setup, shim_client, stop_and_remove, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+use nvidia_shim_integration::checks::{ctx, setup, shim_client, sleeper, stop_and_remove, text};
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::unique_id;
-
-const RUNC: &str = "io.containerd.runc.v2";
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(10_000_000_000)
-}
-
-/// Starts `sleep 600` detached through `runtime`; returns its id.
-fn sleeper(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<String> {
-    let id = unique_id("conf");
-    let mut args = vec!["run", "-d", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "sleep", "600"]);
-    let out = c.ctr(&args)?;
-    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-    Ok(id)
-}
 
 /// A FIFO at `path` and a thread reading it to the end.
 fn fifo_reader(path: &std::path::Path) -> Result<std::thread::JoinHandle<String>> {
@@ -502,7 +484,18 @@ fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
             .map(str::to_owned)
     };
     let before = host_sysfs();
-    for extra in [&[][..], &["--net-host"][..]] {
+    // The cgroup filesystem as containerd's CRI asks for it, for an unprivileged container
+    // and a privileged one: every hierarchy with the spec's flags.
+    let cgroup_ro =
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=nosuid:noexec:nodev:relatime:ro";
+    let cgroup_rw =
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=nosuid:noexec:nodev:relatime:rw";
+    for extra in [
+        &[][..],
+        &["--net-host"][..],
+        &["--mount", cgroup_ro][..],
+        &["--mount", cgroup_rw][..],
+    ] {
         let ours = mounts(&c, RUNTIME, extra)?;
         let runc = mounts(&c, RUNC, extra)?;
         assert_eq!(ours, runc, "{extra:?}\nnvidia {ours:#?}\nrunc {runc:#?}");
@@ -671,5 +664,100 @@ fn an_execs_exit_is_reported_once_a_reading_client_has_its_output() -> Result<()
     // The runc shim reports the exit at once; shown for the record, not asserted.
     eprintln!("a slow reader's output: nvidia {ours:?}, runc {runc:?}");
     assert_eq!(ours, "the-last-line\n");
+    Ok(())
+}
+
+/// How a container of `image` whose process is `cmd` fares through `runtime` (`ctr run
+/// --rm`): ctr's exit code (the process's, once it ran), and its error output.
+fn run_outcome(c: &Containerd, runtime: &str, image: &str, cmd: &[&str]) -> Result<(i32, String)> {
+    let id = unique_id("noexec");
+    let mut args = vec!["run", "--rm", "--runtime", runtime, image, &id];
+    args.extend_from_slice(cmd);
+    let out = c.ctr(&args)?;
+    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
+    let _ = c.ctr(&["container", "rm", &id]);
+    Ok((out.status.code().unwrap_or(-1), text(&out.stderr)))
+}
+
+#[test]
+fn a_process_that_cannot_be_executed_fails_as_with_runc() -> Result<()> {
+    let Some(c) = setup("a_process_that_cannot_be_executed_fails_as_with_runc") else {
+        return Ok(());
+    };
+    // An environment variable over the kernel's 128 KiB limit on one string.
+    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    image.env.push(format!("BIG={}", "a".repeat(140_000)));
+    let big_env = "docker.io/library/nvtest-big-env:latest";
+    c.import(&image, big_env)?;
+    // A file the kernel cannot execute: a script without an interpreter line.
+    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    image
+        .entries
+        .push(nvidia_shim_integration::image::Entry::File(
+            "bin/script".into(),
+            0o755,
+            b"echo no interpreter line\n".to_vec(),
+        ));
+    let script = "docker.io/library/nvtest-script:latest";
+    c.import(&image, script)?;
+    // Found missing or unrunnable before the container is created, the create fails; a
+    // program the kernel refuses at the last moment fails with its reason on the container's
+    // stderr and exit status 1.
+    let cases: [(&str, &str, &[&str], &str); 5] = [
+        (
+            "a file without execute bits",
+            BUSYBOX_IMAGE,
+            &["/etc/passwd"],
+            "permission denied",
+        ),
+        ("a directory", BUSYBOX_IMAGE, &["/etc"], "permission denied"),
+        (
+            "a missing program",
+            BUSYBOX_IMAGE,
+            &["/no/such/program"],
+            "no such file or directory",
+        ),
+        (
+            "an environment over 128 KiB",
+            big_env,
+            &["true"],
+            "argument list too long",
+        ),
+        (
+            "a script without an interpreter",
+            script,
+            &["/bin/script"],
+            "exec format error",
+        ),
+    ];
+    for (what, image, cmd, cause) in cases {
+        let runc = run_outcome(&c, RUNC, image, cmd)?;
+        let ours = run_outcome(&c, RUNTIME, image, cmd)?;
+        eprintln!("{what}:\n  runc:   {runc:?}\n  nvidia: {ours:?}");
+        assert!(
+            runc.0 != 0 && runc.1.to_lowercase().contains(cause),
+            "{what}: runc {runc:?}"
+        );
+        assert!(
+            ours.1.to_lowercase().contains(cause),
+            "{what}: the cause reaches the user as runc's ({cause}): {}",
+            ours.1
+        );
+        // Where runc names the program, so does the shim.
+        if let Some(quoted) = runc
+            .1
+            .split("exec: ")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+        {
+            assert!(ours.1.contains(quoted), "{what}: {quoted} in {}", ours.1);
+        }
+        // Failed at create alike (ctr's 1), or run and exited alike.
+        let created = |out: &(i32, String)| !out.1.contains("failed to create shim task");
+        assert_eq!(created(&ours), created(&runc), "{what}: {ours:?} {runc:?}");
+        if created(&runc) {
+            assert_eq!(ours, runc, "{what}");
+        }
+    }
     Ok(())
 }

@@ -24,11 +24,11 @@ use rustix::fs::CWD;
 use rustix::mount::{FsPickFlags, MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
 
-/// What the zygote needs to apply an overlay.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+use crate::runtime::spec_adapt::RecursiveMountAttr;
+
+/// What the create worker applies in a created container's mount namespace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OverlayArgs {
-    /// The container's init (its mount namespace is the target).
-    pub pid: i32,
     /// `(host source, container target)` pairs; a source is a file or a directory.
     pub mounts: Vec<(PathBuf, PathBuf)>,
     /// `(container mount point, mount(2) propagation flags)` to apply (see `spec_adapt`).
@@ -36,6 +36,8 @@ pub struct OverlayArgs {
     /// Container mount points whose superblock is made read-only where the container has a
     /// superblock of its own there (see `spec_adapt`).
     pub read_only_superblocks: Vec<PathBuf>,
+    /// Flags for the cgroup mount and every mount below it (see `spec_adapt`).
+    pub cgroup_flags: Option<RecursiveMountAttr>,
 }
 
 impl OverlayArgs {
@@ -44,6 +46,7 @@ impl OverlayArgs {
         self.mounts.is_empty()
             && self.propagation.is_empty()
             && self.read_only_superblocks.is_empty()
+            && self.cgroup_flags.is_none()
     }
 }
 
@@ -54,6 +57,7 @@ pub struct Prepared {
     mounts: Vec<(OwnedFd, PathBuf)>,
     propagation: Vec<(PathBuf, MsFlags)>,
     read_only_superblocks: Vec<PathBuf>,
+    cgroup_flags: Option<RecursiveMountAttr>,
     /// The devices of the superblocks mounted in the shim's mount namespace: a container mount
     /// on one of them shares the host's superblock, which is left as it is.
     host_devices: Vec<u64>,
@@ -98,6 +102,45 @@ fn make_superblock_read_only(target: &Path, host_devices: &[u64]) -> std::io::Re
     Ok(())
 }
 
+/// Sets and clears `attr`'s mount attributes on its target and every mount below it, as runc
+/// mounts a cgroup filesystem: on cgroup v1 the tmpfs holding the hierarchies keeps its
+/// read-write flag (runc mounts it without the spec's `ro`), the hierarchies take every flag.
+/// System calls only.
+fn set_recursive(attr: &RecursiveMountAttr) -> std::io::Result<()> {
+    if rustix::fs::lstat(&attr.target).is_err() {
+        return Ok(());
+    }
+    let setattr = |flags: i32, set: u64, clear: u64| {
+        let mount_attr = MountAttr {
+            attr_set: set,
+            attr_clr: clear,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        LinuxSyscall
+            .mount_setattr(
+                CWD,
+                &attr.target,
+                flags as u32,
+                &mount_attr,
+                std::mem::size_of::<MountAttr>(),
+            )
+            .map_err(std::io::Error::other)
+    };
+    setattr(
+        libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+        attr.set,
+        attr.clear,
+    )?;
+    let rdonly = libc::MOUNT_ATTR_RDONLY;
+    let is_tmpfs = rustix::fs::statfs(&attr.target)
+        .is_ok_and(|fs| fs.f_type == libc::TMPFS_MAGIC as libc::__fsword_t);
+    if is_tmpfs && attr.set & rdonly != 0 {
+        setattr(libc::AT_SYMLINK_NOFOLLOW, 0, rdonly)?;
+    }
+    Ok(())
+}
+
 fn with_path<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> std::io::Error + 'a {
     let what = what.to_owned();
     move |e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
@@ -134,9 +177,10 @@ fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
 }
 
 impl Prepared {
-    /// Opens the container's mount namespace and makes the detached mounts.
-    pub fn new(args: &OverlayArgs) -> std::io::Result<Self> {
-        let ns_path = PathBuf::from(format!("/proc/{}/ns/mnt", args.pid));
+    /// Opens the mount namespace of the container whose init is `pid` and makes the detached
+    /// mounts.
+    pub fn new(args: &OverlayArgs, pid: i32) -> std::io::Result<Self> {
+        let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
         let ns = std::fs::File::open(&ns_path).map_err(with_path("open", &ns_path))?;
         let mounts = args
             .mounts
@@ -163,16 +207,34 @@ impl Prepared {
             mounts,
             propagation,
             read_only_superblocks: args.read_only_superblocks.clone(),
+            cgroup_flags: args.cgroup_flags.clone(),
             host_devices,
         })
     }
 
-    /// Joins the container's mount namespace and attaches every mount whose target exists
-    /// there; returns how many were attached. Runs in a single-threaded zygote worker.
+    /// Joins the container's mount namespace, applies the mount flags and propagation and
+    /// attaches every mount whose target exists there, then returns to the caller's own mount
+    /// namespace, whatever happened; returns how many mounts were attached. Runs in a
+    /// single-threaded zygote worker.
     pub fn attach(&self) -> std::io::Result<usize> {
+        let home = std::fs::File::open("/proc/self/ns/mnt")?;
         nix::sched::setns(&self.ns, CloneFlags::CLONE_NEWNS)
             .map_err(std::io::Error::from)
             .map_err(|e| std::io::Error::new(e.kind(), format!("join the mount namespace: {e}")))?;
+        let result = self.apply();
+        nix::sched::setns(home, CloneFlags::CLONE_NEWNS)
+            .map_err(std::io::Error::from)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("return to the shim's mount namespace: {e}"),
+                )
+            })?;
+        result
+    }
+
+    /// The work of [`Prepared::attach`] inside the container's mount namespace.
+    fn apply(&self) -> std::io::Result<usize> {
         // Each mount's own propagation, which libcontainer parses but does not apply.
         for (target, flags) in &self.propagation {
             nix::mount::mount(None::<&str>, target, None::<&str>, *flags, None::<&str>)
@@ -183,6 +245,9 @@ impl Prepared {
         // or a filesystem that refuses leaves the superblock as libcontainer made it.
         for target in &self.read_only_superblocks {
             let _ = make_superblock_read_only(target, &self.host_devices);
+        }
+        if let Some(attr) = &self.cgroup_flags {
+            set_recursive(attr).map_err(with_path("set the mount flags of", &attr.target))?;
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
@@ -202,7 +267,7 @@ impl Prepared {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     #[test]
     fn mounts_land_in_the_target_namespace_only() {
@@ -241,34 +306,41 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let prepared = Prepared::new(&OverlayArgs {
-            pid: target.id() as i32,
-            mounts: vec![
-                (src.path().join("params"), nv.join("params")),
-                (src.path().join("empty"), nv.join("gpus/b")),
-                (src.path().join("empty"), nv.join("gpus/missing")),
-                (
-                    src.path().join("empty-file"),
-                    nv.join("capabilities/mig/config"),
-                ),
-            ],
-            propagation: Vec::new(),
-            read_only_superblocks: Vec::new(),
-        })
+        let prepared = Prepared::new(
+            &OverlayArgs {
+                mounts: vec![
+                    (src.path().join("params"), nv.join("params")),
+                    (src.path().join("empty"), nv.join("gpus/b")),
+                    (src.path().join("empty"), nv.join("gpus/missing")),
+                    (
+                        src.path().join("empty-file"),
+                        nv.join("capabilities/mig/config"),
+                    ),
+                ],
+                propagation: Vec::new(),
+                read_only_superblocks: Vec::new(),
+                cgroup_flags: None,
+            },
+            target.id() as i32,
+        )
         .unwrap();
-        // Attach from a forked child, which then shows the namespace's view.
-        let script = format!(
-            "cat {nv}/params; ls {nv}/gpus/b | wc -l; touch {nv}/gpus/b/x 2>/dev/null || echo ro; \
-             wc -c < {nv}/capabilities/mig/config",
-            nv = nv.display()
-        );
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script]).stdout(Stdio::piped());
+        // Attach from a forked child, which returns to its own namespace afterwards.
+        let mut cmd = Command::new("true");
         // SAFETY: attach() makes system calls only.
         unsafe {
             cmd.pre_exec(move || prepared.attach().map(|_| ()));
         }
         let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let script = format!(
+            "cat {nv}/params; ls {nv}/gpus/b | wc -l; touch {nv}/gpus/b/x 2>/dev/null || echo ro; \
+             wc -c < {nv}/capabilities/mig/config",
+            nv = nv.display()
+        );
+        let out = Command::new("nsenter")
+            .args(["-t", &target.id().to_string(), "-m", "sh", "-c", &script])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),

@@ -30,6 +30,8 @@ pub struct Adapted {
     pub pids_limit: Option<i64>,
     /// Mount points whose new superblock is made read-only.
     pub read_only_superblocks: Vec<PathBuf>,
+    /// The cgroup mount's flags, for it and every hierarchy below it.
+    pub cgroup_flags: Option<crate::runtime::spec_adapt::RecursiveMountAttr>,
 }
 
 /// An OCI bundle directory.
@@ -103,6 +105,7 @@ impl Bundle {
             propagation: crate::runtime::spec_adapt::mount_propagation(&spec),
             pids_limit,
             read_only_superblocks: crate::runtime::spec_adapt::read_only_superblocks(&spec),
+            cgroup_flags: crate::runtime::spec_adapt::cgroup_mount_flags(&spec),
         })
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
@@ -29,6 +30,18 @@ pub struct ContainerCgroup {
     id: String,
     path: PathBuf,
     systemd: bool,
+    /// The execs in flight and the `pids.max` to put back after them, shared by every clone.
+    exec_room: Arc<Mutex<ExecRoomState>>,
+}
+
+/// What [`ContainerCgroup::make_room_for_exec`] serialises: every change of `pids.max` around
+/// execs, so concurrent execs cannot take each other's raised limit for the container's own.
+#[derive(Debug, Default)]
+struct ExecRoomState {
+    /// Execs between their `make_room_for_exec` and the drop of its [`ExecRoom`].
+    in_flight: usize,
+    /// The container's own limit, read when the first of them began.
+    limit: Option<i64>,
 }
 
 impl ContainerCgroup {
@@ -38,7 +51,14 @@ impl ContainerCgroup {
             id: id.to_owned(),
             path,
             systemd,
+            exec_room: Arc::default(),
         }
+    }
+
+    fn exec_room(&self) -> MutexGuard<'_, ExecRoomState> {
+        self.exec_room
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn err(&self, op: &'static str, err: &dyn std::error::Error) -> ShimError {
@@ -85,8 +105,22 @@ impl ContainerCgroup {
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
     }
 
-    /// Applies new resource limits (containerd's `Update`).
+    /// Applies new resource limits (containerd's `Update`). A new pids limit that arrives
+    /// while execs are being made room for becomes the limit they put back.
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        let mut room = self.exec_room();
+        self.apply(resources)?;
+        let new_limit = resources.pids().as_ref().map(|p| p.limit());
+        if let (Some(limit), true) = (new_limit, room.in_flight > 0) {
+            room.limit = (limit > 0).then_some(limit);
+            if let (Some(file), Some(limit)) = (self.pids_max_file(), room.limit) {
+                self.write_room(&file, limit, room.in_flight);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, resources: &LinuxResources) -> Result<()> {
         let opt = ControllerOpt {
             resources,
             disable_oom_killer: resources
@@ -221,23 +255,35 @@ impl ContainerCgroup {
     /// cgroup (a move the pids controller does not count against the limit) and execs there,
     /// so an exec is admitted whatever the limit; libcontainer's intermediate process moves in
     /// and then forks the new one, which the limit would refuse. Raises the limit to the count
-    /// plus those two and returns the limit to put back.
-    pub fn make_room_for_exec(&self) -> Option<i64> {
+    /// plus two per exec in flight, until the returned room is dropped; the last exec in
+    /// flight puts the container's own limit back. Blocks (cgroup files); `None` when there
+    /// is no limit to make room under.
+    pub fn make_room_for_exec(&self) -> Option<ExecRoom> {
         let file = self.pids_max_file()?;
-        let limit: i64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
-        let current: i64 = std::fs::read_to_string(file.with_file_name("pids.current"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let room = limit.max(current + 2);
-        if room == limit {
-            return None;
+        let mut room = self.exec_room();
+        if room.in_flight == 0 {
+            room.limit = std::fs::read_to_string(&file).ok()?.trim().parse().ok();
         }
-        std::fs::write(&file, room.to_string()).ok()?;
-        Some(limit)
+        let limit = room.limit?;
+        room.in_flight += 1;
+        self.write_room(&file, limit, room.in_flight);
+        Some(ExecRoom {
+            cgroup: self.clone(),
+            file,
+        })
     }
 
+    /// Sets `pids.max` to the larger of `limit` and the count plus two per exec in flight.
+    fn write_room(&self, file: &Path, limit: i64, in_flight: usize) {
+        let current: Option<i64> = std::fs::read_to_string(file.with_file_name("pids.current"))
+            .ok()
+            .and_then(|c| c.trim().parse().ok());
+        let extra = 2 * i64::try_from(in_flight).unwrap_or(i64::MAX / 4);
+        let room = current.map_or(limit, |c| limit.max(c.saturating_add(extra)));
+        if let Err(e) = std::fs::write(file, room.to_string()) {
+            log::warn!("container {}: {}: {e}", self.id, file.display());
+        }
+    }
     /// Removes the cgroup's `name=systemd` and unified directories of a hybrid host, which
     /// libcontainer's delete does not know of. A busy one (a killed process not gone yet) is
     /// retried for a short while, then left; a missing one is no error. Blocks.
@@ -253,6 +299,30 @@ impl ContainerCgroup {
         }
         if let Err(e) = result {
             log::warn!("container {}: cgroup remove failed: {e}", self.id);
+        }
+    }
+}
+
+/// An exec's room under the container's pids limit (see
+/// [`ContainerCgroup::make_room_for_exec`]); dropping it puts the limit back once no other
+/// exec is in flight. The drop writes a cgroup file: drop it off the async thread.
+#[derive(Debug)]
+pub struct ExecRoom {
+    cgroup: ContainerCgroup,
+    file: PathBuf,
+}
+
+impl Drop for ExecRoom {
+    fn drop(&mut self) {
+        let mut room = self.cgroup.exec_room();
+        room.in_flight = room.in_flight.saturating_sub(1);
+        if room.in_flight > 0 {
+            return;
+        }
+        if let Some(limit) = room.limit.take() {
+            if let Err(e) = std::fs::write(&self.file, limit.to_string()) {
+                log::warn!("container {}: {}: {e}", self.cgroup.id, self.file.display());
+            }
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct CreateArgs {
     pub systemd: bool,
     /// The init process's stdio.
     pub io: WireIo,
+    /// What to apply in the container's mount namespace once it is created (mount flags and
+    /// propagation libcontainer leaves out, the `/proc/driver/nvidia` overlay).
+    pub after: OverlayArgs,
 }
 
 /// What the zygote needs to start an extra process in a running container.
@@ -107,6 +110,8 @@ pub struct Created {
     /// remove its cgroup and its state directory: cgroupfs driver, no poststop hooks, no Intel
     /// RDT group. The shim then does that itself (see `task::lifecycle`).
     pub plain_teardown: bool,
+    /// How many overlay mounts had a target in the container.
+    pub overlay_mounts: usize,
 }
 
 /// Why a libcontainer operation failed, as it crosses the zygote's channel (serialised, so
@@ -146,9 +151,10 @@ pub enum OpError {
         /// The OS error.
         message: String,
     },
-    /// The `/proc/driver/nvidia` overlay could not be attached.
-    #[error("/proc/driver/nvidia overlay: {0}")]
-    ProcOverlay(String),
+    /// What the shim applies in a created container's mount namespace (its mount flags,
+    /// propagation, the `/proc/driver/nvidia` overlay) could not be applied.
+    #[error("after create: {0}")]
+    AfterCreate(String),
 }
 
 type Wire<T> = std::result::Result<T, OpError>;
@@ -180,6 +186,7 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         bundle,
         systemd,
         io,
+        after,
     } = args;
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
@@ -195,18 +202,15 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
             .as_sibling(true)
             .build()
     });
-    let container = match container {
-        Ok(c) => c,
-        Err(err) => {
-            let error = libcontainer(err, cause);
-            // libcontainer may have left a state dir and a cgroup behind: remove both.
-            if let Ok(mut c) = Container::load(state.dir()) {
-                let _ = c.delete(true);
-            }
-            let _ = std::fs::remove_dir_all(state.dir());
-            return Err(error);
+    // libcontainer may have left a state dir and a cgroup behind: remove both.
+    let undo = |error: OpError| {
+        if let Ok(mut c) = Container::load(state.dir()) {
+            let _ = c.delete(true);
         }
+        let _ = std::fs::remove_dir_all(state.dir());
+        error
     };
+    let container = container.map_err(|err| undo(libcontainer(err, cause)))?;
     let pid = container.pid().ok_or(OpError::NoInitPid)?.as_raw();
     let config = container
         .spec()
@@ -220,10 +224,20 @@ fn zy_create(args: CreateArgs) -> Wire<Created> {
         && !poststop
         && container.intel_rdt_dir().is_none()
         && container.intel_rdt_monitoring_dir().is_none();
+    // Last, as it leaves the shim's mount namespace: this worker is single-threaded, so it
+    // may join the container's.
+    let overlay_mounts = if after.is_empty() {
+        0
+    } else {
+        Prepared::new(&after, pid)
+            .and_then(|p| p.attach())
+            .map_err(|e| undo(OpError::AfterCreate(e.to_string())))?
+    };
     Ok(Created {
         pid,
         cgroup_path: config.cgroup_path,
         plain_teardown,
+        overlay_mounts,
     })
 }
 
@@ -276,13 +290,6 @@ fn zy_release_code_pages((): ()) -> usize {
 
 fn load(state: &StateRef) -> Wire<Container> {
     Container::load(state.dir()).map_err(|e| OpError::State(chain_to_string(&e)))
-}
-
-fn zy_proc_overlay(args: OverlayArgs) -> Wire<usize> {
-    // The worker is single-threaded, so it may join the container's mount namespace.
-    Prepared::new(&args)
-        .and_then(|p| p.attach())
-        .map_err(|e| OpError::ProcOverlay(e.to_string()))
 }
 
 fn zy_start(state: StateRef) -> Wire<()> {
@@ -411,12 +418,6 @@ impl Driver {
     pub async fn create(&self, args: CreateArgs) -> Result<Created> {
         let id = args.state.id.clone();
         Self::call(&id, "create", zy_create, args).await
-    }
-
-    /// Attaches the `/proc/driver/nvidia` overlay inside a created container; returns how many
-    /// mounts had a target there.
-    pub async fn proc_overlay(&self, id: &str, args: OverlayArgs) -> Result<usize> {
-        Self::call(id, "create", zy_proc_overlay, args).await
     }
 
     /// Starts an exec process; returns its host pid.

@@ -1,9 +1,11 @@
 //! Process exits: the shim's SIGCHLD reaper (in `containerd-shim`) publishes every reaped pid
 //! on its monitor; [`ExitRouter`] hands each exit to the [`ExitCell`] of the process it belongs
-//! to. An exit that arrives before its pid is known (a container that dies during create) is
-//! kept while a create is in flight, so it is never lost.
+//! to. An exit that arrives before its pid is known (a process that dies while it is being
+//! created) is kept while a create is in flight, so it is never lost; it is given only to a
+//! process whose create began before that exit was reaped, so an unrelated process reaped
+//! earlier under the same pid number (pid reuse) never lends its status to a later one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use containerd_shim::monitor::{ExitEvent, Subject, Topic};
@@ -77,8 +79,23 @@ impl ExitCell {
 #[derive(Debug, Default)]
 struct Inner {
     watched: HashMap<i32, Arc<ExitCell>>,
-    early: HashMap<i32, ExitStatus>,
-    creating: usize,
+    /// Exits of pids not watched yet, with the sequence number they were reaped at.
+    early: HashMap<i32, (u64, ExitStatus)>,
+    /// Creates in flight, by the sequence number they began at (how many began then).
+    creating: BTreeMap<u64, usize>,
+    /// The sequence number of the last reaped exit.
+    seq: u64,
+}
+
+impl Inner {
+    /// Drops the early exits no create in flight can claim: those reaped before the oldest
+    /// of them began (all of them when none is in flight).
+    fn prune(&mut self) {
+        match self.creating.keys().next().copied() {
+            None => self.early.clear(),
+            Some(oldest) => self.early.retain(|_, (seq, _)| *seq > oldest),
+        }
+    }
 }
 
 /// Routes reaped pids to the cells of the processes the shim runs.
@@ -106,22 +123,15 @@ impl ExitRouter {
         Ok(())
     }
 
-    /// Marks a create in flight until the guard drops; exits of unknown pids are kept meanwhile.
+    /// Marks a create in flight until the guard drops or watches its process; exits of unknown
+    /// pids reaped meanwhile are kept for it.
     pub fn begin_create(self: &Arc<Self>) -> CreateGuard {
-        self.lock().creating += 1;
+        let mut inner = self.lock();
+        let since = inner.seq;
+        *inner.creating.entry(since).or_default() += 1;
         CreateGuard {
             router: Arc::clone(self),
-        }
-    }
-
-    /// Delivers `pid`'s exit to `cell`, now if it already happened.
-    pub fn watch(&self, pid: i32, cell: Arc<ExitCell>) {
-        let mut inner = self.lock();
-        match inner.early.remove(&pid) {
-            Some(status) => cell.set(status),
-            None => {
-                inner.watched.insert(pid, cell);
-            }
+            since,
         }
     }
 
@@ -134,27 +144,49 @@ impl ExitRouter {
     pub fn on_exit(&self, pid: i32, code: i32) {
         let status = ExitStatus::now(code);
         let mut inner = self.lock();
+        inner.seq += 1;
         if let Some(cell) = inner.watched.remove(&pid) {
             cell.set(status);
-        } else if inner.creating > 0 {
-            inner.early.insert(pid, status);
+        } else if !inner.creating.is_empty() {
+            let seq = inner.seq;
+            inner.early.insert(pid, (seq, status));
         }
     }
 }
 
-/// Keeps early exits while alive; see [`ExitRouter::begin_create`].
+/// A create in flight; see [`ExitRouter::begin_create`].
 #[derive(Debug)]
 pub struct CreateGuard {
     router: Arc<ExitRouter>,
+    /// The sequence number of the last exit reaped before this create began.
+    since: u64,
+}
+
+impl CreateGuard {
+    /// Delivers the exit of `pid`, the process this create made, to `cell`: now, if it was
+    /// reaped after the create began; else when it is.
+    pub fn watch(self, pid: i32, cell: Arc<ExitCell>) {
+        let mut inner = self.router.lock();
+        match inner.early.remove(&pid) {
+            Some((seq, status)) if seq > self.since => cell.set(status),
+            // An exit of another process that had this pid before ours was made.
+            _ => {
+                inner.watched.insert(pid, cell);
+            }
+        }
+    }
 }
 
 impl Drop for CreateGuard {
     fn drop(&mut self) {
         let mut inner = self.router.lock();
-        inner.creating = inner.creating.saturating_sub(1);
-        if inner.creating == 0 {
-            inner.early.clear();
+        if let Some(n) = inner.creating.get_mut(&self.since) {
+            *n -= 1;
+            if *n == 0 {
+                inner.creating.remove(&self.since);
+            }
         }
+        inner.prune();
     }
 }
 
@@ -166,7 +198,7 @@ mod tests {
     async fn routes_exit_to_watched_cell() {
         let router = Arc::new(ExitRouter::default());
         let cell = Arc::new(ExitCell::default());
-        router.watch(42, Arc::clone(&cell));
+        router.begin_create().watch(42, Arc::clone(&cell));
         router.on_exit(42, 3);
         assert_eq!(cell.wait().await.code, 3);
     }
@@ -177,9 +209,9 @@ mod tests {
         let guard = router.begin_create();
         router.on_exit(7, 137);
         let cell = Arc::new(ExitCell::default());
-        router.watch(7, Arc::clone(&cell));
-        drop(guard);
+        guard.watch(7, Arc::clone(&cell));
         assert_eq!(cell.get().map(|s| s.code), Some(137));
+        assert!(router.lock().early.is_empty());
     }
 
     #[test]
@@ -191,9 +223,48 @@ mod tests {
             router.on_exit(10, 1);
         }
         let cell = Arc::new(ExitCell::default());
-        router.watch(10, Arc::clone(&cell));
-        router.watch(9, Arc::clone(&cell));
+        router.begin_create().watch(10, Arc::clone(&cell));
+        router.begin_create().watch(9, Arc::clone(&cell));
         assert!(cell.get().is_none());
+        assert!(router.lock().early.is_empty());
+    }
+
+    #[test]
+    fn an_exit_reaped_before_a_create_began_is_not_its_process() {
+        // A slow create keeps unknown exits; an exec begun later gets a pid number that an
+        // unrelated process reaped meanwhile had: its status must not be given to the exec.
+        let router = Arc::new(ExitRouter::default());
+        let slow = router.begin_create();
+        router.on_exit(500, 0);
+        let exec = router.begin_create();
+        let cell = Arc::new(ExitCell::default());
+        exec.watch(500, Arc::clone(&cell));
+        assert!(cell.get().is_none(), "a stale exit was attributed");
+        router.on_exit(500, 7);
+        assert_eq!(cell.get().map(|s| s.code), Some(7));
+        // The slow create's own process, reaped after it began, still gets its exit.
+        router.on_exit(600, 3);
+        let own = Arc::new(ExitCell::default());
+        slow.watch(600, Arc::clone(&own));
+        assert_eq!(own.get().map(|s| s.code), Some(3));
+        assert!(router.lock().early.is_empty());
+        assert!(router.lock().creating.is_empty());
+    }
+
+    #[test]
+    fn early_exits_are_kept_only_while_a_create_could_claim_them() {
+        let router = Arc::new(ExitRouter::default());
+        let first = router.begin_create();
+        router.on_exit(1, 0);
+        let second = router.begin_create();
+        router.on_exit(2, 0);
+        drop(first);
+        // Only the second create is in flight: the exit reaped before it began is dropped.
+        assert_eq!(
+            router.lock().early.keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
+        drop(second);
         assert!(router.lock().early.is_empty());
     }
 

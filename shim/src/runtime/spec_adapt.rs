@@ -18,6 +18,12 @@
 //! creates it read-write and makes only the mount read-only. The shim makes those superblocks
 //! read-only after create ([`read_only_superblocks`]).
 //!
+//! The cgroup filesystem: libcontainer mounts cgroup v1's tmpfs and controller hierarchies
+//! read-write whatever the spec's cgroup mount asks (containerd asks `ro,nosuid,nodev,noexec`
+//! for an unprivileged container), so a container could rewrite its own limits; runc mounts
+//! every one of them with the spec's flags. The shim sets them after create
+//! ([`cgroup_mount_flags`]).
+//!
 //! The pids limit ([`make_room_for_intermediate`]).
 
 use std::path::PathBuf;
@@ -99,6 +105,58 @@ pub fn mount_propagation(spec: &Spec) -> Vec<(PathBuf, u64)> {
         .unwrap_or_default()
 }
 
+/// Mount attributes to set and clear on a mount and every mount below it
+/// (`mount_setattr(2)` with `AT_RECURSIVE`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecursiveMountAttr {
+    /// The mount point in the container.
+    pub target: PathBuf,
+    /// `MOUNT_ATTR_*` bits to set.
+    pub set: u64,
+    /// `MOUNT_ATTR_*` bits to clear.
+    pub clear: u64,
+}
+
+/// The flags the spec's cgroup mount asks for, for that mount and every controller hierarchy
+/// below it, as runc mounts them: `ro`/`rw` (the last wins), `nosuid`, `nodev`, `noexec`.
+pub fn cgroup_mount_flags(spec: &Spec) -> Option<RecursiveMountAttr> {
+    let mount = spec
+        .mounts()
+        .as_ref()?
+        .iter()
+        .rev()
+        .find(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))?;
+    let options = mount.options().as_deref().unwrap_or_default();
+    let mut set = 0;
+    let mut clear = 0;
+    for option in options {
+        let (bit, on) = match option.as_str() {
+            "ro" => (libc::MOUNT_ATTR_RDONLY, true),
+            "rw" => (libc::MOUNT_ATTR_RDONLY, false),
+            "nosuid" => (libc::MOUNT_ATTR_NOSUID, true),
+            "suid" => (libc::MOUNT_ATTR_NOSUID, false),
+            "nodev" => (libc::MOUNT_ATTR_NODEV, true),
+            "dev" => (libc::MOUNT_ATTR_NODEV, false),
+            "noexec" => (libc::MOUNT_ATTR_NOEXEC, true),
+            "exec" => (libc::MOUNT_ATTR_NOEXEC, false),
+            _ => continue,
+        };
+
+        if on {
+            set |= bit;
+            clear &= !bit;
+        } else {
+            clear |= bit;
+            set &= !bit;
+        }
+    }
+    (set | clear != 0).then(|| RecursiveMountAttr {
+        target: mount.destination().clone(),
+        set,
+        clear,
+    })
+}
+
 /// The destinations of the spec's new (not bind) read-only filesystems, whose superblock runc
 /// leaves read-only: the last of a mount's `ro`/`rw` options wins. cgroup filesystems are left
 /// out: libcontainer mounts those its own way.
@@ -130,6 +188,29 @@ mod tests {
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_cgroup_mount_keeps_the_flags_the_spec_asks() {
+        let unprivileged = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","noexec","nodev","relatime","ro"]}]}"#,
+        );
+        let attr = cgroup_mount_flags(&unprivileged).unwrap();
+        assert_eq!(attr.target, PathBuf::from("/sys/fs/cgroup"));
+        let all = libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC;
+        assert_eq!((attr.set, attr.clear), (all, 0));
+        let privileged = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup2","source":"cgroup","options":["ro","nosuid","noexec","nodev","rw"]}]}"#,
+        );
+        let attr = cgroup_mount_flags(&privileged).unwrap();
+        assert_eq!(attr.clear, libc::MOUNT_ATTR_RDONLY);
+        assert_eq!(attr.set & libc::MOUNT_ATTR_RDONLY, 0);
+        let none =
+            spec(r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/proc","type":"proc"}]}"#);
+        assert!(cgroup_mount_flags(&none).is_none());
     }
 
     #[test]

@@ -108,6 +108,12 @@ impl TaskService {
                 bundle: bundle.path().to_owned(),
                 systemd: config.systemd_cgroup,
                 io: wire_io,
+                after: OverlayArgs {
+                    mounts: proc_mounts,
+                    propagation: adapted.propagation,
+                    read_only_superblocks: adapted.read_only_superblocks,
+                    cgroup_flags: adapted.cgroup_flags,
+                },
             })
             .await;
         let created = match created {
@@ -117,45 +123,27 @@ impl TaskService {
                 return Err(undo.run(e).await);
             }
         };
-        self.exits.watch(created.pid, Arc::clone(&exit));
-        drop(guard);
+        guard.watch(created.pid, Arc::clone(&exit));
+        if created.overlay_mounts > 0 {
+            log::info!(
+                "container {id}: /proc/driver/nvidia overlay: {} mounts",
+                created.overlay_mounts
+            );
+        }
         let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
         undo.container = Some((state_ref.clone(), cgroup.clone(), created.pid));
-        let after_create = {
+        let io = {
             let (cgroup, pid, pids_limit) = (cgroup.clone(), created.pid, adapted.pids_limit);
-            blocking(id, "cgroups", move || {
+            let (owned_id, stdin, stdout) = (id.to_owned(), req.stdin.clone(), req.stdout.clone());
+            blocking(id, "cgroups and stdio", move || {
                 cgroup.join_hybrid(pid)?;
                 // The spec's own pids limit, now that libcontainer's intermediate process is
                 // gone.
-                pids_limit.map_or(Ok(()), |limit| cgroup.set_pids_max(limit))
+                pids_limit.map_or(Ok(()), |limit| cgroup.set_pids_max(limit))?;
+                // A terminal's master comes over the console socket: up to seconds.
+                pending.attach(&owned_id, &stdin, &stdout)
             })
             .await
-        };
-        let args = OverlayArgs {
-            pid: created.pid,
-            mounts: proc_mounts,
-            propagation: adapted.propagation,
-            read_only_superblocks: adapted.read_only_superblocks,
-        };
-        let overlaid = match after_create {
-            Err(e) => Err(e),
-            Ok(()) if args.is_empty() => Ok(0),
-            Ok(()) => self.driver.proc_overlay(id, args).await,
-        };
-        let io = match overlaid {
-            Ok(n) => {
-                if n > 0 {
-                    log::info!("container {id}: /proc/driver/nvidia overlay: {n} mounts");
-                }
-                let (owned_id, stdin, stdout) =
-                    (id.to_owned(), req.stdin.clone(), req.stdout.clone());
-                // A terminal's master comes over the console socket: up to seconds.
-                blocking(id, "attach stdio", move || {
-                    pending.attach(&owned_id, &stdin, &stdout)
-                })
-                .await
-            }
-            Err(e) => Err(e),
         };
         let io = match io {
             Ok(io) => io,

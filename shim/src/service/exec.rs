@@ -145,7 +145,7 @@ impl TaskService {
             })
             .await?
         };
-        let (io, restore_pids) = prepared;
+        let (io, exec_room) = prepared;
         let (wire_io, pending) = io.split();
         let guard = self.exits.begin_create();
         let pid = self
@@ -158,14 +158,9 @@ impl TaskService {
                 hybrid_cgroups: c.cgroup.hybrid(),
             })
             .await;
-        let cgroup = c.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(&spec_file);
-            if let Some(limit) = restore_pids {
-                if let Err(err) = cgroup.set_pids_max(limit) {
-                    log::warn!("{err}");
-                }
-            }
+            drop(exec_room);
         })
         .await;
         let pid = match pid {
@@ -177,8 +172,7 @@ impl TaskService {
                 return Err(err);
             }
         };
-        self.exits.watch(pid, Arc::clone(&e.exit));
-        drop(guard);
+        guard.watch(pid, Arc::clone(&e.exit));
         let io = {
             let (id, stdin, stdout) = (c.id.clone(), e.stdio.stdin.clone(), e.stdio.stdout.clone());
             blocking(&c.id, "attach stdio", move || {

@@ -14,7 +14,7 @@ use nvidia_shim_core::discover::{DeviceNode, Inventory};
 use nvidia_shim_core::Config;
 
 use super::args::Args;
-use super::configure::containerd::registers;
+use super::configure::containerd::registrations;
 
 /// The command's usage.
 pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 doctor [--json] [--config FILE] [--containerd-config PATH] [--containerd-socket PATH]
@@ -409,11 +409,11 @@ fn containerd_configured(main: &Path) -> Check {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        match registers(&text, None) {
+        match registrations(&text) {
             Ok(found) => names.extend(
                 found
                     .into_iter()
-                    .map(|n| format!("{n} ({})", file.display())),
+                    .map(|r| format!("{} ({})", r.name, file.display())),
             ),
             Err(e) => {
                 return check(

@@ -4,6 +4,7 @@
 //! `--dry-run` prints the change as a diff; a real change keeps the old file as `<file>.bak`
 //! and replaces the file atomically.
 
+pub mod annotations;
 pub mod containerd;
 pub mod diff;
 pub mod docker;
@@ -127,7 +128,16 @@ fn configure_containerd(args: &[String]) -> Result<(), String> {
     let old = read_existing(&path)?;
     let new = containerd::configure(old.as_deref().unwrap_or(""), &opts)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    write_change(&path, old.as_deref(), &new, args.has("--dry-run"), 0o644)?;
+    for note in &new.notes {
+        println!("{}: {note}", path.display());
+    }
+    write_change(
+        &path,
+        old.as_deref(),
+        &new.text,
+        args.has("--dry-run"),
+        0o644,
+    )?;
     Ok(())
 }
 

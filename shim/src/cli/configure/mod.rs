@@ -260,6 +260,7 @@ fn write_change(
     }
     let err = |what: &str, e: std::io::Error| format!("cannot {what} {shown}: {e}");
     let target = follow_links(path).map_err(|e| err("follow the link", e))?;
+    let linked = target != path;
     let name = target
         .file_name()
         .map_or("config".into(), |n| n.to_string_lossy().into_owned());
@@ -269,6 +270,9 @@ fn write_change(
         .unwrap_or(Path::new("."))
         .to_owned();
     std::fs::create_dir_all(&dir).map_err(|e| err("create the directory of", e))?;
+    // Named without the `..` a relative link leaves, in the output.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let target = dir.join(&name);
     let (mode, owner) = match std::fs::metadata(&target) {
         Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
         Err(_) => (mode, None),
@@ -294,10 +298,10 @@ fn write_change(
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err("sync the directory of", e))?;
-    let what = if target == path {
-        format!("{shown}")
-    } else {
+    let what = if linked {
         format!("{shown} (a link to {})", target.display())
+    } else {
+        format!("{shown}")
     };
     match backup {
         Some((bak, true)) => println!(

@@ -13,6 +13,7 @@ pub mod ldcache;
 pub mod plan;
 pub mod proc_overlay;
 pub mod quote;
+pub mod regular_file;
 pub mod request;
 pub mod require;
 pub mod rootfs;

@@ -6,8 +6,9 @@
 #     (`configure shim --profile kubernetes`),
 #   - the "nvidia" CRI runtime handler in <host-root>/etc/containerd/config.toml, added by the
 #     binary's `configure containerd` (TOML edited in place, comments and other settings kept,
-#     the previous file kept as config.toml.bak; config version 2 for containerd 1.6/1.7, 3 for
-#     2.x when the file is new).
+#     the original file kept as config.toml.bak by the first change, a symlinked config's
+#     target edited; config version 2 for containerd 1.6/1.7, 3 for 2.x when the file is new;
+#     GPU requests forwarded as container annotations, never as pod annotations).
 # It does not restart containerd; --restart does, through the host's systemd (needs hostPID in
 # a DaemonSet).
 #

@@ -571,7 +571,7 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
         let mut t = format!(
             r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]
   runtime_type = "{ty}"
-  pod_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
+  # GPU requests only from the kubelet (container annotations), never from the pod's author.
   container_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
 "#
         );

@@ -371,3 +371,73 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
     assert_eq!(seen[0], (true, "1".to_owned()), "both ways");
     Ok(())
 }
+
+/// Issue 22: under the isolation profile only what the kubelet sets counts. Pod annotations
+/// are the pod author's, so the handler `configure containerd` registers must not forward the
+/// CDI prefixes as pod annotations; the device plugin's CDI requests arrive as container
+/// annotations (its Allocate response), which containerd forwards through
+/// `container_annotations`.
+#[test]
+fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Result<()> {
+    let test = "isolation_profile_honours_container_annotations_not_pod_annotations";
+    let fake = FakeDriver::builder().gpus(4).layout(Layout::Distro).build();
+    let configs = HandlerConfigs {
+        // The handler registered by `configure containerd`, with the isolation profile.
+        nvidia: format!(
+            "{}{}",
+            fake.shim_config(),
+            HandlerConfigs::default().isolated
+        ),
+        nvidia_by_configure: true,
+        ..HandlerConfigs::default()
+    };
+    let Some(cri) = cri(test, &configs) else {
+        return Ok(());
+    };
+    let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");
+    let annotation = |value: &str| HashMap::from([("cdi.k8s.io/x".to_owned(), value.to_owned())]);
+
+    // An unprivileged pod whose author asks for every GPU through a pod annotation.
+    let greedy = PodOptions {
+        host_network: true,
+        annotations: annotation("nvidia.com/gpu=all"),
+        ..PodOptions::default()
+    };
+    let pod = cri.run_pod("pod-annotated", HANDLER, &greedy)?;
+    let c = cri.run_container(&pod, "pod-annotated", &greedy, &sleeper("greedy"))?;
+    let spec = std::fs::read_to_string(
+        cri.containerd
+            .state_dir()
+            .join("io.containerd.runtime.v2.task/k8s.io")
+            .join(&c)
+            .join("config.json"),
+    )?;
+    assert_eq!(
+        gpu_nodes(&cri, &c)?,
+        "",
+        "a pod annotation gave GPUs; the container's spec: {spec}"
+    );
+    assert!(
+        !spec.contains("cdi.k8s.io/x"),
+        "the pod annotation reached the shim: {spec}"
+    );
+    cri.remove_pod(&pod)?;
+
+    // A container the device plugin allocated GPU 0 to (a container annotation).
+    let host = PodOptions {
+        host_network: true,
+        ..PodOptions::default()
+    };
+    let pod = cri.run_pod("allocated", HANDLER, &host)?;
+    let allocated = ContainerOptions {
+        annotations: annotation("nvidia.com/gpu=0"),
+        ..sleeper("allocated")
+    };
+    let c = cri.run_container(&pod, "allocated", &host, &allocated)?;
+    assert_eq!(gpu_nodes(&cri, &c)?, "nvidia0", "the container annotation");
+    cri.remove_pod(&pod)?;
+    eventually("every shim to exit", || {
+        leftovers::shim_pids(&cri.containerd.socket()).is_empty()
+    })?;
+    Ok(())
+}

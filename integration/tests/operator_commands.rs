@@ -4,13 +4,14 @@
 //! the `nvidia` handler; `configure docker`; `info --json` and `cdi list` on a fake driver and
 //! on Debian's packaged driver (golden file); `doctor` on this machine and on a fake node.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nvidia_shim_core::discover::fixture::FakeDriver;
 use nvidia_shim_integration::checks::text;
-use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::containerd::{wait_output, Containerd};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
 use nvidia_shim_integration::debian_driver::debian_driver;
 use nvidia_shim_integration::{can_run_containerd, shim_binary, skip, which};
@@ -21,6 +22,19 @@ fn shim(args: &[&str]) -> Result<Output> {
         .args(args)
         .output()
         .context("run the shim binary")
+}
+
+/// Runs the shim binary with `args`, failing (and killing it) past 20 s: a read that blocks
+/// on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
+fn shim_bounded(args: &[&str]) -> Result<Output> {
+    let mut child = Command::new(shim_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run the shim binary")?;
+    wait_output(&mut child, Duration::from_secs(20)).with_context(|| format!("{args:?}"))
 }
 
 fn root(test: &str) -> bool {
@@ -386,5 +400,354 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
         "no nvidia-persistenced on a fake node"
     );
     assert_eq!(report.len(), 10, "{report:?}");
+    Ok(())
+}
+
+#[test]
+fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backup() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let managed = dir.path().join("managed");
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&managed)?;
+    std::fs::create_dir_all(&etc)?;
+    // containerd's config lives elsewhere (a config-management checkout); /etc has a link.
+    let target = managed.join("containerd.toml");
+    let original = "# managed by the platform team\nversion = 2\n";
+    std::fs::write(&target, original)?;
+    let link = etc.join("config.toml");
+    std::os::unix::fs::symlink(&target, &link)?;
+    let path = link.display().to_string();
+
+    let first = shim(&["configure", "containerd", "--config", &path])?;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let bak = managed.join("containerd.toml.bak");
+    assert!(
+        text(&first.stdout).contains(&format!("the original is kept as {}", bak.display())),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = shim(&[
+        "configure",
+        "containerd",
+        "--config",
+        &path,
+        "--set-as-default",
+    ])?;
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains(&format!("the original stays in {}", bak.display())),
+        "{}",
+        text(&second.stdout)
+    );
+    // The link is still the link; its target has both changes; the backup is the original.
+    assert_eq!(std::fs::read_link(&link)?, target);
+    let edited = std::fs::read_to_string(&target)?;
+    assert!(
+        edited.contains("# managed by the platform team")
+            && edited.contains("runtime_type = \"io.containerd.nvidia.v2\"")
+            && edited.contains("default_runtime_name = \"nvidia\""),
+        "{edited}"
+    );
+    assert_eq!(std::fs::read_to_string(&bak)?, original);
+    assert!(!etc.join("config.toml.bak").exists());
+
+    // The same for daemon.json and the shim's config.
+    let daemon = managed.join("daemon.json");
+    std::fs::write(&daemon, "{\"data-root\": \"/srv/docker\"}")?;
+    let daemon_link = etc.join("daemon.json");
+    std::os::unix::fs::symlink(&daemon, &daemon_link)?;
+    let out = shim(&[
+        "configure",
+        "docker",
+        "--config",
+        &daemon_link.display().to_string(),
+    ])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_link(&daemon_link)?, daemon);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon)?)?;
+    assert_eq!(
+        v["runtimes"]["nvidia"]["runtimeType"],
+        "io.containerd.nvidia.v2"
+    );
+    let shim_cfg = managed.join("shim.toml");
+    std::fs::write(&shim_cfg, "log_level = \"debug\"\n")?;
+    let shim_link = etc.join("shim.toml");
+    std::os::unix::fs::symlink(&shim_cfg, &shim_link)?;
+    for profile in ["kubernetes", "default"] {
+        let out = shim(&[
+            "configure",
+            "shim",
+            "--output",
+            &shim_link.display().to_string(),
+            "--profile",
+            profile,
+            "--force",
+        ])?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(std::fs::read_link(&shim_link)?, shim_cfg);
+    assert_eq!(
+        std::fs::read_to_string(managed.join("shim.toml.bak"))?,
+        "log_level = \"debug\"\n"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&managed)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "containerd.toml",
+            "containerd.toml.bak",
+            "daemon.json",
+            "daemon.json.bak",
+            "shim.toml",
+            "shim.toml.bak"
+        ],
+        "nothing staged is left"
+    );
+    Ok(())
+}
+
+/// Paths that are not small regular files, each with the cause an error must name.
+fn hostile_paths(dir: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
+    let fifo = dir.join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid C string; makes a FIFO in a temp dir.
+    anyhow::ensure!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0, "mkfifo");
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20])?;
+    let sub = dir.join("a-directory.toml");
+    std::fs::create_dir_all(&sub)?;
+    Ok(vec![
+        (PathBuf::from("/dev/zero"), "is a device"),
+        (fifo, "is a FIFO"),
+        (sub, "is a directory"),
+        (big, "is 2097152 bytes"),
+    ])
+}
+
+#[test]
+fn operator_commands_refuse_config_paths_that_are_not_small_regular_files() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty-shim.toml");
+    std::fs::write(&empty, "")?;
+    let empty = empty.display().to_string();
+    for (path, cause) in hostile_paths(dir.path())? {
+        let p = path.display().to_string();
+        let commands: [&[&str]; 7] = [
+            &["configure", "containerd", "--config", &p, "--dry-run"],
+            &["configure", "containerd", "--config", &p],
+            &["configure", "docker", "--config", &p],
+            &["configure", "shim", "--output", &p, "--dry-run"],
+            &["info", "--config", &p],
+            &["cdi", "list", "--config", &p],
+            &["doctor", "--config", &p],
+        ];
+        for args in commands {
+            let out = shim_bounded(args)?;
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = text(&out.stderr);
+            assert!(err.contains(&format!("{p} {cause}")), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        }
+        // doctor checks containerd's config as one of its checks: that check fails, naming it.
+        let out = shim_bounded(&["doctor", "--config", &empty, "--containerd-config", &p])?;
+        assert!(!out.status.success(), "doctor passed with {p}");
+        let report = text(&out.stdout);
+        let line = report
+            .lines()
+            .find(|l| l.contains("containerd config:"))
+            .unwrap_or_default();
+        assert!(
+            line.starts_with("FAIL") && line.contains(&format!("{p} {cause}")),
+            "{report}"
+        );
+    }
+    // What they refused is as it was.
+    assert_eq!(
+        std::fs::metadata(dir.path().join("big.toml"))?.len(),
+        2 << 20
+    );
+    Ok(())
+}
+
+/// doctor's report as JSON: `(status, detail, fix)` of the check `name`.
+fn doctor_check(out: &Output, name: &str) -> Result<(String, String, String)> {
+    let report: Vec<Value> =
+        serde_json::from_slice(&out.stdout).with_context(|| text(&out.stdout))?;
+    let c = report
+        .iter()
+        .find(|c| c["check"] == name)
+        .with_context(|| format!("no check {name:?} in {report:?}"))?;
+    let field = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+    Ok((field("status"), field("detail"), field("fix")))
+}
+
+#[test]
+fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_them() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let shim_cfg = dir.path().join("shim.toml");
+    std::fs::write(&shim_cfg, "accept_envvar_when_unprivileged = false\n")?;
+    let shim_cfg = shim_cfg.display().to_string();
+    let doctor = |config: &Path| {
+        shim_bounded(&[
+            "doctor",
+            "--json",
+            "--config",
+            &shim_cfg,
+            "--containerd-config",
+            &config.display().to_string(),
+        ])
+    };
+    let runtime = |pod: &str| {
+        format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]\n  runtime_type = \"io.containerd.nvidia.v2\"\n  pod_annotations = [{pod}]\n  container_annotations = [\"cdi.k8s.io/*\", \"nvidia.com/*\"]\n"
+        )
+    };
+    for (pod, forwards) in [
+        // What `configure containerd` and config-v2.toml wrote before issue 22.
+        (
+            r#""cdi.k8s.io/*", "nvidia.com/*""#,
+            "cdi.k8s.io/, nvidia.com/",
+        ),
+        (r#""example.com/x", "*/*""#, "cdi.k8s.io/, nvidia.com/"),
+        (r#""cdi.k8s.io/x""#, "cdi.k8s.io/"),
+    ] {
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, runtime(pod))?;
+        let (status, detail, fix) = doctor_check(&doctor(&file)?, "containerd config")?;
+        assert_eq!(status, "FAIL", "{pod}: {detail}");
+        assert!(
+            detail.contains(&format!("({forwards})"))
+                && detail.contains("any pod can request GPUs"),
+            "{pod}: {detail}"
+        );
+        assert!(fix.contains("container_annotations"), "{fix}");
+        // configure moves them, says so, and doctor is then satisfied.
+        let out = shim(&[
+            "configure",
+            "containerd",
+            "--config",
+            &file.display().to_string(),
+        ])?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("runtime \"nvidia\": ")
+                && text(&out.stdout).contains(" pod_annotations "),
+            "{}",
+            text(&out.stdout)
+        );
+        let (status, detail, _) = doctor_check(&doctor(&file)?, "containerd config")?;
+        assert_eq!(status, "OK", "{pod} after configure: {detail}");
+        let again = shim(&[
+            "configure",
+            "containerd",
+            "--config",
+            &file.display().to_string(),
+        ])?;
+        assert!(
+            text(&again.stdout).contains("nothing changed"),
+            "{}",
+            text(&again.stdout)
+        );
+        std::fs::remove_file(dir.path().join("config.toml.bak"))?;
+    }
+    // A pattern that forwards no GPU request is fine (`*` stops at the `/` of a prefix).
+    let file = dir.path().join("harmless.toml");
+    std::fs::write(&file, runtime(r#""*", "example.com/*""#))?;
+    let (status, detail, _) = doctor_check(&doctor(&file)?, "containerd config")?;
+    assert_eq!(status, "OK", "{detail}");
+    Ok(())
+}
+
+/// Issue 24 item 5: with two containerds on the node, doctor looks for the shim where the one
+/// listening on the checked config's `[grpc] address` looks, not where another one does.
+#[test]
+fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> Result<()> {
+    let test = "doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks";
+    if !can_run_containerd(test) {
+        return Ok(());
+    }
+    if which("containerd-shim-nvidia-v2").is_some() {
+        skip(
+            test,
+            "containerd-shim-nvidia-v2 is on this PATH, so no containerd lacks it",
+        );
+        return Ok(());
+    }
+    let with = Containerd::start()?;
+    let without = Containerd::start()?;
+    // The harness put the shim first on each one's PATH; take it from the second.
+    std::fs::remove_file(without.dir().join("bin/containerd-shim-nvidia-v2"))?;
+    let dir = tempfile::tempdir()?;
+    let shim_cfg = dir.path().join("shim.toml");
+    std::fs::write(&shim_cfg, "")?;
+    let doctor = |c: &Containerd| {
+        shim_bounded(&[
+            "doctor",
+            "--json",
+            "--config",
+            &shim_cfg.display().to_string(),
+            "--containerd-config",
+            &c.dir().join("config.toml").display().to_string(),
+        ])
+    };
+    let pid = |c: &Containerd| c.pid().map(|p| p.to_string()).unwrap_or_default();
+
+    let (status, detail, _) = doctor_check(&doctor(&with)?, "shim on PATH")?;
+    assert_eq!(status, "OK", "{detail}");
+    assert!(
+        detail.starts_with(&format!(
+            "{} for containerd pid {} (listening on {})",
+            with.dir().join("bin/containerd-shim-nvidia-v2").display(),
+            pid(&with),
+            with.socket().display()
+        )),
+        "{detail}"
+    );
+    // Its socket came from the config's [grpc] address: the containerd check reached it.
+    assert_eq!(doctor_check(&doctor(&with)?, "containerd")?.0, "OK");
+
+    let (status, detail, fix) = doctor_check(&doctor(&without)?, "shim on PATH")?;
+    assert_eq!(status, "FAIL", "{detail}");
+    assert!(
+        detail.starts_with(&format!(
+            "no containerd-shim-nvidia-v2 for containerd pid {} (listening on {}): looked in its working directory ",
+            pid(&without),
+            without.socket().display()
+        )) && detail.contains(&format!("{}:", without.dir().join("bin").display()))
+            && detail.contains("its binary's directory /usr/bin"),
+        "{detail}"
+    );
+    assert!(fix.contains("that containerd's PATH"), "{fix}");
+
+    // No containerd on the socket: doctor says so and which PATH it checked instead.
+    let gone = dir.path().join("gone.toml");
+    std::fs::write(
+        &gone,
+        format!(
+            "version = 2\n[grpc]\n  address = \"{}\"\n",
+            dir.path().join("none.sock").display()
+        ),
+    )?;
+    let out = shim_bounded(&[
+        "doctor",
+        "--json",
+        "--config",
+        &shim_cfg.display().to_string(),
+        "--containerd-config",
+        &gone.display().to_string(),
+    ])?;
+    let (status, detail, _) = doctor_check(&out, "shim on PATH")?;
+    assert_eq!(status, "FAIL", "{detail}");
+    assert!(
+        detail.contains(&format!(
+            "the default PATH (no process listens on {})",
+            dir.path().join("none.sock").display()
+        )) && detail.contains("/usr/local/bin"),
+        "{detail}"
+    );
     Ok(())
 }

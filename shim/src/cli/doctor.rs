@@ -10,11 +10,16 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use nvidia_shim_core::cdi::spec::CdiSpec;
+use nvidia_shim_core::config::MAX_CONFIG_SIZE;
 use nvidia_shim_core::discover::{DeviceNode, Inventory};
+use nvidia_shim_core::quote::quoted;
+use nvidia_shim_core::regular_file::{self, RegularFileError};
 use nvidia_shim_core::Config;
 
 use super::args::Args;
-use super::configure::containerd::registers;
+use super::configure::annotations::forwarded_requests;
+use super::configure::containerd::registrations;
+use super::containerd_process::{self, ContainerdProcess};
 
 /// The command's usage.
 pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 doctor [--json] [--config FILE] [--containerd-config PATH] [--containerd-socket PATH]
@@ -26,7 +31,10 @@ spec, the inventory cache directory and cgroups. Exits non-zero when a check fai
   --json                    one JSON array of {check, status, detail, fix}
   --config FILE             the shim's config; default /etc/containerd-shim-nvidia/config.toml
   --containerd-config PATH  default /etc/containerd/config.toml
-  --containerd-socket PATH  default /run/containerd/containerd.sock";
+  --containerd-socket PATH  default the config's [grpc] address, else /run/containerd/containerd.sock
+
+The shim is looked for where the containerd listening on that socket looks: its working
+directory, its PATH, the directory of its binary.";
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +83,7 @@ fn check(
 pub struct Targets {
     /// containerd's config.
     pub containerd_config: PathBuf,
-    /// containerd's socket.
+    /// containerd's socket (the one whose process's `PATH` is checked).
     pub containerd_socket: PathBuf,
     /// The cgroupfs mount.
     pub cgroup_root: PathBuf,
@@ -85,7 +93,7 @@ pub struct Targets {
 pub fn checks(config: &Config, targets: &Targets) -> Vec<Check> {
     let mut out = Vec::new();
     let version_file = config.proc_root.join("driver/nvidia/version");
-    let module = std::fs::read_to_string(&version_file);
+    let module = read_text(&version_file);
     match &module {
         Ok(text) => out.push(check(
             "kernel module",
@@ -96,7 +104,7 @@ pub fn checks(config: &Config, targets: &Targets) -> Vec<Check> {
         Err(e) => out.push(check(
             "kernel module",
             Status::Fail,
-            format!("{}: {e}: the NVIDIA kernel module is not loaded", version_file.display()),
+            format!("{e}: the NVIDIA kernel module is not loaded"),
             Some("install the NVIDIA driver (kernel module and userspace of one version) and load it: modprobe nvidia"),
         )),
     }
@@ -133,9 +141,12 @@ pub fn checks(config: &Config, targets: &Targets) -> Vec<Check> {
             out.push(libraries(inv));
         }
     }
-    out.push(shim_on_path());
+    out.push(shim_on_path(&targets.containerd_socket));
     out.push(containerd_reachable(&targets.containerd_socket));
-    out.push(containerd_configured(&targets.containerd_config));
+    out.push(containerd_configured(
+        &targets.containerd_config,
+        &config.annotation_prefixes,
+    ));
     out.push(cdi_spec(
         config,
         inventory.as_ref().and_then(|r| r.as_ref().ok()),
@@ -272,44 +283,18 @@ fn libraries(inv: &Inventory) -> Check {
     }
 }
 
-/// The PATH of the running containerd (its environment), or the default one.
-fn containerd_path() -> (String, Option<i32>) {
-    let default = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned();
-    let Ok(procs) = procfs::process::all_processes() else {
-        return (default, None);
-    };
-    for p in procs.flatten() {
-        if p.stat().is_ok_and(|s| s.comm == "containerd") {
-            let path = p
-                .environ()
-                .ok()
-                .and_then(|env| env.get(std::ffi::OsStr::new("PATH")).cloned())
-                .map(|v| v.to_string_lossy().into_owned());
-            return (path.unwrap_or(default), Some(p.pid));
-        }
-    }
-    (default, None)
+/// The text of the regular file at `path`, at most [`MAX_CONFIG_SIZE`] bytes, opened without
+/// blocking (a FIFO or `/dev/zero` there fails at once, naming it).
+fn read_text(path: &Path) -> Result<String, RegularFileError> {
+    regular_file::read_to_string(path, MAX_CONFIG_SIZE)
 }
 
-fn shim_on_path() -> Check {
-    let name = env!("CARGO_BIN_NAME");
-    let (path, pid) = containerd_path();
-    let whose = match pid {
-        Some(pid) => format!("containerd's PATH (pid {pid})"),
-        None => "the default PATH (containerd is not running)".to_owned(),
-    };
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    let Some(found) = found else {
-        return check(
-            "shim on PATH",
-            Status::Fail,
-            format!("no {name} on {whose}: {path}"),
-            Some("install the binary into /usr/local/bin (deploy/installer/install.sh does)"),
-        );
-    };
-    let theirs = std::process::Command::new(&found)
+/// The default PATH of a containerd started by systemd.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The version `binary -v` reports.
+fn version_of(binary: &Path) -> Option<String> {
+    std::process::Command::new(binary)
         .arg("-v")
         .output()
         .ok()
@@ -320,20 +305,73 @@ fn shim_on_path() -> Check {
                     .strip_prefix("Version:")
                     .map(|v| v.trim().to_owned())
             })
-        });
+        })
+}
+
+/// The shim where the containerd listening on `socket` looks for it (when none listens, on
+/// the default PATH), at this binary's version.
+fn shim_on_path(socket: &Path) -> Check {
+    let name = env!("CARGO_BIN_NAME");
+    let listener = containerd_process::listening_on(socket);
+    let process = match &listener {
+        Ok(Some(p)) => p.clone(),
+        // The default PATH of a containerd started by systemd, from here.
+        _ => ContainerdProcess {
+            pid: 0,
+            root: PathBuf::from("/"),
+            cwd: None,
+            path: Some(DEFAULT_PATH.to_owned()),
+            exe: None,
+        },
+    };
+    let whose = match &listener {
+        Ok(Some(p)) => format!(
+            "containerd pid {} (listening on {})",
+            p.pid,
+            socket.display()
+        ),
+        Ok(None) => format!(
+            "the default PATH (no process listens on {})",
+            socket.display()
+        ),
+        Err(e) => format!(
+            "the default PATH (the process listening on {} cannot be found: {e})",
+            socket.display()
+        ),
+    };
+    let Some(found) = process.find(name) else {
+        let looked = match (&listener, &process.cwd, &process.exe) {
+            (Ok(Some(_)), cwd, exe) => format!(
+                "its working directory {}, its PATH {}, its binary's directory {}",
+                cwd.as_deref()
+                    .map_or("(unknown)".into(), |c| c.display().to_string()),
+                process.path.as_deref().map_or("(unset)".into(), quoted),
+                exe.as_deref()
+                    .and_then(Path::parent)
+                    .map_or("(unknown)".into(), |d| d.display().to_string()),
+            ),
+            _ => DEFAULT_PATH.to_owned(),
+        };
+        return check(
+            "shim on PATH",
+            Status::Fail,
+            format!("no {name} for {whose}: looked in {looked}"),
+            Some("install the binary into a directory on that containerd's PATH, e.g. /usr/local/bin (deploy/installer/install.sh does)"),
+        );
+    };
     let ours = env!("CARGO_PKG_VERSION");
-    match theirs {
+    match version_of(&process.reached_from_here(&found)) {
         Some(v) if v == ours => check(
             "shim on PATH",
             Status::Ok,
-            format!("{} on {whose}, version {v}", found.display()),
+            format!("{} for {whose}, version {v}", found.display()),
             None,
         ),
         other => check(
             "shim on PATH",
             Status::Warn,
             format!(
-                "{} on {whose} is version {}, this one is {ours}",
+                "{} for {whose} is version {}, this one is {ours}",
                 found.display(),
                 other.as_deref().unwrap_or("unknown")
             ),
@@ -362,7 +400,7 @@ fn containerd_reachable(socket: &Path) -> Check {
 /// The files containerd reads as its config: the main file and its `imports`.
 fn config_files(main: &Path) -> Vec<PathBuf> {
     let mut files = vec![main.to_owned()];
-    let imports: Vec<String> = std::fs::read_to_string(main)
+    let imports: Vec<String> = read_text(main)
         .ok()
         .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
         .and_then(|d| {
@@ -394,7 +432,18 @@ fn config_files(main: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn containerd_configured(main: &Path) -> Check {
+/// containerd's `[grpc] address` in its config at `main`, if it sets one.
+pub fn grpc_address(main: &Path) -> Option<PathBuf> {
+    let doc = read_text(main)
+        .ok()?
+        .parse::<toml_edit::DocumentMut>()
+        .ok()?;
+    doc.get("grpc")?.get("address")?.as_str().map(PathBuf::from)
+}
+
+/// The runtime registered in containerd's config (and its imports), and no GPU request
+/// forwarded from pod annotations (`request_prefixes`: the shim's CDI annotation prefixes).
+fn containerd_configured(main: &Path, request_prefixes: &[String]) -> Check {
     let fix = Some("containerd-shim-nvidia-v2 configure containerd, then restart containerd");
     if !main.exists() {
         return check(
@@ -405,16 +454,46 @@ fn containerd_configured(main: &Path) -> Check {
         );
     }
     let mut names = Vec::new();
+    let mut forwarding = Vec::new();
     for file in config_files(main) {
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
-        };
-        match registers(&text, None) {
-            Ok(found) => names.extend(
-                found
-                    .into_iter()
-                    .map(|n| format!("{n} ({})", file.display())),
+        let text = match read_text(&file) {
+            Ok(text) => text,
+            Err(e) if e.is_not_found() && file != main => continue,
+            Err(e) => return check(
+                "containerd config",
+                Status::Fail,
+                e.to_string(),
+                Some("containerd's config and its imports must be regular files of at most 1 MiB"),
             ),
+        };
+        match registrations(&text) {
+            Ok(found) => {
+                for r in found {
+                    let mut patterns = Vec::new();
+                    let mut prefixes: Vec<&str> = Vec::new();
+                    for pattern in &r.pod_annotations {
+                        let forwarded = forwarded_requests(pattern, request_prefixes);
+                        if !forwarded.is_empty() {
+                            patterns.push(quoted(pattern));
+                        }
+                        for p in forwarded {
+                            if !prefixes.contains(&p) {
+                                prefixes.push(p);
+                            }
+                        }
+                    }
+                    if !patterns.is_empty() {
+                        forwarding.push(format!(
+                            "{} ({}) forwards pod annotations {} ({})",
+                            r.name,
+                            file.display(),
+                            patterns.join(", "),
+                            prefixes.join(", ")
+                        ));
+                    }
+                    names.push(format!("{} ({})", r.name, file.display()));
+                }
+            }
             Err(e) => {
                 return check(
                     "containerd config",
@@ -435,6 +514,16 @@ fn containerd_configured(main: &Path) -> Check {
             ),
             fix,
         )
+    } else if !forwarding.is_empty() {
+        check(
+            "containerd config",
+            Status::Fail,
+            format!(
+                "runtime {}: pod annotations are written by whoever writes the pod, so any pod can request GPUs past the device plugin (and the isolation profile)",
+                forwarding.join("; ")
+            ),
+            Some("forward GPU requests as container_annotations only (the kubelet sets those): containerd-shim-nvidia-v2 configure containerd moves them, then restart containerd"),
+        )
     } else {
         check(
             "containerd config",
@@ -453,7 +542,13 @@ fn cdi_spec(config: &Config, inv: Option<&Inventory>) -> Check {
     for dir in &config.cdi_spec_dirs {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            if let Ok(spec) = CdiSpec::load(&path) {
+            if !path.extension().is_some_and(|e| e == "json" || e == "yaml") {
+                continue;
+            }
+            let spec = read_text(&path)
+                .ok()
+                .and_then(|text| CdiSpec::parse(&path, &text).ok());
+            if let Some(spec) = spec {
                 if spec.kind == "nvidia.com/gpu" {
                     specs.push((path, spec));
                 }
@@ -588,15 +683,18 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         return Err(format!("unexpected argument {extra:?}"));
     }
     let config = super::load_config(args.value("--config"))?;
+    let containerd_config = PathBuf::from(
+        args.value("--containerd-config")
+            .unwrap_or("/etc/containerd/config.toml"),
+    );
+    let containerd_socket = match args.value("--containerd-socket") {
+        Some(s) => PathBuf::from(s),
+        None => grpc_address(&containerd_config)
+            .unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock")),
+    };
     let targets = Targets {
-        containerd_config: PathBuf::from(
-            args.value("--containerd-config")
-                .unwrap_or("/etc/containerd/config.toml"),
-        ),
-        containerd_socket: PathBuf::from(
-            args.value("--containerd-socket")
-                .unwrap_or("/run/containerd/containerd.sock"),
-        ),
+        containerd_config,
+        containerd_socket,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
     };
     let report = checks(&config, &targets);

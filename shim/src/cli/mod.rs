@@ -9,6 +9,7 @@
 pub mod args;
 pub mod cdi;
 pub mod configure;
+pub mod containerd_process;
 pub mod doctor;
 pub mod features;
 pub mod info;

@@ -4,7 +4,9 @@
 //! `io.containerd.cri.v1.runtime`). Pure: text in, text out; running it twice changes nothing
 //! the second time.
 
-use toml_edit::{value, Array, DocumentMut, Item, Table};
+use toml_edit::{value, Array, DocumentMut, Item, Table, TableLike};
+
+use super::annotations::forwarded_requests;
 
 /// The runtime type containerd maps to this binary.
 pub const RUNTIME_TYPE: &str = "io.containerd.nvidia.v2";
@@ -62,9 +64,11 @@ pub enum ContainerdConfigError {
     NotATable(String),
 }
 
-/// The annotations the CRI plugin forwards to the shim: CDI requests only where containerd does
-/// not apply CDI itself (version 2; containerd 2.x resolves them before the shim sees them).
-fn annotations(version: i64) -> &'static [&'static str] {
+/// The annotations the CRI plugin forwards to the shim, as container annotations (set by the
+/// kubelet: the device plugin's CDI requests arrive there), never as pod annotations (set by
+/// the pod's author; see [`super::annotations`]). CDI requests only where containerd does not
+/// apply CDI itself (version 2; containerd 2.x resolves them before the shim sees them).
+fn forwarded(version: i64) -> &'static [&'static str] {
     if version >= 3 {
         &["nvidia.com/*"]
     } else {
@@ -115,7 +119,7 @@ fn table_at<'a>(
 
 /// `list` with the entries of `wanted` it lacks appended (an existing list keeps its order and
 /// formatting).
-fn merge_list(table: &mut Table, key: &str, wanted: &[&str]) {
+fn merge_list(table: &mut dyn TableLike, key: &str, wanted: &[&str]) {
     match table.get_mut(key).and_then(Item::as_array_mut) {
         Some(list) => {
             for w in wanted {
@@ -131,6 +135,79 @@ fn merge_list(table: &mut Table, key: &str, wanted: &[&str]) {
     }
 }
 
+/// Takes the patterns that forward GPU requests out of the `pod_annotations` of every runtime
+/// of this runtime type (pod authors write pod annotations): those the version forwards go to
+/// its `container_annotations`, wider ones (`*/*`) are dropped. One note per runtime changed.
+fn move_pod_annotations(containerd: &mut Table, version: i64) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(runtimes) = containerd
+        .get_mut("runtimes")
+        .and_then(Item::as_table_like_mut)
+    else {
+        return notes;
+    };
+    for (name, runtime) in runtimes.iter_mut() {
+        let Some(runtime) = runtime.as_table_like_mut() else {
+            continue;
+        };
+        if runtime.get("runtime_type").and_then(Item::as_str) != Some(RUNTIME_TYPE) {
+            continue;
+        }
+        let Some(list) = runtime
+            .get_mut("pod_annotations")
+            .and_then(Item::as_array_mut)
+        else {
+            continue;
+        };
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < list.len() {
+            match list.get(i).and_then(|v| v.as_str()) {
+                Some(p) if !forwarded_requests(p, &[]).is_empty() => {
+                    taken.push(p.to_owned());
+                    list.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        if taken.is_empty() {
+            continue;
+        }
+        if list.is_empty() {
+            runtime.remove("pod_annotations");
+        }
+        let (moved, dropped): (Vec<&str>, Vec<&str>) = taken
+            .iter()
+            .map(String::as_str)
+            .partition(|p| forwarded(version).contains(p));
+        if !moved.is_empty() {
+            merge_list(runtime, "container_annotations", &moved);
+        }
+        let quoted = |l: &[&str]| {
+            l.iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut what = Vec::new();
+        if !moved.is_empty() {
+            what.push(format!(
+                "moved pod_annotations {} to container_annotations",
+                quoted(&moved)
+            ));
+        }
+        if !dropped.is_empty() {
+            what.push(format!("removed pod_annotations {}", quoted(&dropped)));
+        }
+        notes.push(format!(
+            "runtime {:?}: {} (pod annotations are the pod author's; only the kubelet's container annotations may request GPUs)",
+            name.get(),
+            what.join(", ")
+        ));
+    }
+    notes
+}
+
 /// Sets `key = text` unless it already is (so that its formatting stays).
 fn set_str(table: &mut Table, key: &str, text: &str) {
     if table.get(key).and_then(Item::as_str) != Some(text) {
@@ -138,8 +215,20 @@ fn set_str(table: &mut Table, key: &str, text: &str) {
     }
 }
 
-/// `text` (containerd's config; empty for a new one) with the runtime registered.
-pub fn configure(text: &str, opts: &Options) -> Result<String, ContainerdConfigError> {
+/// What [`configure`] made of a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    /// The new text.
+    pub text: String,
+    /// What changed besides the runtime's own entry, one line each (annotation patterns moved
+    /// out of `pod_annotations`).
+    pub notes: Vec<String>,
+}
+
+/// `text` (containerd's config; empty for a new one) with the runtime registered: its
+/// `container_annotations` forward the GPU requests; patterns that forward them as pod
+/// annotations, in any runtime of this type, are moved out of `pod_annotations`.
+pub fn configure(text: &str, opts: &Options) -> Result<Configured, ContainerdConfigError> {
     let mut doc = parse(text)?;
     let version = match doc.get("version") {
         Some(v) => v.as_integer().ok_or_else(|| {
@@ -168,21 +257,30 @@ pub fn configure(text: &str, opts: &Options) -> Result<String, ContainerdConfigE
     let runtime = table_at(containerd, &["runtimes", &opts.runtime_name])?;
     runtime.set_implicit(false);
     set_str(runtime, "runtime_type", RUNTIME_TYPE);
-    merge_list(runtime, "pod_annotations", annotations(version));
-    merge_list(runtime, "container_annotations", annotations(version));
+    merge_list(runtime, "container_annotations", forwarded(version));
     let options = table_at(runtime, &["options"])?;
     options.set_implicit(false);
     set_str(options, "ConfigPath", &opts.config_path_option);
-    Ok(doc.to_string())
+    let notes = move_pod_annotations(containerd, version);
+    Ok(Configured {
+        text: doc.to_string(),
+        notes,
+    })
 }
 
-/// Whether `text` registers `runtime_name` with this runtime type (for `doctor`).
-pub fn registers(
-    text: &str,
-    runtime_name: Option<&str>,
-) -> Result<Vec<String>, ContainerdConfigError> {
+/// A runtime of this runtime type in a containerd config (for `doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Its name (the CRI handler).
+    pub name: String,
+    /// Its `pod_annotations` patterns.
+    pub pod_annotations: Vec<String>,
+}
+
+/// The runtimes `text` registers with this runtime type (for `doctor`).
+pub fn registrations(text: &str) -> Result<Vec<Registration>, ContainerdConfigError> {
     let doc = parse(text)?;
-    let mut names = Vec::new();
+    let mut found = Vec::new();
     for cri in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"] {
         let runtimes = doc
             .get("plugins")
@@ -191,14 +289,20 @@ pub fn registers(
             .and_then(|c| c.get("runtimes"))
             .and_then(Item::as_table_like);
         for (name, rt) in runtimes.into_iter().flat_map(|t| t.iter()) {
-            if rt.get("runtime_type").and_then(Item::as_str) == Some(RUNTIME_TYPE)
-                && runtime_name.is_none_or(|n| n == name)
-            {
-                names.push(name.to_owned());
+            if rt.get("runtime_type").and_then(Item::as_str) == Some(RUNTIME_TYPE) {
+                found.push(Registration {
+                    name: name.to_owned(),
+                    pod_annotations: rt
+                        .get("pod_annotations")
+                        .and_then(Item::as_array)
+                        .into_iter()
+                        .flat_map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)))
+                        .collect(),
+                });
             }
         }
     }
-    Ok(names)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -221,9 +325,21 @@ root = "/var/lib/containerd"
           SystemdCgroup = true # kubelet uses systemd
 "#;
 
+    fn text(text: &str, opts: &Options) -> String {
+        let out = configure(text, opts).unwrap();
+        assert!(out.notes.is_empty(), "{:?}", out.notes);
+        out.text
+    }
+
+    fn strings(v: &toml::Value) -> Vec<&str> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn adds_the_runtime_keeping_comments_and_other_settings() {
-        let out = configure(WITH_RUNTIMES, &Options::default()).unwrap();
+        let out = text(WITH_RUNTIMES, &Options::default());
         for kept in [
             "# The node's containerd config (kept by the platform team).",
             "  # CRI: systemd cgroups, runc by default.",
@@ -241,9 +357,20 @@ root = "/var/lib/containerd"
             rt["options"]["ConfigPath"].as_str(),
             Some(DEFAULT_SHIM_CONFIG)
         );
-        assert_eq!(rt["pod_annotations"].as_array().unwrap().len(), 2, "{out}");
-        assert_eq!(registers(&out, Some("nvidia")).unwrap(), ["nvidia"]);
-        assert!(registers(WITH_RUNTIMES, None).unwrap().is_empty());
+        // GPU requests as container annotations (the kubelet's), never as pod annotations.
+        assert_eq!(
+            strings(&rt["container_annotations"]),
+            ["cdi.k8s.io/*", "nvidia.com/*"]
+        );
+        assert!(rt.get("pod_annotations").is_none(), "{out}");
+        assert_eq!(
+            registrations(&out).unwrap(),
+            [Registration {
+                name: "nvidia".into(),
+                pod_annotations: vec![]
+            }]
+        );
+        assert!(registrations(WITH_RUNTIMES).unwrap().is_empty());
     }
 
     #[test]
@@ -254,14 +381,14 @@ root = "/var/lib/containerd"
                 set_as_default: true,
                 ..Options::default()
             };
-            let once = configure(text, &opts).unwrap();
-            assert_eq!(configure(&once, &opts).unwrap(), once);
+            let once = configure(text, &opts).unwrap().text;
+            assert_eq!(self::text(&once, &opts), once);
         }
     }
 
     #[test]
     fn version_3_uses_containerd_2s_plugin_and_leaves_cdi_to_it() {
-        let out = configure("version = 3\n", &Options::default()).unwrap();
+        let out = text("version = 3\n", &Options::default());
         let parsed: toml::Value = toml::from_str(&out).unwrap();
         let rt =
             &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["nvidia"];
@@ -281,17 +408,87 @@ root = "/var/lib/containerd"
             runtime_name: "nvidia".into(),
             ..Options::default()
         };
-        let out = configure(text, &opts).unwrap();
+        let out = self::text(text, &opts);
         let parsed: toml::Value = toml::from_str(&out).unwrap();
         let c = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"];
         assert_eq!(c["default_runtime_name"].as_str(), Some("nvidia"));
-        let pod: Vec<&str> = c["runtimes"]["nvidia"]["pod_annotations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        assert_eq!(pod, ["example.com/x", "cdi.k8s.io/*", "nvidia.com/*"]);
+        // An operator's own pod annotation stays.
+        let rt = &c["runtimes"]["nvidia"];
+        assert_eq!(strings(&rt["pod_annotations"]), ["example.com/x"]);
+        assert_eq!(
+            strings(&rt["container_annotations"]),
+            ["cdi.k8s.io/*", "nvidia.com/*"]
+        );
+    }
+
+    /// The runtime as this command wrote it before issue 22, with an operator's comments.
+    const OLD_V2: &str = r#"version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+  runtime_type = "io.containerd.nvidia.v2" # ours
+  # Pod annotations the CRI plugin forwards to the shim.
+  pod_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
+  container_annotations = ["cdi.k8s.io/*", "nvidia.com/*"]
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+    ConfigPath = "/etc/containerd-shim-nvidia/config.toml"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gpu-wide]
+  runtime_type = "io.containerd.nvidia.v2"
+  pod_annotations = ["example.com/x", "*/*"]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  pod_annotations = ["cdi.k8s.io/*"] # not ours: left alone
+"#;
+
+    #[test]
+    fn pod_annotations_that_request_gpus_are_moved_once() {
+        let out = configure(OLD_V2, &Options::default()).unwrap();
+        assert_eq!(out.notes.len(), 2, "{:?}", out.notes);
+        assert!(
+            out.notes[0].starts_with("runtime \"nvidia\": moved pod_annotations \"cdi.k8s.io/*\", \"nvidia.com/*\" to container_annotations"),
+            "{:?}",
+            out.notes
+        );
+        assert!(
+            out.notes[1].starts_with("runtime \"gpu-wide\": removed pod_annotations \"*/*\""),
+            "{:?}",
+            out.notes
+        );
+        let parsed: toml::Value = toml::from_str(&out.text).unwrap();
+        let rts = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert!(
+            rts["nvidia"].get("pod_annotations").is_none(),
+            "{}",
+            out.text
+        );
+        assert_eq!(
+            strings(&rts["nvidia"]["container_annotations"]),
+            ["cdi.k8s.io/*", "nvidia.com/*"]
+        );
+        assert_eq!(
+            strings(&rts["gpu-wide"]["pod_annotations"]),
+            ["example.com/x"]
+        );
+        assert!(rts["gpu-wide"].get("container_annotations").is_none());
+        assert_eq!(strings(&rts["runc"]["pod_annotations"]), ["cdi.k8s.io/*"]);
+        for kept in ["# ours", "# not ours: left alone", "ConfigPath"] {
+            assert!(out.text.contains(kept), "{kept} lost:\n{}", out.text);
+        }
+        // Idempotent: the second run moves nothing and changes nothing.
+        assert_eq!(text(&out.text, &Options::default()), out.text);
+
+        // Version 3: containerd applies CDI itself, so `cdi.k8s.io/*` is not moved but dropped.
+        let v3 = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.nvidia]\nruntime_type = \"io.containerd.nvidia.v2\"\npod_annotations = [\"nvidia.com/*\", \"cdi.k8s.io/*\"]\n";
+        let out = configure(v3, &Options::default()).unwrap();
+        let parsed: toml::Value = toml::from_str(&out.text).unwrap();
+        let rt =
+            &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["nvidia"];
+        assert!(rt.get("pod_annotations").is_none(), "{}", out.text);
+        assert_eq!(strings(&rt["container_annotations"]), ["nvidia.com/*"]);
+        assert!(
+            out.notes[0].contains("moved pod_annotations \"nvidia.com/*\" to container_annotations, removed pod_annotations \"cdi.k8s.io/*\""),
+            "{:?}",
+            out.notes
+        );
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! `containerd-shim-nvidia-v2 configure containerd|docker|shim`: registers the runtime with
 //! containerd (its TOML config, edited keeping comments and layout) or Docker (`daemon.json`),
 //! and writes the shim's own config. Idempotent: a second run changes nothing and says so.
-//! `--dry-run` prints the change as a diff; a real change keeps the old file as `<file>.bak`
-//! and replaces the file atomically.
+//! `--dry-run` prints the change as a diff; a real change keeps the original file as
+//! `<file>.bak` (the first one: a later change never overwrites it) and replaces the file
+//! atomically. A config that is a symlink is followed: its target is edited, the link kept.
+//! Every file read is a regular file of at most 1 MiB, opened without blocking.
 
+pub mod annotations;
 pub mod containerd;
 pub mod diff;
 pub mod docker;
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nvidia_shim_core::config::MAX_CONFIG_SIZE;
+use nvidia_shim_core::regular_file;
 
 use super::args::Args;
 
@@ -67,12 +73,13 @@ fn no_positional(args: &Args) -> Result<(), String> {
     }
 }
 
-/// The file's text, empty when it does not exist.
+/// The file's text, `None` when it does not exist; a file that is not a regular file of at
+/// most [`MAX_CONFIG_SIZE`] bytes is refused, naming it and the cause.
 fn read_existing(path: &Path) -> Result<Option<String>, String> {
-    match std::fs::read_to_string(path) {
+    match regular_file::read_to_string(path, MAX_CONFIG_SIZE) {
         Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -127,7 +134,16 @@ fn configure_containerd(args: &[String]) -> Result<(), String> {
     let old = read_existing(&path)?;
     let new = containerd::configure(old.as_deref().unwrap_or(""), &opts)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    write_change(&path, old.as_deref(), &new, args.has("--dry-run"), 0o644)?;
+    for note in &new.notes {
+        println!("{}: {note}", path.display());
+    }
+    write_change(
+        &path,
+        old.as_deref(),
+        &new.text,
+        args.has("--dry-run"),
+        0o644,
+    )?;
     Ok(())
 }
 
@@ -166,8 +182,7 @@ fn configure_shim(args: &[String]) -> Result<(), String> {
     if let Some(old) = &old {
         if old != text && !args.has("--force") && !args.has("--dry-run") {
             return Err(format!(
-                "{} exists and differs; --dry-run shows how, --force replaces it (keeping {}.bak)",
-                path.display(),
+                "{} exists and differs; --dry-run shows how, --force replaces it (keeping the original as .bak)",
                 path.display()
             ));
         }
@@ -175,9 +190,55 @@ fn configure_shim(args: &[String]) -> Result<(), String> {
     write_change(&path, old.as_deref(), text, args.has("--dry-run"), 0o644)
 }
 
-/// Writes `new` to `path` unless it holds it already: the old file kept as `<path>.bak`, the
-/// new one written beside it and renamed over it (keeping the old file's mode, else `mode`).
-/// With `dry_run`, prints the diff instead.
+/// The file a write to `path` must replace: `path` itself, or the file its symlinks lead to
+/// (relative links resolved from the link's directory), existing or not.
+fn follow_links(path: &Path) -> std::io::Result<PathBuf> {
+    let mut file = path.to_owned();
+    // As the kernel's limit on links followed in one lookup.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&file)?;
+                file = match file.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(file),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// Writes `bytes` to a new file in `dir`, with `mode` and `owner`, flushed to disk; renamed into
+/// place by the caller.
+fn staged(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".new")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    let file = tmp.as_file();
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    }
+    // After the chown, which clears set-id bits.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.sync_all()?;
+    Ok(tmp)
+}
+
+/// Writes `new` to `path` unless it holds it already. A symlink at `path` is followed and its
+/// target written (the link stays). The new text is written beside the target and renamed over
+/// it, keeping the old file's mode and owner (else `mode`, ours). The original file is kept as
+/// `<target>.bak` the first time; a later change leaves that backup alone. With `dry_run`,
+/// prints the diff instead.
 fn write_change(
     path: &Path,
     old: Option<&str>,
@@ -198,43 +259,166 @@ fn write_change(
         return Ok(());
     }
     let err = |what: &str, e: std::io::Error| format!("cannot {what} {shown}: {e}");
-    let dir = path
+    let target = follow_links(path).map_err(|e| err("follow the link", e))?;
+    let linked = target != path;
+    let name = target
+        .file_name()
+        .map_or("config".into(), |n| n.to_string_lossy().into_owned());
+    let dir = target
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| err("create the directory of", e))?;
-    let mode = match std::fs::metadata(path) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(_) => mode,
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    std::fs::create_dir_all(&dir).map_err(|e| err("create the directory of", e))?;
+    // Named without the `..` a relative link leaves, in the output.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let target = dir.join(&name);
+    let (mode, owner) = match std::fs::metadata(&target) {
+        Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
+        Err(_) => (mode, None),
     };
-    let mut backup = None;
-    if old.is_some() {
-        let bak = PathBuf::from(format!("{}.bak", path.display()));
-        std::fs::copy(path, &bak).map_err(|e| err("back up", e))?;
-        backup = Some(bak);
-    }
-    let tmp = dir.join(format!(
-        ".{}.new",
-        path.file_name()
-            .map_or("config".into(), |n| n.to_string_lossy())
-    ));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(new.as_bytes())?;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err("write", e));
-    }
+    let backup = match old {
+        Some(old) => {
+            let bak = dir.join(format!("{name}.bak"));
+            // Only when there is none: an earlier run's backup holds the original.
+            let kept = staged(&dir, &name, old.as_bytes(), mode, owner)
+                .and_then(|t| t.persist_noclobber(&bak).map_err(|e| e.error));
+            match kept {
+                Ok(_) => Some((bak, true)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some((bak, false)),
+                Err(e) => return Err(err("back up", e)),
+            }
+        }
+        None => None,
+    };
+    staged(&dir, &name, new.as_bytes(), mode, owner)
+        .and_then(|t| t.persist(&target).map_err(|e| e.error))
+        .map_err(|e| err("write", e))?;
+    // The rename itself on disk.
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err("sync the directory of", e))?;
+    let what = if linked {
+        format!("{shown} (a link to {})", target.display())
+    } else {
+        format!("{shown}")
+    };
     match backup {
-        Some(bak) => println!(
-            "{shown}: configured (previous file kept as {})",
+        Some((bak, true)) => println!(
+            "{what}: configured; the original is kept as {}",
             bak.display()
         ),
-        None => println!("{shown}: written"),
+        Some((bak, false)) => println!(
+            "{what}: configured; the original stays in {} (kept by the first change)",
+            bak.display()
+        ),
+        None => println!("{what}: written"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Runs one change as `configure` does: the file read, then written.
+    fn change(path: &Path, new: &str) {
+        let old = read_existing(path).unwrap();
+        write_change(path, old.as_deref(), new, false, 0o644).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_config_is_edited_through_its_link_and_the_first_backup_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (etc, real_dir) = (dir.path().join("etc"), dir.path().join("real"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&real_dir).unwrap();
+        let real = real_dir.join("config.toml");
+        std::fs::write(&real, "original\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            std::os::unix::fs::chown(&real, Some(4321), Some(4322)).unwrap();
+        }
+        let link = etc.join("config.toml");
+        symlink("../real/config.toml", &link).unwrap();
+
+        change(&link, "first\n");
+        change(&link, "second\n");
+        // The link stays a link to the same target, which holds the change.
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("../real/config.toml")
+        );
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "second\n");
+        assert_eq!(
+            std::fs::metadata(&real).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        if root {
+            let m = std::fs::metadata(&real).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4321, 4322), "owner kept");
+        }
+        // The backup beside the target is the original, not the first change.
+        let bak = real_dir.join("config.toml.bak");
+        assert_eq!(std::fs::read_to_string(&bak).unwrap(), "original\n");
+        assert_eq!(
+            std::fs::metadata(&bak).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        // Nothing else was left: no staged file, nothing beside the link.
+        assert_eq!(names_in(&real_dir), ["config.toml", "config.toml.bak"]);
+        assert_eq!(names_in(&etc), ["config.toml"]);
+    }
+
+    #[test]
+    fn a_dangling_link_gets_its_target_and_a_new_file_no_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("daemon.json");
+        symlink(dir.path().join("sub/real.json"), &link).unwrap();
+        change(&link, "{}\n");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sub/real.json")).unwrap(),
+            "{}\n"
+        );
+        assert_eq!(names_in(&dir.path().join("sub")), ["real.json"]);
+        // A loop of links is refused, naming the file.
+        let a = dir.path().join("a.toml");
+        symlink(dir.path().join("b.toml"), &a).unwrap();
+        symlink(&a, dir.path().join("b.toml")).unwrap();
+        let err = write_change(&a, None, "x", false, 0o644).unwrap_err();
+        assert!(err.contains("a.toml") && err.contains("link"), "{err}");
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_existing(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err, "/dev/zero is a device, not a regular file");
+        let err = read_existing(dir.path()).unwrap_err();
+        assert!(err.ends_with("is a directory, not a regular file"), "{err}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_SIZE + 1) as usize]).unwrap();
+        let err = read_existing(&big).unwrap_err();
+        assert!(
+            err.ends_with("big.toml is 1048577 bytes, more than the 1048576 it may have"),
+            "{err}"
+        );
+        assert_eq!(read_existing(&dir.path().join("none.toml")).unwrap(), None);
+    }
 }

@@ -23,6 +23,9 @@ use crate::runtime::driver::Driver;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = args.first().and_then(|a| cli::by_program_name(a)) {
+        return code;
+    }
     if let Some(code) = cli::operator_command(args.get(1..).unwrap_or_default()) {
         return code;
     }

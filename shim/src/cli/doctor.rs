@@ -22,16 +22,19 @@ use super::configure::containerd::registrations;
 use super::containerd_process::{self, ContainerdProcess};
 
 /// The command's usage.
-pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 doctor [--json] [--config FILE] [--containerd-config PATH] [--containerd-socket PATH]
+pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 doctor [--json] [--config FILE] [--containerd-config PATH] [--containerd-socket PATH] [--docker-socket PATH]
 
 Checks the node end to end: kernel module, device nodes, persistence daemon, driver libraries,
 the shim on containerd's PATH, containerd reachable and configured with the runtime, the CDI
-spec, the inventory cache directory and cgroups. Exits non-zero when a check fails.
+spec, the inventory cache directory, cgroups, and Docker when the node has it (version 23 or
+later; nvidia-container-runtime-hook on dockerd's PATH for --gpus). Exits non-zero when a check
+fails.
 
   --json                    one JSON array of {check, status, detail, fix}
   --config FILE             the shim's config; default /etc/containerd-shim-nvidia/config.toml
   --containerd-config PATH  default /etc/containerd/config.toml
   --containerd-socket PATH  default the config's [grpc] address, else /run/containerd/containerd.sock
+  --docker-socket PATH      default /run/docker.sock
 
 The shim is looked for where the containerd listening on that socket looks: its working
 directory, its PATH, the directory of its binary.";
@@ -87,6 +90,8 @@ pub struct Targets {
     pub containerd_socket: PathBuf,
     /// The cgroupfs mount.
     pub cgroup_root: PathBuf,
+    /// Docker's socket (the daemon whose version and `PATH` are checked).
+    pub docker_socket: PathBuf,
 }
 
 /// Runs every check.
@@ -153,7 +158,54 @@ pub fn checks(config: &Config, targets: &Targets) -> Vec<Check> {
     ));
     out.push(cache_dir(&config.cache_dir));
     out.push(cgroups(&targets.cgroup_root));
+    out.push(docker(&targets.docker_socket));
     out
+}
+
+/// Docker, when the node has it: a version that runs shim v2 runtimes, and the program
+/// `docker run --gpus` needs on dockerd's `PATH`.
+fn docker(socket: &Path) -> Check {
+    use super::configure::docker_host::{Dockerd, LEGACY_HOOK};
+    let dockerd = Dockerd::find(socket);
+    if dockerd.process.is_none() && dockerd.exe.is_none() {
+        return check("docker", Status::Skip, "no Docker on this node", None);
+    }
+    let who = dockerd.describe();
+    let version = match dockerd.version() {
+        Some(v) if !v.runs_shim_runtimes() => {
+            return check(
+                "docker",
+                Status::Fail,
+                format!("{who} is Docker {v}, which cannot run containerd shim v2 runtimes"),
+                Some("install Docker 23 or later (Debian: docker.io from trixie or Docker's own packages)"),
+            )
+        }
+        Some(v) => v.to_string(),
+        None => "of unknown version".to_owned(),
+    };
+    let binary = std::env::current_exe().unwrap_or_default();
+    match dockerd.look_path(LEGACY_HOOK) {
+        None => check(
+            "docker",
+            Status::Warn,
+            format!("{who}, Docker {version}: no {LEGACY_HOOK} on its PATH, so `docker run --gpus` fails"),
+            Some("containerd-shim-nvidia-v2 configure docker, then restart Docker"),
+        ),
+        Some(found) => {
+            let reached = dockerd
+                .process
+                .as_ref()
+                .map_or_else(|| found.clone(), |p| p.reached_from_here(&found));
+            let ours = std::fs::canonicalize(reached).ok() == std::fs::canonicalize(&binary).ok();
+            let whose = if ours { "this runtime" } else { "another program" };
+            check(
+                "docker",
+                Status::Ok,
+                format!("{who}, Docker {version}; `docker run --gpus` runs {} ({whose})", found.display()),
+                None,
+            )
+        }
+    }
 }
 
 fn device_nodes(inv: &Inventory) -> Check {
@@ -676,7 +728,12 @@ pub fn text(checks: &[Check]) -> String {
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let args = Args::parse(
         args,
-        &["--config", "--containerd-config", "--containerd-socket"],
+        &[
+            "--config",
+            "--containerd-config",
+            "--containerd-socket",
+            "--docker-socket",
+        ],
         &["--json"],
     )?;
     if let Some(extra) = args.positional.first() {
@@ -696,6 +753,10 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         containerd_config,
         containerd_socket,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        docker_socket: PathBuf::from(
+            args.value("--docker-socket")
+                .unwrap_or(super::configure::docker_host::DOCKER_SOCKET),
+        ),
     };
     let report = checks(&config, &targets);
     if args.has("--json") {

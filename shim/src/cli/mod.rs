@@ -13,6 +13,7 @@ pub mod containerd_process;
 pub mod doctor;
 pub mod features;
 pub mod info;
+pub mod legacy_hook;
 pub mod shim;
 
 use std::ffi::OsString;
@@ -36,6 +37,13 @@ containerd runs this binary itself (start, delete, and the shim's own flags).";
 
 /// An operator command's body: its arguments after the command word to its exit status.
 type Command = fn(&[String]) -> Result<ExitCode, String>;
+
+/// Runs what the binary is when called by another name (`program`, its `argv[0]`): the
+/// `nvidia-container-runtime-hook` Docker's `--gpus` runs; `None` for its own name.
+pub fn by_program_name(program: &std::ffi::OsStr) -> Option<ExitCode> {
+    let name = Path::new(program).file_name()?;
+    (name == legacy_hook::NAME).then(legacy_hook::run)
+}
 
 /// Runs an operator command when `args` (without the program name) is one; `None` leaves the
 /// arguments to containerd's shim protocol.

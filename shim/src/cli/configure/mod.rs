@@ -10,6 +10,7 @@ pub mod annotations;
 pub mod containerd;
 pub mod diff;
 pub mod docker;
+pub mod docker_host;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,7 +23,7 @@ use super::args::Args;
 
 /// The command's usage.
 pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 configure containerd [--config PATH] [--runtime-name NAME] [--set-as-default] [--config-path-option FILE] [--config-version 2|3] [--dry-run]
-       containerd-shim-nvidia-v2 configure docker [--config PATH] [--runtime-name NAME] [--set-as-default] [--config-path-option FILE] [--dry-run]
+       containerd-shim-nvidia-v2 configure docker [--config PATH] [--runtime-name NAME] [--set-as-default] [--config-path-option FILE] [--docker-socket PATH] [--hook-dir DIR] [--cdi-hook-path PATH] [--dry-run]
        containerd-shim-nvidia-v2 configure shim [--output PATH] [--profile default|kubernetes] [--force] [--dry-run]
 
   containerd: adds the runtime (runtime_type io.containerd.nvidia.v2) to containerd's config
@@ -31,7 +32,13 @@ pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 configure containerd [
     --set-as-default          make it the CRI plugin's default runtime
     --config-path-option FILE the shim config sent as ConfigPath; default /etc/containerd-shim-nvidia/config.toml
     --config-version 2|3      the version of a new file; default from `containerd --version`
-  docker: adds a runtimes entry with runtimeType to daemon.json (default /etc/docker/daemon.json)
+  docker: adds a runtimes entry with runtimeType to daemon.json (default /etc/docker/daemon.json);
+    refuses a Docker older than 23 (it cannot run shim v2 runtimes), and links this binary as
+    nvidia-container-runtime-hook (what `docker run --gpus` needs on dockerd's PATH) and as
+    nvidia-cdi-hook (what the toolkit's CDI specs call) where no program of that name is
+    --docker-socket PATH      the dockerd to check; default /run/docker.sock
+    --hook-dir DIR            where nvidia-container-runtime-hook is linked; default /usr/local/bin
+    --cdi-hook-path PATH      where nvidia-cdi-hook is linked; default /usr/bin/nvidia-cdi-hook
   shim: writes the shim's config (default /etc/containerd-shim-nvidia/config.toml):
     --profile default         every key at its default, documented
     --profile kubernetes      the isolation profile: only device-plugin requests count
@@ -148,8 +155,39 @@ fn configure_containerd(args: &[String]) -> Result<(), String> {
 }
 
 fn configure_docker(args: &[String]) -> Result<(), String> {
-    let args = Args::parse(args, &EDIT_FLAGS[..3], &["--set-as-default", "--dry-run"])?;
+    let args = Args::parse(
+        args,
+        &[
+            EDIT_FLAGS[0],
+            EDIT_FLAGS[1],
+            EDIT_FLAGS[2],
+            "--docker-socket",
+            "--hook-dir",
+            "--cdi-hook-path",
+        ],
+        &["--set-as-default", "--dry-run"],
+    )?;
     no_positional(&args)?;
+    let dry_run = args.has("--dry-run");
+    let dockerd = docker_host::Dockerd::find(Path::new(
+        args.value("--docker-socket")
+            .unwrap_or(docker_host::DOCKER_SOCKET),
+    ));
+    match dockerd.version() {
+        Some(v) if !v.runs_shim_runtimes() => {
+            return Err(format!(
+                "{} is Docker {v}, which cannot run containerd shim v2 runtimes (runtimeType needs Docker {}.{} or later): upgrade Docker, or use containerd directly",
+                dockerd.describe(),
+                docker_host::MIN_DOCKER.0,
+                docker_host::MIN_DOCKER.1
+            ))
+        }
+        Some(_) => {}
+        None => println!(
+            "note: no dockerd version found ({}); Docker 23 or later is needed",
+            dockerd.describe()
+        ),
+    }
     let path = PathBuf::from(args.value("--config").unwrap_or("/etc/docker/daemon.json"));
     let old = read_existing(&path)?;
     let new = docker::configure(
@@ -160,7 +198,66 @@ fn configure_docker(args: &[String]) -> Result<(), String> {
         args.has("--set-as-default"),
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
-    write_change(&path, old.as_deref(), &new, args.has("--dry-run"), 0o644)?;
+    write_change(&path, old.as_deref(), &new, dry_run, 0o644)?;
+    link_docker_hooks(&args, &dockerd, dry_run)
+}
+
+/// Links this binary as the programs Docker's GPU paths call, where none is (see
+/// [`docker_host`]).
+fn link_docker_hooks(
+    args: &Args,
+    dockerd: &docker_host::Dockerd,
+    dry_run: bool,
+) -> Result<(), String> {
+    let binary = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot find this binary: {e}"))?;
+    let hook_dir = Path::new(args.value("--hook-dir").unwrap_or(docker_host::HOOK_DIR));
+    let legacy = docker_host::ensure_link(
+        dockerd.look_path(docker_host::LEGACY_HOOK),
+        &hook_dir.join(docker_host::LEGACY_HOOK),
+        &binary,
+        dry_run,
+    )
+    .map_err(|e| format!("cannot link {}: {e}", docker_host::LEGACY_HOOK))?;
+    println!(
+        "{}",
+        legacy.describe(
+            docker_host::LEGACY_HOOK,
+            &binary,
+            "`docker run --gpus`; restart Docker so that it finds it"
+        )
+    );
+    if matches!(
+        legacy,
+        docker_host::HookLink::Made(_) | docker_host::HookLink::WouldMake(_)
+    ) && !dockerd.has_on_path(hook_dir)
+    {
+        println!(
+            "warning: {} is not on the PATH of {}: `docker run --gpus` will not find {}",
+            hook_dir.display(),
+            dockerd.describe(),
+            docker_host::LEGACY_HOOK
+        );
+    }
+    let cdi = docker_host::ensure_link(
+        None,
+        Path::new(
+            args.value("--cdi-hook-path")
+                .unwrap_or(docker_host::CDI_HOOK_PATH),
+        ),
+        &binary,
+        dry_run,
+    )
+    .map_err(|e| format!("cannot link {}: {e}", docker_host::CDI_HOOK))?;
+    println!(
+        "{}",
+        cdi.describe(
+            docker_host::CDI_HOOK,
+            &binary,
+            "the hooks of the NVIDIA Container Toolkit's CDI specs"
+        )
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! `NVIDIA_VISIBLE_DEVICES`, which unprivileged containers may use only when the policy allows.
 
 mod capabilities;
+pub mod cli_hook;
 mod devices;
 
 use std::collections::BTreeMap;

@@ -167,52 +167,22 @@ impl Config {
     /// bytes. It is opened without blocking (a FIFO there cannot hang the shim) and read
     /// bounded (`/dev/zero` cannot grow it); anything else is refused, naming the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        use std::io::Read;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        let kind = meta.file_type();
-        if !kind.is_file() {
-            let what = if kind.is_dir() {
-                "a directory"
-            } else if kind.is_fifo() {
-                "a FIFO"
-            } else if kind.is_char_device() || kind.is_block_device() {
-                "a device"
-            } else if kind.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
-            return Err(ConfigError::NotAFile {
-                path: path.to_owned(),
-                what,
-            });
-        }
-        if meta.len() > MAX_CONFIG_SIZE {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-                size: meta.len(),
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_CONFIG_SIZE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        if bytes.len() as u64 > MAX_CONFIG_SIZE {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-                size: bytes.len() as u64,
-            });
-        }
+        use crate::untrusted::{self, FinalLink, UntrustedError};
+        let bytes =
+            untrusted::read(path, FinalLink::Follow, MAX_CONFIG_SIZE).map_err(|e| match e {
+                UntrustedError::Io(source) => ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                },
+                UntrustedError::NotAFile(what) => ConfigError::NotAFile {
+                    path: path.to_owned(),
+                    what,
+                },
+                UntrustedError::TooLarge { size, .. } => ConfigError::TooLarge {
+                    path: path.to_owned(),
+                    size,
+                },
+            })?;
         let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
             path: path.to_owned(),
             line: None,

@@ -169,7 +169,7 @@ fn candidates(root: &DriverRoot, arch: Arch) -> Vec<PathBuf> {
         let read = (&cache.file).take(16 << 20).read_to_end(&mut bytes);
         if read.is_ok() {
             for e in crate::ldcache::parse(&bytes).unwrap_or_default() {
-                if e.flags == arch.ldcache_flags() && driver_name(&e.key).is_some() {
+                if e.flags == arch.ldcache_flags() && driver_name(e.key).is_some() {
                     out.push(PathBuf::from(e.value));
                 }
             }

@@ -175,8 +175,8 @@ fn debian_packages_are_found_through_alternatives_and_injected_where_the_cache_n
         .is_empty());
     if cache.is_some() {
         // The cache alone (directories emptied of links) still finds what it lists.
-        let cached =
-            crate::ldcache::parse(&std::fs::read(host.path().join(LD_CACHE)).unwrap()).unwrap();
+        let bytes = std::fs::read(host.path().join(LD_CACHE)).unwrap();
+        let cached = crate::ldcache::parse(&bytes).unwrap();
         assert!(cached.iter().any(|e| e.key == "libcuda.so.1"));
     }
 }

@@ -101,6 +101,12 @@ impl GpuInjector {
             registry.as_ref(),
             Some(&rootfs),
         );
+        for (path, why) in host.skipped_sources.iter().chain(&host.image.skipped) {
+            log::debug!(
+                "container {id}: {} not read for its SONAME: {why}",
+                path.display()
+            );
+        }
         // Plan.
         let Some(plan) = plan(PlanInputs {
             spec: &spec,

@@ -38,8 +38,10 @@ pub struct Config {
     pub proc_root: PathBuf,
     /// Capabilities when `NVIDIA_DRIVER_CAPABILITIES` is unset (default `utility,compute`).
     pub default_capabilities: String,
-    /// Honour `NVIDIA_VISIBLE_DEVICES` in unprivileged containers (default true, as the
-    /// toolkit; set false for the Kubernetes isolation profile).
+    /// Honour `NVIDIA_VISIBLE_DEVICES` and every other env request
+    /// ([`crate::request::ENV_REQUESTS`]: IMEX channels, MIG administration, GDS, MOFED,
+    /// NVSwitch, GDRCopy, a legacy image's `CUDA_VERSION`) in unprivileged containers (default
+    /// true, as the toolkit; set false for the Kubernetes isolation profile).
     pub accept_envvar_when_unprivileged: bool,
     /// Honour device-plugin `/dev/null` volume-mount requests (default false;
     /// `accept_volume_mounts` is accepted as an alias).

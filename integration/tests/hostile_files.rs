@@ -1,6 +1,6 @@
 //! Hostile files and numbers through containerd (issues 22 and 24): every file a container
-//! controls (a mount source named like a library, the image's `/etc/ld.so.cache`) and the state
-//! of the filesystem under it (full). Each case is run through this shim and, where
+//! controls (a mount source named like a library, the image's `/etc/ld.so.cache`), the state
+//! of the filesystem under it (full) and its environment under the isolation profile. Each case is run through this shim and, where
 //! runc has the behaviour, through `io.containerd.runc.v2` in the same test.
 
 use std::path::{Path, PathBuf};
@@ -389,5 +389,87 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
         stop_and_remove(&c, &id)?;
     }
     eprintln!("{outcomes:#?}");
+    Ok(())
+}
+
+#[test]
+fn env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile() -> Result<()> {
+    let Some(c) =
+        setup("env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile")
+    else {
+        return Ok(());
+    };
+    let fake = FakeDriver::builder().gpus(2).infiniband().build();
+    let default = config_for(&c, &fake, "")?;
+    let strict = config_for(&c, &fake, "accept_envvar_when_unprivileged = false\n")?;
+    let ann = "cdi.k8s.io/nvidia-device-plugin_1=k8s.device-plugin.nvidia.com/gpu=1";
+    let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '; echo; \
+                ls /dev/infiniband 2>/dev/null | tr '\\n' ' '; echo";
+    let with = |runtime: &str, config: &str, extra: &[&str]| -> Result<(String, String)> {
+        let id = unique_id("env");
+        let mut args = vec!["--rm", "--annotation", ann, "--env", "NVIDIA_MOFED=enabled"];
+        args.extend_from_slice(extra);
+        let out = c.ctr(&ctr_run(
+            runtime,
+            config,
+            &args,
+            BUSYBOX_IMAGE,
+            &id,
+            &["sh", "-c", list],
+        ))?;
+        assert!(
+            out.status.success(),
+            "{runtime} {extra:?}: {}",
+            text(&out.stderr)
+        );
+        if runtime == RUNTIME {
+            assert_clean(&c, &id, &id);
+        }
+        let stdout = text(&out.stdout);
+        let mut lines = stdout.lines().map(|l| l.trim().to_owned());
+        Ok((
+            lines.next().unwrap_or_default(),
+            lines.next().unwrap_or_default(),
+        ))
+    };
+    let both = "rdma_cm uverbs0 uverbs1";
+    // The toolkit's default: NVIDIA_MOFED=enabled brings the host's infiniband nodes.
+    assert_eq!(
+        with(RUNTIME, &default, &[])?,
+        ("nvidia1".to_owned(), both.to_owned())
+    );
+    // The isolation profile: the device plugin's allocation (the annotation) is honoured, the
+    // unprivileged container's own variables are not, whichever they are.
+    let strict_env = [
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "--env",
+        "NVIDIA_MIG_CONFIG_DEVICES=all",
+        "--env",
+        "NVIDIA_GDRCOPY=enabled",
+    ];
+    assert_eq!(
+        with(RUNTIME, &strict, &[])?,
+        ("nvidia1".to_owned(), String::new()),
+        "NVIDIA_MOFED of an unprivileged container is ignored"
+    );
+    let (gpus, ib) = with(RUNTIME, &strict, &strict_env)?;
+    let (runc_gpus, runc_ib) = with(RUNC, &strict, &strict_env)?;
+    eprintln!("strict, unprivileged: this shim [{gpus}] [{ib}]; runc [{runc_gpus}] [{runc_ib}]");
+    assert_eq!(gpus, "nvidia1");
+    assert_eq!(
+        ib, "",
+        "NVIDIA_MOFED of an unprivileged container is ignored"
+    );
+    assert_eq!(ib, runc_ib, "as under runc, no infiniband node");
+    assert!(
+        c.log().contains("NVIDIA_MOFED ignored: unprivileged"),
+        "said in the shim's log"
+    );
+    // A privileged container's variables still count.
+    assert_eq!(
+        with(RUNTIME, &strict, &["--privileged"])?,
+        ("nvidia1".to_owned(), both.to_owned())
+    );
     Ok(())
 }

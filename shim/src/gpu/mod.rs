@@ -66,8 +66,11 @@ impl GpuInjector {
                 reason: format!("GPU request: {e}"),
             }
         })?;
-        if request.env_ignored {
-            log::warn!("container {id}: NVIDIA_VISIBLE_DEVICES ignored: unprivileged and accept_envvar_when_unprivileged = false");
+        if !request.env_ignored.is_empty() {
+            log::warn!(
+                "container {id}: {} ignored: unprivileged and accept_envvar_when_unprivileged = false",
+                request.env_ignored.join(", ")
+            );
         }
         if request.devices.is_void() {
             return Ok(None);

@@ -1,6 +1,7 @@
 //! Hostile files and numbers through containerd (issues 22 and 24): every file a container
 //! controls (a mount source named like a library, the image's `/etc/ld.so.cache`), the state
-//! of the filesystem under it (full) and its environment under the isolation profile. Each case is run through this shim and, where
+//! of the filesystem under it (full), its environment under the isolation profile, and CDI
+//! spec files replaced under a long-lived shim. Each case is run through this shim and, where
 //! runc has the behaviour, through `io.containerd.runc.v2` in the same test.
 
 use std::path::{Path, PathBuf};
@@ -8,11 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nvidia_shim_core::discover::fixture::{mknod, FakeDriver};
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, setup, stop_and_remove, task_status, text,
+    assert_clean, eventually, run_args, setup, stop_and_remove, stop_and_remove_in_group,
+    task_status, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
-use nvidia_shim_integration::{leftovers, unique_id};
+use nvidia_shim_integration::{leftovers, skip, unique_id};
 
 const RUNC: &str = "io.containerd.runc.v2";
 
@@ -471,5 +473,147 @@ fn env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profi
         with(RUNTIME, &strict, &["--privileged"])?,
         ("nvidia1".to_owned(), both.to_owned())
     );
+    Ok(())
+}
+
+/// `spec` (a CDI spec as JSON) with the devices named `a` and `b` swapping names.
+fn swap_devices(spec: &str, a: &str, b: &str) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(spec)?;
+    for d in v["devices"].as_array_mut().context("devices")? {
+        let name = d["name"].as_str().unwrap_or_default().to_owned();
+        if name == a {
+            d["name"] = b.into();
+        } else if name == b {
+            d["name"] = a.into();
+        }
+    }
+    Ok(serde_json::to_string_pretty(&v)? + "\n")
+}
+
+#[test]
+fn a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim() -> Result<()> {
+    let Some(c) = setup("a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim") else {
+        return Ok(());
+    };
+    let fake = FakeDriver::builder().gpus(2).build();
+    let config = config_for(&c, &fake, "")?;
+    let spec_path = fake.cdi_dir().join("nvidia.json");
+    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
+        .args([
+            "cdi", "generate", "--hooks", "none", "--config", &config, "--output",
+        ])
+        .arg(&spec_path)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let group = unique_id("grp");
+    let group_ann = format!("io.containerd.nvidia.v2.group={group}");
+    let anchor = unique_id("anchor");
+    let out = c.ctr(&run_args(
+        &anchor,
+        &["-d", "--annotation", &group_ann],
+        &["sleep", "600"],
+    ))?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shim = leftovers::shim_daemon_pid(&c.socket()).context("the group's shim")?;
+    let gpus = || -> Result<String> {
+        let id = unique_id("cdi");
+        let out = c.ctr(&run_args(
+            &id,
+            &[
+                "--rm",
+                "--runtime-config-path",
+                &config,
+                "--annotation",
+                &group_ann,
+                "--annotation",
+                "cdi.k8s.io/test=nvidia.com/gpu=0",
+            ],
+            &["sh", "-c", "ls /dev | grep '^nvidia[0-9]'"],
+        ))?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            leftovers::shim_daemon_pid(&c.socket()),
+            Some(shim),
+            "one shim serves the group"
+        );
+        Ok(text(&out.stdout).trim().to_owned())
+    };
+    assert_eq!(gpus()?, "nvidia0");
+    assert_eq!(gpus()?, "nvidia0", "unchanged");
+    // Replaced by a new file (as `cdi generate --output` does): "0" is now GPU 1.
+    let original = std::fs::read_to_string(&spec_path)?;
+    let swapped = swap_devices(&original, "0", "1")?;
+    let tmp = fake.cdi_dir().join(".nvidia.json.new");
+    std::fs::write(&tmp, &swapped)?;
+    std::fs::rename(&tmp, &spec_path)?;
+    assert_eq!(gpus()?, "nvidia1", "the new file is read");
+    // Rewritten in place with the same size: "0" is GPU 0 again.
+    assert_eq!(original.len(), swapped.len());
+    std::fs::write(&spec_path, &original)?;
+    assert_eq!(gpus()?, "nvidia0", "the rewritten file is read");
+    stop_and_remove_in_group(&c, &anchor, &group)
+}
+
+#[test]
+fn cdi_generate_output_is_never_seen_empty_or_partial() -> Result<()> {
+    let test = "cdi_generate_output_is_never_seen_empty_or_partial";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(test, "needs root (the fake driver's device nodes)");
+        return Ok(());
+    }
+    let fake = FakeDriver::builder().gpus(8).build();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, fake.shim_config())?;
+    let output = dir.path().join("cdi/nvidia.json");
+    std::fs::create_dir_all(output.parent().context("parent")?)?;
+    let generate = || -> Result<()> {
+        let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
+            .args(["cdi", "generate", "--hooks", "none", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(&output)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+        Ok(())
+    };
+    generate()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, output) = (stop.clone(), output.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut bad) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = std::fs::read(&output).unwrap_or_default();
+                reads += 1;
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+                    bad.push(bytes.len());
+                }
+            }
+            (reads, bad)
+        })
+    };
+    for _ in 0..30 {
+        generate()?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, bad) = reader.join().map_err(|_| anyhow::anyhow!("reader"))?;
+    eprintln!(
+        "{reads} reads while generate ran 30 times; {} bad",
+        bad.len()
+    );
+    assert!(reads > 0);
+    assert!(
+        bad.is_empty(),
+        "{} of {reads} reads saw an empty or partial spec (sizes {:?})",
+        bad.len(),
+        &bad[..bad.len().min(10)]
+    );
+    let left: Vec<_> = std::fs::read_dir(output.parent().context("parent")?)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temp file is left: {left:?}");
     Ok(())
 }

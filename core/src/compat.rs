@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::elf::MAX_LIBRARY_SIZE;
 use crate::require::Version;
 use crate::rootfs::Rootfs;
 
@@ -62,6 +63,12 @@ pub enum Decision {
 /// The image's compat `libcuda`: exactly one regular file `libcuda.so.X.Y[.Z]` in
 /// [`COMPAT_DIR`] (as the toolkit requires), with its note read from the ELF.
 pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
+    find_noting(rootfs, &mut Vec::new())
+}
+
+/// [`find`], noting in `skipped` the file it could not read, and why (a FIFO, a device or a
+/// file over [`MAX_LIBRARY_SIZE`] there is not opened).
+pub fn find_noting(rootfs: &Rootfs, skipped: &mut Vec<(PathBuf, String)>) -> Option<CompatLibcuda> {
     let dir = Path::new(COMPAT_DIR);
     let mut found: Vec<(String, Version)> = rootfs
         .list_dir(dir)
@@ -79,7 +86,13 @@ pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
     }
     let (name, version) = found.pop()?;
     let path = dir.join(name);
-    let file = rootfs.open_file(&path)?;
+    let file = match rootfs.open_file(&path, MAX_LIBRARY_SIZE) {
+        Ok(f) => f,
+        Err(e) => {
+            skipped.push((path, e.to_string()));
+            return None;
+        }
+    };
     let soname = crate::elf::read_info(&file).ok().and_then(|i| i.soname);
     let note = crate::elf::read_section(&file, NOTE_SECTION)
         .ok()

@@ -12,6 +12,11 @@ use goblin::elf::dynamic::{DT_NULL, DT_SONAME, DT_STRTAB};
 use goblin::elf::program_header::{PT_DYNAMIC, PT_LOAD};
 use goblin::elf::{Header, ProgramHeader, SectionHeader};
 
+/// The largest file opened as a shared object (a driver's largest library, and an image's
+/// compat `libcuda`, are under 200 MB). Only headers, the dynamic section and one note are read
+/// from it, with bounded positioned reads; the limit refuses what no library is.
+pub const MAX_LIBRARY_SIZE: u64 = 1 << 30;
+
 /// The most program or section headers read.
 const MAX_HEADERS: usize = 1024;
 /// The most dynamic-section bytes read (a driver library's is about 500 bytes).

@@ -18,6 +18,7 @@ pub mod request;
 pub mod require;
 pub mod rootfs;
 pub mod select;
+pub mod untrusted;
 
 pub use config::{Config, ConfigError};
 pub use oci_spec;

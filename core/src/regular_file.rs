@@ -1,7 +1,6 @@
-//! Reading a file that must be a small regular file (a configuration): opened without
-//! blocking (a FIFO there cannot hang the reader) and without becoming a controlling terminal,
-//! checked to be a regular file on the opened descriptor (no race with a stat before the
-//! open), and read with a bound (`/dev/zero` or a growing file cannot exhaust memory).
+//! Reading a file that must be a small regular file (a configuration), with errors that name
+//! it: [`crate::untrusted`]'s reading (never blocking, checked on the opened descriptor, read
+//! with a bound), for the shim's config and the operator commands' files.
 
 use std::path::{Path, PathBuf};
 
@@ -50,54 +49,25 @@ impl RegularFileError {
     }
 }
 
-/// The bytes of the regular file at `path` (symlinks followed), at most `max` of them.
+/// The bytes of the regular file at `path` (symlinks followed), at most `max` of them, read
+/// as [`crate::untrusted`] reads any file someone else may control.
 pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, RegularFileError> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let read_err = |source| RegularFileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() || kind.is_block_device() {
-            "a device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(RegularFileError::NotAFile {
+    use crate::untrusted::{self, FinalLink, UntrustedError};
+    untrusted::read(path, FinalLink::Follow, max).map_err(|e| match e {
+        UntrustedError::Io(source) => RegularFileError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        UntrustedError::NotAFile(what) => RegularFileError::NotAFile {
             path: path.to_owned(),
             what,
-        });
-    }
-    let too_large = |size| RegularFileError::TooLarge {
-        path: path.to_owned(),
-        size,
-        max,
-    };
-    if meta.len() > max {
-        return Err(too_large(meta.len()));
-    }
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > max {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
+        },
+        UntrustedError::TooLarge { size, max } => RegularFileError::TooLarge {
+            path: path.to_owned(),
+            size,
+            max,
+        },
+    })
 }
 
 /// [`read`] as UTF-8 text.

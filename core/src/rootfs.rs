@@ -5,12 +5,14 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
+
+use crate::untrusted::{self, FinalLink, UntrustedError};
 
 /// A rootfs write failed.
 #[derive(Debug, thiserror::Error)]
@@ -268,25 +270,22 @@ impl Rootfs {
     }
 
     /// Opens file `path` (absolute in the container) for reading, confined to the rootfs and
-    /// not following a final symlink; `None` if it is missing or not a regular file.
-    pub fn open_file(&self, path: &Path) -> Option<File> {
+    /// not following a final symlink: a regular file of at most `max` bytes, else an error
+    /// saying what is there (see [`crate::untrusted`]: a FIFO or device the image put there is
+    /// never opened, so it can never block).
+    pub fn open_file(&self, path: &Path, max: u64) -> Result<File, UntrustedError> {
         let parent = path.parent().unwrap_or(Path::new("/"));
-        let dir = self.open_dir(&relative(parent)).ok()?;
-        let n = cstr(Path::new(path.file_name()?)).ok()?;
-        // SAFETY: valid dirfd and C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                n.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: the kernel returned a new descriptor we own.
-        let f = unsafe { File::from_raw_fd(fd) };
-        f.metadata().ok()?.is_file().then_some(f)
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let dir = self.open_dir(&relative(parent))?;
+        untrusted::open_at(
+            Some(dir.as_fd()),
+            Path::new(name),
+            FinalLink::Refuse,
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            max,
+        )
     }
 
     /// The entries of directory `dir` (absolute in the container), resolved inside the rootfs;
@@ -310,43 +309,21 @@ impl Rootfs {
         out
     }
 
-    /// Reads file `path` (absolute in the container); `None` if it is missing, a symlink or
-    /// not a regular file.
-    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
-        use std::io::Read;
-        let mut f = self.open_file(path)?;
-        let mut out = Vec::new();
-        f.read_to_end(&mut out).ok()?;
-        Some(out)
+    /// Reads file `path` (absolute in the container): a regular file of at most `max` bytes,
+    /// never through a final symlink (see [`Rootfs::open_file`]).
+    pub fn read_file(&self, path: &Path, max: u64) -> Result<Vec<u8>, UntrustedError> {
+        untrusted::read_to_end(&self.open_file(path, max)?, max)
     }
 
-    /// Writes file `path` (absolute in the container) with `content` and `mode`. Whatever was
-    /// at `path` (a file, or a symlink pointing anywhere) is replaced, never followed.
+    /// Writes file `path` (absolute in the container) with `content` and `mode`, atomically: a
+    /// temporary file beside it, written and synced, then renamed over it (see
+    /// [`untrusted::write_atomic_at`]). Whatever was at `path` (a file, or a symlink pointing
+    /// anywhere) is replaced, never followed; if anything fails (a full disk), it is left as it
+    /// was and no temporary file remains.
     pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<(), RootfsError> {
-        use std::io::Write;
         let (dir, n) = self.entry(path, "write")?;
-        // SAFETY: valid dirfd and C string.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), n.as_ptr(), 0) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(self.err("replace", path, e));
-            }
-        }
-        // SAFETY: valid dirfd and C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                n.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                mode,
-            )
-        };
-        if fd < 0 {
-            return Err(self.err("write", path, std::io::Error::last_os_error()));
-        }
-        // SAFETY: the kernel returned a new descriptor we own.
-        let mut f = unsafe { File::from_raw_fd(fd) };
-        f.write_all(content).map_err(|e| self.err("write", path, e))
+        untrusted::write_atomic_at(dir.as_fd(), &n, content, mode)
+            .map_err(|e| self.err("write", path, e))
     }
 }
 
@@ -382,6 +359,7 @@ impl DirFlags for std::fs::OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn writes_land_inside_the_rootfs_despite_hostile_symlinks() {
@@ -428,9 +406,11 @@ mod tests {
         std::fs::write(&outside, "keep").unwrap();
         std::os::unix::fs::symlink(&outside, rootfs.join("etc/ld.so.cache")).unwrap();
         let r = Rootfs::open(&rootfs).unwrap();
-        assert_eq!(
-            r.read_file(Path::new("/etc/ld.so.cache")),
-            None,
+        assert!(
+            matches!(
+                r.read_file(Path::new("/etc/ld.so.cache"), 1 << 20),
+                Err(UntrustedError::NotAFile("a symlink"))
+            ),
             "reads never follow it"
         );
         r.write_file(Path::new("/etc/ld.so.cache"), b"x", 0o644)
@@ -439,8 +419,8 @@ mod tests {
         let meta = rootfs.join("etc/ld.so.cache").symlink_metadata().unwrap();
         assert!(meta.is_file(), "the symlink was replaced by a file");
         assert_eq!(
-            r.read_file(Path::new("/etc/ld.so.cache")).as_deref(),
-            Some(&b"x"[..])
+            r.read_file(Path::new("/etc/ld.so.cache"), 1 << 20).unwrap(),
+            b"x"
         );
     }
 
@@ -502,6 +482,122 @@ mod tests {
         assert_eq!(
             std::fs::read(host.path().join("lib/libnvidia-ml.so.1")).unwrap(),
             b"image's own"
+        );
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn an_images_fifo_device_or_huge_file_is_refused_without_blocking() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(host.path().join("etc")).unwrap();
+        let fifo =
+            std::ffi::CString::new(host.path().join("etc/ld.so.cache").as_os_str().as_bytes())
+                .unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::write(host.path().join("etc/big"), vec![0u8; 2048]).unwrap();
+        let r = Rootfs::open(host.path()).unwrap();
+        // No writer: a blocking open would never return.
+        assert!(matches!(
+            r.read_file(Path::new("/etc/ld.so.cache"), 1 << 20),
+            Err(UntrustedError::NotAFile("a FIFO"))
+        ));
+        assert!(matches!(
+            r.read_file(Path::new("/etc/big"), 1024),
+            Err(UntrustedError::TooLarge {
+                size: 2048,
+                max: 1024
+            })
+        ));
+        assert!(r
+            .read_file(Path::new("/etc/none"), 1024)
+            .unwrap_err()
+            .is_missing());
+        if is_root() {
+            crate::discover::fixture::mknod(&host.path().join("etc/tty.so"), 5, 0);
+            assert!(matches!(
+                r.open_file(Path::new("/etc/tty.so"), 1 << 20),
+                Err(UntrustedError::NotAFile("a device"))
+            ));
+        }
+        // Written over, the FIFO is replaced by a file.
+        r.write_file(Path::new("/etc/ld.so.cache"), b"cache", 0o644)
+            .unwrap();
+        assert_eq!(
+            r.read_file(Path::new("/etc/ld.so.cache"), 1 << 20).unwrap(),
+            b"cache"
+        );
+    }
+
+    #[test]
+    fn a_write_on_a_full_disk_leaves_the_images_file_and_no_temporary() {
+        if !is_root() {
+            eprintln!("SKIP a_write_on_a_full_disk_leaves_the_images_file_and_no_temporary: mounting a tmpfs needs root");
+            return;
+        }
+        let host = tempfile::tempdir().unwrap();
+        let mnt = host.path().join("rootfs");
+        std::fs::create_dir(&mnt).unwrap();
+        let target = std::ffi::CString::new(mnt.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C strings; a small tmpfs on the test's own directory.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"size=256k".as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        struct Unmount<'a>(&'a std::ffi::CStr);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                // SAFETY: a valid C string; the test's own mount.
+                unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        let _unmount = Unmount(&target);
+        std::fs::create_dir(mnt.join("etc")).unwrap();
+        let image = vec![7u8; 8192];
+        std::fs::write(mnt.join("etc/ld.so.cache"), &image).unwrap();
+        // Fill what is left.
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
+            while f.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+        }
+        let r = Rootfs::open(&mnt).unwrap();
+        let err = r
+            .write_file(Path::new("/etc/ld.so.cache"), &vec![1u8; 64 << 10], 0o644)
+            .unwrap_err();
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert!(
+            err.to_string().contains("cannot write /etc/ld.so.cache"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("etc/ld.so.cache")).unwrap(),
+            image,
+            "the image's file is as it was"
+        );
+        let names: Vec<_> = std::fs::read_dir(mnt.join("etc"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        // With room again, the same write replaces it whole.
+        std::fs::remove_file(mnt.join("filler")).unwrap();
+        r.write_file(Path::new("/etc/ld.so.cache"), &vec![1u8; 64 << 10], 0o644)
+            .unwrap();
+        assert_eq!(
+            std::fs::read(mnt.join("etc/ld.so.cache")).unwrap().len(),
+            64 << 10
         );
     }
 }

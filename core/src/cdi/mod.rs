@@ -4,6 +4,7 @@
 //! `NVIDIA_VISIBLE_DEVICES`, annotations or volume mounts.
 
 mod apply;
+mod cache;
 pub mod generate;
 mod registry;
 pub mod spec;
@@ -12,5 +13,6 @@ pub use apply::{
     apply, apply_edits, device_edits, gather_node_facts, host_path, needs_host_facts, ApplyError,
     HookPlan, NodeFacts, NodeFactsByPath,
 };
+pub use cache::{SpecCache, RACY_WINDOW};
 pub use registry::{Registry, ResolveError, Resolved, DEFAULT_SPEC_DIRS};
 pub use spec::{CdiSpec, SpecError};

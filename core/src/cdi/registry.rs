@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::spec::{CdiDevice, CdiSpec, SpecError};
 
@@ -12,7 +13,7 @@ pub const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 /// Specs read from the spec directories.
 #[derive(Debug, Default)]
 pub struct Registry {
-    specs: Vec<(PathBuf, CdiSpec)>,
+    specs: Vec<(PathBuf, Arc<CdiSpec>)>,
     /// Qualified name → (spec index, device index, directory priority).
     devices: BTreeMap<String, (usize, usize, usize)>,
     /// Names defined twice in one directory: unusable.
@@ -67,26 +68,30 @@ pub struct Resolved<'a> {
 
 impl Registry {
     /// Reads every spec file in `dirs` (missing directories are skipped). Files that fail to
-    /// parse are remembered and named when a device cannot be resolved.
+    /// parse are remembered and named when a device cannot be resolved. (A long-lived shim
+    /// reads them through [`super::SpecCache`], which parses a file again only when it changed.)
     pub fn load<P: AsRef<Path>>(dirs: &[P]) -> Self {
-        let mut reg = Self::default();
-        for (priority, dir) in dirs.iter().enumerate() {
-            let Ok(entries) = std::fs::read_dir(dir.as_ref()) else {
-                continue;
-            };
-            let mut files: Vec<PathBuf> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|e| e == "json" || e == "yaml") && p.is_file()
+        Self::from_loaded(
+            spec_files(dirs)
+                .into_iter()
+                .map(|f| {
+                    let spec = CdiSpec::load(&f.path).map(Arc::new);
+                    (f.priority, f.path, spec)
                 })
-                .collect();
-            files.sort();
-            for path in files {
-                match CdiSpec::load(&path) {
-                    Ok(spec) => reg.add(priority, path, spec),
-                    Err(e) => reg.errors.push(e),
-                }
+                .collect(),
+        )
+    }
+
+    /// A registry of spec files already read: (directory priority, path, the spec or why it
+    /// cannot be used), in [`spec_files`]'s order.
+    pub(super) fn from_loaded(
+        files: Vec<(usize, PathBuf, Result<Arc<CdiSpec>, SpecError>)>,
+    ) -> Self {
+        let mut reg = Self::default();
+        for (priority, path, spec) in files {
+            match spec {
+                Ok(spec) => reg.add(priority, path, spec),
+                Err(e) => reg.errors.push(e),
             }
         }
         reg
@@ -98,12 +103,12 @@ impl Registry {
     pub fn from_specs(specs: impl IntoIterator<Item = (PathBuf, CdiSpec)>) -> Self {
         let mut reg = Self::default();
         for (path, spec) in specs {
-            reg.add(0, path, spec);
+            reg.add(0, path, Arc::new(spec));
         }
         reg
     }
 
-    fn add(&mut self, priority: usize, path: PathBuf, spec: CdiSpec) {
+    fn add(&mut self, priority: usize, path: PathBuf, spec: Arc<CdiSpec>) {
         let spec_index = self.specs.len();
         for (device_index, d) in spec.devices.iter().enumerate() {
             let name = format!("{}={}", spec.kind, d.name);
@@ -152,7 +157,7 @@ impl Registry {
             }
             match self.devices.get(name) {
                 Some(&(si, di, _)) => {
-                    let spec = &self.specs[si].1;
+                    let spec: &CdiSpec = &self.specs[si].1;
                     out.push(Resolved {
                         spec_index: si,
                         spec,
@@ -170,6 +175,44 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// A spec file found in a spec directory.
+#[derive(Debug, Clone)]
+pub(super) struct SpecFile {
+    /// The index of its directory (later directories win).
+    pub priority: usize,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its state, from `stat` (symlinks followed).
+    pub meta: std::fs::Metadata,
+}
+
+/// Every `*.json` and `*.yaml` regular file directly in each of `dirs`, sorted by name within a
+/// directory, directories in order (missing ones skipped). Only `stat`s: nothing is opened.
+pub(super) fn spec_files<P: AsRef<Path>>(dirs: &[P]) -> Vec<SpecFile> {
+    let mut out = Vec::new();
+    for (priority, dir) in dirs.iter().enumerate() {
+        let Ok(entries) = std::fs::read_dir(dir.as_ref()) else {
+            continue;
+        };
+        let mut files: Vec<SpecFile> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "yaml"))
+            .filter_map(|path| {
+                let meta = std::fs::metadata(&path).ok()?;
+                meta.is_file().then_some(SpecFile {
+                    priority,
+                    path,
+                    meta,
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        out.extend(files);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ pub const KNOWN_VERSIONS: [&str; 8] = [
     "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
 ];
 
+/// The largest CDI spec file read: a generated spec for a node with eight GPUs and every MIG
+/// device is tens of kB; parsing is bounded by what a file this size can cost.
+pub const MAX_SPEC_SIZE: u64 = 4 << 20;
+
 /// A CDI spec file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -291,12 +295,23 @@ impl CdiSpec {
         Ok(spec)
     }
 
-    /// Reads and parses the file at `path`.
+    /// Reads and parses the file at `path`: a regular file of at most [`MAX_SPEC_SIZE`] bytes
+    /// (a FIFO there is not waited on; a larger file is refused, naming it and its size).
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        use crate::untrusted::{self, FinalLink};
+        let err = |reason: String| SpecError {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason,
+        };
+        let bytes = untrusted::read(path, FinalLink::Follow, MAX_SPEC_SIZE).map_err(|e| {
+            err(match e {
+                untrusted::UntrustedError::TooLarge { size, max } => format!(
+                    "is {size} bytes, more than the {max} a CDI spec may have (a spec for a whole node is under 1 MB)"
+                ),
+                other => other.to_string(),
+            })
         })?;
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".to_owned()))?;
         Self::parse(path, &text)
     }
 

@@ -46,6 +46,7 @@ pub struct FakeDriverBuilder {
     mig: Vec<MigLayout>,
     version: String,
     driver_root: Option<PathBuf>,
+    infiniband: bool,
 }
 
 /// MIG instances of one GPU: (GPU minor, [(GI id, [CI ids])]).
@@ -77,6 +78,13 @@ impl FakeDriverBuilder {
         self
     }
 
+    /// Also the host nodes of `NVIDIA_MOFED`: `/dev/infiniband/uverbs0`, `uverbs1` (231:192,
+    /// 231:193) and `rdma_cm` (10:58), as a host with Mellanox OFED has them (root only).
+    pub fn infiniband(mut self) -> Self {
+        self.infiniband = true;
+        self
+    }
+
     /// Give the GPU at the lowest bus address the highest minor, to test index order.
     pub fn reverse_minors(mut self) -> Self {
         self.reverse_minors = true;
@@ -104,7 +112,7 @@ impl FakeDriverBuilder {
             version: self.version,
             external_root: self.driver_root,
         };
-        fake.write(self.gpus, self.reverse_minors);
+        fake.write(self.gpus, self.reverse_minors, self.infiniband);
         fake.write_mig(&self.mig);
         fake
     }
@@ -236,6 +244,7 @@ impl FakeDriver {
             mig: Vec::new(),
             version: VERSION.to_owned(),
             driver_root: None,
+            infiniband: false,
         }
     }
 
@@ -342,7 +351,7 @@ impl FakeDriver {
         write(&proc.join("driver/nvidia-caps/mig-minors"), &minors);
     }
 
-    fn write(&self, gpus: u32, reverse_minors: bool) {
+    fn write(&self, gpus: u32, reverse_minors: bool, infiniband: bool) {
         let root = self.dir.path();
         let proc = self.proc_root();
         std::fs::create_dir_all(self.cdi_dir()).expect("create the CDI dir");
@@ -379,6 +388,13 @@ impl FakeDriver {
                 ("nvidia-modeset".to_owned(), 195, 254),
             ];
             nodes.extend((0..gpus).map(|m| (format!("nvidia{m}"), 195, m)));
+            if infiniband {
+                nodes.extend([
+                    ("infiniband/uverbs0".to_owned(), 231, 192),
+                    ("infiniband/uverbs1".to_owned(), 231, 193),
+                    ("infiniband/rdma_cm".to_owned(), 10, 58),
+                ]);
+            }
             for (name, major, minor) in nodes {
                 mknod(&dev.join(name), major, minor);
             }

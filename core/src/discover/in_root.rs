@@ -5,11 +5,14 @@
 //! never to the host's.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
+
+use crate::elf::MAX_LIBRARY_SIZE;
+use crate::untrusted::{self, FinalLink};
 
 /// A driver root opened for resolution.
 #[derive(Debug)]
@@ -74,15 +77,18 @@ impl DriverRoot {
     }
 
     /// Opens `p` for reading, following symlinks inside the root; `None` when it does not
-    /// resolve to a regular file there.
+    /// resolve to a regular file there of at most [`MAX_LIBRARY_SIZE`] bytes (a FIFO or a
+    /// device there is never opened; see [`crate::untrusted`]).
     pub fn open_file(&self, p: &Path) -> Option<Found> {
-        let fd = self
-            .open_in_root(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
-            .ok()?;
-        let file = File::from(fd);
-        if !file.metadata().ok()?.is_file() {
-            return None;
-        }
+        let rel = relative(p);
+        let file = untrusted::open_at(
+            Some(self.fd.as_fd()),
+            &rel,
+            FinalLink::Follow,
+            ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            MAX_LIBRARY_SIZE,
+        )
+        .ok()?;
         let host = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
         Some(Found { host, file })
     }

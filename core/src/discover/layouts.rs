@@ -51,7 +51,7 @@ fn Data(path: &str) -> Item {
 
 /// The libraries every layout below installs (by name) with their SONAMEs; `{v}`: SONAME =
 /// file name.
-const SONAMES: &[(&str, &str)] = &[
+pub const SONAMES: &[(&str, &str)] = &[
     ("libcuda", "libcuda.so.1"),
     ("libcudadebugger", "libcudadebugger.so.1"),
     ("libnvidia-ml", "libnvidia-ml.so.1"),
@@ -62,6 +62,7 @@ const SONAMES: &[(&str, &str)] = &[
     ("libnvidia-allocator", "libnvidia-allocator.so.1"),
     ("libnvcuvid", "libnvcuvid.so.1"),
     ("libnvidia-encode", "libnvidia-encode.so.1"),
+    ("libvdpau_nvidia", "libvdpau_nvidia.so.1"),
     ("libEGL_nvidia", "libEGL_nvidia.so.0"),
     ("libGLX_nvidia", "libGLX_nvidia.so.0"),
     ("libGLESv2_nvidia", "libGLESv2_nvidia.so.2"),
@@ -75,8 +76,22 @@ const SONAMES: &[(&str, &str)] = &[
 /// Debian bookworm (`contrib`/`non-free`): the real files in `nvidia/current`, reached from
 /// `/usr/lib/x86_64-linux-gnu` through `/etc/alternatives`; the SONAME = file name libraries
 /// directly in `/usr/lib/x86_64-linux-gnu`; `nvidia-smi` in `/usr/lib/nvidia/current` behind
-/// `/usr/bin/nvidia-smi`; `libnvidia-cfg.so.1` linked into `.../nvidia/` only.
+/// `/usr/bin/nvidia-smi`; `libnvidia-cfg.so.1` linked into `.../nvidia/` only and
+/// `libvdpau_nvidia.so.1` into `.../vdpau/` only.
 pub fn debian() -> Vec<Item> {
+    debian_flavour("current")
+}
+
+/// Debian's Tesla flavour (`nvidia-tesla-535-driver`): the same packages with their real files
+/// in a flavour directory of their own, `nvidia/tesla-535`, which no library directory or ld
+/// cache lists: libraries reached only through `.../nvidia/libnvidia-cfg.so.1` and
+/// `.../vdpau/libvdpau_nvidia.so.1` are found beside libcuda's real file.
+pub fn debian_tesla() -> Vec<Item> {
+    debian_flavour("tesla-535")
+}
+
+/// [`debian`] with the real files in `nvidia/<flavour>`.
+fn debian_flavour(flavour: &str) -> Vec<Item> {
     let mut items = vec![
         Lib(
             "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.{v}",
@@ -145,6 +160,22 @@ pub fn debian() -> Vec<Item> {
         Link(
             "usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-allocator.so.1",
             "libnvidia-allocator.so.{v}",
+        ),
+        Lib(
+            "usr/lib/x86_64-linux-gnu/nvidia/current/libvdpau_nvidia.so.{v}",
+            "libvdpau_nvidia.so.1",
+        ),
+        Link(
+            "usr/lib/x86_64-linux-gnu/nvidia/current/libvdpau_nvidia.so.1",
+            "libvdpau_nvidia.so.{v}",
+        ),
+        Link(
+            "usr/lib/x86_64-linux-gnu/vdpau/libvdpau_nvidia.so.1",
+            "/etc/alternatives/nvidia--libvdpau_nvidia.so.1-x86_64-linux-gnu",
+        ),
+        Link(
+            "etc/alternatives/nvidia--libvdpau_nvidia.so.1-x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu/nvidia/current/libvdpau_nvidia.so.1",
         ),
         Lib(
             "usr/lib/x86_64-linux-gnu/nvidia/current/libnvcuvid.so.{v}",
@@ -236,7 +267,17 @@ pub fn debian() -> Vec<Item> {
     ] {
         alternative(&mut items, link);
     }
+    let dir = format!("nvidia/{flavour}");
+    let moved = |s: &str| s.replace("nvidia/current", &dir);
     items
+        .into_iter()
+        .map(|i| match i {
+            Item::Lib(p, s) => Item::Lib(moved(&p), s),
+            Item::Link(p, t) => Item::Link(moved(&p), moved(&t)),
+            Item::Exe(p) => Item::Exe(moved(&p)),
+            Item::Data(p) => Item::Data(moved(&p)),
+        })
+        .collect()
 }
 
 /// `usr/lib/x86_64-linux-gnu/<name> -> /etc/alternatives/nvidia--<name>-x86_64-linux-gnu ->
@@ -255,10 +296,16 @@ fn alternative(items: &mut Vec<Item>, name: &str) {
 
 /// Every library of [`SONAMES`] as a real file `<dir>/<name>.so.{v}` with its SONAME link and,
 /// for libcuda, the `.so` link, as the NVIDIA runfile, Ubuntu's `libnvidia-*-<branch>` packages
-/// and NVIDIA's RHEL packages install them.
-fn flat_libraries(dir: &str) -> Vec<Item> {
+/// and NVIDIA's RHEL packages install them; `libvdpau_nvidia` in `<dir>/vdpau/` when
+/// `vdpau_subdir` (where VDPAU's loader looks, and no ld cache lists).
+fn flat_libraries(dir: &str, vdpau_subdir: bool) -> Vec<Item> {
     let mut items = Vec::new();
     for (name, soname) in SONAMES {
+        let dir = if vdpau_subdir && *name == "libvdpau_nvidia" {
+            format!("{dir}/vdpau")
+        } else {
+            dir.to_owned()
+        };
         items.push(Lib(format!("{dir}/{name}.so.{{v}}"), *soname));
         if *soname != "{v}" {
             items.push(Link(format!("{dir}/{soname}"), format!("{name}.so.{{v}}")));
@@ -271,7 +318,7 @@ fn flat_libraries(dir: &str) -> Vec<Item> {
 /// Ubuntu (`libnvidia-compute-<branch>`, `nvidia-utils-<branch>`) and the NVIDIA runfile:
 /// real files in `/usr/lib/x86_64-linux-gnu`, binaries in `/usr/bin`.
 pub fn flat() -> Vec<Item> {
-    let mut items = flat_libraries("usr/lib/x86_64-linux-gnu");
+    let mut items = flat_libraries("usr/lib/x86_64-linux-gnu", true);
     items.extend([
         Exe("usr/bin/nvidia-smi"),
         Exe("usr/bin/nvidia-debugdump"),
@@ -287,7 +334,7 @@ pub fn flat() -> Vec<Item> {
 /// RHEL with NVIDIA's CUDA repository (`nvidia-driver-cuda-libs`, `nvidia-driver-NVML`,
 /// `nvidia-driver-libs`): `/usr/lib64`, firmware under `/usr/lib/firmware`.
 pub fn rhel() -> Vec<Item> {
-    let mut items = flat_libraries("usr/lib64");
+    let mut items = flat_libraries("usr/lib64", true);
     items.extend([
         Exe("usr/bin/nvidia-smi"),
         Exe("usr/bin/nvidia-cuda-mps-control"),
@@ -303,7 +350,7 @@ pub fn rhel() -> Vec<Item> {
 /// `bin`, `firmware`, `share`, and a separate glibc that must never be injected. Used as a
 /// driver root of its own, or as `/` with the host's `/lib` links into it.
 pub fn usr_local_nvidia() -> Vec<Item> {
-    let mut items = flat_libraries("usr/local/nvidia/lib64");
+    let mut items = flat_libraries("usr/local/nvidia/lib64", false);
     items.extend([
         Link("usr/local/nvidia/lib", "lib64"),
         Exe("usr/local/nvidia/bin/nvidia-smi"),

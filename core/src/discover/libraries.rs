@@ -163,89 +163,127 @@ pub const LD_CACHE: &str = "etc/ld.so.cache";
 fn candidates(root: &DriverRoot, arch: Arch) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     if let Some(cache) = root.open_file(Path::new(LD_CACHE)) {
-        use std::io::Read;
-        let mut bytes = Vec::new();
         // A host's cache is tens of kB; one of a few MB is not a cache.
-        let read = (&cache.file).take(16 << 20).read_to_end(&mut bytes);
-        if read.is_ok() {
+        if let Ok(bytes) = crate::untrusted::read_to_end(&cache.file, 16 << 20) {
             for e in crate::ldcache::parse(&bytes).unwrap_or_default() {
-                if e.flags == arch.ldcache_flags() && driver_name(&e.key).is_some() {
+                if e.flags == arch.ldcache_flags() && driver_name(e.key).is_some() {
                     out.push(PathBuf::from(e.value));
                 }
             }
         }
     }
     for dir in arch.library_dirs() {
-        let dir = Path::new("/").join(dir);
-        for name in root.list(&dir) {
-            if driver_name(&name).is_some() {
-                out.push(dir.join(name));
-            }
-        }
+        out.extend(in_dir(root, &Path::new("/").join(dir)));
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|p| seen.insert(p.clone()));
     out
 }
 
-/// The driver libraries of `version` under `root` for `arch`.
+/// The entries of `dir` (inside the root) with a driver library's name.
+fn in_dir(root: &DriverRoot, dir: &Path) -> Vec<PathBuf> {
+    root.list(dir)
+        .into_iter()
+        .filter(|name| driver_name(name).is_some())
+        .map(|name| dir.join(name))
+        .collect()
+}
+
+/// The libraries whose real files' directories are searched too, as the toolkit searches
+/// libcuda's: a packaging may link some libraries only from directories no ld cache or library
+/// directory lists (Debian's `.../nvidia/libnvidia-cfg.so.1` and `.../vdpau/libvdpau_nvidia.so.1`
+/// into a flavour directory such as `nvidia/tesla-535`; Ubuntu's `vdpau/libvdpau_nvidia.so.<v>`).
+const ANCHORS: [&str; 2] = ["libcuda", "libnvidia-ml"];
+
+/// The driver libraries of `version` under `root` for `arch`: those the ld cache and the library
+/// directories name, then those in the directories of libcuda's and libnvidia-ml's real files
+/// and their `vdpau/` subdirectories.
 pub fn libraries(root: &DriverRoot, arch: Arch, version: &str) -> LibrarySet {
     let mut libraries: Vec<DriverLibrary> = Vec::new();
     let mut real_dirs: std::collections::HashMap<PathBuf, Option<PathBuf>> = Default::default();
-    for candidate in candidates(root, arch) {
-        let Some(name) = candidate
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(driver_name)
-        else {
-            continue;
-        };
-        if libraries.iter().any(|l| l.name() == name) {
-            continue;
-        }
-        let Some(found) = root.open_file(&candidate) else {
-            continue; // dangling, or not a file
-        };
-        let real_name = found.host.file_name().and_then(|n| n.to_str());
-        if real_name != Some(format!("{name}.so.{version}").as_str()) {
-            continue; // another driver version, or not the versioned file
-        }
-        let Ok(info) = crate::elf::read_info(&found.file) else {
-            continue;
-        };
-        if info.machine != arch.elf_machine() {
-            continue;
-        }
-        // The directory as it really is: a link's directory may be a symlink itself (`/lib` on
-        // a merged-/usr host), which a container's image need not have.
-        let Some(dir) = candidate.parent().and_then(|d| {
-            real_dirs
-                .entry(d.to_owned())
-                .or_insert_with(|| root.real_dir(d))
-                .clone()
-        }) else {
-            continue;
-        };
-        let Some(file) = found.host.file_name() else {
-            continue;
-        };
-        libraries.push(DriverLibrary {
-            container_path: dir.join(file),
-            path: found.host,
-            soname: info.soname,
-            group: group_of(name).unwrap_or(LibraryGroup::Compute),
-        });
-    }
     let mut searched = vec![root.host_path(Path::new(LD_CACHE))];
     searched.extend(
         arch.library_dirs()
             .iter()
             .map(|d| root.host_path(Path::new(d))),
     );
+    let mut take = |candidates: Vec<PathBuf>, libraries: &mut Vec<DriverLibrary>| {
+        for candidate in candidates {
+            if let Some(lib) = library(root, arch, version, &candidate, libraries, &mut real_dirs) {
+                libraries.push(lib);
+            }
+        }
+    };
+    take(candidates(root, arch), &mut libraries);
+    let mut anchor_dirs: Vec<PathBuf> = Vec::new();
+    for anchor in ANCHORS {
+        let Some(dir) = libraries
+            .iter()
+            .find(|l| l.name() == anchor)
+            .and_then(|l| l.path.parent())
+            .and_then(|d| root.inside(d))
+        else {
+            continue;
+        };
+        for d in [dir.clone(), dir.join("vdpau")] {
+            let host = root.host_path(&d);
+            if !anchor_dirs.contains(&d) && !searched.contains(&host) {
+                searched.push(host);
+                anchor_dirs.push(d);
+            }
+        }
+    }
+    for dir in anchor_dirs {
+        take(in_dir(root, &dir), &mut libraries);
+    }
     LibrarySet {
         libraries,
         searched,
     }
+}
+
+/// The driver library `candidate` (a path inside the root) names, unless it is not one of
+/// `version` and `arch`, or one of that name is already in `found`.
+fn library(
+    root: &DriverRoot,
+    arch: Arch,
+    version: &str,
+    candidate: &Path,
+    found: &[DriverLibrary],
+    real_dirs: &mut std::collections::HashMap<PathBuf, Option<PathBuf>>,
+) -> Option<DriverLibrary> {
+    let name = candidate
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(driver_name)?;
+    if found.iter().any(|l| l.name() == name) {
+        return None;
+    }
+    // Dangling, or not a file.
+    let found = root.open_file(candidate)?;
+    let real_name = found.host.file_name().and_then(|n| n.to_str());
+    if real_name != Some(format!("{name}.so.{version}").as_str()) {
+        return None; // another driver version, or not the versioned file
+    }
+    let info = crate::elf::read_info(&found.file).ok()?;
+    if info.machine != arch.elf_machine() {
+        return None;
+    }
+    // The directory as it really is: a link's directory may be a symlink itself (`/lib` on a
+    // merged-/usr host), which a container's image need not have.
+    let dir = candidate.parent().and_then(|d| {
+        real_dirs
+            .entry(d.to_owned())
+            .or_insert_with(|| root.real_dir(d))
+            .clone()
+    })?;
+    let file = found.host.file_name()?;
+    Some(DriverLibrary {
+        container_path: dir.join(file),
+        path: found.host.clone(),
+        soname: info.soname,
+        group: group_of(name).unwrap_or(LibraryGroup::Compute),
+    })
 }
 
 #[cfg(test)]

@@ -34,7 +34,11 @@ pub enum NvmlUnavailable {
 /// Whether the ELF at `lib` exports `nvmlInit_v2` (nvml-wrapper panics when a symbol it calls
 /// is missing, so a library that is not NVML must never reach it).
 fn exports_nvml_init(lib: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(lib) else {
+    let Ok(bytes) = crate::untrusted::read(
+        lib,
+        crate::untrusted::FinalLink::Follow,
+        crate::elf::MAX_LIBRARY_SIZE,
+    ) else {
         return false;
     };
     let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {

@@ -150,10 +150,19 @@ fn debian_packages_are_found_through_alternatives_and_injected_where_the_cache_n
         cfg.1,
         format!("/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-cfg.so.{V}")
     );
+    // libvdpau_nvidia.so.1 is linked into .../vdpau/ only: the same.
+    assert_eq!(
+        lib(&libs, "libvdpau_nvidia").1,
+        format!("/usr/lib/x86_64-linux-gnu/nvidia/current/libvdpau_nvidia.so.{V}")
+    );
     let glsi = lib(&libs, "libnvidia-glsi");
     assert_eq!(glsi.1, glsi.2, "real files in the multiarch dir stay there");
     let names: Vec<&str> = libs.iter().map(|l| l.0.as_str()).collect();
-    assert_eq!(libs.len(), 18, "every library of the packages: {names:?}");
+    assert_eq!(
+        libs.len(),
+        layouts::SONAMES.len(),
+        "every library of the packages: {names:?}"
+    );
     let root = DriverRoot::open(host.path()).unwrap();
     let set = libraries::libraries(&root, Arch::X86_64, V);
     let bins = files::binaries(&root, &set.libraries);
@@ -175,8 +184,8 @@ fn debian_packages_are_found_through_alternatives_and_injected_where_the_cache_n
         .is_empty());
     if cache.is_some() {
         // The cache alone (directories emptied of links) still finds what it lists.
-        let cached =
-            crate::ldcache::parse(&std::fs::read(host.path().join(LD_CACHE)).unwrap()).unwrap();
+        let bytes = std::fs::read(host.path().join(LD_CACHE)).unwrap();
+        let cached = crate::ldcache::parse(&bytes).unwrap();
         assert!(cached.iter().any(|e| e.key == "libcuda.so.1"));
     }
 }
@@ -189,11 +198,16 @@ fn a_flat_multiarch_install_and_a_lib64_install_are_found_in_place() {
     ] {
         let (host, _) = host_with(&items, Arch::X86_64);
         let libs = found(host.path(), host.path(), Arch::X86_64);
-        assert_eq!(libs.len(), 18, "{dir}: {libs:#?}");
+        assert_eq!(libs.len(), layouts::SONAMES.len(), "{dir}: {libs:#?}");
         for l in &libs {
             assert_eq!(l.1, l.2, "real files are injected where they are");
             assert!(l.1.starts_with(dir), "{l:?}");
         }
+        // VDPAU's driver lives in the vdpau/ subdirectory, beside libcuda's directory.
+        assert_eq!(
+            lib(&libs, "libvdpau_nvidia").1,
+            format!("{dir}/vdpau/libvdpau_nvidia.so.{V}")
+        );
         let root = DriverRoot::open(host.path()).unwrap();
         let set = libraries::libraries(&root, Arch::X86_64, V);
         assert!(
@@ -212,7 +226,7 @@ fn usr_local_nvidia_as_its_own_root_or_behind_host_links_never_gives_its_glibc()
     // As the driver root (the config's driver_root, or detected).
     let root = host.path().join("usr/local/nvidia");
     let libs = found(host.path(), &root, Arch::X86_64);
-    assert_eq!(libs.len(), 18, "{libs:#?}");
+    assert_eq!(libs.len(), layouts::SONAMES.len(), "{libs:#?}");
     assert_eq!(lib(&libs, "libcuda").1, format!("/lib64/libcuda.so.{V}"));
     assert!(
         !libs.iter().any(|l| l.2.contains("glibc")),
@@ -253,7 +267,7 @@ fn aarch64_hosts_use_their_triplet_flags_and_machine() {
         lib(&libs, "libcuda").1,
         format!("/usr/lib/aarch64-linux-gnu/libcuda.so.{V}")
     );
-    assert_eq!(libs.len(), 18);
+    assert_eq!(libs.len(), layouts::SONAMES.len());
     // Looked for as x86_64, nothing matches: other directories, and the machine differs.
     assert!(found(host.path(), host.path(), Arch::X86_64).is_empty());
     // An aarch64 ld cache names them with aarch64 flags.
@@ -268,7 +282,10 @@ fn aarch64_hosts_use_their_triplet_flags_and_machine() {
         })
         .collect();
     std::fs::write(host.path().join(LD_CACHE), crate::ldcache::build(entries)).unwrap();
-    assert_eq!(found(host.path(), host.path(), Arch::Aarch64).len(), 18);
+    assert_eq!(
+        found(host.path(), host.path(), Arch::Aarch64).len(),
+        layouts::SONAMES.len()
+    );
     // x86_64 objects in an aarch64 directory are refused by their machine.
     let other = tempfile::tempdir().unwrap();
     layouts::install(other.path(), &layouts::debian_aarch64(), V, Arch::X86_64);
@@ -332,7 +349,7 @@ fn the_gpu_operators_driver_container_root_is_detected_and_its_paths_are_relativ
     let root = detect_driver_root(host.path(), DRIVER_ROOT_CANDIDATES, V, Arch::X86_64).unwrap();
     assert_eq!(root, host.path().join("run/nvidia/driver"));
     let libs = found(host.path(), &root, Arch::X86_64);
-    assert_eq!(libs.len(), 18);
+    assert_eq!(libs.len(), layouts::SONAMES.len());
     assert_eq!(
         lib(&libs, "libcuda"),
         &(
@@ -341,4 +358,74 @@ fn the_gpu_operators_driver_container_root_is_detected_and_its_paths_are_relativ
             format!("/run/nvidia/driver/usr/lib/x86_64-linux-gnu/libcuda.so.{V}"),
         )
     );
+}
+
+#[test]
+fn libraries_linked_only_from_subdirectories_are_found_beside_libcudas_real_file() {
+    // Debian's Tesla flavour: the real files in nvidia/tesla-535, which no library directory
+    // and no ld cache lists; libnvidia-cfg.so.1 is linked from .../nvidia/ only and
+    // libvdpau_nvidia.so.1 from .../vdpau/ only.
+    let (host, _) = host_with(&layouts::debian_tesla(), Arch::X86_64);
+    let libs = found(host.path(), host.path(), Arch::X86_64);
+    let flavour = "/usr/lib/x86_64-linux-gnu/nvidia/tesla-535";
+    assert_eq!(
+        lib(&libs, "libcuda").1,
+        format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{V}"),
+        "found through its alternatives link"
+    );
+    for name in ["libnvidia-cfg", "libvdpau_nvidia"] {
+        let l = lib(&libs, name);
+        assert_eq!(l.1, format!("{flavour}/{name}.so.{V}"), "{l:?}");
+        assert_eq!(l.1, l.2, "injected where its real file is");
+    }
+    assert_eq!(libs.len(), layouts::SONAMES.len(), "{libs:#?}");
+    let set = libraries::libraries(&DriverRoot::open(host.path()).unwrap(), Arch::X86_64, V);
+    assert!(
+        set.searched
+            .iter()
+            .any(|p| p.ends_with("x86_64-linux-gnu/nvidia/tesla-535")),
+        "the flavour directory is named among the places searched: {:?}",
+        set.searched
+    );
+    // Another driver version's files there are not taken.
+    assert!(libraries::libraries(
+        &DriverRoot::open(host.path()).unwrap(),
+        Arch::X86_64,
+        "535.1.1"
+    )
+    .libraries
+    .is_empty());
+}
+
+#[test]
+fn every_library_every_capability_needs_is_found_on_every_packaging() {
+    let layouts: [(&str, Vec<layouts::Item>, &str, Arch); 6] = [
+        ("Debian", layouts::debian(), "", Arch::X86_64),
+        ("Debian Tesla", layouts::debian_tesla(), "", Arch::X86_64),
+        ("Ubuntu/runfile", layouts::flat(), "", Arch::X86_64),
+        ("RHEL", layouts::rhel(), "", Arch::X86_64),
+        (
+            "/usr/local/nvidia",
+            layouts::usr_local_nvidia(),
+            "usr/local/nvidia",
+            Arch::X86_64,
+        ),
+        (
+            "Debian aarch64",
+            layouts::debian_aarch64(),
+            "",
+            Arch::Aarch64,
+        ),
+    ];
+    for (what, items, root, arch) in layouts {
+        let (host, _) = host_with(&items, arch);
+        let libs = found(host.path(), &host.path().join(root), arch);
+        for (name, _) in layouts::SONAMES {
+            assert!(
+                libs.iter().any(|l| l.0 == *name),
+                "{what}: {name} not found among {:?}",
+                libs.iter().map(|l| &l.0).collect::<Vec<_>>()
+            );
+        }
+    }
 }

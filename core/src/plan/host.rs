@@ -11,10 +11,11 @@ use crate::cdi::{gather_node_facts, NodeFactsByPath, Registry};
 use crate::compat::{self, CompatLibcuda, COMPAT_DIR};
 use crate::discover::{mps_pipe_dir, present_endpoints, Arch, Inventory, IpcEndpoint};
 use crate::edits::{gather_gated, GatedDevices};
-use crate::elf::read_info;
+use crate::elf::{read_info, MAX_LIBRARY_SIZE};
 use crate::proc_overlay::ProcFacts;
 use crate::request::GpuRequest;
 use crate::rootfs::Rootfs;
+use crate::untrusted::{self, FinalLink};
 use crate::Config;
 
 /// Where the host's facts are read.
@@ -50,13 +51,19 @@ pub struct ImageFacts {
     pub compat: Option<CompatLibcuda>,
     /// Every library in its compat directory, as (SONAME, path in the container).
     pub compat_libs: Vec<(String, PathBuf)>,
+    /// Files of the image not read, and why (a FIFO, a device, a file over the size limit).
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 impl ImageFacts {
     /// Reads the image's compat directory through the confined `rootfs`.
     pub fn gather(rootfs: &Rootfs) -> Self {
-        let Some(lib) = compat::find(rootfs) else {
-            return Self::default();
+        let mut skipped = Vec::new();
+        let Some(lib) = compat::find_noting(rootfs, &mut skipped) else {
+            return Self {
+                skipped,
+                ..Self::default()
+            };
         };
         let dir = Path::new(COMPAT_DIR);
         let mut compat_libs = Vec::new();
@@ -69,10 +76,13 @@ impl ImageFacts {
             let soname = if path == lib.path {
                 lib.soname.clone()
             } else {
-                rootfs
-                    .open_file(&path)
-                    .and_then(|f| read_info(&f).ok())
-                    .and_then(|i| i.soname)
+                match rootfs.open_file(&path, MAX_LIBRARY_SIZE) {
+                    Ok(f) => read_info(&f).ok().and_then(|i| i.soname),
+                    Err(e) => {
+                        skipped.push((path.clone(), e.to_string()));
+                        None
+                    }
+                }
             };
             if let Some(soname) = soname {
                 compat_libs.push((soname, path));
@@ -81,6 +91,7 @@ impl ImageFacts {
         Self {
             compat: Some(lib),
             compat_libs,
+            skipped,
         }
     }
 }
@@ -98,6 +109,9 @@ pub struct HostSnapshot {
     pub cdi_nodes: NodeFactsByPath,
     /// SONAMEs of the `*.so*` files the spec and the CDI devices mount, by host path.
     pub mounted_sonames: BTreeMap<PathBuf, String>,
+    /// Mount sources named like libraries that were not read, and why (a FIFO, a device, a
+    /// directory, a file over the size limit): they get no SONAME link or ld cache entry.
+    pub skipped_sources: Vec<(PathBuf, String)>,
     /// The image's compat libraries.
     pub image: ImageFacts,
     /// The architecture whose ld cache flags apply.
@@ -137,19 +151,27 @@ impl HostSnapshot {
             }
         }
         let mut mounted_sonames = BTreeMap::new();
+        let mut skipped_sources = Vec::new();
         for (source, destination) in sources {
             let is_library = destination
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().contains(".so"));
-            if !is_library || mounted_sonames.contains_key(source) {
+            if !is_library
+                || mounted_sonames.contains_key(source)
+                || skipped_sources.iter().any(|(s, _)| s == source)
+            {
                 continue;
             }
-            let soname = std::fs::File::open(source)
-                .ok()
-                .and_then(|f| read_info(&f).ok())
-                .and_then(|i| i.soname);
-            if let Some(soname) = soname {
-                mounted_sonames.insert(source.to_owned(), soname);
+            // A tenant's volume may put a FIFO or a device there: it is never opened (a final
+            // symlink is followed, as the kernel's bind mount follows it).
+            match untrusted::open(source, FinalLink::Follow, MAX_LIBRARY_SIZE) {
+                Ok(f) => {
+                    if let Some(soname) = read_info(&f).ok().and_then(|i| i.soname) {
+                        mounted_sonames.insert(source.to_owned(), soname);
+                    }
+                }
+                Err(e) if e.is_missing() => {}
+                Err(e) => skipped_sources.push((source.to_owned(), e.to_string())),
             }
         }
         Self {
@@ -169,11 +191,82 @@ impl HostSnapshot {
                 .unwrap_or_default(),
             cdi_nodes: gather_node_facts(&resolved),
             mounted_sonames,
+            skipped_sources,
             image: rootfs.map(ImageFacts::gather).unwrap_or_default(),
             arch: inventory
                 .map(|i| i.arch)
                 .or_else(Arch::host)
                 .unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::RequestPolicy;
+    use oci_spec::runtime::{MountBuilder, ProcessBuilder, SpecBuilder};
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn library_named_mount_sources_that_are_not_files_are_skipped_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("libfoo.so");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let lib = dir.path().join("libreal.so.1");
+        std::fs::copy(
+            crate::discover::fixture::shared_object("libreal.so.1"),
+            &lib,
+        )
+        .unwrap();
+        let mount = |src: &Path, dst: &str| {
+            MountBuilder::default()
+                .source(src)
+                .destination(dst)
+                .typ("bind")
+                .build()
+                .unwrap()
+        };
+        let spec = SpecBuilder::default()
+            .process(
+                ProcessBuilder::default()
+                    .env(vec!["NVIDIA_VISIBLE_DEVICES=0".to_owned()])
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(vec![
+                mount(&fifo, "/opt/libfoo.so"),
+                mount(Path::new("/dev/zero"), "/opt/libzero.so.1"),
+                mount(&lib, "/opt/libreal.so.1"),
+                mount(&dir.path().join("missing.so"), "/opt/missing.so"),
+            ])
+            .build()
+            .unwrap();
+        let request = GpuRequest::from_spec(&spec, &RequestPolicy::default()).unwrap();
+        let split = super::super::split(&request.devices, None, true);
+        let paths = HostPaths {
+            host_root: dir.path().to_owned(),
+            proc_root: dir.path().join("proc"),
+            kernel_proc: dir.path().join("proc"),
+            mps_pipe_dir: dir.path().join("mps"),
+        };
+        // No writer ever opens the FIFO: a blocking open would not return.
+        let host = HostSnapshot::gather(&paths, &spec, &request, &split, None, None, None);
+        assert_eq!(
+            host.mounted_sonames.get(&lib).map(String::as_str),
+            Some("libreal.so.1")
+        );
+        assert_eq!(
+            host.skipped_sources,
+            [
+                (fifo, "is a FIFO, not a regular file".to_owned()),
+                (
+                    PathBuf::from("/dev/zero"),
+                    "is a device, not a regular file".to_owned()
+                ),
+            ]
+        );
     }
 }

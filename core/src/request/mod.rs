@@ -70,8 +70,10 @@ pub struct GpuRequest {
     pub disable_require: bool,
     /// CAP_SYS_ADMIN is in the bounding set.
     pub privileged: bool,
-    /// `NVIDIA_VISIBLE_DEVICES` was set but ignored because the container is unprivileged.
-    pub env_ignored: bool,
+    /// Request variables that were set but ignored because the container is unprivileged and
+    /// the policy does not accept env requests from unprivileged containers
+    /// (`accept_envvar_when_unprivileged = false`), in the order [`ENV_REQUESTS`] lists them.
+    pub env_ignored: Vec<&'static str>,
     /// IMEX channels (`NVIDIA_IMEX_CHANNELS` or `imex/<id>` volume mounts; `all` is ignored).
     pub imex_channels: Vec<u32>,
     /// Gated features set to `enabled` (`NVIDIA_GDS`, `NVIDIA_MOFED`, ...).
@@ -83,6 +85,22 @@ pub struct GpuRequest {
     /// privileged containers only); `Void` when unset.
     pub mig_monitor: DeviceSelection,
 }
+
+/// Every variable through which a container's environment asks for host devices or access:
+/// under `accept_envvar_when_unprivileged = false` an unprivileged container's are all ignored,
+/// as `NVIDIA_VISIBLE_DEVICES` is. (`NVIDIA_DRIVER_CAPABILITIES` and `NVIDIA_REQUIRE_*` are not
+/// requests: they choose what a granted request brings, or refuse it, and are always read.)
+pub const ENV_REQUESTS: [&str; 9] = [
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_VERSION",
+    "NVIDIA_IMEX_CHANNELS",
+    "NVIDIA_MIG_CONFIG_DEVICES",
+    "NVIDIA_MIG_MONITOR_DEVICES",
+    "NVIDIA_GDS",
+    "NVIDIA_MOFED",
+    "NVIDIA_NVSWITCH",
+    "NVIDIA_GDRCOPY",
+];
 
 /// The highest IMEX channel number the driver allows.
 pub const MAX_IMEX_CHANNEL: u32 = (1 << 20) - 1;
@@ -334,8 +352,9 @@ impl GpuRequest {
         let legacy = get("CUDA_VERSION").is_some_and(|v| !v.is_empty())
             && get("NVIDIA_REQUIRE_CUDA").is_none_or(str::is_empty);
         let privileged = is_privileged(spec);
+        // Whether this container's environment may ask for anything (see [`ENV_REQUESTS`]).
+        let env_requests = privileged || policy.accept_envvar_when_unprivileged;
 
-        let mut env_ignored = false;
         let annotated = from_annotations(spec, policy)?;
         let mounted = if policy.accept_volume_mounts {
             from_volume_mounts(spec)?
@@ -346,7 +365,7 @@ impl GpuRequest {
             (DeviceSelection::List(annotated), RequestSource::Annotations)
         } else if !mounted.is_empty() {
             (DeviceSelection::List(mounted), RequestSource::VolumeMounts)
-        } else if privileged || policy.accept_envvar_when_unprivileged {
+        } else if env_requests {
             // The volume-mount strategy's sentinel value never names a device.
             let value = get("NVIDIA_VISIBLE_DEVICES").filter(|v| *v != VOLUME_MOUNT_ROOT);
             let sel = DeviceSelection::parse(value, legacy)?;
@@ -357,7 +376,6 @@ impl GpuRequest {
             };
             (sel, source)
         } else {
-            env_ignored = get("NVIDIA_VISIBLE_DEVICES").is_some_and(|v| !v.is_empty());
             (DeviceSelection::Void, RequestSource::Nothing)
         };
 
@@ -376,13 +394,16 @@ impl GpuRequest {
                 }
             }
             ids
-        } else if privileged || policy.accept_envvar_when_unprivileged {
+        } else if env_requests {
             imex_channels(get("NVIDIA_IMEX_CHANNELS").unwrap_or_default())?
         } else {
             Vec::new()
         };
         let mig = |variable: &'static str| -> Result<DeviceSelection, RequestError> {
             let value = get(variable).filter(|v| !v.trim().is_empty());
+            if !env_requests {
+                return Ok(DeviceSelection::Void);
+            }
             if value.is_some() && !privileged {
                 return Err(RequestError::MigUnprivileged { variable });
             }
@@ -392,9 +413,27 @@ impl GpuRequest {
         let mig_monitor = mig("NVIDIA_MIG_MONITOR_DEVICES")?;
         let gated = GatedFeature::ALL
             .iter()
-            .filter(|(_, var)| get(var) == Some("enabled"))
+            .filter(|(_, var)| env_requests && get(var) == Some("enabled"))
             .map(|(f, _)| *f)
             .collect();
+        let env_ignored = if env_requests {
+            Vec::new()
+        } else {
+            ENV_REQUESTS
+                .iter()
+                .copied()
+                .filter(|var| match *var {
+                    "NVIDIA_VISIBLE_DEVICES" => {
+                        get(var).is_some_and(|v| !v.trim().is_empty() && v != VOLUME_MOUNT_ROOT)
+                    }
+                    "CUDA_VERSION" => legacy,
+                    gated if GatedFeature::ALL.iter().any(|(_, v)| *v == gated) => {
+                        get(var) == Some("enabled")
+                    }
+                    _ => get(var).is_some_and(|v| !v.trim().is_empty()),
+                })
+                .collect()
+        };
         let capabilities = Capabilities::parse(
             get("NVIDIA_DRIVER_CAPABILITIES"),
             &policy.default_capabilities,

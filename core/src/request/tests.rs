@@ -122,7 +122,7 @@ fn unprivileged_env_request_follows_the_policy() {
     };
     let r = GpuRequest::from_spec(&spec(&case()), &strict).unwrap();
     assert_eq!(r.devices, DeviceSelection::Void);
-    assert!(r.env_ignored);
+    assert_eq!(r.env_ignored, ["NVIDIA_VISIBLE_DEVICES"]);
     let privileged = Case {
         privileged: true,
         ..case()
@@ -394,4 +394,129 @@ fn mig_config_and_monitor_need_privilege() {
     )
     .unwrap();
     assert!(r.mig_config.is_void() && r.mig_monitor.is_void());
+}
+
+/// Every variable that asks for something, set at once.
+const EVERY_ENV_REQUEST: &[&str] = &[
+    "NVIDIA_VISIBLE_DEVICES=all",
+    "NVIDIA_IMEX_CHANNELS=1,2",
+    "NVIDIA_MIG_CONFIG_DEVICES=all",
+    "NVIDIA_MIG_MONITOR_DEVICES=0",
+    "NVIDIA_GDS=enabled",
+    "NVIDIA_MOFED=enabled",
+    "NVIDIA_NVSWITCH=enabled",
+    "NVIDIA_GDRCOPY=enabled",
+    "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
+    "NVIDIA_REQUIRE_CUDA=cuda>=12.0",
+];
+
+#[test]
+fn every_env_request_of_an_unprivileged_container_follows_the_isolation_profile() {
+    let strict = RequestPolicy {
+        accept_envvar_when_unprivileged: false,
+        ..Default::default()
+    };
+    // The device plugin's allocation, as an annotation, with the image's own variables.
+    let ann = [(
+        "cdi.k8s.io/nvidia-device-plugin_1",
+        "k8s.device-plugin.nvidia.com/gpu=1",
+    )];
+    let unprivileged = spec(&Case {
+        env: EVERY_ENV_REQUEST,
+        annotations: &ann,
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&unprivileged, &strict).unwrap();
+    assert_eq!(r.source, RequestSource::Annotations);
+    assert!(r.gated.is_empty(), "{:?}", r.gated);
+    assert!(r.imex_channels.is_empty());
+    assert!(r.mig_config.is_void() && r.mig_monitor.is_void());
+    assert_eq!(
+        r.env_ignored,
+        [
+            "NVIDIA_VISIBLE_DEVICES",
+            "NVIDIA_IMEX_CHANNELS",
+            "NVIDIA_MIG_CONFIG_DEVICES",
+            "NVIDIA_MIG_MONITOR_DEVICES",
+            "NVIDIA_GDS",
+            "NVIDIA_MOFED",
+            "NVIDIA_NVSWITCH",
+            "NVIDIA_GDRCOPY",
+        ]
+    );
+    // What a granted request brings, and the image's own requirements, are still read.
+    assert!(r.capabilities.has(Capability::Video));
+    assert!(r.requirements.contains_key("NVIDIA_REQUIRE_CUDA"));
+    // MOFED alone (the case found): ignored, and said.
+    let mofed = spec(&Case {
+        env: &["NVIDIA_MOFED=enabled"],
+        annotations: &ann,
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&mofed, &strict).unwrap();
+    assert!(r.gated.is_empty());
+    assert_eq!(r.env_ignored, ["NVIDIA_MOFED"]);
+    // A privileged container's variables all count, under either policy.
+    let privileged = spec(&Case {
+        env: EVERY_ENV_REQUEST,
+        annotations: &ann,
+        privileged: true,
+        ..Default::default()
+    });
+    for policy in [&strict, &RequestPolicy::default()] {
+        let r = GpuRequest::from_spec(&privileged, policy).unwrap();
+        assert_eq!(
+            r.gated,
+            [
+                GatedFeature::Gds,
+                GatedFeature::Mofed,
+                GatedFeature::NvSwitch,
+                GatedFeature::GdrCopy
+            ]
+        );
+        assert_eq!(r.imex_channels, [1, 2]);
+        assert_eq!(r.mig_config, DeviceSelection::All);
+        assert_eq!(
+            r.mig_monitor,
+            DeviceSelection::List(vec![DeviceId::Index(0)])
+        );
+        assert!(r.env_ignored.is_empty());
+    }
+    // The default policy keeps the toolkit's rules for an unprivileged container: gated
+    // features and IMEX channels count, MIG administration is refused.
+    let default_gated = spec(&Case {
+        env: &["NVIDIA_MOFED=enabled", "NVIDIA_IMEX_CHANNELS=3"],
+        annotations: &ann,
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&default_gated, &RequestPolicy::default()).unwrap();
+    assert_eq!(r.gated, [GatedFeature::Mofed]);
+    assert_eq!(r.imex_channels, [3]);
+    assert!(GpuRequest::from_spec(&unprivileged, &RequestPolicy::default()).is_err());
+}
+
+#[test]
+fn a_legacy_image_and_the_volume_mount_sentinel_under_the_isolation_profile() {
+    let strict = RequestPolicy {
+        accept_envvar_when_unprivileged: false,
+        accept_volume_mounts: true,
+        ..Default::default()
+    };
+    // A legacy CUDA image would get every GPU from CUDA_VERSION alone: not here.
+    let legacy = spec(&Case {
+        env: &["CUDA_VERSION=12.2.0"],
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&legacy, &strict).unwrap();
+    assert_eq!(r.devices, DeviceSelection::Void);
+    assert_eq!(r.env_ignored, ["CUDA_VERSION"]);
+    // The device plugin's volume-mount strategy: its sentinel value is not an ignored request.
+    let mounts = spec(&Case {
+        env: &["NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices"],
+        mounts: &[("/dev/null", "/var/run/nvidia-container-devices/0")],
+        ..Default::default()
+    });
+    let r = GpuRequest::from_spec(&mounts, &strict).unwrap();
+    assert_eq!(r.devices, DeviceSelection::List(vec![DeviceId::Index(0)]));
+    assert!(r.env_ignored.is_empty());
 }

@@ -115,9 +115,10 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
     }
     .map_err(|e| format!("cannot serialize the spec: {e}"))?;
     match output {
-        Some(path) => {
-            std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-        }
+        // A new file renamed over the old: a runtime reading the spec meanwhile sees the old
+        // one or the new one whole, never an empty or partial file.
+        Some(path) => nvidia_shim_core::untrusted::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
         None => std::io::stdout()
             .write_all(text.as_bytes())
             .map_err(|e| format!("cannot write to stdout: {e}")),

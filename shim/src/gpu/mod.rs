@@ -11,8 +11,9 @@ pub mod proc_mount;
 mod rootfs;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use nvidia_shim_core::cdi::Registry;
+use nvidia_shim_core::cdi::{Registry, SpecCache};
 use nvidia_shim_core::plan::{
     names_cdi, plan, request_text, split, HostPaths, HostSnapshot, PlanError, PlanInputs,
     PlanPolicy,
@@ -40,10 +41,11 @@ pub struct Injected {
     pub proc_mounts: Vec<(PathBuf, PathBuf)>,
 }
 
-/// Discovers once, injects many times.
+/// Discovers once, injects many times; CDI spec files are parsed once per change.
 #[derive(Debug, Default)]
 pub struct GpuInjector {
     inventories: Inventories,
+    specs: Mutex<SpecCache>,
 }
 
 impl GpuInjector {
@@ -66,17 +68,20 @@ impl GpuInjector {
                 reason: format!("GPU request: {e}"),
             }
         })?;
-        if request.env_ignored {
-            log::warn!("container {id}: NVIDIA_VISIBLE_DEVICES ignored: unprivileged and accept_envvar_when_unprivileged = false");
+        if !request.env_ignored.is_empty() {
+            log::warn!(
+                "container {id}: {} ignored: unprivileged and accept_envvar_when_unprivileged = false",
+                request.env_ignored.join(", ")
+            );
         }
         if request.devices.is_void() {
             return Ok(None);
         }
         let policy = PlanPolicy::from_config(config);
-        let registry = names_cdi(&request.devices).then(|| Registry::load(&config.cdi_spec_dirs));
+        let registry = names_cdi(&request.devices).then(|| self.spec_registry(id, config));
         let split = split(
             &request.devices,
-            registry.as_ref(),
+            registry.as_deref(),
             policy.cdi_specs_on_disk_first,
         );
         let driver_loaded = || config.proc_root.join("driver/nvidia/version").exists();
@@ -98,15 +103,21 @@ impl GpuInjector {
             &request,
             &split,
             inventory.as_deref(),
-            registry.as_ref(),
+            registry.as_deref(),
             Some(&rootfs),
         );
+        for (path, why) in host.skipped_sources.iter().chain(&host.image.skipped) {
+            log::debug!(
+                "container {id}: {} not read for its SONAME: {why}",
+                path.display()
+            );
+        }
         // Plan.
         let Some(plan) = plan(PlanInputs {
             spec: &spec,
             request: &request,
             inventory: inventory.as_deref(),
-            registry: registry.as_ref(),
+            registry: registry.as_deref(),
             host: &host,
             policy,
         })
@@ -130,6 +141,23 @@ impl GpuInjector {
                 .map_or(0, Vec::len),
             mounts: plan.driver_mounts,
         }))
+    }
+}
+
+impl GpuInjector {
+    /// The CDI specs of the config's directories, parsed again only where a file changed.
+    fn spec_registry(&self, id: &str, config: &Config) -> Arc<Registry> {
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = specs.parses();
+        let registry = specs.registry(&config.cdi_spec_dirs);
+        let parsed = specs.parses() - before;
+        if parsed > 0 {
+            log::debug!(
+                "container {id}: parsed {parsed} changed CDI spec file(s) in {:?}",
+                config.cdi_spec_dirs
+            );
+        }
+        registry
     }
 }
 

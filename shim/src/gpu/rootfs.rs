@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use nvidia_shim_core::compat::Decision;
-use nvidia_shim_core::ldcache::{merge, Entry};
+use nvidia_shim_core::ldcache::{merge, Entry, MAX_CACHE_SIZE};
 use nvidia_shim_core::plan::{ld_dirs, RootfsPlan, LD_CONF_DROP_IN};
 use nvidia_shim_core::rootfs::{LinkOutcome, Rootfs, RootfsError};
 
@@ -42,11 +42,14 @@ pub fn apply(id: &str, rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsE
             LinkOutcome::Created | LinkOutcome::Unchanged => {}
         }
     }
-    write_ld_cache(rootfs, plan)
+    write_ld_cache(id, rootfs, plan)
 }
 
-/// Adds the plan's entries to the image's `/etc/ld.so.cache` and writes the drop-in.
-fn write_ld_cache(rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsError> {
+/// Adds the plan's entries to the image's `/etc/ld.so.cache` and writes the drop-in. An image
+/// cache that is not a regular file, is over [`MAX_CACHE_SIZE`] or does not parse is replaced
+/// by one holding the injected libraries alone (as `ldconfig`, which the toolkit runs, would
+/// rebuild it), and said.
+fn write_ld_cache(id: &str, rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsError> {
     if plan.ld_entries.is_empty() {
         return Ok(());
     }
@@ -62,7 +65,25 @@ fn write_ld_cache(rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsError>
         })
         .collect();
     let cache = Path::new("/etc/ld.so.cache");
-    let merged = merge(rootfs.read_file(cache).as_deref(), &entries);
+    let existing = match rootfs.read_file(cache, MAX_CACHE_SIZE) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.is_missing() => None,
+        Err(e) => {
+            log::warn!(
+                "container {id}: the image's {} {e}; it is replaced by the injected libraries' entries",
+                cache.display()
+            );
+            None
+        }
+    };
+    let (merged, dropped) = merge(existing.as_deref(), &entries);
+    drop(existing);
+    if let Some(e) = dropped {
+        log::warn!(
+            "container {id}: the image's {} is left out ({e}); it is replaced by the injected libraries' entries",
+            cache.display()
+        );
+    }
     rootfs.write_file(cache, &merged, 0o644)?;
     let dirs = ld_dirs(&plan.ld_entries);
     rootfs.write_file(

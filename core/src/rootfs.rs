@@ -315,6 +315,45 @@ impl Rootfs {
         untrusted::read_to_end(&self.open_file(path, max)?, max)
     }
 
+    /// An `O_PATH` handle on `path` (absolute in the container), resolved inside the rootfs
+    /// and never through a final symlink: something to mount onto or to `chmod` without a
+    /// later lookup.
+    pub fn open_path(&self, path: &Path) -> Result<OwnedFd, RootfsError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .mode(Mode::empty())
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let rel = relative(path);
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel.as_path()
+        };
+        let fd = openat2(self.fd.as_raw_fd(), target, how)
+            .map_err(|e| self.err("open", path, e.into()))?;
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Sets the permission bits of `path` (absolute in the container, resolved inside the
+    /// rootfs; a final symlink is not followed: its target is left alone).
+    pub fn chmod(&self, path: &Path, mode: u32) -> Result<(), RootfsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let handle = File::from(self.open_path(path)?);
+        let meta = handle.metadata().map_err(|e| self.err("chmod", path, e))?;
+        // Through the handle's /proc link: the very inode opened, whatever was renamed since.
+        let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        if meta.file_type().is_symlink() {
+            return Err(self.err(
+                "chmod",
+                path,
+                std::io::Error::from_raw_os_error(libc::ELOOP),
+            ));
+        }
+        std::fs::set_permissions(&proc_path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| self.err("chmod", path, e))
+    }
+
     /// Writes file `path` (absolute in the container) with `content` and `mode`, atomically: a
     /// temporary file beside it, written and synced, then renamed over it (see
     /// [`untrusted::write_atomic_at`]). Whatever was at `path` (a file, or a symlink pointing
@@ -395,6 +434,27 @@ mod tests {
             b"hi"
         );
         assert_eq!(std::fs::read(rootfs.join("etc/evil.conf")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn chmod_stays_inside_and_never_follows_a_final_symlink() {
+        let host = tempfile::tempdir().unwrap();
+        let rootfs = host.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("dev/dri")).unwrap();
+        let outside = host.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("dev/link")).unwrap();
+        let r = Rootfs::open(&rootfs).unwrap();
+        r.chmod(Path::new("/dev/dri"), 0o711).unwrap();
+        let mode = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+        };
+        assert_eq!(mode(&rootfs.join("dev/dri")), 0o711);
+        let before = mode(&outside);
+        assert!(r.chmod(Path::new("/dev/link"), 0o777).is_err());
+        assert!(r.chmod(Path::new("/../../outside"), 0o777).is_err());
+        assert_eq!(mode(&outside), before);
     }
 
     #[test]

@@ -33,6 +33,35 @@ pub struct HookPlan {
     pub cuda_compat_host_version: Option<String>,
     /// `disable-device-node-modification`: NVML must not create or chmod nodes.
     pub disable_device_node_modification: bool,
+    /// `chmod --mode M --path P`: (path in the container, mode).
+    pub chmods: Vec<(PathBuf, u32)>,
+}
+
+impl HookPlan {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Adds `other`'s steps to these (links and folders once each; the first compat version
+    /// stands).
+    pub fn merge(&mut self, other: Self) {
+        for link in other.symlinks {
+            if !self.symlinks.contains(&link) {
+                self.symlinks.push(link);
+            }
+        }
+        for dir in other.ld_folders {
+            if !self.ld_folders.contains(&dir) {
+                self.ld_folders.push(dir);
+            }
+        }
+        if self.cuda_compat_host_version.is_none() {
+            self.cuda_compat_host_version = other.cuda_compat_host_version;
+        }
+        self.disable_device_node_modification |= other.disable_device_node_modification;
+        self.chmods.extend(other.chmods);
+    }
 }
 
 /// Why CDI edits cannot be applied.
@@ -331,11 +360,11 @@ fn is_toolkit_hook(path: &Path) -> bool {
         .is_some_and(|n| n == "nvidia-container-runtime-hook" || n == "nvidia-container-toolkit")
 }
 
-/// Drops the legacy toolkit hooks (`nvidia-container-runtime-hook`) a spec may carry from a
-/// toolkit-configured client: this runtime injects the GPUs itself.
-fn remove_toolkit_hooks(spec: &mut Spec) {
+/// Drops the legacy toolkit hooks (`nvidia-container-runtime-hook`, which Docker's `--gpus`
+/// adds) a spec may carry: this runtime injects the GPUs itself. True when there were some.
+pub fn remove_toolkit_hooks(spec: &mut Spec) -> bool {
     let Some(mut hooks) = spec.hooks().clone() else {
-        return;
+        return false;
     };
     #[allow(deprecated)]
     let any = hooks
@@ -345,7 +374,7 @@ fn remove_toolkit_hooks(spec: &mut Spec) {
         .flatten()
         .any(|h| is_toolkit_hook(h.path()));
     if !any {
-        return;
+        return false;
     }
     let keep = |list: Option<Vec<OciHook>>| {
         list.map(|l| {
@@ -361,6 +390,7 @@ fn remove_toolkit_hooks(spec: &mut Spec) {
     hooks.set_prestart(prestart);
     hooks.set_create_runtime(keep(hooks.create_runtime().clone()));
     spec.set_hooks(Some(hooks));
+    true
 }
 
 /// The values of `--flag X` and `--flag=X` in `args`.
@@ -380,16 +410,27 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
     out
 }
 
+/// The program this binary is installed as.
+const SHIM_PROGRAM: &str = "containerd-shim-nvidia-v2";
+
 /// Records a toolkit hook step in `plan`; false when the hook is not one the shim does itself.
 fn plan_toolkit_hook(h: &Hook, plan: &mut HookPlan) -> bool {
-    let program = Path::new(&h.path)
+    toolkit_step(&h.path, &h.args, plan)
+}
+
+/// Records in `plan` the step of a hook running `path` with `args` (`args[0]` the program's
+/// own name): the toolkit's `nvidia-cdi-hook SUB` and `nvidia-ctk hook SUB`, and this binary's
+/// `hook SUB`, which takes the same forms. False when it is none of those, or a form it does
+/// not know (the hook is then left to run).
+pub fn toolkit_step(path: &str, args: &[String], plan: &mut HookPlan) -> bool {
+    let program = Path::new(path)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let args: &[String] = h.args.get(1..).unwrap_or_default();
+    let args: &[String] = args.get(1..).unwrap_or_default();
     let args = match program {
         "nvidia-cdi-hook" => args,
-        "nvidia-ctk" if args.first().is_some_and(|a| a == "hook") => &args[1..],
+        "nvidia-ctk" | SHIM_PROGRAM if args.first().is_some_and(|a| a == "hook") => &args[1..],
         _ => return false,
     };
     let Some((sub, rest)) = args.split_first() else {
@@ -417,9 +458,53 @@ fn plan_toolkit_hook(h: &Hook, plan: &mut HookPlan) -> bool {
                 .next();
         }
         "disable-device-node-modification" => plan.disable_device_node_modification = true,
+        "chmod" => {
+            let mode = flag_values(rest, "--mode")
+                .into_iter()
+                .next()
+                .and_then(|m| u32::from_str_radix(&m, 8).ok())
+                .filter(|m| *m <= 0o7777);
+            let Some(mode) = mode else {
+                return false;
+            };
+            for path in flag_values(rest, "--path") {
+                plan.chmods.push((PathBuf::from(path), mode));
+            }
+        }
         _ => return false,
     }
     true
+}
+
+/// Takes out of `spec` every hook (any stage) that is a toolkit step this runtime does itself
+/// (see [`toolkit_step`]), as a CDI consumer left them there (Docker, containerd, podman,
+/// `nvidia-ctk`); returns their steps.
+pub fn take_toolkit_hooks(spec: &mut Spec) -> HookPlan {
+    let mut plan = HookPlan::default();
+    let Some(hooks) = spec.hooks_mut().as_mut() else {
+        return plan;
+    };
+    #[allow(deprecated)]
+    take_steps(hooks.prestart_mut(), &mut plan);
+    take_steps(hooks.create_runtime_mut(), &mut plan);
+    take_steps(hooks.create_container_mut(), &mut plan);
+    take_steps(hooks.start_container_mut(), &mut plan);
+    take_steps(hooks.poststart_mut(), &mut plan);
+    take_steps(hooks.poststop_mut(), &mut plan);
+    plan
+}
+
+/// Moves the toolkit steps of one hook stage into `plan` (an emptied stage becomes `None`).
+fn take_steps(stage: &mut Option<Vec<OciHook>>, plan: &mut HookPlan) {
+    if let Some(list) = stage.as_mut() {
+        list.retain(|h| {
+            let args = h.args().as_deref().unwrap_or_default();
+            !toolkit_step(&h.path().to_string_lossy(), args, plan)
+        });
+        if list.is_empty() {
+            *stage = None;
+        }
+    }
 }
 
 fn add_hook(spec: &mut Spec, h: &Hook) {

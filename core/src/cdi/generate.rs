@@ -25,12 +25,30 @@ pub const HOOK_PATH: &str = "/usr/bin/nvidia-cdi-hook";
 /// How a generated spec expresses the links and the ld cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hooks {
+    /// `createContainer` hooks calling this runtime's binary at this path, `hook SUBCOMMAND`
+    /// with `nvidia-cdi-hook`'s subcommands and flags: the spec works wherever this project is
+    /// installed, under any runtime that runs a CDI spec's hooks.
+    Shim(String),
     /// `createContainer` hooks calling the toolkit's `nvidia-cdi-hook` at this path
     /// (`create-symlinks`, `enable-cuda-compat`, `update-ldcache`), as `nvidia-ctk cdi
     /// generate` writes them.
     NvidiaCdiHook(String),
     /// No hooks.
     None,
+}
+
+impl Hooks {
+    /// The hook program's path and the arguments before the subcommand (its own name first).
+    fn program(&self) -> Option<(&str, Vec<String>)> {
+        match self {
+            Self::Shim(path) => Some((
+                path,
+                vec!["containerd-shim-nvidia-v2".to_owned(), "hook".to_owned()],
+            )),
+            Self::NvidiaCdiHook(path) => Some((path, vec!["nvidia-cdi-hook".to_owned()])),
+            Self::None => None,
+        }
+    }
 }
 
 impl Default for Hooks {
@@ -73,9 +91,14 @@ pub fn generate(
             .collect(),
         ..ContainerEdits::default()
     };
-    if let Hooks::NvidiaCdiHook(path) = hooks {
+    if let Some((path, prefix)) = hooks.program() {
+        let command = |sub: &str| {
+            let mut args = prefix.clone();
+            args.push(sub.to_owned());
+            args
+        };
         if !common.symlinks.is_empty() {
-            let mut args = vec!["nvidia-cdi-hook".to_owned(), "create-symlinks".to_owned()];
+            let mut args = command("create-symlinks");
             for (link, target) in &common.symlinks {
                 args.push("--link".to_owned());
                 args.push(format!("{target}::{}", link.display()));
@@ -83,14 +106,12 @@ pub fn generate(
             edits.hooks.push(hook(path, args));
         }
         if common.ld_cache.iter().any(|(k, _)| k == "libcuda.so.1") {
-            edits.hooks.push(hook(
-                path,
-                vec![
-                    "nvidia-cdi-hook".to_owned(),
-                    "enable-cuda-compat".to_owned(),
-                    format!("--host-driver-version={}", inventory.driver_version),
-                ],
+            let mut args = command("enable-cuda-compat");
+            args.push(format!(
+                "--host-driver-version={}",
+                inventory.driver_version
             ));
+            edits.hooks.push(hook(path, args));
         }
         let mut folders: Vec<&Path> = common
             .ld_cache
@@ -100,7 +121,7 @@ pub fn generate(
         folders.sort();
         folders.dedup();
         if !folders.is_empty() {
-            let mut args = vec!["nvidia-cdi-hook".to_owned(), "update-ldcache".to_owned()];
+            let mut args = command("update-ldcache");
             for f in folders {
                 args.push("--folder".to_owned());
                 args.push(f.display().to_string());

@@ -10,8 +10,9 @@ mod registry;
 pub mod spec;
 
 pub use apply::{
-    apply, apply_edits, device_edits, gather_node_facts, host_path, needs_host_facts, ApplyError,
-    HookPlan, NodeFacts, NodeFactsByPath,
+    apply, apply_edits, device_edits, gather_node_facts, host_path, needs_host_facts,
+    remove_toolkit_hooks, take_toolkit_hooks, toolkit_step, ApplyError, HookPlan, NodeFacts,
+    NodeFactsByPath,
 };
 pub use cache::{SpecCache, RACY_WINDOW};
 pub use registry::{Registry, ResolveError, Resolved, DEFAULT_SPEC_DIRS};

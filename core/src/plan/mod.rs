@@ -28,7 +28,7 @@ use crate::select::{SelectError, Selection, BUILTIN_CDI_KINDS};
 use crate::Config;
 
 pub use host::{HostPaths, HostSnapshot, ImageFacts};
-pub use rootfs_plan::{ld_dirs, rootfs_plan, RootfsPlan, LD_CONF_DROP_IN};
+pub use rootfs_plan::{ld_dirs, rootfs_plan, rootfs_plan_in_place, RootfsPlan, LD_CONF_DROP_IN};
 
 /// The configuration [`plan`] follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +208,9 @@ pub struct PlanInputs<'a> {
     pub registry: Option<&'a Registry>,
     /// What the host and image hold.
     pub host: &'a HostSnapshot,
+    /// The toolkit hook steps a CDI consumer left in the spec (taken out of it with
+    /// [`crate::cdi::take_toolkit_hooks`]), done with the request's own.
+    pub spec_hooks: &'a HookPlan,
     /// The configuration.
     pub policy: PlanPolicy,
 }
@@ -225,6 +228,9 @@ pub struct InjectionPlan {
     pub gpus: Vec<String>,
     /// Driver files mounted by the inventory's edits.
     pub driver_mounts: usize,
+    /// Permission bits to set in the container once it exists (the toolkit's `chmod` step):
+    /// (path in the container, mode).
+    pub chmods: Vec<(std::path::PathBuf, u32)>,
 }
 
 impl InjectionPlan {
@@ -243,6 +249,7 @@ pub fn plan(inputs: PlanInputs<'_>) -> Result<Option<InjectionPlan>, PlanError> 
         inventory,
         registry,
         host,
+        spec_hooks,
         policy,
     } = inputs;
     if request.devices.is_void() {
@@ -264,6 +271,8 @@ pub fn plan(inputs: PlanInputs<'_>) -> Result<Option<InjectionPlan>, PlanError> 
         }
         None => (Vec::new(), HookPlan::default()),
     };
+    let mut hooks = hooks;
+    hooks.merge(spec_hooks.clone());
     let mut compat_host = hooks.cuda_compat_host_version.clone();
     let mut driver = DriverEdits::default();
     let mut overlay = ProcOverlay::default();
@@ -321,7 +330,37 @@ pub fn plan(inputs: PlanInputs<'_>) -> Result<Option<InjectionPlan>, PlanError> 
         overlay,
         gpus,
         driver_mounts: driver.mounts.len() + driver.ipc.len(),
+        chmods: hooks.chmods,
     }))
+}
+
+/// What to do for a spec a CDI consumer already edited (Docker, containerd's CRI, podman,
+/// `nvidia-ctk`: its devices, mounts and env applied, `NVIDIA_VISIBLE_DEVICES=void`) and whose
+/// toolkit hook steps `hooks` were taken out of it: those steps, done natively, with nothing
+/// injected again. The mounted libraries' SONAMEs come from `host` as for a request's own.
+pub fn plan_applied_cdi(
+    spec: &Spec,
+    hooks: &HookPlan,
+    host: &HostSnapshot,
+    overlay: ProcOverlay,
+    policy: PlanPolicy,
+) -> InjectionPlan {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    InjectionPlan {
+        edits: Vec::new(),
+        rootfs: rootfs_plan(
+            &DriverEdits::default(),
+            hooks,
+            &mounts,
+            host,
+            policy.cuda_compat,
+            hooks.cuda_compat_host_version.clone(),
+        ),
+        overlay,
+        gpus: Vec::new(),
+        driver_mounts: 0,
+        chmods: hooks.chmods.clone(),
+    }
 }
 
 /// Whether the container has `NVIDIA_REQUIRE_*` terms that are to be enforced.

@@ -5,14 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Mount;
+use oci_spec::runtime::{Mount, MountBuilder};
 
-use super::HostSnapshot;
+use super::{HostSnapshot, ImageFacts};
 use crate::cdi::HookPlan;
 use crate::compat::{decide, Decision};
 use crate::discover::group_of;
 use crate::edits::DriverEdits;
+use crate::elf::read_info;
 use crate::require::Version;
+use crate::rootfs::Rootfs;
 
 /// Where the shim's `ld.so.conf.d` drop-in goes, so that a later `ldconfig` in the container
 /// keeps the injected directories.
@@ -133,6 +135,61 @@ pub fn rootfs_plan(
         ld_flags: host.arch.ldcache_flags(),
         compat,
     }
+}
+
+/// Plans the toolkit hook steps `hooks` in a rootfs whose libraries are already mounted (this
+/// binary run as a CDI hook by another runtime, after the mounts and before the container
+/// starts): each `update-ldcache` folder's NVIDIA driver libraries (by name, as
+/// [`group_of`] knows them: what a CDI spec mounts there; the image's own libraries are in its
+/// cache already) are read for their SONAME through the confined `rootfs` (never a final
+/// symlink, never more than [`MAX_LIBRARY_SIZE`]), and planned as [`rootfs_plan`] plans
+/// mounted ones. Reads only the rootfs, which is the container's.
+///
+/// [`MAX_LIBRARY_SIZE`]: crate::elf::MAX_LIBRARY_SIZE
+pub fn rootfs_plan_in_place(hooks: &HookPlan, rootfs: &Rootfs, cuda_compat: bool) -> RootfsPlan {
+    let mut mounts = Vec::new();
+    let mut host = HostSnapshot {
+        image: ImageFacts::gather(rootfs),
+        arch: crate::discover::Arch::host().unwrap_or_default(),
+        ..HostSnapshot::default()
+    };
+    for dir in &hooks.ld_folders {
+        for entry in rootfs.list_dir(dir) {
+            let driver_library = entry
+                .name
+                .split_once(".so")
+                .is_some_and(|(name, _)| group_of(name).is_some());
+            if !entry.is_file || !driver_library {
+                continue;
+            }
+            let path = dir.join(&entry.name);
+            let soname = rootfs
+                .open_file(&path, crate::elf::MAX_LIBRARY_SIZE)
+                .ok()
+                .and_then(|f| read_info(&f).ok())
+                .and_then(|i| i.soname);
+            let Some(soname) = soname else {
+                continue;
+            };
+            // The library stands for its own mount: its container path is both ends.
+            if let Ok(m) = MountBuilder::default()
+                .destination(path.clone())
+                .source(path.clone())
+                .build()
+            {
+                mounts.push(m);
+            }
+            host.mounted_sonames.insert(path, soname);
+        }
+    }
+    rootfs_plan(
+        &DriverEdits::default(),
+        hooks,
+        &mounts,
+        &host,
+        cuda_compat,
+        hooks.cuda_compat_host_version.clone(),
+    )
 }
 
 /// The directories of `entries`, in order of first appearance: the `ld.so.conf.d` drop-in's

@@ -2,8 +2,9 @@
 //! shim's own discovery, named as `nvidia-ctk cdi generate` names devices, for runtimes and
 //! tools that read CDI specs from `/etc/cdi` or `/var/run/cdi`; `cdi list` prints the device
 //! names that spec holds. YAML for a `.yaml`/`.yml`
-//! output (or `--format yaml`), JSON otherwise; the links and ld cache as the toolkit's
-//! `nvidia-cdi-hook` steps (default) or left to this shim (`--hooks none`).
+//! output (or `--format yaml`), JSON otherwise; the links and ld cache as hook steps calling
+//! this binary (default), the toolkit's `nvidia-cdi-hook`, or left to this shim
+//! (`--hooks none`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,18 +14,20 @@ use nvidia_shim_core::request::Capabilities;
 use nvidia_shim_core::Config;
 
 /// The command's usage.
-pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks nvidia-cdi-hook|none] [--hook-path PATH]
+pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks shim|nvidia-cdi-hook|none] [--hook-path PATH]
        containerd-shim-nvidia-v2 cdi list [--config FILE]
 
   --config FILE      the shim's config (driver, dev and proc roots); default /etc/containerd-shim-nvidia/config.toml
   --output FILE      where to write the spec; default standard output
   --format FORMAT    json or yaml; default yaml for a .yaml or .yml output, json otherwise
-  --hooks MODE       nvidia-cdi-hook (default): SONAME links, CUDA compat and the ld cache as
-                     createContainer hooks of the NVIDIA Container Toolkit's nvidia-cdi-hook,
-                     for CDI consumers where the toolkit is installed;
-                     none: no hooks; this shim makes the links and the ld cache itself, other
+  --hooks MODE       shim (default): SONAME links, CUDA compat and the ld cache as createContainer
+                     hooks calling this binary (`hook SUBCOMMAND`), for every CDI consumer
+                     (runc, crun) where this project is installed; this runtime does them itself;
+                     nvidia-cdi-hook: the same steps calling the NVIDIA Container Toolkit's
+                     nvidia-cdi-hook, as nvidia-ctk writes them;
+                     none: no hooks; this runtime makes the links and the ld cache itself, other
                      consumers get the driver files without them
-  --hook-path PATH   where nvidia-cdi-hook is installed; default /usr/bin/nvidia-cdi-hook";
+  --hook-path PATH   the hook program; default this binary (shim), /usr/bin/nvidia-cdi-hook";
 
 /// Runs `cdi generate` or `cdi list`; `args` follow `cdi`.
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -72,7 +75,7 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
         return Err(format!("unknown command; {USAGE}"));
     }
     let (mut config_path, mut output, mut format) = (None, None, None);
-    let (mut hooks, mut hook_path) = ("nvidia-cdi-hook".to_owned(), HOOK_PATH.to_owned());
+    let (mut hooks, mut hook_path) = ("shim".to_owned(), None);
     while let Some(flag) = it.next() {
         let value = it
             .next()
@@ -89,14 +92,24 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
                 })
             }
             "--hooks" => hooks = value,
-            "--hook-path" => hook_path = value,
+            "--hook-path" => hook_path = Some(value),
             _ => return Err(format!("unknown flag {flag}; {USAGE}")),
         }
     }
     let hooks = match hooks.as_str() {
-        "nvidia-cdi-hook" => Hooks::NvidiaCdiHook(hook_path),
+        "shim" => Hooks::Shim(match hook_path {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .map_err(|e| format!("cannot find this binary for the hooks: {e}"))?
+                .display()
+                .to_string(),
+        }),
+        "nvidia-cdi-hook" => {
+            Hooks::NvidiaCdiHook(hook_path.unwrap_or_else(|| HOOK_PATH.to_owned()))
+        }
         "none" => Hooks::None,
-        other => return Err(format!("--hooks {other:?}: nvidia-cdi-hook or none")),
+        other => return Err(format!("--hooks {other:?}: shim, nvidia-cdi-hook or none")),
     };
     let format = format.unwrap_or_else(|| format_for(output.as_deref()));
     let config = Config::load_or_default(config_path.as_deref()).map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod cdi;
+pub mod cdi_hook;
 pub mod configure;
 pub mod containerd_process;
 pub mod doctor;
@@ -32,6 +33,7 @@ const USAGE: &str = "usage: containerd-shim-nvidia-v2 COMMAND [--help]
   cdi         generate or list the CDI spec of this node's GPUs
   configure   register the runtime with containerd or Docker; write the shim's config
   doctor      check this node end to end, with the fix for each failure
+  hook        the CDI hook steps (nvidia-cdi-hook's), for runtimes that run a CDI spec's hooks
 
 containerd runs this binary itself (start, delete, and the shim's own flags).";
 
@@ -39,10 +41,21 @@ containerd runs this binary itself (start, delete, and the shim's own flags).";
 type Command = fn(&[String]) -> Result<ExitCode, String>;
 
 /// Runs what the binary is when called by another name (`program`, its `argv[0]`): the
-/// `nvidia-container-runtime-hook` Docker's `--gpus` runs; `None` for its own name.
+/// `nvidia-container-runtime-hook` Docker's `--gpus` runs, or `nvidia-cdi-hook`; `None` for
+/// its own name.
 pub fn by_program_name(program: &std::ffi::OsStr) -> Option<ExitCode> {
     let name = Path::new(program).file_name()?;
-    (name == legacy_hook::NAME).then(legacy_hook::run)
+    if name == legacy_hook::NAME {
+        return Some(legacy_hook::run());
+    }
+    (name == cdi_hook::NAME).then(|| {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if args::wants_help(&args) {
+            println!("{}", cdi_hook::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        finish(cdi_hook::NAME, cdi_hook::run(&args))
+    })
 }
 
 /// Runs an operator command when `args` (without the program name) is one; `None` leaves the
@@ -60,6 +73,7 @@ pub fn operator_command(args: &[OsString]) -> Option<ExitCode> {
             configure::run(a).map(|()| ExitCode::SUCCESS)
         }),
         "doctor" => (doctor::USAGE, doctor::run),
+        "hook" => (cdi_hook::USAGE, cdi_hook::run),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return Some(ExitCode::SUCCESS);
@@ -70,13 +84,18 @@ pub fn operator_command(args: &[OsString]) -> Option<ExitCode> {
         println!("{usage}");
         return Some(ExitCode::SUCCESS);
     }
-    Some(match run(rest) {
+    Some(finish(&format!("{PROGRAM} {command}"), run(rest)))
+}
+
+/// A command's exit status; its error on one line after `who`.
+fn finish(who: &str, result: Result<ExitCode, String>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{PROGRAM} {command}: {e}");
+            eprintln!("{who}: {e}");
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// The shim's config from `path`, or the default file when it exists, else the defaults.

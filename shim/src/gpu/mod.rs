@@ -13,12 +13,16 @@ mod rootfs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use nvidia_shim_core::cdi::{Registry, SpecCache};
-use nvidia_shim_core::plan::{
-    names_cdi, plan, request_text, split, HostPaths, HostSnapshot, PlanError, PlanInputs,
-    PlanPolicy,
+use nvidia_shim_core::cdi::{
+    remove_toolkit_hooks, take_toolkit_hooks, HookPlan, Registry, SpecCache,
 };
-use nvidia_shim_core::request::GpuRequest;
+use nvidia_shim_core::oci_spec::runtime::Spec;
+use nvidia_shim_core::plan::{
+    names_cdi, plan, plan_applied_cdi, request_text, split, HostPaths, HostSnapshot, InjectionPlan,
+    PlanError, PlanInputs, PlanPolicy, Split,
+};
+use nvidia_shim_core::proc_overlay::{params_without_device_modification, ProcOverlay};
+use nvidia_shim_core::request::{cli_hook, GpuRequest};
 use nvidia_shim_core::rootfs::Rootfs;
 use nvidia_shim_core::Config;
 
@@ -26,6 +30,16 @@ use crate::error::{Result, ShimError};
 use crate::runtime::bundle::Bundle;
 
 pub use inventory::{discover, Inventories};
+
+/// Makes a rootfs plan's links and ld cache in `rootfs` (see `rootfs::apply`): Create's own
+/// step, which the CDI hook commands share.
+pub fn apply_rootfs_plan(
+    id: &str,
+    rootfs: &Rootfs,
+    plan: &nvidia_shim_core::plan::RootfsPlan,
+) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
+    rootfs::apply(id, rootfs, plan)
+}
 
 /// What an injection did, for the log and the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +53,8 @@ pub struct Injected {
     /// The `/proc/driver/nvidia` overlay to attach once the container exists: (host source in
     /// the bundle, container target).
     pub proc_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Permission bits to set in the container once it exists: (path, mode).
+    pub chmods: Vec<(PathBuf, u32)>,
 }
 
 /// Discovers once, injects many times; CDI spec files are parsed once per change.
@@ -60,8 +76,20 @@ impl GpuInjector {
             id: id.to_owned(),
             source,
         };
-        // Load the inputs.
+        // Load the inputs: the spec, once, with the requests other front doors left in its
+        // hooks taken out (containerd's `--gpus` hook becomes the request the environment
+        // would make; the toolkit's CDI hook steps are done natively below).
         let mut spec = bundle.load_spec(id)?;
+        let translated = cli_hook::take(&mut spec).map_err(|e| ShimError::InvalidArgument {
+            id: id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let spec_hooks = take_toolkit_hooks(&mut spec);
+        let legacy_hook = remove_toolkit_hooks(&mut spec);
+        check_hook_paths(id, &spec)?;
+        if translated.is_some() {
+            log::info!("container {id}: containerd's --gpus hook taken as the request");
+        }
         let request = GpuRequest::from_spec(&spec, &config.request_policy()).map_err(|e| {
             ShimError::InvalidArgument {
                 id: id.to_owned(),
@@ -74,10 +102,25 @@ impl GpuInjector {
                 request.env_ignored.join(", ")
             );
         }
-        if request.devices.is_void() {
-            return Ok(None);
-        }
         let policy = PlanPolicy::from_config(config);
+        if request.devices.is_void() {
+            if spec_hooks.is_empty() {
+                if translated.is_some() || legacy_hook {
+                    // Asked through a hook, not granted (the isolation profile): the hook
+                    // must not run either.
+                    bundle.write_spec(id, &spec)?;
+                }
+                return Ok(None);
+            }
+            return complete_applied_cdi(
+                id,
+                bundle,
+                config,
+                (&spec, &request),
+                &spec_hooks,
+                policy,
+            );
+        }
         let registry = names_cdi(&request.devices).then(|| self.spec_registry(id, config));
         let split = split(
             &request.devices,
@@ -119,29 +162,133 @@ impl GpuInjector {
             inventory: inventory.as_deref(),
             registry: registry.as_deref(),
             host: &host,
+            spec_hooks: &spec_hooks,
             policy,
         })
         .map_err(gpu_err)?
         else {
             return Ok(None);
         };
-        // Apply.
         plan.apply_to(&mut spec)
             .map_err(|e| gpu_err(PlanError::CdiEdits(e)))?;
-        bundle.write_spec(id, &spec)?;
-        rootfs::apply(id, &rootfs, &plan.rootfs).map_err(rootfs_err)?;
-        let proc_mounts = overlay::overlay_sources(id, bundle, &plan.overlay)?;
-        Ok(Some(Injected {
-            proc_mounts,
-            gpus: plan.gpus,
-            devices: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.devices().as_ref())
-                .map_or(0, Vec::len),
-            mounts: plan.driver_mounts,
-        }))
+        apply(id, bundle, &spec, &rootfs, plan).map(Some)
     }
+}
+
+/// A spec a CDI consumer already edited (see [`plan_applied_cdi`]), whose request is `void`:
+/// the toolkit hook steps it carried, done natively, the spec written without them.
+fn complete_applied_cdi(
+    id: &str,
+    bundle: &Bundle,
+    config: &Config,
+    (spec, request): (&Spec, &GpuRequest),
+    hooks: &HookPlan,
+    policy: PlanPolicy,
+) -> Result<Option<Injected>> {
+    let rootfs = Rootfs::open(&bundle.rootfs_of(spec)).map_err(|source| ShimError::Rootfs {
+        id: id.to_owned(),
+        source,
+    })?;
+    // Nothing for the inventory: only the mounted libraries and the image are read.
+    let nothing = Split {
+        cdi_names: Vec::new(),
+        from_inventory: None,
+    };
+    let host = HostSnapshot::gather(
+        &HostPaths::from_config(config),
+        spec,
+        request,
+        &nothing,
+        None,
+        None,
+        Some(&rootfs),
+    );
+    let overlay = if hooks.disable_device_node_modification {
+        params_overlay(config)
+    } else {
+        ProcOverlay::default()
+    };
+    let plan = plan_applied_cdi(spec, hooks, &host, overlay, policy);
+    log::info!("container {id}: the CDI hook steps of its spec done natively");
+    apply(id, bundle, spec, &rootfs, plan).map(Some)
+}
+
+/// Applies `plan` (its spec edits already in `spec`): writes the spec, makes the rootfs's links
+/// and ld cache, writes the overlay's sources.
+fn apply(
+    id: &str,
+    bundle: &Bundle,
+    spec: &Spec,
+    rootfs: &Rootfs,
+    plan: InjectionPlan,
+) -> Result<Injected> {
+    bundle.write_spec(id, spec)?;
+    rootfs::apply(id, rootfs, &plan.rootfs).map_err(|source| ShimError::Rootfs {
+        id: id.to_owned(),
+        source,
+    })?;
+    let proc_mounts = overlay::overlay_sources(id, bundle, &plan.overlay)?;
+    Ok(Injected {
+        proc_mounts,
+        gpus: plan.gpus,
+        devices: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+            .map_or(0, Vec::len),
+        mounts: plan.driver_mounts,
+        chmods: plan.chmods,
+    })
+}
+
+/// The host's `/proc/driver/nvidia/params` with `ModifyDeviceFiles: 0`, as the toolkit's
+/// `disable-device-node-modification` step shows it in the container (nothing without a
+/// loaded driver, or when it says so already).
+fn params_overlay(config: &Config) -> ProcOverlay {
+    let file = config.proc_root.join("driver/nvidia/params");
+    let params = nvidia_shim_core::untrusted::read(
+        &file,
+        nvidia_shim_core::untrusted::FinalLink::Follow,
+        64 << 10,
+    )
+    .ok()
+    .and_then(|b| String::from_utf8(b).ok())
+    .and_then(|p| params_without_device_modification(&p));
+    ProcOverlay {
+        params: params.map(String::into_bytes),
+        ..ProcOverlay::default()
+    }
+}
+
+/// Fails when a hook left in the spec names a program that is not there, naming it (the hook
+/// would fail the create later with libcontainer's bare `No such file or directory`).
+fn check_hook_paths(id: &str, spec: &Spec) -> Result<()> {
+    let Some(hooks) = spec.hooks() else {
+        return Ok(());
+    };
+    #[allow(deprecated)]
+    let stages = [
+        ("prestart", hooks.prestart()),
+        ("createRuntime", hooks.create_runtime()),
+        ("createContainer", hooks.create_container()),
+        ("startContainer", hooks.start_container()),
+        ("poststart", hooks.poststart()),
+        ("poststop", hooks.poststop()),
+    ];
+    for (stage, list) in stages {
+        for hook in list.iter().flatten() {
+            if let Err(e) = std::fs::metadata(hook.path()) {
+                return Err(ShimError::InvalidArgument {
+                    id: id.to_owned(),
+                    reason: format!(
+                        "{stage} hook {}: {e}",
+                        nvidia_shim_core::quote::quoted(&hook.path().to_string_lossy())
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl GpuInjector {

@@ -38,6 +38,8 @@ pub struct OverlayArgs {
     pub read_only_superblocks: Vec<PathBuf>,
     /// Flags for the cgroup mount and every mount below it (see `spec_adapt`).
     pub cgroup_flags: Option<RecursiveMountAttr>,
+    /// Permission bits to set: (path in the container, mode), the toolkit's `chmod` step.
+    pub chmods: Vec<(PathBuf, u32)>,
 }
 
 impl OverlayArgs {
@@ -47,6 +49,7 @@ impl OverlayArgs {
             && self.propagation.is_empty()
             && self.read_only_superblocks.is_empty()
             && self.cgroup_flags.is_none()
+            && self.chmods.is_empty()
     }
 }
 
@@ -58,6 +61,7 @@ pub struct Prepared {
     propagation: Vec<(PathBuf, MsFlags)>,
     read_only_superblocks: Vec<PathBuf>,
     cgroup_flags: Option<RecursiveMountAttr>,
+    chmods: Vec<(PathBuf, u32)>,
     /// The devices of the superblocks mounted in the shim's mount namespace: a container mount
     /// on one of them shares the host's superblock, which is left as it is.
     host_devices: Vec<u64>,
@@ -176,6 +180,20 @@ fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Mounts `source` read-only (nosuid, nodev, noexec) over what `target` (an `O_PATH` handle)
+/// is, in the calling process's mount namespace.
+pub fn bind_read_only(source: &Path, target: &OwnedFd) -> std::io::Result<()> {
+    let mount = detached_bind(source)?;
+    rustix::mount::move_mount(
+        &mount,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(std::io::Error::from)
+}
+
 impl Prepared {
     /// Opens the mount namespace of the container whose init is `pid` and makes the detached
     /// mounts.
@@ -208,6 +226,7 @@ impl Prepared {
             propagation,
             read_only_superblocks: args.read_only_superblocks.clone(),
             cgroup_flags: args.cgroup_flags.clone(),
+            chmods: args.chmods.clone(),
             host_devices,
         })
     }
@@ -248,6 +267,19 @@ impl Prepared {
         }
         if let Some(attr) = &self.cgroup_flags {
             set_recursive(attr).map_err(with_path("set the mount flags of", &attr.target))?;
+        }
+        // The container has not started: nothing of its own has run to race this lookup.
+        for (path, mode) in &self.chmods {
+            let st = rustix::fs::lstat(path).map_err(std::io::Error::from)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("chmod {}: a symlink", path.display()),
+                ));
+            }
+            rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(*mode))
+                .map_err(std::io::Error::from)
+                .map_err(with_path("chmod", path))?;
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
@@ -317,9 +349,7 @@ mod tests {
                         nv.join("capabilities/mig/config"),
                     ),
                 ],
-                propagation: Vec::new(),
-                read_only_superblocks: Vec::new(),
-                cgroup_flags: None,
+                ..OverlayArgs::default()
             },
             target.id() as i32,
         )

@@ -66,7 +66,7 @@ impl TaskService {
             Ok((adapted, injected)) => (adapted, Ok(injected)),
             Err(e) => (Adapted::default(), Err(e)),
         };
-        let proc_mounts = match injected {
+        let (proc_mounts, chmods) = match injected {
             Ok(Some(done)) => {
                 log::info!(
                     "container {id}: injected GPUs {:?} ({} device nodes, {} mounts) in {:.1} ms",
@@ -75,9 +75,9 @@ impl TaskService {
                     done.mounts,
                     injecting.elapsed().as_secs_f64() * 1e3
                 );
-                done.proc_mounts
+                (done.proc_mounts, done.chmods)
             }
-            Ok(None) => Vec::new(),
+            Ok(None) => (Vec::new(), Vec::new()),
             Err(e) => return Err(undo.run(e).await),
         };
         let io = {
@@ -113,6 +113,7 @@ impl TaskService {
                     propagation: adapted.propagation,
                     read_only_superblocks: adapted.read_only_superblocks,
                     cgroup_flags: adapted.cgroup_flags,
+                    chmods,
                 },
             })
             .await;

@@ -118,6 +118,7 @@ fn planned(
         inventory: Some(inv),
         registry,
         host,
+        spec_hooks: &crate::cdi::HookPlan::default(),
         policy: PlanPolicy::default(),
     })
     .expect("planned")

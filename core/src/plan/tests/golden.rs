@@ -203,6 +203,7 @@ fn outcome(case: &Case) -> Value {
         inventory: Some(&inv),
         registry: None,
         host: &host,
+        spec_hooks: &crate::cdi::HookPlan::default(),
         policy: PlanPolicy::default(),
     });
     let plan = match planned {

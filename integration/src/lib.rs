@@ -7,6 +7,7 @@ pub mod checks;
 pub mod containerd;
 pub mod cri;
 pub mod debian_driver;
+pub mod debian_packages;
 pub mod image;
 pub mod leftovers;
 pub mod probe;

@@ -2,7 +2,8 @@
 # Unpacks Debian bookworm's packaged NVIDIA driver userspace (contrib/non-free) into DIR/root,
 # as a Debian host with the driver installed has it, for the real-driver tests:
 #   - the .deb files are fetched with apt through a private configuration under DIR/apt (its own
-#     sources list, lists and cache), so the host's apt sources and packages stay untouched;
+#     sources list, lists and cache; the archive's URI is the one the host's apt sources give
+#     for bookworm), so the host's apt sources and packages stay untouched;
 #   - each is unpacked with dpkg-deb -x;
 #   - nvidia-alternative's own maintainer script makes the alternatives links
 #     (/usr/lib/x86_64-linux-gnu/libcuda.so.1 -> /etc/alternatives/... -> nvidia/current/...),
@@ -24,26 +25,20 @@ if [ -f "$dir/ready" ] && [ -d "$dir/root" ]; then
   exit 0
 fi
 rm -rf "$dir/root" "$dir/debs" "$dir/ctl"
-mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/preferences.d" \
-  "$dir/debs" "$dir/ctl" "$dir/root"
-cat >"$dir/apt/sources.list" <<'EOF'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm contrib non-free non-free-firmware
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates contrib non-free non-free-firmware
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security contrib non-free non-free-firmware
-EOF
-apt_opts=(
-  -o "Dir::Etc::SourceList=$dir/apt/sources.list"
-  -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::Etc::Preferences=/dev/null"
-  -o "Dir::Etc::PreferencesParts=$dir/apt/preferences.d"
-  -o "Dir::State::Lists=$dir/apt/lists"
-  -o "Dir::Cache=$dir/apt/cache"
-  -o "Debug::NoLocking=1"
-  -o "APT::Sandbox::User=root"
-  -o "Acquire::Retries=3"
-)
-echo "debian-nvidia-driver: fetching the package lists (private apt configuration in $dir/apt)" >&2
-apt-get "${apt_opts[@]}" -qq update >&2
+mkdir -p "$dir/debs" "$dir/ctl" "$dir/root"
+# The archives are the ones the host's apt sources name for bookworm and bookworm-security.
+. "$(dirname "$0")/debian-archive.sh"
+archive=$(debian_archive_uri bookworm)
+security=$(debian_archive_uri bookworm-security 2>/dev/null || true)
+key=/usr/share/keyrings/debian-archive-keyring.gpg
+components="contrib non-free non-free-firmware"
+sources="deb [signed-by=$key] $archive bookworm $components
+deb [signed-by=$key] $archive bookworm-updates $components"
+if [ -n "$security" ]; then
+  sources+=$'\n'"deb [signed-by=$key] $security bookworm-security $components"
+fi
+echo "debian-nvidia-driver: fetching the package lists from $archive (private apt configuration in $dir/apt)" >&2
+debian_apt_init "$dir" "$sources"
 # The userspace of the nvidia-driver metapackage's dependency tree (without the kernel module,
 # the X.Org driver and the settings tool), plus the firmware and the common files of the ICDs.
 pkgs=(
@@ -56,7 +51,7 @@ pkgs=(
   firmware-nvidia-gsp nvidia-alternative nvidia-cuda-mps
 )
 echo "debian-nvidia-driver: downloading ${#pkgs[@]} packages" >&2
-(cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "${pkgs[@]}" >&2)
+debian_download "$dir/debs" "${pkgs[@]}"
 version=$(dpkg-deb -f "$dir"/debs/libcuda1_*.deb Version)
 version=${version%%-*}
 for deb in "$dir"/debs/*.deb; do

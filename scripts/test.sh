@@ -13,6 +13,12 @@ trap 'rm -f "$log" "$skips"' EXIT
 # if this fails, those tests fail with its message.
 bash scripts/debian-nvidia-driver.sh target/debian-nvidia >/dev/null ||
   echo "warning: Debian's NVIDIA packages could not be fetched; the real-driver tests will fail" >&2
+# Debian trixie's Docker 26 and containerd 1.7 for the front-door tests (fetched once, private apt
+# configuration, apt retries); if this fails, those tests SKIP with its message.
+bash scripts/debian-packages.sh docker target/debian-docker >/dev/null ||
+  echo "warning: Debian trixie's Docker could not be fetched; the Docker tests will skip" >&2
+bash scripts/debian-packages.sh containerd17 target/debian-containerd17 >/dev/null ||
+  echo "warning: Debian trixie's containerd 1.7 could not be fetched; its tests will skip" >&2
 set +e
 # Two test threads through the environment, not an argument: criterion benches run once in test
 # mode and reject libtest's flags.

@@ -36,6 +36,9 @@ pub struct Containerd {
     /// A command run on the config file after it is written (`--config <file>` appended), as
     /// an operator edits containerd's config: `containerd-shim-nvidia-v2 configure containerd`.
     config_command: Vec<String>,
+    /// The directory of another containerd release's `containerd`, `ctr` and
+    /// `containerd-shim-runc-v2` (after the shim under test on PATH); `None`: the host's.
+    release: Option<PathBuf>,
 }
 
 impl Containerd {
@@ -64,6 +67,39 @@ impl Containerd {
         cri: impl FnOnce(&Path) -> Result<Option<String>>,
     ) -> Result<Self> {
         Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()), |_| Ok(Vec::new()))
+    }
+
+    /// Starts the containerd of another release, whose `containerd`, `ctr` and
+    /// `containerd-shim-runc-v2` are in `release` (Debian trixie's 1.7 from
+    /// [`crate::debian_packages::containerd17`]), with `shim` first on its PATH and that
+    /// directory next; `cri` as in [`Containerd::start_configured`]. `ctr` commands use that
+    /// release's `ctr`.
+    pub fn start_release(
+        release: &Path,
+        shim: &Path,
+        level: &str,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
+    ) -> Result<Self> {
+        Self::start_full(
+            shim,
+            level,
+            Some(release),
+            cri,
+            |_| Ok(Vec::new()),
+            |_| Ok(Vec::new()),
+        )
+    }
+
+    /// [`Containerd::start_release`], with `command` run on the written config file as in
+    /// [`Containerd::start_configured_by`].
+    pub fn start_release_configured_by(
+        release: &Path,
+        shim: &Path,
+        level: &str,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
+        command: impl FnOnce(&Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
+        Self::start_full(shim, level, Some(release), cri, |_| Ok(Vec::new()), command)
     }
 
     /// Starts containerd with the shim under test through `wrapper` (given the temp dir), a
@@ -99,6 +135,17 @@ impl Containerd {
         wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
         config_command: impl FnOnce(&Path) -> Result<Vec<String>>,
     ) -> Result<Self> {
+        Self::start_full(shim, level, None, cri, wrapper, config_command)
+    }
+
+    fn start_full(
+        shim: &Path,
+        level: &str,
+        release: Option<&Path>,
+        cri: impl FnOnce(&Path) -> Result<Option<String>>,
+        wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
+        config_command: impl FnOnce(&Path) -> Result<Vec<String>>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
             .tempdir_in("/tmp")?;
@@ -107,11 +154,12 @@ impl Containerd {
         // A copy, so a rebuild during the test cannot change the running shim.
         fs::copy(shim, bin.join("containerd-shim-nvidia-v2"))
             .with_context(|| format!("copy {}", shim.display()))?;
-        let path_env = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
+        let host_path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let path_env = match release {
+            Some(r) => format!("{}:{}:{host_path}", bin.display(), r.display()),
+            None => format!("{}:{host_path}", bin.display()),
+        };
         let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
         let wrapper = wrapper(dir.path())?;
         let config_command = config_command(dir.path())?;
@@ -123,6 +171,7 @@ impl Containerd {
             cri_config,
             wrapper,
             config_command,
+            release: release.map(Path::to_path_buf),
         };
         me.spawn()?;
         Ok(me)
@@ -177,7 +226,7 @@ disabled_plugins = [{disabled}]
                 c.args(args).arg("containerd");
                 c
             }
-            None => Command::new("containerd"),
+            None => Command::new(self.program("containerd")),
         };
         let child = cmd
             .arg("--config")
@@ -228,6 +277,25 @@ disabled_plugins = [{disabled}]
         }
     }
 
+    /// `name` from the release this containerd runs, else from PATH.
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.release {
+            Some(r) => r.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// The PATH containerd runs with (the shim under test's directory first): where it finds
+    /// `containerd-shim-nvidia-v2`, for a client of its own (dockerd) to run with as well.
+    pub fn path_env(&self) -> &str {
+        &self.path_env
+    }
+
+    /// The directory holding the copy of the shim under test that containerd runs.
+    pub fn shim_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
     /// containerd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)
@@ -268,7 +336,7 @@ disabled_plugins = [{disabled}]
 
     /// A `ctr` command against this containerd in namespace `ns`.
     pub fn ctr_cmd_in(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(self.program("ctr"));
         c.arg("--address")
             .arg(self.socket())
             .arg("--namespace")

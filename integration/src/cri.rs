@@ -14,12 +14,13 @@ use anyhow::{bail, Context, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec as CriImage,
-    KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    CdiDevice, ContainerConfig, ContainerMetadata, ContainerState, ContainerStats,
+    ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ImageSpec as CriImage, KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -61,6 +62,13 @@ pub struct HandlerConfigs {
     /// Register the `nvidia` handler with the shim's own `configure containerd` on the written
     /// config file (as an operator does) instead of the harness's TOML.
     pub nvidia_by_configure: bool,
+    /// Run another containerd release, whose `containerd`, `ctr` and `containerd-shim-runc-v2`
+    /// are in this directory (Debian trixie's 1.7: `debian_packages::containerd17()?.bin_dir()`);
+    /// `None`: the host's.
+    pub containerd_release: Option<PathBuf>,
+    /// Turn on the CRI plugin's own CDI (containerd >= 1.7: `enable_cdi = true`) with these
+    /// spec directories (`cdi_spec_dirs`); empty: CDI stays off, the shim owns it.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl Default for HandlerConfigs {
@@ -71,6 +79,8 @@ impl Default for HandlerConfigs {
                 "accept_envvar_when_unprivileged = false\naccept_volume_mount_requests = true\n"
                     .into(),
             nvidia_by_configure: false,
+            containerd_release: None,
+            cdi_spec_dirs: Vec::new(),
         }
     }
 }
@@ -106,6 +116,10 @@ pub struct ContainerOptions {
     /// The mounts' propagation (`MountPropagation` of the CRI API: 0 private, 1 host to
     /// container, 2 bidirectional); their source must then be on a shared mount.
     pub mount_propagation: i32,
+    /// Fully qualified CDI device names (`vendor.com/class=name`), sent as the container
+    /// config's `CDI_devices` (field 17): containerd >= 1.7 with `enable_cdi` applies them
+    /// before the runtime sees the spec.
+    pub cdi_devices: Vec<String>,
 }
 
 impl ContainerOptions {
@@ -144,20 +158,24 @@ impl Cri {
         // One parent per CRI containerd: tests of one binary run side by side.
         let cgroup_parent = format!("/{}", crate::unique_id("nvcri"));
         let cri = |dir: &Path| cri_config(dir, configs, &bridge, tag).map(Some);
-        let containerd = if configs.nvidia_by_configure {
-            Containerd::start_configured_by(shim, "info", cri, |dir| {
-                Ok(vec![
-                    shim.display().to_string(),
-                    "configure".into(),
-                    "containerd".into(),
-                    "--runtime-name".into(),
-                    HANDLER.into(),
-                    "--config-path-option".into(),
-                    dir.join("shim-nvidia.toml").display().to_string(),
-                ])
-            })?
-        } else {
-            Containerd::start_configured(shim, "info", cri)?
+        let configure = |dir: &Path| {
+            Ok(vec![
+                shim.display().to_string(),
+                "configure".into(),
+                "containerd".into(),
+                "--runtime-name".into(),
+                HANDLER.into(),
+                "--config-path-option".into(),
+                dir.join("shim-nvidia.toml").display().to_string(),
+            ])
+        };
+        let containerd = match (&configs.containerd_release, configs.nvidia_by_configure) {
+            (Some(release), true) => {
+                Containerd::start_release_configured_by(release, shim, "info", cri, configure)?
+            }
+            (Some(release), false) => Containerd::start_release(release, shim, "info", cri)?,
+            (None, true) => Containerd::start_configured_by(shim, "info", cri, configure)?,
+            (None, false) => Containerd::start_configured(shim, "info", cri)?,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -307,6 +325,11 @@ impl Cri {
                 })
                 .collect(),
             annotations: c.annotations.clone(),
+            cdi_devices: c
+                .cdi_devices
+                .iter()
+                .map(|name| CdiDevice { name: name.clone() })
+                .collect(),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
                     privileged: c.privileged,
@@ -595,7 +618,8 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   # The shim owns CDI here, as under containerd 1.6 (which has no CDI) and 1.7 (off by
   # default); containerd 2.x turns its own CDI on and resolves `cdi.k8s.io/` annotations from
   # its spec directories before any runtime sees them (see README, "Who applies CDI").
-  enable_cdi = false
+  # A test may turn containerd's own CDI on (1.7+), with spec directories of its own.
+{cdi}
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{net}"
@@ -603,6 +627,20 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   default_runtime_name = "{HANDLER_RUNC}"
 {nvidia}{isolated}{runc}"#,
         net = net_dir.display(),
+        cdi = if configs.cdi_spec_dirs.is_empty() {
+            "  enable_cdi = false".to_owned()
+        } else {
+            format!(
+                "  enable_cdi = true\n  cdi_spec_dirs = {}",
+                toml::Value::Array(
+                    configs
+                        .cdi_spec_dirs
+                        .iter()
+                        .map(|d| toml::Value::String(d.display().to_string()))
+                        .collect()
+                )
+            )
+        },
         nvidia = if configs.nvidia_by_configure {
             String::new()
         } else {

@@ -1,0 +1,581 @@
+//! A private Docker daemon for one test, on top of the test's private containerd: Debian
+//! trixie's `dockerd` 26 ([`crate::debian_packages::docker`]) with its own data root, exec
+//! root, socket, pidfile and `daemon.json` under a temp dir, driving the test's containerd
+//! (namespace `moby`) through `--containerd`, so a `runtimeType: io.containerd.nvidia.v2`
+//! runtime resolves to the shim under test on that containerd's PATH. No bridge, no iptables,
+//! no IP forwarding: containers get a network namespace of their own and no network. Stopped by
+//! its PID (SIGTERM, then SIGKILL) when dropped, with what a failed test left of it: containers,
+//! mounts under its dirs, and its cgroup parent (`/nvdocker-<pid>-<n>`, its own per daemon).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::containerd::{wait_output, Containerd};
+use crate::debian_packages::Unpacked;
+use crate::image::ImageSpec;
+use crate::leftovers;
+
+/// The containerd namespace dockerd keeps its containers in.
+pub const DOCKER_NAMESPACE: &str = "moby";
+/// Where dockerd always makes its plugin socket directory (not under `--exec-root`).
+const PLUGINS_DIR: &str = "/run/docker/plugins";
+
+/// A running private dockerd.
+#[derive(Debug)]
+pub struct Docker<'a> {
+    containerd: &'a Containerd,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    docker: PathBuf,
+    cgroup_parent: String,
+    /// `/run/docker` and `/run/docker/plugins` when this daemon made them (removed if empty).
+    made_run_dirs: Vec<PathBuf>,
+}
+
+impl<'a> Docker<'a> {
+    /// Starts dockerd from `release` against `containerd` with `daemon_json` (a JSON object;
+    /// empty for none) as its `--config-file`, and waits until `docker version` answers. The
+    /// harness adds `cgroup-parent` (its own), `exec-opts` (`native.cgroupdriver=cgroupfs`)
+    /// and `shutdown-timeout` (2 s) where `daemon_json` has none.
+    pub fn start(
+        release: &Unpacked,
+        containerd: &'a Containerd,
+        daemon_json: &str,
+    ) -> Result<Self> {
+        Self::start_with(release, containerd, daemon_json, &[])
+    }
+
+    /// [`Docker::start`], with `daemon.json` edited by the shim under test as an operator does
+    /// before dockerd reads it: `containerd-shim-nvidia-v2 configure docker --config <file>
+    /// --runtime-name <runtime> --config-path-option <shim_config>` (the entry
+    /// `runtimes.<runtime>` with `runtimeType: io.containerd.nvidia.v2` and the shim's
+    /// `options.ConfigPath`).
+    pub fn start_configured(
+        release: &Unpacked,
+        containerd: &'a Containerd,
+        daemon_json: &str,
+        runtime: &str,
+        shim_config: &Path,
+    ) -> Result<Self> {
+        let config = shim_config.display().to_string();
+        Self::start_with(
+            release,
+            containerd,
+            daemon_json,
+            &[
+                "--runtime-name",
+                runtime,
+                "--config-path-option",
+                config.as_str(),
+            ],
+        )
+    }
+
+    /// [`Docker::start`], running `containerd-shim-nvidia-v2 configure docker --config <file>
+    /// ARGS...` on the written `daemon.json` when `configure` is not empty.
+    pub fn start_with(
+        release: &Unpacked,
+        containerd: &'a Containerd,
+        daemon_json: &str,
+        configure: &[&str],
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("nvdock")
+            .tempdir_in("/tmp")?;
+        let d = dir.path();
+        let cgroup_parent = format!("/{}", crate::unique_id("nvdocker"));
+        let mut json: Value = if daemon_json.trim().is_empty() {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_str(daemon_json).context("daemon_json is not JSON")?
+        };
+        let obj = json
+            .as_object_mut()
+            .context("daemon_json is not a JSON object")?;
+        obj.entry("cgroup-parent")
+            .or_insert_with(|| Value::from(cgroup_parent.as_str()));
+        obj.entry("exec-opts")
+            .or_insert_with(|| serde_json::json!(["native.cgroupdriver=cgroupfs"]));
+        obj.entry("shutdown-timeout")
+            .or_insert_with(|| Value::from(2));
+        let cgroup_parent = obj
+            .get("cgroup-parent")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let config = d.join("daemon.json");
+        fs::write(&config, serde_json::to_string_pretty(&json)?)?;
+        if !configure.is_empty() {
+            let out = Command::new(crate::shim_binary())
+                .args(["configure", "docker", "--config"])
+                .arg(&config)
+                .args(configure)
+                .output()
+                .context("run configure docker")?;
+            if !out.status.success() {
+                bail!(
+                    "configure docker {configure:?} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let made_run_dirs = [Path::new("/run/docker"), Path::new(PLUGINS_DIR)]
+            .into_iter()
+            .filter(|p| !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        let path_env = format!(
+            "{}:{}:{}:{}",
+            containerd.shim_dir().display(),
+            release.sbin_dir().display(),
+            release.bin_dir().display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let log = fs::File::create(d.join("dockerd.log"))?;
+        let child = Command::new(release.sbin_dir().join("dockerd"))
+            .arg("--containerd")
+            .arg(containerd.socket())
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .args([
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ])
+            .arg("--config-file")
+            .arg(&config)
+            .env("PATH", &path_env)
+            .env("DOCKER_CONFIG", d.join("cli"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn dockerd")?;
+        let mut me = Self {
+            containerd,
+            dir,
+            child: Some(child),
+            docker: release.bin_dir().join("docker"),
+            cgroup_parent,
+            made_run_dirs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(status))) = me.child.as_mut().map(Child::try_wait) {
+                me.child = None;
+                bail!("dockerd exited ({status}); log:\n{}", me.log());
+            }
+            if me.socket().exists()
+                && me
+                    .docker(&["version"])
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("dockerd did not come up in 60 s; log:\n{}", me.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// dockerd's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// dockerd's `--data-root`.
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The `daemon.json` dockerd was started with (after `configure docker`, if any).
+    pub fn daemon_json(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.json")).unwrap_or_default()
+    }
+
+    /// dockerd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// dockerd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The cgroup parent of its containers (`/nvdocker-...`): a container's cgroup is
+    /// `<parent>/<full id>` under each v1 controller or the v2 root.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// The containerd dockerd drives.
+    pub fn containerd(&self) -> &Containerd {
+        self.containerd
+    }
+
+    /// A `docker` CLI command against this daemon (its own client config dir).
+    pub fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.docker);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"));
+        c
+    }
+
+    /// Runs `docker ARGS` with no stdin and a 120 s limit.
+    pub fn docker(&self, args: &[&str]) -> Result<Output> {
+        let mut child = self
+            .docker_cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn docker")?;
+        wait_output(&mut child, Duration::from_secs(120))
+            .with_context(|| format!("docker {args:?}"))
+    }
+
+    /// Runs `docker ARGS`, failing unless it exits 0; returns its stdout, trimmed.
+    pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.docker(args)?;
+        if !out.status.success() {
+            bail!(
+                "docker {args:?} exited {:?}: {}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `docker run --cidfile F ARGS...` (ARGS as after `run`: options, image, command);
+    /// returns its output and the container's full id (for [`Docker::assert_clean`], also
+    /// after `--rm`).
+    pub fn run(&self, args: &[&str]) -> Result<(Output, String)> {
+        let cidfile = self
+            .dir
+            .path()
+            .join(format!("{}.cid", crate::unique_id("run")));
+        let cid = cidfile.display().to_string();
+        let mut full = vec!["run", "--cidfile", cid.as_str()];
+        full.extend_from_slice(args);
+        let out = self.docker(&full)?;
+        let id = fs::read_to_string(&cidfile)
+            .with_context(|| {
+                format!(
+                    "docker run wrote no container id: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?
+            .trim()
+            .to_owned();
+        Ok((out, id))
+    }
+
+    /// `docker inspect -f FORMAT ID`, trimmed.
+    pub fn inspect(&self, id: &str, format: &str) -> Result<String> {
+        self.docker_ok(&["inspect", "-f", format, id])
+    }
+
+    /// Loads `image` as `name` (a full reference, `docker.io/library/x:tag`) with `docker
+    /// load`: written as an OCI image layout archive plus the `manifest.json` of Docker's own
+    /// archive format (dockerd 26 with its graph driver store reads only that one), then
+    /// tagged `name` when dockerd loaded it by id only.
+    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
+        let archive = self
+            .dir
+            .path()
+            .join(format!("{}.tar", crate::unique_id("image")));
+        image.write_archive(name, &archive)?;
+        add_docker_manifest(&archive, name)?;
+        let loaded = self.docker_ok(&["load", "-i", &archive.display().to_string()])?;
+        if let Some(id) = loaded
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image ID: "))
+        {
+            self.docker_ok(&["tag", id.trim(), name])?;
+        }
+        let _ = fs::remove_file(&archive);
+        self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", name])
+            .with_context(|| format!("{name} after docker load: {loaded}"))?;
+        Ok(())
+    }
+
+    /// Waits up to `limit` until container `id` (full id) has left nothing behind: no shim
+    /// process serving it, no shim socket, no bundle, no mount under its bundle or its
+    /// `containers/<id>` dir, no cgroup; else says what is left.
+    pub fn wait_clean(&self, id: &str, limit: Duration) -> Result<(), String> {
+        let c = self.containerd;
+        let bundle = c
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(DOCKER_NAMESPACE)
+            .join(id);
+        let parent = self.cgroup_parent.trim_start_matches('/');
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut shims = leftovers::processes_of("containerd-shim-nvidia-v2", id);
+            shims.extend(leftovers::processes_of("containerd-shim-runc-v2", id));
+            let socket = leftovers::shim_socket(&c.socket(), DOCKER_NAMESPACE, id);
+            let mut mounts = leftovers::mounts_under(&bundle);
+            mounts.extend(leftovers::mounts_under(
+                &self.data_root().join("containers").join(id),
+            ));
+            let cgroups = leftovers::cgroups_of(parent, id);
+            if shims.is_empty()
+                && !socket.exists()
+                && mounts.is_empty()
+                && cgroups.is_empty()
+                && !bundle.exists()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "shims {shims:?}, socket {socket:?} exists {}, mounts {mounts:?}, cgroups {cgroups:?}, bundle dir {}",
+                    socket.exists(),
+                    bundle.exists()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts that container `id` left nothing behind (see [`Docker::wait_clean`]), within
+    /// 10 s; the panic carries dockerd's and containerd's logs.
+    pub fn assert_clean(&self, id: &str) {
+        if let Err(left) = self.wait_clean(id, Duration::from_secs(10)) {
+            panic!(
+                "docker container {id} left: {left}\ndockerd log:\n{}\ncontainerd log:\n{}",
+                self.log(),
+                self.containerd.log()
+            );
+        }
+    }
+
+    /// What no container of this daemon holds any more once all are removed: shim processes
+    /// of its containerd, mounts below the data root (overlays, shm), cgroups under the cgroup
+    /// parent. Empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        let socket = self.containerd.socket();
+        let mut left: Vec<String> = leftovers::shim_pids(&socket)
+            .into_iter()
+            .chain(leftovers::processes_of(
+                "containerd-shim-runc-v2",
+                &socket.to_string_lossy(),
+            ))
+            .map(|p| format!("shim process {p}"))
+            .collect();
+        // dockerd keeps its data root as a mount of its own (for its propagation) while it
+        // runs: only mounts below it are its containers'.
+        let data_root = self.data_root();
+        left.extend(
+            leftovers::mounts_under(&data_root.join(""))
+                .into_iter()
+                .map(|m| format!("mount {m}")),
+        );
+        left.extend(
+            self.cgroup_dirs()
+                .into_iter()
+                .map(|d| format!("cgroup {}", d.display())),
+        );
+        left
+    }
+
+    /// Cgroup directories under the cgroup parent, on v1 (any controller) or v2.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent.trim_start_matches('/');
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
+            roots.extend(d.flatten().map(|e| e.path()));
+        }
+        roots
+            .iter()
+            .map(|r| r.join(parent))
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+            .collect()
+    }
+
+    /// Removes every container (`docker rm -f`), stops dockerd (SIGTERM to its PID, SIGKILL
+    /// after 20 s), then kills what is left of its containers in containerd and in its cgroup
+    /// parent, unmounts what is left under its dir and removes its cgroup parent. Idempotent;
+    /// dropping does it too.
+    pub fn shutdown(&mut self) {
+        if self.child.is_some() {
+            if let Ok(ids) = self.docker_ok(&["ps", "-aq"]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = self.docker(&args);
+                }
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).unwrap_or(0);
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Tasks dockerd left in its namespace (their shims then exit) ...
+        if let Ok(out) = self
+            .containerd
+            .ctr_cmd_in(DOCKER_NAMESPACE, &["task", "ls", "-q"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self
+                    .containerd
+                    .ctr_cmd_in(
+                        DOCKER_NAMESPACE,
+                        &["task", "kill", "-a", "-s", "SIGKILL", id],
+                    )
+                    .output();
+            }
+        }
+        // ... processes in its cgroups, ...
+        let dirs = self.cgroup_dirs();
+        for dir in &dirs {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: signalling a process by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for dir in &dirs {
+            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
+                fs::remove_dir(dir).is_ok() || !dir.exists()
+            });
+        }
+        let parent = self.cgroup_parent.trim_start_matches('/');
+        if !parent.is_empty() {
+            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
+            if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
+                for e in d.flatten() {
+                    let _ = fs::remove_dir(e.path().join(parent));
+                }
+            }
+        }
+        // ... mounts under its dir (overlays, shm, network namespaces) ...
+        for m in leftovers::mounts_under(self.dir.path()).into_iter().rev() {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: c is a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        // ... and the run dirs it made, when no other daemon uses them.
+        for d in self.made_run_dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+/// Adds to the OCI layout archive `archive` the `manifest.json` of a Docker archive naming its
+/// image (the index's first manifest) `name`: `Config` and `Layers` are the blob paths.
+fn add_docker_manifest(archive: &Path, name: &str) -> Result<()> {
+    use std::io::Read;
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut tar = tar::Archive::new(fs::File::open(archive)?);
+    for e in tar.entries()? {
+        let mut e = e?;
+        let path = e.path()?.to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data)?;
+        entries.push((path, data));
+    }
+    let blob = |digest: &str| -> Result<&[u8]> {
+        let path = format!("blobs/{}", digest.replacen(':', "/", 1));
+        entries
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, d)| d.as_slice())
+            .with_context(|| format!("{path} is not in the archive"))
+    };
+    let file = |path: &str| -> Result<Value> {
+        let data = entries
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, d)| d.as_slice())
+            .with_context(|| format!("{path} is not in the archive"))?;
+        Ok(serde_json::from_slice(data)?)
+    };
+    let index = file("index.json")?;
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .context("index.json names no manifest")?;
+    let manifest: Value = serde_json::from_slice(blob(digest)?)?;
+    let path = |d: &Value| -> Result<String> {
+        let d = d.as_str().context("a descriptor without digest")?;
+        Ok(format!("blobs/{}", d.replacen(':', "/", 1)))
+    };
+    let layers = manifest["layers"]
+        .as_array()
+        .context("manifest without layers")?
+        .iter()
+        .map(|l| path(&l["digest"]))
+        .collect::<Result<Vec<_>>>()?;
+    let docker_manifest = serde_json::json!([{
+        "Config": path(&manifest["config"]["digest"])?,
+        "RepoTags": [name],
+        "Layers": layers,
+    }])
+    .to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in entries
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .chain([("manifest.json", docker_manifest.as_bytes())])
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        b.append_data(&mut h, p, data)?;
+    }
+    fs::write(archive, b.into_inner()?)?;
+    Ok(())
+}
+
+impl Drop for Docker<'_> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

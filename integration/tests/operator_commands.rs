@@ -399,7 +399,9 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
         "WARN",
         "no nvidia-persistenced on a fake node"
     );
-    assert_eq!(report.len(), 10, "{report:?}");
+    // Docker is checked only where a dockerd is; front_doors.rs checks it with one.
+    assert!(!status("docker").0.is_empty(), "a docker line");
+    assert_eq!(report.len(), 11, "{report:?}");
     Ok(())
 }
 

@@ -205,10 +205,9 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
 }
 
 /// Docker puts the client's terminal size in the spec's `process.consoleSize`; runc gives the
-/// terminal that size before the process starts, so `stty size` answers at once. The shim
-/// leaves it 0x0 until the client's first `ResizePty` (busybox's `stty size` then fails).
+/// terminal that size before the process starts, so `stty size` answers at once; so does the
+/// shim, when it receives the terminal (it left it 0x0 until the client's first `ResizePty`).
 #[test]
-#[ignore = "shim gap: process.consoleSize is not applied when the terminal is made (issue 23 report)"]
 fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result<()> {
     let test = "docker_tty_has_the_spec_console_size_from_the_start_as_under_runc";
     let Some(release) = docker_release(test) else {

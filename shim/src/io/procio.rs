@@ -85,18 +85,25 @@ impl PreparedIo {
 }
 
 impl PendingIo {
-    /// Completes the I/O of a created process: for a terminal, takes the pty master and starts
-    /// copying it to and from the FIFOs.
-    pub fn attach(self, id: &str, stdin: &str, stdout: &str) -> Result<ProcessIo> {
+    /// Completes the I/O of a created process: for a terminal, takes the pty master, gives it
+    /// `size` (width, height) when the spec has one, and starts copying it to and from the
+    /// FIFOs.
+    pub fn attach(
+        self,
+        id: &str,
+        stdin: &str,
+        stdout: &str,
+        size: Option<(u32, u32)>,
+    ) -> Result<ProcessIo> {
         let (stdin, console, copies) = match self.kind {
             PendingKind::Pipes(forwarder, copies) => (forwarder, None, copies),
             PendingKind::Tty(socket) => {
                 let master = socket.receive_master(id)?;
-                (
-                    None,
-                    Some(Console::start(id, master, stdin, stdout)?),
-                    Vec::new(),
-                )
+                let console = Console::start(id, master, stdin, stdout)?;
+                if let Some((width, height)) = size {
+                    console.resize(id, width, height)?;
+                }
+                (None, Some(console), Vec::new())
             }
         };
         Ok(ProcessIo {

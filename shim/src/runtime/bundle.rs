@@ -32,6 +32,14 @@ pub struct Adapted {
     pub read_only_superblocks: Vec<PathBuf>,
     /// The cgroup mount's flags, for it and every hierarchy below it.
     pub cgroup_flags: Option<crate::runtime::spec_adapt::RecursiveMountAttr>,
+    /// The process's terminal size (`process.consoleSize`: width, height), applied when its
+    /// terminal is attached, as runc applies it.
+    pub console_size: Option<(u32, u32)>,
+}
+
+/// A terminal dimension, saturated to what a `winsize` can hold anyway.
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// An OCI bundle directory.
@@ -106,6 +114,11 @@ impl Bundle {
             pids_limit,
             read_only_superblocks: crate::runtime::spec_adapt::read_only_superblocks(&spec),
             cgroup_flags: crate::runtime::spec_adapt::cgroup_mount_flags(&spec),
+            console_size: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.console_size())
+                .map(|b| (clamp(b.width()), clamp(b.height()))),
         })
     }
 

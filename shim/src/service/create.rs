@@ -134,7 +134,12 @@ impl TaskService {
         let cgroup = ContainerCgroup::new(id, created.cgroup_path.clone(), config.systemd_cgroup);
         undo.container = Some((state_ref.clone(), cgroup.clone(), created.pid));
         let io = {
-            let (cgroup, pid, pids_limit) = (cgroup.clone(), created.pid, adapted.pids_limit);
+            let (cgroup, pid, pids_limit, size) = (
+                cgroup.clone(),
+                created.pid,
+                adapted.pids_limit,
+                adapted.console_size,
+            );
             let (owned_id, stdin, stdout) = (id.to_owned(), req.stdin.clone(), req.stdout.clone());
             blocking(id, "cgroups and stdio", move || {
                 cgroup.join_hybrid(pid)?;
@@ -142,7 +147,7 @@ impl TaskService {
                 // gone.
                 pids_limit.map_or(Ok(()), |limit| cgroup.set_pids_max(limit))?;
                 // A terminal's master comes over the console socket: up to seconds.
-                pending.attach(&owned_id, &stdin, &stdout)
+                pending.attach(&owned_id, &stdin, &stdout, size)
             })
             .await
         };

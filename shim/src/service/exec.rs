@@ -71,7 +71,7 @@ impl TaskService {
         c: &Container,
         process: &[u8],
         terminal: bool,
-    ) -> Result<(Vec<u8>, ShimExecutor)> {
+    ) -> Result<(Vec<u8>, ShimExecutor, Option<(u32, u32)>)> {
         let invalid = |reason: String| ShimError::InvalidArgument {
             id: c.id.clone(),
             reason,
@@ -88,10 +88,16 @@ impl TaskService {
         // containerd's client may ask for a terminal in the request and not in the process
         // spec; as with the runc shim, the request's flag wins.
         process.set_terminal(Some(terminal));
+        let size = process.console_size().as_ref().map(|b| {
+            (
+                u32::try_from(b.width()).unwrap_or(u32::MAX),
+                u32::try_from(b.height()).unwrap_or(u32::MAX),
+            )
+        });
         let (process, executor) = crate::runtime::executor::for_exec(&spec, process);
         let bytes = serde_json::to_vec(&process)
             .map_err(|err| invalid(format!("exec process spec: {err}")))?;
-        Ok((bytes, executor))
+        Ok((bytes, executor, size))
     }
 
     pub(super) async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
@@ -110,7 +116,7 @@ impl TaskService {
         }
         // libcontainer gives an exec'd process the container's namespaces and cgroup but not
         // its seccomp profile: the executor loads it (see `executor`).
-        let (process, executor) = self.exec_process(c, &e.process, e.stdio.terminal)?;
+        let (process, executor, size) = self.exec_process(c, &e.process, e.stdio.terminal)?;
         let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
         // The spec file, the stdio (a logging binary may take seconds to be ready) and room
         // under the pids limit: blocking calls, off the async thread.
@@ -176,7 +182,7 @@ impl TaskService {
         let io = {
             let (id, stdin, stdout) = (c.id.clone(), e.stdio.stdin.clone(), e.stdio.stdout.clone());
             blocking(&c.id, "attach stdio", move || {
-                pending.attach(&id, &stdin, &stdout)
+                pending.attach(&id, &stdin, &stdout, size)
             })
             .await
         };

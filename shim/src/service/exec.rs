@@ -5,6 +5,16 @@ use libcontainer::oci_spec::runtime::{Process, Spec};
 use super::*;
 use crate::runtime::executor::ShimExecutor;
 
+/// An exec's process as libcontainer is given it.
+struct ExecProcessSpec {
+    /// Its OCI `Process` JSON.
+    process: Vec<u8>,
+    /// What runs before its program.
+    executor: ShimExecutor,
+    /// Its terminal's size (width, height), when it asks for one.
+    console_size: Option<(u32, u32)>,
+}
+
 impl TaskService {
     pub(super) fn get_exec(c: &Container, exec_id: &str) -> Result<Arc<ExecProcess>> {
         c.exec(exec_id).ok_or_else(|| ShimError::NotFound {
@@ -65,13 +75,13 @@ impl TaskService {
     }
 
     /// The process JSON libcontainer is given for exec `process` of `c` (with a terminal when
-    /// the request asks for one), and its executor.
+    /// the request asks for one), its executor and its terminal's size.
     fn exec_process(
         &self,
         c: &Container,
         process: &[u8],
         terminal: bool,
-    ) -> Result<(Vec<u8>, ShimExecutor, Option<(u32, u32)>)> {
+    ) -> Result<ExecProcessSpec> {
         let invalid = |reason: String| ShimError::InvalidArgument {
             id: c.id.clone(),
             reason,
@@ -97,7 +107,11 @@ impl TaskService {
         let (process, executor) = crate::runtime::executor::for_exec(&spec, process);
         let bytes = serde_json::to_vec(&process)
             .map_err(|err| invalid(format!("exec process spec: {err}")))?;
-        Ok((bytes, executor, size))
+        Ok(ExecProcessSpec {
+            process: bytes,
+            executor,
+            console_size: size,
+        })
     }
 
     pub(super) async fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
@@ -116,7 +130,11 @@ impl TaskService {
         }
         // libcontainer gives an exec'd process the container's namespaces and cgroup but not
         // its seccomp profile: the executor loads it (see `executor`).
-        let (process, executor, size) = self.exec_process(c, &e.process, e.stdio.terminal)?;
+        let ExecProcessSpec {
+            process,
+            executor,
+            console_size: size,
+        } = self.exec_process(c, &e.process, e.stdio.terminal)?;
         let spec_file = c.bundle.path().join(format!(".exec-{exec_id}.json"));
         // The spec file, the stdio (a logging binary may take seconds to be ready) and room
         // under the pids limit: blocking calls, off the async thread.

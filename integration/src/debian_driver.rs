@@ -80,3 +80,24 @@ impl DebianDriver {
         )
     }
 }
+
+impl DebianDriver {
+    /// `probe`'s answers (the probe at `probe` run with `probes`) on the host, loading the
+    /// driver from this root: the reference a container given the driver must match. It runs
+    /// in a mount namespace of its own with an empty `/dev`: as root, NVIDIA's libraries create
+    /// the device nodes they miss, which must not happen to the host's `/dev`.
+    pub fn host_probe(&self, probe: &Path, probes: &[&str]) -> Result<String> {
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs nvprobe-dev /dev && exec \"$@\"")
+            .arg("sh")
+            .arg(probe)
+            .args(probes)
+            .env("LD_LIBRARY_PATH", self.host_library_path())
+            .output()?;
+        if !out.status.success() {
+            bail!("host probe: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

@@ -110,10 +110,20 @@ impl<'a> Docker<'a> {
             .to_owned();
         let config = d.join("daemon.json");
         fs::write(&config, serde_json::to_string_pretty(&json)?)?;
+        // Where configure links the hook programs Docker looks up: the test's own directory,
+        // first on dockerd's PATH (never the host's /usr/local/bin or /usr/bin).
+        let hooks = d.join("hooks");
+        fs::create_dir_all(&hooks)?;
         if !configure.is_empty() {
             let out = Command::new(crate::shim_binary())
                 .args(["configure", "docker", "--config"])
                 .arg(&config)
+                .arg("--hook-dir")
+                .arg(&hooks)
+                .arg("--cdi-hook-path")
+                .arg(hooks.join("nvidia-cdi-hook"))
+                .arg("--docker-socket")
+                .arg(d.join("docker.sock"))
                 .args(configure)
                 .output()
                 .context("run configure docker")?;
@@ -131,7 +141,8 @@ impl<'a> Docker<'a> {
             .map(Path::to_path_buf)
             .collect();
         let path_env = format!(
-            "{}:{}:{}:{}",
+            "{}:{}:{}:{}:{}",
+            hooks.display(),
             containerd.shim_dir().display(),
             release.sbin_dir().display(),
             release.bin_dir().display(),
@@ -198,6 +209,12 @@ impl<'a> Docker<'a> {
     /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where `configure docker` linked the programs dockerd looks up (`nvidia-container-runtime-hook`,
+    /// `nvidia-cdi-hook`): first on dockerd's `PATH`.
+    pub fn hooks_dir(&self) -> PathBuf {
+        self.dir.path().join("hooks")
     }
 
     /// dockerd's API socket.

@@ -179,6 +179,24 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The probe, built once per test binary (in a temp dir of its own).
+pub fn shared() -> Result<&'static Path> {
+    static PROBE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("nvprobe-{}", std::process::id()));
+            probe(&dir).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The glibc test image with the probe as `/usr/bin/nvprobe`.
+pub fn image() -> Result<crate::image::ImageSpec> {
+    crate::image::ImageSpec::glibc()?.with_program("usr/bin/nvprobe", shared()?)
+}
+
 /// The value of `probe`'s line in `output` (`cuInit 100 /usr/lib/...` gives `100 /usr/lib/...`).
 pub fn answer<'a>(output: &'a str, probe: &str) -> Option<&'a str> {
     output

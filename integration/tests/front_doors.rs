@@ -593,3 +593,519 @@ fn containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices() -> Re
     assert!(shims.is_empty(), "shims left: {shims:?}");
     Ok(())
 }
+
+// ---- GPUs through every front door ----
+
+/// What a GPU container sees: its `/dev/nvidia<N>` nodes, and which of the driver's
+/// libraries its dynamic loader finds (`libcuda.so.1`, `libnvidia-ml.so.1`: a link in the
+/// library directory and an entry in the ld cache).
+const SEEN_SCRIPT: &str = "cd /dev; echo $(ls -d nvidia[0-9]* 2>/dev/null); \
+    for l in libcuda.so.1 libnvidia-ml.so.1; do \
+      test -e /usr/lib/x86_64-linux-gnu/$l && grep -q $l /etc/ld.so.cache && echo $l; \
+    done; true";
+
+/// The fake 2-GPU driver, a containerd with a shim config for it, and dockerd with the
+/// runtime registered by `configure docker` (with `configure` flags; the hook programs linked
+/// in the test's own directory).
+fn docker_with_fake_gpus<'a>(
+    release: &Unpacked,
+    c: &'a Containerd,
+    config: &Path,
+    json: &str,
+    configure: &[&str],
+) -> Result<Docker<'a>> {
+    let cfg = config.display().to_string();
+    let mut args = vec![
+        "--runtime-name",
+        NVIDIA,
+        "--config-path-option",
+        cfg.as_str(),
+    ];
+    args.extend_from_slice(configure);
+    let d = Docker::start_with(release, c, json, &args)?;
+    d.import(&ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
+    Ok(d)
+}
+
+/// `docker run --rm ARGS... BUSYBOX sh -c SEEN_SCRIPT`: exit code, what it saw, stderr.
+fn docker_seen(d: &Docker<'_>, args: &[&str]) -> Result<Seen> {
+    let mut all = vec!["--rm"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[BUSYBOX_IMAGE, "sh", "-c", SEEN_SCRIPT]);
+    let (out, id) = d.run(&all)?;
+    if out.status.success() {
+        d.assert_clean(&id);
+    }
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
+#[test]
+fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
+    let test = "docker_gpus_reaches_the_runtime_without_the_toolkit";
+    let Some(release) = docker_release(test) else {
+        return Ok(());
+    };
+    let fake = FakeDriver::builder().gpus(2).layout(Layout::Distro).build();
+    let (c, config) = containerd_with_config(Some(&fake))?;
+    let d = docker_with_fake_gpus(release, &c, &config, "", &[])?;
+    // configure docker linked this binary as the program dockerd needs for --gpus.
+    let hook = d.hooks_dir().join("nvidia-container-runtime-hook");
+    assert_eq!(
+        std::fs::canonicalize(&hook)?,
+        std::fs::canonicalize(nvidia_shim_integration::shim_binary())?
+    );
+    let both = "nvidia0 nvidia1\nlibcuda.so.1\nlibnvidia-ml.so.1\n";
+    for (gpus, expected) in [
+        ("all", both),
+        ("1", "nvidia0\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
+        ("\"device=1\"", "nvidia1\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
+        (
+            "all,\"capabilities=utility\"",
+            "nvidia0 nvidia1\nlibnvidia-ml.so.1\n",
+        ),
+    ] {
+        let seen = docker_seen(&d, &["--runtime", NVIDIA, "--gpus", gpus])?;
+        assert_eq!(
+            seen,
+            (Some(0), expected.to_owned(), String::new()),
+            "--gpus {gpus}"
+        );
+    }
+    // Under runc the hook runs, and fails the container with one line and the fix.
+    let (code, _, err) = docker_seen(&d, &["--gpus", "all"])?;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("run it with `--runtime nvidia`") && err.contains("--set-as-default"),
+        "{err}"
+    );
+    finish_docker(d);
+    // As Docker's default runtime, `docker run --gpus all` needs nothing else.
+    let d = docker_with_fake_gpus(release, &c, &config, "", &["--set-as-default"])?;
+    let seen = docker_seen(&d, &["--gpus", "all"])?;
+    assert_eq!(
+        seen,
+        (Some(0), both.to_owned(), String::new()),
+        "the default runtime"
+    );
+    finish_docker(d);
+    finish_containerd(c);
+    Ok(())
+}
+
+/// Debian's packaged driver with a fake 2-GPU kernel side, the probe image, and the host's
+/// answers of the probe (`cuInit`, `nvmlInit`) to compare a container's with.
+struct DebianGpus {
+    kernel: FakeDriver,
+    host: String,
+}
+
+const PROBE_IMAGE: &str = "docker.io/library/nvtest-probe:latest";
+
+fn debian_gpus() -> Result<DebianGpus> {
+    let driver = nvidia_shim_integration::debian_driver::debian_driver()?;
+    let kernel = driver.kernel(2);
+    let host = driver.host_probe(
+        nvidia_shim_integration::probe::shared()?,
+        &["cuInit", "nvmlInit"],
+    )?;
+    Ok(DebianGpus { kernel, host })
+}
+
+impl DebianGpus {
+    /// The probe's codes in `output`, beside the host's.
+    fn codes(&self, output: &str) -> [(Option<i32>, Option<i32>); 2] {
+        use nvidia_shim_integration::probe::code;
+        [
+            (code(output, "cuInit"), code(output, "nvmlInit")),
+            (code(&self.host, "cuInit"), code(&self.host, "nvmlInit")),
+        ]
+    }
+
+    /// A CDI spec of this driver written by `cdi generate ARGS` into `dir` (as `nvidia.json`).
+    fn cdi_spec(&self, dir: &Path, args: &[&str]) -> Result<()> {
+        let config = dir.join("generate.toml");
+        std::fs::write(&config, self.kernel.shim_config())?;
+        let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
+            .args(["cdi", "generate", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(dir.join("nvidia.json"))
+            .args(args)
+            .output()?;
+        ensure!(out.status.success(), "cdi generate: {}", text(&out.stderr));
+        std::fs::remove_file(config)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
+    let test = "docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host";
+    let Some(release) = docker_release(test) else {
+        return Ok(());
+    };
+    let gpus = debian_gpus()?;
+    let (c, config) = containerd_with_config(Some(&gpus.kernel))?;
+    let cdi = tempfile::Builder::new()
+        .prefix("nvcdi")
+        .tempdir_in("/tmp")?;
+    let json = serde_json::json!({
+        "features": {"cdi": true},
+        "cdi-spec-dirs": [cdi.path()],
+    })
+    .to_string();
+    let d = docker_with_fake_gpus(release, &c, &config, &json, &[])?;
+    d.import(&nvidia_shim_integration::probe::image()?, PROBE_IMAGE)?;
+    let probe = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[PROBE_IMAGE, "nvprobe", "cuInit", "nvmlInit"]);
+        let (out, id) = d.run(&all)?;
+        ensure!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        d.assert_clean(&id);
+        Ok(text(&out.stdout))
+    };
+    // docker run --gpus all through the runtime.
+    let out = probe(&["--runtime", NVIDIA, "--gpus", "all"])?;
+    let [seen, host] = gpus.codes(&out);
+    assert_eq!(seen, host, "--gpus all: {out}");
+    assert_eq!(
+        host,
+        (Some(100), Some(9)),
+        "no kernel module: the host's answers"
+    );
+    // Docker's own CDI, with the spec `cdi generate` writes (hooks calling this binary), under
+    // runc (which runs the hooks) and under the runtime (which does them itself); then the
+    // toolkit's form (nvidia-cdi-hook, here the link configure docker made).
+    let cdi_hook = d.hooks_dir().join("nvidia-cdi-hook");
+    let cdi_hook = cdi_hook.display().to_string();
+    for generate in [
+        vec![],
+        vec![
+            "--hooks",
+            "nvidia-cdi-hook",
+            "--hook-path",
+            cdi_hook.as_str(),
+        ],
+    ] {
+        gpus.cdi_spec(cdi.path(), &generate)?;
+        for runtime in RUNTIMES {
+            let out = probe(&["--runtime", runtime, "--device", "nvidia.com/gpu=all"])?;
+            let [seen, host] = gpus.codes(&out);
+            assert_eq!(seen, host, "CDI {generate:?} under {runtime}: {out}");
+        }
+    }
+    finish_docker(d);
+    finish_containerd(c);
+    Ok(())
+}
+
+#[test]
+fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
+    let test = "podman_cdi_devices_load_debians_driver_as_on_the_host";
+    if !podman_can_run(test) {
+        return Ok(());
+    }
+    let gpus = debian_gpus()?;
+    let runtimes: Vec<&str> = match crun_unusable() {
+        None if which("crun").is_some() => vec!["crun", "runc"],
+        why => {
+            // Half of this test does not run here: said as a skip (the runc half runs).
+            skip(
+                &format!("{test} (under crun)"),
+                &why.unwrap_or_else(|| "crun not installed".to_owned()),
+            );
+            vec!["runc"]
+        }
+    };
+    for runtime in runtimes {
+        let mut p = Podman::start(runtime)?;
+        p.import(&nvidia_shim_integration::probe::image()?, PROBE_IMAGE)?;
+        gpus.cdi_spec(&p.cdi_dir(), &[])?;
+        let out = p.podman(&[
+            "run",
+            "--rm",
+            "--device",
+            "nvidia.com/gpu=all",
+            PROBE_IMAGE,
+            "nvprobe",
+            "cuInit",
+            "nvmlInit",
+        ])?;
+        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+        let [seen, host] = gpus.codes(&text(&out.stdout));
+        assert_eq!(seen, host, "podman under {runtime}: {}", text(&out.stdout));
+        let left = p.leftovers();
+        assert!(left.is_empty(), "{runtime}: left behind: {left:?}");
+        p.shutdown();
+    }
+    Ok(())
+}
+
+#[test]
+fn containerd17_cdi_devices_load_debians_driver_through_the_handler_once() -> Result<()> {
+    let test = "containerd17_cdi_devices_load_debians_driver_through_the_handler_once";
+    if !can_run_containerd(test) {
+        return Ok(());
+    }
+    let release = match debian_packages::containerd17() {
+        Ok(r) => r,
+        Err(e) => {
+            skip(
+                test,
+                &format!("Debian trixie's containerd 1.7 could not be fetched: {e:#}"),
+            );
+            return Ok(());
+        }
+    };
+    let gpus = debian_gpus()?;
+    let cdi = tempfile::Builder::new()
+        .prefix("nvcdi")
+        .tempdir_in("/tmp")?;
+    gpus.cdi_spec(cdi.path(), &[])?;
+    let cri = Cri::start(&HandlerConfigs {
+        nvidia: gpus.kernel.shim_config(),
+        containerd_release: Some(release.bin_dir()),
+        cdi_spec_dirs: vec![cdi.path().to_path_buf()],
+        ..HandlerConfigs::default()
+    })?;
+    cri.containerd.import_in(
+        "k8s.io",
+        &nvidia_shim_integration::probe::image()?,
+        PROBE_IMAGE,
+    )?;
+    let opts = PodOptions::default();
+    let pod = cri.run_pod("gpu", HANDLER, &opts)?;
+    let app = cri.run_container(
+        &pod,
+        "gpu",
+        &opts,
+        &ContainerOptions {
+            cdi_devices: vec!["nvidia.com/gpu=all".into()],
+            image: Some(PROBE_IMAGE.into()),
+            ..ContainerOptions::sh("app", "exec sleep 1000")
+        },
+    )?;
+    let out = cri.exec(&app, &["nvprobe", "cuInit", "nvmlInit"])?;
+    let [seen, host] = gpus.codes(&out.stdout);
+    assert_eq!(seen, host, "{}{}", out.stdout, out.stderr);
+    // Once: containerd applied the spec, the runtime did its hook steps, and nothing more.
+    let cache = cri.sh(&app, "grep -o libcuda.so.1 /etc/ld.so.cache | wc -l")?;
+    let log = cri.containerd.log();
+    assert_eq!(
+        log.matches("the CDI hook steps of its spec done natively")
+            .count(),
+        1
+    );
+    let injected: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("injected GPUs"))
+        .collect();
+    assert!(injected.is_empty(), "nothing injected again: {injected:?}");
+    assert!(
+        cache.trim().parse::<u32>()? >= 1,
+        "libcuda.so.1 in the ld cache: {cache}"
+    );
+    let links = cri.sh(&app, "readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1")?;
+    assert!(links.trim().starts_with("libcuda.so."), "{links}");
+    cri.remove_pod(&pod)?;
+    Ok(())
+}
+
+/// A stand-in `nvidia-container-cli` that records being run, for ctr's `--gpus` (which only
+/// looks it up); `containerd` (which ctr names in the hook) is on the host's PATH.
+fn stand_in_cli(dir: &Path) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("stand-in-bin");
+    std::fs::create_dir_all(&bin)?;
+    let cli = bin.join("nvidia-container-cli");
+    std::fs::write(
+        &cli,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}/cli-ran\nexit 1\n",
+            dir.display()
+        ),
+    )?;
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
+
+#[test]
+fn ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs() -> Result<()> {
+    let test = "ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs";
+    if !can_run_containerd(test) {
+        return Ok(());
+    }
+    let fake = FakeDriver::builder().gpus(2).layout(Layout::Distro).build();
+    let (c, config) = containerd_with_config(Some(&fake))?;
+    c.import_busybox()?;
+    let bin = stand_in_cli(c.dir())?;
+    let path = format!("{}:{}", bin.display(), c.path_env());
+    let cfg = config.display().to_string();
+    for (gpu, expected) in [
+        ("0", "nvidia0\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
+        ("1", "nvidia1\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
+    ] {
+        let id = nvidia_shim_integration::unique_id("ctrgpu");
+        let out = c
+            .ctr_cmd(&[
+                "run",
+                "--rm",
+                "--runtime",
+                nvidia_shim_integration::containerd::RUNTIME,
+                "--runtime-config-path",
+                &cfg,
+                "--gpus",
+                gpu,
+                BUSYBOX_IMAGE,
+                &id,
+                "sh",
+                "-c",
+                SEEN_SCRIPT,
+            ])
+            .env("PATH", &path)
+            .output()?;
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), expected.to_owned()),
+            "--gpus {gpu}: {}",
+            text(&out.stderr)
+        );
+        nvidia_shim_integration::checks::assert_clean(&c, &id, &id);
+    }
+    assert!(
+        !c.dir().join("cli-ran").exists(),
+        "nvidia-container-cli ran: {:?}",
+        std::fs::read_to_string(c.dir().join("cli-ran"))
+    );
+    finish_containerd(c);
+    Ok(())
+}
+
+/// An image that sets `LD_PRELOAD` to a library writing a marker wherever it is loaded, and
+/// whose library directory is a symlink to a host path (CVE-2024-0132's shape): the CDI hook
+/// (under runc) and the runtime (natively) must neither load it nor write through the link.
+#[test]
+fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
+    let test = "hostile_images_cannot_steer_the_cdi_hook_or_the_runtime";
+    let Some(release) = docker_release(test) else {
+        return Ok(());
+    };
+    let fake = FakeDriver::builder().gpus(1).layout(Layout::Distro).build();
+    let (c, config) = containerd_with_config(Some(&fake))?;
+    let work = tempfile::Builder::new()
+        .prefix("nvhostile")
+        .tempdir_in("/tmp")?;
+    // The preloaded library: its constructor writes a marker named after the process.
+    let marker_dir = work.path().join("markers");
+    std::fs::create_dir(&marker_dir)?;
+    let src = work.path().join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void evil(void) {{\n  char p[512]; snprintf(p, sizeof p, \"{}/loaded-%d\", (int)getpid());\n  FILE *f = fopen(p, \"w\"); if (f) fclose(f);\n}}\n",
+            marker_dir.display()
+        ),
+    )?;
+    let evil = work.path().join("evil.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&evil)
+        .arg(&src)
+        .status()?;
+    ensure!(status.success(), "cc evil.so");
+    // It works: a host program given it writes its marker.
+    let control = std::process::Command::new("/bin/true")
+        .env("LD_PRELOAD", &evil)
+        .status()?;
+    ensure!(control.success());
+    ensure!(
+        std::fs::read_dir(&marker_dir)?.count() == 1,
+        "the preload writes its marker"
+    );
+    for e in std::fs::read_dir(&marker_dir)?.flatten() {
+        std::fs::remove_file(e.path())?;
+    }
+    let escape = work.path().join("escape");
+    std::fs::create_dir(&escape)?;
+    let mut image = ImageSpec::glibc()?;
+    image.env.push("LD_PRELOAD=/evil.so".into());
+    image
+        .entries
+        .push(nvidia_shim_integration::image::Entry::File(
+            "evil.so".into(),
+            0o755,
+            std::fs::read(&evil)?,
+        ));
+    let image_name = "docker.io/library/nvtest-hostile:latest";
+    let cdi = tempfile::Builder::new()
+        .prefix("nvcdi")
+        .tempdir_in("/tmp")?;
+    let json =
+        serde_json::json!({"features": {"cdi": true}, "cdi-spec-dirs": [cdi.path()]}).to_string();
+    let d = docker_with_fake_gpus(release, &c, &config, &json, &[])?;
+    d.import(&image, image_name)?;
+    // The image's library directory, a symlink to the host directory `escape`.
+    let linked = "docker.io/library/nvtest-hostile-link:latest";
+    let mut link_image = ImageSpec::busybox()?;
+    link_image
+        .entries
+        .push(nvidia_shim_integration::image::Entry::Symlink(
+            "usr/lib/x86_64-linux-gnu".into(),
+            escape.display().to_string(),
+        ));
+    d.import(&link_image, linked)?;
+    let gen_config = work.path().join("generate.toml");
+    std::fs::write(&gen_config, fake.shim_config())?;
+    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
+        .args(["cdi", "generate", "--config"])
+        .arg(&gen_config)
+        .arg("--output")
+        .arg(cdi.path().join("nvidia.json"))
+        .output()?;
+    ensure!(out.status.success(), "cdi generate: {}", text(&out.stderr));
+    for runtime in RUNTIMES {
+        for image in [image_name, linked] {
+            for request in [
+                &["--device", "nvidia.com/gpu=all"][..],
+                &["--gpus", "all"][..],
+            ] {
+                if runtime == "runc" && request[0] == "--gpus" {
+                    continue; // fails by design (see the --gpus test)
+                }
+                let mut args = vec!["--rm", "--runtime", runtime];
+                args.extend_from_slice(request);
+                args.extend_from_slice(&[image, "true"]);
+                let (out, id) = d.run(&args)?;
+                ensure!(
+                    out.status.success(),
+                    "{runtime} {image} {request:?}: {}",
+                    text(&out.stderr)
+                );
+                d.assert_clean(&id);
+            }
+        }
+    }
+    // The container's own processes load the preload (it is the container's business) in
+    // their own mount namespace, where the marker directory does not exist: no marker on the
+    // host means no hook and no runtime step ever loaded it here.
+    let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        markers.is_empty(),
+        "the image's LD_PRELOAD ran on the host side: {markers:?}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&escape)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "written through the image's symlink: {written:?}"
+    );
+    finish_docker(d);
+    finish_containerd(c);
+    Ok(())
+}

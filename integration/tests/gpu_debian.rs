@@ -5,9 +5,8 @@
 //! `dlopen`s the driver's libraries and calls `cuInit(0)` and `nvmlInit_v2()`; the same probe on
 //! the host, against the same root, gives the reference answers (no driver: 100 and 9).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use nvidia_shim_core::discover::fixture::FakeDriver;
@@ -29,21 +28,12 @@ struct Env {
 
 const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
 
-/// The probe built once per test binary.
 fn probe_binary() -> Result<&'static Path> {
-    static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PROBE
-        .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("nvprobe-{}", std::process::id()));
-            probe::build(&dir).map_err(|e| format!("{e:#}"))
-        })
-        .as_ref()
-        .map(PathBuf::as_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    probe::shared()
 }
 
 fn probe_image() -> Result<ImageSpec> {
-    ImageSpec::glibc()?.with_program("usr/bin/nvprobe", probe_binary()?)
+    probe::image()
 }
 
 fn env(test: &str) -> Result<Option<Env>> {
@@ -83,20 +73,9 @@ impl Env {
         run_script(&self.c, &self.config, &self.image, env, script)
     }
 
-    /// The probe's answers on the host, loading the driver from the same root. It runs in a
-    /// mount namespace of its own with an empty `/dev`: as root, NVIDIA's libraries create the
-    /// device nodes they miss, which must not happen to the host's `/dev`.
+    /// The probe's answers on the host, loading the driver from the same root.
     fn host_probe(&self, probes: &[&str]) -> Result<String> {
-        let out = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs nvprobe-dev /dev && exec \"$@\"")
-            .arg("sh")
-            .arg(probe_binary()?)
-            .args(probes)
-            .env("LD_LIBRARY_PATH", self.driver.host_library_path())
-            .output()?;
-        anyhow::ensure!(out.status.success(), "host probe: {}", text(&out.stderr));
-        Ok(text(&out.stdout))
+        self.driver.host_probe(probe_binary()?, probes)
     }
 
     fn lib(&self, name: &str) -> String {

@@ -68,13 +68,20 @@ impl TaskService {
         };
         let (proc_mounts, chmods) = match injected {
             Ok(Some(done)) => {
-                log::info!(
-                    "container {id}: injected GPUs {:?} ({} device nodes, {} mounts) in {:.1} ms",
-                    done.gpus,
-                    done.devices,
-                    done.mounts,
-                    injecting.elapsed().as_secs_f64() * 1e3
-                );
+                let ms = injecting.elapsed().as_secs_f64() * 1e3;
+                if done.gpus.is_empty() && done.mounts == 0 {
+                    log::info!(
+                        "container {id}: its spec's GPU edits completed ({} device nodes) in {ms:.1} ms",
+                        done.devices
+                    );
+                } else {
+                    log::info!(
+                        "container {id}: injected GPUs {:?} ({} device nodes, {} mounts) in {ms:.1} ms",
+                        done.gpus,
+                        done.devices,
+                        done.mounts
+                    );
+                }
                 (done.proc_mounts, done.chmods)
             }
             Ok(None) => (Vec::new(), Vec::new()),

@@ -209,7 +209,20 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
         r#"{"log-driver": "journald", "runtimes": {"crun": {"path": "/usr/bin/crun"}}, "data-root": "/srv/docker"}"#,
     )?;
     let path = file.display().to_string();
-    let out = shim(&["configure", "docker", "--config", &path])?;
+    let hooks = dir.path().join("hooks");
+    let hook_dir = hooks.display().to_string();
+    let cdi_hook = hooks.join("nvidia-cdi-hook").display().to_string();
+    let docker = [
+        "configure",
+        "docker",
+        "--config",
+        &path,
+        "--hook-dir",
+        &hook_dir,
+        "--cdi-hook-path",
+        &cdi_hook,
+    ];
+    let out = shim(&docker)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
     assert_eq!(v["log-driver"], "journald");
@@ -219,8 +232,80 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
         v["runtimes"]["nvidia"]["runtimeType"],
         "io.containerd.nvidia.v2"
     );
-    let again = shim(&["configure", "docker", "--config", &path])?;
-    assert!(text(&again.stdout).contains("nothing changed"));
+    // The programs Docker's --gpus and the toolkit's CDI specs call, linked where asked.
+    for name in ["nvidia-container-runtime-hook", "nvidia-cdi-hook"] {
+        assert_eq!(
+            std::fs::canonicalize(hooks.join(name))?,
+            std::fs::canonicalize(shim_binary())?,
+            "{name}"
+        );
+    }
+    let again = shim(&docker)?;
+    let said = text(&again.stdout);
+    assert!(said.contains("nothing changed"), "{said}");
+    assert!(said.contains("is this runtime already"), "{said}");
+    Ok(())
+}
+
+#[test]
+fn configure_docker_refuses_a_docker_older_than_23() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    // Debian bookworm's own Docker, as its dockerd says it.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    let dockerd = bin.join("dockerd");
+    std::fs::write(
+        &dockerd,
+        "#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n",
+    )?;
+    std::fs::set_permissions(&dockerd, std::fs::Permissions::from_mode(0o755))?;
+    let file = dir.path().join("daemon.json");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(shim_binary())
+        .args(["configure", "docker", "--config"])
+        .arg(&file)
+        .args(["--docker-socket", "/nonexistent/docker.sock", "--hook-dir"])
+        .arg(dir.path().join("hooks"))
+        .env("PATH", &path)
+        .output()?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Docker 20.10") && err.contains("Docker 23.0 or later"),
+        "{err}"
+    );
+    assert!(
+        !file.exists() && !dir.path().join("hooks").exists(),
+        "nothing written"
+    );
+    // doctor says so too.
+    let out = Command::new(shim_binary())
+        .args([
+            "doctor",
+            "--json",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+        ])
+        .env("PATH", &path)
+        .output()?;
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let docker = report
+        .as_array()
+        .and_then(|r| r.iter().find(|c| c["check"] == "docker"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(docker["status"], "FAIL", "{docker}");
+    assert!(
+        docker["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Docker 20.10")),
+        "{docker}"
+    );
     Ok(())
 }
 

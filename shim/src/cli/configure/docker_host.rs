@@ -33,8 +33,8 @@ pub const MIN_DOCKER: (u32, u32) = (23, 0);
 /// The `PATH` of a service systemd starts, for a Docker that is not running.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The Docker daemon: the one listening on its socket, else the `dockerd` on the default
-/// `PATH` (not running).
+/// The Docker daemon: the one listening on its socket, else the `dockerd` on the `PATH` (not
+/// running).
 #[derive(Debug, Clone)]
 pub struct Dockerd {
     /// The running daemon, if one listens on the socket.
@@ -44,7 +44,7 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Finds the daemon listening on `socket`, else the `dockerd` on the default `PATH`.
+    /// Finds the daemon listening on `socket`, else the `dockerd` on the `PATH`.
     pub fn find(socket: &Path) -> Self {
         let process = containerd_process::listening_on(socket).ok().flatten();
         let exe = match &process {
@@ -92,13 +92,14 @@ impl Dockerd {
     }
 }
 
-/// A process standing for a daemon that is not running: this root, the default `PATH`.
+/// A process standing for a daemon that is not running: this root, and the `PATH` the
+/// operator runs this command with (the default one without).
 fn root_process() -> ContainerdProcess {
     ContainerdProcess {
         pid: 0,
         root: PathBuf::from("/"),
         cwd: None,
-        path: Some(DEFAULT_PATH.to_owned()),
+        path: Some(std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned())),
         exe: None,
     }
 }

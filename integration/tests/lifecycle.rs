@@ -194,8 +194,8 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
     );
     assert_eq!(
         leftovers::shim_pids(&c.socket()).len(),
-        3,
-        "one grouped shim (and its zygote and reserve zygote) serves every cycle"
+        2,
+        "one grouped shim (and its zygote) serves every cycle"
     );
     assert!(c
         .ctr(&["task", "kill", "-s", "SIGKILL", &anchor])?

@@ -83,7 +83,7 @@ pub enum ShimError {
         op: &'static str,
         /// What happened to the zygote or its worker.
         #[source]
-        source: crate::runtime::zygotes::ZygoteError,
+        source: crate::runtime::zygote::ZygoteError,
     },
     /// The container's GPUs cannot be given: the request is invalid (`InvalidArgument`) or the
     /// host cannot serve it (`FailedPrecondition`), as [`PlanError::is_invalid_request`] says.

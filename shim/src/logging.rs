@@ -130,9 +130,26 @@ pub fn init(flags: &Flags) {
             return;
         }
     };
-    if log::set_boxed_logger(Box::new(FifoLog { fifo })).is_ok() {
-        log::set_max_level(level(configured, rust_log.as_deref(), flags.debug));
+    init_on(fifo, level(configured, rust_log.as_deref(), flags.debug));
+}
+
+/// The shim log's descriptor, kept for a zygote started later (see `runtime::zygote`).
+static FIFO: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Logs to `fifo` (containerd's log FIFO) at `max`.
+pub fn init_on(fifo: File, max: log::LevelFilter) {
+    if let Ok(copy) = fifo.try_clone() {
+        let _ = FIFO.set(copy.into());
     }
+    if log::set_boxed_logger(Box::new(FifoLog { fifo })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The shim log's descriptor, once [`init`] opened it.
+pub fn fifo() -> Option<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::AsFd;
+    FIFO.get().map(AsFd::as_fd)
 }
 
 /// Warnings and errors to stderr, for the `delete` command: containerd reads its stderr and

@@ -23,6 +23,14 @@ use crate::runtime::driver::Driver;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
+    // A zygote the shim started afresh (its first one died): nothing else runs in it.
+    if args
+        .get(1)
+        .is_some_and(|a| a == runtime::zygote::ZYGOTE_FLAG)
+    {
+        let level = args.get(2).and_then(|l| l.to_str()).unwrap_or("info");
+        runtime::zygote::serve_inherited(level);
+    }
     if let Some(code) = args.first().and_then(|a| cli::by_program_name(a)) {
         return code;
     }

@@ -82,25 +82,10 @@ pub fn start(id: &str, uri: &str) -> Result<(OwnedFd, OwnedFd)> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: the closure only calls fcntl and dup2, which are async-signal-safe, on
-    // descriptors that stay open in the parent until spawn returns.
+    // SAFETY: the closure only calls fcntl and dup2 (`fds::place`), which are
+    // async-signal-safe, on descriptors that stay open in the parent until spawn returns.
     unsafe {
-        cmd.pre_exec(move || {
-            // First above 9, so moving onto 3, 4, 5 never overwrites a source.
-            let mut high = [0; 3];
-            for (h, fd) in high.iter_mut().zip(fds) {
-                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, h) in (3..).zip(high) {
-                if libc::dup2(h, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || crate::io::fds::place(&fds, 3));
     }
     cmd.spawn()
         .map_err(|e| ShimError::io(id, format!("start logging binary {}", logger.path), e))?;

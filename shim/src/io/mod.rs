@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod copy;
+pub mod fds;
 pub mod logdriver;
 pub mod procio;
 pub mod stdio;

@@ -4,13 +4,11 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use zygote::WireFd;
-
 use crate::error::Result;
 use crate::io::console::{Console, ConsoleSocket};
 use crate::io::copy::OutputCopy;
 use crate::io::stdio::{OutputFifos, ProcessStdio, StdinForwarder};
-use crate::runtime::driver::WireIo;
+use crate::runtime::ops::Stdio;
 
 /// How long an exit report waits for a terminal's last output to reach the client.
 const TTY_DRAIN: Duration = Duration::from_secs(2);
@@ -64,18 +62,15 @@ impl PreparedIo {
     }
 
     /// Splits into what crosses to the zygote and what the shim keeps.
-    pub fn split(self) -> (WireIo, PendingIo) {
+    pub fn split(self) -> (Stdio, PendingIo) {
         let (wire, kind) = match self.kind {
             PreparedKind::Pipes(ProcessStdio {
                 fds,
                 stdin,
                 outputs,
-            }) => (
-                WireIo::Fds(fds.map(WireFd::new)),
-                PendingKind::Pipes(stdin, outputs),
-            ),
+            }) => (Stdio::Fds(Some(fds)), PendingKind::Pipes(stdin, outputs)),
             PreparedKind::Tty(socket) => (
-                WireIo::Console(socket.path().to_owned()),
+                Stdio::Console(socket.path().to_owned()),
                 PendingKind::Tty(socket),
             ),
         };

@@ -1,0 +1,437 @@
+//! The shim's zygote: a single-threaded process that forks one short-lived worker per
+//! operation ([`Op`]: libcontainer's create, exec and start), so that libcontainer's `clone`
+//! and process-global `chdir` never run in the multi-threaded shim (runwasi #357, youki
+//! #2425). Workers are forked with `CLONE_PARENT`: they, and the container processes they
+//! start `as_sibling`, are the shim's children, which it reaps.
+//!
+//! The first zygote is forked at the top of `main`, before any other thread exists. A zygote
+//! is a plain process and can be killed (an OOM kill, an operator's `pkill`): the next
+//! operation then starts a new one by executing the shim's own binary afresh
+//! (`/proc/self/exe --zygote`), never by forking the multi-threaded shim, and goes on in the
+//! same request. So no reserve is kept, and no helper's death costs a request.
+//!
+//! The protocol is the shim's own, so that a zygote from a fresh exec (other addresses) speaks
+//! it too: a [`Request`] as JSON in one `SOCK_SEQPACKET` message with its fds beside it
+//! (`SCM_RIGHTS`), the first of them a socket of the request's own on which the answer comes.
+//! A dead zygote shows as a failed send, a dead worker as the end of its answer socket: the
+//! shim never waits on a process that cannot answer.
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::ops::{self, Done, Op, OpError, Wire};
+
+/// The argument that makes the binary a zygote (`containerd-shim-nvidia-v2 --zygote LEVEL
+/// SHIM-ARGS...`), its socket on fd 3 and the shim log on fd 4.
+pub const ZYGOTE_FLAG: &str = "--zygote";
+/// Where an executed zygote finds its socket.
+const SOCKET_FD: RawFd = 3;
+/// Where an executed zygote finds the shim log.
+const LOG_FD: RawFd = 4;
+/// The largest message: far above any operation's.
+const MAX_MESSAGE: usize = 256 * 1024;
+/// The most fds a message carries: the answer socket and three stdio fds.
+const MAX_FDS: usize = 4;
+
+/// Why an operation could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    /// No zygote could be had: the first is gone and a new one could not be started.
+    #[error("the shim's zygote died and a new one could not be started: {0}")]
+    Gone(String),
+    /// The worker ended without answering (killed, or it could not be forked).
+    #[error("the zygote's worker ended without answering (killed?)")]
+    WorkerDied,
+    /// The zygote's sockets failed.
+    #[error("zygote socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// A message that does not parse (a bug).
+    #[error("zygote protocol: {0}")]
+    Protocol(String),
+}
+
+/// What the shim asks a zygote.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Fork a worker that runs the operation and answers.
+    Run(Box<Op>),
+    /// Drop the code pages it mapped (see `working_set`) and say how many bytes.
+    ReleaseCodePages,
+}
+
+/// What comes back on a request's answer socket.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    /// The worker's outcome.
+    Done(Wire<Done>),
+    /// The zygote's released bytes.
+    Released(usize),
+}
+
+/// A live zygote: the shim's end of its socket.
+#[derive(Debug)]
+struct Live {
+    control: OwnedFd,
+    pid: u32,
+}
+
+/// The shim's zygote, replaced when found dead.
+struct Zygotes {
+    live: Mutex<Option<Live>>,
+}
+
+static ZYGOTES: OnceLock<Zygotes> = OnceLock::new();
+
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Sends `bytes` and `fds` as one message.
+fn send(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message and its fds; `None` once the other end is gone.
+fn recv(socket: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these descriptors for this process.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let len = msg.bytes;
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if truncated {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a message over the size or fd limit",
+        ));
+    }
+    buf.truncate(len);
+    Ok(Some((buf, fds)))
+}
+
+/// Forks the first zygote. Must run before any other thread exists; a second call does
+/// nothing. The zygote points its stdout at `/dev/null`: during `start` the shim's stdout is
+/// the pipe containerd reads the socket address from until its end, and a zygote holding it
+/// would keep that pipe open forever.
+pub fn init() {
+    if ZYGOTES.get().is_some() {
+        return;
+    }
+    let live = match seqpacket_pair() {
+        Ok((ours, theirs)) => {
+            // SAFETY: the process is single-threaded here (the caller's contract), so the child
+            // may run anything.
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => {
+                    drop(ours);
+                    detach_stdout();
+                    serve(theirs)
+                }
+                Ok(nix::unistd::ForkResult::Parent { child }) => Some(Live {
+                    control: ours,
+                    pid: child.as_raw().unsigned_abs(),
+                }),
+                Err(e) => {
+                    log::warn!("zygote: fork: {e}; one is started when first needed");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!("zygote: socketpair: {e}; one is started when first needed");
+            None
+        }
+    };
+    let _ = ZYGOTES.set(Zygotes {
+        live: Mutex::new(live),
+    });
+}
+
+fn detach_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+    }
+}
+
+/// Starts a zygote by executing this binary afresh, its socket on fd 3 and the shim log on
+/// fd 4: nothing of the multi-threaded shim is forked.
+fn exec_zygote() -> std::io::Result<Live> {
+    let (ours, theirs) = seqpacket_pair()?;
+    let log = crate::logging::fifo();
+    let fds: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
+        .chain(log.map(|l| l.as_raw_fd()))
+        .collect();
+    let mut cmd = Command::new("/proc/self/exe");
+    // The shim's own arguments after the level: `ps` shows whose zygote it is.
+    cmd.arg0(env!("CARGO_BIN_NAME"))
+        .arg(ZYGOTE_FLAG)
+        .arg(log::max_level().as_str())
+        .args(std::env::args_os().skip(1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: `place` only calls fcntl and dup2 (async-signal-safe) on descriptors that stay
+    // open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || crate::io::fds::place(&fds, SOCKET_FD));
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok(Live {
+        control: ours,
+        pid: child.id(),
+    })
+}
+
+/// The executed zygote's `main`: logs to the shim's log at `level` and serves fd 3.
+pub fn serve_inherited(level: &str) -> ! {
+    // SAFETY: fds 3 and 4 were placed by `exec_zygote` for this process, and nothing else
+    // owns them.
+    let (socket, log) = unsafe {
+        (
+            OwnedFd::from_raw_fd(SOCKET_FD),
+            OwnedFd::from_raw_fd(LOG_FD),
+        )
+    };
+    crate::logging::init_on(
+        std::fs::File::from(log),
+        level.parse().unwrap_or(log::LevelFilter::Info),
+    );
+    serve(socket)
+}
+
+/// The zygote's loop: one request at a time until the shim is gone.
+fn serve(control: OwnedFd) -> ! {
+    loop {
+        let (bytes, mut fds) = match recv(control.as_fd()) {
+            Ok(Some(m)) => m,
+            // The shim is gone (or its socket broke): nothing is left to serve.
+            Ok(None) | Err(_) => std::process::exit(0),
+        };
+        if fds.is_empty() {
+            continue;
+        }
+        let answer = fds.remove(0);
+        match serde_json::from_slice::<Request>(&bytes) {
+            Ok(Request::ReleaseCodePages) => {
+                reply(
+                    &answer,
+                    &Answer::Released(crate::working_set::release_code_pages()),
+                );
+            }
+            Ok(Request::Run(op)) => fork_worker(&control, &answer, *op, fds),
+            Err(e) => reply(
+                &answer,
+                &Answer::Done(Err(OpError::Protocol(format!(
+                    "a request that does not parse: {e}"
+                )))),
+            ),
+        }
+    }
+}
+
+fn reply(socket: &OwnedFd, answer: &Answer) {
+    if let Ok(bytes) = serde_json::to_vec(answer) {
+        let _ = send(socket.as_fd(), &bytes, &[]);
+    }
+}
+
+/// Forks a worker (a sibling of this zygote: the shim's child) that runs `op` and answers on
+/// `answer`, then exits. This zygote's copies of the fds are closed when the caller drops them.
+fn fork_worker(control: &OwnedFd, answer: &OwnedFd, mut op: Op, fds: Vec<OwnedFd>) {
+    // SAFETY: a raw clone with CLONE_PARENT and no new stack behaves as fork: the child runs
+    // on a copy of this stack. This process is single-threaded, so the child inherits no
+    // lock held by another thread.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match pid {
+        0 => {
+            // The worker: it serves no further request.
+            // SAFETY: closing the control socket's descriptor in this process only; the
+            // `OwnedFd` it belongs to is never used or dropped here (the process exits).
+            unsafe { libc::close(control.as_raw_fd()) };
+            let outcome = op.put_fds(fds).and_then(|()| run_caught(op));
+            reply(answer, &Answer::Done(outcome));
+            // SAFETY: ends the worker at once; nothing of the zygote's is to be dropped here.
+            unsafe { libc::_exit(0) }
+        }
+        -1 => reply(
+            answer,
+            &Answer::Done(Err(OpError::Protocol(format!(
+                "fork a worker: {}",
+                std::io::Error::last_os_error()
+            )))),
+        ),
+        _ => {}
+    }
+}
+
+/// Runs `op`, turning a panic into an error.
+fn run_caught(op: Op) -> Wire<Done> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::dispatch(op))).unwrap_or_else(
+        |panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Err(OpError::Panic(text))
+        },
+    )
+}
+
+/// Sends `request` and its `fds` to the zygote, with a fresh answer socket first; a dead
+/// zygote is replaced by a new one (a fresh exec) and the request sent to that. Returns the
+/// answer socket. Blocks.
+fn submit(request: &Request, fds: &[OwnedFd]) -> Result<OwnedFd, ZygoteError> {
+    let zygotes = ZYGOTES
+        .get()
+        .ok_or_else(|| ZygoteError::Gone("never started".into()))?;
+    let bytes = serde_json::to_vec(request).map_err(|e| ZygoteError::Protocol(e.to_string()))?;
+    let (ours, theirs) = seqpacket_pair()?;
+    let raw: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
+        .chain(fds.iter().map(AsRawFd::as_raw_fd))
+        .collect();
+    let mut live = zygotes.live.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(z) = live.as_ref() {
+        match send(z.control.as_fd(), &bytes, &raw) {
+            Ok(()) => return Ok(ours),
+            Err(e) => log::warn!(
+                "the shim's zygote {} is gone ({e}); starting a new one from the binary",
+                z.pid
+            ),
+        }
+    }
+    let fresh = exec_zygote().map_err(|e| ZygoteError::Gone(e.to_string()))?;
+    log::info!("zygote {} started from the binary", fresh.pid);
+    let sent = send(fresh.control.as_fd(), &bytes, &raw);
+    *live = Some(fresh);
+    sent?;
+    Ok(ours)
+}
+
+/// Receives the answer on `socket`.
+fn answer(socket: &OwnedFd) -> Result<Answer, ZygoteError> {
+    let (bytes, _) = recv(socket.as_fd())?.ok_or(ZygoteError::WorkerDied)?;
+    serde_json::from_slice(&bytes).map_err(|e| ZygoteError::Protocol(e.to_string()))
+}
+
+/// Runs `op` in a fresh worker; its fds travel beside it. Blocks.
+pub fn run(mut op: Op) -> Result<Wire<Done>, ZygoteError> {
+    let fds = op.take_fds();
+    let socket = submit(&Request::Run(Box::new(op)), &fds)?;
+    // The worker holds its copies now; the shim's go.
+    drop(fds);
+    match answer(&socket)? {
+        Answer::Done(outcome) => Ok(outcome),
+        Answer::Released(_) => Err(ZygoteError::Protocol("a release answer to a run".into())),
+    }
+}
+
+/// Lets the zygote drop the code pages it mapped (see `working_set`); returns the bytes
+/// released. A dead zygote is not replaced for this.
+pub fn release_code_pages() -> Result<usize, ZygoteError> {
+    let zygotes = ZYGOTES
+        .get()
+        .ok_or_else(|| ZygoteError::Gone("never started".into()))?;
+    let (ours, theirs) = seqpacket_pair()?;
+    {
+        let live = zygotes.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let z = live
+            .as_ref()
+            .ok_or_else(|| ZygoteError::Gone("none running".into()))?;
+        let bytes = serde_json::to_vec(&Request::ReleaseCodePages)
+            .map_err(|e| ZygoteError::Protocol(e.to_string()))?;
+        send(z.control.as_fd(), &bytes, &[theirs.as_raw_fd()])?;
+    }
+    drop(theirs);
+    match answer(&ours)? {
+        Answer::Released(n) => Ok(n),
+        Answer::Done(_) => Err(ZygoteError::Protocol("a run answer to a release".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_and_its_fds_cross_whole_and_the_end_is_seen() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        send(a.as_fd(), b"hello", &[file.as_raw_fd()]).unwrap();
+        let (bytes, fds) = recv(b.as_fd()).unwrap().unwrap();
+        assert_eq!(bytes, b"hello");
+        assert_eq!(fds.len(), 1);
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fds[0].as_raw_fd())).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"));
+        drop(a);
+        assert!(recv(b.as_fd()).unwrap().is_none(), "the other end is gone");
+    }
+
+    #[test]
+    fn a_send_to_a_dead_peer_fails_instead_of_waiting() {
+        let (a, b) = seqpacket_pair().unwrap();
+        drop(b);
+        assert!(send(a.as_fd(), b"x", &[]).is_err());
+    }
+}

@@ -94,6 +94,9 @@ pub struct PodOptions {
     pub annotations: HashMap<String, String>,
     /// A privileged sandbox (which privileged containers need).
     pub privileged: bool,
+    /// A user namespace of its own (`hostUsers: false`): container ids 0..size map to host
+    /// uids from the first and host gids from the second.
+    pub userns: Option<(u32, u32, u32)>,
 }
 
 /// One app container of a pod.
@@ -538,10 +541,20 @@ fn namespaces(opts: &PodOptions) -> NamespaceOption {
     } else {
         NamespaceMode::Pod
     };
+    let map = |host_id: u32, length: u32| k8s_cri::v1::IdMapping {
+        host_id,
+        container_id: 0,
+        length,
+    };
     NamespaceOption {
         network: network as i32,
         pid: NamespaceMode::Container as i32,
         ipc: NamespaceMode::Pod as i32,
+        userns_options: opts.userns.map(|(uid, gid, size)| k8s_cri::v1::UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: vec![map(uid, size)],
+            gids: vec![map(gid, size)],
+        }),
         ..Default::default()
     }
 }

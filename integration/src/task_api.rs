@@ -5,8 +5,8 @@
 use std::sync::Mutex;
 
 use containerd_shim_protos::api::{
-    DeleteRequest, DeleteResponse, ExecProcessRequest, ResizePtyRequest, StartRequest,
-    StartResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
+    ResizePtyRequest, StartRequest, StartResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::{CodedInputStream, Message};
@@ -85,6 +85,15 @@ impl TaskApi {
             }
         }
         Err(last.unwrap_or_else(|| ttrpc::Error::Others("no Task service".into())))
+    }
+
+    /// `Create`.
+    pub fn create(
+        &self,
+        ctx: ttrpc::context::Context,
+        req: &CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
+        self.call(ctx, "Create", req)
     }
 
     /// `ResizePty`.

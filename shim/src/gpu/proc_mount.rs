@@ -24,6 +24,7 @@ use rustix::fs::CWD;
 use rustix::mount::{FsPickFlags, MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::idmap::{idmapped_tree, userns, IdmappedBind};
 use crate::runtime::spec_adapt::RecursiveMountAttr;
 
 /// What the create worker applies in a created container's mount namespace.
@@ -40,6 +41,8 @@ pub struct OverlayArgs {
     pub cgroup_flags: Option<RecursiveMountAttr>,
     /// Permission bits to set: (path in the container, mode), the toolkit's `chmod` step.
     pub chmods: Vec<(PathBuf, u32)>,
+    /// The spec's idmapped mounts (see `runtime::idmap`).
+    pub idmapped: Vec<IdmappedBind>,
 }
 
 impl OverlayArgs {
@@ -50,6 +53,7 @@ impl OverlayArgs {
             && self.read_only_superblocks.is_empty()
             && self.cgroup_flags.is_none()
             && self.chmods.is_empty()
+            && self.idmapped.is_empty()
     }
 }
 
@@ -58,6 +62,9 @@ impl OverlayArgs {
 pub struct Prepared {
     ns: OwnedFd,
     mounts: Vec<(OwnedFd, PathBuf)>,
+    /// Idmapped binds, attached after making their mount point when missing (a directory, or
+    /// a file for a file source).
+    idmapped: Vec<(OwnedFd, PathBuf, bool)>,
     propagation: Vec<(PathBuf, MsFlags)>,
     read_only_superblocks: Vec<PathBuf>,
     cgroup_flags: Option<RecursiveMountAttr>,
@@ -180,6 +187,55 @@ fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A detached idmapped bind of a spec mount's source, read-only when it asks, through a user
+/// namespace of its mappings (this forks: a zygote worker only); with whether the source is a
+/// directory.
+fn idmapped_bind(m: &IdmappedBind) -> std::io::Result<(OwnedFd, PathBuf, bool)> {
+    let ns = userns(&m.uid, &m.gid)?;
+    let tree = idmapped_tree(&m.source, ns.as_fd(), m.recursive)?;
+    if m.read_only {
+        let attr = MountAttr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let mut at = libc::AT_EMPTY_PATH as u32;
+        if m.recursive {
+            at |= libc::AT_RECURSIVE as u32;
+        }
+        LinuxSyscall
+            .mount_setattr(
+                tree.as_fd(),
+                Path::new(""),
+                at,
+                &attr,
+                std::mem::size_of::<MountAttr>(),
+            )
+            .map_err(|e| std::io::Error::other(format!("read-only {}: {e}", m.source.display())))?;
+    }
+    let is_dir = std::fs::metadata(&m.source)?.is_dir();
+    Ok((tree, m.destination.clone(), is_dir))
+}
+
+/// Makes a missing mount point `target` in the current mount namespace: a directory, or an
+/// empty file (and its directories).
+fn make_mount_point(target: &Path, is_dir: bool) -> std::io::Result<()> {
+    if is_dir {
+        return std::fs::create_dir_all(target).map_err(with_path("create", target));
+    }
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(with_path("create", dir))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(target)
+        .map(drop)
+        .map_err(with_path("create", target))
+}
+
 /// Mounts `source` read-only (nosuid, nodev, noexec) over what `target` (an `O_PATH` handle)
 /// is, in the calling process's mount namespace.
 pub fn bind_read_only(source: &Path, target: &OwnedFd) -> std::io::Result<()> {
@@ -215,6 +271,11 @@ impl Prepared {
                 )
             })
             .collect();
+        let idmapped = args
+            .idmapped
+            .iter()
+            .map(idmapped_bind)
+            .collect::<std::io::Result<_>>()?;
         let host_devices = if args.read_only_superblocks.is_empty() {
             Vec::new()
         } else {
@@ -223,6 +284,7 @@ impl Prepared {
         Ok(Self {
             ns: ns.into(),
             mounts,
+            idmapped,
             propagation,
             read_only_superblocks: args.read_only_superblocks.clone(),
             cgroup_flags: args.cgroup_flags.clone(),
@@ -280,6 +342,14 @@ impl Prepared {
             rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(*mode))
                 .map_err(std::io::Error::from)
                 .map_err(with_path("chmod", path))?;
+        }
+        for (fd, target, is_dir) in &self.idmapped {
+            if rustix::fs::lstat(target).is_err() {
+                make_mount_point(target, *is_dir)?;
+            }
+            rustix::mount::move_mount(fd, "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+                .map_err(std::io::Error::from)
+                .map_err(with_path("move_mount onto", target))?;
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {

@@ -35,6 +35,8 @@ pub struct Adapted {
     /// The process's terminal size (`process.consoleSize`: width, height), applied when its
     /// terminal is attached, as runc applies it.
     pub console_size: Option<(u32, u32)>,
+    /// The spec's idmapped mounts, taken out for the shim to make after create.
+    pub idmapped: Vec<crate::runtime::idmap::IdmappedBind>,
 }
 
 /// A terminal dimension, saturated to what a `winsize` can hold anyway.
@@ -106,7 +108,8 @@ impl Bundle {
         let mut spec = self.load_spec(id)?;
         let rootfs = crate::runtime::spec_adapt::adapt_rootfs_propagation(&mut spec);
         let pids_limit = crate::runtime::spec_adapt::make_room_for_intermediate(&mut spec);
-        if rootfs || pids_limit.is_some() {
+        let idmapped = crate::runtime::spec_adapt::take_idmapped_mounts(&mut spec);
+        if rootfs || pids_limit.is_some() || !idmapped.is_empty() {
             self.write_spec(id, &spec)?;
         }
         Ok(Adapted {
@@ -119,6 +122,7 @@ impl Bundle {
                 .as_ref()
                 .and_then(|p| p.console_size())
                 .map(|b| (clamp(b.width()), clamp(b.height()))),
+            idmapped,
         })
     }
 
@@ -172,17 +176,43 @@ impl Bundle {
         group_of(&self.annotations(), id)
     }
 
-    /// Mounts containerd's rootfs mounts onto `<bundle>/rootfs`, undoing them on failure.
-    pub async fn mount_rootfs(&self, id: &str, mounts: &[Mount]) -> Result<()> {
+    /// Mounts containerd's rootfs mounts onto `<bundle>/rootfs`, undoing them on failure. An
+    /// overlay with `uidmap=`/`gidmap=` options (a user-namespace pod's, from containerd 2.x)
+    /// is mounted with its lower layers idmapped, through `driver` (see `idmap`).
+    pub async fn mount_rootfs(
+        &self,
+        id: &str,
+        mounts: &[Mount],
+        driver: &crate::runtime::driver::Driver,
+    ) -> Result<()> {
         let target = self.rootfs();
         for m in mounts {
-            if let Err(e) = containerd_shim::util::mount_rootfs(m, &target).await {
+            let mounted = match crate::runtime::idmap::idmapped_overlay(&m.type_, &m.options) {
+                Err(reason) => Err(ShimError::InvalidArgument {
+                    id: id.to_owned(),
+                    reason: format!("rootfs mount {}: {reason}", m.type_),
+                }),
+                Ok(Some(overlay)) => {
+                    let args = crate::runtime::driver::IdmappedRootfs {
+                        overlay,
+                        target: target.clone(),
+                        scratch: self.path.join(".idmapped-lowers"),
+                    };
+                    driver.mount_idmapped(id, args).await
+                }
+                Ok(None) => containerd_shim::util::mount_rootfs(m, &target)
+                    .await
+                    .map_err(|e| {
+                        ShimError::io(
+                            id,
+                            format!("mount {} {} on {}", m.type_, m.source, target.display()),
+                            std::io::Error::other(e.to_string()),
+                        )
+                    }),
+            };
+            if let Err(e) = mounted {
                 let _ = self.unmount_rootfs(id);
-                return Err(ShimError::io(
-                    id,
-                    format!("mount {} {} on {}", m.type_, m.source, target.display()),
-                    std::io::Error::other(e.to_string()),
-                ));
+                return Err(e);
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use libcontainer::container::Container;
 use libcontainer::signal::Signal;
 
 use crate::runtime::ops::{file_error, lc, load, Done, Op, Wire};
-pub use crate::runtime::ops::{CreateArgs, Created, ExecArgs, OpError, StateRef};
+pub use crate::runtime::ops::{CreateArgs, Created, ExecArgs, IdmappedRootfs, OpError, StateRef};
 use crate::runtime::zygote::{self, ZygoteError};
 
 use crate::error::{chain_to_string, Result, ShimError};
@@ -154,6 +154,15 @@ impl Driver {
         match Self::call(&state.id, "start", Op::Start(state.clone())).await? {
             Done::Started => Ok(()),
             other => Err(Self::unexpected(&state.id, "start", &other)),
+        }
+    }
+
+    /// Mounts an idmapped overlay rootfs (user-namespace pods): its lower layers idmapped, the
+    /// overlay over them, in a worker (a user namespace is made by forking).
+    pub async fn mount_idmapped(&self, id: &str, m: IdmappedRootfs) -> Result<()> {
+        match Self::call(id, "mount the rootfs", Op::MountIdmapped(Box::new(m))).await? {
+            Done::Mounted => Ok(()),
+            other => Err(Self::unexpected(id, "mount the rootfs", &other)),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod driver;
 pub mod executor;
 pub mod exit;
+pub mod idmap;
 pub mod oom;
 pub mod ops;
 pub mod spec_adapt;

@@ -224,6 +224,19 @@ pub enum Op {
     Exec(Box<ExecArgs>),
     /// Let a created container's init exec its process.
     Start(StateRef),
+    /// Mount an overlay rootfs whose lower layers are idmapped (user-namespace pods).
+    MountIdmapped(Box<IdmappedRootfs>),
+}
+
+/// What a worker needs to mount an idmapped overlay rootfs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdmappedRootfs {
+    /// The overlay and its mappings.
+    pub overlay: crate::runtime::idmap::IdmappedOverlay,
+    /// Where (`<bundle>/rootfs`).
+    pub target: PathBuf,
+    /// A directory for the idmapped lower layers while the overlay is mounted (removed after).
+    pub scratch: PathBuf,
 }
 
 /// What an operation returned.
@@ -235,6 +248,8 @@ pub enum Done {
     Execed(i32),
     /// [`Op::Start`] is done.
     Started,
+    /// [`Op::MountIdmapped`] is done.
+    Mounted,
 }
 
 impl Op {
@@ -243,7 +258,7 @@ impl Op {
         match self {
             Self::Create(a) => a.io.take_fds(),
             Self::Exec(a) => a.io.take_fds(),
-            Self::Start(_) => Vec::new(),
+            Self::Start(_) | Self::MountIdmapped(_) => Vec::new(),
         }
     }
 
@@ -252,8 +267,10 @@ impl Op {
         match self {
             Self::Create(a) => a.io.put_fds(fds),
             Self::Exec(a) => a.io.put_fds(fds),
-            Self::Start(_) if fds.is_empty() => Ok(()),
-            Self::Start(_) => Err(OpError::Protocol("fds sent with a start".to_owned())),
+            Self::Start(_) | Self::MountIdmapped(_) if fds.is_empty() => Ok(()),
+            Self::Start(_) | Self::MountIdmapped(_) => Err(OpError::Protocol(
+                "fds sent with an operation that takes none".to_owned(),
+            )),
         }
     }
 }
@@ -264,6 +281,11 @@ pub fn dispatch(op: Op) -> Wire<Done> {
         Op::Create(args) => create(*args).map(Done::Created),
         Op::Exec(args) => exec(*args).map(Done::Execed),
         Op::Start(state) => start(state).map(|()| Done::Started),
+        Op::MountIdmapped(m) => {
+            crate::runtime::idmap::mount_idmapped_overlay(&m.overlay, &m.target, &m.scratch)
+                .map(|()| Done::Mounted)
+                .map_err(|e| file_error("mount the idmapped rootfs on", &m.target, &e))
+        }
     }
 }
 

@@ -157,6 +157,52 @@ pub fn cgroup_mount_flags(spec: &Spec) -> Option<RecursiveMountAttr> {
     })
 }
 
+/// Takes the spec's mounts with `uidMappings`/`gidMappings` out of it (libcontainer 0.7 would
+/// bind them without the mapping): the shim makes them idmapped bind mounts after create.
+pub fn take_idmapped_mounts(spec: &mut Spec) -> Vec<crate::runtime::idmap::IdmappedBind> {
+    use crate::runtime::idmap::{IdMap, IdmappedBind};
+    let Some(mounts) = spec.mounts_mut().as_mut() else {
+        return Vec::new();
+    };
+    let maps = |m: &Option<Vec<libcontainer::oci_spec::runtime::LinuxIdMapping>>| {
+        m.iter()
+            .flatten()
+            .map(|r| IdMap {
+                container: r.container_id(),
+                host: r.host_id(),
+                size: r.size(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut taken = Vec::new();
+    mounts.retain(|m| {
+        let (uid, gid) = (maps(m.uid_mappings()), maps(m.gid_mappings()));
+        if uid.is_empty() && gid.is_empty() {
+            return true;
+        }
+        let options = m.options().as_deref().unwrap_or_default();
+        taken.push(IdmappedBind {
+            source: m.source().clone().unwrap_or_default(),
+            destination: m.destination().clone(),
+            // As runc: one mapping given stands for the other too.
+            uid: if uid.is_empty() { gid.clone() } else { uid },
+            gid: if gid.is_empty() {
+                maps(m.uid_mappings())
+            } else {
+                gid
+            },
+            recursive: options.iter().any(|o| o == "rbind"),
+            read_only: options
+                .iter()
+                .rev()
+                .find(|o| *o == "ro" || *o == "rw")
+                .is_some_and(|o| o == "ro"),
+        });
+        false
+    });
+    taken
+}
+
 /// The destinations of the spec's new (not bind) read-only filesystems, whose superblock runc
 /// leaves read-only: the last of a mount's `ro`/`rw` options wins. cgroup filesystems are left
 /// out: libcontainer mounts those its own way.
@@ -188,6 +234,31 @@ mod tests {
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn idmapped_mounts_are_taken_out_for_the_shim() {
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[
+                {"destination":"/proc","type":"proc"},
+                {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind","ro","idmap"],
+                 "uidMappings":[{"containerID":0,"hostID":200000,"size":65536}],
+                 "gidMappings":[{"containerID":0,"hostID":300000,"size":65536}]}]}"#,
+        );
+        let taken = take_idmapped_mounts(&mut s);
+        assert_eq!(
+            s.mounts().as_ref().unwrap().len(),
+            1,
+            "the idmapped one is out"
+        );
+        assert_eq!(taken.len(), 1);
+        let m = &taken[0];
+        assert_eq!(
+            (m.source.to_str(), m.destination.to_str()),
+            (Some("/srv/data"), Some("/data"))
+        );
+        assert_eq!((m.uid[0].host, m.gid[0].host), (200_000, 300_000));
+        assert!(m.recursive && m.read_only);
     }
 
     #[test]

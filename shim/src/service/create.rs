@@ -38,7 +38,7 @@ impl TaskService {
         let bundle = Bundle::new(&req.bundle);
         // Everything from here on is undone unless the create commits (see `CreateUndo`).
         let mut undo = CreateUndo::new(id, Arc::clone(&self.exits));
-        bundle.mount_rootfs(id, &req.rootfs).await?;
+        bundle.mount_rootfs(id, &req.rootfs, &self.driver).await?;
         let rootfs_mounted = !req.rootfs.is_empty();
         if rootfs_mounted {
             undo.rootfs = Some(bundle.clone());
@@ -121,6 +121,7 @@ impl TaskService {
                     read_only_superblocks: adapted.read_only_superblocks,
                     cgroup_flags: adapted.cgroup_flags,
                     chmods,
+                    idmapped: adapted.idmapped,
                 },
             })
             .await;

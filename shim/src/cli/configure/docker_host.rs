@@ -59,7 +59,7 @@ impl Dockerd {
         match (&self.process, &self.exe) {
             (Some(p), _) => format!("dockerd pid {}", p.pid),
             (None, Some(exe)) => format!("{} (not running)", exe.display()),
-            (None, None) => "no dockerd".to_owned(),
+            (None, None) => "dockerd (none running, none on this PATH)".to_owned(),
         }
     }
 
@@ -173,7 +173,8 @@ pub enum HookLink {
 }
 
 /// Makes `at` a symbolic link to `binary` unless `existing` (a program of that name already
-/// found) or a file at `at` is there.
+/// found) or a file at `at` is there. The link is relative (`../local/bin/...`), so it holds
+/// when the host's root is mounted elsewhere (the installer's `--host-root`).
 pub fn ensure_link(
     existing: Option<PathBuf>,
     at: &Path,
@@ -191,11 +192,29 @@ pub fn ensure_link(
     if dry_run {
         return Ok(HookLink::WouldMake(at.to_owned()));
     }
-    if let Some(dir) = at.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::os::unix::fs::symlink(binary, at)?;
+    let dir = at.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let target = relative_to(
+        &std::fs::canonicalize(dir)?,
+        &std::fs::canonicalize(binary)?,
+    );
+    std::os::unix::fs::symlink(target, at)?;
     Ok(HookLink::Made(at.to_owned()))
+}
+
+/// The path of `target` seen from directory `dir`, both absolute and canonical.
+fn relative_to(dir: &Path, target: &Path) -> PathBuf {
+    let (mut d, mut t) = (dir.components().peekable(), target.components().peekable());
+    while let (Some(a), Some(b)) = (d.peek(), t.peek()) {
+        if a != b {
+            break;
+        }
+        d.next();
+        t.next();
+    }
+    d.map(|_| std::path::Component::ParentDir)
+        .chain(t)
+        .collect()
 }
 
 impl HookLink {
@@ -252,7 +271,14 @@ mod tests {
             ensure_link(None, &at, &binary, false).unwrap(),
             HookLink::Made(at.clone())
         );
-        assert_eq!(std::fs::read_link(&at).unwrap(), binary);
+        assert_eq!(
+            std::fs::read_link(&at).unwrap(),
+            Path::new("../containerd-shim-nvidia-v2")
+        );
+        assert_eq!(
+            std::fs::canonicalize(&at).unwrap(),
+            binary.canonicalize().unwrap()
+        );
         assert_eq!(
             ensure_link(None, &at, &binary, false).unwrap(),
             HookLink::Present(at.clone(), true)
@@ -266,6 +292,25 @@ mod tests {
             HookLink::Present(toolkit, false)
         );
         assert!(!other.exists());
+    }
+
+    #[test]
+    fn links_are_relative_to_their_directory() {
+        for (dir, target, rel) in [
+            ("/usr/local/bin", "/usr/local/bin/shim", "shim"),
+            ("/usr/bin", "/usr/local/bin/shim", "../local/bin/shim"),
+            (
+                "/host/usr/bin",
+                "/host/usr/local/bin/shim",
+                "../local/bin/shim",
+            ),
+            ("/a/b", "/c", "../../c"),
+        ] {
+            assert_eq!(
+                relative_to(Path::new(dir), Path::new(target)),
+                Path::new(rel)
+            );
+        }
     }
 
     #[test]

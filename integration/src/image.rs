@@ -178,6 +178,14 @@ impl ImageSpec {
         Ok(b.into_inner()?)
     }
 
+    /// Unpacks the image's layer into directory `dir` (a root filesystem without containerd).
+    pub fn unpack(&self, dir: &Path) -> Result<()> {
+        let layer = self.layer()?;
+        tar::Archive::new(layer.as_slice())
+            .unpack(dir)
+            .with_context(|| format!("unpack the image into {}", dir.display()))
+    }
+
     /// Writes the image as an OCI layout archive for `ctr image import`, named `name`
     /// (a full reference such as `docker.io/library/x:latest`).
     pub fn write_archive(&self, name: &str, out: &Path) -> Result<PathBuf> {

@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use containerd_shim_protos::api::{
     CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
-    ResizePtyRequest, StartRequest, StartResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::{CodedInputStream, Message};
@@ -148,5 +149,14 @@ impl TaskApi {
         req: &DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
         self.call(ctx, "Delete", req)
+    }
+
+    /// `Shutdown`: the shim exits once it serves no container.
+    pub fn shutdown(
+        &self,
+        ctx: ttrpc::context::Context,
+        req: &ShutdownRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.call(ctx, "Shutdown", req)
     }
 }

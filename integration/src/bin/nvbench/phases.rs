@@ -1,0 +1,231 @@
+//! The shims' own time per container, phase by phase. Each shim is driven through its Task API
+//! exactly as containerd 1.6 drives it for `ctr run --rm` (the `start` exec with containerd's
+//! flags and environment, `Create` with an overlay rootfs, `Start`, `Wait`, `Delete`,
+//! `Shutdown`, then the `delete` exec containerd runs once the shim is gone), and each call is
+//! timed from the client: containerd's and ctr's own work is out of the figures, so what is
+//! left is the shim's (and, for the Go shim, the runc it execs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use containerd_shim_protos::api::{
+    CreateTaskRequest, DeleteRequest, ShutdownRequest, StartRequest, WaitRequest,
+};
+use containerd_shim_protos::types::mount::Mount;
+use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::image::ImageSpec;
+use nvidia_shim_integration::task_api::TaskApi;
+use nvidia_shim_integration::unique_id;
+
+/// The namespace the benchmark's containers are in (containerd only forwards their events).
+const NAMESPACE: &str = "nvbench";
+
+/// What a shim wrote to its log FIFO.
+type SharedLog = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Makes the `log` FIFO a shim opens in its bundle and reads it as containerd does, in a
+/// thread that ends when the last writer (the shim, its helpers) has gone.
+fn drain_log_fifo(path: &Path, log: &SharedLog) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mkfifo {}", path.display()));
+    }
+    let (path, log) = (path.to_owned(), log.clone());
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let Ok(mut fifo) = std::fs::File::open(&path) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = fifo.read(&mut buf) {
+            if let Ok(mut l) = log.lock() {
+                l.extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The phases, in the order containerd goes through them.
+pub const PHASES: [&str; 7] = [
+    "start exec (to serving)",
+    "Create",
+    "Start",
+    "Wait (exit to reply)",
+    "Delete",
+    "Shutdown",
+    "delete exec",
+];
+
+/// One container's time in each of [`PHASES`].
+pub type Phases = [Duration; PHASES.len()];
+
+/// A bundle source shared by every run: the busybox image unpacked once (the overlay's lower
+/// layer, as a snapshotter's would be) and containerd's default spec running `/bin/true`.
+pub struct PhaseBench<'a> {
+    containerd: &'a Containerd,
+    work: tempfile::TempDir,
+    lower: PathBuf,
+    spec: serde_json::Value,
+    publish_binary: PathBuf,
+}
+
+impl<'a> PhaseBench<'a> {
+    /// Prepares the image and the spec next to `containerd` (whose socket receives the
+    /// shims' events).
+    pub fn new(containerd: &'a Containerd) -> Result<Self> {
+        let work = tempfile::Builder::new()
+            .prefix("nvbench")
+            .tempdir_in("/tmp")?;
+        let lower = work.path().join("lower");
+        std::fs::create_dir(&lower)?;
+        ImageSpec::busybox()?.unpack(&lower)?;
+        let out = containerd.ctr(&["oci", "spec"])?;
+        ensure!(out.status.success(), "ctr oci spec failed");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("ctr oci spec's output")?;
+        spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        spec["root"] = serde_json::json!({"path": "rootfs"});
+        let publish_binary =
+            nvidia_shim_integration::which("containerd").context("containerd not on PATH")?;
+        Ok(Self {
+            containerd,
+            work,
+            lower,
+            spec,
+            publish_binary,
+        })
+    }
+
+    /// Runs one container through `shim` (a shim binary), returning each phase's time; a
+    /// failure carries the end of what the shim logged.
+    pub fn run(&self, shim: &Path) -> Result<Phases> {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.run_logged(shim, &log).map_err(|e| {
+            let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
+            let text = text.unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!(
+                "{}; its log ends:\n{}",
+                shim.display(),
+                tail.join("\n")
+            ))
+        })
+    }
+
+    fn run_logged(&self, shim: &Path, log: &SharedLog) -> Result<Phases> {
+        let id = unique_id("ph");
+        let bundle = self.work.path().join(&id);
+        let (upper, workdir) = (bundle.join("upper"), bundle.join("work"));
+        for d in [&bundle.join("rootfs"), &upper, &workdir] {
+            std::fs::create_dir_all(d)?;
+        }
+        drain_log_fifo(&bundle.join("log"), log)?;
+        let mut spec = self.spec.clone();
+        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{id}"));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+
+        let mut t = [Duration::ZERO; PHASES.len()];
+        let clock = Instant::now();
+        let out = self.shim_command(shim, &id, &bundle, "start").output()?;
+        t[0] = clock.elapsed();
+        ensure!(
+            out.status.success(),
+            "{} start: {}",
+            shim.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let address = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let api = TaskApi::connect(&address).with_context(|| format!("connect to {address}"))?;
+        let ctx = || {
+            let mut c = containerd_shim_protos::ttrpc::context::with_timeout(30_000_000_000);
+            c.add("containerd-namespace".into(), NAMESPACE.into());
+            c
+        };
+        let timed = |slot: &mut Duration, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+            let clock = Instant::now();
+            f()?;
+            *slot = clock.elapsed();
+            Ok(())
+        };
+        let mut mount = Mount::new();
+        mount.type_ = "overlay".into();
+        mount.source = "overlay".into();
+        mount.options = vec![
+            format!("lowerdir={}", self.lower.display()),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", workdir.display()),
+        ];
+        let mut create = CreateTaskRequest::new();
+        create.id = id.clone();
+        create.bundle = bundle.display().to_string();
+        create.rootfs = vec![mount];
+        let by_id = |id: &str| {
+            let mut s = StartRequest::new();
+            s.id = id.to_owned();
+            s
+        };
+        let [_, c, s, w, d, sd, _] = &mut t;
+        timed(c, &mut || Ok(api.create(ctx(), &create).map(drop)?))?;
+        timed(s, &mut || Ok(api.start(ctx(), &by_id(&id)).map(drop)?))?;
+        timed(w, &mut || {
+            let mut req = WaitRequest::new();
+            req.id = id.clone();
+            let status = api.wait(ctx(), &req)?.exit_status;
+            ensure!(status == 0, "/bin/true exited {status}");
+            Ok(())
+        })?;
+        timed(d, &mut || {
+            let mut req = DeleteRequest::new();
+            req.id = id.clone();
+            Ok(api.delete(ctx(), &req).map(drop)?)
+        })?;
+        timed(sd, &mut || {
+            let mut req = ShutdownRequest::new();
+            req.id = id.clone();
+            // The shim exits while answering: a closed connection is its answer too.
+            let _ = api.shutdown(ctx(), &req);
+            Ok(())
+        })?;
+        drop(api);
+        let clock = Instant::now();
+        let out = self.shim_command(shim, &id, &bundle, "delete").output()?;
+        t[6] = clock.elapsed();
+        if !out.status.success() {
+            bail!(
+                "{} delete: {}",
+                shim.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::remove_dir_all(&bundle).with_context(|| format!("remove {}", bundle.display()))?;
+        Ok(t)
+    }
+
+    /// The command containerd 1.6 runs for a shim's `start` or `delete`: its flags, its
+    /// environment, the bundle as the working directory, containerd's PATH.
+    fn shim_command(&self, shim: &Path, id: &str, bundle: &Path, action: &str) -> Command {
+        let sock = self.containerd.socket();
+        let mut c = Command::new(shim);
+        c.args(["-namespace", NAMESPACE, "-address"])
+            .arg(&sock)
+            .arg("-publish-binary")
+            .arg(&self.publish_binary)
+            .args(["-id", id, action])
+            .current_dir(bundle)
+            .env("PATH", self.containerd.path_env())
+            .env("TTRPC_ADDRESS", format!("{}.ttrpc", sock.display()))
+            .env("GRPC_ADDRESS", &sock)
+            .env("NAMESPACE", NAMESPACE)
+            .env("GOMAXPROCS", "2")
+            .stdin(Stdio::null());
+        c
+    }
+}

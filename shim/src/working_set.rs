@@ -155,6 +155,12 @@ fn droppable_runs(pagemap: &File, range: Range, page: usize) -> Option<Vec<Range
     Some(runs)
 }
 
+/// The size of this process's read-only mappings that [`release_code_pages`] releases, in
+/// bytes of address range.
+pub fn read_only_bytes() -> usize {
+    read_only_segments().iter().map(|r| r.end - r.start).sum()
+}
+
 /// Drops this process's mappings of shared, read-only code and data pages (see the module doc);
 /// returns how many bytes of address range were released.
 pub fn release_code_pages() -> usize {
@@ -206,14 +212,21 @@ impl IdleTrim {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
         tokio::spawn(async move {
+            let quiet_for = |d| tokio::time::timeout(d, activity.notified());
             loop {
                 activity.notified().await;
-                while tokio::time::timeout(QUIET, activity.notified())
-                    .await
-                    .is_ok()
-                {}
-                let _ =
-                    tokio::time::timeout(OTHERS_LIMIT, tokio::task::spawn_blocking(others)).await;
+                loop {
+                    while quiet_for(QUIET).await.is_ok() {}
+                    let _ = tokio::time::timeout(OTHERS_LIMIT, tokio::task::spawn_blocking(others))
+                        .await;
+                    // The blocking thread that ran `others` exits BLOCKING_KEEP_ALIVE later,
+                    // and its exit runs code (the pool's, the thread library's) that a release
+                    // now would see mapped again: release once it has gone, unless a request
+                    // came meanwhile (then wait for quiet again).
+                    if quiet_for(BLOCKING_KEEP_ALIVE * 2).await.is_err() {
+                        break;
+                    }
+                }
                 let released = release_code_pages();
                 log::trace!("quiet: released {released} bytes of code mappings");
             }

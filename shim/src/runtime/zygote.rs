@@ -73,7 +73,7 @@ enum Request {
 enum Answer {
     /// The worker's outcome.
     Done(Wire<Done>),
-    /// The zygote's released bytes.
+    /// The zygote releases its code mappings: their size in bytes.
     Released(usize),
 }
 
@@ -265,10 +265,12 @@ fn serve(control: OwnedFd) -> ! {
         let answer = fds.remove(0);
         match serde_json::from_slice::<Request>(&bytes) {
             Ok(Request::ReleaseCodePages) => {
-                reply(
-                    &answer,
-                    &Answer::Released(crate::working_set::release_code_pages()),
-                );
+                // Answer first: the code that answers would otherwise be mapped again right
+                // after the release.
+                let bytes = crate::working_set::read_only_bytes();
+                reply(&answer, &Answer::Released(bytes));
+                drop(answer);
+                crate::working_set::release_code_pages();
             }
             Ok(Request::Run(op)) => fork_worker(&control, &answer, *op, fds),
             Err(e) => reply(

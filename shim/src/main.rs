@@ -89,6 +89,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    working_set::one_heap();
     // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
     logging::init(&flags);
     Driver::init();

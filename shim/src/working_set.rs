@@ -192,6 +192,29 @@ pub fn release_code_pages() -> usize {
         .sum()
 }
 
+/// Makes every thread allocate from one heap. glibc gives each new thread an arena of its
+/// own (up to eight per core); a shim's threads come and go with every exec (the blocking
+/// pool's, the stdio copiers) and each arena kept the high-water mark of what its threads
+/// allocated: +1.5 MB in the first 300 execs of one container, measured. The shim's
+/// allocations are few and short, so one shared heap costs no measurable contention. Call
+/// before any thread starts.
+pub fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets the allocator's parameter; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Gives the heap's free memory at its top and in its free pages back to the kernel.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own heap under its lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How long the releasing thread waits after being asked, so that the thread that asked (the
 /// runtime's, serving every container) is back in `epoll_wait` before the release.
 const ASKER_PARKS: Duration = Duration::from_millis(20);
@@ -211,6 +234,7 @@ impl Releaser {
             .spawn(|| loop {
                 std::thread::park();
                 std::thread::sleep(ASKER_PARKS);
+                release_free_heap();
                 release_code_pages();
             })?;
         Ok(Self(thread.thread().clone()))

@@ -543,11 +543,17 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     std::fs::write(&daemon, "{\"data-root\": \"/srv/docker\"}")?;
     let daemon_link = etc.join("daemon.json");
     std::os::unix::fs::symlink(&daemon, &daemon_link)?;
+    // The hook programs linked in the test's directory, never the host's /usr.
+    let hooks = dir.path().join("hooks");
     let out = shim(&[
         "configure",
         "docker",
         "--config",
         &daemon_link.display().to_string(),
+        "--hook-dir",
+        &hooks.display().to_string(),
+        "--cdi-hook-path",
+        &hooks.join("nvidia-cdi-hook").display().to_string(),
     ])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_link(&daemon_link)?, daemon);

@@ -550,11 +550,13 @@ fn namespaces(opts: &PodOptions) -> NamespaceOption {
         network: network as i32,
         pid: NamespaceMode::Container as i32,
         ipc: NamespaceMode::Pod as i32,
-        userns_options: opts.userns.map(|(uid, gid, size)| k8s_cri::v1::UserNamespace {
-            mode: NamespaceMode::Pod as i32,
-            uids: vec![map(uid, size)],
-            gids: vec![map(gid, size)],
-        }),
+        userns_options: opts
+            .userns
+            .map(|(uid, gid, size)| k8s_cri::v1::UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![map(uid, size)],
+                gids: vec![map(gid, size)],
+            }),
         ..Default::default()
     }
 }

@@ -251,6 +251,9 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
     }
     eprintln!("runc: {:?}\nnvidia: {:?}", seen[0], seen[1]);
     assert_eq!(seen[1], seen[0], "nvidia as runc");
-    assert_eq!(seen[0].1, HOST_UID, "the container runs as its mapped uid on the host");
+    assert_eq!(
+        seen[0].1, HOST_UID,
+        "the container runs as its mapped uid on the host"
+    );
     Ok(())
 }

@@ -295,26 +295,6 @@ impl CdiSpec {
         Ok(spec)
     }
 
-    /// Reads and parses the file at `path`: a regular file of at most [`MAX_SPEC_SIZE`] bytes
-    /// (a FIFO there is not waited on; a larger file is refused, naming it and its size).
-    pub fn load(path: &Path) -> Result<Self, SpecError> {
-        use crate::untrusted::{self, FinalLink};
-        let err = |reason: String| SpecError {
-            path: path.to_owned(),
-            reason,
-        };
-        let bytes = untrusted::read(path, FinalLink::Follow, MAX_SPEC_SIZE).map_err(|e| {
-            err(match e {
-                untrusted::UntrustedError::TooLarge { size, max } => format!(
-                    "is {size} bytes, more than the {max} a CDI spec may have (a spec for a whole node is under 1 MB)"
-                ),
-                other => other.to_string(),
-            })
-        })?;
-        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".to_owned()))?;
-        Self::parse(path, &text)
-    }
-
     fn validate(&self) -> Result<(), String> {
         let declared = SpecVersion::parse(&self.cdi_version)
             .filter(|v| {

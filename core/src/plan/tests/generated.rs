@@ -13,7 +13,7 @@ use super::hosts::{inventory, snapshot, Layout};
 use crate::cdi::generate::{generate, Hooks};
 use crate::cdi::spec::NodeType;
 use crate::cdi::{NodeFacts, Registry};
-use crate::discover::Inventory;
+use crate::inventory::Inventory;
 use crate::plan::{plan, HostSnapshot, InjectionPlan, PlanInputs, PlanPolicy};
 use crate::request::{Capabilities, GpuRequest, RequestPolicy};
 

@@ -43,25 +43,23 @@ pub fn load_or_default(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixture::mkfifo;
+    use crate::fixture::NotSmallFiles;
 
     #[test]
     fn hostile_paths_are_refused_fast_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = mkfifo(&dir.path().join("fifo.toml"));
+        let files = NotSmallFiles::new(".toml", 10 << 20);
         let started = std::time::Instant::now();
-        let err = load(&fifo).unwrap_err().to_string();
-        assert!(err.contains("fifo.toml is a FIFO"), "{err}");
+        for (path, what) in files.not_files() {
+            let err = load(path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{} is {what}", path.display())),
+                "{err}"
+            );
+        }
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        let err = load(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert!(err.contains("/dev/zero is a device"), "{err}");
-        let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is a directory"), "{err}");
-        let big = dir.path().join("big.toml");
-        std::fs::write(&big, vec![b'#'; 10 << 20]).unwrap();
-        let err = load(&big).unwrap_err().to_string();
+        let err = load(&files.big).unwrap_err().to_string();
         assert!(err.contains("big.toml is 10485760 bytes"), "{err}");
-        let missing = load(&dir.path().join("none.toml")).unwrap_err();
+        let missing = load(&files.missing).unwrap_err();
         assert!(missing.to_string().contains("none.toml"), "{missing}");
     }
 

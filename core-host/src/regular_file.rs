@@ -80,27 +80,27 @@ pub fn read_to_string(path: &Path, max: u64) -> Result<String, RegularFileError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::NotSmallFiles;
 
     #[test]
     fn only_small_regular_files_are_read() {
+        let files = NotSmallFiles::new("", 11);
+        files.assert_refused(
+            |p| read(p, 10),
+            |p, what| format!("{} is {what}, not a regular file", p.display()),
+        );
+        let err = read(&files.big, 10).unwrap_err().to_string();
+        let big = files.big.display();
+        assert_eq!(
+            err,
+            format!("{big} is 11 bytes, more than the 10 it may have")
+        );
+        let missing = read(&files.missing, 10).unwrap_err();
+        assert!(missing.is_not_found(), "{missing}");
         let dir = tempfile::tempdir().unwrap();
-        let fifo = crate::fixture::mkfifo(&dir.path().join("fifo"));
-        let err = read(&fifo, 10).unwrap_err().to_string();
-        assert!(err.ends_with("fifo is a FIFO, not a regular file"), "{err}");
-        let err = read(Path::new("/dev/zero"), 10).unwrap_err().to_string();
-        assert_eq!(err, "/dev/zero is a device, not a regular file");
-        let err = read(dir.path(), 10).unwrap_err().to_string();
-        assert!(err.ends_with("is a directory, not a regular file"), "{err}");
         let file = dir.path().join("f");
         std::fs::write(&file, "0123456789x").unwrap();
-        let err = read(&file, 10).unwrap_err().to_string();
-        assert!(
-            err.ends_with("f is 11 bytes, more than the 10 it may have"),
-            "{err}"
-        );
         assert_eq!(read(&file, 11).unwrap(), b"0123456789x");
-        let missing = read(&dir.path().join("none"), 10).unwrap_err();
-        assert!(missing.is_not_found(), "{missing}");
         std::fs::write(&file, [0xff, 0xfe]).unwrap();
         let err = read_to_string(&file, 10).unwrap_err().to_string();
         assert!(err.ends_with("f is not UTF-8 text"), "{err}");

@@ -253,29 +253,31 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixture::{is_root, mkfifo, mknod};
+    use crate::fixture::{is_root, mknod, NotSmallFiles};
 
     #[test]
     fn fifos_devices_directories_and_big_files_are_refused_without_blocking() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = mkfifo(&dir.path().join("libfoo.so"));
-        // No writer: a blocking open would wait for ever.
-        let err = open(&fifo, FinalLink::Follow, 1 << 20).unwrap_err();
-        assert_eq!(err.to_string(), "is a FIFO, not a regular file");
-        let err = open(Path::new("/dev/zero"), FinalLink::Follow, 1 << 20).unwrap_err();
-        assert_eq!(err.to_string(), "is a device, not a regular file");
-        let err = open(dir.path(), FinalLink::Follow, 1 << 20).unwrap_err();
-        assert!(matches!(err, UntrustedError::NotAFile("a directory")));
-        let big = dir.path().join("big");
-        std::fs::write(&big, vec![1u8; 4097]).unwrap();
-        let err = open(&big, FinalLink::Follow, 4096).unwrap_err();
+        let files = NotSmallFiles::new(".so", 4097);
+        // No writer opens the FIFO: a blocking open would wait for ever.
+        for (path, what) in files.not_files() {
+            let err = open(path, FinalLink::Follow, 1 << 20).unwrap_err();
+            assert!(
+                matches!(err, UntrustedError::NotAFile(w) if w == what),
+                "{err}"
+            );
+            assert_eq!(err.to_string(), format!("is {what}, not a regular file"));
+        }
+        let err = open(&files.big, FinalLink::Follow, 4096).unwrap_err();
         assert_eq!(err.to_string(), "is 4097 bytes, more than the 4096 allowed");
-        assert_eq!(read(&big, FinalLink::Follow, 4097).unwrap().len(), 4097);
-        let missing = open(&dir.path().join("none"), FinalLink::Follow, 1).unwrap_err();
+        assert_eq!(
+            read(&files.big, FinalLink::Follow, 4097).unwrap().len(),
+            4097
+        );
+        let missing = open(&files.missing, FinalLink::Follow, 1).unwrap_err();
         assert!(missing.is_missing());
         if is_root() {
             // A terminal-like device made where a tenant's volume could be.
-            let tty = dir.path().join("libtty.so");
+            let tty = files.missing.with_file_name("libtty.so");
             mknod(&tty, 5, 0);
             assert!(matches!(
                 open(&tty, FinalLink::Follow, 1 << 20),

@@ -1,4 +1,6 @@
 use super::*;
+use crate::fixture::NotSmallFiles;
+use nvidia_shim_core::cdi::ResolveError;
 
 /// A spec of `kind` whose devices `names` each set `env`.
 pub(super) fn spec_text(kind: &str, names: &[&str], env: &str) -> String {
@@ -22,7 +24,7 @@ pub(super) fn env_of(reg: &Registry) -> String {
 }
 
 #[test]
-fn later_dirs_override_and_broken_files_are_named() {
+fn later_dirs_override_and_broken_files_are_kept_by_path() {
     let etc = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
     let write = |dir: &Path, name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
@@ -42,15 +44,9 @@ fn later_dirs_override_and_broken_files_are_named() {
     assert_eq!(env_of(&reg), "FROM=run");
     let y = reg.resolve(&["vendor.com/dev=y".into()]).unwrap();
     assert_eq!(y[0].device.container_edits.env, ["FROM=etc"]);
-    assert_eq!(reg.errors().len(), 1);
-    let err = reg
-        .resolve(&["vendor.com/dev=z".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("unresolvable CDI devices vendor.com/dev=z") && err.contains("broken.yaml"),
-        "{err}"
-    );
+    // The broken file is kept, by its path, to name when a device does not resolve.
+    let broken: Vec<&Path> = reg.errors().iter().map(|e| e.path.as_path()).collect();
+    assert_eq!(broken, [run.path().join("broken.yaml")]);
 }
 
 #[test]
@@ -64,18 +60,28 @@ fn a_conflict_within_one_dir_is_an_error() {
         .unwrap();
     }
     let reg = load_registry(&[dir.path()]);
-    let err = reg
-        .resolve(&["vendor.com/dev=x".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("a.json") && err.contains("b.yaml"), "{err}");
+    let Err(ResolveError::Conflict { files, .. }) = reg.resolve(&["vendor.com/dev=x".into()])
+    else {
+        panic!("x is defined twice in one directory")
+    };
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.yaml"));
+    assert_eq!(files, format!("{}, {}", a.display(), b.display()));
     assert!(reg.has_kind("vendor.com/dev"));
 }
 
 #[test]
-fn a_fifo_or_a_huge_file_is_named_not_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = crate::fixture::mkfifo(&dir.path().join("fifo.json"));
-    let err = load_spec(&fifo).unwrap_err().to_string();
-    assert!(err.contains("fifo.json") && err.contains("a FIFO"), "{err}");
+fn a_fifo_a_device_a_directory_or_a_huge_file_is_named_not_read() {
+    let files = NotSmallFiles::new(".json", MAX_SPEC_SIZE + 1);
+    for (path, what) in files.not_files() {
+        let err = load_spec(path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}: is {what}", path.display())),
+            "{err}"
+        );
+    }
+    let err = load_spec(&files.big).unwrap_err().to_string();
+    assert!(
+        err.contains("more than the 4194304 a CDI spec may have"),
+        "{err}"
+    );
 }

@@ -46,6 +46,7 @@ pub fn binaries(root: &Root, libraries: &[DriverLibrary]) -> Vec<DriverBinary> {
     extra.push(Path::new("/").join(DEBIAN_BINARY_DIR));
     BINARIES
         .iter()
+        .flat_map(|(capability, names)| names.iter().map(move |name| (name, capability)))
         .filter_map(|(name, capability)| {
             let in_path = standard.iter().find_map(|d| {
                 let p = d.join(name);

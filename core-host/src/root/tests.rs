@@ -3,8 +3,17 @@ use std::os::unix::fs::symlink;
 use super::*;
 use crate::fixture::{is_root, mkfifo, mknod};
 
-/// A host directory holding `rootfs/` (with `dirs` made in it) and a file `outside` (holding
-/// `keep`) that the image's symlink `link` (inside the rootfs) points at.
+/// What an image may point its symlinks at: `outside`, beside its rootfs on the host.
+enum Outside {
+    /// An empty directory.
+    Dir,
+    /// A file holding `keep`.
+    File,
+}
+
+/// A host directory holding `rootfs/` (with `dirs` made in it) and `outside`, and the image's
+/// symlinks `links` (path in the rootfs, target; `OUTSIDE` in a target stands for `outside`'s
+/// absolute path).
 struct Escape {
     _host: tempfile::TempDir,
     rootfs: PathBuf,
@@ -12,38 +21,53 @@ struct Escape {
 }
 
 impl Escape {
-    fn new(dirs: &[&str], link: &str) -> Self {
+    fn new(outside: Outside, dirs: &[&str], links: &[(&str, &str)]) -> Self {
         let host = tempfile::tempdir().unwrap();
         let rootfs = host.path().join("rootfs");
+        let out = host.path().join("outside");
+        match outside {
+            Outside::Dir => std::fs::create_dir(&out).unwrap(),
+            Outside::File => std::fs::write(&out, "keep").unwrap(),
+        }
         for d in dirs {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        let outside = host.path().join("outside");
-        std::fs::write(&outside, "keep").unwrap();
-        symlink(&outside, rootfs.join(link)).unwrap();
+        for (link, target) in links {
+            let target = target.replace("OUTSIDE", &out.display().to_string());
+            symlink(target, rootfs.join(link)).unwrap();
+        }
         Self {
             _host: host,
             rootfs,
-            outside,
+            outside: out,
         }
     }
 
     fn root(&self) -> Root {
         Root::open(&self.rootfs).unwrap()
     }
+
+    /// Whether nothing was written into `outside` (a directory) or next to it.
+    fn untouched(&self) -> bool {
+        let host = self.outside.parent().unwrap();
+        std::fs::read_dir(&self.outside).unwrap().count() == 0
+            && !host.join("f").exists()
+            && !host.join("d").exists()
+    }
 }
 
 #[test]
 fn writes_land_inside_the_rootfs_despite_hostile_symlinks() {
-    let host = tempfile::tempdir().unwrap();
-    let escape = host.path().join("host-escape");
-    std::fs::create_dir(&escape).unwrap();
-    let rootfs = host.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
     // The image points its library dir at a host path, absolute and relative.
-    symlink(&escape, rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
-    symlink("../../../host-escape", rootfs.join("usr/lib64")).unwrap();
-    let r = Root::open(&rootfs).unwrap();
+    let e = Escape::new(
+        Outside::Dir,
+        &["usr/lib"],
+        &[
+            ("usr/lib/x86_64-linux-gnu", "OUTSIDE"),
+            ("usr/lib64", "../../../outside"),
+        ],
+    );
+    let r = e.root();
     r.symlink(
         Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
         "libcuda.so.580",
@@ -53,25 +77,24 @@ fn writes_land_inside_the_rootfs_despite_hostile_symlinks() {
         .unwrap();
     r.write_file(Path::new("/../../etc/evil.conf"), b"hi", 0o644)
         .unwrap();
-    assert_eq!(
-        std::fs::read_dir(&escape).unwrap().count(),
-        0,
-        "nothing written outside"
-    );
+    assert!(e.untouched(), "nothing written outside");
     // The symlinks resolved as if the rootfs were /: the absolute one to the same path
     // inside the rootfs, the relative one clamped at the rootfs's /.
-    let inside = rootfs.join(escape.strip_prefix("/").unwrap());
+    let inside = e.rootfs.join(e.outside.strip_prefix("/").unwrap());
     assert!(inside.join("libcuda.so.1").symlink_metadata().is_ok());
     assert_eq!(
-        std::fs::read(rootfs.join("host-escape/x.conf")).unwrap(),
+        std::fs::read(e.rootfs.join("outside/x.conf")).unwrap(),
         b"hi"
     );
-    assert_eq!(std::fs::read(rootfs.join("etc/evil.conf")).unwrap(), b"hi");
+    assert_eq!(
+        std::fs::read(e.rootfs.join("etc/evil.conf")).unwrap(),
+        b"hi"
+    );
 }
 
 #[test]
 fn chmod_stays_inside_and_never_follows_a_final_symlink() {
-    let e = Escape::new(&["dev/dri"], "dev/link");
+    let e = Escape::new(Outside::File, &["dev/dri"], &[("dev/link", "OUTSIDE")]);
     let r = e.root();
     r.chmod(Path::new("/dev/dri"), 0o711).unwrap();
     let mode = |p: &Path| {
@@ -87,7 +110,7 @@ fn chmod_stays_inside_and_never_follows_a_final_symlink() {
 
 #[test]
 fn final_symlink_is_replaced_not_followed() {
-    let e = Escape::new(&["etc"], "etc/ld.so.cache");
+    let e = Escape::new(Outside::File, &["etc"], &[("etc/ld.so.cache", "OUTSIDE")]);
     let r = e.root();
     assert!(
         matches!(
@@ -117,21 +140,17 @@ proptest::proptest! {
         parts in proptest::collection::vec(
             proptest::sample::select(vec!["a", "b", "..", ".", "abs", "rel", "up"]), 1..6),
     ) {
-        let host = tempfile::tempdir().unwrap();
-        let outside = host.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        let rootfs = host.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("a")).unwrap();
-        symlink(&outside, rootfs.join("abs")).unwrap();
-        symlink("../outside", rootfs.join("rel")).unwrap();
-        symlink("../../../../..", rootfs.join("a/up")).unwrap();
-        let r = Root::open(&rootfs).unwrap();
+        let e = Escape::new(
+            Outside::Dir,
+            &["a"],
+            &[("abs", "OUTSIDE"), ("rel", "../outside"), ("a/up", "../../../../..")],
+        );
+        let r = e.root();
         let path = Path::new("/").join(parts.join("/")).join("f");
         let _ = r.write_file(&path, b"x", 0o644);
         let _ = r.symlink(&path.with_file_name("l"), "t");
         let _ = r.create_dir_all(&path.with_file_name("d"));
-        proptest::prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{:?}", path);
-        proptest::prop_assert!(!host.path().join("f").exists() && !host.path().join("d").exists());
+        proptest::prop_assert!(e.untouched(), "{:?}", path);
     }
 }
 

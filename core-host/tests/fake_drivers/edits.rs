@@ -1,25 +1,22 @@
 use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::edits::{DriverEdits, FILE_MOUNT_OPTIONS};
-use nvidia_shim_core::inventory::Inventory;
 use nvidia_shim_core::request::DeviceSelection;
 use nvidia_shim_core_host::discover;
-use nvidia_shim_core_host::fixture::{mknod, request, spec_with_env, FakeDriver, Layout, VERSION};
+use nvidia_shim_core_host::fixture::{mknod, request, root_or_skip, FakeDriver, Layout, VERSION};
 use nvidia_shim_core_host::snapshot::edits_for;
 
 use super::support::{
-    apply_one, device_paths, device_rules, discovered, inventory, mount_dests, root,
+    apply_one, container, device_paths, device_rules, edits, edits_err, fake, fake_edits,
+    fake_with, inventory, mount_dests, node_paths,
 };
 
 #[test]
 fn all_gpus_get_nodes_rules_libraries_binaries_and_env() {
-    if !root() {
+    let Some((_fake, inv)) = fake(4, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(4, Layout::Distro);
-    let env = ["NVIDIA_VISIBLE_DEVICES=all"];
-    let edits = edits_for(&inv, &request(&env)).unwrap();
-    let mut spec = spec_with_env(&env);
+    };
+    let (mut spec, edits) = container(&inv, &["NVIDIA_VISIBLE_DEVICES=all"]);
     apply_one(&mut spec, &edits);
     let devs = device_paths(&spec);
     for d in [
@@ -75,46 +72,26 @@ fn all_gpus_get_nodes_rules_libraries_binaries_and_env() {
 
 #[test]
 fn one_gpu_by_index_uuid_or_bus_gets_only_its_node() {
-    if !root() {
+    let Some((_fake, inv)) = fake(4, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(4, Layout::Distro);
+    };
     let uuid = inv.gpus[1].uuid.clone();
     let bus = inv.gpus[1].bus_id.clone();
     for value in ["1".to_owned(), uuid, bus] {
-        let edits = edits_for(
-            &inv,
-            &request(&[&format!("NVIDIA_VISIBLE_DEVICES={value}")]),
-        )
-        .unwrap();
-        let gpu_nodes: Vec<_> = edits
-            .devices
-            .iter()
-            .filter(|d| {
-                d.path
-                    .to_string_lossy()
-                    .trim_start_matches("/dev/nvidia")
-                    .parse::<u32>()
-                    .is_ok()
-            })
-            .map(|d| d.path.display().to_string())
-            .collect();
+        let edits = edits(&inv, &[&format!("NVIDIA_VISIBLE_DEVICES={value}")]);
+        let mut gpu_nodes = node_paths(&edits);
+        gpu_nodes.retain(|p| p.trim_start_matches("/dev/nvidia").parse::<u32>().is_ok());
         assert_eq!(gpu_nodes, ["/dev/nvidia1"], "{value}");
     }
 }
 
 #[test]
 fn none_gives_control_nodes_and_libraries_but_no_gpu() {
-    if !root() {
+    let Some((_fake, _, edits)) = fake_edits(2, Layout::Distro, &["NVIDIA_VISIBLE_DEVICES=none"])
+    else {
         return;
-    }
-    let (_fake, inv) = inventory(2, Layout::Distro);
-    let edits = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=none"])).unwrap();
-    let paths: Vec<_> = edits
-        .devices
-        .iter()
-        .map(|d| d.path.display().to_string())
-        .collect();
+    };
+    let paths = node_paths(&edits);
     assert!(paths.contains(&"/dev/nvidiactl".to_owned()));
     assert!(!paths
         .iter()
@@ -127,18 +104,16 @@ fn none_gives_control_nodes_and_libraries_but_no_gpu() {
 
 #[test]
 fn void_or_unset_changes_nothing() {
-    if !root() {
+    let Some((_fake, inv)) = fake(1, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(1, Layout::Distro);
+    };
     for env in [
         &[][..],
         &["NVIDIA_VISIBLE_DEVICES=void"][..],
         &["NVIDIA_VISIBLE_DEVICES="][..],
     ] {
-        let edits = edits_for(&inv, &request(env)).unwrap();
+        let (mut spec, edits) = container(&inv, env);
         assert_eq!(edits, DriverEdits::default());
-        let mut spec = spec_with_env(env);
         let before = spec.clone();
         apply_one(&mut spec, &edits);
         assert_eq!(
@@ -150,18 +125,16 @@ fn void_or_unset_changes_nothing() {
 
 #[test]
 fn utility_only_has_no_uvm_and_no_compute_libraries() {
-    if !root() {
-        return;
-    }
-    let (_fake, inv) = inventory(1, Layout::Distro);
-    let edits = edits_for(
-        &inv,
-        &request(&[
+    let Some((_fake, _, edits)) = fake_edits(
+        1,
+        Layout::Distro,
+        &[
             "NVIDIA_VISIBLE_DEVICES=all",
             "NVIDIA_DRIVER_CAPABILITIES=utility",
-        ]),
-    )
-    .unwrap();
+        ],
+    ) else {
+        return;
+    };
     assert!(!edits
         .devices
         .iter()
@@ -179,13 +152,10 @@ fn utility_only_has_no_uvm_and_no_compute_libraries() {
 
 #[test]
 fn apply_is_idempotent_and_keeps_existing_nodes_single() {
-    if !root() {
+    let Some((_fake, inv)) = fake(2, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(2, Layout::Distro);
-    let env = ["NVIDIA_VISIBLE_DEVICES=all"];
-    let edits = edits_for(&inv, &request(&env)).unwrap();
-    let mut spec = spec_with_env(&env);
+    };
+    let (mut spec, edits) = container(&inv, &["NVIDIA_VISIBLE_DEVICES=all"]);
     // A device plugin already passed /dev/nvidia0 as a DeviceSpec.
     apply_one(
         &mut spec,
@@ -204,13 +174,10 @@ fn apply_is_idempotent_and_keeps_existing_nodes_single() {
 
 #[test]
 fn unknown_gpu_lists_the_valid_ones() {
-    if !root() {
+    let Some((_fake, inv)) = fake(2, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(2, Layout::Distro);
-    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=7"]))
-        .unwrap_err()
-        .to_string();
+    };
+    let err = edits_err(&inv, &["NVIDIA_VISIBLE_DEVICES=7"]);
     assert!(
         err.contains("\"7\"") && err.contains(&inv.gpus[0].uuid) && err.contains(&inv.gpus[1].uuid),
         "{err}"
@@ -219,11 +186,11 @@ fn unknown_gpu_lists_the_valid_ones() {
 
 #[test]
 fn usr_local_nvidia_files_keep_their_paths_under_the_root() {
-    if !root() {
+    let Some((_fake, _, edits)) =
+        fake_edits(1, Layout::UsrLocalNvidia, &["NVIDIA_VISIBLE_DEVICES=all"])
+    else {
         return;
-    }
-    let (_fake, inv) = inventory(1, Layout::UsrLocalNvidia);
-    let edits = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"])).unwrap();
+    };
     let dests: Vec<_> = edits
         .mounts
         .iter()
@@ -238,15 +205,13 @@ fn usr_local_nvidia_files_keep_their_paths_under_the_root() {
 
 #[test]
 fn imex_channels_become_nodes_with_the_driver_major() {
-    if !root() {
+    let Some((fake, _, edits)) = fake_edits(
+        1,
+        Layout::Distro,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=channel2"],
+    ) else {
         return;
-    }
-    let (fake, inv) = inventory(1, Layout::Distro);
-    let edits = edits_for(
-        &inv,
-        &request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=channel2"]),
-    )
-    .unwrap();
+    };
     let node = edits
         .devices
         .iter()
@@ -262,12 +227,10 @@ fn imex_channels_become_nodes_with_the_driver_major() {
     )
     .unwrap();
     let inv = discover::inventory(&fake.roots()).unwrap();
-    let err = edits_for(
+    let err = edits_err(
         &inv,
-        &request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=2"]),
-    )
-    .unwrap_err()
-    .to_string();
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=2"],
+    );
     assert!(
         err.contains("IMEX channel 2") && err.contains("devices"),
         "{err}"
@@ -276,10 +239,9 @@ fn imex_channels_become_nodes_with_the_driver_major() {
 
 #[test]
 fn gated_features_bring_their_host_devices_only_when_enabled() {
-    if !root() {
+    let Some((fake, inv)) = fake(1, Layout::Distro) else {
         return;
-    }
-    let (fake, inv) = inventory(1, Layout::Distro);
+    };
     let dev = fake.roots().dev_root.join("dev");
     mknod(&dev.join("nvidia-fs0"), 246, 0);
     mknod(&dev.join("infiniband/uverbs0"), 231, 192);
@@ -289,12 +251,9 @@ fn gated_features_bring_their_host_devices_only_when_enabled() {
     mknod(&dev.join("gdrdrv"), 510, 0);
     std::fs::create_dir_all(fake.roots().dev_root.join("run/udev")).unwrap();
     let paths = |env: &[&str]| -> (Vec<String>, Vec<String>) {
-        let e = edits_for(&inv, &request(env)).unwrap();
+        let e = edits(&inv, env);
         (
-            e.devices
-                .iter()
-                .map(|d| d.path.display().to_string())
-                .collect(),
+            node_paths(&e),
             e.mounts
                 .iter()
                 .map(|(_, c)| c.display().to_string())
@@ -325,11 +284,6 @@ fn gated_features_bring_their_host_devices_only_when_enabled() {
     assert!(mounts.contains(&"/run/udev".to_owned()), "{mounts:?}");
 }
 
-/// A 2-GPU host with MIG on GPU 1: GI 1 with CIs 0 and 1, GI 2 with CI 0.
-fn mig_inventory() -> (FakeDriver, Inventory) {
-    discovered(FakeDriver::mig_host())
-}
-
 fn nodes(e: &DriverEdits) -> Vec<String> {
     e.devices
         .iter()
@@ -339,10 +293,9 @@ fn nodes(e: &DriverEdits) -> Vec<String> {
 
 #[test]
 fn mig_devices_are_read_from_proc_and_selected_by_index() {
-    if !root() {
+    let Some((_f, inv)) = fake_with(FakeDriver::mig_host) else {
         return;
-    }
-    let (_f, inv) = mig_inventory();
+    };
     let layout: Vec<(u32, u32, u32, u32)> = inv
         .mig
         .iter()
@@ -351,7 +304,7 @@ fn mig_devices_are_read_from_proc_and_selected_by_index() {
     assert_eq!(layout, [(1, 0, 1, 0), (1, 1, 1, 1), (1, 2, 2, 0)]);
     // 1:2 is GI 2 / CI 0: the parent's node plus the GI and CI access nodes (minors 6 and 7:
     // config 1, monitor 2, then gi1 3, gi1/ci0 4, gi1/ci1 5, gi2 6, gi2/ci0 7).
-    let e = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=1:2"])).unwrap();
+    let e = edits(&inv, &["NVIDIA_VISIBLE_DEVICES=1:2"]);
     let n = nodes(&e);
     assert!(n.contains(&"/dev/nvidia1 195:1".to_owned()), "{n:?}");
     assert!(!n.contains(&"/dev/nvidia0 195:0".to_owned()), "{n:?}");
@@ -365,7 +318,7 @@ fn mig_devices_are_read_from_proc_and_selected_by_index() {
     );
     assert_eq!(n.iter().filter(|x| x.contains("nvidia-cap")).count(), 2);
     // all: every GPU and every MIG device.
-    let e = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"])).unwrap();
+    let e = edits(&inv, &["NVIDIA_VISIBLE_DEVICES=all"]);
     assert_eq!(
         nodes(&e)
             .iter()
@@ -377,30 +330,23 @@ fn mig_devices_are_read_from_proc_and_selected_by_index() {
 
 #[test]
 fn unknown_mig_ids_list_the_valid_ones_and_uuids_need_nvml() {
-    if !root() {
+    let Some((_f, inv)) = fake_with(FakeDriver::mig_host) else {
         return;
-    }
-    let (_f, inv) = mig_inventory();
-    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=1:3"])).unwrap_err();
-    let text = err.to_string();
+    };
+    let text = edits_err(&inv, &["NVIDIA_VISIBLE_DEVICES=1:3"]);
     assert!(
         text.contains("\"1:3\"") && text.contains("1:2 (MIG gi2 ci0)"),
         "{text}"
     );
-    let err = edits_for(
-        &inv,
-        &request(&["NVIDIA_VISIBLE_DEVICES=MIG-0c6f3c5a-0000"]),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("MIG UUID without NVML"), "{err}");
+    let err = edits_err(&inv, &["NVIDIA_VISIBLE_DEVICES=MIG-0c6f3c5a-0000"]);
+    assert!(err.contains("MIG UUID without NVML"), "{err}");
 }
 
 #[test]
 fn mig_config_gives_the_config_cap_and_the_gpus_mig_caps() {
-    if !root() {
+    let Some((_f, inv)) = fake_with(FakeDriver::mig_host) else {
         return;
-    }
-    let (_f, inv) = mig_inventory();
+    };
     let mut r = request(&["NVIDIA_VISIBLE_DEVICES=1"]);
     r.mig_config = DeviceSelection::parse(Some("1"), false).unwrap();
     let n = nodes(&edits_for(&inv, &r).unwrap());
@@ -428,7 +374,7 @@ fn mig_config_gives_the_config_cap_and_the_gpus_mig_caps() {
 
 #[test]
 fn graphics_gets_vulkan_and_egl_configs_at_usr_share_in_both_layouts() {
-    if !root() {
+    if !root_or_skip("graphics_gets_vulkan_and_egl_configs_at_usr_share_in_both_layouts") {
         return;
     }
     for layout in [Layout::Distro, Layout::UsrLocalNvidia] {
@@ -460,15 +406,14 @@ fn graphics_gets_vulkan_and_egl_configs_at_usr_share_in_both_layouts() {
 
 #[test]
 fn every_library_gets_an_ld_cache_entry_and_the_toolkits_extra_links() {
-    if !root() {
+    let Some((_fake, inv)) = fake(1, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(1, Layout::Distro);
+    };
     let env = [
         "NVIDIA_VISIBLE_DEVICES=all",
         "NVIDIA_DRIVER_CAPABILITIES=all",
     ];
-    let edits = edits_for(&inv, &request(&env)).unwrap();
+    let edits = edits(&inv, &env);
     let v = VERSION;
     let dir = Path::new("/usr/lib/x86_64-linux-gnu");
     for l in &inv.libraries {
@@ -509,19 +454,16 @@ fn every_library_gets_an_ld_cache_entry_and_the_toolkits_extra_links() {
 
 #[test]
 fn a_root_without_a_capabilitys_core_library_fails_naming_it() {
-    if !root() {
+    let Some((fake, _)) = fake(1, Layout::Distro) else {
         return;
-    }
-    let (fake, _) = inventory(1, Layout::Distro);
+    };
     let v = VERSION;
     let lib = fake
         .driver_root()
         .join(format!("usr/lib/x86_64-linux-gnu/libcuda.so.{v}"));
     std::fs::remove_file(&lib).unwrap();
     let inv = discover::inventory(&fake.roots()).unwrap();
-    let err = edits_for(&inv, &request(&["NVIDIA_VISIBLE_DEVICES=all"]))
-        .unwrap_err()
-        .to_string();
+    let err = edits_err(&inv, &["NVIDIA_VISIBLE_DEVICES=all"]);
     assert!(
         err.contains(&format!("compute needs libcuda.so.{v}"))
             && err.contains("etc/ld.so.cache")
@@ -529,12 +471,11 @@ fn a_root_without_a_capabilitys_core_library_fails_naming_it() {
         "{err}"
     );
     // utility alone does not need libcuda.
-    edits_for(
+    edits(
         &inv,
-        &request(&[
+        &[
             "NVIDIA_VISIBLE_DEVICES=all",
             "NVIDIA_DRIVER_CAPABILITIES=utility",
-        ]),
-    )
-    .unwrap();
+        ],
+    );
 }

@@ -6,14 +6,13 @@ use nvidia_shim_core_host::discover::{mps_pipe_dir, present_endpoints};
 use nvidia_shim_core_host::fixture::Layout;
 use nvidia_shim_core_host::snapshot::edits_for;
 
-use super::support::{apply_cdi, inventory, root};
+use super::support::{apply_cdi, fake};
 
 #[test]
 fn generated_spec_round_trips_and_names_devices_like_nvidia_ctk() {
-    if !root() {
+    let Some((_fake, inv)) = fake(2, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(2, Layout::Distro);
+    };
     let spec = generate(&inv, Capabilities::all(), &Hooks::default(), &[]).unwrap();
     let names: Vec<_> = spec.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
@@ -51,10 +50,9 @@ fn generated_spec_round_trips_and_names_devices_like_nvidia_ctk() {
 
 #[test]
 fn the_spec_mounts_what_the_built_in_path_injects_for_all_capabilities() {
-    if !root() {
+    let Some((_fake, inv)) = fake(2, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(2, Layout::Distro);
+    };
     let ipc = present_endpoints(&inv.roots.dev_root, &mps_pipe_dir());
     let spec = generate(&inv, Capabilities::all(), &Hooks::None, &ipc).unwrap();
     let oci: oci_spec::runtime::Spec = serde_json::from_str(

@@ -7,7 +7,7 @@ use nvidia_shim_core::select::Selection;
 use nvidia_shim_core_host::fixture::{request, FakeDriver, Layout};
 use nvidia_shim_core_host::snapshot::proc_facts;
 
-use super::support::{discovered, inventory, root};
+use super::support::{fake, fake_with};
 
 /// The request of a container whose `NVIDIA_VISIBLE_DEVICES` is `devices`.
 fn visible(devices: &str) -> GpuRequest {
@@ -36,10 +36,9 @@ fn shown(paths: &[PathBuf]) -> Vec<String> {
 
 #[test]
 fn unselected_gpus_are_hidden() {
-    if !root() {
+    let Some((_fake, inv)) = fake(3, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(3, Layout::Distro);
+    };
     let o = overlay(&inv, &visible("1"));
     assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0", "gpus/0000:00:08.0"]);
     assert!(o.hidden_files.is_empty());
@@ -49,17 +48,11 @@ fn unselected_gpus_are_hidden() {
     assert!(overlay(&inv, &visible("all")).hidden.is_empty());
 }
 
-/// GPU 0 plain, GPU 1 with MIG: GI 1 (CIs 0, 1) and GI 2 (CI 0); index 1:1 is GI 1 / CI 1.
-fn mig_host() -> (FakeDriver, Inventory) {
-    discovered(FakeDriver::mig_host())
-}
-
 #[test]
 fn a_mig_device_shows_only_its_own_gi_and_ci_access_files() {
-    if !root() {
+    let Some((_f, inv)) = fake_with(FakeDriver::mig_host) else {
         return;
-    }
-    let (_f, inv) = mig_host();
+    };
     let o = overlay(&inv, &visible("1:1"));
     assert_eq!(
         shown(&o.hidden),
@@ -83,10 +76,9 @@ fn a_mig_device_shows_only_its_own_gi_and_ci_access_files() {
 
 #[test]
 fn whole_gpus_and_mig_admin_requests_show_their_capabilities() {
-    if !root() {
+    let Some((_f, inv)) = fake_with(FakeDriver::mig_host) else {
         return;
-    }
-    let (_f, inv) = mig_host();
+    };
     // The whole GPU 1: its capability tree stays; GPU 0 has none to hide.
     let o = overlay(&inv, &visible("1"));
     assert_eq!(shown(&o.hidden), ["gpus/0000:00:06.0"]);

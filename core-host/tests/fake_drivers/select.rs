@@ -3,7 +3,7 @@ use nvidia_shim_core::request::DeviceSelection;
 use nvidia_shim_core::select::{select, SelectError};
 use nvidia_shim_core_host::fixture::Layout;
 
-use super::support::{inventory, root};
+use super::support::fake;
 
 fn ids(inv: &Inventory, value: &str) -> Result<Vec<u32>, SelectError> {
     let sel = DeviceSelection::parse(Some(value), false).unwrap();
@@ -12,10 +12,9 @@ fn ids(inv: &Inventory, value: &str) -> Result<Vec<u32>, SelectError> {
 
 #[test]
 fn builtin_cdi_kinds_resolve_against_the_inventory() {
-    if !root() {
+    let Some((_fake, inv)) = fake(3, Layout::Distro) else {
         return;
-    }
-    let (_fake, inv) = inventory(3, Layout::Distro);
+    };
     assert_eq!(ids(&inv, "nvidia.com/gpu=1").unwrap(), [1]);
     let uuid = inv.gpus[2].uuid.clone();
     assert_eq!(

@@ -5,15 +5,11 @@ use nvidia_shim_core::edits::DriverEdits;
 use nvidia_shim_core::inventory::Inventory;
 use nvidia_shim_core::oci_spec::runtime::{LinuxDeviceCgroup, Spec};
 use nvidia_shim_core_host::discover;
-use nvidia_shim_core_host::fixture::{root_or_skip, FakeDriver, Layout};
-use nvidia_shim_core_host::snapshot::node_facts;
+use nvidia_shim_core_host::fixture::{request, root_or_skip, spec_with_env, FakeDriver, Layout};
+use nvidia_shim_core_host::snapshot::{edits_for, node_facts};
 
-/// Whether the test can make the fake driver's device nodes (root); says SKIP when not.
-pub fn root() -> bool {
-    root_or_skip("this test")
-}
-
-/// A fake driver of `gpus` GPUs in `layout`, discovered.
+/// A fake driver of `gpus` GPUs in `layout`, discovered (root only: its device nodes need
+/// `mknod`).
 pub fn inventory(gpus: u32, layout: Layout) -> (FakeDriver, Inventory) {
     discovered(FakeDriver::builder().gpus(gpus).layout(layout).build())
 }
@@ -22,6 +18,50 @@ pub fn inventory(gpus: u32, layout: Layout) -> (FakeDriver, Inventory) {
 pub fn discovered(fake: FakeDriver) -> (FakeDriver, Inventory) {
     let inv = discover::inventory(&fake.roots()).expect("discover the fake driver");
     (fake, inv)
+}
+
+/// The fake driver `make` builds, discovered; `None` (and SKIP said) when not root.
+pub fn fake_with(make: impl FnOnce() -> FakeDriver) -> Option<(FakeDriver, Inventory)> {
+    root_or_skip("this test").then(|| discovered(make()))
+}
+
+/// [`inventory`]`(gpus, layout)`; `None` (and SKIP said) when not root.
+pub fn fake(gpus: u32, layout: Layout) -> Option<(FakeDriver, Inventory)> {
+    fake_with(|| FakeDriver::builder().gpus(gpus).layout(layout).build())
+}
+
+/// [`fake`]`(gpus, layout)` and the edits a container whose environment is `env` gets on it.
+pub fn fake_edits(
+    gpus: u32,
+    layout: Layout,
+    env: &[&str],
+) -> Option<(FakeDriver, Inventory, DriverEdits)> {
+    let (fake, inv) = fake(gpus, layout)?;
+    let edits = edits(&inv, env);
+    Some((fake, inv, edits))
+}
+
+/// The edits a container whose environment is `env` gets on `inv`.
+pub fn edits(inv: &Inventory, env: &[&str]) -> DriverEdits {
+    edits_for(inv, &request(env)).expect("edits")
+}
+
+/// The spec of a container whose environment is `env`, and the edits it gets on `inv`.
+pub fn container(inv: &Inventory, env: &[&str]) -> (Spec, DriverEdits) {
+    (spec_with_env(env), edits(inv, env))
+}
+
+/// Why a container whose environment is `env` gets no edits on `inv`.
+pub fn edits_err(inv: &Inventory, env: &[&str]) -> String {
+    edits_for(inv, &request(env)).unwrap_err().to_string()
+}
+
+/// The container paths of the edits' device nodes.
+pub fn node_paths(e: &DriverEdits) -> Vec<String> {
+    e.devices
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect()
 }
 
 /// Applies one set of driver edits through the one engine.

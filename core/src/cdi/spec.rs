@@ -241,31 +241,29 @@ impl fmt::Display for SpecVersion {
     }
 }
 
+/// Whether `name` is non-empty, starts with a character `first` accepts, ends with an ASCII
+/// letter or digit, and has only ASCII letters, digits and `extra` characters.
+fn valid_name(name: &str, first: fn(&char) -> bool, extra: &[char]) -> bool {
+    name.chars().next().as_ref().is_some_and(first)
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
 /// A valid vendor (`nvidia.com`): a domain-like name.
 fn valid_vendor(v: &str) -> bool {
-    !v.is_empty()
-        && v.starts_with(|c: char| c.is_ascii_alphabetic())
-        && v.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    valid_name(v, char::is_ascii_alphabetic, &['-', '_', '.'])
 }
 
 /// A valid class (`gpu`); dots need 0.6.0, checked by [`CdiSpec::required_version`].
 fn valid_class(c: &str) -> bool {
-    !c.is_empty()
-        && c.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && c.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && c.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    valid_name(c, char::is_ascii_alphanumeric, &['-', '_', '.'])
 }
 
 /// A valid device name (`0`, `GPU-…`, `0:1`, `all`).
 pub fn valid_device_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    valid_name(n, char::is_ascii_alphanumeric, &['-', '_', '.', ':'])
 }
 
 /// Splits a valid kind into vendor and class.
@@ -419,6 +417,13 @@ fn validate_edits(e: &ContainerEdits) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Why `text`, as the JSON file `path`, is not a valid spec.
+    fn parse_err(path: &str, text: &str) -> String {
+        CdiSpec::parse(Path::new(path), text)
+            .unwrap_err()
+            .to_string()
+    }
+
     const TOOLKIT_YAML: &str = r#"---
 cdiVersion: 0.5.0
 kind: nvidia.com/gpu
@@ -483,9 +488,7 @@ containerEdits:
     #[test]
     fn unknown_fields_are_rejected_naming_the_file() {
         let text = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"bogus":1}}]}"#;
-        let err = CdiSpec::parse(Path::new("/etc/cdi/x.json"), text)
-            .unwrap_err()
-            .to_string();
+        let err = parse_err("/etc/cdi/x.json", text);
         assert!(
             err.contains("/etc/cdi/x.json") && err.contains("bogus"),
             "{err}"
@@ -495,14 +498,10 @@ containerEdits:
     #[test]
     fn fields_newer_than_the_declared_version_are_rejected() {
         let text = r#"{"cdiVersion":"0.3.0","kind":"a.com/b","devices":[{"name":"0","containerEdits":{}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), text)
-            .unwrap_err()
-            .to_string();
+        let err = parse_err("x.json", text);
         assert!(err.contains("0.3.0") && err.contains("0.5.0"), "{err}");
         let gids = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"additionalGids":[44]}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), gids)
-            .unwrap_err()
-            .to_string();
+        let err = parse_err("x.json", gids);
         assert!(err.contains("0.7.0"), "{err}");
         let net = r#"{"cdiVersion":"1.0.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}}]}"#;
         assert!(CdiSpec::parse(Path::new("x.json"), net).is_err());
@@ -527,9 +526,7 @@ containerEdits:
             let text = format!(
                 r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
             );
-            let err = CdiSpec::parse(Path::new("x.json"), &text)
-                .unwrap_err()
-                .to_string();
+            let err = parse_err("x.json", &text);
             assert!(err.contains("unsupported cdiVersion"), "{err}");
         }
     }
@@ -569,9 +566,7 @@ containerEdits:
                 "unknown variant `later`",
             ),
         ] {
-            let err = CdiSpec::parse(Path::new("x.json"), &base(kind, name, edits))
-                .unwrap_err()
-                .to_string();
+            let err = parse_err("x.json", &base(kind, name, edits));
             assert!(err.contains(want), "{kind} {name} {edits}: {err}");
         }
     }

@@ -7,14 +7,21 @@ use std::path::{Path, PathBuf};
 use super::DriverLibrary;
 use crate::request::Capability;
 
-/// Binaries per capability.
-pub const BINARIES: &[(&str, Capability)] = &[
-    ("nvidia-smi", Capability::Utility),
-    ("nvidia-debugdump", Capability::Utility),
-    ("nvidia-persistenced", Capability::Utility),
-    ("nv-fabricmanager", Capability::Utility),
-    ("nvidia-cuda-mps-control", Capability::Compute),
-    ("nvidia-cuda-mps-server", Capability::Compute),
+/// Binaries per capability (as [`super::LIBRARIES`] lists libraries per group).
+pub const BINARIES: &[(Capability, &[&str])] = &[
+    (
+        Capability::Utility,
+        &[
+            "nvidia-smi",
+            "nvidia-debugdump",
+            "nvidia-persistenced",
+            "nv-fabricmanager",
+        ],
+    ),
+    (
+        Capability::Compute,
+        &["nvidia-cuda-mps-control", "nvidia-cuda-mps-server"],
+    ),
 ];
 
 /// Directories, relative to the driver root, searched for binaries; they are on the

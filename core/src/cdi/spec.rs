@@ -485,10 +485,18 @@ containerEdits:
         assert_eq!(CdiSpec::parse(Path::new("a.json"), &json).unwrap(), yaml);
     }
 
+    /// A spec of version `version`, kind `kind` and one device `name` with container edits
+    /// `edits` (JSON).
+    fn one_device(version: &str, kind: &str, name: &str, edits: &str) -> String {
+        format!(
+            r#"{{"cdiVersion":"{version}","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#
+        )
+    }
+
     #[test]
     fn unknown_fields_are_rejected_naming_the_file() {
-        let text = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"bogus":1}}]}"#;
-        let err = parse_err("/etc/cdi/x.json", text);
+        let text = one_device("0.6.0", "a.com/b", "x", r#"{"bogus":1}"#);
+        let err = parse_err("/etc/cdi/x.json", &text);
         assert!(
             err.contains("/etc/cdi/x.json") && err.contains("bogus"),
             "{err}"
@@ -497,47 +505,40 @@ containerEdits:
 
     #[test]
     fn fields_newer_than_the_declared_version_are_rejected() {
-        let text = r#"{"cdiVersion":"0.3.0","kind":"a.com/b","devices":[{"name":"0","containerEdits":{}}]}"#;
-        let err = parse_err("x.json", text);
+        let err = parse_err("x.json", &one_device("0.3.0", "a.com/b", "0", "{}"));
         assert!(err.contains("0.3.0") && err.contains("0.5.0"), "{err}");
-        let gids = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"additionalGids":[44]}}]}"#;
-        let err = parse_err("x.json", gids);
+        let gids = r#"{"additionalGids":[44]}"#;
+        let err = parse_err("x.json", &one_device("0.6.0", "a.com/b", "x", gids));
         assert!(err.contains("0.7.0"), "{err}");
-        let net = r#"{"cdiVersion":"1.0.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}}]}"#;
-        assert!(CdiSpec::parse(Path::new("x.json"), net).is_err());
-        let ok = net.replace("1.0.0", "1.1.0");
+        let net = r#"{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}"#;
+        assert!(parse("1.0.0", net).is_err());
         assert_eq!(
-            CdiSpec::parse(Path::new("x.json"), &ok)
-                .unwrap()
-                .required_version(),
+            parse("1.1.0", net).unwrap().required_version(),
             SpecVersion(1, 1, 0)
         );
+    }
+
+    /// `one_device(version, "a.com/b", "x", edits)`, parsed.
+    fn parse(version: &str, edits: &str) -> Result<CdiSpec, SpecError> {
+        CdiSpec::parse(
+            Path::new("x.json"),
+            &one_device(version, "a.com/b", "x", edits),
+        )
     }
 
     #[test]
     fn every_known_version_is_accepted_and_others_are_not() {
         for v in KNOWN_VERSIONS {
-            let text = format!(
-                r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
-            );
-            CdiSpec::parse(Path::new("x.json"), &text).unwrap();
+            parse(v, "{}").unwrap();
         }
         for v in ["0.2.0", "1.2.0", "one"] {
-            let text = format!(
-                r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
-            );
-            let err = parse_err("x.json", &text);
+            let err = parse(v, "{}").unwrap_err().to_string();
             assert!(err.contains("unsupported cdiVersion"), "{err}");
         }
     }
 
     #[test]
     fn bad_kinds_names_and_edits_are_rejected() {
-        let base = |kind: &str, name: &str, edits: &str| {
-            format!(
-                r#"{{"cdiVersion":"1.0.0","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#
-            )
-        };
         for (kind, name, edits, want) in [
             ("nvidia.com", "0", "{}", "invalid kind"),
             ("nvidia.com/gpu", "-x", "{}", "invalid device name"),
@@ -566,7 +567,7 @@ containerEdits:
                 "unknown variant `later`",
             ),
         ] {
-            let err = parse_err("x.json", &base(kind, name, edits));
+            let err = parse_err("x.json", &one_device("1.0.0", kind, name, edits));
             assert!(err.contains(want), "{kind} {name} {edits}: {err}");
         }
     }

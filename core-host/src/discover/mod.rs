@@ -1,7 +1,9 @@
 //! Driver discovery: what the host's NVIDIA driver offers (GPUs, device nodes, libraries,
 //! binaries, firmware, MIG devices), read without NVML from `/proc`, `/dev` and a driver root,
 //! each under a root the caller chooses so tests can use fake trees. What it finds is core's
-//! [`Inventory`]; the texts it reads are parsed by core's [`procfs`] and [`mig`] parsers.
+//! [`Inventory`]; the texts it reads are parsed by core's
+//! [`procfs`](nvidia_shim_core::inventory::procfs) and [`mig`](nvidia_shim_core::inventory::mig)
+//! parsers.
 
 pub mod cache;
 mod files;

@@ -69,8 +69,8 @@ fn node(n: &HostNode) -> DeviceNode {
 }
 
 /// Generates the spec for `inventory` with `capabilities` (use `all` for a general spec), the
-/// host's IPC endpoints `ipc` (see [`crate::inventory::present_endpoints`]), and the links and ld
-/// cache expressed as `hooks` says. The spec-wide edits are [`common_edits`], those of the
+/// host's IPC endpoints `ipc` (as `nvidia-shim-core-host`'s `discover::present_endpoints` finds
+/// them), and the links and ld cache expressed as `hooks` says. The spec-wide edits are [`common_edits`], those of the
 /// built-in injection, so the two cannot drift apart. Fails as the built-in injection would
 /// for the same capabilities (a core library missing from the driver root).
 pub fn generate(

@@ -90,6 +90,7 @@ fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// The target of symlink `name` in `dir` (`EINVAL` when it is not a symlink).
 fn readlinkat(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<PathBuf> {
     let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
     Ok(PathBuf::from(std::ffi::OsString::from_vec(
@@ -97,6 +98,7 @@ fn readlinkat(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<PathBuf> {
     )))
 }
 
+/// `name` as a path component for the `*at` calls.
 fn c_name(name: &std::ffi::OsStr) -> std::io::Result<CString> {
     CString::new(name.as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))

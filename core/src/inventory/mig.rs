@@ -127,4 +127,36 @@ mod tests {
         assert_eq!(gpu_cap_minors(&m, 0), [12, 13]);
         assert!(gpu_cap_minors(&m, 1).is_empty());
     }
+
+    #[test]
+    fn mig_devices_are_indexed_in_layout_order_and_need_their_minors() {
+        let gpu = |index, minor| GpuDevice {
+            index,
+            uuid: format!("GPU-{index}"),
+            minor,
+            bus_id: String::new(),
+            proc_dir: String::new(),
+            model: String::new(),
+            arch: None,
+            brand: None,
+        };
+        let gpus = [gpu(0, 0), gpu(1, 1)];
+        let layout: MigLayout = [(1, vec![(1, vec![0, 1]), (2, vec![0])])].into();
+        let minors = parse_mig_minors(
+            "gpu1/gi1/access 3\ngpu1/gi1/ci0/access 4\ngpu1/gi1/ci1/access 5\ngpu1/gi2/access 6\n",
+        );
+        let devices = mig_devices(&gpus, &layout, Path::new("/host"), Some(241), &minors);
+        let ids: Vec<_> = devices
+            .iter()
+            .map(|m| (m.parent, m.index, m.gi, m.ci))
+            .collect();
+        // GI 2's CI 0 has no access minor: left out.
+        assert_eq!(ids, [(1, 0, 1, 0), (1, 1, 1, 1)]);
+        assert_eq!(devices[1].ci_access.minor, 5);
+        assert_eq!(
+            devices[0].gi_access.host_path,
+            Path::new("/host/dev/nvidia-caps/nvidia-cap3")
+        );
+        assert!(mig_devices(&gpus, &layout, Path::new("/"), None, &minors).is_empty());
+    }
 }

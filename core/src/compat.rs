@@ -6,20 +6,19 @@
 //!
 //! The decision is the toolkit's `enable-cuda-compat` hook's: with the note, the host driver's
 //! major must be one of the note's `driver` majors and the compat version newer than the host's;
-//! without it, the compat major must be greater than the host's major. Everything is read
-//! through [`Rootfs`], so a hostile image cannot point the shim outside its rootfs.
+//! without it, the compat major must be greater than the host's major. The host reads the
+//! image's files (through its confined root, so a hostile image cannot point the shim outside
+//! its rootfs); what it found is decided here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::elf::MAX_LIBRARY_SIZE;
 use crate::require::Version;
-use crate::rootfs::Rootfs;
 
 /// Where CUDA images keep their forward-compat libraries.
 pub const COMPAT_DIR: &str = "/usr/local/cuda/compat";
 
 /// The ELF note section of a compat `libcuda`.
-const NOTE_SECTION: &str = ".note.cuda.fwd_compatibility";
+pub const NOTE_SECTION: &str = ".note.cuda.fwd_compatibility";
 /// The owner of that note.
 const NOTE_OWNER: &str = "NVIDIA Corporation";
 
@@ -60,50 +59,22 @@ pub enum Decision {
     Skip(CompatLibcuda, String),
 }
 
-/// The image's compat `libcuda`: exactly one regular file `libcuda.so.X.Y[.Z]` in
-/// [`COMPAT_DIR`] (as the toolkit requires), with its note read from the ELF.
-pub fn find(rootfs: &Rootfs) -> Option<CompatLibcuda> {
-    find_noting(rootfs, &mut Vec::new())
-}
-
-/// [`find`], noting in `skipped` the file it could not read, and why (a FIFO, a device or a
-/// file over [`MAX_LIBRARY_SIZE`] there is not opened).
-pub fn find_noting(rootfs: &Rootfs, skipped: &mut Vec<(PathBuf, String)>) -> Option<CompatLibcuda> {
-    let dir = Path::new(COMPAT_DIR);
-    let mut found: Vec<(String, Version)> = rootfs
-        .list_dir(dir)
+/// The name and version of the image's compat `libcuda` among the regular files `names` of
+/// [`COMPAT_DIR`]: exactly one `libcuda.so.X.Y[.Z]` (as the toolkit requires), else `None`.
+pub fn compat_candidate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(String, Version)> {
+    let mut found: Vec<(String, Version)> = names
         .into_iter()
-        .filter(|e| e.is_file)
-        .filter_map(|e| {
-            let v = e.name.strip_prefix("libcuda.so.")?;
+        .filter_map(|name| {
+            let v = name.strip_prefix("libcuda.so.")?;
             // X.Y at least: `libcuda.so.1` is the SONAME link, not a versioned file.
             v.contains('.').then_some(())?;
-            Some((e.name.clone(), Version::parse(v)?))
+            Some((name.to_owned(), Version::parse(v)?))
         })
         .collect();
     if found.len() != 1 {
         return None;
     }
-    let (name, version) = found.pop()?;
-    let path = dir.join(name);
-    let file = match rootfs.open_file(&path, MAX_LIBRARY_SIZE) {
-        Ok(f) => f,
-        Err(e) => {
-            skipped.push((path, e.to_string()));
-            return None;
-        }
-    };
-    let soname = crate::elf::read_info(&file).ok().and_then(|i| i.soname);
-    let note = crate::elf::read_section(&file, NOTE_SECTION)
-        .ok()
-        .flatten()
-        .and_then(|notes| parse_note(&notes));
-    Some(CompatLibcuda {
-        path,
-        version,
-        note,
-        soname,
-    })
+    found.pop()
 }
 
 /// The NVIDIA forward-compat payload among the notes of a note section (`namesz`, `descsz`,
@@ -160,14 +131,6 @@ pub fn decide(lib: CompatLibcuda, host_driver: &str) -> Decision {
     match reason {
         Some(r) => Decision::Skip(lib, r),
         None => Decision::Use(lib),
-    }
-}
-
-/// [`find`] then [`decide`].
-pub fn compat_for(rootfs: &Rootfs, host_driver: &str) -> Decision {
-    match find(rootfs) {
-        Some(lib) => decide(lib, host_driver),
-        None => Decision::NoCompat,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The shim's TOML configuration file: what it may contain and how it is loaded.
+//! The shim's TOML configuration file: what it may contain and how it is parsed (the host
+//! reads it: `nvidia-shim-core-host`'s `config`).
 //!
 //! Keys are snake_case and all optional; an unknown key is an error, and every error names the
 //! file and, where the parser can tell, the line.
@@ -30,7 +31,7 @@ pub struct Config {
     pub systemd_cgroup: bool,
     /// Where the driver's files are; detected among [`DRIVER_ROOT_CANDIDATES`] when unset.
     ///
-    /// [`DRIVER_ROOT_CANDIDATES`]: crate::discover::DRIVER_ROOT_CANDIDATES
+    /// [`DRIVER_ROOT_CANDIDATES`]: crate::inventory::DRIVER_ROOT_CANDIDATES
     pub driver_root: Option<PathBuf>,
     /// Where `dev/nvidia*` nodes are (default `/`).
     pub dev_root: PathBuf,
@@ -163,39 +164,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads the configuration from `path`: a regular file of at most [`MAX_CONFIG_SIZE`]
-    /// bytes. It is opened without blocking (a FIFO there cannot hang the shim) and read
-    /// bounded (`/dev/zero` cannot grow it); anything else is refused, naming the file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        use crate::regular_file::{self, RegularFileError};
-        let text = regular_file::read_to_string(path, MAX_CONFIG_SIZE).map_err(|e| match e {
-            RegularFileError::Read { path, source } => ConfigError::Read { path, source },
-            RegularFileError::NotAFile { path, what } => ConfigError::NotAFile { path, what },
-            RegularFileError::TooLarge { path, size, .. } => ConfigError::TooLarge { path, size },
-            RegularFileError::NotText { path } => ConfigError::Parse {
-                path,
-                line: None,
-                message: "not UTF-8 text".to_owned(),
-            },
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Loads `explicit` when given, else [`DEFAULT_CONFIG_PATH`] when it exists, else defaults.
-    pub fn load_or_default(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        match explicit {
-            Some(path) => Self::load(path),
-            None => {
-                let default = Path::new(DEFAULT_CONFIG_PATH);
-                if default.exists() {
-                    Self::load(default)
-                } else {
-                    Ok(Self::default())
-                }
-            }
-        }
-    }
-
     /// Parses `text`, attributing errors to `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|err| ConfigError::Parse {
@@ -247,33 +215,6 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostile_paths_are_refused_fast_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo.toml");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid C string; makes a FIFO in a temp dir.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let started = std::time::Instant::now();
-        let err = Config::load(&fifo).unwrap_err().to_string();
-        assert!(err.contains("fifo.toml is a FIFO"), "{err}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        let err = Config::load(Path::new("/dev/zero"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/dev/zero is a device"), "{err}");
-        let err = Config::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is a directory"), "{err}");
-        let big = dir.path().join("big.toml");
-        std::fs::write(&big, vec![b'#'; 10 << 20]).unwrap();
-        let err = Config::load(&big).unwrap_err().to_string();
-        assert!(err.contains("big.toml is 10485760 bytes"), "{err}");
-        let missing = Config::load(&dir.path().join("none.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(missing.contains("none.toml"), "{missing}");
-    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/x.toml"))
@@ -342,21 +283,6 @@ mod tests {
     fn bad_value_is_rejected() {
         let err = parse("log_level = \"loud\"\n").unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
-    }
-
-    #[test]
-    fn missing_explicit_file_is_a_read_error() {
-        let err = Config::load(Path::new("/nonexistent/shim.toml")).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/shim.toml"));
-    }
-
-    #[test]
-    fn loads_from_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "systemd_cgroup = true\n").unwrap();
-        assert!(Config::load_or_default(Some(&path)).unwrap().systemd_cgroup);
     }
 
     #[test]

@@ -300,7 +300,6 @@ pub fn merge(existing: Option<&[u8]>, add: &[Entry]) -> (Vec<u8>, Option<CacheEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     fn entry(key: &str, value: &str) -> Entry {
         Entry {
@@ -365,30 +364,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn host_ldconfig_reads_what_we_write() {
+    /// What the host's own `ldconfig -p` prints of `cache`; `None` without an `ldconfig`. With
+    /// the host's cache read in [`parses_the_hosts_cache_and_merges_into_it`], the one place
+    /// this crate's tests touch the host, on purpose: the format is checked against glibc's.
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+    fn ldconfig_print(cache: &[u8]) -> Option<String> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ld.so.cache");
-        std::fs::write(
-            &file,
-            build(vec![
-                entry("libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1"),
-                entry("libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1"),
-                // Shares its path with the next: written once.
-                entry("libz.so", "/lib/x86_64-linux-gnu/libz.so.1"),
-            ]),
-        )
-        .unwrap();
-        let Ok(out) = Command::new("ldconfig")
+        std::fs::write(&file, cache).unwrap();
+        let out = std::process::Command::new("ldconfig")
             .arg("-p")
             .arg("-C")
             .arg(&file)
             .output()
-        else {
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    #[test]
+    fn host_ldconfig_reads_what_we_write() {
+        let Some(text) = ldconfig_print(&build(vec![
+            entry("libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1"),
+            entry("libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1"),
+            // Shares its path with the next: written once.
+            entry("libz.so", "/lib/x86_64-linux-gnu/libz.so.1"),
+        ])) else {
             eprintln!("SKIP host_ldconfig_reads_what_we_write: no ldconfig");
             return;
         };
-        let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("3 libs found"), "{text}");
         assert!(
             text.contains("libcuda.so.1 (libc6,x86-64) => /usr/local/nvidia/lib64/libcuda.so.1"),
@@ -400,6 +403,7 @@ mod tests {
         );
     }
 
+    #[allow(clippy::disallowed_methods)]
     #[test]
     fn parses_the_hosts_cache_and_merges_into_it() {
         let Ok(host) = std::fs::read("/etc/ld.so.cache") else {
@@ -416,16 +420,7 @@ mod tests {
         let again = keys(&merged);
         assert!(again.iter().any(|k| k == "libcuda.so.1"));
         assert!(again.iter().any(|k| k == "libc.so.6"));
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ld.so.cache");
-        std::fs::write(&file, &merged).unwrap();
-        if let Ok(out) = Command::new("ldconfig")
-            .arg("-p")
-            .arg("-C")
-            .arg(&file)
-            .output()
-        {
-            let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(text) = ldconfig_print(&merged) {
             assert!(
                 text.contains("libcuda.so.1 (libc6,x86-64) => /lib64/libcuda.so.1"),
                 "{text}"

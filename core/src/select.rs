@@ -1,6 +1,6 @@
 //! Resolving a [`DeviceSelection`] against the host's GPUs.
 
-use crate::discover::{GpuDevice, Inventory, MigDevice};
+use crate::inventory::{GpuDevice, Inventory, MigDevice};
 use crate::request::{DeviceId, DeviceSelection};
 
 /// A requested device the host does not have, or cannot give this way.
@@ -216,44 +216,4 @@ pub fn select_devices<'a>(
         out.add_gpu(gpu);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discover::fixture::FakeDriver;
-
-    fn ids(inv: &Inventory, value: &str) -> Result<Vec<u32>, SelectError> {
-        let sel = DeviceSelection::parse(Some(value), false).unwrap();
-        Ok(select(inv, &sel)?.iter().map(|g| g.index).collect())
-    }
-
-    #[test]
-    fn builtin_cdi_kinds_resolve_against_the_inventory() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP builtin_cdi_kinds_resolve_against_the_inventory: fake nodes need mknod (root)");
-            return;
-        }
-        let fake = FakeDriver::builder().gpus(3).build();
-        let inv = Inventory::discover(&fake.roots()).unwrap();
-        assert_eq!(ids(&inv, "nvidia.com/gpu=1").unwrap(), [1]);
-        let uuid = inv.gpus[2].uuid.clone();
-        assert_eq!(
-            ids(&inv, &format!("k8s.device-plugin.nvidia.com/gpu={uuid}")).unwrap(),
-            [2]
-        );
-        assert_eq!(ids(&inv, "nvidia.com/gpu=all").unwrap(), [0, 1, 2]);
-        assert_eq!(
-            ids(&inv, "2,nvidia.com/gpu=2,runtime.nvidia.com/gpu=0").unwrap(),
-            [2, 0]
-        );
-        let err = ids(&inv, "nvidia.com/gpu=9").unwrap_err().to_string();
-        assert!(
-            err.contains("nvidia.com/gpu=9") && err.contains(&uuid),
-            "{err}"
-        );
-        let err = ids(&inv, "vendor.example/fpga=0").unwrap_err().to_string();
-        assert!(err.contains("vendor.example/fpga=0"), "{err}");
-    }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_core_host::fixture::FakeDriver;
 
 /// The unpacked driver.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
-use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
+use nvidia_shim_core_host::fixture::{FakeDriver, Layout};
 use nvidia_shim_integration::checks::eventually;
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED, HANDLER_RUNC,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
-use nvidia_shim_core::discover::fixture::{FakeDriver, Layout};
+use nvidia_shim_core_host::fixture::{FakeDriver, Layout};
 use nvidia_shim_integration::checks::eventually;
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_core_host::fixture::FakeDriver;
 use nvidia_shim_integration::checks::{run_script, setup, text};
 use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::debian_driver::{debian_driver, DebianDriver};

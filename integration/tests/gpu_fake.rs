@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use nvidia_shim_core::discover::fixture::{compat_libcuda, FakeDriver, Layout};
+use nvidia_shim_core_host::fixture::{compat_libcuda, FakeDriver, Layout};
 use nvidia_shim_integration::checks::{assert_clean, run_args, run_script, setup, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
 use nvidia_shim_integration::image::{Entry, ImageSpec};

@@ -7,7 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use anyhow::Result;
-use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_core_host::fixture::FakeDriver;
 use nvidia_shim_integration::checks::{
     assert_clean, ctx, eventually, run_args, run_script, setup, shim_client, sleeper,
     stop_and_remove, text,

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nvidia_shim_core::discover::fixture::{mknod, FakeDriver};
+use nvidia_shim_core_host::fixture::{mknod, FakeDriver};
 use nvidia_shim_integration::checks::{
     assert_clean, eventually, run_args, setup, stop_and_remove, stop_and_remove_in_group,
     task_status, text,

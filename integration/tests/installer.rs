@@ -79,7 +79,7 @@ fn installs_binary_config_and_the_containerd_runtime_idempotently() -> Result<()
         std::fs::read_to_string(&cfg)?,
         std::fs::read_to_string(repo().join("deploy/kubernetes/shim-config.toml"))?
     );
-    let cfg = nvidia_shim_core::Config::load(&cfg)?;
+    let cfg = nvidia_shim_core_host::config::load(&cfg)?;
     assert!(!cfg.accept_envvar_when_unprivileged && cfg.accept_volume_mount_requests);
     Ok(())
 }
@@ -156,7 +156,7 @@ fn manifests_and_examples_parse() -> Result<()> {
         cm["data"]["config.toml"].as_str().expect("config.toml"),
         Path::new("configmap"),
     )?;
-    let shipped = nvidia_shim_core::Config::load(&deploy.join("kubernetes/shim-config.toml"))?;
+    let shipped = nvidia_shim_core_host::config::load(&deploy.join("kubernetes/shim-config.toml"))?;
     assert_eq!(embedded, shipped);
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nvidia_shim_core::discover::fixture::FakeDriver;
+use nvidia_shim_core_host::fixture::FakeDriver;
 use nvidia_shim_integration::checks::text;
 use nvidia_shim_integration::containerd::{wait_output, Containerd};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};

@@ -3,7 +3,7 @@
 
 use containerd_shim::protos::ttrpc::{self, Code};
 use nvidia_shim_core::plan::PlanError;
-use nvidia_shim_core::rootfs::RootfsError;
+use nvidia_shim_core_host::root::RootError;
 
 /// Result alias of the shim.
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -102,7 +102,7 @@ pub enum ShimError {
         id: String,
         /// The confined writer's error.
         #[source]
-        source: RootfsError,
+        source: RootError,
     },
     /// A host operation of the shim itself failed.
     #[error("container {id}: {context}: {source}")]

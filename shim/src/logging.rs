@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use containerd_shim::Flags;
-use nvidia_shim_core::Config;
+use nvidia_shim_core_host::config::load_or_default;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -119,7 +119,7 @@ fn level(configured: &str, rust_log: Option<&str>, debug: bool) -> log::LevelFil
 /// Opens the shim log at the level from the config file (`-debug` raises it to debug).
 pub fn init(flags: &Flags) {
     let path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-    let configured = Config::load_or_default(path.as_deref())
+    let configured = load_or_default(path.as_deref())
         .map(|c| c.log_level.as_str())
         .unwrap_or("info");
     let rust_log = std::env::var("RUST_LOG").ok();

@@ -6,7 +6,8 @@
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
-use nvidia_shim_core::{compat, elf};
+use nvidia_shim_core::compat;
+use nvidia_shim_core_host::elf;
 
 fuzz_target!(|data: &[u8]| {
     // The note parser alone, on the raw bytes.

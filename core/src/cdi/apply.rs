@@ -4,13 +4,12 @@
 //! through it: those of CDI specs on disk and those the driver inventory gives
 //! ([`crate::edits`]).
 //!
-//! The work is split so that decisions are pure: [`gather_node_facts`] stats the host nodes an
-//! edit leaves incomplete (the only I/O), [`device_edits`] completes the nodes and turns the
-//! NVIDIA toolkit's `nvidia-cdi-hook` / `nvidia-ctk hook` steps into a [`HookPlan`] the shim
-//! performs natively, and [`apply_edits`] edits the spec.
+//! Everything here is pure: the host stats the nodes an edit leaves incomplete
+//! ([`nodes_to_stat`]) into a [`NodeFactsByPath`]; [`device_edits`] completes the nodes from it
+//! and turns the NVIDIA toolkit's `nvidia-cdi-hook` / `nvidia-ctk hook` steps into a
+//! [`HookPlan`] the shim performs natively, and [`apply_edits`] edits the spec.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -87,7 +86,7 @@ pub enum ApplyError {
     },
 }
 
-/// What a host device node says of itself.
+/// What a host device node says of itself (its `stat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeFacts {
     /// Its type.
@@ -98,30 +97,6 @@ pub struct NodeFacts {
     pub minor: i64,
     /// Permission bits.
     pub mode: u32,
-}
-
-impl NodeFacts {
-    /// Stats `path` (following links); an error text when it is absent or not a device.
-    pub fn stat(path: &Path) -> Result<Self, String> {
-        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-        let ft = meta.file_type();
-        let typ = if ft.is_char_device() {
-            NodeType::Char
-        } else if ft.is_block_device() {
-            NodeType::Block
-        } else if ft.is_fifo() {
-            NodeType::Fifo
-        } else {
-            return Err("not a device node".to_owned());
-        };
-        let rdev = meta.rdev();
-        Ok(Self {
-            typ,
-            major: i64::from(crate::discover::rdev_major(rdev)),
-            minor: i64::from(crate::discover::rdev_minor(rdev)),
-            mode: meta.mode() & 0o777,
-        })
-    }
 }
 
 /// Host node facts by host path (the stat's error text when it failed).
@@ -139,20 +114,21 @@ pub fn needs_host_facts(node: &DeviceNode) -> bool {
         || (node.typ != Some(NodeType::Fifo) && (node.major.is_none() || node.minor.is_none()))
 }
 
-/// Stats the host nodes of `devices`' edits that need it (I/O).
-pub fn gather_node_facts(devices: &[Resolved<'_>]) -> NodeFactsByPath {
-    let mut facts = NodeFactsByPath::new();
+/// The host paths of `devices`' node edits that leave something to read from the host node
+/// ([`needs_host_facts`]), each once, in order: what the host stats into a [`NodeFactsByPath`].
+pub fn nodes_to_stat<'a>(devices: &[Resolved<'a>]) -> Vec<&'a str> {
+    let mut out: Vec<&'a str> = Vec::new();
     for r in devices {
         for e in [&r.spec.container_edits, &r.device.container_edits] {
             for node in e.device_nodes.iter().filter(|n| needs_host_facts(n)) {
                 let path = host_path(node);
-                if !facts.contains_key(path) {
-                    facts.insert(path.to_owned(), NodeFacts::stat(Path::new(path)));
+                if !out.contains(&path) {
+                    out.push(path);
                 }
             }
         }
     }
-    facts
+    out
 }
 
 /// The edits of `devices` (each touched spec's spec-wide edits once, before its first
@@ -243,14 +219,6 @@ pub fn apply_edits(spec: &mut Spec, edits: &[ContainerEdits]) -> Result<(), Appl
     }
     remove_toolkit_hooks(spec);
     Ok(())
-}
-
-/// Applies the devices' edits (and each touched spec's spec-wide edits, once) to `spec`:
-/// [`gather_node_facts`], [`device_edits`] and [`apply_edits`] in one call.
-pub fn apply(spec: &mut Spec, devices: &[Resolved<'_>]) -> Result<HookPlan, ApplyError> {
-    let (edits, plan) = device_edits(devices, &gather_node_facts(devices))?;
-    apply_edits(spec, &edits)?;
-    Ok(plan)
 }
 
 fn add_node(spec: &mut Spec, node: &DeviceNode) -> Result<(), ApplyError> {

@@ -1,14 +1,19 @@
-//! CDI spec directories: every `*.json` and `*.yaml` directly in each directory, later
-//! directories overriding earlier ones, and qualified device names resolved against them.
+//! The CDI specs of the spec directories (every `*.json` and `*.yaml` directly in each
+//! directory, later directories overriding earlier ones, read by the host), and qualified device
+//! names resolved against them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::spec::{CdiDevice, CdiSpec, SpecError};
 
 /// The directories containerd and the toolkit use, lowest priority first.
 pub const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
+
+/// A spec file as the host read it: (directory priority, path, the spec or why it cannot be
+/// used).
+pub type LoadedFile = (usize, PathBuf, Result<Arc<CdiSpec>, SpecError>);
 
 /// Specs read from the spec directories.
 #[derive(Debug, Default)]
@@ -67,26 +72,12 @@ pub struct Resolved<'a> {
 }
 
 impl Registry {
-    /// Reads every spec file in `dirs` (missing directories are skipped). Files that fail to
-    /// parse are remembered and named when a device cannot be resolved. (A long-lived shim
-    /// reads them through [`super::SpecCache`], which parses a file again only when it changed.)
-    pub fn load<P: AsRef<Path>>(dirs: &[P]) -> Self {
-        Self::from_loaded(
-            spec_files(dirs)
-                .into_iter()
-                .map(|f| {
-                    let spec = CdiSpec::load(&f.path).map(Arc::new);
-                    (f.priority, f.path, spec)
-                })
-                .collect(),
-        )
-    }
-
-    /// A registry of spec files already read: (directory priority, path, the spec or why it
-    /// cannot be used), in [`spec_files`]'s order.
-    pub(super) fn from_loaded(
-        files: Vec<(usize, PathBuf, Result<Arc<CdiSpec>, SpecError>)>,
-    ) -> Self {
+    /// A registry of spec files already read (the host reads them: every `*.json` and `*.yaml`
+    /// directly in each spec directory, sorted by name, directories in order): (directory
+    /// priority, path, the spec or why it cannot be used). A later priority overrides an earlier
+    /// one; a name defined twice at one priority conflicts; the files that could not be used are
+    /// named when a device cannot be resolved.
+    pub fn from_loaded(files: Vec<LoadedFile>) -> Self {
         let mut reg = Self::default();
         for (priority, path, spec) in files {
             match spec {
@@ -177,112 +168,67 @@ impl Registry {
     }
 }
 
-/// A spec file found in a spec directory.
-#[derive(Debug, Clone)]
-pub(super) struct SpecFile {
-    /// The index of its directory (later directories win).
-    pub priority: usize,
-    /// Its path.
-    pub path: PathBuf,
-    /// Its state, from `stat` (symlinks followed).
-    pub meta: std::fs::Metadata,
-}
-
-/// Every `*.json` and `*.yaml` regular file directly in each of `dirs`, sorted by name within a
-/// directory, directories in order (missing ones skipped). Only `stat`s: nothing is opened.
-pub(super) fn spec_files<P: AsRef<Path>>(dirs: &[P]) -> Vec<SpecFile> {
-    let mut out = Vec::new();
-    for (priority, dir) in dirs.iter().enumerate() {
-        let Ok(entries) = std::fs::read_dir(dir.as_ref()) else {
-            continue;
-        };
-        let mut files: Vec<SpecFile> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "yaml"))
-            .filter_map(|path| {
-                let meta = std::fs::metadata(&path).ok()?;
-                meta.is_file().then_some(SpecFile {
-                    priority,
-                    path,
-                    meta,
-                })
-            })
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        out.extend(files);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    fn spec(kind: &str, names: &[&str], env: &str) -> String {
+    /// A spec file at `path` whose devices `names` each set `env`.
+    fn file(priority: usize, path: &str, names: &[&str], env: &str) -> LoadedFile {
         let devices: Vec<String> = names
             .iter()
             .map(|n| format!(r#"{{"name":"{n}","containerEdits":{{"env":["{env}"]}}}}"#))
             .collect();
-        format!(
-            r#"{{"cdiVersion":"0.5.0","kind":"{kind}","devices":[{}]}}"#,
+        let text = format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"vendor.com/dev","devices":[{}]}}"#,
             devices.join(",")
-        )
+        );
+        let path = PathBuf::from(path);
+        let spec = CdiSpec::parse(&path, &text).map(Arc::new);
+        (priority, path, spec)
     }
 
     #[test]
-    fn later_dirs_override_and_broken_files_are_named() {
-        let etc = tempfile::tempdir().unwrap();
-        let run = tempfile::tempdir().unwrap();
-        std::fs::write(
-            etc.path().join("a.json"),
-            spec("vendor.com/dev", &["x", "y"], "FROM=etc"),
-        )
-        .unwrap();
-        std::fs::write(
-            run.path().join("b.json"),
-            spec("vendor.com/dev", &["x"], "FROM=run"),
-        )
-        .unwrap();
-        std::fs::write(run.path().join("broken.yaml"), "cdiVersion: [").unwrap();
-        std::fs::write(run.path().join("ignored.txt"), "not a spec").unwrap();
-        let reg = Registry::load(&[etc.path(), run.path(), Path::new("/nonexistent")]);
+    fn later_priorities_override_and_unusable_files_are_named() {
+        let broken = CdiSpec::parse(Path::new("/run/cdi/broken.yaml"), "cdiVersion: [");
+        let reg = Registry::from_loaded(vec![
+            file(0, "/etc/cdi/a.json", &["x", "y"], "FROM=etc"),
+            file(1, "/run/cdi/b.json", &["x"], "FROM=run"),
+            (
+                1,
+                PathBuf::from("/run/cdi/broken.yaml"),
+                broken.map(Arc::new),
+            ),
+        ]);
         let got = reg
             .resolve(&["vendor.com/dev=x".into(), "vendor.com/dev=y".into()])
             .unwrap();
         assert_eq!(got[0].device.container_edits.env, ["FROM=run"]);
         assert_eq!(got[1].device.container_edits.env, ["FROM=etc"]);
         assert_eq!(reg.errors().len(), 1);
-        let err = reg
-            .resolve(&["vendor.com/dev=z".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("unresolvable CDI devices vendor.com/dev=z")
-                && err.contains("broken.yaml"),
-            "{err}"
-        );
+        let Err(ResolveError::Unresolvable { names, broken }) =
+            reg.resolve(&["vendor.com/dev=z".into()])
+        else {
+            panic!("z is defined nowhere")
+        };
+        assert_eq!(names, "vendor.com/dev=z");
+        assert!(broken[0].contains("broken.yaml"), "{broken:?}");
     }
 
     #[test]
-    fn a_conflict_within_one_dir_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a.json"),
-            spec("vendor.com/dev", &["x"], "A=1"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("b.yaml"),
-            spec("vendor.com/dev", &["x"], "B=1"),
-        )
-        .unwrap();
-        let reg = Registry::load(&[dir.path()]);
-        let err = reg
-            .resolve(&["vendor.com/dev=x".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("a.json") && err.contains("b.yaml"), "{err}");
+    fn a_name_defined_twice_at_one_priority_conflicts() {
+        let reg = Registry::from_loaded(vec![
+            file(0, "a.json", &["x"], "A=1"),
+            file(0, "b.yaml", &["x"], "B=1"),
+        ]);
+        let Err(ResolveError::Conflict { name, files }) = reg.resolve(&["vendor.com/dev=x".into()])
+        else {
+            panic!("x is defined twice")
+        };
+        assert_eq!(
+            (name.as_str(), files.as_str()),
+            ("vendor.com/dev=x", "a.json, b.yaml")
+        );
         assert!(reg.has_kind("vendor.com/dev"));
     }
 }

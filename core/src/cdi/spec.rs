@@ -241,31 +241,29 @@ impl fmt::Display for SpecVersion {
     }
 }
 
+/// Whether `name` is non-empty, starts with a character `first` accepts, ends with an ASCII
+/// letter or digit, and has only ASCII letters, digits and `extra` characters.
+fn valid_name(name: &str, first: fn(&char) -> bool, extra: &[char]) -> bool {
+    name.chars().next().as_ref().is_some_and(first)
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
 /// A valid vendor (`nvidia.com`): a domain-like name.
 fn valid_vendor(v: &str) -> bool {
-    !v.is_empty()
-        && v.starts_with(|c: char| c.is_ascii_alphabetic())
-        && v.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    valid_name(v, char::is_ascii_alphabetic, &['-', '_', '.'])
 }
 
 /// A valid class (`gpu`); dots need 0.6.0, checked by [`CdiSpec::required_version`].
 fn valid_class(c: &str) -> bool {
-    !c.is_empty()
-        && c.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && c.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && c.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    valid_name(c, char::is_ascii_alphanumeric, &['-', '_', '.'])
 }
 
 /// A valid device name (`0`, `GPU-…`, `0:1`, `all`).
 pub fn valid_device_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    valid_name(n, char::is_ascii_alphanumeric, &['-', '_', '.', ':'])
 }
 
 /// Splits a valid kind into vendor and class.
@@ -293,26 +291,6 @@ impl CdiSpec {
         };
         spec.validate().map_err(err)?;
         Ok(spec)
-    }
-
-    /// Reads and parses the file at `path`: a regular file of at most [`MAX_SPEC_SIZE`] bytes
-    /// (a FIFO there is not waited on; a larger file is refused, naming it and its size).
-    pub fn load(path: &Path) -> Result<Self, SpecError> {
-        use crate::untrusted::{self, FinalLink};
-        let err = |reason: String| SpecError {
-            path: path.to_owned(),
-            reason,
-        };
-        let bytes = untrusted::read(path, FinalLink::Follow, MAX_SPEC_SIZE).map_err(|e| {
-            err(match e {
-                untrusted::UntrustedError::TooLarge { size, max } => format!(
-                    "is {size} bytes, more than the {max} a CDI spec may have (a spec for a whole node is under 1 MB)"
-                ),
-                other => other.to_string(),
-            })
-        })?;
-        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".to_owned()))?;
-        Self::parse(path, &text)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -439,6 +417,13 @@ fn validate_edits(e: &ContainerEdits) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Why `text`, as the JSON file `path`, is not a valid spec.
+    fn parse_err(path: &str, text: &str) -> String {
+        CdiSpec::parse(Path::new(path), text)
+            .unwrap_err()
+            .to_string()
+    }
+
     const TOOLKIT_YAML: &str = r#"---
 cdiVersion: 0.5.0
 kind: nvidia.com/gpu
@@ -500,12 +485,18 @@ containerEdits:
         assert_eq!(CdiSpec::parse(Path::new("a.json"), &json).unwrap(), yaml);
     }
 
+    /// A spec of version `version`, kind `kind` and one device `name` with container edits
+    /// `edits` (JSON).
+    fn one_device(version: &str, kind: &str, name: &str, edits: &str) -> String {
+        format!(
+            r#"{{"cdiVersion":"{version}","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#
+        )
+    }
+
     #[test]
     fn unknown_fields_are_rejected_naming_the_file() {
-        let text = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"bogus":1}}]}"#;
-        let err = CdiSpec::parse(Path::new("/etc/cdi/x.json"), text)
-            .unwrap_err()
-            .to_string();
+        let text = one_device("0.6.0", "a.com/b", "x", r#"{"bogus":1}"#);
+        let err = parse_err("/etc/cdi/x.json", &text);
         assert!(
             err.contains("/etc/cdi/x.json") && err.contains("bogus"),
             "{err}"
@@ -514,53 +505,40 @@ containerEdits:
 
     #[test]
     fn fields_newer_than_the_declared_version_are_rejected() {
-        let text = r#"{"cdiVersion":"0.3.0","kind":"a.com/b","devices":[{"name":"0","containerEdits":{}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), text)
-            .unwrap_err()
-            .to_string();
+        let err = parse_err("x.json", &one_device("0.3.0", "a.com/b", "0", "{}"));
         assert!(err.contains("0.3.0") && err.contains("0.5.0"), "{err}");
-        let gids = r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"additionalGids":[44]}}]}"#;
-        let err = CdiSpec::parse(Path::new("x.json"), gids)
-            .unwrap_err()
-            .to_string();
+        let gids = r#"{"additionalGids":[44]}"#;
+        let err = parse_err("x.json", &one_device("0.6.0", "a.com/b", "x", gids));
         assert!(err.contains("0.7.0"), "{err}");
-        let net = r#"{"cdiVersion":"1.0.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}}]}"#;
-        assert!(CdiSpec::parse(Path::new("x.json"), net).is_err());
-        let ok = net.replace("1.0.0", "1.1.0");
+        let net = r#"{"netDevices":[{"hostInterfaceName":"eth1","name":"eth1"}]}"#;
+        assert!(parse("1.0.0", net).is_err());
         assert_eq!(
-            CdiSpec::parse(Path::new("x.json"), &ok)
-                .unwrap()
-                .required_version(),
+            parse("1.1.0", net).unwrap().required_version(),
             SpecVersion(1, 1, 0)
         );
+    }
+
+    /// `one_device(version, "a.com/b", "x", edits)`, parsed.
+    fn parse(version: &str, edits: &str) -> Result<CdiSpec, SpecError> {
+        CdiSpec::parse(
+            Path::new("x.json"),
+            &one_device(version, "a.com/b", "x", edits),
+        )
     }
 
     #[test]
     fn every_known_version_is_accepted_and_others_are_not() {
         for v in KNOWN_VERSIONS {
-            let text = format!(
-                r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
-            );
-            CdiSpec::parse(Path::new("x.json"), &text).unwrap();
+            parse(v, "{}").unwrap();
         }
         for v in ["0.2.0", "1.2.0", "one"] {
-            let text = format!(
-                r#"{{"cdiVersion":"{v}","kind":"a.com/b","devices":[{{"name":"x","containerEdits":{{}}}}]}}"#
-            );
-            let err = CdiSpec::parse(Path::new("x.json"), &text)
-                .unwrap_err()
-                .to_string();
+            let err = parse(v, "{}").unwrap_err().to_string();
             assert!(err.contains("unsupported cdiVersion"), "{err}");
         }
     }
 
     #[test]
     fn bad_kinds_names_and_edits_are_rejected() {
-        let base = |kind: &str, name: &str, edits: &str| {
-            format!(
-                r#"{{"cdiVersion":"1.0.0","kind":"{kind}","devices":[{{"name":"{name}","containerEdits":{edits}}}]}}"#
-            )
-        };
         for (kind, name, edits, want) in [
             ("nvidia.com", "0", "{}", "invalid kind"),
             ("nvidia.com/gpu", "-x", "{}", "invalid device name"),
@@ -589,9 +567,7 @@ containerEdits:
                 "unknown variant `later`",
             ),
         ] {
-            let err = CdiSpec::parse(Path::new("x.json"), &base(kind, name, edits))
-                .unwrap_err()
-                .to_string();
+            let err = parse_err("x.json", &one_device("1.0.0", kind, name, edits));
             assert!(err.contains(want), "{kind} {name} {edits}: {err}");
         }
     }

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use crate::cdi::spec::{ContainerEdits as CdiEdits, DeviceNode as CdiNode, Mount, NodeType};
-use crate::discover::mig::{cap_node, gpu_cap_minors};
-use crate::discover::{
-    endpoints_for, gated, mps_pipe_dir, present_endpoints, DeviceNode, DriverLibrary, GpuDevice,
-    Inventory, IpcEndpoint, CORE_LIBRARIES, MIG_MINORS,
+use crate::inventory::mig::{cap_node, gpu_cap_minors};
+use crate::inventory::{
+    endpoints_for, DeviceNode, DriverLibrary, GpuDevice, Inventory, IpcEndpoint, CORE_LIBRARIES,
+    MIG_MINORS,
 };
 use crate::request::{Capabilities, Capability, DeviceSelection, GatedFeature, GpuRequest};
 use crate::select::{SelectError, Selection};
@@ -47,13 +47,8 @@ const EXTRA_LINKS: [(&str, &str, LinkTo); 3] = [
 ];
 
 /// The host devices and files of the gated features a request enables, by feature (gathered
-/// by [`gather_gated`]).
+/// by the host).
 pub type GatedDevices = BTreeMap<GatedFeature, (Vec<DeviceNode>, Vec<(PathBuf, PathBuf)>)>;
-
-/// Looks up the devices of `features` under `dev_root` (I/O).
-pub fn gather_gated(dev_root: &Path, features: &[GatedFeature]) -> GatedDevices {
-    features.iter().map(|&f| (f, gated(dev_root, f))).collect()
-}
 
 /// What the driver inventory adds to a container for a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -109,16 +104,6 @@ pub enum EditsError {
         /// The `/proc/devices` file read.
         devices: PathBuf,
     },
-}
-
-/// The edits `request` needs on a host described by `inventory`, gathering the host facts
-/// (IPC endpoints under the dev root, the shim's MPS pipe directory, gated devices) first: a
-/// convenience over [`driver_edits`] for tools and tests. `Void` requests need none.
-pub fn edits_for(inventory: &Inventory, request: &GpuRequest) -> Result<DriverEdits, EditsError> {
-    let selection = Selection::resolve(inventory, &request.devices, request)?;
-    let ipc = present_endpoints(&inventory.roots.dev_root, &mps_pipe_dir());
-    let gated = gather_gated(&inventory.roots.dev_root, &request.gated);
-    driver_edits(inventory, request, &selection, &ipc, &gated)
 }
 
 /// The edits `request` (with its devices resolved as `selection`) needs on a host described by
@@ -358,11 +343,3 @@ pub fn set_env(spec: &mut Spec, entries: &[String]) {
         }
     }
 }
-
-#[cfg(test)]
-pub(crate) mod test_support;
-
-#[cfg(test)]
-mod proptests;
-#[cfg(test)]
-mod tests;

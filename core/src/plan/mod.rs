@@ -1,6 +1,6 @@
 //! The Create path's GPU decisions as one pure function: [`plan`] takes the container's spec
-//! and request, the driver inventory, the CDI specs on disk and a [`HostSnapshot`] gathered once
-//! per Create, and returns an [`InjectionPlan`]: the spec edits (one model, CDI's), the rootfs
+//! and request, the driver inventory, the CDI specs on disk and a [`HostSnapshot`] the host
+//! gathered once per Create, and returns an [`InjectionPlan`]: the spec edits (one model, CDI's), the rootfs
 //! plan (links, ld cache entries, the CUDA compat choice) and the `/proc/driver/nvidia` overlay.
 //! It reads nothing itself, so every decision is testable with literal inputs and no root.
 //!
@@ -11,15 +11,19 @@
 //! edits are applied first and those of specs on disk after them, so that an operator's spec
 //! replaces the inventory's entry at the same node path or mount destination.
 
-pub mod host;
 mod rootfs_plan;
+pub mod snapshot;
+
+use std::path::Path;
 
 use oci_spec::runtime::Spec;
 
 use crate::cdi::spec::ContainerEdits;
-use crate::cdi::{apply_edits, device_edits, ApplyError, HookPlan, Registry, ResolveError};
-use crate::discover::{DiscoverError, Inventory};
+use crate::cdi::{
+    apply_edits, device_edits, ApplyError, HookPlan, Registry, ResolveError, Resolved,
+};
 use crate::edits::{driver_edits, DriverEdits, EditsError};
+use crate::inventory::{DiscoverError, Inventory};
 use crate::proc_overlay::{proc_overlay, ProcOverlay};
 use crate::quote::{bounded, MAX_QUOTED};
 use crate::request::{DeviceId, DeviceSelection, GpuRequest};
@@ -27,8 +31,8 @@ use crate::require::{check, cuda_for_driver, DeviceFacts, HostFacts, RequireErro
 use crate::select::{SelectError, Selection, BUILTIN_CDI_KINDS};
 use crate::Config;
 
-pub use host::{HostPaths, HostSnapshot, ImageFacts};
 pub use rootfs_plan::{ld_dirs, rootfs_plan, rootfs_plan_in_place, RootfsPlan, LD_CONF_DROP_IN};
+pub use snapshot::{HostSnapshot, ImageFacts};
 
 /// The configuration [`plan`] follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +197,41 @@ impl Split {
     ) -> bool {
         self.from_inventory.is_some() || (requirements_apply(policy, request) && driver_loaded())
     }
+
+    /// The CDI devices of `registry` the specs on disk serve (none when they serve nothing or
+    /// a name does not resolve: [`plan`] then says why).
+    pub fn resolved<'a>(&self, registry: Option<&'a Registry>) -> Vec<Resolved<'a>> {
+        registry
+            .filter(|_| !self.cdi_names.is_empty())
+            .and_then(|r| r.resolve(&self.cdi_names).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The sources whose SONAME the rootfs plan needs, each once, in order: of `spec`'s mounts and
+/// the mounts of the `resolved` CDI devices, those mounted at a path named like a library
+/// (`*.so*`).
+pub fn library_sources<'a>(spec: &'a Spec, resolved: &[Resolved<'a>]) -> Vec<&'a Path> {
+    let spec_mounts = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter_map(|m| Some((m.source().as_deref()?, m.destination().as_path())));
+    let cdi_mounts = resolved
+        .iter()
+        .flat_map(|r| [&r.spec.container_edits, &r.device.container_edits])
+        .flat_map(|e| &e.mounts)
+        .map(|m| (Path::new(&m.host_path), Path::new(&m.container_path)));
+    let mut out: Vec<&Path> = Vec::new();
+    for (source, destination) in spec_mounts.chain(cdi_mounts) {
+        let is_library = destination
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(".so"));
+        if is_library && !out.contains(&source) {
+            out.push(source);
+        }
+    }
+    out
 }
 
 /// Everything [`plan`] decides from.

@@ -10,11 +10,9 @@ use oci_spec::runtime::{Mount, MountBuilder};
 use super::{HostSnapshot, ImageFacts};
 use crate::cdi::HookPlan;
 use crate::compat::{decide, Decision};
-use crate::discover::group_of;
 use crate::edits::DriverEdits;
-use crate::elf::read_info;
+use crate::inventory::{driver_name, Arch};
 use crate::require::Version;
-use crate::rootfs::Rootfs;
 
 /// Where the shim's `ld.so.conf.d` drop-in goes, so that a later `ldconfig` in the container
 /// keeps the injected directories.
@@ -39,7 +37,7 @@ impl Default for RootfsPlan {
         Self {
             links: Vec::new(),
             ld_entries: Vec::new(),
-            ld_flags: crate::discover::Arch::default().ldcache_flags(),
+            ld_flags: Arch::default().ldcache_flags(),
             compat: Decision::NoCompat,
         }
     }
@@ -67,9 +65,7 @@ pub fn rootfs_plan(
             continue;
         };
         let file = file.to_string_lossy();
-        let driver_library = file
-            .split_once(".so")
-            .is_some_and(|(name, _)| group_of(name).is_some());
+        let driver_library = driver_name(&file).is_some();
         if !file.contains(".so") || !(driver_library || hooks.ld_folders.iter().any(|f| f == dir)) {
             continue;
         }
@@ -139,48 +135,33 @@ pub fn rootfs_plan(
 
 /// Plans the toolkit hook steps `hooks` in a rootfs whose libraries are already mounted (this
 /// binary run as a CDI hook by another runtime, after the mounts and before the container
-/// starts): each `update-ldcache` folder's NVIDIA driver libraries (by name, as
-/// [`group_of`] knows them: what a CDI spec mounts there; the image's own libraries are in its
-/// cache already) are read for their SONAME through the confined `rootfs` (never a final
-/// symlink, never more than [`MAX_LIBRARY_SIZE`]), and planned as [`rootfs_plan`] plans
-/// mounted ones. Reads only the rootfs, which is the container's.
-///
-/// [`MAX_LIBRARY_SIZE`]: crate::elf::MAX_LIBRARY_SIZE
-pub fn rootfs_plan_in_place(hooks: &HookPlan, rootfs: &Rootfs, cuda_compat: bool) -> RootfsPlan {
+/// starts): `libraries` are the NVIDIA driver libraries the host found in the `update-ldcache`
+/// folders (what a CDI spec mounts there; the image's own libraries are in its cache already),
+/// as (path in the container, SONAME), each planned as [`rootfs_plan`] plans a mounted one;
+/// `image` is what the host read of the image's compat directory.
+pub fn rootfs_plan_in_place(
+    hooks: &HookPlan,
+    libraries: &[(PathBuf, String)],
+    image: ImageFacts,
+    arch: Arch,
+    cuda_compat: bool,
+) -> RootfsPlan {
     let mut mounts = Vec::new();
     let mut host = HostSnapshot {
-        image: ImageFacts::gather(rootfs),
-        arch: crate::discover::Arch::host().unwrap_or_default(),
+        image,
+        arch,
         ..HostSnapshot::default()
     };
-    for dir in &hooks.ld_folders {
-        for entry in rootfs.list_dir(dir) {
-            let driver_library = entry
-                .name
-                .split_once(".so")
-                .is_some_and(|(name, _)| group_of(name).is_some());
-            if !entry.is_file || !driver_library {
-                continue;
-            }
-            let path = dir.join(&entry.name);
-            let soname = rootfs
-                .open_file(&path, crate::elf::MAX_LIBRARY_SIZE)
-                .ok()
-                .and_then(|f| read_info(&f).ok())
-                .and_then(|i| i.soname);
-            let Some(soname) = soname else {
-                continue;
-            };
-            // The library stands for its own mount: its container path is both ends.
-            if let Ok(m) = MountBuilder::default()
-                .destination(path.clone())
-                .source(path.clone())
-                .build()
-            {
-                mounts.push(m);
-            }
-            host.mounted_sonames.insert(path, soname);
+    for (path, soname) in libraries {
+        // The library stands for its own mount: its container path is both ends.
+        if let Ok(m) = MountBuilder::default()
+            .destination(path.clone())
+            .source(path.clone())
+            .build()
+        {
+            mounts.push(m);
         }
+        host.mounted_sonames.insert(path.clone(), soname.clone());
     }
     rootfs_plan(
         &DriverEdits::default(),

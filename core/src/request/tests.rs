@@ -54,6 +54,19 @@ fn req(case: Case) -> GpuRequest {
     GpuRequest::from_spec(&spec(&case), &RequestPolicy::default()).unwrap()
 }
 
+/// The devices a list selection names, as written.
+fn listed(devices: &DeviceSelection) -> Vec<String> {
+    match devices {
+        DeviceSelection::List(ids) => ids.iter().map(ToString::to_string).collect(),
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+/// Why `case`'s request is refused under the default policy.
+fn req_err(case: Case) -> RequestError {
+    GpuRequest::from_spec(&spec(&case), &RequestPolicy::default()).unwrap_err()
+}
+
 #[test]
 fn no_variables_means_nothing() {
     let r = req(Case::default());
@@ -97,19 +110,6 @@ fn legacy_image_gets_all_and_a_cuda_requirement() {
 }
 
 #[test]
-fn bad_legacy_cuda_version_is_an_error() {
-    let err = GpuRequest::from_spec(
-        &spec(&Case {
-            env: &["CUDA_VERSION=twelve"],
-            ..Default::default()
-        }),
-        &RequestPolicy::default(),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("twelve"));
-}
-
-#[test]
 fn unprivileged_env_request_follows_the_policy() {
     let case = || Case {
         env: &["NVIDIA_VISIBLE_DEVICES=all"],
@@ -147,10 +147,7 @@ fn annotations_win_over_env_and_must_be_qualified() {
         ..Default::default()
     });
     assert_eq!(r.source, RequestSource::Annotations);
-    let names: Vec<String> = match r.devices {
-        DeviceSelection::List(ids) => ids.iter().map(ToString::to_string).collect(),
-        other => panic!("{other:?}"),
-    };
+    let names = listed(&r.devices);
     assert_eq!(
         names,
         [
@@ -160,14 +157,10 @@ fn annotations_win_over_env_and_must_be_qualified() {
         ]
     );
 
-    let err = GpuRequest::from_spec(
-        &spec(&Case {
-            annotations: &[("cdi.k8s.io/x", "0")],
-            ..Default::default()
-        }),
-        &RequestPolicy::default(),
-    )
-    .unwrap_err();
+    let err = req_err(Case {
+        annotations: &[("cdi.k8s.io/x", "0")],
+        ..Default::default()
+    });
     assert!(err.to_string().contains("cdi.k8s.io/x"), "{err}");
 }
 
@@ -200,10 +193,7 @@ fn volume_mounts_are_opt_in() {
     };
     let r = GpuRequest::from_spec(&spec(&case()), &on).unwrap();
     assert_eq!(r.source, RequestSource::VolumeMounts);
-    let names: Vec<String> = match r.devices {
-        DeviceSelection::List(ids) => ids.iter().map(ToString::to_string).collect(),
-        other => panic!("{other:?}"),
-    };
+    let names = listed(&r.devices);
     assert_eq!(
         names,
         ["GPU-abc", "0", "nvidia.com/gpu=1", "nvidia.com/gpu=2"]
@@ -238,33 +228,27 @@ fn requirements_and_disable_switch() {
 }
 
 #[test]
-fn capability_errors_surface() {
-    let err = GpuRequest::from_spec(
-        &spec(&Case {
-            env: &[
+fn invalid_values_are_refused_naming_them() {
+    for (env, named) in [
+        (&["CUDA_VERSION=twelve"][..], "twelve"),
+        (
+            &[
                 "NVIDIA_VISIBLE_DEVICES=0",
                 "NVIDIA_DRIVER_CAPABILITIES=compute,cuda",
             ],
+            "cuda",
+        ),
+        (&["NVIDIA_VISIBLE_DEVICES=0,gpu7"], "gpu7"),
+    ] {
+        let err = req_err(Case {
+            env,
             ..Default::default()
-        }),
-        &RequestPolicy::default(),
-    )
-    .unwrap_err();
-    assert!(matches!(err, RequestError::Capability { .. }), "{err}");
-    assert!(err.to_string().contains("cuda"));
-}
-
-#[test]
-fn unknown_device_ids_surface() {
-    let err = GpuRequest::from_spec(
-        &spec(&Case {
-            env: &["NVIDIA_VISIBLE_DEVICES=0,gpu7"],
-            ..Default::default()
-        }),
-        &RequestPolicy::default(),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("gpu7"));
+        });
+        assert!(err.to_string().contains(named), "{env:?}: {err}");
+        if named == "cuda" {
+            assert!(matches!(err, RequestError::Capability { .. }), "{err}");
+        }
+    }
 }
 
 #[test]
@@ -294,14 +278,10 @@ fn imex_channels_from_env_and_volume_mounts() {
     assert!(r.imex_channels.is_empty());
     for bad in ["1048576", "chan1", "-1", "+2"] {
         let env = format!("NVIDIA_IMEX_CHANNELS={bad}");
-        let err = GpuRequest::from_spec(
-            &spec(&Case {
-                env: &[env.as_str()],
-                ..Default::default()
-            }),
-            &RequestPolicy::default(),
-        )
-        .unwrap_err()
+        let err = req_err(Case {
+            env: &[env.as_str()],
+            ..Default::default()
+        })
         .to_string();
         assert!(err.contains(bad) && err.contains("IMEX"), "{err}");
     }
@@ -356,14 +336,10 @@ fn mig_config_and_monitor_need_privilege() {
     for var in ["NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES"] {
         let env = [format!("{var}=all")];
         let env: Vec<&str> = env.iter().map(String::as_str).collect();
-        let err = GpuRequest::from_spec(
-            &spec(&Case {
-                env: &env,
-                ..Case::default()
-            }),
-            &RequestPolicy::default(),
-        )
-        .unwrap_err();
+        let err = req_err(Case {
+            env: &env,
+            ..Case::default()
+        });
         assert_eq!(
             err.to_string(),
             format!("cannot set {var} in a non-privileged container (it needs CAP_SYS_ADMIN)")
@@ -397,7 +373,9 @@ fn mig_config_and_monitor_need_privilege() {
 }
 
 /// Every variable that asks for something, set at once.
-const EVERY_ENV_REQUEST: &[&str] = &[
+/// Every environment request of a container but `CUDA_VERSION` (a legacy image's), in the
+/// order the request reads them.
+const REQUEST_VARIABLES: [&str; 8] = [
     "NVIDIA_VISIBLE_DEVICES=all",
     "NVIDIA_IMEX_CHANNELS=1,2",
     "NVIDIA_MIG_CONFIG_DEVICES=all",
@@ -406,9 +384,16 @@ const EVERY_ENV_REQUEST: &[&str] = &[
     "NVIDIA_MOFED=enabled",
     "NVIDIA_NVSWITCH=enabled",
     "NVIDIA_GDRCOPY=enabled",
-    "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
-    "NVIDIA_REQUIRE_CUDA=cuda>=12.0",
 ];
+
+/// [`REQUEST_VARIABLES`] with what shapes a granted request: its capabilities and requirements.
+fn every_env_request() -> Vec<&'static str> {
+    let shaping = [
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video",
+        "NVIDIA_REQUIRE_CUDA=cuda>=12.0",
+    ];
+    [REQUEST_VARIABLES.as_slice(), &shaping].concat()
+}
 
 #[test]
 fn every_env_request_of_an_unprivileged_container_follows_the_isolation_profile() {
@@ -422,7 +407,7 @@ fn every_env_request_of_an_unprivileged_container_follows_the_isolation_profile(
         "k8s.device-plugin.nvidia.com/gpu=1",
     )];
     let unprivileged = spec(&Case {
-        env: EVERY_ENV_REQUEST,
+        env: &every_env_request(),
         annotations: &ann,
         ..Default::default()
     });
@@ -431,19 +416,9 @@ fn every_env_request_of_an_unprivileged_container_follows_the_isolation_profile(
     assert!(r.gated.is_empty(), "{:?}", r.gated);
     assert!(r.imex_channels.is_empty());
     assert!(r.mig_config.is_void() && r.mig_monitor.is_void());
-    assert_eq!(
-        r.env_ignored,
-        [
-            "NVIDIA_VISIBLE_DEVICES",
-            "NVIDIA_IMEX_CHANNELS",
-            "NVIDIA_MIG_CONFIG_DEVICES",
-            "NVIDIA_MIG_MONITOR_DEVICES",
-            "NVIDIA_GDS",
-            "NVIDIA_MOFED",
-            "NVIDIA_NVSWITCH",
-            "NVIDIA_GDRCOPY",
-        ]
-    );
+    // Every request variable set, by name, in order.
+    let names = REQUEST_VARIABLES.map(|v| v.split_once('=').map_or(v, |(name, _)| name));
+    assert_eq!(r.env_ignored, names);
     // What a granted request brings, and the image's own requirements, are still read.
     assert!(r.capabilities.has(Capability::Video));
     assert!(r.requirements.contains_key("NVIDIA_REQUIRE_CUDA"));
@@ -458,7 +433,7 @@ fn every_env_request_of_an_unprivileged_container_follows_the_isolation_profile(
     assert_eq!(r.env_ignored, ["NVIDIA_MOFED"]);
     // A privileged container's variables all count, under either policy.
     let privileged = spec(&Case {
-        env: EVERY_ENV_REQUEST,
+        env: &every_env_request(),
         annotations: &ann,
         privileged: true,
         ..Default::default()

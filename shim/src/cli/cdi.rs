@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::cdi::generate::{generate, Hooks, HOOK_PATH};
 use nvidia_shim_core::request::Capabilities;
-use nvidia_shim_core::Config;
+use nvidia_shim_core_host::config::load_or_default;
 
 /// The command's usage.
 pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 cdi generate [--config FILE] [--output FILE] [--format json|yaml] [--hooks shim|nvidia-cdi-hook|none] [--hook-path PATH]
@@ -112,11 +112,11 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
         other => return Err(format!("--hooks {other:?}: shim, nvidia-cdi-hook or none")),
     };
     let format = format.unwrap_or_else(|| format_for(output.as_deref()));
-    let config = Config::load_or_default(config_path.as_deref()).map_err(|e| e.to_string())?;
+    let config = load_or_default(config_path.as_deref()).map_err(|e| e.to_string())?;
     let inventory = crate::gpu::discover(&config).map_err(|e| e.to_string())?;
-    let ipc = nvidia_shim_core::discover::present_endpoints(
+    let ipc = nvidia_shim_core_host::discover::present_endpoints(
         &config.dev_root,
-        &nvidia_shim_core::discover::mps_pipe_dir(),
+        &nvidia_shim_core_host::discover::mps_pipe_dir(),
     );
     let spec =
         generate(&inventory, Capabilities::all(), &hooks, &ipc).map_err(|e| e.to_string())?;
@@ -130,7 +130,7 @@ fn generate_cmd(args: &[String]) -> Result<(), String> {
     match output {
         // A new file renamed over the old: a runtime reading the spec meanwhile sees the old
         // one or the new one whole, never an empty or partial file.
-        Some(path) => nvidia_shim_core::untrusted::write_atomic(&path, text.as_bytes(), 0o644)
+        Some(path) => nvidia_shim_core_host::untrusted::write_atomic(&path, text.as_bytes(), 0o644)
             .map_err(|e| format!("cannot write {}: {e}", path.display())),
         None => std::io::stdout()
             .write_all(text.as_bytes())

@@ -18,10 +18,10 @@ use std::process::ExitCode;
 
 use nvidia_shim_core::cdi::{toolkit_step, HookPlan};
 use nvidia_shim_core::oci_spec::runtime::Spec;
-use nvidia_shim_core::plan::rootfs_plan_in_place;
 use nvidia_shim_core::proc_overlay::params_without_device_modification;
-use nvidia_shim_core::rootfs::Rootfs;
-use nvidia_shim_core::untrusted::{self, FinalLink};
+use nvidia_shim_core_host::root::Root;
+use nvidia_shim_core_host::snapshot::rootfs_plan_in_place;
+use nvidia_shim_core_host::untrusted::{self, FinalLink};
 
 /// The name the toolkit's CDI specs call it by.
 pub const NAME: &str = super::configure::docker_host::CDI_HOOK;
@@ -85,7 +85,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         .as_ref()
         .map_or_else(|| PathBuf::from("rootfs"), |r| r.path().clone());
     let root = state.bundle.join(root);
-    let rootfs = Rootfs::open(&root).map_err(|e| e.to_string())?;
+    let rootfs = Root::open(&root).map_err(|e| e.to_string())?;
     let id = if state.id.is_empty() {
         "(unnamed)".to_owned()
     } else {
@@ -107,7 +107,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
 /// `ModifyDeviceFiles: 0`, so that the driver's library in the container does not create or
 /// change device nodes; nothing when the host has no such file (no driver loaded) or it says
 /// so already. The copy lives in the bundle, removed with the container; the mount holds it.
-fn hide_device_modification(bundle: &Path, rootfs: &Rootfs) -> Result<(), String> {
+fn hide_device_modification(bundle: &Path, rootfs: &Root) -> Result<(), String> {
     let host = Path::new("/proc/driver/nvidia/params");
     let Ok(params) = std::fs::read_to_string(host) else {
         return Ok(());

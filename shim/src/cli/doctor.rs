@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use nvidia_shim_core::cdi::spec::CdiSpec;
 use nvidia_shim_core::config::MAX_CONFIG_SIZE;
-use nvidia_shim_core::discover::{DeviceNode, Inventory};
+use nvidia_shim_core::inventory::{DeviceNode, Inventory};
 use nvidia_shim_core::quote::quoted;
-use nvidia_shim_core::regular_file::{self, RegularFileError};
 use nvidia_shim_core::Config;
+use nvidia_shim_core_host::regular_file::{self, RegularFileError};
 
 use super::args::Args;
 use super::configure::annotations::forwarded_requests;
@@ -223,7 +223,7 @@ fn device_nodes(inv: &Inventory) -> Check {
     for (node, want_major) in &nodes {
         match std::fs::metadata(&node.host_path) {
             Ok(m) if m.file_type().is_char_device() => {
-                let major = nvidia_shim_core::discover::rdev_major(m.rdev());
+                let major = nvidia_shim_core::inventory::rdev_major(m.rdev());
                 if want_major.is_some_and(|w| w != major) {
                     problems.push(format!(
                         "{} has major {major}, /proc/devices says {}",

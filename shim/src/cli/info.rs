@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
-use nvidia_shim_core::discover::{
-    mps_pipe_dir, present_endpoints, Inventory, DRIVER_ROOT_CANDIDATES,
-};
+use nvidia_shim_core::inventory::{Inventory, DRIVER_ROOT_CANDIDATES};
 use nvidia_shim_core::request::{Capabilities, Capability};
 use nvidia_shim_core::require::{cuda_for_driver, Version};
 use nvidia_shim_core::Config;
+use nvidia_shim_core_host::discover::cache::{CacheKey, InventoryCache, Lookup};
+use nvidia_shim_core_host::discover::{mps_pipe_dir, present_endpoints};
 
 use super::args::Args;
 

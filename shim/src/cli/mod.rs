@@ -100,5 +100,5 @@ fn finish(who: &str, result: Result<ExitCode, String>) -> ExitCode {
 
 /// The shim's config from `path`, or the default file when it exists, else the defaults.
 pub fn load_config(path: Option<&str>) -> Result<Config, String> {
-    Config::load_or_default(path.map(Path::new)).map_err(|e| e.to_string())
+    nvidia_shim_core_host::config::load_or_default(path.map(Path::new)).map_err(|e| e.to_string())
 }

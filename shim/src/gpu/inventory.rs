@@ -5,11 +5,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use nvidia_shim_core::discover::cache::{CacheKey, InventoryCache, Lookup};
-use nvidia_shim_core::discover::{
-    detect_driver_root, nvml, DiscoverError, Inventory, Roots, DRIVER_ROOT_CANDIDATES,
-};
+use nvidia_shim_core::inventory::{DiscoverError, Inventory, Roots, DRIVER_ROOT_CANDIDATES};
 use nvidia_shim_core::Config;
+use nvidia_shim_core_host::discover::cache::{CacheKey, InventoryCache, Lookup};
+use nvidia_shim_core_host::discover::{self, detect_driver_root, nvml};
 
 /// The host's own `/proc`, the only one NVML answers for.
 const HOST_PROC: &str = "/proc";
@@ -55,7 +54,7 @@ fn discover_files(config: &Config) -> std::result::Result<Inventory, DiscoverErr
         dev_root: config.dev_root.clone(),
         proc_root: config.proc_root.clone(),
     };
-    let inv = Inventory::discover(&roots)?;
+    let inv = discover::inventory(&roots)?;
     if config.driver_root.is_some() {
         return Ok(inv);
     }
@@ -68,7 +67,7 @@ fn discover_files(config: &Config) -> std::result::Result<Inventory, DiscoverErr
     if roots.driver_root == Path::new("/") {
         return Ok(inv);
     }
-    Inventory::discover_for(&roots, inv.arch)
+    discover::inventory_for(&roots, inv.arch)
 }
 
 /// Discovers once, serves many Creates.

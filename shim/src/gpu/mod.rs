@@ -13,18 +13,18 @@ mod rootfs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use nvidia_shim_core::cdi::{
-    remove_toolkit_hooks, take_toolkit_hooks, HookPlan, Registry, SpecCache,
-};
+use nvidia_shim_core::cdi::{remove_toolkit_hooks, take_toolkit_hooks, HookPlan, Registry};
 use nvidia_shim_core::oci_spec::runtime::Spec;
 use nvidia_shim_core::plan::{
-    names_cdi, plan, plan_applied_cdi, request_text, split, HostPaths, HostSnapshot, InjectionPlan,
-    PlanError, PlanInputs, PlanPolicy, Split,
+    names_cdi, plan, plan_applied_cdi, request_text, split, InjectionPlan, PlanError, PlanInputs,
+    PlanPolicy, Split,
 };
 use nvidia_shim_core::proc_overlay::{params_without_device_modification, ProcOverlay};
 use nvidia_shim_core::request::{cli_hook, GpuRequest};
-use nvidia_shim_core::rootfs::Rootfs;
 use nvidia_shim_core::Config;
+use nvidia_shim_core_host::cdi::SpecCache;
+use nvidia_shim_core_host::root::{Root, RootError};
+use nvidia_shim_core_host::snapshot::{self, HostPaths};
 
 use crate::error::{Result, ShimError};
 use crate::runtime::bundle::Bundle;
@@ -35,9 +35,9 @@ pub use inventory::{discover, Inventories};
 /// step, which the CDI hook commands share.
 pub fn apply_rootfs_plan(
     id: &str,
-    rootfs: &Rootfs,
+    rootfs: &Root,
     plan: &nvidia_shim_core::plan::RootfsPlan,
-) -> std::result::Result<(), nvidia_shim_core::rootfs::RootfsError> {
+) -> std::result::Result<(), RootError> {
     rootfs::apply(id, rootfs, plan)
 }
 
@@ -139,8 +139,8 @@ impl GpuInjector {
         } else {
             None
         };
-        let rootfs = Rootfs::open(&bundle.rootfs_of(&spec)).map_err(rootfs_err)?;
-        let host = HostSnapshot::gather(
+        let rootfs = Root::open(&bundle.rootfs_of(&spec)).map_err(rootfs_err)?;
+        let host = snapshot::gather(
             &HostPaths::from_config(config),
             &spec,
             &request,
@@ -185,7 +185,7 @@ fn complete_applied_cdi(
     hooks: &HookPlan,
     policy: PlanPolicy,
 ) -> Result<Option<Injected>> {
-    let rootfs = Rootfs::open(&bundle.rootfs_of(spec)).map_err(|source| ShimError::Rootfs {
+    let rootfs = Root::open(&bundle.rootfs_of(spec)).map_err(|source| ShimError::Rootfs {
         id: id.to_owned(),
         source,
     })?;
@@ -194,7 +194,7 @@ fn complete_applied_cdi(
         cdi_names: Vec::new(),
         from_inventory: None,
     };
-    let host = HostSnapshot::gather(
+    let host = snapshot::gather(
         &HostPaths::from_config(config),
         spec,
         request,
@@ -219,7 +219,7 @@ fn apply(
     id: &str,
     bundle: &Bundle,
     spec: &Spec,
-    rootfs: &Rootfs,
+    rootfs: &Root,
     plan: InjectionPlan,
 ) -> Result<Injected> {
     bundle.write_spec(id, spec)?;
@@ -246,9 +246,9 @@ fn apply(
 /// loaded driver, or when it says so already).
 fn params_overlay(config: &Config) -> ProcOverlay {
     let file = config.proc_root.join("driver/nvidia/params");
-    let params = nvidia_shim_core::untrusted::read(
+    let params = nvidia_shim_core_host::untrusted::read(
         &file,
-        nvidia_shim_core::untrusted::FinalLink::Follow,
+        nvidia_shim_core_host::untrusted::FinalLink::Follow,
         64 << 10,
     )
     .ok()

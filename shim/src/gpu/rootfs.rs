@@ -8,10 +8,10 @@ use std::path::Path;
 use nvidia_shim_core::compat::Decision;
 use nvidia_shim_core::ldcache::{merge, Entry, MAX_CACHE_SIZE};
 use nvidia_shim_core::plan::{ld_dirs, RootfsPlan, LD_CONF_DROP_IN};
-use nvidia_shim_core::rootfs::{LinkOutcome, Rootfs, RootfsError};
+use nvidia_shim_core_host::root::{LinkOutcome, Root, RootError};
 
 /// Makes `plan`'s links and ld cache in `rootfs`, logging what the image had in their way.
-pub fn apply(id: &str, rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsError> {
+pub fn apply(id: &str, rootfs: &Root, plan: &RootfsPlan) -> Result<(), RootError> {
     match &plan.compat {
         Decision::Use(lib) => log::info!(
             "container {id}: CUDA forward compat {} ahead of the host driver",
@@ -49,7 +49,7 @@ pub fn apply(id: &str, rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsE
 /// cache that is not a regular file, is over [`MAX_CACHE_SIZE`] or does not parse is replaced
 /// by one holding the injected libraries alone (as `ldconfig`, which the toolkit runs, would
 /// rebuild it), and said.
-fn write_ld_cache(id: &str, rootfs: &Rootfs, plan: &RootfsPlan) -> Result<(), RootfsError> {
+fn write_ld_cache(id: &str, rootfs: &Root, plan: &RootfsPlan) -> Result<(), RootError> {
     if plan.ld_entries.is_empty() {
         return Ok(());
     }

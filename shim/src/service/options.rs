@@ -120,7 +120,7 @@ pub fn start_input(id: &str, namespace: &str, bytes: &[u8]) -> Result<StartInput
 
 /// Loads the configuration at `path`, or the default file, or defaults.
 pub fn load_config(id: &str, path: Option<&Path>) -> Result<Config> {
-    Config::load_or_default(path).map_err(|source| ShimError::Config {
+    nvidia_shim_core_host::config::load_or_default(path).map_err(|source| ShimError::Config {
         id: id.to_owned(),
         source,
     })

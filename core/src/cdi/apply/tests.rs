@@ -1,6 +1,6 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{HookBuilder, HooksBuilder, Spec};
 
 use super::*;
 use crate::cdi::{CdiSpec, Registry};
@@ -15,9 +15,37 @@ fn base_spec() -> Spec {
     .unwrap()
 }
 
-fn registry(dir: &Path, text: &str) -> Registry {
-    std::fs::write(dir.join("vendor.yaml"), text).unwrap();
-    Registry::load(&[dir])
+/// The spec `text` alone in a spec directory.
+fn registry(text: &str) -> Registry {
+    let path = PathBuf::from("/etc/cdi/vendor.yaml");
+    let spec = CdiSpec::parse(&path, text).unwrap();
+    Registry::from_specs([(path, spec)])
+}
+
+/// What the host says of the nodes these specs name: `/dev/null` (1:3) is there, the rest not.
+fn host_nodes(devices: &[Resolved<'_>]) -> NodeFactsByPath {
+    nodes_to_stat(devices)
+        .into_iter()
+        .map(|path| {
+            let facts = match path {
+                "/dev/null" => Ok(NodeFacts {
+                    typ: NodeType::Char,
+                    major: 1,
+                    minor: 3,
+                    mode: 0o666,
+                }),
+                _ => Err("No such file or directory (os error 2)".to_owned()),
+            };
+            (path.to_owned(), facts)
+        })
+        .collect()
+}
+
+/// The devices' edits, completed from [`host_nodes`], applied to `spec`.
+fn apply(spec: &mut Spec, devices: &[Resolved<'_>]) -> Result<HookPlan, ApplyError> {
+    let (edits, plan) = device_edits(devices, &host_nodes(devices))?;
+    apply_edits(spec, &edits)?;
+    Ok(plan)
 }
 
 const SPEC: &str = r#"
@@ -65,8 +93,7 @@ devices:
 
 #[test]
 fn edits_follow_cdi_semantics_and_toolkit_hooks_become_a_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = registry(dir.path(), SPEC);
+    let reg = registry(SPEC);
     let resolved = reg
         .resolve(&["vendor.com/dev=x".into(), "vendor.com/dev=y".into()])
         .unwrap();
@@ -160,8 +187,7 @@ fn edits_follow_cdi_semantics_and_toolkit_hooks_become_a_plan() {
 
 #[test]
 fn spec_wide_edits_apply_once_and_applying_twice_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = registry(dir.path(), SPEC);
+    let reg = registry(SPEC);
     let resolved = reg.resolve(&["vendor.com/dev=x".into()]).unwrap();
     let mut once = base_spec();
     apply(&mut once, &resolved).unwrap();
@@ -175,9 +201,7 @@ fn spec_wide_edits_apply_once_and_applying_twice_changes_nothing() {
 
 #[test]
 fn a_missing_host_node_names_device_and_path() {
-    let dir = tempfile::tempdir().unwrap();
     let reg = registry(
-        dir.path(),
         r#"{"cdiVersion":"0.5.0","kind":"vendor.com/dev","devices":[{"name":"gone","containerEdits":{"deviceNodes":[{"path":"/dev/vendor-gone","hostPath":"/nonexistent/node"}]}}]}"#,
     );
     let resolved = reg.resolve(&["vendor.com/dev=gone".into()]).unwrap();
@@ -195,14 +219,27 @@ fn unsupported_edits_are_refused() {
         r#"{"cdiVersion":"1.1.0","kind":"vendor.com/net","devices":[{"name":"n","containerEdits":{"netDevices":[{"hostInterfaceName":"eth9","name":"eth9"}]}}]}"#,
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("n.json"),
-        serde_json::to_string(&spec).unwrap(),
-    )
-    .unwrap();
-    let reg = Registry::load(&[dir.path()]);
+    let reg = Registry::from_specs([(PathBuf::from("/etc/cdi/n.json"), spec)]);
     let resolved = reg.resolve(&["vendor.com/net=n".into()]).unwrap();
     let err = apply(&mut base_spec(), &resolved).unwrap_err().to_string();
     assert!(err.contains("netDevices"), "{err}");
+}
+
+#[test]
+fn toolkit_hooks_are_removed_and_others_kept() {
+    let hook = |p: &str| HookBuilder::default().path(p).build().unwrap();
+    let mut spec = base_spec();
+    spec.set_hooks(Some(
+        HooksBuilder::default()
+            .prestart(vec![
+                hook("/usr/bin/nvidia-container-runtime-hook"),
+                hook("/usr/bin/other"),
+            ])
+            .build()
+            .unwrap(),
+    ));
+    apply_edits(&mut spec, &[ContainerEdits::default()]).unwrap();
+    let prestart = spec.hooks().as_ref().unwrap().prestart().clone().unwrap();
+    assert_eq!(prestart.len(), 1);
+    assert_eq!(prestart[0].path(), Path::new("/usr/bin/other"));
 }

@@ -10,11 +10,12 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::hosts::{inventory, snapshot, Layout};
+use super::{applied, node_line, plan_for};
 use crate::cdi::generate::{generate, Hooks};
 use crate::cdi::spec::NodeType;
 use crate::cdi::{NodeFacts, Registry};
-use crate::discover::Inventory;
-use crate::plan::{plan, HostSnapshot, InjectionPlan, PlanInputs, PlanPolicy};
+use crate::inventory::Inventory;
+use crate::plan::{HostSnapshot, InjectionPlan};
 use crate::request::{Capabilities, GpuRequest, RequestPolicy};
 
 /// How one GPU is named.
@@ -75,20 +76,10 @@ fn snapshot_for_cdi(inv: &Inventory) -> HostSnapshot {
 /// has no effect (links are independent files; ld cache entries are keyed by name). A node
 /// edit without an owner is created root-owned, so an unset uid/gid is written as 0.
 fn outcome(spec: &Spec, plan: &InjectionPlan) -> serde_json::Value {
-    let mut edited = spec.clone();
-    plan.apply_to(&mut edited).expect("the plan's edits apply");
-    let linux = edited.linux().clone().unwrap_or_default();
+    let (edited, linux) = applied(spec, plan);
     let node = |d: &LinuxDevice| {
-        format!(
-            "{} {} {}:{} {:?} {} {}",
-            d.path().display(),
-            d.typ().as_str(),
-            d.major(),
-            d.minor(),
-            d.file_mode(),
-            d.uid().unwrap_or(0),
-            d.gid().unwrap_or(0)
-        )
+        let owner = format!("{} {}", d.uid().unwrap_or(0), d.gid().unwrap_or(0));
+        node_line(d, format!("{:?} {owner}", d.file_mode()))
     };
     let mut links = plan.rootfs.links.clone();
     links.sort();
@@ -112,17 +103,9 @@ fn planned(
     host: &HostSnapshot,
 ) -> InjectionPlan {
     let request = GpuRequest::from_spec(spec, &RequestPolicy::default()).expect("request");
-    plan(PlanInputs {
-        spec,
-        request: &request,
-        inventory: Some(inv),
-        registry,
-        host,
-        spec_hooks: &crate::cdi::HookPlan::default(),
-        policy: PlanPolicy::default(),
-    })
-    .expect("planned")
-    .expect("something to inject")
+    plan_for(spec, &request, inv, registry, host)
+        .expect("planned")
+        .expect("something to inject")
 }
 
 fn check(layout: Layout, gpus: u32, picked: &[(u32, Name)]) -> Result<(), TestCaseError> {

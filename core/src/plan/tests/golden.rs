@@ -2,6 +2,9 @@
 //! `core/testdata/plan/<case>.json`: the device nodes, device cgroup rules, mounts (in order),
 //! env, links, ld cache entries and `/proc` overlay, or the error. `UPDATE_GOLDEN=1` rewrites
 //! the files (review the diff).
+// The golden files are this test's own fixtures: it reads them (and with UPDATE_GOLDEN=1, named
+// in its environment, writes them); the crate's code reads nothing.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +12,7 @@ use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
 use super::hosts::{inventory, snapshot, Layout};
-use crate::plan::{plan, PlanInputs, PlanPolicy};
+use super::{applied, node_line, plan_for};
 use crate::request::{GpuRequest, RequestPolicy};
 
 /// One request on one host.
@@ -197,38 +200,20 @@ fn outcome(case: &Case) -> Value {
         Ok(r) => r,
         Err(e) => return json!({"request_error": e.to_string()}),
     };
-    let planned = plan(PlanInputs {
-        spec: &spec,
-        request: &request,
-        inventory: Some(&inv),
-        registry: None,
-        host: &host,
-        spec_hooks: &crate::cdi::HookPlan::default(),
-        policy: PlanPolicy::default(),
-    });
-    let plan = match planned {
+    let plan = match plan_for(&spec, &request, &inv, None, &host) {
         Ok(Some(p)) => p,
         Ok(None) => return json!({"plan": "nothing to inject"}),
         Err(e) => return json!({"error": e.to_string(), "invalid_request": e.is_invalid_request()}),
     };
-    let mut edited = spec.clone();
-    plan.apply_to(&mut edited).expect("the plan's edits apply");
-    let linux = edited.linux().clone().unwrap_or_default();
+    let (edited, linux) = applied(&spec, &plan);
     let devices: Vec<String> = linux
         .devices()
         .iter()
         .flatten()
         .map(|d| {
-            format!(
-                "{} {} {}:{} mode={} uid={} gid={}",
-                d.path().display(),
-                d.typ().as_str(),
-                d.major(),
-                d.minor(),
-                or_unset(d.file_mode().map(|m| format!("{m:o}"))),
-                or_unset(d.uid()),
-                or_unset(d.gid())
-            )
+            let mode = or_unset(d.file_mode().map(|m| format!("{m:o}")));
+            let owner = format!("uid={} gid={}", or_unset(d.uid()), or_unset(d.gid()));
+            node_line(d, format!("mode={mode} {owner}"))
         })
         .collect();
     let rules: Vec<String> = linux
@@ -272,26 +257,14 @@ fn outcome(case: &Case) -> Value {
         .as_ref()
         .and_then(|p| p.env().clone())
         .unwrap_or_default();
-    let links: Vec<String> = plan
-        .rootfs
-        .links
-        .iter()
-        .map(|(link, target)| format!("{} -> {target}", link.display()))
-        .collect();
-    let ld: Vec<String> = plan
-        .rootfs
-        .ld_entries
-        .iter()
-        .map(|(name, file)| format!("{name} => {}", file.display()))
-        .collect();
     json!({
         "gpus": plan.gpus,
         "devices": devices,
         "device_rules": rules,
         "mounts": mounts,
         "env": env,
-        "links": links,
-        "ld_cache": ld,
+        "links": pair_lines(&plan.rootfs.links, "->"),
+        "ld_cache": pair_lines(&plan.rootfs.ld_entries, "=>"),
         "ld_flags": format!("{:#x}", plan.rootfs.ld_flags),
         "cuda_compat": format!("{:?}", plan.rootfs.compat),
         "proc_overlay": {
@@ -301,6 +274,14 @@ fn outcome(case: &Case) -> Value {
         },
         "driver_mounts": plan.driver_mounts,
     })
+}
+
+/// `pairs` as `<a> <arrow> <b>` lines.
+fn pair_lines<A: AsRef<Path>, B: AsRef<Path>>(pairs: &[(A, B)], arrow: &str) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|(a, b)| format!("{} {arrow} {}", a.as_ref().display(), b.as_ref().display()))
+        .collect()
 }
 
 /// A value as the golden files write it, `unset` when absent.

@@ -1,11 +1,11 @@
-//! Literal driver inventories of the packagings [`crate::discover`] handles, as discovery
+//! Literal driver inventories of the packagings [`crate::inventory`] handles, as discovery
 //! returns them (the paths and SONAMEs of `discover/layouts.rs`), and the host snapshot the
 //! plans of these tests see.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::discover::{
+use crate::inventory::{
     group_of, Arch, DeviceNode, DriverBinary, DriverLibrary, GpuDevice, Inventory, IpcEndpoint,
     MigDevice, Roots, NVML_NOT_TRIED,
 };

@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nvidia_shim_core::config::MAX_CONFIG_SIZE;
-use nvidia_shim_core::regular_file;
+use nvidia_shim_core_host::regular_file;
 
 use super::args::Args;
 

@@ -222,8 +222,7 @@ mod tests {
     #[test]
     fn the_fuzzers_findings_are_errors_not_panics() {
         // Inputs cargo-fuzz found (kept as seeds of the `elf_note` target).
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/fuzz/corpus/elf_note");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/elf_note");
         let found: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()

@@ -14,7 +14,7 @@ use nvidia_shim_core::Config;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cli::shim::RUNTIME_ID;
+use crate::cli::shim_commands::RUNTIME_ID;
 use crate::service::options::CONFIG_PATH_ENV;
 
 /// The shim log: containerd's `log` FIFO in the bundle, which containerd copies into its own
@@ -183,8 +183,8 @@ pub fn print_info() -> ExitCode {
         }),
         features: MessageField::some(
             containerd_shim::protos::protobuf::well_known_types::any::Any {
-                type_url: crate::cli::features::FEATURES_TYPE_URL.to_owned(),
-                value: crate::cli::features::features_json(),
+                type_url: crate::cli::shim_commands::features::FEATURES_TYPE_URL.to_owned(),
+                value: crate::cli::shim_commands::features::features_json(),
                 ..Default::default()
             },
         ),

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::Config;
 
-use crate::cli::shim::{NvidiaShim, RUNTIME_ID};
+use crate::cli::shim_commands::shim::NvidiaShim;
+use crate::cli::shim_commands::RUNTIME_ID;
 use crate::runtime::driver::Driver;
 
 fn main() -> ExitCode {
@@ -31,10 +32,10 @@ fn main() -> ExitCode {
         let level = args.get(2).and_then(|l| l.to_str()).unwrap_or("info");
         runtime::zygote::serve_inherited(level);
     }
-    if let Some(code) = args.first().and_then(|a| cli::by_program_name(a)) {
+    if let Some(code) = args.first().and_then(|a| cli::operator::by_program_name(a)) {
         return code;
     }
-    if let Some(code) = cli::operator_command(args.get(1..).unwrap_or_default()) {
+    if let Some(code) = cli::operator::run(args.get(1..).unwrap_or_default()) {
         return code;
     }
     let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
@@ -60,14 +61,14 @@ fn main() -> ExitCode {
         "start" => {
             runtime::attach_warmup::start();
             Some(
-                cli::shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
+                cli::shim_commands::shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
                     .map(String::into_bytes),
             )
         }
         "delete" => {
             logging::init_stderr();
             Some(
-                cli::shim::delete_command(&flags.namespace, &flags.id, &flags.address)
+                cli::shim_commands::shim::delete_command(&flags.namespace, &flags.id, &flags.address)
                     .and_then(|r| Ok(r.write_to_bytes()?)),
             )
         }
@@ -111,7 +112,7 @@ fn main() -> ExitCode {
         RUNTIME_ID,
         Some(config),
     ));
-    cli::shim::remove_served_socket();
+    cli::shim_commands::shim::remove_served_socket();
     // A blocking task that cannot finish (a FIFO open nobody answers) must not keep the shim.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     ExitCode::SUCCESS

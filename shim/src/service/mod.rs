@@ -139,7 +139,7 @@ impl TaskService {
             // Without exits no Wait would ever answer: do not serve at all. containerd sees
             // the shim gone and cleans up after it.
             log::error!("cannot subscribe to process exits: {e}; exiting");
-            crate::cli::shim::remove_served_socket();
+            crate::cli::shim_commands::shim::remove_served_socket();
             std::process::exit(1);
         }
         let service = Arc::new(Self {

@@ -23,9 +23,6 @@ use crate::service::events::EventSink;
 use crate::service::options::{start_input, CONFIG_PATH_ENV};
 use crate::service::{TaskApi, TaskService};
 
-/// The runtime type containerd knows this shim by.
-pub const RUNTIME_ID: &str = "io.containerd.nvidia.v2";
-
 /// The shim's `containerd_shim::Shim` implementation.
 pub struct NvidiaShim {
     exit: Arc<ExitSignal>,

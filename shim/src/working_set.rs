@@ -24,6 +24,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::fs::File;
+use std::future::Future;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -196,13 +197,17 @@ impl IdleTrim {
     /// Starts the task that waits for quiet spells and then runs `others` (such as asking the
     /// zygote to release its pages) and then releases this process's pages.
     ///
-    /// `others` talks to other processes, which could be slow to answer: it runs on the
-    /// blocking pool, waited for at most [`OTHERS_LIMIT`], never on the async thread that
-    /// serves every container. This process's own release runs on the reactor thread and goes
+    /// `others` talks to other processes, which could be slow to answer: it must do so off the
+    /// async thread that serves every container (on the blocking pool), and is waited for at
+    /// most [`OTHERS_LIMIT`]. This process's own release runs on the reactor thread and goes
     /// last, so that what runs between the release and the next `epoll_wait` is as little
     /// code as possible; the runtime's blocking threads should not outlive [`QUIET`]
     /// ([`BLOCKING_KEEP_ALIVE`]), as their exit runs code that is then mapped again.
-    pub fn spawn(others: fn()) -> Self {
+    pub fn spawn<F, Fut>(others: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
         tokio::spawn(async move {
@@ -212,8 +217,7 @@ impl IdleTrim {
                     .await
                     .is_ok()
                 {}
-                let _ =
-                    tokio::time::timeout(OTHERS_LIMIT, tokio::task::spawn_blocking(others)).await;
+                let _ = tokio::time::timeout(OTHERS_LIMIT, others()).await;
                 let released = release_code_pages();
                 log::trace!("quiet: released {released} bytes of code mappings");
             }

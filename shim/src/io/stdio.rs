@@ -324,6 +324,21 @@ mod tests {
         std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
     }
 
+    /// A client's reader of `fifo`, as containerd's opens it.
+    fn client_reader(fifo: &Path) -> File {
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo);
+        reader.unwrap()
+    }
+
+    /// Writes `bytes` into `fifo` as a process's output would arrive.
+    fn write_to(fifo: &Path, bytes: &[u8]) {
+        let mut writer = OpenOptions::new().write(true).open(fifo).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+
     fn paths(stdin: &str, stdout: &str, stderr: &str) -> StdioPaths {
         StdioPaths {
             stdin: stdin.to_owned(),
@@ -430,14 +445,8 @@ mod tests {
         fifos.read_by_client(Duration::from_secs(5)).await;
         assert!(started.elapsed() < Duration::from_secs(1));
         // A reader that takes its time: the wait ends once it has read the output.
-        let mut reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
-        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
-        writer.write_all(b"last words\n").unwrap();
-        drop(writer);
+        let mut reader = client_reader(&fifo);
+        write_to(&fifo, b"last words\n");
         let read = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             let mut s = String::new();
@@ -450,13 +459,8 @@ mod tests {
         assert_eq!(read.join().unwrap(), "last words\n");
         assert!(waited >= Duration::from_millis(150), "{waited:?}");
         // A reader that never reads: the wait is bounded.
-        let _idle = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
-        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
-        writer.write_all(b"unread").unwrap();
+        let _idle = client_reader(&fifo);
+        write_to(&fifo, b"unread");
         let started = std::time::Instant::now();
         fifos.read_by_client(Duration::from_millis(100)).await;
         assert!(started.elapsed() < Duration::from_secs(2));

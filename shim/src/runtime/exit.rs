@@ -236,11 +236,22 @@ impl Drop for CreateGuard {
 mod tests {
     use super::*;
 
+    /// A fresh cell for process `pid` of the create `guard`, with its route.
+    fn watched(guard: CreateGuard, pid: i32) -> (Arc<ExitCell>, ExitRoute) {
+        let cell = Arc::new(ExitCell::default());
+        let route = guard.watch(pid, Arc::clone(&cell));
+        (cell, route)
+    }
+
+    /// The exit code `cell` holds.
+    fn code(cell: &ExitCell) -> Option<u32> {
+        cell.get().map(|s| s.code)
+    }
+
     #[tokio::test]
     async fn routes_exit_to_watched_cell() {
         let router = Arc::new(ExitRouter::default());
-        let cell = Arc::new(ExitCell::default());
-        let _route = router.begin_create().watch(42, Arc::clone(&cell));
+        let (cell, _route) = watched(router.begin_create(), 42);
         router.on_exit(42, 3);
         assert_eq!(cell.wait().await.code, 3);
     }
@@ -250,9 +261,8 @@ mod tests {
         let router = Arc::new(ExitRouter::default());
         let guard = router.begin_create();
         router.on_exit(7, 137);
-        let cell = Arc::new(ExitCell::default());
-        let _route = guard.watch(7, Arc::clone(&cell));
-        assert_eq!(cell.get().map(|s| s.code), Some(137));
+        let (cell, _route) = watched(guard, 7);
+        assert_eq!(code(&cell), Some(137));
         assert!(router.lock().early.is_empty());
     }
 
@@ -264,10 +274,9 @@ mod tests {
             let _guard = router.begin_create();
             router.on_exit(10, 1);
         }
-        let cell = Arc::new(ExitCell::default());
-        let _ten = router.begin_create().watch(10, Arc::clone(&cell));
-        let _nine = router.begin_create().watch(9, Arc::clone(&cell));
-        assert!(cell.get().is_none());
+        let (ten, _ten) = watched(router.begin_create(), 10);
+        let (nine, _nine) = watched(router.begin_create(), 9);
+        assert_eq!((code(&ten), code(&nine)), (None, None));
         assert!(router.lock().early.is_empty());
     }
 
@@ -278,17 +287,14 @@ mod tests {
         let router = Arc::new(ExitRouter::default());
         let slow = router.begin_create();
         router.on_exit(500, 0);
-        let exec = router.begin_create();
-        let cell = Arc::new(ExitCell::default());
-        let _exec = exec.watch(500, Arc::clone(&cell));
-        assert!(cell.get().is_none(), "a stale exit was attributed");
+        let (cell, _exec) = watched(router.begin_create(), 500);
+        assert_eq!(code(&cell), None, "a stale exit was attributed");
         router.on_exit(500, 7);
-        assert_eq!(cell.get().map(|s| s.code), Some(7));
+        assert_eq!(code(&cell), Some(7));
         // The slow create's own process, reaped after it began, still gets its exit.
         router.on_exit(600, 3);
-        let own = Arc::new(ExitCell::default());
-        let _slow = slow.watch(600, Arc::clone(&own));
-        assert_eq!(own.get().map(|s| s.code), Some(3));
+        let (own, _slow) = watched(slow, 600);
+        assert_eq!(code(&own), Some(3));
         assert!(router.lock().early.is_empty());
         assert!(router.lock().creating.is_empty());
     }
@@ -313,19 +319,18 @@ mod tests {
     #[test]
     fn a_dropped_route_forgets_only_its_own_cell() {
         let router = Arc::new(ExitRouter::default());
-        let old = Arc::new(ExitCell::default());
-        let old_route = router.begin_create().watch(77, Arc::clone(&old));
+        let (old, old_route) = watched(router.begin_create(), 77);
         router.on_exit(77, 0);
+        assert_eq!(code(&old), Some(0));
         // The pid is reused by a later process before the first is deleted.
-        let new = Arc::new(ExitCell::default());
-        let _new_route = router.begin_create().watch(77, Arc::clone(&new));
+        let (new, _new_route) = watched(router.begin_create(), 77);
         drop(old_route);
         router.on_exit(77, 9);
-        assert_eq!(new.get().map(|s| s.code), Some(9), "the new route was kept");
-        let gone = Arc::new(ExitCell::default());
-        drop(router.begin_create().watch(78, Arc::clone(&gone)));
+        assert_eq!(code(&new), Some(9), "the new route was kept");
+        let (gone, route) = watched(router.begin_create(), 78);
+        drop(route);
         router.on_exit(78, 1);
-        assert!(gone.get().is_none(), "a dropped route is forgotten");
+        assert_eq!(code(&gone), None, "a dropped route is forgotten");
     }
 
     #[tokio::test]
@@ -350,7 +355,7 @@ mod tests {
         let cell = ExitCell::default();
         cell.set(ExitStatus::now(1));
         cell.set(ExitStatus::now(2));
-        assert_eq!(cell.get().map(|s| s.code), Some(1));
+        assert_eq!(code(&cell), Some(1));
     }
 
     #[test]

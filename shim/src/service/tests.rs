@@ -863,3 +863,42 @@ async fn a_create_runs_to_its_end_when_its_caller_gives_up_and_a_delete_waits_fo
     );
     assert!(s.stub().calls().contains(&"delete-created slow".to_owned()));
 }
+
+#[tokio::test]
+async fn an_unknown_container_is_not_found_in_every_method_and_checkpoint_is_not_served() {
+    let s = shim();
+    let (id, exec_id, stdin) = ("nope", "", true);
+    let nf = |c: Code| assert_eq!(c, Code::NOT_FOUND);
+    nf(code(s.start(id, exec_id).await));
+    nf(code(s.state(id, exec_id).await));
+    nf(code(s.kill(id, exec_id, 9, true).await));
+    nf(code(s.wait(id, exec_id).await));
+    nf(code(s.delete(id, exec_id).await));
+    nf(code(s.exec(id, "e1", Some(process_json(&["sh"]))).await));
+    nf(code(s.pause(id).await));
+    nf(code(s.resume(id).await));
+    nf(code(s.api.pids(&ctx(), request!(PidsRequest => id)).await));
+    nf(code(
+        s.api.stats(&ctx(), request!(StatsRequest => id)).await,
+    ));
+    nf(code(
+        s.api
+            .update(&ctx(), request!(UpdateTaskRequest => id))
+            .await,
+    ));
+    nf(code(
+        s.api
+            .close_io(&ctx(), request!(CloseIORequest => id, stdin))
+            .await,
+    ));
+    nf(code(
+        s.api
+            .resize_pty(&ctx(), request!(ResizePtyRequest => id))
+            .await,
+    ));
+    // Not implemented by this shim: the Task API's default answer.
+    let checkpoint = request!(CheckpointTaskRequest => id);
+    nf(code(s.api.checkpoint(&ctx(), checkpoint).await));
+    assert!(s.stub().calls().is_empty(), "the runtime is never asked");
+    assert!(s.events().is_empty());
+}

@@ -65,37 +65,25 @@ impl StartConfig {
 mod tests {
     use super::*;
 
+    /// The log level of the configuration container `id` gets when it names `path`.
+    fn level_for(config: &StartConfig, id: &str, path: Option<&Path>) -> String {
+        let loaded = config.for_container(id, path).expect("a configuration");
+        loaded.log_level.as_str().to_owned()
+    }
+
     #[test]
     fn the_start_file_is_read_once_and_another_file_when_a_container_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let start = dir.path().join("start.toml");
+        let (start, other) = (dir.path().join("start.toml"), dir.path().join("other.toml"));
         std::fs::write(&start, "log_level = \"warn\"\n").unwrap();
+        std::fs::write(&other, "log_level = \"error\"\n").unwrap();
         let config = StartConfig::load(Some(start.clone()));
         assert_eq!(config.log_level(), "warn");
         // Changed after the start: the start's file is not read again.
         std::fs::write(&start, "log_level = \"debug\"\n").unwrap();
-        assert_eq!(
-            config
-                .for_container("c1", Some(&start))
-                .unwrap()
-                .log_level
-                .as_str(),
-            "warn"
-        );
-        assert_eq!(
-            config.for_container("c1", None).unwrap().log_level.as_str(),
-            "warn"
-        );
-        let other = dir.path().join("other.toml");
-        std::fs::write(&other, "log_level = \"error\"\n").unwrap();
-        assert_eq!(
-            config
-                .for_container("c2", Some(&other))
-                .unwrap()
-                .log_level
-                .as_str(),
-            "error"
-        );
+        assert_eq!(level_for(&config, "c1", Some(&start)), "warn");
+        assert_eq!(level_for(&config, "c1", None), "warn");
+        assert_eq!(level_for(&config, "c2", Some(&other)), "error");
     }
 
     #[test]
@@ -104,7 +92,11 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "log_level = \"info\"\nbogus = true\n").unwrap();
         let config = StartConfig::load(Some(path.clone()));
-        assert_eq!(config.log_level(), "info");
+        assert_eq!(
+            config.log_level(),
+            "info",
+            "the daemon logs at the default level"
+        );
         for id in ["c5", "c6"] {
             let err = config.for_container(id, Some(&path)).unwrap_err();
             assert_eq!(

@@ -7,8 +7,9 @@
 //! locks; only then does tokio start.
 //!
 //! Layers, each importing only those below it: `cli` (commands) > `service` (ttrpc) > `task`
-//! (processes) > `gpu` (the spec editor) > `runtime` (libcontainer, host work) > `io` > `error`,
-//! `logging`, `working_set`.
+//! (processes) > `runtime` (libcontainer, host work) > `io` > `error`, `logging`,
+//! `working_set`; `gpu` (the runtime's spec editor, and the GPU commands') sits above
+//! `runtime` and is wired in by the daemon.
 
 mod cli;
 mod error;

@@ -78,7 +78,7 @@ pub struct Created {
     pub cgroup_path: PathBuf,
     /// Whether, once the container has stopped, libcontainer's delete would do nothing but
     /// remove its cgroup and its state directory: cgroupfs driver, no poststop hooks, no Intel
-    /// RDT group. The shim then does that itself (see `task::lifecycle`).
+    /// RDT group. The shim then does that itself (see `runtime::teardown`).
     pub plain_teardown: bool,
     /// How many overlay mounts had a target in the container.
     pub overlay_mounts: usize,

@@ -629,6 +629,27 @@ async fn an_exec_that_fails_to_start_is_reported_as_failed_to_run() {
 }
 
 #[tokio::test]
+async fn an_exec_that_exits_before_its_start_answers_keeps_its_pid_and_reports_its_exit() {
+    let s = shim();
+    s.running("c1").await;
+    s.stub().quick_execs();
+    s.exec("c1", "quick", Some(process_json(&["true"])))
+        .await
+        .unwrap();
+    let pid = s.start("c1", "quick").await.unwrap().pid;
+    assert_ne!(pid, 0);
+    let state = s.state("c1", "quick").await.unwrap();
+    assert_eq!(state.pid, pid);
+    assert_eq!(state.status, EnumOrUnknown::new(Status::STOPPED));
+    assert_eq!(s.wait("c1", "quick").await.unwrap().exit_status, 0);
+    let exit = s
+        .event(|e| matches!(e, Event::Exit { process, .. } if process == "quick"))
+        .await;
+    assert!(matches!(exit, Event::Exit { pid: p, .. } if p == pid));
+    assert_eq!(s.delete("c1", "quick").await.unwrap().pid, pid);
+}
+
+#[tokio::test]
 async fn a_stopped_container_takes_no_exec() {
     let s = shim();
     let pid = s.running("c1").await;

@@ -150,12 +150,14 @@ impl Process {
     }
 
     /// Records that the process now exists (an exec the runtime started) and makes the
-    /// `Start` transition.
+    /// `Start` transition. A process that has exited already (a quick one: its exit can be
+    /// reaped before the runtime's answer) is recorded all the same, its pid and I/O kept
+    /// for `State` and `Wait`; its exit is folded in at the next read.
     pub fn started(&self, spawned: Spawned) -> Result<State, State> {
-        let mut inner = self.inner();
+        let mut inner = lock(&self.inner);
+        inner.live = Some(live(spawned));
         let next = inner.state.after(Transition::Start).ok_or(inner.state)?;
         inner.state = next;
-        inner.live = Some(live(spawned));
         Ok(next)
     }
 
@@ -255,6 +257,17 @@ mod tests {
         assert_eq!(p.host_pid(), Some(9));
         assert!(p.io().is_some());
         p.release();
+
+        let quick = Process::exec("e3", ProcessSpec::default(), StdioPaths::default());
+        let exit = Arc::clone(quick.exit());
+        exit.set(ExitStatus::now(0));
+        assert_eq!(quick.started(spawned(11, &exit)), Ok(State::Running));
+        assert_eq!(
+            quick.state(),
+            State::Stopped,
+            "its exit came before the start's answer"
+        );
+        assert_eq!((quick.pid(), quick.io().is_some()), (11, true));
 
         let failed = Process::exec("e2", ProcessSpec::default(), StdioPaths::default());
         failed.set_exit(ExitStatus::now(127));

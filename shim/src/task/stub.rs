@@ -34,6 +34,8 @@ pub struct Stub {
     processes: Mutex<HashMap<i32, (String, Arc<ExitCell>)>>,
     oom: Mutex<HashMap<String, OnOom>>,
     shares_pid_ns: AtomicBool,
+    /// Whether exec'd processes exit before the exec returns.
+    quick_execs: AtomicBool,
     /// What the last create was asked.
     pub last_create: Mutex<Option<CreateRequest>>,
     /// What the last exec was asked.
@@ -77,6 +79,12 @@ impl Stub {
     /// Containers created from now on share the host's pid namespace.
     pub fn share_pid_namespace(&self) {
         self.shares_pid_ns.store(true, Ordering::SeqCst);
+    }
+
+    /// Exec'd processes exit (status 0) before the exec returns, as a quick process's exit can
+    /// be reaped before the runtime answers.
+    pub fn quick_execs(&self) {
+        self.quick_execs.store(true, Ordering::SeqCst);
     }
 
     /// Process `pid` exits with `code`, as the reaper would report it.
@@ -172,7 +180,11 @@ impl Runtime for Stub {
     fn exec(&self, c: &StubContainer, req: &ExecRequest, exit: &Arc<ExitCell>) -> Result<Spawned> {
         self.call("exec", &format!("{} {}", c.id, req.exec_id))?;
         *lock(&self.last_exec) = Some(req.clone());
-        Ok(self.spawn(&c.id, exit))
+        let spawned = self.spawn(&c.id, exit);
+        if self.quick_execs.load(Ordering::SeqCst) {
+            self.exit(spawned.pid, 0);
+        }
+        Ok(spawned)
     }
 
     /// A signal ends its process (its status 128 + the signal), as the default action of the

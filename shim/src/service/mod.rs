@@ -445,7 +445,8 @@ pub fn decode_resources(id: &str, any: &Any) -> Result<LinuxResources> {
 pub fn exit_when_unused<R: Runtime>(service: &Arc<TaskService<R>>, bundle: Option<std::fs::File>) {
     let weak = Arc::downgrade(service);
     // A handle on the bundle tells when it is gone (renamed and removed, as containerd does),
-    // wherever it went; its link count is in the inode the handle holds.
+    // wherever it went; its link count is in the inode the handle holds, so the check (an
+    // `fstat` of that handle) reads no file and cannot block the async thread.
     let bundle_gone = move || {
         bundle
             .as_ref()

@@ -1,21 +1,17 @@
 //! The shim's log (containerd's `log` FIFO in the bundle, written by [`FifoLog`] in
 //! containerd-shim's line format through the `log` facade; libcontainer's `tracing` events
-//! arrive through tracing's `log` feature), the `delete` command's stderr, and the `-info` reply.
+//! arrive through tracing's `log` feature) and the `delete` command's stderr.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::sync::Arc;
 
-use containerd_shim::protos::protobuf::{Message, MessageField};
-use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
-use containerd_shim::Flags;
-use nvidia_shim_core_host::config::load_or_default;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cli::shim::RUNTIME_ID;
-use crate::service::options::CONFIG_PATH_ENV;
+/// What sees every error-level record besides the log (the zygote's workers collect their
+/// init process's causes through it, see `runtime::causes`).
+pub type ErrorHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The shim log: containerd's `log` FIFO in the bundle, which containerd copies into its own
 /// log. The line format is containerd-shim's (`time="…" level=… msg="…"`), but each record is
@@ -25,6 +21,7 @@ use crate::service::options::CONFIG_PATH_ENV;
 /// piece.
 struct FifoLog {
     fifo: File,
+    on_error: Option<ErrorHook>,
 }
 
 impl log::Log for FifoLog {
@@ -39,7 +36,9 @@ impl log::Log for FifoLog {
         let message = record.args().to_string();
         let level = effective_level(record.level(), record.target(), &message);
         if level == log::Level::Error {
-            crate::runtime::causes::record(&message);
+            if let Some(hook) = &self.on_error {
+                hook(&message);
+            }
         }
         if level > log::max_level() {
             return;
@@ -104,7 +103,7 @@ fn effective_level(level: log::Level, target: &str, message: &str) -> log::Level
 }
 
 /// The log level: `RUST_LOG` if set, else the config file's, raised to debug by `-debug`.
-fn level(configured: &str, rust_log: Option<&str>, debug: bool) -> log::LevelFilter {
+pub fn level(configured: &str, rust_log: Option<&str>, debug: bool) -> log::LevelFilter {
     let level = rust_log
         .unwrap_or(configured)
         .parse()
@@ -116,40 +115,16 @@ fn level(configured: &str, rust_log: Option<&str>, debug: bool) -> log::LevelFil
     }
 }
 
-/// Opens the shim log at the level from the config file (`-debug` raises it to debug).
-pub fn init(flags: &Flags) {
-    let path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-    let configured = load_or_default(path.as_deref())
-        .map(|c| c.log_level.as_str())
-        .unwrap_or("info");
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let fifo = match OpenOptions::new().write(true).open("log") {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("{RUNTIME_ID}: cannot open the shim log: {e}");
-            return;
-        }
-    };
-    init_on(fifo, level(configured, rust_log.as_deref(), flags.debug));
+/// Opens the shim log: containerd's `log` FIFO in the bundle, the daemon's working directory.
+pub fn open_fifo() -> std::io::Result<File> {
+    OpenOptions::new().write(true).open("log")
 }
 
-/// The shim log's descriptor, kept for a zygote started later (see `runtime::zygote`).
-static FIFO: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
-
-/// Logs to `fifo` (containerd's log FIFO) at `max`.
-pub fn init_on(fifo: File, max: log::LevelFilter) {
-    if let Ok(copy) = fifo.try_clone() {
-        let _ = FIFO.set(copy.into());
-    }
-    if log::set_boxed_logger(Box::new(FifoLog { fifo })).is_ok() {
+/// Logs to `fifo` (containerd's log FIFO) at `max`; `on_error` sees every error record.
+pub fn init_on(fifo: File, max: log::LevelFilter, on_error: Option<ErrorHook>) {
+    if log::set_boxed_logger(Box::new(FifoLog { fifo, on_error })).is_ok() {
         log::set_max_level(max);
     }
-}
-
-/// The shim log's descriptor, once [`init`] opened it.
-pub fn fifo() -> Option<std::os::fd::BorrowedFd<'static>> {
-    use std::os::fd::AsFd;
-    FIFO.get().map(AsFd::as_fd)
 }
 
 /// Warnings and errors to stderr, for the `delete` command: containerd reads its stderr and
@@ -170,36 +145,6 @@ pub fn init_stderr() {
     static LOGGER: Stderr = Stderr;
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Warn);
-    }
-}
-
-/// Writes containerd's `RuntimeInfo` for `-info` to stdout.
-pub fn print_info() -> ExitCode {
-    let info = RuntimeInfo {
-        name: RUNTIME_ID.to_owned(),
-        version: MessageField::some(RuntimeVersion {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            ..Default::default()
-        }),
-        features: MessageField::some(
-            containerd_shim::protos::protobuf::well_known_types::any::Any {
-                type_url: crate::cli::features::FEATURES_TYPE_URL.to_owned(),
-                value: crate::cli::features::features_json(),
-                ..Default::default()
-            },
-        ),
-        ..Default::default()
-    };
-    match info
-        .write_to_bytes()
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::io::stdout().write_all(&b))
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{RUNTIME_ID}: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -264,6 +209,7 @@ mod tests {
         let mut reader = File::from(reader);
         let logger = FifoLog {
             fifo: File::from(writer),
+            on_error: None,
         };
         log::set_max_level(LevelFilter::Info);
         logger.log(

@@ -1,7 +1,15 @@
 //! `containerd-shim-nvidia-v2`: the containerd shim v2 runtime `io.containerd.nvidia.v2`.
 //!
-//! `main` stays synchronous until the zygote is forked, so that the process which runs
-//! libcontainer never inherits another thread's locks; only then does tokio start.
+//! `main` is synchronous: it dispatches what the binary is asked to be (a zygote started
+//! afresh, a hook, an operator command, containerd's `start`, `delete`, `-v`, `-info`, or the
+//! daemon). The daemon ([`cli::shim_commands::serve`]) forks its zygote before any other
+//! thread exists, so that the process which runs libcontainer never inherits another thread's
+//! locks; only then does tokio start.
+//!
+//! Layers, each importing only those below it: `cli` (commands) > `service` (ttrpc) > `task`
+//! (processes) > `runtime` (libcontainer, host work) > `io` > `error`, `logging`,
+//! `working_set`; `gpu` (the runtime's spec editor, and the GPU commands') sits above
+//! `runtime` and is wired in by the daemon.
 
 mod cli;
 mod error;
@@ -10,16 +18,15 @@ mod io;
 mod logging;
 mod runtime;
 mod service;
+mod task;
 mod working_set;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use containerd_shim::protos::protobuf::Message;
-use containerd_shim::Config;
 
-use crate::cli::shim::{NvidiaShim, RUNTIME_ID};
-use crate::runtime::driver::Driver;
+use crate::cli::shim_commands::{self, RUNTIME_ID};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
@@ -31,13 +38,14 @@ fn main() -> ExitCode {
         let level = args.get(2).and_then(|l| l.to_str()).unwrap_or("info");
         runtime::zygote::serve_inherited(level);
     }
-    if let Some(code) = args.first().and_then(|a| cli::by_program_name(a)) {
+    if let Some(code) = args.first().and_then(|a| cli::operator::by_program_name(a)) {
         return code;
     }
-    if let Some(code) = cli::operator_command(args.get(1..).unwrap_or_default()) {
+    if let Some(code) = cli::operator::run(args.get(1..).unwrap_or_default()) {
         return code;
     }
-    let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
+    let (config_path, args) = shim_commands::take_config_flag(args.get(1..).unwrap_or_default());
+    let flags = match containerd_shim::parse(&args) {
         Ok(flags) => flags,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: {e}");
@@ -51,69 +59,41 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if flags.info {
-        return logging::print_info();
+        return shim_commands::features::print_info();
     }
     // `start` and `delete` are synchronous and single-threaded: containerd waits for them on
     // every container's create and delete. Only serving needs the zygote and a runtime.
     let reply = match flags.action.as_str() {
-        "" => None,
+        "" => return shim_commands::serve::run(&flags, config_path),
         "start" => {
             runtime::attach_warmup::start();
-            Some(
-                cli::shim::start_command(&flags.namespace, &flags.id, &flags.address, flags.debug)
-                    .map(String::into_bytes),
+            shim_commands::start::start_command(
+                &flags.namespace,
+                &flags.id,
+                &flags.address,
+                flags.debug,
             )
+            .map(String::into_bytes)
         }
         "delete" => {
             logging::init_stderr();
-            Some(
-                cli::shim::delete_command(&flags.namespace, &flags.id, &flags.address)
-                    .and_then(|r| Ok(r.write_to_bytes()?)),
-            )
+            shim_commands::delete::delete_command(&flags.namespace, &flags.id, &flags.address)
+                .and_then(|r| Ok(r.write_to_bytes()?))
         }
-        other => Some(Err(containerd_shim::Error::InvalidArgument(format!(
+        other => Err(containerd_shim::Error::InvalidArgument(format!(
             "unknown action {other:?}"
-        )))),
+        ))),
     };
-    if let Some(reply) = reply {
-        let written = reply.and_then(|bytes| {
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(|e| containerd_shim::Error::Other(format!("write stdout: {e}")))
-        });
-        return match written {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{RUNTIME_ID}: {}: {e}", flags.action);
-                ExitCode::FAILURE
-            }
-        };
-    }
-    working_set::one_heap();
-    // Before the zygote forks, so libcontainer's logs from the zygote reach containerd too.
-    logging::init(&flags);
-    Driver::init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_keep_alive(working_set::BLOCKING_KEEP_ALIVE)
-        .build()
-    {
-        Ok(rt) => rt,
+    let written = reply.and_then(|bytes| {
+        std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| containerd_shim::Error::Other(format!("write stdout: {e}")))
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("{RUNTIME_ID}: {}: {e}", flags.action);
+            ExitCode::FAILURE
         }
-    };
-    let config = Config {
-        no_setup_logger: true,
-        ..Config::default()
-    };
-    runtime.block_on(containerd_shim::asynchronous::run::<NvidiaShim>(
-        RUNTIME_ID,
-        Some(config),
-    ));
-    cli::shim::remove_served_socket();
-    // A blocking task that cannot finish (a FIFO open nobody answers) must not keep the shim.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    ExitCode::SUCCESS
+    }
 }

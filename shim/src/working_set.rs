@@ -24,6 +24,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::fs::File;
+use std::future::Future;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -255,13 +256,17 @@ impl IdleTrim {
     /// Starts the task that waits for quiet spells and then runs `others` (such as asking the
     /// zygote to release its pages) and then releases this process's pages.
     ///
-    /// `others` talks to other processes, which could be slow to answer: it runs on the
-    /// blocking pool, waited for at most [`OTHERS_LIMIT`], never on the async thread that
-    /// serves every container. This process's own release goes last, once the blocking thread
+    /// `others` talks to other processes, which could be slow to answer: it must do so off the
+    /// async thread that serves every container (on the blocking pool), and is waited for at
+    /// most [`OTHERS_LIMIT`]. This process's own release goes last, once the blocking thread
     /// that ran `others` has exited ([`BLOCKING_KEEP_ALIVE`]: a thread's exit runs code that
     /// would be mapped again), on a thread of its own that waits for the runtime's thread to be
     /// back in `epoll_wait` first.
-    pub fn spawn(others: fn()) -> Self {
+    pub fn spawn<F, Fut>(others: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
         let releaser = match Releaser::start() {
@@ -277,8 +282,7 @@ impl IdleTrim {
                 activity.notified().await;
                 loop {
                     while quiet_for(QUIET).await.is_ok() {}
-                    let _ = tokio::time::timeout(OTHERS_LIMIT, tokio::task::spawn_blocking(others))
-                        .await;
+                    let _ = tokio::time::timeout(OTHERS_LIMIT, others()).await;
                     // The blocking thread that ran `others` exits BLOCKING_KEEP_ALIVE later,
                     // and its exit runs code (the pool's, the thread library's) that a release
                     // now would see mapped again: release once it has gone, unless a request

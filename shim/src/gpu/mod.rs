@@ -1,16 +1,15 @@
 //! GPU injection in Create, top to bottom: load the inputs (the spec's request, the CDI specs
 //! on disk when it names CDI devices, the driver inventory when it needs one, a snapshot of the
-//! host and the image), let core's [`plan`] decide, then apply: write the edited spec, make the
-//! rootfs's links and ld cache through the confined writer, and write the `/proc/driver/nvidia`
-//! overlay's sources for the driver to mount once the container exists. No hook, no
-//! `nvidia-container-cli`: libcontainer then creates the nodes and mounts like any others.
+//! host and the image), let core's [`plan`] decide, then apply: edit the spec in memory (the
+//! runtime writes it, once), make the rootfs's links and ld cache through the confined writer,
+//! and write the `/proc/driver/nvidia` overlay's sources for the runtime to mount once the
+//! container exists. No hook, no `nvidia-container-cli`: libcontainer then creates the nodes
+//! and mounts like any others. [`GpuInjector`] is the runtime's [`SpecEditor`].
 
 mod inventory;
 mod overlay;
-pub mod proc_mount;
 mod rootfs;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nvidia_shim_core::cdi::{remove_toolkit_hooks, take_toolkit_hooks, HookPlan, Registry};
@@ -27,7 +26,7 @@ use nvidia_shim_core_host::root::{Root, RootError};
 use nvidia_shim_core_host::snapshot::{self, HostPaths};
 
 use crate::error::{Result, ShimError};
-use crate::runtime::bundle::Bundle;
+use crate::runtime::bundle::{Bundle, EditTarget, Edits, SpecEditor};
 
 pub use inventory::{discover, Inventories};
 
@@ -41,22 +40,6 @@ pub fn apply_rootfs_plan(
     rootfs::apply(id, rootfs, plan)
 }
 
-/// What an injection did, for the log and the driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Injected {
-    /// GPUs given, by UUID, and CDI devices, by name.
-    pub gpus: Vec<String>,
-    /// Device nodes the container now has.
-    pub devices: usize,
-    /// Driver files and IPC endpoints mounted from the inventory.
-    pub mounts: usize,
-    /// The `/proc/driver/nvidia` overlay to attach once the container exists: (host source in
-    /// the bundle, container target).
-    pub proc_mounts: Vec<(PathBuf, PathBuf)>,
-    /// Permission bits to set in the container once it exists: (path, mode).
-    pub chmods: Vec<(PathBuf, u32)>,
-}
-
 /// Discovers once, injects many times; CDI spec files are parsed once per change.
 #[derive(Debug, Default)]
 pub struct GpuInjector {
@@ -64,10 +47,12 @@ pub struct GpuInjector {
     specs: Mutex<SpecCache>,
 }
 
-impl GpuInjector {
-    /// Injects what the container at `bundle` asks for. `Ok(None)` when it asks for nothing:
-    /// the spec is then not rewritten (byte for byte).
-    pub fn inject(&self, id: &str, bundle: &Bundle, config: &Config) -> Result<Option<Injected>> {
+impl SpecEditor for GpuInjector {
+    /// Injects what the container asks for into its `spec`. `Ok(None)` when it asks for
+    /// nothing: the spec is then left as it was, unless a hook asked for GPUs that are not
+    /// granted (the hook is taken out, so that it does not run either).
+    fn edit(&self, target: &EditTarget<'_>, spec: &mut Spec) -> Result<Option<Edits>> {
+        let EditTarget { id, bundle, config } = *target;
         let gpu_err = |source: PlanError| ShimError::Gpu {
             id: id.to_owned(),
             source: Box::new(source),
@@ -76,21 +61,20 @@ impl GpuInjector {
             id: id.to_owned(),
             source,
         };
-        // Load the inputs: the spec, once, with the requests other front doors left in its
-        // hooks taken out (containerd's `--gpus` hook becomes the request the environment
-        // would make; the toolkit's CDI hook steps are done natively below).
-        let mut spec = bundle.load_spec(id)?;
-        let translated = cli_hook::take(&mut spec).map_err(|e| ShimError::InvalidArgument {
+        // Load the inputs: the spec, with the requests other front doors left in its hooks
+        // taken out (containerd's `--gpus` hook becomes the request the environment would
+        // make; the toolkit's CDI hook steps are done natively below).
+        let translated = cli_hook::take(spec).map_err(|e| ShimError::InvalidArgument {
             id: id.to_owned(),
             reason: e.to_string(),
         })?;
-        let spec_hooks = take_toolkit_hooks(&mut spec);
-        let legacy_hook = remove_toolkit_hooks(&mut spec);
-        check_hook_paths(id, &spec)?;
+        let spec_hooks = take_toolkit_hooks(spec);
+        remove_toolkit_hooks(spec);
+        check_hook_paths(id, spec)?;
         if translated.is_some() {
             log::info!("container {id}: containerd's --gpus hook taken as the request");
         }
-        let request = GpuRequest::from_spec(&spec, &config.request_policy()).map_err(|e| {
+        let request = GpuRequest::from_spec(spec, &config.request_policy()).map_err(|e| {
             ShimError::InvalidArgument {
                 id: id.to_owned(),
                 reason: format!("GPU request: {e}"),
@@ -105,21 +89,11 @@ impl GpuInjector {
         let policy = PlanPolicy::from_config(config);
         if request.devices.is_void() {
             if spec_hooks.is_empty() {
-                if translated.is_some() || legacy_hook {
-                    // Asked through a hook, not granted (the isolation profile): the hook
-                    // must not run either.
-                    bundle.write_spec(id, &spec)?;
-                }
+                // Asked through a hook and not granted (the isolation profile), the hook is
+                // out of the spec: it must not run either.
                 return Ok(None);
             }
-            return complete_applied_cdi(
-                id,
-                bundle,
-                config,
-                (&spec, &request),
-                &spec_hooks,
-                policy,
-            );
+            return complete_applied_cdi(id, bundle, config, (spec, &request), &spec_hooks, policy);
         }
         let registry = names_cdi(&request.devices).then(|| self.spec_registry(id, config));
         let split = split(
@@ -131,7 +105,7 @@ impl GpuInjector {
         let inventory = if split.needs_inventory(&request, &policy, driver_loaded) {
             let inv = self.inventories.get(config).map_err(|source| {
                 gpu_err(PlanError::NoDriver {
-                    what: request_text(&spec),
+                    what: request_text(spec),
                     source,
                 })
             })?;
@@ -139,10 +113,10 @@ impl GpuInjector {
         } else {
             None
         };
-        let rootfs = Root::open(&bundle.rootfs_of(&spec)).map_err(rootfs_err)?;
+        let rootfs = Root::open(&bundle.rootfs_of(spec)).map_err(rootfs_err)?;
         let host = snapshot::gather(
             &HostPaths::from_config(config),
-            &spec,
+            spec,
             &request,
             &split,
             inventory.as_deref(),
@@ -157,7 +131,7 @@ impl GpuInjector {
         }
         // Plan.
         let Some(plan) = plan(PlanInputs {
-            spec: &spec,
+            spec,
             request: &request,
             inventory: inventory.as_deref(),
             registry: registry.as_deref(),
@@ -169,14 +143,14 @@ impl GpuInjector {
         else {
             return Ok(None);
         };
-        plan.apply_to(&mut spec)
+        plan.apply_to(spec)
             .map_err(|e| gpu_err(PlanError::CdiEdits(e)))?;
-        apply(id, bundle, &spec, &rootfs, plan).map(Some)
+        apply(id, bundle, spec, &rootfs, plan).map(Some)
     }
 }
 
 /// A spec a CDI consumer already edited (see [`plan_applied_cdi`]), whose request is `void`:
-/// the toolkit hook steps it carried, done natively, the spec written without them.
+/// the toolkit hook steps it carried, done natively (the spec is left without them).
 fn complete_applied_cdi(
     id: &str,
     bundle: &Bundle,
@@ -184,7 +158,7 @@ fn complete_applied_cdi(
     (spec, request): (&Spec, &GpuRequest),
     hooks: &HookPlan,
     policy: PlanPolicy,
-) -> Result<Option<Injected>> {
+) -> Result<Option<Edits>> {
     let rootfs = Root::open(&bundle.rootfs_of(spec)).map_err(|source| ShimError::Rootfs {
         id: id.to_owned(),
         source,
@@ -213,22 +187,21 @@ fn complete_applied_cdi(
     apply(id, bundle, spec, &rootfs, plan).map(Some)
 }
 
-/// Applies `plan` (its spec edits already in `spec`): writes the spec, makes the rootfs's links
-/// and ld cache, writes the overlay's sources.
+/// Applies `plan` (its spec edits already in `spec`): makes the rootfs's links and ld cache,
+/// writes the overlay's sources.
 fn apply(
     id: &str,
     bundle: &Bundle,
     spec: &Spec,
     rootfs: &Root,
     plan: InjectionPlan,
-) -> Result<Injected> {
-    bundle.write_spec(id, spec)?;
+) -> Result<Edits> {
     rootfs::apply(id, rootfs, &plan.rootfs).map_err(|source| ShimError::Rootfs {
         id: id.to_owned(),
         source,
     })?;
     let proc_mounts = overlay::overlay_sources(id, bundle, &plan.overlay)?;
-    Ok(Injected {
+    Ok(Edits {
         proc_mounts,
         gpus: plan.gpus,
         devices: spec
@@ -312,32 +285,41 @@ impl GpuInjector {
 mod tests {
     use super::*;
 
+    use crate::runtime::bundle::spec_from_json as spec;
+
+    /// Container `id` of `bundle` under `config`.
+    fn target<'a>(id: &'a str, bundle: &'a Bundle, config: &'a Config) -> EditTarget<'a> {
+        EditTarget { id, bundle, config }
+    }
+
     #[test]
-    fn no_request_leaves_the_spec_byte_for_byte() {
+    fn no_request_leaves_the_spec_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        // Odd formatting on purpose: a rewrite would normalise it.
-        let original = "{\"ociVersion\":\"1.0.2\",  \"process\":{\"user\":{\"uid\":0,\"gid\":0},\"cwd\":\"/\",\"args\":[\"sh\"],\"env\":[\"PATH=/bin\",\"NVIDIA_VISIBLE_DEVICES=void\"]},\"root\":{\"path\":\"rootfs\"}}";
-        std::fs::write(dir.path().join("config.json"), original).unwrap();
+        let original = spec(
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["sh"],"env":["PATH=/bin","NVIDIA_VISIBLE_DEVICES=void"]},"root":{"path":"rootfs"}}"#,
+        );
+        let mut edited = original.clone();
         let got = GpuInjector::default()
-            .inject("c1", &Bundle::new(dir.path()), &Config::default())
+            .edit(
+                &target("c1", &Bundle::new(dir.path()), &Config::default()),
+                &mut edited,
+            )
             .unwrap();
         assert_eq!(got, None);
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("config.json")).unwrap(),
-            original
-        );
+        assert_eq!(edited, original);
     }
 
     #[test]
     fn malformed_env_value_names_the_container() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
+        let mut s = spec(
             r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","env":["NVIDIA_VISIBLE_DEVICES=gpu0"]},"root":{"path":"rootfs"}}"#,
-        )
-        .unwrap();
+        );
         let err = GpuInjector::default()
-            .inject("c2", &Bundle::new(dir.path()), &Config::default())
+            .edit(
+                &target("c2", &Bundle::new(dir.path()), &Config::default()),
+                &mut s,
+            )
             .unwrap_err()
             .to_string();
         assert!(

@@ -1,5 +1,6 @@
-//! The `/proc/driver/nvidia` overlay's sources: files in the bundle that the driver (in the
-//! zygote) bind-mounts over the container's driver tree once the container exists.
+//! The `/proc/driver/nvidia` overlay's sources: files in the bundle that the runtime's create
+//! worker (see `runtime::after_create`) bind-mounts over the container's driver tree once the
+//! container exists.
 
 use std::path::{Path, PathBuf};
 

@@ -12,14 +12,6 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Result, ShimError};
 
-/// The containerd namespace of this shim, for loggers' `CONTAINER_NAMESPACE`.
-static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Records the shim's namespace (once, when the task service starts).
-pub fn set_namespace(namespace: &str) {
-    let _ = NAMESPACE.set(namespace.to_owned());
-}
-
 /// How long a logger may take to signal readiness.
 const READY_TIMEOUT_MS: i32 = 10_000;
 
@@ -66,11 +58,11 @@ fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
         .map_err(|e| ShimError::io(id, "create log pipe", e.into()))
 }
 
-/// Starts the logger of `uri` for container `id`; returns the write ends for the container's
-/// stdout and stderr once the logger said it is ready.
-pub fn start(id: &str, uri: &str) -> Result<(OwnedFd, OwnedFd)> {
+/// Starts the logger of `uri` for container `id` of containerd namespace `namespace` (its
+/// `CONTAINER_NAMESPACE`); returns the write ends for the container's stdout and stderr once
+/// the logger said it is ready.
+pub fn start(id: &str, namespace: &str, uri: &str) -> Result<(OwnedFd, OwnedFd)> {
     let logger = LoggerUri::parse(id, uri)?;
-    let namespace = NAMESPACE.get().map(String::as_str).unwrap_or_default();
     let (out_r, out_w) = pipe(id)?;
     let (err_r, err_w) = pipe(id)?;
     let (ready_r, ready_w) = pipe(id)?;
@@ -143,7 +135,7 @@ mod tests {
 
     #[test]
     fn missing_binary_fails_clearly() {
-        let err = start("c9", "binary:///nonexistent/logger")
+        let err = start("c9", "default", "binary:///nonexistent/logger")
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/logger"), "{err}");
@@ -158,7 +150,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let uri = format!("binary://{}?file={}", script.display(), out.display());
-        let (w, e) = start("c", &uri).unwrap();
+        let (w, e) = start("c", "default", &uri).unwrap();
         drop(e);
         let mut w = std::fs::File::from(w);
         std::io::Write::write_all(&mut w, b"hello\n").unwrap();

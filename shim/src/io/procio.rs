@@ -1,14 +1,64 @@
 //! A process's I/O from containerd's request to the running process: FIFO fds or a terminal,
-//! prepared before libcontainer runs it and attached afterwards.
+//! prepared before libcontainer runs it ([`PreparedIo`], whose [`Stdio`] crosses to the
+//! zygote) and attached afterwards ([`ProcessIo`]).
 
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::error::wire::OpError;
 use crate::error::Result;
 use crate::io::console::{Console, ConsoleSocket};
 use crate::io::copy::OutputCopy;
 use crate::io::stdio::{OutputFifos, ProcessStdio, StdinForwarder};
-use crate::runtime::ops::Stdio;
+
+/// The stdio containerd asked for a process: FIFO paths or URIs, echoed back by `State`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    /// stdin FIFO, or empty.
+    pub stdin: String,
+    /// stdout FIFO or URI (`file://`, `binary://`), or empty.
+    pub stdout: String,
+    /// stderr FIFO or URI, or empty.
+    pub stderr: String,
+    /// Whether a terminal was asked for.
+    pub terminal: bool,
+}
+
+/// A new process's stdio as it crosses to the zygote: three fds, or a terminal whose master
+/// libcontainer sends to a console socket. The fds travel beside the operation's message
+/// (`SCM_RIGHTS`), not in it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Stdio {
+    /// stdin, stdout, stderr (`None` while they travel).
+    Fds(#[serde(skip)] Option<[OwnedFd; 3]>),
+    /// The console socket's path.
+    Console(PathBuf),
+}
+
+impl Stdio {
+    /// Takes the fds out, to travel beside the message.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        match self {
+            Self::Fds(fds) => fds.take().map(Vec::from).unwrap_or_default(),
+            Self::Console(_) => Vec::new(),
+        }
+    }
+
+    /// Puts back the fds that travelled beside the message.
+    pub fn put_fds(&mut self, fds: Vec<OwnedFd>) -> Result<(), OpError> {
+        if let Self::Fds(slot) = self {
+            let three: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                OpError::Protocol(format!("{} stdio fds instead of 3", fds.len()))
+            })?;
+            *slot = Some(three);
+        }
+        Ok(())
+    }
+}
 
 /// How long an exit report waits for a terminal's last output to reach the client.
 const TTY_DRAIN: Duration = Duration::from_secs(2);
@@ -48,16 +98,17 @@ enum PendingKind {
 }
 
 impl PreparedIo {
-    /// Opens what containerd asked for.
-    pub fn open(id: &str, terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
-        let kind = if terminal {
+    /// Opens what containerd asked for; a `binary://` logger is told `namespace`. Blocks (a
+    /// logging binary's readiness, up to seconds).
+    pub fn open(id: &str, namespace: &str, stdio: &StdioPaths) -> Result<Self> {
+        let kind = if stdio.terminal {
             PreparedKind::Tty(ConsoleSocket::new(id)?)
         } else {
-            PreparedKind::Pipes(ProcessStdio::open(id, stdin, stdout, stderr)?)
+            PreparedKind::Pipes(ProcessStdio::open(id, namespace, stdio)?)
         };
         Ok(Self {
             kind,
-            outputs: OutputFifos::open(&[stdout, stderr]),
+            outputs: OutputFifos::open(&[&stdio.stdout, &stdio.stderr]),
         })
     }
 
@@ -82,19 +133,18 @@ impl PreparedIo {
 impl PendingIo {
     /// Completes the I/O of a created process: for a terminal, takes the pty master, gives it
     /// `size` (width, height) when the spec has one, and starts copying it to and from the
-    /// FIFOs.
+    /// FIFOs of `stdio`. Blocks (a terminal's master comes over the console socket).
     pub fn attach(
         self,
         id: &str,
-        stdin: &str,
-        stdout: &str,
+        stdio: &StdioPaths,
         size: Option<(u32, u32)>,
     ) -> Result<ProcessIo> {
         let (stdin, console, copies) = match self.kind {
             PendingKind::Pipes(forwarder, copies) => (forwarder, None, copies),
             PendingKind::Tty(socket) => {
                 let master = socket.receive_master(id)?;
-                let console = Console::start(id, master, stdin, stdout)?;
+                let console = Console::start(id, master, &stdio.stdin, &stdio.stdout)?;
                 if let Some((width, height)) = size {
                     console.resize(id, width, height)?;
                 }

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::error::{Result, ShimError};
 use crate::io::copy::{unread, OutputCopy, Sink};
+use crate::io::procio::StdioPaths;
 
 /// The three fds handed to a new process, the forwarder feeding its stdin and the copies of
 /// its output.
@@ -81,10 +82,15 @@ fn open_sink(id: &str, path: &str) -> Result<Sink> {
 
 impl ProcessStdio {
     /// Opens the stdio containerd asked for; empty paths give an empty stdin and discarded
-    /// output.
-    pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Self> {
+    /// output; a `binary://` logger is told `namespace`.
+    pub fn open(id: &str, namespace: &str, stdio: &StdioPaths) -> Result<Self> {
+        let (stdin, stdout, stderr) = (
+            stdio.stdin.as_str(),
+            stdio.stdout.as_str(),
+            stdio.stderr.as_str(),
+        );
         let (out_sink, err_sink) = if stdout.starts_with("binary://") {
-            let (out, err) = crate::io::logdriver::start(id, stdout)?;
+            let (out, err) = crate::io::logdriver::start(id, namespace, stdout)?;
             (Sink::spliceable(out), Some(Sink::spliceable(err)))
         } else if stderr == stdout && !stderr.is_empty() {
             (open_sink(id, stdout)?, None)
@@ -269,19 +275,31 @@ fn proc_path(handle: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()))
 }
 
+/// Opens the FIFO behind `handle` for reading, which waits until the client opens its writer
+/// (or [`StdinForwarder::close`] releases it): for as long as that takes, on a small thread of
+/// its own, as the output copies have theirs (the blocking pool serves requests).
+async fn open_reader(handle: Arc<OwnedFd>) -> std::io::Result<File> {
+    let (opened, open) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("stdin-open".to_owned())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = opened.send(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(proc_path(&handle)),
+            );
+        })?;
+    open.await.map_err(std::io::Error::other)?
+}
+
 async fn forward(
     handle: Arc<OwnedFd>,
     mut sender: pipe::Sender,
     opened: &AtomicBool,
 ) -> std::io::Result<()> {
-    let file = tokio::task::spawn_blocking(move || {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(proc_path(&handle))
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    let file = open_reader(handle).await?;
     opened.store(true, Ordering::SeqCst);
     let mut receiver = pipe::Receiver::from_file(file)?;
     match tokio::io::copy(&mut receiver, &mut sender).await {
@@ -306,6 +324,53 @@ mod tests {
         std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
     }
 
+    /// A client's reader of `fifo`, as containerd's opens it.
+    fn client_reader(fifo: &Path) -> File {
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo);
+        reader.unwrap()
+    }
+
+    /// Writes `bytes` into `fifo` as a process's output would arrive.
+    fn write_to(fifo: &Path, bytes: &[u8]) {
+        let mut writer = OpenOptions::new().write(true).open(fifo).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+
+    fn paths(stdin: &str, stdout: &str, stderr: &str) -> StdioPaths {
+        StdioPaths {
+            stdin: stdin.to_owned(),
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+            terminal: false,
+        }
+    }
+
+    /// Stdio for `stdin` alone, and the pipe the process would read it from.
+    fn with_stdin(fifo: &Path) -> (ProcessStdio, File) {
+        let stdio =
+            ProcessStdio::open("c", "default", &paths(fifo.to_str().unwrap(), "", "")).unwrap();
+        let reader = File::from(stdio.fds[0].try_clone().unwrap());
+        (stdio, reader)
+    }
+
+    /// What the process reads from `reader` until end of file, which must come within five
+    /// seconds (read on a thread, as a process would block in it).
+    async fn rest_of(mut reader: File, expect: &str) -> Vec<u8> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).unwrap();
+            let _ = tx.send(rest);
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect(expect)
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_process_gets_only_pipes_whatever_the_paths() {
         let dir = tempfile::tempdir().unwrap();
@@ -314,7 +379,7 @@ mod tests {
         let log = format!("file://{}", dir.path().join("log").display());
         let fifo = fifo.to_str().unwrap();
         for (stdin, stdout, stderr) in [("", "", ""), ("", fifo, fifo), ("", log.as_str(), "")] {
-            let stdio = ProcessStdio::open("c", stdin, stdout, stderr).unwrap();
+            let stdio = ProcessStdio::open("c", "default", &paths(stdin, stdout, stderr)).unwrap();
             for fd in &stdio.fds {
                 let target = fd_target(fd);
                 assert!(
@@ -337,31 +402,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stdin");
         mkfifo(&fifo);
-        let stdio = ProcessStdio::open("c", fifo.to_str().unwrap(), "", "").unwrap();
-        let [reader, _, _] = stdio.fds;
+        let (stdio, mut reader) = with_stdin(&fifo);
+        let ProcessStdio { fds, stdin, .. } = stdio;
+        drop(fds);
         // The client writes and keeps its writer open, as ctr does.
         let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
         writer.write_all(b"abc").unwrap();
-        let mut reader = File::from(reader);
-        let (reader, got) = tokio::task::spawn_blocking(move || {
-            let mut buf = [0u8; 3];
-            reader.read_exact(&mut buf).unwrap();
-            (reader, buf)
-        })
-        .await
-        .unwrap();
+        let mut got = [0u8; 3];
+        reader.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"abc");
-        stdio.stdin.as_ref().unwrap().close();
-        let rest = tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
-            let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).unwrap();
-            rest
-        });
-        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), rest)
-            .await
-            .expect("CloseIO must give the process EOF")
-            .unwrap();
+        stdin.as_ref().unwrap().close();
+        let rest = rest_of(reader, "CloseIO must give the process EOF").await;
         assert!(rest.is_empty());
         drop(writer);
     }
@@ -371,21 +422,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stdin");
         mkfifo(&fifo);
-        let stdio = ProcessStdio::open("c", fifo.to_str().unwrap(), "", "").unwrap();
-        let [reader, _, _] = stdio.fds;
+        let (stdio, reader) = with_stdin(&fifo);
+        let ProcessStdio { fds, stdin, .. } = stdio;
+        drop(fds);
         // The client unlinks its FIFO without ever opening it.
         std::fs::remove_file(&fifo).unwrap();
-        stdio.stdin.as_ref().unwrap().close();
-        let mut reader = File::from(reader);
-        let rest = tokio::task::spawn_blocking(move || {
-            let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).unwrap();
-            rest
-        });
-        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), rest)
-            .await
-            .expect("close must end the forwarder")
-            .unwrap();
+        stdin.as_ref().unwrap().close();
+        let rest = rest_of(reader, "close must end the forwarder").await;
         assert!(rest.is_empty());
     }
 
@@ -402,14 +445,8 @@ mod tests {
         fifos.read_by_client(Duration::from_secs(5)).await;
         assert!(started.elapsed() < Duration::from_secs(1));
         // A reader that takes its time: the wait ends once it has read the output.
-        let mut reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
-        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
-        writer.write_all(b"last words\n").unwrap();
-        drop(writer);
+        let mut reader = client_reader(&fifo);
+        write_to(&fifo, b"last words\n");
         let read = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             let mut s = String::new();
@@ -422,13 +459,8 @@ mod tests {
         assert_eq!(read.join().unwrap(), "last words\n");
         assert!(waited >= Duration::from_millis(150), "{waited:?}");
         // A reader that never reads: the wait is bounded.
-        let _idle = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
-        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
-        writer.write_all(b"unread").unwrap();
+        let _idle = client_reader(&fifo);
+        write_to(&fifo, b"unread");
         let started = std::time::Instant::now();
         fifos.read_by_client(Duration::from_millis(100)).await;
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -440,7 +472,7 @@ mod tests {
         let log = dir.path().join("logs/out.log");
         let uri = format!("file://{}", log.display());
         for _ in 0..2 {
-            let stdio = ProcessStdio::open("c", "", &uri, &uri).unwrap();
+            let stdio = ProcessStdio::open("c", "default", &paths("", &uri, &uri)).unwrap();
             let [_, out, err] = stdio.fds;
             File::from(out).write_all(b"x\n").unwrap();
             drop(err);

@@ -90,11 +90,19 @@ pub fn start() {
 /// The same warm-up from the running shim, when a Create arrives: the grace period then runs
 /// while the shim mounts the rootfs and libcontainer prepares the container, which is where it
 /// helps most when containerd took longer than a grace period between `start` and Create (a
-/// busy host, CRI's sandbox set-up). Blocks for the grace period: call it off the reactor.
-/// The whole shim process is "moved" into the cgroup it is in, which changes nothing.
-pub fn now() {
-    if let Some(file) = own_procs_path() {
-        move_into(&file);
+/// busy host, CRI's sandbox set-up). The write blocks for the grace period, so it runs on a
+/// small thread of its own, beside the create's work, and this returns at once. The whole
+/// shim process is "moved" into the cgroup it is in, which changes nothing.
+pub fn now_in_background() {
+    let Some(file) = own_procs_path() else {
+        return;
+    };
+    let started = std::thread::Builder::new()
+        .name("attach-warmup".to_owned())
+        .stack_size(64 * 1024)
+        .spawn(move || move_into(&file));
+    if let Err(e) = started {
+        log::debug!("cgroup attach warm-up: {e}");
     }
 }
 

@@ -1,16 +1,22 @@
-//! The OCI bundle containerd prepares: its rootfs mounts, its spec's annotations, and where
+//! The OCI bundle containerd prepares: its rootfs mounts; its spec, read once, adapted to
+//! libcontainer (`spec_adapt`), edited by a [`SpecEditor`] (GPU injection) and written once,
+//! with the facts of it later steps need ([`PreparedBundle`]); its annotations; and where
 //! libcontainer keeps this container's state (inside the bundle, so that every containerd
 //! instance has its own and containerd's bundle removal takes it away).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use containerd_shim::protos::types::mount::Mount;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
+use nvidia_shim_core::Config;
 
 use crate::error::{Result, ShimError};
+use crate::runtime::after_create::AfterCreate;
+use crate::runtime::ops::IdmappedRootfs;
+use crate::runtime::{spec_adapt, RootfsMount};
 
 /// Annotations that put containers into one shim process: ours, then CRI's pod sandbox id.
 pub const GROUP_ANNOTATIONS: [&str; 2] = [
@@ -21,22 +27,79 @@ pub const GROUP_ANNOTATIONS: [&str; 2] = [
 /// libcontainer's root directory inside a bundle.
 pub const STATE_DIR: &str = "libcontainer";
 
-/// What the shim applies itself once libcontainer has created the container.
+/// What edits a container's spec in memory before libcontainer reads it: the GPU injection
+/// (`gpu::GpuInjector`). It may write files of its own into the bundle (sources to mount) and
+/// the rootfs; the spec itself is written by [`Bundle::prepare`], once, after every edit.
+pub trait SpecEditor: Send + Sync {
+    /// Edits `spec` of the container `target` names; `Ok(None)` when the container asks for
+    /// nothing of it.
+    fn edit(&self, target: &EditTarget<'_>, spec: &mut Spec) -> Result<Option<Edits>>;
+}
+
+/// The container a spec edit is for.
+#[derive(Debug, Clone, Copy)]
+pub struct EditTarget<'a> {
+    /// Container id.
+    pub id: &'a str,
+    /// Its bundle.
+    pub bundle: &'a Bundle,
+    /// The shim's configuration for it.
+    pub config: &'a Config,
+}
+
+/// What a [`SpecEditor`] did: for the log, and what to apply once the container exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// GPUs given, by UUID, and CDI devices, by name.
+    pub gpus: Vec<String>,
+    /// Device nodes the container now has.
+    pub devices: usize,
+    /// Driver files and IPC endpoints mounted from the inventory.
+    pub mounts: usize,
+    /// Read-only bind mounts to attach once the container exists (the `/proc/driver/nvidia`
+    /// overlay): (host source in the bundle, container target).
+    pub proc_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Permission bits to set in the container once it exists: (path, mode).
+    pub chmods: Vec<(PathBuf, u32)>,
+}
+
+impl Edits {
+    /// Logs what was done for container `id`, in `took`.
+    pub fn log(&self, id: &str, took: Duration) {
+        let ms = took.as_secs_f64() * 1e3;
+        if self.gpus.is_empty() && self.mounts == 0 {
+            log::info!(
+                "container {id}: its spec's GPU edits completed ({} device nodes) in {ms:.1} ms",
+                self.devices
+            );
+        } else {
+            log::info!(
+                "container {id}: injected GPUs {:?} ({} device nodes, {} mounts) in {ms:.1} ms",
+                self.gpus,
+                self.devices,
+                self.mounts
+            );
+        }
+    }
+}
+
+/// A bundle ready for libcontainer, and the facts of its spec the later steps of the create,
+/// and the container's execs, need.
 #[derive(Debug, Clone, Default)]
-pub struct Adapted {
-    /// Each mount's propagation: (mount point, `mount(2)` flags).
-    pub propagation: Vec<(PathBuf, u64)>,
-    /// The spec's pids limit, raised by one for creating (see `spec_adapt`).
+pub struct PreparedBundle {
+    /// What the create worker applies in the container once libcontainer has created it.
+    pub after: AfterCreate,
+    /// The spec's pids limit, raised by one for creating (see `spec_adapt`), set back after.
     pub pids_limit: Option<i64>,
-    /// Mount points whose new superblock is made read-only.
-    pub read_only_superblocks: Vec<PathBuf>,
-    /// The cgroup mount's flags, for it and every hierarchy below it.
-    pub cgroup_flags: Option<crate::runtime::spec_adapt::RecursiveMountAttr>,
     /// The process's terminal size (`process.consoleSize`: width, height), applied when its
     /// terminal is attached, as runc applies it.
     pub console_size: Option<(u32, u32)>,
-    /// The spec's idmapped mounts, taken out for the shim to make after create.
-    pub idmapped: Vec<crate::runtime::idmap::IdmappedBind>,
+    /// Whether the container gets a pid namespace of its own.
+    pub private_pid_ns: bool,
+    /// The container's seccomp profile, which its execs are given (see `executor`).
+    pub seccomp: Option<LinuxSeccomp>,
+    /// What the spec editor did.
+    pub edits: Option<Edits>,
 }
 
 /// A terminal dimension, saturated to what a `winsize` can hold anyway.
@@ -102,27 +165,53 @@ impl Bundle {
             .map_err(|e| ShimError::io(id, format!("replace {}", path.display()), e))
     }
 
-    /// Gives libcontainer the spec as it can take it (see `spec_adapt`) and returns what the
-    /// shim applies itself after create.
-    pub fn adapt_spec(&self, id: &str) -> Result<Adapted> {
-        let mut spec = self.load_spec(id)?;
-        let rootfs = crate::runtime::spec_adapt::adapt_rootfs_propagation(&mut spec);
-        let pids_limit = crate::runtime::spec_adapt::make_room_for_intermediate(&mut spec);
-        let idmapped = crate::runtime::spec_adapt::take_idmapped_mounts(&mut spec);
-        if rootfs || pids_limit.is_some() || !idmapped.is_empty() {
+    /// Prepares the bundle for libcontainer: reads the spec once, adapts it to libcontainer
+    /// (see `spec_adapt`), lets `editor` edit it, and writes it once when anything changed
+    /// (a spec nobody changed is left byte for byte); returns what the later steps need.
+    pub fn prepare(
+        &self,
+        id: &str,
+        config: &Config,
+        editor: &dyn SpecEditor,
+    ) -> Result<PreparedBundle> {
+        let original = self.load_spec(id)?;
+        let mut spec = original.clone();
+        spec_adapt::adapt_rootfs_propagation(&mut spec);
+        let pids_limit = spec_adapt::make_room_for_intermediate(&mut spec);
+        let idmapped = spec_adapt::take_idmapped_mounts(&mut spec);
+        // What the shim applies itself, from the spec's own mounts (before the editor's).
+        let mut after = AfterCreate {
+            propagation: spec_adapt::mount_propagation(&spec),
+            read_only_superblocks: spec_adapt::read_only_superblocks(&spec),
+            cgroup_flags: spec_adapt::cgroup_mount_flags(&spec),
+            idmapped,
+            ..AfterCreate::default()
+        };
+        let console_size = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.console_size())
+            .map(|b| (clamp(b.width()), clamp(b.height())));
+        let target = EditTarget {
+            id,
+            bundle: self,
+            config,
+        };
+        let edits = editor.edit(&target, &mut spec)?;
+        if let Some(edits) = &edits {
+            after.mounts.clone_from(&edits.proc_mounts);
+            after.chmods.clone_from(&edits.chmods);
+        }
+        if spec != original {
             self.write_spec(id, &spec)?;
         }
-        Ok(Adapted {
-            propagation: crate::runtime::spec_adapt::mount_propagation(&spec),
+        Ok(PreparedBundle {
+            after,
             pids_limit,
-            read_only_superblocks: crate::runtime::spec_adapt::read_only_superblocks(&spec),
-            cgroup_flags: crate::runtime::spec_adapt::cgroup_mount_flags(&spec),
-            console_size: spec
-                .process()
-                .as_ref()
-                .and_then(|p| p.console_size())
-                .map(|b| (clamp(b.width()), clamp(b.height()))),
-            idmapped,
+            console_size,
+            private_pid_ns: has_private_pid_namespace(&spec),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            edits,
         })
     }
 
@@ -140,36 +229,6 @@ impl Bundle {
             .unwrap_or_default()
     }
 
-    /// Whether the spec gives the container a new pid namespace (one without a `path`).
-    pub fn has_private_pid_namespace(&self) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Ns {
-            #[serde(rename = "type")]
-            typ: String,
-            #[serde(default)]
-            path: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Linux {
-            #[serde(default)]
-            namespaces: Vec<Ns>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Partial {
-            linux: Option<Linux>,
-        }
-        std::fs::read(self.path.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Partial>(&b).ok())
-            .and_then(|p| p.linux)
-            .map(|l| {
-                l.namespaces
-                    .iter()
-                    .any(|n| n.typ == "pid" && n.path.as_deref().unwrap_or("").is_empty())
-            })
-            .unwrap_or(false)
-    }
-
     /// The id of the shim that serves this container: the first grouping annotation present,
     /// else the container's own id.
     pub fn group(&self, id: &str) -> String {
@@ -178,37 +237,42 @@ impl Bundle {
 
     /// Mounts containerd's rootfs mounts onto `<bundle>/rootfs`, undoing them on failure. An
     /// overlay with `uidmap=`/`gidmap=` options (a user-namespace pod's, from containerd 2.x)
-    /// is mounted with its lower layers idmapped, through `driver` (see `idmap`).
-    pub async fn mount_rootfs(
+    /// is mounted with its lower layers idmapped, by `mount_idmapped` (in a worker: see
+    /// `idmap`).
+    pub fn mount_rootfs(
         &self,
         id: &str,
-        mounts: &[Mount],
-        driver: &crate::runtime::driver::Driver,
+        mounts: &[RootfsMount],
+        mount_idmapped: impl Fn(IdmappedRootfs) -> Result<()>,
     ) -> Result<()> {
         let target = self.rootfs();
         for m in mounts {
-            let mounted = match crate::runtime::idmap::idmapped_overlay(&m.type_, &m.options) {
+            let mounted = match crate::runtime::idmap::idmapped_overlay(&m.typ, &m.options) {
                 Err(reason) => Err(ShimError::InvalidArgument {
                     id: id.to_owned(),
-                    reason: format!("rootfs mount {}: {reason}", m.type_),
+                    reason: format!("rootfs mount {}: {reason}", m.typ),
                 }),
-                Ok(Some(overlay)) => {
-                    let args = crate::runtime::driver::IdmappedRootfs {
-                        overlay,
-                        target: target.clone(),
-                        scratch: self.path.join(".idmapped-lowers"),
-                    };
-                    driver.mount_idmapped(id, args).await
-                }
-                Ok(None) => containerd_shim::util::mount_rootfs(m, &target)
-                    .await
+                Ok(Some(overlay)) => mount_idmapped(IdmappedRootfs {
+                    overlay,
+                    target: target.clone(),
+                    scratch: self.path.join(".idmapped-lowers"),
+                }),
+                Ok(None) => {
+                    let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+                    containerd_shim::mount::mount_rootfs(
+                        given(&m.typ).as_deref(),
+                        given(&m.source).as_deref(),
+                        &m.options,
+                        &target,
+                    )
                     .map_err(|e| {
                         ShimError::io(
                             id,
-                            format!("mount {} {} on {}", m.type_, m.source, target.display()),
+                            format!("mount {} {} on {}", m.typ, m.source, target.display()),
                             std::io::Error::other(e.to_string()),
                         )
-                    }),
+                    })
+                }
             };
             if let Err(e) = mounted {
                 let _ = self.unmount_rootfs(id);
@@ -238,6 +302,25 @@ impl Bundle {
             }
         }
     }
+}
+
+/// Whether `spec` gives the container a new pid namespace (one without a `path`).
+pub fn has_private_pid_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces.iter().any(|n| {
+                n.typ() == libcontainer::oci_spec::runtime::LinuxNamespaceType::Pid
+                    && n.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+            })
+        })
+}
+
+/// A spec from its JSON, for tests.
+#[cfg(test)]
+pub fn spec_from_json(json: &str) -> Spec {
+    serde_json::from_str(json).expect("a spec")
 }
 
 /// The group id for annotations `annotations` of container `id`.
@@ -277,21 +360,90 @@ mod tests {
 
     #[test]
     fn detects_private_pid_namespace() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bundle::new(dir.path());
-        let write = |ns: &str| {
-            std::fs::write(
-                dir.path().join("config.json"),
-                format!(r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{ns}]}}}}"#),
-            )
-            .unwrap()
+        let with = |ns: &str| {
+            spec_from_json(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{ns}]}}}}"#
+            ))
         };
-        write(r#"{"type":"mount"},{"type":"pid"}"#);
-        assert!(b.has_private_pid_namespace());
-        write(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#);
-        assert!(!b.has_private_pid_namespace());
-        write(r#"{"type":"mount"}"#);
-        assert!(!b.has_private_pid_namespace());
+        assert!(has_private_pid_namespace(&with(
+            r#"{"type":"mount"},{"type":"pid"}"#
+        )));
+        assert!(!has_private_pid_namespace(&with(
+            r#"{"type":"pid","path":"/proc/1/ns/pid"}"#
+        )));
+        assert!(!has_private_pid_namespace(&with(r#"{"type":"mount"}"#)));
+    }
+
+    /// An editor that adds an env variable and a `/proc` overlay mount when asked.
+    struct AddsEnv(bool);
+
+    impl SpecEditor for AddsEnv {
+        fn edit(&self, _target: &EditTarget<'_>, spec: &mut Spec) -> Result<Option<Edits>> {
+            if !self.0 {
+                return Ok(None);
+            }
+            let mut process = spec.process().clone().unwrap_or_default();
+            let mut env = process.env().clone().unwrap_or_default();
+            env.push("EDITED=1".to_owned());
+            process.set_env(Some(env));
+            spec.set_process(Some(process));
+            Ok(Some(Edits {
+                proc_mounts: vec![(PathBuf::from("/b/p"), PathBuf::from("/proc/x"))],
+                ..Edits::default()
+            }))
+        }
+    }
+
+    #[test]
+    fn a_bundle_nobody_changes_is_left_byte_for_byte_and_its_facts_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // Odd formatting on purpose: a rewrite would normalise it.
+        let original = r#"{"ociVersion":"1.0.2",  "process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["sh"],"consoleSize":{"height":24,"width":80}},"root":{"path":"rootfs"},
+            "mounts":[{"destination":"/v","type":"bind","source":"/x","options":["rbind","rprivate"]}],
+            "linux":{"namespaces":[{"type":"pid"}],"seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#;
+        std::fs::write(dir.path().join("config.json"), original).unwrap();
+        let b = Bundle::new(dir.path());
+        let prepared = b
+            .prepare("c1", &Config::default(), &AddsEnv(false))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("config.json")).unwrap(),
+            original
+        );
+        assert_eq!(prepared.console_size, Some((80, 24)));
+        assert!(prepared.private_pid_ns);
+        assert!(prepared.seccomp.is_some());
+        assert_eq!(prepared.after.propagation.len(), 1);
+        assert_eq!(prepared.edits, None);
+    }
+
+    #[test]
+    fn adapted_and_edited_specs_are_written_once_with_both_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["sh"]},"root":{"path":"rootfs"},"linux":{"resources":{"pids":{"limit":3}}}}"#,
+        )
+        .unwrap();
+        let b = Bundle::new(dir.path());
+        let prepared = b.prepare("c1", &Config::default(), &AddsEnv(true)).unwrap();
+        let written = b.load_spec("c1").unwrap();
+        let linux = written.linux().clone().unwrap();
+        assert_eq!(
+            linux.resources().as_ref().unwrap().pids().unwrap().limit(),
+            4
+        );
+        assert_eq!(
+            written.process().as_ref().unwrap().env().as_deref(),
+            Some(&["EDITED=1".to_owned()][..])
+        );
+        assert_eq!(prepared.pids_limit, Some(3));
+        assert_eq!(
+            prepared.after.mounts.len(),
+            1,
+            "the editor's mounts are applied after"
+        );
+        assert!(!prepared.private_pid_ns);
     }
 
     #[test]

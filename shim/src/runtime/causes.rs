@@ -11,10 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::sync::Mutex;
-
-/// Where error records go while a call is watched.
-static SINK: Mutex<Option<File>> = Mutex::new(None);
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The most bytes of records read back.
 const MAX_RECORDS: usize = 64 * 1024;
@@ -28,37 +25,44 @@ const GENERIC: [&str; 5] = [
     "failed to execute payload",
 ];
 
-/// Called by the logger for every error-level record.
-pub fn record(message: &str) {
-    let mut sink = SINK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(f) = sink.as_mut() {
-        let line = format!("{}\n", message.replace('\n', " "));
-        let _ = f.write_all(line.as_bytes());
-    }
+/// Where error records go while a call is watched: made by `main` (or an executed zygote's
+/// start), given to the logger, which [`Causes::record`]s every error-level record, and to
+/// the zygote, whose workers [`Causes::watch`] libcontainer's calls.
+#[derive(Debug, Clone, Default)]
+pub struct Causes {
+    sink: Arc<Mutex<Option<File>>>,
 }
 
-/// Runs `f` with error records collected; returns its result and the cause they give.
-pub fn watch<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
-    let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
-    let Ok((read_end, write_end)) = pipe else {
-        return (f(), None);
-    };
-    *SINK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(File::from(write_end));
-    let result = f();
-    // Dropping the write end here leaves only descendants' copies, gone with them.
-    *SINK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    let mut records = Vec::new();
-    let _ = File::from(read_end)
-        .take(MAX_RECORDS as u64)
-        .read_to_end(&mut records);
-    let text = String::from_utf8_lossy(&records);
-    (result, cause(&text))
+impl Causes {
+    fn sink(&self) -> std::sync::MutexGuard<'_, Option<File>> {
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by the logger for every error-level record.
+    pub fn record(&self, message: &str) {
+        if let Some(f) = self.sink().as_mut() {
+            let line = format!("{}\n", message.replace('\n', " "));
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    /// Runs `f` with error records collected; returns its result and the cause they give.
+    pub fn watch<T>(&self, f: impl FnOnce() -> T) -> (T, Option<String>) {
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
+        let Ok((read_end, write_end)) = pipe else {
+            return (f(), None);
+        };
+        *self.sink() = Some(File::from(write_end));
+        let result = f();
+        // Dropping the write end here leaves only descendants' copies, gone with them.
+        *self.sink() = None;
+        let mut records = Vec::new();
+        let _ = File::from(read_end)
+            .take(MAX_RECORDS as u64)
+            .read_to_end(&mut records);
+        let text = String::from_utf8_lossy(&records);
+        (result, cause(&text))
+    }
 }
 
 /// The cause the records give: the first that is not [`GENERIC`], with the innermost OS
@@ -139,13 +143,14 @@ mod tests {
 
     #[test]
     fn records_written_while_watched_come_back() {
-        let (v, cause) = watch(|| {
-            record("failed to mount /x: no such file");
+        let causes = Causes::default();
+        let (v, cause) = causes.watch(|| {
+            causes.record("failed to mount /x: no such file");
             7
         });
         assert_eq!(v, 7);
         assert_eq!(cause.as_deref(), Some("failed to mount /x: no such file"));
-        record("not watched");
-        assert_eq!(watch(|| ()).1, None);
+        causes.record("not watched");
+        assert_eq!(causes.watch(|| ()).1, None);
     }
 }

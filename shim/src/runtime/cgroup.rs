@@ -546,18 +546,6 @@ pub fn to_v2(stats: &Stats) -> v2::Metrics {
     }
 }
 
-/// Decodes `UpdateTaskRequest.resources`: an `Any` whose value is the JSON of an OCI
-/// `LinuxResources`, as containerd sends it.
-pub fn decode_resources(id: &str, any: &Any) -> Result<LinuxResources> {
-    serde_json::from_slice(&any.value).map_err(|e| ShimError::InvalidArgument {
-        id: id.to_owned(),
-        reason: format!(
-            "resources ({}) are not OCI LinuxResources JSON: {e}",
-            any.type_url
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,24 +658,5 @@ mod tests {
         let err = remove_dirs(std::slice::from_ref(&busy)).unwrap_err();
         assert!(err.contains(&busy.display().to_string()), "{err}");
         assert!(busy.exists());
-    }
-
-    #[test]
-    fn decodes_resources_json() {
-        let any = Any {
-            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
-            value: br#"{"memory":{"limit":33554432},"cpu":{"shares":512}}"#.to_vec(),
-            ..Default::default()
-        };
-        let r = decode_resources("c", &any).unwrap();
-        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(33554432));
-        let bad = Any {
-            value: b"not json".to_vec(),
-            ..Default::default()
-        };
-        assert!(decode_resources("c7", &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("container c7"));
     }
 }

@@ -152,13 +152,12 @@ fn check_runnable(program: &Path) -> Result<(), String> {
     }
 }
 
-/// How an exec'd process of a container with spec `container` is run: the process to give
-/// libcontainer and the executor that loads the container's seccomp profile.
+/// How an exec'd process of a container whose seccomp profile is `seccomp` is run: the
+/// process to give libcontainer and the executor that loads the profile.
 pub fn for_exec(
-    container: &Spec,
+    seccomp: Option<LinuxSeccomp>,
     process: libcontainer::oci_spec::runtime::Process,
 ) -> (libcontainer::oci_spec::runtime::Process, ShimExecutor) {
-    let seccomp = container.linux().as_ref().and_then(|l| l.seccomp().clone());
     let (process, restore_caps) = with_filter_privilege(process, seccomp.as_ref());
     (
         process,

@@ -1,17 +1,17 @@
-//! Process exits: the shim's SIGCHLD reaper (in `containerd-shim`) publishes every reaped pid
-//! on its monitor; [`ExitRouter`] hands each exit to the [`ExitCell`] of the process it belongs
-//! to. An exit that arrives before its pid is known (a process that dies while it is being
+//! Process exits: the daemon's SIGCHLD reaper hands every reaped pid to [`ExitRouter`], which
+//! gives each exit to the [`ExitCell`] of the process it belongs to; an [`ExitRoute`] is one
+//! process's registration, undone when it is dropped. An exit that arrives before its pid is known (a process that dies while it is being
 //! created) is kept while a create is in flight, so it is never lost; it is given only to a
 //! process whose create began before that exit was reaped, so an unrelated process reaped
 //! earlier under the same pid number (pid reuse) never lends its status to a later one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use containerd_shim::monitor::{ExitEvent, Subject, Topic};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::util::timestamp;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// How a process ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,47 +32,61 @@ impl ExitStatus {
     }
 }
 
-/// A one-shot slot for a process's exit that any number of tasks can wait on.
-#[derive(Debug)]
+/// A one-shot slot for a process's exit that any number of tasks (and blocking callers) can
+/// wait on.
+#[derive(Debug, Default)]
 pub struct ExitCell {
-    tx: watch::Sender<Option<ExitStatus>>,
-}
-
-impl Default for ExitCell {
-    fn default() -> Self {
-        Self {
-            tx: watch::channel(None).0,
-        }
-    }
+    status: Mutex<Option<ExitStatus>>,
+    /// Wakes blocking waiters.
+    set: Condvar,
+    /// Wakes async waiters.
+    changed: Notify,
 }
 
 impl ExitCell {
+    fn slot(&self) -> MutexGuard<'_, Option<ExitStatus>> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records the exit; later calls keep the first status.
     pub fn set(&self, status: ExitStatus) {
-        self.tx.send_if_modified(|slot| {
-            if slot.is_none() {
-                *slot = Some(status);
-                true
-            } else {
-                false
+        {
+            let mut slot = self.slot();
+            if slot.is_some() {
+                return;
             }
-        });
+            *slot = Some(status);
+        }
+        self.set.notify_all();
+        self.changed.notify_waiters();
     }
 
     /// The exit, if it happened.
     pub fn get(&self) -> Option<ExitStatus> {
-        self.tx.borrow().clone()
+        self.slot().clone()
     }
 
     /// Waits for the exit.
     pub async fn wait(&self) -> ExitStatus {
-        let mut rx = self.tx.subscribe();
-        let status = match rx.wait_for(Option::is_some).await {
-            Ok(status) => status.clone(),
-            // The sender lives in `self`, so it cannot be dropped while we borrow it.
-            Err(_) => None,
-        };
-        status.unwrap_or_else(|| ExitStatus::now(255))
+        loop {
+            // Made before the check: a `notify_waiters` after it is not missed.
+            let changed = self.changed.notified();
+            if let Some(status) = self.get() {
+                return status;
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits for the exit for at most `limit`, blocking the calling thread; `None` if it did
+    /// not come.
+    pub fn wait_blocking(&self, limit: Duration) -> Option<ExitStatus> {
+        let slot = self.slot();
+        let (slot, _) = self
+            .set
+            .wait_timeout_while(slot, limit, |s| s.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.clone()
     }
 }
 
@@ -109,20 +123,6 @@ impl ExitRouter {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes to the shim's reaper and routes exits until the reaper goes away.
-    pub async fn spawn(self: &Arc<Self>) -> containerd_shim::Result<()> {
-        let mut sub = containerd_shim::monitor::monitor_subscribe(Topic::Pid).await?;
-        let router = Arc::clone(self);
-        tokio::spawn(async move {
-            while let Some(ExitEvent { subject, exit_code }) = sub.rx.recv().await {
-                if let Subject::Pid(pid) = subject {
-                    router.on_exit(pid, exit_code);
-                }
-            }
-        });
-        Ok(())
-    }
-
     /// Marks a create in flight until the guard drops or watches its process; exits of unknown
     /// pids reaped meanwhile are kept for it.
     pub fn begin_create(self: &Arc<Self>) -> CreateGuard {
@@ -135,12 +135,20 @@ impl ExitRouter {
         }
     }
 
-    /// Stops routing `pid` (its container was deleted before it exited).
-    pub fn forget(&self, pid: i32) {
-        self.lock().watched.remove(&pid);
+    /// Stops routing `pid` to `cell` (its process was deleted before it exited); a later
+    /// process that has the same pid now keeps its route.
+    fn forget(&self, pid: i32, cell: &Arc<ExitCell>) {
+        let mut inner = self.lock();
+        if inner
+            .watched
+            .get(&pid)
+            .is_some_and(|w| Arc::ptr_eq(w, cell))
+        {
+            inner.watched.remove(&pid);
+        }
     }
 
-    /// Handles one reaped pid.
+    /// Handles one reaped pid (`code`: its exit status, or 128 + the signal that killed it).
     pub fn on_exit(&self, pid: i32, code: i32) {
         let status = ExitStatus::now(code);
         let mut inner = self.lock();
@@ -164,15 +172,49 @@ pub struct CreateGuard {
 
 impl CreateGuard {
     /// Delivers the exit of `pid`, the process this create made, to `cell`: now, if it was
-    /// reaped after the create began; else when it is.
-    pub fn watch(self, pid: i32, cell: Arc<ExitCell>) {
+    /// reaped after the create began; else when it is. The route lasts until it is dropped.
+    pub fn watch(self, pid: i32, cell: Arc<ExitCell>) -> ExitRoute {
         let mut inner = self.router.lock();
         match inner.early.remove(&pid) {
             Some((seq, status)) if seq > self.since => cell.set(status),
             // An exit of another process that had this pid before ours was made.
             _ => {
-                inner.watched.insert(pid, cell);
+                inner.watched.insert(pid, Arc::clone(&cell));
             }
+        }
+        ExitRoute {
+            router: Some(Arc::clone(&self.router)),
+            pid,
+            cell,
+        }
+    }
+}
+
+/// One process's route from the reaper to its exit cell (see [`CreateGuard::watch`]):
+/// dropping it stops routing its pid there (a process deleted before it exited).
+#[derive(Debug)]
+pub struct ExitRoute {
+    router: Option<Arc<ExitRouter>>,
+    pid: i32,
+    cell: Arc<ExitCell>,
+}
+
+impl ExitRoute {
+    /// A route no reaper feeds: for a process whose exits are set by hand (tests' runtimes).
+    #[cfg(test)]
+    pub fn unrouted(pid: i32, cell: Arc<ExitCell>) -> Self {
+        Self {
+            router: None,
+            pid,
+            cell,
+        }
+    }
+}
+
+impl Drop for ExitRoute {
+    fn drop(&mut self) {
+        if let Some(router) = &self.router {
+            router.forget(self.pid, &self.cell);
         }
     }
 }
@@ -194,11 +236,22 @@ impl Drop for CreateGuard {
 mod tests {
     use super::*;
 
+    /// A fresh cell for process `pid` of the create `guard`, with its route.
+    fn watched(guard: CreateGuard, pid: i32) -> (Arc<ExitCell>, ExitRoute) {
+        let cell = Arc::new(ExitCell::default());
+        let route = guard.watch(pid, Arc::clone(&cell));
+        (cell, route)
+    }
+
+    /// The exit code `cell` holds.
+    fn code(cell: &ExitCell) -> Option<u32> {
+        cell.get().map(|s| s.code)
+    }
+
     #[tokio::test]
     async fn routes_exit_to_watched_cell() {
         let router = Arc::new(ExitRouter::default());
-        let cell = Arc::new(ExitCell::default());
-        router.begin_create().watch(42, Arc::clone(&cell));
+        let (cell, _route) = watched(router.begin_create(), 42);
         router.on_exit(42, 3);
         assert_eq!(cell.wait().await.code, 3);
     }
@@ -208,9 +261,8 @@ mod tests {
         let router = Arc::new(ExitRouter::default());
         let guard = router.begin_create();
         router.on_exit(7, 137);
-        let cell = Arc::new(ExitCell::default());
-        guard.watch(7, Arc::clone(&cell));
-        assert_eq!(cell.get().map(|s| s.code), Some(137));
+        let (cell, _route) = watched(guard, 7);
+        assert_eq!(code(&cell), Some(137));
         assert!(router.lock().early.is_empty());
     }
 
@@ -222,10 +274,9 @@ mod tests {
             let _guard = router.begin_create();
             router.on_exit(10, 1);
         }
-        let cell = Arc::new(ExitCell::default());
-        router.begin_create().watch(10, Arc::clone(&cell));
-        router.begin_create().watch(9, Arc::clone(&cell));
-        assert!(cell.get().is_none());
+        let (ten, _ten) = watched(router.begin_create(), 10);
+        let (nine, _nine) = watched(router.begin_create(), 9);
+        assert_eq!((code(&ten), code(&nine)), (None, None));
         assert!(router.lock().early.is_empty());
     }
 
@@ -236,17 +287,14 @@ mod tests {
         let router = Arc::new(ExitRouter::default());
         let slow = router.begin_create();
         router.on_exit(500, 0);
-        let exec = router.begin_create();
-        let cell = Arc::new(ExitCell::default());
-        exec.watch(500, Arc::clone(&cell));
-        assert!(cell.get().is_none(), "a stale exit was attributed");
+        let (cell, _exec) = watched(router.begin_create(), 500);
+        assert_eq!(code(&cell), None, "a stale exit was attributed");
         router.on_exit(500, 7);
-        assert_eq!(cell.get().map(|s| s.code), Some(7));
+        assert_eq!(code(&cell), Some(7));
         // The slow create's own process, reaped after it began, still gets its exit.
         router.on_exit(600, 3);
-        let own = Arc::new(ExitCell::default());
-        slow.watch(600, Arc::clone(&own));
-        assert_eq!(own.get().map(|s| s.code), Some(3));
+        let (own, _slow) = watched(slow, 600);
+        assert_eq!(code(&own), Some(3));
         assert!(router.lock().early.is_empty());
         assert!(router.lock().creating.is_empty());
     }
@@ -269,11 +317,45 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_route_forgets_only_its_own_cell() {
+        let router = Arc::new(ExitRouter::default());
+        let (old, old_route) = watched(router.begin_create(), 77);
+        router.on_exit(77, 0);
+        assert_eq!(code(&old), Some(0));
+        // The pid is reused by a later process before the first is deleted.
+        let (new, _new_route) = watched(router.begin_create(), 77);
+        drop(old_route);
+        router.on_exit(77, 9);
+        assert_eq!(code(&new), Some(9), "the new route was kept");
+        let (gone, route) = watched(router.begin_create(), 78);
+        drop(route);
+        router.on_exit(78, 1);
+        assert_eq!(code(&gone), None, "a dropped route is forgotten");
+    }
+
+    #[tokio::test]
+    async fn waiters_of_either_kind_see_the_exit() {
+        let cell = Arc::new(ExitCell::default());
+        assert_eq!(cell.wait_blocking(Duration::from_millis(10)), None);
+        let setter = Arc::clone(&cell);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            setter.set(ExitStatus::now(4));
+        });
+        assert_eq!(cell.wait().await.code, 4);
+        thread.join().unwrap();
+        assert_eq!(
+            cell.wait_blocking(Duration::from_secs(1)).map(|s| s.code),
+            Some(4)
+        );
+    }
+
+    #[test]
     fn first_exit_wins() {
         let cell = ExitCell::default();
         cell.set(ExitStatus::now(1));
         cell.set(ExitStatus::now(2));
-        assert_eq!(cell.get().map(|s| s.code), Some(1));
+        assert_eq!(code(&cell), Some(1));
     }
 
     #[test]

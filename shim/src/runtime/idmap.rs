@@ -7,15 +7,13 @@
 //! shim does both: the rootfs before create, the spec mounts after it, in a zygote worker (a
 //! user namespace is made by forking, which the multi-threaded shim never does).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use libcontainer::syscall::linux::{LinuxSyscall, MountAttr};
-use libcontainer::syscall::Syscall;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use rustix::fs::CWD;
-use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, TreeAttr};
 
 /// One range of an id mapping: `size` ids from `container` on map to `host` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,35 +140,14 @@ pub fn idmapped_tree(
     userns: BorrowedFd<'_>,
     recursive: bool,
 ) -> std::io::Result<OwnedFd> {
-    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= OpenTreeFlags::AT_RECURSIVE;
-    }
-    let tree = rustix::mount::open_tree(CWD, source, flags).map_err(|e| {
-        std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!("open_tree {}: {e}", source.display()),
-        )
-    })?;
-    let attr = MountAttr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or_default(),
+    let tree = clone_tree(source, recursive)?;
+    let attr = TreeAttr {
+        set: libc::MOUNT_ATTR_IDMAP,
+        userns: Some(userns),
+        recursive,
+        ..TreeAttr::default()
     };
-    let mut at = libc::AT_EMPTY_PATH as u32;
-    if recursive {
-        at |= libc::AT_RECURSIVE as u32;
-    }
-    LinuxSyscall
-        .mount_setattr(
-            tree.as_fd(),
-            Path::new(""),
-            at,
-            &attr,
-            std::mem::size_of::<MountAttr>(),
-        )
-        .map_err(|e| std::io::Error::other(format!("idmap {}: {e}", source.display())))?;
+    set_tree_attr(&tree, attr, source)?;
     Ok(tree)
 }
 
@@ -197,14 +174,7 @@ pub fn mount_idmapped_overlay(
             std::fs::create_dir_all(&dir)?;
             mapped.push(dir.clone());
             let tree = idmapped_tree(lower, userns.as_fd(), false)?;
-            rustix::mount::move_mount(
-                &tree,
-                "",
-                CWD,
-                &dir,
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-            .map_err(std::io::Error::from)?;
+            attach(&tree, &dir)?;
         }
         let lowerdir = mapped
             .iter()

@@ -6,17 +6,13 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use containerd_shim::protos::events::task::TaskOOM;
-use containerd_shim::protos::topics;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use procfs::ProcessCGroup;
 use tokio::io::unix::AsyncFd;
 
-use crate::service::container::Container;
-use crate::service::events::EventSink;
+use crate::runtime::OnOom;
 
 /// The memory cgroup directory of `pid`: (directory, unified hierarchy?).
 pub fn memory_cgroup_of(pid: i32) -> Option<(PathBuf, bool)> {
@@ -42,35 +38,37 @@ fn memory_cgroup_from(cgroups: &[ProcessCGroup], root: &Path) -> Option<(PathBuf
     unified
 }
 
-/// Starts watching container `c`'s memory cgroup; logs and gives up if it cannot.
-pub fn watch(c: &Arc<Container>, events: EventSink) {
-    let Some((dir, unified)) = memory_cgroup_of(c.pid) else {
-        log::warn!("container {}: no memory cgroup found; OOM events off", c.id);
+/// Starts watching the memory cgroup of container `id`, whose init is `pid`, calling `on_oom`
+/// each time the OOM killer acts there; logs and gives up if it cannot. The watcher is a task
+/// of the tokio runtime the caller runs in (or under: a blocking-pool thread).
+pub fn watch(id: &str, pid: i32, on_oom: OnOom) {
+    let Some((dir, unified)) = memory_cgroup_of(pid) else {
+        log::warn!("container {id}: no memory cgroup found; OOM events off");
         return;
     };
-    let id = c.id.clone();
     let started = if unified {
-        watch_v2(&id, dir.clone(), events)
+        watch_v2(id, dir.clone(), on_oom)
     } else {
-        watch_v1(&id, dir.clone(), events)
+        watch_v1(id, dir.clone(), on_oom)
     };
     if let Err(e) = started {
         log::warn!("container {id}: OOM watcher on {}: {e}", dir.display());
     }
 }
 
-fn publish_oom(id: &str, events: &EventSink) {
+fn oom(id: &str, on_oom: &OnOom) {
     log::info!("container {id}: OOM killer acted");
-    events.publish(
-        topics::TASK_OOM_EVENT_TOPIC,
-        TaskOOM {
-            container_id: id.to_owned(),
-            ..Default::default()
-        },
-    );
+    on_oom();
 }
 
-fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
+/// The tokio runtime to run a watcher on.
+fn handle() -> std::io::Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().map_err(std::io::Error::other)
+}
+
+fn watch_v1(id: &str, dir: PathBuf, on_oom: OnOom) -> std::io::Result<()> {
+    let rt = handle()?;
+    let _entered = rt.enter();
     let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
     let control = File::open(dir.join("memory.oom_control"))?;
     std::fs::write(
@@ -81,7 +79,7 @@ fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
     // AsyncFd that owns the EventFd is dropped.
     let afd = unsafe { AsyncFd::register(efd) }.map_err(std::io::Error::from)?;
     let id = id.to_owned();
-    tokio::spawn(async move {
+    rt.spawn(async move {
         let _control = control;
         loop {
             let Ok(mut guard) = afd.readable().await else {
@@ -96,7 +94,7 @@ fn watch_v1(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             if !dir.join("memory.oom_control").exists() {
                 break;
             }
-            publish_oom(&id, &events);
+            oom(&id, &on_oom);
         }
     });
     Ok(())
@@ -119,7 +117,9 @@ fn read_oom_kill(file: &Path) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
+fn watch_v2(id: &str, dir: PathBuf, on_oom: OnOom) -> std::io::Result<()> {
+    let rt = handle()?;
+    let _entered = rt.enter();
     let file = dir.join("memory.events");
     let mut last = read_oom_kill(&file).ok_or_else(|| {
         std::io::Error::new(
@@ -133,7 +133,7 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
     // AsyncFd that owns it is dropped.
     let afd = unsafe { AsyncFd::register(Watched(inotify)) }.map_err(std::io::Error::from)?;
     let id = id.to_owned();
-    tokio::spawn(async move {
+    rt.spawn(async move {
         loop {
             let Ok(mut guard) = afd.readable().await else {
                 break;
@@ -147,7 +147,7 @@ fn watch_v2(id: &str, dir: PathBuf, events: EventSink) -> std::io::Result<()> {
             };
             if now > last {
                 last = now;
-                publish_oom(&id, &events);
+                oom(&id, &on_oom);
             }
         }
     });

@@ -1,7 +1,8 @@
 //! What a zygote's worker runs: the closed set of operations that need a process of their own
-//! (libcontainer's create, exec and start fork, and start changes directory), their arguments,
-//! and the one dispatcher. Everything here crosses the zygote's socket as JSON, fds beside it;
-//! errors come back typed ([`OpError`]), each libcontainer error with its whole chain.
+//! (libcontainer's create, exec and start fork, and start changes directory; an idmapped
+//! rootfs needs a user namespace, made by forking), their arguments, and the one dispatcher.
+//! Everything here crosses the zygote's socket as JSON, fds beside it; errors come back typed
+//! ([`OpError`]), each libcontainer error with its whole chain.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -12,7 +13,10 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::chain_to_string;
-use crate::gpu::proc_mount::{OverlayArgs, Prepared};
+use crate::error::wire::{lc, OpError, Wire};
+use crate::io::procio::Stdio;
+use crate::runtime::after_create::{AfterCreate, Detached};
+use crate::runtime::causes::Causes;
 use crate::runtime::executor::ShimExecutor;
 
 /// Where libcontainer keeps a container's state: `<root>/<id>`.
@@ -31,48 +35,6 @@ impl StateRef {
     }
 }
 
-/// A new process's stdio: three fds, or a terminal whose master libcontainer sends to a
-/// console socket. The fds travel beside the operation's message (`SCM_RIGHTS`), not in it.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Stdio {
-    /// stdin, stdout, stderr (`None` while they travel).
-    Fds(#[serde(skip)] Option<[OwnedFd; 3]>),
-    /// The console socket's path.
-    Console(PathBuf),
-}
-
-impl Stdio {
-    /// Takes the fds out, to travel beside the message.
-    fn take_fds(&mut self) -> Vec<OwnedFd> {
-        match self {
-            Self::Fds(fds) => fds.take().map(Vec::from).unwrap_or_default(),
-            Self::Console(_) => Vec::new(),
-        }
-    }
-
-    /// Puts back the fds that travelled beside the message.
-    fn put_fds(&mut self, fds: Vec<OwnedFd>) -> Result<(), OpError> {
-        if let Self::Fds(slot) = self {
-            let three: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                OpError::Protocol(format!("{} stdio fds instead of 3", fds.len()))
-            })?;
-            *slot = Some(three);
-        }
-        Ok(())
-    }
-}
-
-fn with_io(builder: ContainerBuilder, io: Stdio) -> Result<ContainerBuilder, OpError> {
-    match io {
-        Stdio::Fds(Some([stdin, stdout, stderr])) => Ok(builder
-            .with_stdin(stdin)
-            .with_stdout(stdout)
-            .with_stderr(stderr)),
-        Stdio::Fds(None) => Err(OpError::Protocol("stdio fds missing".to_owned())),
-        Stdio::Console(path) => Ok(builder.with_console_socket(Some(path))),
-    }
-}
-
 /// What a worker needs to create a container.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateArgs {
@@ -85,8 +47,9 @@ pub struct CreateArgs {
     /// The init process's stdio.
     pub io: Stdio,
     /// What to apply in the container's mount namespace once it is created (mount flags and
-    /// propagation libcontainer leaves out, the `/proc/driver/nvidia` overlay).
-    pub after: OverlayArgs,
+    /// propagation libcontainer leaves out, idmapped mounts, the `/proc/driver/nvidia`
+    /// overlay).
+    pub after: AfterCreate,
 }
 
 /// What a worker needs to start an extra process in a running container.
@@ -115,103 +78,14 @@ pub struct Created {
     pub cgroup_path: PathBuf,
     /// Whether, once the container has stopped, libcontainer's delete would do nothing but
     /// remove its cgroup and its state directory: cgroupfs driver, no poststop hooks, no Intel
-    /// RDT group. The shim then does that itself (see `task::lifecycle`).
+    /// RDT group. The shim then does that itself (see `runtime::teardown`).
     pub plain_teardown: bool,
     /// How many overlay mounts had a target in the container.
     pub overlay_mounts: usize,
 }
 
-/// Why a libcontainer operation failed, as it crosses the zygote's channel (serialised, so
-/// libcontainer's error chain travels as its text).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum OpError {
-    /// libcontainer refused or failed the operation.
-    #[error("{message}{}", cause.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
-    Libcontainer {
-        /// Its error chain.
-        message: String,
-        /// What the container's init process logged when it failed (see `causes`), when that
-        /// adds something.
-        cause: Option<String>,
-    },
-    /// The container's libcontainer state cannot be loaded.
-    #[error("container state: {0}")]
-    State(String),
-    /// libcontainer created a container without an init pid.
-    #[error("libcontainer returned no init pid")]
-    NoInitPid,
-    /// A signal number libcontainer does not know.
-    #[error("signal {signal}: {message}")]
-    Signal {
-        /// The number.
-        signal: i32,
-        /// libcontainer's reason.
-        message: String,
-    },
-    /// A file operation of the shim's own around libcontainer failed.
-    #[error("{what} {path}: {message}")]
-    File {
-        /// What was being done (`join`, `remove`, ...).
-        what: String,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        message: String,
-        /// Its `errno`, so a caller can tell `ENOENT` from `EBUSY`.
-        errno: Option<i32>,
-    },
-    /// What the shim applies in a created container's mount namespace (its mount flags,
-    /// propagation, the `/proc/driver/nvidia` overlay) could not be applied.
-    #[error("after create: {0}")]
-    AfterCreate(String),
-    /// The operation's message or its answer did not make sense (a shim and a worker that
-    /// disagree: a bug).
-    #[error("zygote protocol: {0}")]
-    Protocol(String),
-    /// The worker panicked running the operation.
-    #[error("the worker panicked: {0}")]
-    Panic(String),
-}
-
-impl OpError {
-    /// The OS error number behind it, when there is one.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Self::File { errno, .. } => *errno,
-            _ => None,
-        }
-    }
-}
-
-/// An operation's outcome.
-pub type Wire<T> = std::result::Result<T, OpError>;
-
-/// A libcontainer error with its chain, and the init's logged cause when it adds something.
-pub(crate) fn libcontainer(err: impl std::error::Error, cause: Option<String>) -> OpError {
-    let message = chain_to_string(&err);
-    OpError::Libcontainer {
-        cause: cause.filter(|c| !message.contains(c.as_str())),
-        message,
-    }
-}
-
-/// A libcontainer error with its chain.
-pub(crate) fn lc(err: impl std::error::Error) -> OpError {
-    libcontainer(err, None)
-}
-
-/// A file operation's error, with its `errno`.
-pub(crate) fn file_error(what: &str, path: &std::path::Path, err: &std::io::Error) -> OpError {
-    OpError::File {
-        what: what.to_owned(),
-        path: path.to_owned(),
-        message: err.to_string(),
-        errno: err.raw_os_error(),
-    }
-}
-
 /// Loads a container's libcontainer state.
-pub(crate) fn load(state: &StateRef) -> Wire<Container> {
+pub fn load(state: &StateRef) -> Wire<Container> {
     Container::load(state.dir()).map_err(|e| OpError::State(chain_to_string(&e)))
 }
 
@@ -275,38 +149,42 @@ impl Op {
     }
 }
 
-/// Runs `op` in this (worker) process.
-pub fn dispatch(op: Op) -> Wire<Done> {
+/// Runs `op` in this (worker) process; `causes` collects what a failing init logs.
+pub fn dispatch(op: Op, causes: &Causes) -> Wire<Done> {
     match op {
-        Op::Create(args) => create(*args).map(Done::Created),
-        Op::Exec(args) => exec(*args).map(Done::Execed),
-        Op::Start(state) => start(state).map(|()| Done::Started),
+        Op::Create(args) => create(*args, causes).map(Done::Created),
+        Op::Exec(args) => exec(*args, causes).map(Done::Execed),
+        Op::Start(state) => start(&state).map(|()| Done::Started),
         Op::MountIdmapped(m) => {
             crate::runtime::idmap::mount_idmapped_overlay(&m.overlay, &m.target, &m.scratch)
                 .map(|()| Done::Mounted)
-                .map_err(|e| file_error("mount the idmapped rootfs on", &m.target, &e))
+                .map_err(|e| OpError::file("mount the idmapped rootfs on", &m.target, &e))
         }
     }
 }
 
-fn create(args: CreateArgs) -> Wire<Created> {
-    let CreateArgs {
-        state,
-        bundle,
-        systemd,
-        io,
-        after,
-    } = args;
+/// libcontainer's builder for container `state` with stdio `io`.
+fn builder(state: &StateRef, io: Stdio) -> Wire<ContainerBuilder> {
     let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
         .with_root_path(&state.root)
-        .map_err(lc)?
-        .validate_id()
         .map_err(lc)?;
-    let builder = with_io(builder, io)?;
-    let (container, cause) = crate::runtime::causes::watch(|| {
+    match io {
+        Stdio::Fds(Some([stdin, stdout, stderr])) => Ok(builder
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)),
+        Stdio::Fds(None) => Err(OpError::Protocol("stdio fds missing".to_owned())),
+        Stdio::Console(path) => Ok(builder.with_console_socket(Some(path))),
+    }
+}
+
+fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
+    let (state, systemd) = (&args.state, args.systemd);
+    let builder = builder(state, args.io)?.validate_id().map_err(lc)?;
+    let (container, cause) = causes.watch(|| {
         builder
             .with_executor(ShimExecutor::default())
-            .as_init(&bundle)
+            .as_init(&args.bundle)
             .with_systemd(systemd)
             .with_detach(true)
             .as_sibling(true)
@@ -320,7 +198,7 @@ fn create(args: CreateArgs) -> Wire<Created> {
         let _ = std::fs::remove_dir_all(state.dir());
         error
     };
-    let container = container.map_err(|err| undo(libcontainer(err, cause)))?;
+    let container = container.map_err(|err| undo(OpError::libcontainer(err, cause)))?;
     let pid = container.pid().ok_or(OpError::NoInitPid)?.as_raw();
     let config = container
         .spec()
@@ -336,12 +214,12 @@ fn create(args: CreateArgs) -> Wire<Created> {
         && container.intel_rdt_monitoring_dir().is_none();
     // Last, as it leaves the shim's mount namespace: this worker is single-threaded, so it
     // may join the container's.
-    let overlay_mounts = if after.is_empty() {
+    let overlay_mounts = if args.after.is_empty() {
         0
     } else {
-        Prepared::new(&after, pid)
-            .and_then(|p| p.attach())
-            .map_err(|e| undo(OpError::AfterCreate(e.to_string())))?
+        Detached::new(&args.after, pid)
+            .and_then(|d| d.attach())
+            .map_err(|e| undo(OpError::after_create(&e)))?
     };
     Ok(Created {
         pid,
@@ -353,76 +231,32 @@ fn create(args: CreateArgs) -> Wire<Created> {
 
 /// Starts a process inside the running container: it joins every namespace and the cgroup of
 /// the container (libcontainer's tenant builder) and is the shim's child.
-fn exec(args: ExecArgs) -> Wire<i32> {
-    let ExecArgs {
-        state,
-        process,
-        io,
-        executor,
-        hybrid_cgroups,
-    } = args;
-    for dir in &hybrid_cgroups {
+fn exec(args: ExecArgs, causes: &Causes) -> Wire<i32> {
+    for dir in &args.hybrid_cgroups {
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
-            .map_err(|e| file_error("join", dir, &e))?;
+            .map_err(|e| OpError::file("join", dir, &e))?;
     }
-    let builder = ContainerBuilder::new(state.id.clone(), SyscallType::default())
-        .with_root_path(&state.root)
-        .map_err(lc)?;
-    let builder = with_io(builder, io)?;
-    let (pid, cause) = crate::runtime::causes::watch(|| {
+    let builder = builder(&args.state, args.io)?;
+    let (pid, cause) = causes.watch(|| {
         builder
-            .with_executor(executor)
+            .with_executor(args.executor)
             .as_tenant()
-            .with_process(Some(&process))
+            .with_process(Some(&args.process))
             .as_sibling(true)
             .with_detach(true)
             .build()
     });
-    let pid = pid.map_err(|e| libcontainer(e, cause))?;
-    Ok(pid.as_raw())
+    Ok(pid.map_err(|e| OpError::libcontainer(e, cause))?.as_raw())
 }
 
-fn start(state: StateRef) -> Wire<()> {
-    load(&state)?.start().map_err(lc)
+fn start(state: &StateRef) -> Wire<()> {
+    load(state)?.start().map_err(lc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn op_errors_cross_the_channel_typed_and_print_their_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "exec format error");
-        let with_new_cause = libcontainer(&io, Some("/app: no such file".to_owned()));
-        let with_known_cause = libcontainer(&io, Some("exec format error".to_owned()));
-        assert_eq!(
-            with_new_cause.to_string(),
-            "exec format error: /app: no such file"
-        );
-        assert_eq!(
-            with_known_cause,
-            OpError::Libcontainer {
-                message: "exec format error".to_owned(),
-                cause: None,
-            }
-        );
-        let busy = file_error(
-            "remove",
-            std::path::Path::new("/sys/fs/cgroup/x"),
-            &std::io::Error::from_raw_os_error(libc::EBUSY),
-        );
-        assert_eq!(busy.errno(), Some(libc::EBUSY));
-        for e in [
-            with_new_cause,
-            OpError::State("missing state.json".to_owned()),
-            OpError::NoInitPid,
-            busy,
-        ] {
-            let wire = serde_json::to_string(&e).unwrap();
-            assert_eq!(serde_json::from_str::<OpError>(&wire).unwrap(), e);
-        }
-    }
 
     #[test]
     fn stdio_fds_travel_beside_the_message() {

@@ -232,9 +232,7 @@ pub fn read_only_superblocks(spec: &Spec) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
-    fn spec(json: &str) -> Spec {
-        serde_json::from_str(json).unwrap()
-    }
+    use crate::runtime::bundle::spec_from_json as spec;
 
     #[test]
     fn idmapped_mounts_are_taken_out_for_the_shim() {

@@ -4,7 +4,8 @@
 //! #2425). Workers are forked with `CLONE_PARENT`: they, and the container processes they
 //! start `as_sibling`, are the shim's children, which it reaps.
 //!
-//! The first zygote is forked at the top of `main`, before any other thread exists. A zygote
+//! The first zygote is forked by `main`, before any other thread exists ([`Zygote::fork`]), and
+//! the [`Zygote`] value, the shim's handle on it, is given to the runtime. A zygote
 //! is a plain process and can be killed (an OOM kill, an operator's `pkill`): the next
 //! operation then starts a new one by executing the shim's own binary afresh
 //! (`/proc/self/exe --zygote`), never by forking the multi-threaded shim, and goes on in the
@@ -20,7 +21,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -28,7 +29,9 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::ops::{self, Done, Op, OpError, Wire};
+use crate::error::wire::{OpError, Wire, ZygoteError};
+use crate::runtime::causes::Causes;
+use crate::runtime::ops::{self, Done, Op};
 
 /// The argument that makes the binary a zygote (`containerd-shim-nvidia-v2 --zygote LEVEL
 /// SHIM-ARGS...`), its socket on fd 3 and the shim log on fd 4.
@@ -41,23 +44,6 @@ const LOG_FD: RawFd = 4;
 const MAX_MESSAGE: usize = 256 * 1024;
 /// The most fds a message carries: the answer socket and three stdio fds.
 const MAX_FDS: usize = 4;
-
-/// Why an operation could not be run.
-#[derive(Debug, thiserror::Error)]
-pub enum ZygoteError {
-    /// No zygote could be had: the first is gone and a new one could not be started.
-    #[error("the shim's zygote died and a new one could not be started: {0}")]
-    Gone(String),
-    /// The worker ended without answering (killed, or it could not be forked).
-    #[error("the zygote's worker ended without answering (killed?)")]
-    WorkerDied,
-    /// The zygote's sockets failed.
-    #[error("zygote socket: {0}")]
-    Io(#[from] std::io::Error),
-    /// A message that does not parse (a bug).
-    #[error("zygote protocol: {0}")]
-    Protocol(String),
-}
 
 /// What the shim asks a zygote.
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,12 +70,13 @@ struct Live {
     pid: u32,
 }
 
-/// The shim's zygote, replaced when found dead.
-struct Zygotes {
+/// The shim's handle on its zygote, which it replaces when it finds it dead.
+#[derive(Debug)]
+pub struct Zygote {
     live: Mutex<Option<Live>>,
+    /// The shim log, for a zygote started afresh (it logs to the same FIFO).
+    log: Option<OwnedFd>,
 }
-
-static ZYGOTES: OnceLock<Zygotes> = OnceLock::new();
 
 fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     socketpair(
@@ -160,78 +147,140 @@ fn recv(socket: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>
     Ok(Some((buf, fds)))
 }
 
-/// Forks the first zygote. Must run before any other thread exists; a second call does
-/// nothing. The zygote points its stdout at `/dev/null`: during `start` the shim's stdout is
-/// the pipe containerd reads the socket address from until its end, and a zygote holding it
-/// would keep that pipe open forever.
-pub fn init() {
-    if ZYGOTES.get().is_some() {
-        return;
-    }
-    let live = match seqpacket_pair() {
-        Ok((ours, theirs)) => {
-            // SAFETY: the process is single-threaded here (the caller's contract), so the child
-            // may run anything.
-            match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => {
-                    drop(ours);
-                    detach_stdout();
-                    serve(theirs)
-                }
-                Ok(nix::unistd::ForkResult::Parent { child }) => Some(Live {
-                    control: ours,
-                    pid: child.as_raw().unsigned_abs(),
-                }),
-                Err(e) => {
-                    log::warn!("zygote: fork: {e}; one is started when first needed");
-                    None
+impl Zygote {
+    /// Forks the first zygote, which collects its workers' init causes through `causes` (the
+    /// logger's error hook); `log` is the shim log, for a zygote started afresh later. Must
+    /// run before any other thread exists. The zygote points its stdout at `/dev/null`:
+    /// during `start` the shim's stdout is the pipe containerd reads the socket address from
+    /// until its end, and a zygote holding it would keep that pipe open forever.
+    pub fn fork(log: Option<OwnedFd>, causes: &Causes) -> Arc<Self> {
+        let live = match seqpacket_pair() {
+            Ok((ours, theirs)) => {
+                // SAFETY: the process is single-threaded here (the caller's contract), so the
+                // child may run anything.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        drop(ours);
+                        detach_stdout();
+                        serve(theirs, causes)
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => Some(Live {
+                        control: ours,
+                        pid: child.as_raw().unsigned_abs(),
+                    }),
+                    Err(e) => {
+                        log::warn!("zygote: fork: {e}; one is started when first needed");
+                        None
+                    }
                 }
             }
+            Err(e) => {
+                log::warn!("zygote: socketpair: {e}; one is started when first needed");
+                None
+            }
+        };
+        Arc::new(Self {
+            live: Mutex::new(live),
+            log,
+        })
+    }
+
+    /// Starts a zygote by executing this binary afresh, its socket on fd 3 and the shim log on
+    /// fd 4: nothing of the multi-threaded shim is forked.
+    fn exec_zygote(&self) -> std::io::Result<Live> {
+        let (ours, theirs) = seqpacket_pair()?;
+        let fds: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
+            .chain(self.log.as_ref().map(AsRawFd::as_raw_fd))
+            .collect();
+        let mut cmd = Command::new("/proc/self/exe");
+        // The shim's own arguments after the level: `ps` shows whose zygote it is.
+        cmd.arg0(env!("CARGO_BIN_NAME"))
+            .arg(ZYGOTE_FLAG)
+            .arg(log::max_level().as_str())
+            .args(std::env::args_os().skip(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: `place` only calls fcntl and dup2 (async-signal-safe) on descriptors that
+        // stay open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || crate::io::fds::place(&fds, SOCKET_FD));
         }
-        Err(e) => {
-            log::warn!("zygote: socketpair: {e}; one is started when first needed");
-            None
+        let child = cmd.spawn()?;
+        drop(theirs);
+        Ok(Live {
+            control: ours,
+            pid: child.id(),
+        })
+    }
+
+    /// Sends `request` and its `fds` to the zygote, with a fresh answer socket first; a dead
+    /// zygote is replaced by a new one (a fresh exec) and the request sent to that. Returns
+    /// the answer socket. Blocks.
+    fn submit(&self, request: &Request, fds: &[OwnedFd]) -> Result<OwnedFd, ZygoteError> {
+        let bytes =
+            serde_json::to_vec(request).map_err(|e| ZygoteError::Protocol(e.to_string()))?;
+        let (ours, theirs) = seqpacket_pair()?;
+        let raw: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
+            .chain(fds.iter().map(AsRawFd::as_raw_fd))
+            .collect();
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(z) = live.as_ref() {
+            match send(z.control.as_fd(), &bytes, &raw) {
+                Ok(()) => return Ok(ours),
+                Err(e) => log::warn!(
+                    "the shim's zygote {} is gone ({e}); starting a new one from the binary",
+                    z.pid
+                ),
+            }
         }
-    };
-    let _ = ZYGOTES.set(Zygotes {
-        live: Mutex::new(live),
-    });
+        let fresh = self
+            .exec_zygote()
+            .map_err(|e| ZygoteError::Gone(e.to_string()))?;
+        log::info!("zygote {} started from the binary", fresh.pid);
+        let sent = send(fresh.control.as_fd(), &bytes, &raw);
+        *live = Some(fresh);
+        sent?;
+        Ok(ours)
+    }
+
+    /// Runs `op` in a fresh worker; its fds travel beside it. Blocks.
+    pub fn run(&self, mut op: Op) -> Result<Wire<Done>, ZygoteError> {
+        let fds = op.take_fds();
+        let socket = self.submit(&Request::Run(Box::new(op)), &fds)?;
+        // The worker holds its copies now; the shim's go.
+        drop(fds);
+        match answer(&socket)? {
+            Answer::Done(outcome) => Ok(outcome),
+            Answer::Released(_) => Err(ZygoteError::Protocol("a release answer to a run".into())),
+        }
+    }
+
+    /// Lets the zygote drop the code pages it mapped (see `working_set`); returns the bytes
+    /// released. A dead zygote is not replaced for this. Blocks.
+    pub fn release_code_pages(&self) -> Result<usize, ZygoteError> {
+        let (ours, theirs) = seqpacket_pair()?;
+        {
+            let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            let z = live
+                .as_ref()
+                .ok_or_else(|| ZygoteError::Gone("none running".into()))?;
+            let bytes = serde_json::to_vec(&Request::ReleaseCodePages)
+                .map_err(|e| ZygoteError::Protocol(e.to_string()))?;
+            send(z.control.as_fd(), &bytes, &[theirs.as_raw_fd()])?;
+        }
+        drop(theirs);
+        match answer(&ours)? {
+            Answer::Released(n) => Ok(n),
+            Answer::Done(_) => Err(ZygoteError::Protocol("a run answer to a release".into())),
+        }
+    }
 }
 
 fn detach_stdout() {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
     }
-}
-
-/// Starts a zygote by executing this binary afresh, its socket on fd 3 and the shim log on
-/// fd 4: nothing of the multi-threaded shim is forked.
-fn exec_zygote() -> std::io::Result<Live> {
-    let (ours, theirs) = seqpacket_pair()?;
-    let log = crate::logging::fifo();
-    let fds: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
-        .chain(log.map(|l| l.as_raw_fd()))
-        .collect();
-    let mut cmd = Command::new("/proc/self/exe");
-    // The shim's own arguments after the level: `ps` shows whose zygote it is.
-    cmd.arg0(env!("CARGO_BIN_NAME"))
-        .arg(ZYGOTE_FLAG)
-        .arg(log::max_level().as_str())
-        .args(std::env::args_os().skip(1))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: `place` only calls fcntl and dup2 (async-signal-safe) on descriptors that stay
-    // open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || crate::io::fds::place(&fds, SOCKET_FD));
-    }
-    let child = cmd.spawn()?;
-    drop(theirs);
-    Ok(Live {
-        control: ours,
-        pid: child.id(),
-    })
 }
 
 /// The executed zygote's `main`: logs to the shim's log at `level` and serves fd 3.
@@ -244,15 +293,18 @@ pub fn serve_inherited(level: &str) -> ! {
             OwnedFd::from_raw_fd(LOG_FD),
         )
     };
+    let causes = Causes::default();
+    let hook = causes.clone();
     crate::logging::init_on(
         std::fs::File::from(log),
         level.parse().unwrap_or(log::LevelFilter::Info),
+        Some(Arc::new(move |message: &str| hook.record(message))),
     );
-    serve(socket)
+    serve(socket, &causes)
 }
 
 /// The zygote's loop: one request at a time until the shim is gone.
-fn serve(control: OwnedFd) -> ! {
+fn serve(control: OwnedFd, causes: &Causes) -> ! {
     loop {
         let (bytes, mut fds) = match recv(control.as_fd()) {
             Ok(Some(m)) => m,
@@ -272,7 +324,7 @@ fn serve(control: OwnedFd) -> ! {
                 drop(answer);
                 crate::working_set::release_code_pages();
             }
-            Ok(Request::Run(op)) => fork_worker(&control, &answer, *op, fds),
+            Ok(Request::Run(op)) => fork_worker(&control, &answer, *op, fds, causes),
             Err(e) => reply(
                 &answer,
                 &Answer::Done(Err(OpError::Protocol(format!(
@@ -291,7 +343,13 @@ fn reply(socket: &OwnedFd, answer: &Answer) {
 
 /// Forks a worker (a sibling of this zygote: the shim's child) that runs `op` and answers on
 /// `answer`, then exits. This zygote's copies of the fds are closed when the caller drops them.
-fn fork_worker(control: &OwnedFd, answer: &OwnedFd, mut op: Op, fds: Vec<OwnedFd>) {
+fn fork_worker(
+    control: &OwnedFd,
+    answer: &OwnedFd,
+    mut op: Op,
+    fds: Vec<OwnedFd>,
+    causes: &Causes,
+) {
     // SAFETY: a raw clone with CLONE_PARENT and no new stack behaves as fork: the child runs
     // on a copy of this stack. This process is single-threaded, so the child inherits no
     // lock held by another thread.
@@ -311,7 +369,7 @@ fn fork_worker(control: &OwnedFd, answer: &OwnedFd, mut op: Op, fds: Vec<OwnedFd
             // SAFETY: closing the control socket's descriptor in this process only; the
             // `OwnedFd` it belongs to is never used or dropped here (the process exits).
             unsafe { libc::close(control.as_raw_fd()) };
-            let outcome = op.put_fds(fds).and_then(|()| run_caught(op));
+            let outcome = op.put_fds(fds).and_then(|()| run_caught(op, causes));
             reply(answer, &Answer::Done(outcome));
             // SAFETY: ends the worker at once; nothing of the zygote's is to be dropped here.
             unsafe { libc::_exit(0) }
@@ -328,88 +386,22 @@ fn fork_worker(control: &OwnedFd, answer: &OwnedFd, mut op: Op, fds: Vec<OwnedFd
 }
 
 /// Runs `op`, turning a panic into an error.
-fn run_caught(op: Op) -> Wire<Done> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::dispatch(op))).unwrap_or_else(
-        |panic| {
+fn run_caught(op: Op, causes: &Causes) -> Wire<Done> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::dispatch(op, causes)))
+        .unwrap_or_else(|panic| {
             let text = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_default();
             Err(OpError::Panic(text))
-        },
-    )
-}
-
-/// Sends `request` and its `fds` to the zygote, with a fresh answer socket first; a dead
-/// zygote is replaced by a new one (a fresh exec) and the request sent to that. Returns the
-/// answer socket. Blocks.
-fn submit(request: &Request, fds: &[OwnedFd]) -> Result<OwnedFd, ZygoteError> {
-    let zygotes = ZYGOTES
-        .get()
-        .ok_or_else(|| ZygoteError::Gone("never started".into()))?;
-    let bytes = serde_json::to_vec(request).map_err(|e| ZygoteError::Protocol(e.to_string()))?;
-    let (ours, theirs) = seqpacket_pair()?;
-    let raw: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
-        .chain(fds.iter().map(AsRawFd::as_raw_fd))
-        .collect();
-    let mut live = zygotes.live.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(z) = live.as_ref() {
-        match send(z.control.as_fd(), &bytes, &raw) {
-            Ok(()) => return Ok(ours),
-            Err(e) => log::warn!(
-                "the shim's zygote {} is gone ({e}); starting a new one from the binary",
-                z.pid
-            ),
-        }
-    }
-    let fresh = exec_zygote().map_err(|e| ZygoteError::Gone(e.to_string()))?;
-    log::info!("zygote {} started from the binary", fresh.pid);
-    let sent = send(fresh.control.as_fd(), &bytes, &raw);
-    *live = Some(fresh);
-    sent?;
-    Ok(ours)
+        })
 }
 
 /// Receives the answer on `socket`.
 fn answer(socket: &OwnedFd) -> Result<Answer, ZygoteError> {
     let (bytes, _) = recv(socket.as_fd())?.ok_or(ZygoteError::WorkerDied)?;
     serde_json::from_slice(&bytes).map_err(|e| ZygoteError::Protocol(e.to_string()))
-}
-
-/// Runs `op` in a fresh worker; its fds travel beside it. Blocks.
-pub fn run(mut op: Op) -> Result<Wire<Done>, ZygoteError> {
-    let fds = op.take_fds();
-    let socket = submit(&Request::Run(Box::new(op)), &fds)?;
-    // The worker holds its copies now; the shim's go.
-    drop(fds);
-    match answer(&socket)? {
-        Answer::Done(outcome) => Ok(outcome),
-        Answer::Released(_) => Err(ZygoteError::Protocol("a release answer to a run".into())),
-    }
-}
-
-/// Lets the zygote drop the code pages it mapped (see `working_set`); returns the bytes
-/// released. A dead zygote is not replaced for this.
-pub fn release_code_pages() -> Result<usize, ZygoteError> {
-    let zygotes = ZYGOTES
-        .get()
-        .ok_or_else(|| ZygoteError::Gone("never started".into()))?;
-    let (ours, theirs) = seqpacket_pair()?;
-    {
-        let live = zygotes.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let z = live
-            .as_ref()
-            .ok_or_else(|| ZygoteError::Gone("none running".into()))?;
-        let bytes = serde_json::to_vec(&Request::ReleaseCodePages)
-            .map_err(|e| ZygoteError::Protocol(e.to_string()))?;
-        send(z.control.as_fd(), &bytes, &[theirs.as_raw_fd()])?;
-    }
-    drop(theirs);
-    match answer(&ours)? {
-        Answer::Released(n) => Ok(n),
-        Answer::Done(_) => Err(ZygoteError::Protocol("a run answer to a release".into())),
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
-//! The ttrpc Task service. `impl Task` is thin adapters; the work is in `TaskService`'s
-//! inherent methods, which return [`ShimError`] and do not need a ttrpc context: [`create`]
-//! (Create and Start of the init process), [`exec`] (Exec processes), [`lifecycle`] (State,
-//! Kill, Wait, Delete and the rest). The state it keeps: [`container`] (one container) and
-//! [`exec_process`] (one exec'd process); what it publishes: [`events`]; what containerd
-//! configures: [`options`].
+//! The ttrpc Task service. [`TaskApi`]'s `impl Task` is thin adapters; [`TaskService`]'s
+//! methods each look the task up, call the process layer (`task`) on the blocking pool once
+//! ([`edge`]), convert its answer into containerd's reply and publish the events it gives
+//! ([`events`]). What containerd configures: [`options`].
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+pub mod edge;
+pub mod events;
+pub mod options;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,291 +19,502 @@ use containerd_shim::api::{
     ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
     StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
-    TaskResumed, TaskStart,
-};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::topics;
+use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::util::convert_to_any;
 use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use oci_spec::runtime::LinuxResources;
 
 use crate::error::{Result, ShimError};
-use crate::gpu::proc_mount::OverlayArgs;
-use crate::gpu::GpuInjector;
-use crate::io::procio::PreparedIo;
-use crate::runtime::bundle::{Adapted, Bundle};
-use crate::runtime::cgroup::{decode_resources, ContainerCgroup};
-use crate::runtime::driver::{CreateArgs, Driver, ExecArgs, StateRef};
-use crate::runtime::exit::{ExitCell, ExitRouter, ExitStatus};
-use crate::service::container::{Container, ContainerParts, StdioPaths, TaskState};
-use crate::service::events::EventSink;
-use crate::service::exec_process::{ExecProcess, Started};
-use crate::service::options::{create_options, load_config, CreateOptions};
+use crate::io::procio::StdioPaths;
+use crate::runtime::{NewContainer, RootfsMount, Runtime};
+use crate::service::edge::{blocking, detached};
+use crate::service::events::{Event, EventSender};
+use crate::service::options::create_options;
+use crate::task::process::Process;
+use crate::task::{ContainerOf, CreateOptions, Tasks};
 use crate::working_set::{Active, IdleTrim};
-
-pub mod container;
-mod create;
-pub mod events;
-mod exec;
-pub mod exec_process;
-mod lifecycle;
-pub mod options;
 
 /// How long a shim that has never been given a container waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
-/// How long a request for a container being created waits for the create to end.
-const CREATE_WAIT: Duration = Duration::from_secs(60);
 /// How often such a shim looks whether its bundle is still there.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
-/// How long `Delete` of a created (never started) container waits for the killed init.
-const KILLED_INIT_WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Default)]
-struct Table {
-    containers: HashMap<String, Arc<Container>>,
-    reserved: HashSet<String>,
-    ever_created: bool,
-}
+/// How long a request for a container being created waits for the create to end.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
 
 /// The task service of one shim process (one container, or one pod when grouped).
-pub struct TaskService {
-    events: EventSink,
-    table: Mutex<Table>,
-    exits: Arc<ExitRouter>,
-    driver: Driver,
-    gpu: Arc<GpuInjector>,
+pub struct TaskService<R: Runtime> {
+    tasks: Arc<Tasks<R>>,
+    events: Arc<dyn EventSender>,
     shutdown: Arc<ExitSignal>,
-    start_config: Option<PathBuf>,
     idle: IdleTrim,
 }
 
-impl std::fmt::Debug for TaskService {
+impl<R: Runtime> std::fmt::Debug for TaskService<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskService")
-            .field("events", &self.events)
-            .field("table", &self.table)
-            .finish_non_exhaustive()
+        f.debug_struct("TaskService").finish_non_exhaustive()
     }
 }
 
-fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs blocking work (file, cgroup and socket calls that may wait: a logging binary's
-/// readiness, a console master, a cgroup file) off the async thread, which serves every
-/// container of the shim.
-async fn blocking<T, F>(id: &str, what: &'static str, f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) => Err(ShimError::io(
-            id,
-            what,
-            std::io::Error::other(e.to_string()),
-        )),
+/// Logs a request's failure for containerd's log, bounded as the reply is. A container that is
+/// not there (containerd deletes a task whose Create failed) or a process that has already
+/// exited (containerd kills what may have exited) is no error of the shim's.
+fn report(e: &ShimError) {
+    let text = nvidia_shim_core::quote::bounded(&e.to_string(), crate::error::MAX_MESSAGE);
+    match e {
+        ShimError::NotFound { .. } | ShimError::ProcessFinished { .. } => log::debug!("{text}"),
+        _ => log::error!("{text}"),
     }
 }
 
-/// Releases a reserved id unless the create committed it.
-struct Reservation<'a> {
-    service: &'a TaskService,
-    id: String,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        lock(&self.service.table).reserved.remove(&self.id);
-    }
-}
-
-/// What the zygote gives back once the shim is quiet: its code pages.
-fn release_zygote_pages() {
-    match Driver::release_code_pages() {
-        Ok(bytes) => log::trace!("quiet: the zygote released {bytes} bytes of code mappings"),
-        Err(e) => log::debug!("quiet: the zygote released nothing: {e}"),
-    }
-}
-
-impl TaskService {
-    /// A service publishing to `events`; `start_config` is the config path `start` received.
-    pub async fn new(
-        events: EventSink,
+impl<R: Runtime> TaskService<R> {
+    /// The service of `tasks`, reporting to `events`; `shutdown` ends the shim; `idle`
+    /// releases the start-up code pages once requests stop.
+    pub fn new(
+        tasks: Arc<Tasks<R>>,
+        events: Arc<dyn EventSender>,
         shutdown: Arc<ExitSignal>,
-        start_config: Option<PathBuf>,
+        idle: IdleTrim,
     ) -> Arc<Self> {
-        let exits = Arc::new(ExitRouter::default());
-        if let Err(e) = exits.spawn().await {
-            // Without exits no Wait would ever answer: do not serve at all. containerd sees
-            // the shim gone and cleans up after it.
-            log::error!("cannot subscribe to process exits: {e}; exiting");
-            crate::cli::shim::remove_served_socket();
-            std::process::exit(1);
-        }
-        let service = Arc::new(Self {
+        Arc::new(Self {
+            tasks,
             events,
-            table: Mutex::default(),
-            exits,
-            driver: Driver,
-            gpu: Arc::default(),
             shutdown,
-            start_config,
-            idle: IdleTrim::spawn(release_zygote_pages),
-        });
-        let weak = Arc::downgrade(&service);
-        // The daemon runs in the bundle of the container it was started for: a handle on it
-        // tells when it is gone (renamed and removed, as containerd does), wherever it went.
-        let bundle = std::fs::File::open(".").ok();
-        let bundle_gone = move || {
-            bundle
-                .as_ref()
-                .and_then(|dir| dir.metadata().ok())
-                .is_none_or(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
-        };
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            while started.elapsed() < IDLE_EXIT {
-                tokio::time::sleep(IDLE_CHECK).await;
-                let Some(s) = weak.upgrade() else { return };
-                let t = lock(&s.table);
-                if t.ever_created {
-                    return;
-                }
-                // containerd removes the bundle when it gives up on a shim it was starting
-                // (a Create past its deadline): nobody will come.
-                if t.reserved.is_empty() && bundle_gone() {
-                    log::warn!("the bundle is gone and no container was created; exiting");
-                    s.shutdown.signal();
-                    return;
-                }
-            }
-            if let Some(s) = weak.upgrade() {
-                let t = lock(&s.table);
-                if !t.ever_created && t.reserved.is_empty() {
-                    log::warn!("no container was created within {IDLE_EXIT:?}; exiting");
-                    s.shutdown.signal();
-                }
-            }
-        });
-        service
+            idle,
+        })
     }
 
-    fn get(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.table)
-            .containers
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound { id: id.to_owned() })
+    /// Container `id` and its process `exec_id` (init when empty).
+    fn lookup(&self, id: &str, exec_id: &str) -> Result<(Arc<ContainerOf<R>>, Arc<Process>)> {
+        let c = self.tasks.get(id)?;
+        let p = c.process(exec_id)?;
+        Ok((c, p))
     }
 
     /// Container `id`; one still being created (by a request whose caller has given up, say)
     /// is waited for first.
-    async fn get_when_created(&self, id: &str) -> Result<Arc<Container>> {
+    async fn lookup_created(&self, id: &str) -> Result<Arc<ContainerOf<R>>> {
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
-        while lock(&self.table).reserved.contains(id) && tokio::time::Instant::now() < deadline {
+        while self.tasks.is_being_created(id) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.get(id)
+        self.tasks.get(id)
     }
 
-    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
-        let mut t = lock(&self.table);
-        if t.containers.contains_key(id) || !t.reserved.insert(id.to_owned()) {
-            return Err(ShimError::AlreadyExists { id: id.to_owned() });
+    /// Creates the container; returns init's pid.
+    pub async fn create(self: Arc<Self>, req: CreateTaskRequest) -> Result<u32> {
+        let id = req.id.clone();
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented {
+                id,
+                what: "restore from checkpoint",
+            });
         }
-        Ok(Reservation {
-            service: self,
-            id: id.to_owned(),
+        let options = match req.options.as_ref() {
+            Some(any) => create_options(&id, any)?,
+            None => CreateOptions::default(),
+        };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let container = NewContainer {
+            id: id.clone(),
+            bundle: req.bundle.clone().into(),
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| RootfsMount {
+                    typ: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            stdio: stdio.clone(),
+        };
+        let (tasks, events) = (Arc::clone(&self.tasks), Arc::clone(&self.events));
+        let oom_id = id.clone();
+        let on_oom = Box::new(move || events.send(Event::Oom { id: oom_id.clone() }));
+        let c = blocking(&id, "create", move || {
+            tasks.create(container, options, on_oom)
         })
+        .await?;
+        let pid = c.init.pid();
+        self.events.send(Event::Create {
+            id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            stdio,
+            checkpoint: req.checkpoint,
+            pid,
+        });
+        Ok(pid)
     }
 
-    /// The shim's and the task's pids.
-    pub fn connect(&self, req: &ConnectRequest) -> Result<ConnectResponse> {
-        let task_pid = self
-            .get(&req.id)
-            .map(|c| u32::try_from(c.pid).unwrap_or_default())
-            .unwrap_or_default();
-        Ok(ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+    /// Starts a created container (or one of its exec processes) and begins reporting its
+    /// exit.
+    pub async fn start(self: Arc<Self>, req: StartRequest) -> Result<u32> {
+        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let pid = {
+            let (tasks, c, p) = (Arc::clone(&self.tasks), Arc::clone(&c), Arc::clone(&p));
+            blocking(&req.id, "start", move || tasks.start(&c, &p)).await?
+        };
+        self.events.send(if p.is_init() {
+            Event::Start {
+                id: c.id.clone(),
+                pid,
+            }
+        } else {
+            Event::ExecStarted {
+                id: c.id.clone(),
+                exec_id: p.id.clone(),
+                pid,
+            }
+        });
+        // Spawned after the start's event is queued, so the exit's always follows it.
+        tokio::spawn(Arc::clone(&self).report_exit(c, p, pid));
+        Ok(pid)
+    }
+
+    /// Waits for process `p` of `c` to exit and its output to be out, then publishes its
+    /// exit.
+    async fn report_exit(self: Arc<Self>, c: Arc<ContainerOf<R>>, p: Arc<Process>, pid: u32) {
+        let status = self.exited(&c, &p).await;
+        if p.is_init() {
+            log::info!("container {}: exited with status {}", c.id, status.code);
+        } else {
+            log::info!(
+                "container {}: exec {} exited with status {}",
+                c.id,
+                p.id,
+                status.code
+            );
+        }
+        self.events.send(Event::Exit {
+            id: c.id.clone(),
+            process: p.id.clone(),
+            pid,
+            status,
+        });
+    }
+
+    /// Process `p`'s exit, once what it wrote has reached the client and, for init of a
+    /// container without a pid namespace of its own, once what it left behind is ended.
+    async fn exited(
+        &self,
+        c: &Arc<ContainerOf<R>>,
+        p: &Process,
+    ) -> crate::runtime::exit::ExitStatus {
+        let status = p.exit().wait().await;
+        if let Some(io) = p.io() {
+            io.drained().await;
+        }
+        if p.is_init() && !c.private_pid_ns {
+            let (tasks, container) = (Arc::clone(&self.tasks), Arc::clone(c));
+            let ended = blocking(&c.id, "end the rest", move || {
+                tasks.end_the_rest(&container);
+                Ok(())
+            });
+            if let Err(e) = ended.await {
+                log::warn!("{e}");
+            }
+        }
+        status
+    }
+
+    /// The task's state as containerd reads it.
+    pub fn state(&self, req: &StateRequest) -> Result<StateResponse> {
+        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let now = p.snapshot();
+        Ok(StateResponse {
+            id: p.id.clone(),
+            exec_id: req.exec_id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: now.pid,
+            status: now.state.status(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: now.exit.as_ref().map(|e| e.code).unwrap_or_default(),
+            exited_at: MessageField::from_option(now.exit.map(|e| e.at)),
             ..Default::default()
         })
     }
 
+    /// Signals a process, or every process of the container with `all`.
+    pub async fn kill(self: Arc<Self>, req: KillRequest) -> Result<()> {
+        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let tasks = Arc::clone(&self.tasks);
+        blocking(&req.id, "kill", move || {
+            tasks.kill(&c, &p, req.signal, req.all)
+        })
+        .await
+    }
+
+    /// Waits for a process to exit.
+    pub async fn wait(&self, req: &WaitRequest) -> Result<WaitResponse> {
+        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let status = self.exited(&c, &p).await;
+        Ok(WaitResponse {
+            exit_status: status.code,
+            exited_at: MessageField::some(status.at),
+            ..Default::default()
+        })
+    }
+
+    /// Deletes an exec process, or the container with everything the shim made for it.
+    pub async fn delete(self: Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
+        let c = self.lookup_created(&req.id).await?;
+        let p = c.process(&req.exec_id)?;
+        let deleted = {
+            let (tasks, c, p) = (Arc::clone(&self.tasks), Arc::clone(&c), Arc::clone(&p));
+            blocking(&req.id, "delete", move || tasks.delete(&c, &p)).await?
+        };
+        if p.is_init() {
+            self.events.send(Event::Delete {
+                id: c.id.clone(),
+                pid: deleted.pid,
+                status: deleted.status.clone(),
+            });
+        }
+        Ok(DeleteResponse {
+            pid: deleted.pid,
+            exit_status: deleted.status.code,
+            exited_at: MessageField::some(deleted.status.at),
+            ..Default::default()
+        })
+    }
+
+    /// Registers an exec process; `Start` with its id runs it.
+    pub async fn exec(self: Arc<Self>, req: ExecProcessRequest) -> Result<()> {
+        let c = self.tasks.get(&req.id)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let spec = req.spec.as_ref().map(|any| any.value.as_slice());
+        self.tasks.exec(&c, &req.exec_id, spec, stdio)?;
+        self.events.send(Event::ExecAdded {
+            id: c.id.clone(),
+            exec_id: req.exec_id,
+        });
+        Ok(())
+    }
+
+    /// Every process in the container's cgroup; an exec process's entry names its exec id,
+    /// as the runc shim's does.
+    pub async fn pids(&self, req: &PidsRequest) -> Result<PidsResponse> {
+        let c = self.tasks.get(&req.id)?;
+        let tasks = Arc::clone(&self.tasks);
+        let pids = blocking(&req.id, "pids", move || tasks.pids(&c)).await?;
+        let processes = pids
+            .into_iter()
+            .filter_map(|(pid, exec_id)| {
+                let info = exec_id.and_then(|exec_id| {
+                    convert_to_any(Box::new(ProcessDetails {
+                        exec_id,
+                        ..Default::default()
+                    }))
+                    .ok()
+                });
+                Some(ProcessInfo {
+                    pid: u32::try_from(pid).ok()?,
+                    info: MessageField::from_option(info),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    /// Freezes (`pause = true`) or thaws the container.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<()> {
+        let c = self.tasks.get(id)?;
+        let tasks = Arc::clone(&self.tasks);
+        let what = if pause { "pause" } else { "resume" };
+        let container = Arc::clone(&c);
+        blocking(id, what, move || tasks.set_paused(&container, pause)).await?;
+        self.events.send(if pause {
+            Event::Paused { id: c.id.clone() }
+        } else {
+            Event::Resumed { id: c.id.clone() }
+        });
+        Ok(())
+    }
+
+    /// Cgroup metrics (v1 or v2 message, as the host has).
+    pub async fn stats(&self, req: &StatsRequest) -> Result<StatsResponse> {
+        let c = self.tasks.get(&req.id)?;
+        let tasks = Arc::clone(&self.tasks);
+        let any = blocking(&req.id, "stats", move || tasks.stats(&c)).await?;
+        Ok(StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    /// Applies new resource limits.
+    pub async fn update(&self, req: &UpdateTaskRequest) -> Result<()> {
+        let c = self.tasks.get(&req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument {
+                id: c.id.clone(),
+                reason: "update without resources".into(),
+            })?;
+        let resources = decode_resources(&c.id, any)?;
+        let tasks = Arc::clone(&self.tasks);
+        blocking(&req.id, "update", move || tasks.update(&c, &resources)).await
+    }
+
+    /// Closes a process's stdin.
+    pub async fn close_io(&self, req: &CloseIORequest) -> Result<()> {
+        let c = self.tasks.get(&req.id)?;
+        if !req.stdin {
+            return Ok(());
+        }
+        let p = c.process(&req.exec_id)?;
+        let tasks = Arc::clone(&self.tasks);
+        blocking(&req.id, "close stdin", move || {
+            tasks.close_stdin(&p);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Resizes the terminal of init or of an exec process.
+    pub async fn resize_pty(&self, req: &ResizePtyRequest) -> Result<()> {
+        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let (tasks, width, height) = (Arc::clone(&self.tasks), req.width, req.height);
+        blocking(&req.id, "resize the terminal", move || {
+            tasks.resize_pty(&c, &p, width, height)
+        })
+        .await
+    }
+
+    /// The shim's and the task's pids.
+    pub fn connect(&self, req: &ConnectRequest) -> ConnectResponse {
+        let task_pid = self
+            .tasks
+            .get(&req.id)
+            .map(|c| c.init.pid())
+            .unwrap_or_default();
+        ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        }
+    }
+
     /// Exits the shim once it serves no container.
     pub fn shutdown(&self) {
-        let t = lock(&self.table);
-        if t.containers.is_empty() && t.reserved.is_empty() {
+        if self.tasks.is_idle() {
             log::info!("no containers left; shutting down");
             self.shutdown.signal();
         }
     }
 }
 
-/// The ttrpc face of [`TaskService`].
-#[derive(Debug, Clone)]
-pub struct TaskApi(pub Arc<TaskService>);
+/// Decodes `UpdateTaskRequest.resources`: an `Any` whose value is the JSON of an OCI
+/// `LinuxResources`, as containerd sends it.
+pub fn decode_resources(id: &str, any: &Any) -> Result<LinuxResources> {
+    serde_json::from_slice(&any.value).map_err(|e| ShimError::InvalidArgument {
+        id: id.to_owned(),
+        reason: format!(
+            "resources ({}) are not OCI LinuxResources JSON: {e}",
+            any.type_url
+        ),
+    })
+}
 
-impl TaskApi {
+/// Ends a shim that is never given a container: after [`IDLE_EXIT`], or at once when
+/// containerd removed the bundle it was started in (a Create past its deadline: nobody will
+/// come). `bundle` is the daemon's working directory, opened at its start.
+pub fn exit_when_unused<R: Runtime>(service: &Arc<TaskService<R>>, bundle: Option<std::fs::File>) {
+    let weak = Arc::downgrade(service);
+    // A handle on the bundle tells when it is gone (renamed and removed, as containerd does),
+    // wherever it went; its link count is in the inode the handle holds, so the check (an
+    // `fstat` of that handle) reads no file and cannot block the async thread.
+    let bundle_gone = move || {
+        bundle
+            .as_ref()
+            .and_then(|dir| dir.metadata().ok())
+            .is_none_or(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+    };
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < IDLE_EXIT {
+            tokio::time::sleep(IDLE_CHECK).await;
+            let Some(s) = weak.upgrade() else { return };
+            let (ever_created, creating) = s.tasks.activity();
+            if ever_created {
+                return;
+            }
+            if !creating && bundle_gone() {
+                log::warn!("the bundle is gone and no container was created; exiting");
+                s.shutdown.signal();
+                return;
+            }
+        }
+        if let Some(s) = weak.upgrade() {
+            if s.tasks.activity() == (false, false) {
+                log::warn!("no container was created within {IDLE_EXIT:?}; exiting");
+                s.shutdown.signal();
+            }
+        }
+    });
+}
+
+/// The ttrpc face of [`TaskService`].
+#[derive(Debug)]
+pub struct TaskApi<R: Runtime>(pub Arc<TaskService<R>>);
+
+impl<R: Runtime> TaskApi<R> {
     /// The service, in use for one request: the idle trim waits for a quiet spell after it.
-    fn svc(&self) -> Active<'_, TaskService> {
+    fn svc(&self) -> Active<'_, TaskService<R>> {
         self.0.idle.active(&self.0)
     }
 
-    /// Runs a request that changes state as a task of its own: when the caller gives up
-    /// (containerd's deadline drops the request), the request still runs to its end, success or
-    /// undone failure, instead of stopping half-way; a later request then finds it done.
-    async fn detached<T, F, Fut>(&self, id: &str, body: F) -> Result<T>
+    /// Runs `body`, a request that changes state, on the service as a task of its own (see
+    /// [`detached`]); its failure goes to the log.
+    async fn changing<T, F, Fut>(&self, id: &str, body: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<TaskService>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<TaskService<R>>) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
         let svc = Arc::clone(&self.0);
-        let task = tokio::spawn(async move {
-            let _active = svc.idle.active(&*svc);
-            body(Arc::clone(&svc)).await
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(ShimError::io(
-                id,
-                "request task",
-                std::io::Error::other(e.to_string()),
-            )),
-        }
-    }
-}
-
-/// Logs a request's failure for containerd's log, bounded as the reply is. A container that is
-/// not there (containerd deletes a task whose Create failed) is no error of the shim's.
-fn report(e: &ShimError) {
-    let text = nvidia_shim_core::quote::bounded(&e.to_string(), crate::error::MAX_MESSAGE);
-    match e {
-        ShimError::NotFound { .. } => log::debug!("{text}"),
-        _ => log::error!("{text}"),
+        let active = Arc::clone(&self.0);
+        let work = body(svc);
+        detached(id, async move {
+            let _active = active.idle.active(&*active);
+            work.await
+        })
+        .await
+        .inspect_err(report)
     }
 }
 
 #[async_trait]
-impl Task for TaskApi {
+impl<R: Runtime> Task for TaskApi<R> {
     async fn create(
         &self,
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        let pid = self
-            .detached(
-                &req.id.clone(),
-                move |svc| async move { svc.create(&req).await },
-            )
-            .await
-            .inspect_err(report)?;
+        let pid = self.changing(&req.id.clone(), |s| s.create(req)).await?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -309,13 +522,7 @@ impl Task for TaskApi {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self
-            .detached(
-                &req.id.clone(),
-                move |svc| async move { svc.start(&req).await },
-            )
-            .await
-            .inspect_err(report)?;
+        let pid = self.changing(&req.id.clone(), |s| s.start(req)).await?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -327,11 +534,7 @@ impl Task for TaskApi {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        self.detached(
-            &req.id.clone(),
-            move |svc| async move { svc.kill(&req).await },
-        )
-        .await?;
+        self.changing(&req.id.clone(), |s| s.kill(req)).await?;
         Ok(Empty::new())
     }
 
@@ -340,13 +543,7 @@ impl Task for TaskApi {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self
-            .detached(
-                &req.id.clone(),
-                move |svc| async move { svc.delete(&req).await },
-            )
-            .await
-            .inspect_err(report)?)
+        Ok(self.changing(&req.id.clone(), |s| s.delete(req)).await?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -373,7 +570,7 @@ impl Task for TaskApi {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        self.svc().close_io(&req)?;
+        self.svc().close_io(&req).await?;
         Ok(Empty::new())
     }
 
@@ -382,21 +579,16 @@ impl Task for TaskApi {
         _ctx: &TtrpcContext,
         req: ConnectRequest,
     ) -> TtrpcResult<ConnectResponse> {
-        Ok(self.svc().connect(&req)?)
+        Ok(self.svc().connect(&req))
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.detached(
-            &req.id.clone(),
-            move |svc| async move { svc.exec(&req).await },
-        )
-        .await
-        .inspect_err(report)?;
+        self.changing(&req.id.clone(), |s| s.exec(req)).await?;
         Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        self.svc().resize_pty(&req)?;
+        self.svc().resize_pty(&req).await?;
         Ok(Empty::new())
     }
 

@@ -1,11 +1,11 @@
-//! Runtime options from containerd (`runtimeoptions.v1.Options` in an `Any`) and the shim's
-//! configuration file they point at.
+//! Runtime options from containerd (`runtimeoptions.v1.Options` in an `Any`, on `start`'s stdin
+//! and in Create): the shim's configuration file they point at, and the v1 runc options'
+//! `ShimCgroup`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use nvidia_shim_core::quote::quoted;
-use nvidia_shim_core::Config;
 use nvidia_shim_proto::{
     decode_runtime_options, decode_start_input, is_runc_create_options, is_runc_options,
     is_runtime_options, RuncCreateOptions,
@@ -13,18 +13,7 @@ use nvidia_shim_proto::{
 use prost::Message;
 
 use crate::error::{Result, ShimError};
-
-/// Environment variable through which `start` passes the config path to the shim daemon.
-pub const CONFIG_PATH_ENV: &str = "NVIDIA_SHIM_CONFIG_PATH";
-
-/// What containerd's options for one container ask of the shim.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CreateOptions {
-    /// The runtime options' `ConfigPath`.
-    pub config_path: Option<PathBuf>,
-    /// The v1 runc options' `ShimCgroup`: the cgroup the shim process goes into.
-    pub shim_cgroup: Option<String>,
-}
+use crate::task::CreateOptions;
 
 /// What containerd's options `Any` asks, by its type: `runtimeoptions.v1.Options` gives the
 /// config file; the runc shim's options (sent when a runc style runtime entry points at this
@@ -118,14 +107,6 @@ pub fn start_input(id: &str, namespace: &str, bytes: &[u8]) -> Result<StartInput
     })
 }
 
-/// Loads the configuration at `path`, or the default file, or defaults.
-pub fn load_config(id: &str, path: Option<&Path>) -> Result<Config> {
-    nvidia_shim_core_host::config::load_or_default(path).map_err(|source| ShimError::Config {
-        id: id.to_owned(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,17 +170,6 @@ mod tests {
         let err = config_path_from_any("c4", &any("runtimeoptions.v1.Options", vec![0x12, 0x09]))
             .unwrap_err();
         assert!(matches!(err, ShimError::InvalidArgument { .. }));
-    }
-
-    #[test]
-    fn broken_config_names_container_and_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "log_level = \"info\"\nbogus = true\n").unwrap();
-        let err = load_config("c5", Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("container c5"), "{err}");
-        assert!(err.contains("c.toml"), "{err}");
-        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Applies a [`ProcOverlay`] inside a created container: libcontainer, like runc, refuses spec
-//! mounts under `/proc`, so the shim does what the toolkit's hook does, from outside and
-//! without running anything in the container. Detached bind mounts of the host-side sources
-//! (`open_tree(OPEN_TREE_CLONE)`, made read-only with `mount_setattr`) are created in the
-//! shim's mount namespace, then the process joins the container's (`setns`) and attaches them
-//! (`move_mount`) over `/proc/driver/nvidia/params` and the unselected GPUs' `gpus/<bus>`.
-//! Targets the container's `/proc` does not have are skipped.
+//! What the create worker applies inside a created container's mount namespace, before the
+//! container starts: what libcontainer 0.7 leaves out of the spec (each mount's propagation,
+//! read-only superblocks, the cgroup mount's flags, idmapped mounts; see `spec_adapt`) and
+//! what a spec editor asked (the `/proc/driver/nvidia` overlay: libcontainer, like runc,
+//! refuses spec mounts under `/proc`, so the shim does what the toolkit's hook does, from
+//! outside and without running anything in the container; the toolkit's `chmod` step).
 //!
-//! [`Prepared::new`] allocates and opens; [`Prepared::attach`] only makes system calls (through
+//! Detached bind mounts of the host-side sources (`open_tree(OPEN_TREE_CLONE)`, made read-only
+//! with `mount_setattr`) are created in the shim's mount namespace, then the process joins the
+//! container's (`setns`) and attaches them (`move_mount`). Targets the container does not
+//! have are skipped.
+//!
+//! [`Detached::new`] allocates and opens; [`Detached::attach`] only makes system calls (through
 //! nix and rustix, whose path arguments use stack buffers below 256 bytes; only an error
 //! message allocates), so it may run in a freshly forked child. It joins another mount
 //! namespace, so the calling process must be single-threaded (the zygote's workers are).
-//!
-//! [`ProcOverlay`]: nvidia_shim_core::proc_overlay::ProcOverlay
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,16 +23,18 @@ use libcontainer::syscall::Syscall;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use rustix::fs::CWD;
-use rustix::mount::{FsPickFlags, MoveMountFlags, OpenTreeFlags};
+use rustix::mount::{FsPickFlags, MoveMountFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::idmap::{idmapped_tree, userns, IdmappedBind};
+use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, with_path, TreeAttr};
 use crate::runtime::spec_adapt::RecursiveMountAttr;
 
 /// What the create worker applies in a created container's mount namespace.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OverlayArgs {
-    /// `(host source, container target)` pairs; a source is a file or a directory.
+pub struct AfterCreate {
+    /// `(host source, container target)` read-only bind mounts (the `/proc/driver/nvidia`
+    /// overlay); a source is a file or a directory.
     pub mounts: Vec<(PathBuf, PathBuf)>,
     /// `(container mount point, mount(2) propagation flags)` to apply (see `spec_adapt`).
     pub propagation: Vec<(PathBuf, u64)>,
@@ -45,7 +49,7 @@ pub struct OverlayArgs {
     pub idmapped: Vec<IdmappedBind>,
 }
 
-impl OverlayArgs {
+impl AfterCreate {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.mounts.is_empty()
@@ -59,7 +63,7 @@ impl OverlayArgs {
 
 /// Detached mounts ready to attach in the container.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Detached {
     ns: OwnedFd,
     mounts: Vec<(OwnedFd, PathBuf)>,
     /// Idmapped binds, attached after making their mount point when missing (a directory, or
@@ -152,39 +156,18 @@ fn set_recursive(attr: &RecursiveMountAttr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn with_path<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> std::io::Error + 'a {
-    let what = what.to_owned();
-    move |e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
 /// A read-only, nosuid, nodev, noexec detached bind mount of `source`.
 fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
-    let fd = rustix::mount::open_tree(
-        CWD,
-        source,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)
-    .map_err(with_path("open_tree", source))?;
-    let attr = MountAttr {
-        attr_set: libc::MOUNT_ATTR_RDONLY
+    let tree = clone_tree(source, false)?;
+    let attr = TreeAttr {
+        set: libc::MOUNT_ATTR_RDONLY
             | libc::MOUNT_ATTR_NOSUID
             | libc::MOUNT_ATTR_NODEV
             | libc::MOUNT_ATTR_NOEXEC,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
+        ..TreeAttr::default()
     };
-    LinuxSyscall
-        .mount_setattr(
-            fd.as_fd(),
-            Path::new(""),
-            libc::AT_EMPTY_PATH as u32,
-            &attr,
-            std::mem::size_of::<MountAttr>(),
-        )
-        .map_err(|e| std::io::Error::other(format!("mount_setattr {}: {e}", source.display())))?;
-    Ok(fd)
+    set_tree_attr(&tree, attr, source)?;
+    Ok(tree)
 }
 
 /// A detached idmapped bind of a spec mount's source, read-only when it asks, through a user
@@ -194,25 +177,12 @@ fn idmapped_bind(m: &IdmappedBind) -> std::io::Result<(OwnedFd, PathBuf, bool)> 
     let ns = userns(&m.uid, &m.gid)?;
     let tree = idmapped_tree(&m.source, ns.as_fd(), m.recursive)?;
     if m.read_only {
-        let attr = MountAttr {
-            attr_set: libc::MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
+        let attr = TreeAttr {
+            set: libc::MOUNT_ATTR_RDONLY,
+            recursive: m.recursive,
+            ..TreeAttr::default()
         };
-        let mut at = libc::AT_EMPTY_PATH as u32;
-        if m.recursive {
-            at |= libc::AT_RECURSIVE as u32;
-        }
-        LinuxSyscall
-            .mount_setattr(
-                tree.as_fd(),
-                Path::new(""),
-                at,
-                &attr,
-                std::mem::size_of::<MountAttr>(),
-            )
-            .map_err(|e| std::io::Error::other(format!("read-only {}: {e}", m.source.display())))?;
+        set_tree_attr(&tree, attr, &m.source)?;
     }
     let is_dir = std::fs::metadata(&m.source)?.is_dir();
     Ok((tree, m.destination.clone(), is_dir))
@@ -250,10 +220,10 @@ pub fn bind_read_only(source: &Path, target: &OwnedFd) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
-impl Prepared {
+impl Detached {
     /// Opens the mount namespace of the container whose init is `pid` and makes the detached
     /// mounts.
-    pub fn new(args: &OverlayArgs, pid: i32) -> std::io::Result<Self> {
+    pub fn new(args: &AfterCreate, pid: i32) -> std::io::Result<Self> {
         let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
         let ns = std::fs::File::open(&ns_path).map_err(with_path("open", &ns_path))?;
         let mounts = args
@@ -314,7 +284,7 @@ impl Prepared {
         result
     }
 
-    /// The work of [`Prepared::attach`] inside the container's mount namespace.
+    /// The work of [`Detached::attach`] inside the container's mount namespace.
     fn apply(&self) -> std::io::Result<usize> {
         // Each mount's own propagation, which libcontainer parses but does not apply.
         for (target, flags) in &self.propagation {
@@ -347,18 +317,14 @@ impl Prepared {
             if rustix::fs::lstat(target).is_err() {
                 make_mount_point(target, *is_dir)?;
             }
-            rustix::mount::move_mount(fd, "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-                .map_err(std::io::Error::from)
-                .map_err(with_path("move_mount onto", target))?;
+            attach(fd, target)?;
         }
         let mut attached = 0;
         for (fd, target) in &self.mounts {
             if rustix::fs::lstat(target).is_err() {
                 continue;
             }
-            rustix::mount::move_mount(fd, "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-                .map_err(std::io::Error::from)
-                .map_err(with_path("move_mount onto", target))?;
+            attach(fd, target)?;
             attached += 1;
         }
         Ok(attached)
@@ -408,8 +374,8 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let prepared = Prepared::new(
-            &OverlayArgs {
+        let prepared = Detached::new(
+            &AfterCreate {
                 mounts: vec![
                     (src.path().join("params"), nv.join("params")),
                     (src.path().join("empty"), nv.join("gpus/b")),
@@ -419,7 +385,7 @@ mod tests {
                         nv.join("capabilities/mig/config"),
                     ),
                 ],
-                ..OverlayArgs::default()
+                ..AfterCreate::default()
             },
             target.id() as i32,
         )

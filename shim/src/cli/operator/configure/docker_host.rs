@@ -16,7 +16,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::cli::containerd_process::{self, ContainerdProcess};
+use crate::cli::operator::containerd_process::{self, ContainerdProcess};
 
 /// The program `docker run --gpus` needs on dockerd's `PATH`.
 pub const LEGACY_HOOK: &str = "nvidia-container-runtime-hook";

@@ -1,9 +1,16 @@
-//! `ShimError`, the one error type of the task service, and its single mapping to ttrpc
-//! status codes (which containerd turns back into `errdefs` errors).
+//! `ShimError`, the one error of the shim's layers (service, task, runtime, I/O, GPU glue),
+//! and its single mapping to ttrpc status codes (which containerd turns back into `errdefs`
+//! errors); [`wire`]: the errors that cross the zygote's channel, typed.
+
+pub mod wire;
+
+use std::sync::Arc;
 
 use containerd_shim::protos::ttrpc::{self, Code};
 use nvidia_shim_core::plan::PlanError;
 use nvidia_shim_core_host::root::RootError;
+
+pub use wire::{OpError, ZygoteError};
 
 /// Result alias of the shim.
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -59,9 +66,10 @@ pub enum ShimError {
     Config {
         /// Container id.
         id: String,
-        /// The loader's error, naming file and line.
+        /// The loader's error, naming file and line (shared: the file is read once, at the
+        /// daemon's start, and every Create that uses it reports it).
         #[source]
-        source: nvidia_shim_core::ConfigError,
+        source: Arc<nvidia_shim_core::ConfigError>,
     },
     /// libcontainer (run in the zygote) refused or failed an operation.
     #[error("container {id}: {op} failed: {source}")]
@@ -70,9 +78,9 @@ pub enum ShimError {
         id: String,
         /// The operation (`create`, `start`, `kill`, ...).
         op: &'static str,
-        /// What failed, as the zygote worker (or the shim's blocking pool) reported it.
+        /// What failed, as the zygote worker (or the shim itself) reported it.
         #[source]
-        source: crate::runtime::driver::OpError,
+        source: OpError,
     },
     /// No zygote worker could run the operation.
     #[error("container {id}: {op} failed: {source}")]
@@ -83,7 +91,7 @@ pub enum ShimError {
         op: &'static str,
         /// What happened to the zygote or its worker.
         #[source]
-        source: crate::runtime::zygote::ZygoteError,
+        source: ZygoteError,
     },
     /// The container's GPUs cannot be given: the request is invalid (`InvalidArgument`) or the
     /// host cannot serve it (`FailedPrecondition`), as [`PlanError::is_invalid_request`] says.
@@ -195,7 +203,7 @@ mod tests {
         let rt = ShimError::Runtime {
             id: "c1".into(),
             op: "create",
-            source: crate::runtime::driver::OpError::Libcontainer {
+            source: OpError::Libcontainer {
                 message: "executable 'nope' not found in $PATH".into(),
                 cause: None,
             },

@@ -208,6 +208,39 @@ pub fn features_json() -> Vec<u8> {
     serde_json::to_vec(&features()).unwrap_or_default()
 }
 
+/// Writes containerd's `RuntimeInfo` for `-info` to stdout: the runtime's name and version,
+/// and the features document.
+pub fn print_info() -> std::process::ExitCode {
+    use containerd_shim::protos::protobuf::{Message, MessageField};
+    use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let info = RuntimeInfo {
+        name: super::RUNTIME_ID.to_owned(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        }),
+        features: MessageField::some(
+            containerd_shim::protos::protobuf::well_known_types::any::Any {
+                type_url: FEATURES_TYPE_URL.to_owned(),
+                value: features_json(),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    match info
+        .write_to_bytes()
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::io::Write::write_all(&mut std::io::stdout(), &b))
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {e}", super::RUNTIME_ID);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

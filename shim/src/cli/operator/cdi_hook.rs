@@ -120,6 +120,6 @@ fn hide_device_modification(bundle: &Path, rootfs: &Root) -> Result<(), String> 
     let target = rootfs
         .open_path(host)
         .map_err(|e| format!("the container's {}: {e}", host.display()))?;
-    crate::gpu::proc_mount::bind_read_only(&source, &target)
+    crate::runtime::after_create::bind_read_only(&source, &target)
         .map_err(|e| format!("mount over the container's {}: {e}", host.display()))
 }

@@ -88,6 +88,34 @@ pub struct MigInfo {
     pub uuid: Option<String>,
 }
 
+impl std::fmt::Display for GpuInfo {
+    /// The GPU's line of the text report.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            index,
+            minor,
+            uuid,
+            bus_id,
+            model,
+            mig_enabled,
+            ..
+        } = self;
+        let mig = if *mig_enabled { "on" } else { "off" };
+        write!(
+            f,
+            "{index} {model} {uuid} bus {bus_id} minor {minor} MIG {mig}"
+        )
+    }
+}
+
+impl std::fmt::Display for MigInfo {
+    /// The MIG device's line of the text report.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uuid = self.uuid.as_deref().unwrap_or("");
+        write!(f, "MIG {} gi {} ci {} {uuid}", self.name, self.gi, self.ci)
+    }
+}
+
 /// A file a container gets: where it is on the host and where it goes.
 #[derive(Debug, Serialize)]
 pub struct FileInfo {
@@ -317,25 +345,9 @@ pub fn text(info: &NodeInfo) -> String {
     );
     let _ = writeln!(out, "GPUs:                {}", info.gpus.len());
     for g in &info.gpus {
-        let _ = writeln!(
-            out,
-            "  {} {} {} bus {} minor {} MIG {}",
-            g.index,
-            g.model,
-            g.uuid,
-            g.bus_id,
-            g.minor,
-            if g.mig_enabled { "on" } else { "off" }
-        );
+        let _ = writeln!(out, "  {g}");
         for m in &g.mig_devices {
-            let _ = writeln!(
-                out,
-                "    MIG {} gi {} ci {} {}",
-                m.name,
-                m.gi,
-                m.ci,
-                m.uuid.as_deref().unwrap_or("")
-            );
+            let _ = writeln!(out, "    {m}");
         }
     }
     for c in &info.capabilities {

@@ -48,8 +48,8 @@ pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 configure containerd [
 Restart containerd (or Docker) afterwards.";
 
 /// The shim configs `configure shim` writes.
-const SHIM_DEFAULT: &str = include_str!("../../../../deploy/shim-config.toml");
-const SHIM_KUBERNETES: &str = include_str!("../../../../deploy/kubernetes/shim-config.toml");
+const SHIM_DEFAULT: &str = include_str!("../../../../../deploy/shim-config.toml");
+const SHIM_KUBERNETES: &str = include_str!("../../../../../deploy/kubernetes/shim-config.toml");
 
 /// Runs `configure` with `args` (after the command word).
 pub fn run(args: &[String]) -> Result<(), String> {

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::containerd::{Containerd, BUSYBOX_IMAGE};
 use crate::image::ImageSpec;
-use crate::shim_binary;
+use crate::{leftovers, shim_binary};
 
 /// The namespace the CRI plugin keeps its containers and images in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -156,30 +156,31 @@ impl Cri {
 
     /// [`Cri::start`] with the shim binary `shim`.
     pub fn start_with(shim: &Path, configs: &HandlerConfigs) -> Result<Self> {
-        let tag = std::process::id() % 10_000;
+        // A bridge, an address range and a cgroup parent per CRI containerd: the tests run
+        // side by side in one process.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = (std::process::id() * 16 + n) % 10_000;
         let bridge = format!("nvcri{tag}");
-        // One parent per CRI containerd: tests of one binary run side by side.
         let cgroup_parent = format!("/{}", crate::unique_id("nvcri"));
-        let cri = |dir: &Path| cri_config(dir, configs, &bridge, tag).map(Some);
-        let configure = |dir: &Path| {
-            Ok(vec![
-                shim.display().to_string(),
-                "configure".into(),
-                "containerd".into(),
-                "--runtime-name".into(),
-                HANDLER.into(),
-                "--config-path-option".into(),
-                dir.join("shim-nvidia.toml").display().to_string(),
-            ])
-        };
-        let containerd = match (&configs.containerd_release, configs.nvidia_by_configure) {
-            (Some(release), true) => {
-                Containerd::start_release_configured_by(release, shim, "info", cri, configure)?
-            }
-            (Some(release), false) => Containerd::start_release(release, shim, "info", cri)?,
-            (None, true) => Containerd::start_configured_by(shim, "info", cri, configure)?,
-            (None, false) => Containerd::start_configured(shim, "info", cri)?,
-        };
+        let mut builder = Containerd::builder()
+            .shim(shim)
+            .log_level("info")
+            .cri(|dir| cri_config(dir, configs, &bridge, tag));
+        if let Some(release) = &configs.containerd_release {
+            builder = builder.release(release);
+        }
+        if configs.nvidia_by_configure {
+            builder = builder.configured_by_shim(|dir| {
+                vec![
+                    "--runtime-name".into(),
+                    HANDLER.into(),
+                    "--config-path-option".into(),
+                    dir.join("shim-nvidia.toml").display().to_string(),
+                ]
+            });
+        }
+        let containerd = builder.start()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -489,17 +490,7 @@ impl Cri {
 
     /// Cgroup directories left under the pods' cgroup parent, on v1 (any controller) or v2.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
-            roots.extend(d.flatten().map(|e| e.path()));
-        }
-        roots
-            .iter()
-            .map(|r| r.join(parent))
-            .filter_map(|p| std::fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .collect()
+        leftovers::cgroups_under(&self.cgroup_parent)
     }
 }
 
@@ -511,26 +502,7 @@ impl Drop for Cri {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        let left = self.leftover_cgroups();
-        for dir in &left {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a process by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for dir in &left {
-            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
-                std::fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
-        }
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
-        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in d.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(parent));
-            }
-        }
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
     }
 }
 

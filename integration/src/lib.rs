@@ -4,11 +4,14 @@
 //! nothing is left behind.
 
 pub mod checks;
+pub mod command;
 pub mod containerd;
 pub mod cri;
+pub mod ctr_run;
 pub mod debian_driver;
 pub mod debian_packages;
 pub mod docker;
+pub mod gpu;
 pub mod image;
 pub mod leftovers;
 pub mod podman;
@@ -18,16 +21,34 @@ pub mod task_api;
 
 use std::path::PathBuf;
 
+/// The repository's root (the workspace holding this crate).
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR`, else `target` in the repository.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_dir().join("target"))
+}
+
 /// The shim binary under test: `$NVIDIA_SHIM_BIN`, else the workspace's debug build.
 pub fn shim_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NVIDIA_SHIM_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("NVIDIA_SHIM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => target_dir().join("debug").join("containerd-shim-nvidia-v2"),
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../target"));
-    target.join("debug").join("containerd-shim-nvidia-v2")
+}
+
+/// Whether the test runs as root; when not, records it as skipped because `why` needs root.
+pub fn is_root(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        skip(test, &format!("needs root ({why})"));
+    }
+    root
 }
 
 /// Says that `test` is skipped and why: on stderr, and as a line in the file named by
@@ -49,9 +70,7 @@ pub fn skip(test: &str, why: &str) {
 
 /// Whether the tests that need root and containerd can run; prints why not when they can't.
 pub fn can_run_containerd(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "needs root (containerd, mounts, cgroups)");
+    if !is_root(test, "containerd, mounts, cgroups") {
         return false;
     }
     if which("containerd").is_none() || which("ctr").is_none() {

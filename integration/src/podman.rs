@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::containerd::wait_output;
+use crate::command::{output_within, stdout_ok, wait_output};
 use crate::image::ImageSpec;
+use crate::leftovers;
 
 /// The mount namespace's set-up, run by `sh` under `unshare --mount --propagation private`:
 /// `$1` is the temp dir. Prints `ready`, then holds the namespace.
@@ -197,29 +198,16 @@ impl Podman {
 
     /// Runs `podman ARGS` with no stdin and a 120 s limit.
     pub fn podman(&self, args: &[&str]) -> Result<Output> {
-        let mut child = self
-            .podman_cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn podman")?;
-        wait_output(&mut child, Duration::from_secs(120))
-            .with_context(|| format!("podman {args:?}"))
+        output_within(
+            &mut self.podman_cmd(args),
+            Duration::from_secs(120),
+            format_args!("podman {args:?}"),
+        )
     }
 
     /// Runs `podman ARGS`, failing unless it exits 0; returns its stdout, trimmed.
     pub fn podman_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.podman(args)?;
-        if !out.status.success() {
-            bail!(
-                "podman {args:?} exited {:?}: {}{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        stdout_ok(format_args!("podman {args:?}"), &self.podman(args)?)
     }
 
     /// Loads `image` as `name` (`docker.io/library/x:tag`) with `podman load` of an OCI image
@@ -253,7 +241,7 @@ impl Podman {
     /// once every container is removed), and processes in them.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        for dir in self.cgroup_dirs() {
+        for dir in leftovers::cgroups_under(&self.cgroup_parent) {
             if dir.file_name().is_some_and(|n| n == "conmon") {
                 let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
                 left.extend(procs.lines().map(|p| format!("conmon process {p}")));
@@ -264,21 +252,6 @@ impl Podman {
         left
     }
 
-    /// Cgroup directories under the cgroup parent, on v1 (any controller) or v2.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-            roots.extend(d.flatten().map(|e| e.path()));
-        }
-        roots
-            .iter()
-            .map(|r| r.join(parent))
-            .filter_map(|p| fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .collect()
-    }
-
     /// Removes every container (`podman rm -af -t 0`), kills what is left in its cgroups,
     /// ends the namespace holder and removes its cgroup parent. Idempotent; dropping does it
     /// too.
@@ -286,26 +259,7 @@ impl Podman {
         if self.holder.is_some() {
             let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
         }
-        let dirs = self.cgroup_dirs();
-        for dir in &dirs {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a process by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for dir in &dirs {
-            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
-                fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
-        }
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
-        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-            for e in d.flatten() {
-                let _ = fs::remove_dir(e.path().join(parent));
-            }
-        }
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
         if let Some(mut holder) = self.holder.take() {
             let _ = holder.kill();
             let _ = holder.wait();

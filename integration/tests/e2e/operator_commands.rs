@@ -5,45 +5,21 @@
 //! on Debian's packaged driver (golden file); `doctor` on this machine and on a fake node.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
-use nvidia_shim_integration::checks::text;
-use nvidia_shim_integration::containerd::{wait_output, Containerd};
+use nvidia_shim_integration::command::{shim, text};
+use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
 use nvidia_shim_integration::debian_driver::debian_driver;
-use nvidia_shim_integration::{can_run_containerd, shim_binary, skip, which};
+use nvidia_shim_integration::gpu::{write_config, Gpus};
+use nvidia_shim_integration::{can_run_containerd, is_root, leftovers, shim_binary, skip, which};
 use serde_json::Value;
 
-fn shim(args: &[&str]) -> Result<Output> {
-    Command::new(shim_binary())
-        .args(args)
-        .output()
-        .context("run the shim binary")
-}
-
-/// Runs the shim binary with `args`, failing (and killing it) past 20 s: a read that blocks
-/// on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
-fn shim_bounded(args: &[&str]) -> Result<Output> {
-    let mut child = Command::new(shim_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run the shim binary")?;
-    wait_output(&mut child, Duration::from_secs(20)).with_context(|| format!("{args:?}"))
-}
-
+/// Whether the test runs as root, which the fake driver's device nodes need (mknod).
 fn root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "the fake driver's device nodes need mknod (root)");
-        return false;
-    }
-    true
+    is_root(test, "the fake driver's device nodes need mknod")
 }
 
 #[test]
@@ -120,11 +96,7 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
         cri.sh(&app, "echo through the configured handler")?.trim(),
         "through the configured handler"
     );
-    let shim_pid = std::fs::read_to_string(format!("/proc/{}/stat", cri.pid_of(&app)?))?
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().nth(1).map(str::to_owned))
-        .context("ppid")?;
+    let shim_pid = leftovers::parent_pid(cri.pid_of(&app)?).context("ppid")?;
     let exe = std::fs::read_link(format!("/proc/{shim_pid}/exe"))?;
     assert!(
         exe.ends_with("containerd-shim-nvidia-v2"),
@@ -314,11 +286,9 @@ fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
     if !root("info_and_cdi_list_describe_a_fake_driver") {
         return Ok(());
     }
-    let fake = FakeDriver::builder().gpus(2).build();
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, fake.shim_config())?;
-    let cfg = config.display().to_string();
+    let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(2).build())?;
+    let cfg = g.config.clone();
     let out = shim(&["info", "--json", "--config", &cfg])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info: Value = serde_json::from_slice(&out.stdout)?;
@@ -375,11 +345,10 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
         return Ok(());
     }
     let driver = debian_driver()?;
-    let kernel = driver.kernel(1);
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, kernel.shim_config())?;
-    let out = shim(&["info", "--json", "--config", &config.display().to_string()])?;
+    let g = Gpus::debian(dir.path(), 1)?;
+    let kernel = &g.driver;
+    let out = shim(&["info", "--json", "--config", &g.config])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got = text(&out.stdout)
         .replace(&driver.root.display().to_string(), "<debian-root>")
@@ -393,7 +362,7 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
         .with_context(|| format!("{} (UPDATE_GOLDEN=1 writes it)", golden.display()))?;
     assert_eq!(got, want, "info --json differs from {}", golden.display());
     // The spec `cdi generate` would write for it holds the names nvidia-ctk gives.
-    let list = shim(&["cdi", "list", "--config", &config.display().to_string()])?;
+    let list = shim(&["cdi", "list", "--config", &g.config])?;
     assert!(list.status.success(), "{}", text(&list.stderr));
     let info: Value = serde_json::from_slice(&out.stdout)?;
     let uuid = info["gpus"][0]["uuid"].as_str().unwrap_or_default();
@@ -410,9 +379,8 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
     // This machine: no NVIDIA kernel module.
     if !Path::new("/proc/driver/nvidia/version").exists() {
         let dir = tempfile::tempdir()?;
-        let config = dir.path().join("shim.toml");
-        std::fs::write(&config, "")?;
-        let out = shim(&["doctor", "--config", &config.display().to_string()])?;
+        let config = write_config(dir.path(), "")?;
+        let out = shim(&["doctor", "--config", &config])?;
         assert!(!out.status.success(), "doctor passed without a driver");
         let report = text(&out.stdout);
         let first = report.lines().next().unwrap_or_default();
@@ -429,27 +397,17 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
         return Ok(());
     }
     // A fake node with a private containerd the binary configured.
-    let fake = FakeDriver::builder().gpus(2).build();
-    let c = Containerd::start_configured_by(
-        &shim_binary(),
-        "info",
-        |_| Ok(None),
-        |_| {
-            Ok(vec![
-                shim_binary().display().to_string(),
-                "configure".into(),
-                "containerd".into(),
-            ])
-        },
-    )?;
+    let c = Containerd::builder()
+        .log_level("info")
+        .configured_by_shim(|_| Vec::new())
+        .start()?;
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, fake.shim_config())?;
+    let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(2).build())?;
     let out = shim(&[
         "doctor",
         "--json",
         "--config",
-        &config.display().to_string(),
+        &g.config,
         "--containerd-config",
         &c.dir().join("config.toml").display().to_string(),
         "--containerd-socket",
@@ -543,7 +501,8 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     std::fs::write(&daemon, "{\"data-root\": \"/srv/docker\"}")?;
     let daemon_link = etc.join("daemon.json");
     std::os::unix::fs::symlink(&daemon, &daemon_link)?;
-    // The hook programs linked in the test's directory, never the host's /usr.
+    // The hook programs linked in the test's directory, never the host's /usr (where they
+    // would change what every later `configure docker` does).
     let hooks = dir.path().join("hooks");
     let out = shim(&[
         "configure",
@@ -638,14 +597,14 @@ fn operator_commands_refuse_config_paths_that_are_not_small_regular_files() -> R
             &["doctor", "--config", &p],
         ];
         for args in commands {
-            let out = shim_bounded(args)?;
+            let out = shim(args)?;
             assert!(!out.status.success(), "{args:?} succeeded");
             let err = text(&out.stderr);
             assert!(err.contains(&format!("{p} {cause}")), "{args:?}: {err}");
             assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         }
         // doctor checks containerd's config as one of its checks: that check fails, naming it.
-        let out = shim_bounded(&["doctor", "--config", &empty, "--containerd-config", &p])?;
+        let out = shim(&["doctor", "--config", &empty, "--containerd-config", &p])?;
         assert!(!out.status.success(), "doctor passed with {p}");
         let report = text(&out.stdout);
         let line = report
@@ -685,7 +644,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
     std::fs::write(&shim_cfg, "accept_envvar_when_unprivileged = false\n")?;
     let shim_cfg = shim_cfg.display().to_string();
     let doctor = |config: &Path| {
-        shim_bounded(&[
+        shim(&[
             "doctor",
             "--json",
             "--config",
@@ -778,7 +737,7 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
     let shim_cfg = dir.path().join("shim.toml");
     std::fs::write(&shim_cfg, "")?;
     let doctor = |c: &Containerd| {
-        shim_bounded(&[
+        shim(&[
             "doctor",
             "--json",
             "--config",
@@ -825,7 +784,7 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
             dir.path().join("none.sock").display()
         ),
     )?;
-    let out = shim_bounded(&[
+    let out = shim(&[
         "doctor",
         "--json",
         "--config",

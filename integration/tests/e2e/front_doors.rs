@@ -6,20 +6,22 @@
 //! that nothing is left behind: no dockerd, containerd, shim or conmon, no mount, no cgroup.
 //! A front door that cannot be fetched or run here makes its tests SKIP with the reason.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
-use nvidia_shim_core_host::fixture::{FakeDriver, Layout};
-use nvidia_shim_integration::checks::eventually;
+use nvidia_shim_integration::checks::{alike, assert_clean, eventually};
+use nvidia_shim_integration::command::text;
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
-use nvidia_shim_integration::debian_packages::{self, Unpacked};
+use nvidia_shim_integration::ctr_run::Seen;
+use nvidia_shim_integration::debian_packages::{self, or_skip, Unpacked};
 use nvidia_shim_integration::docker::Docker;
-use nvidia_shim_integration::image::ImageSpec;
+use nvidia_shim_integration::gpu::{write_config, Gpus};
+use nvidia_shim_integration::image::{Entry, ImageSpec};
 use nvidia_shim_integration::podman::{crun_unusable, Podman};
+use nvidia_shim_integration::probe::{self, IMAGE as PROBE_IMAGE};
 use nvidia_shim_integration::pty::PtyChild;
 use nvidia_shim_integration::{can_run_containerd, leftovers, skip, which};
 
@@ -34,44 +36,53 @@ const CDI_SPEC: &str = r#"{"cdiVersion": "0.3.0", "kind": "nvtest.example/dev",
   "devices": [{"name": "one", "containerEdits": {"env": ["FROM_CDI=one"]}}]}"#;
 const CDI_DEVICE: &str = "nvtest.example/dev=one";
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Debian trixie's Docker, or `None` after saying why the test skips.
 fn docker_release(test: &str) -> Option<&'static Unpacked> {
-    if !can_run_containerd(test) {
-        return None;
-    }
-    match debian_packages::docker() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            skip(
-                test,
-                &format!("Debian trixie's Docker could not be fetched: {e:#}"),
-            );
-            None
-        }
-    }
+    or_skip(test, "Debian trixie's Docker", debian_packages::docker)
 }
 
-/// A private containerd with the shim under test, and a shim config file for `fake` (an empty
-/// config without one).
-fn containerd_with_config(fake: Option<&FakeDriver>) -> Result<(Containerd, std::path::PathBuf)> {
-    let c = Containerd::start()?;
-    let config = c.dir().join("shim-config.toml");
-    std::fs::write(
-        &config,
-        fake.map(FakeDriver::shim_config).unwrap_or_default(),
-    )?;
-    Ok((c, config))
+/// Debian trixie's containerd 1.7, or `None` after saying why the test skips.
+fn containerd17(test: &str) -> Option<&'static Unpacked> {
+    or_skip(
+        test,
+        "Debian trixie's containerd 1.7",
+        debian_packages::containerd17,
+    )
 }
 
-/// dockerd with the `nvidia` runtime registered by `configure docker`, and the busybox image.
-fn dockerd<'a>(release: &Unpacked, c: &'a Containerd, config: &Path) -> Result<Docker<'a>> {
-    let d = Docker::start_configured(release, c, "", NVIDIA, config)?;
-    d.import(&ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
-    Ok(d)
+/// dockerd with the `nvidia` runtime registered by `configure docker` with the shim config
+/// `config` (and `configure`'s flags; the hook programs linked in the test's own directory),
+/// `daemon_json` and the busybox image.
+fn dockerd<'a>(
+    release: &Unpacked,
+    c: &'a Containerd,
+    config: &str,
+    daemon_json: &str,
+    configure: &[&str],
+) -> Result<Docker<'a>> {
+    Docker::with_runtime(release, c, daemon_json, (NVIDIA, config), configure)
+}
+
+/// The `daemon.json` of a dockerd with Docker's own CDI on, reading specs from `dir`.
+fn cdi_daemon_json(dir: &Path) -> String {
+    serde_json::json!({"features": {"cdi": true}, "cdi-spec-dirs": [dir]}).to_string()
+}
+
+/// A temp dir for CDI specs.
+fn cdi_dir() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("nvcdi")
+        .tempdir_in("/tmp")?)
+}
+
+/// Asserts that process `pid` (a daemon the test stopped) no longer runs.
+fn assert_gone(what: &str, pid: Option<u32>) {
+    if let Some(p) = pid {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "{what} {p} still runs"
+        );
+    }
 }
 
 /// Stops dockerd and checks that neither it nor anything of its containers is left:
@@ -82,16 +93,11 @@ fn finish_docker(mut d: Docker<'_>) {
         left.is_empty(),
         "left behind with every container removed: {left:?}"
     );
-    let dockerd = d.pid().map(|p| p as i32);
+    let dockerd = d.pid();
     let dir = d.dir().to_path_buf();
     d.shutdown();
     drop(d);
-    if let Some(p) = dockerd {
-        assert!(
-            !Path::new(&format!("/proc/{p}")).exists(),
-            "dockerd {p} still runs"
-        );
-    }
+    assert_gone("dockerd", dockerd);
     let mounts = leftovers::mounts_under(&dir);
     assert!(
         mounts.is_empty(),
@@ -101,16 +107,9 @@ fn finish_docker(mut d: Docker<'_>) {
 
 /// Stops containerd and checks that neither it nor a shim or mount of it is left.
 fn finish_containerd(mut c: Containerd) {
-    let containerd = c.pid().map(|p| p as i32);
+    let containerd = c.pid();
     c.shutdown();
-    if let Some(p) = containerd {
-        assert!(
-            !Path::new(&format!("/proc/{p}")).exists(),
-            "containerd {p} still runs"
-        );
-    }
-    let shims = leftovers::shim_pids(&c.socket());
-    assert!(shims.is_empty(), "shims left: {shims:?}");
+    assert_no_containerd(containerd, &c.socket());
     let mounts = leftovers::mounts_under(c.dir());
     assert!(
         mounts.is_empty(),
@@ -118,8 +117,47 @@ fn finish_containerd(mut c: Containerd) {
     );
 }
 
-/// What a run showed: exit code, stdout, stderr.
-type Seen = (Option<i32>, String, String);
+/// Asserts that containerd `pid`, stopped, and the shims of its `socket` are gone.
+fn assert_no_containerd(pid: Option<u32>, socket: &Path) {
+    assert_gone("containerd", pid);
+    let shims = leftovers::shim_pids(socket);
+    assert!(shims.is_empty(), "shims left: {shims:?}");
+}
+
+/// `docker run --rm --runtime RUNTIME FLAGS... BUSYBOX sh -c SCRIPT`: what it showed, once
+/// checked that the container left nothing behind.
+fn docker_sh(d: &Docker<'_>, runtime: &str, flags: &[&str], script: &str) -> Result<Seen> {
+    let mut args = vec!["--rm", "--runtime", runtime];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[BUSYBOX_IMAGE, "sh", "-c", script]);
+    let (out, id) = d.run(&args)?;
+    d.assert_clean(&id);
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
+/// `docker run -it --rm --runtime RUNTIME BUSYBOX sh` on a 24x80 terminal; the container's
+/// id is written to the returned file.
+fn docker_tty(d: &Docker<'_>, name: &str, runtime: &str) -> Result<(PtyChild, PathBuf)> {
+    let cidfile = d.dir().join(format!("{name}-{runtime}.cid"));
+    let cid = cidfile.display().to_string();
+    let args = [
+        "run",
+        "-it",
+        "--rm",
+        "--cidfile",
+        &cid,
+        "--runtime",
+        runtime,
+    ];
+    let mut args = args.to_vec();
+    args.extend_from_slice(&[BUSYBOX_IMAGE, "sh"]);
+    Ok((PtyChild::spawn(d.docker_cmd(&args), 24, 80)?, cidfile))
+}
+
+/// The container id in `cidfile`.
+fn cid(cidfile: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(cidfile)?.trim().to_owned())
+}
 
 #[test]
 fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
@@ -127,21 +165,19 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let (c, config) = containerd_with_config(None)?;
-    let d = dockerd(release, &c, &config)?;
+    let c = Containerd::start()?;
+    let config = write_config(c.dir(), "")?;
+    let d = dockerd(release, &c, &config, "", &[])?;
     let json: serde_json::Value = serde_json::from_str(&d.daemon_json())?;
     assert_eq!(
         json["runtimes"][NVIDIA]["runtimeType"], "io.containerd.nvidia.v2",
         "configure docker wrote the runtime entry: {json}"
     );
-    assert_eq!(
-        json["runtimes"][NVIDIA]["options"]["ConfigPath"],
-        config.display().to_string()
-    );
+    assert_eq!(json["runtimes"][NVIDIA]["options"]["ConfigPath"], config);
 
-    let mut seen: Vec<(Seen, Seen)> = Vec::new();
-    for runtime in RUNTIMES {
+    let seen = alike("docker run", RUNTIMES, |runtime| {
         // Output, exit code and --rm.
+        let plain = "echo out; echo err >&2; exit 3";
         let (out, id) = d.run(&[
             "--rm",
             "--runtime",
@@ -149,7 +185,7 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
             BUSYBOX_IMAGE,
             "sh",
             "-c",
-            "echo out; echo err >&2; exit 3",
+            plain,
         ])?;
         let plain = (out.status.code(), text(&out.stdout), text(&out.stderr));
         d.assert_clean(&id);
@@ -158,30 +194,13 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
 
         // -it: a terminal of its own, what is typed, its size once the client has set it,
         // the exit code.
-        let cidfile = d.dir().join(format!("tty-{runtime}.cid"));
-        let cid = cidfile.display().to_string();
-        let mut tty = PtyChild::spawn(
-            d.docker_cmd(&[
-                "run",
-                "-it",
-                "--rm",
-                "--cidfile",
-                &cid,
-                "--runtime",
-                runtime,
-                BUSYBOX_IMAGE,
-                "sh",
-            ]),
-            24,
-            80,
-        )?;
+        let (mut tty, cidfile) = docker_tty(&d, "tty", runtime)?;
         tty.send("tty; echo $((6 * 7))-done\n")?;
         let shown = tty.expect("42-done")?;
         let sized = tty.retry_until("stty size\n", "24 80")?;
         tty.send("exit 5\n")?;
         let status = tty.wait()?;
-        let id = std::fs::read_to_string(&cidfile)?.trim().to_owned();
-        d.assert_clean(&id);
+        d.assert_clean(&cid(&cidfile)?);
         let terminal = (
             status.code(),
             [("/dev/pts/0", &shown), ("24 80", &sized)]
@@ -191,14 +210,13 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
                 .collect::<String>(),
             String::new(),
         );
-        seen.push((plain, terminal));
-    }
+        Ok((plain, terminal))
+    })?;
     let expected = (
         (Some(3), "out\n".to_owned(), "err\n".to_owned()),
         (Some(5), "/dev/pts/0\n24 80\n".to_owned(), String::new()),
     );
-    assert_eq!(seen[0], expected, "runc");
-    assert_eq!(seen[1], seen[0], "nvidia as runc");
+    assert_eq!(seen, expected, "runc and nvidia");
     finish_docker(d);
     finish_containerd(c);
     Ok(())
@@ -213,30 +231,14 @@ fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let (c, config) = containerd_with_config(None)?;
-    let d = dockerd(release, &c, &config)?;
-    let mut seen = Vec::new();
-    for runtime in RUNTIMES {
-        let cidfile = d.dir().join(format!("size-{runtime}.cid"));
-        let cid = cidfile.display().to_string();
-        let mut tty = PtyChild::spawn(
-            d.docker_cmd(&[
-                "run",
-                "-it",
-                "--rm",
-                "--cidfile",
-                &cid,
-                "--runtime",
-                runtime,
-                BUSYBOX_IMAGE,
-                "sh",
-            ]),
-            24,
-            80,
-        )?;
+    let c = Containerd::start()?;
+    let config = write_config(c.dir(), "")?;
+    let d = dockerd(release, &c, &config, "", &[])?;
+    let at_once = alike("stty size at once", RUNTIMES, |runtime| {
+        let (mut tty, cidfile) = docker_tty(&d, "size", runtime)?;
         tty.send("stty size; echo $((6 * 7))-done\n")?;
         let shown = tty.expect("42-done")?;
-        let id = std::fs::read_to_string(&cidfile)?.trim().to_owned();
+        let id = cid(&cidfile)?;
         let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
             c.state_dir()
                 .join("io.containerd.runtime.v2.task/moby")
@@ -251,9 +253,9 @@ fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result
             serde_json::json!({"height": 24, "width": 80}),
             "{runtime}"
         );
-        seen.push(shown.contains("\r\n24 80\r\n"));
-    }
-    assert_eq!(seen, [true, true], "stty size at once under runc, nvidia");
+        Ok(shown.contains("\r\n24 80\r\n"))
+    })?;
+    assert!(at_once, "stty size at once under runc, nvidia");
     finish_docker(d);
     finish_containerd(c);
     Ok(())
@@ -265,51 +267,44 @@ fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let (c, config) = containerd_with_config(None)?;
-    let d = dockerd(release, &c, &config)?;
-    let mut seen = Vec::new();
-    for runtime in RUNTIMES {
-        let (out, id) = d.run(&[
-            "-d",
-            "--runtime",
-            runtime,
-            BUSYBOX_IMAGE,
-            "sh",
-            "-c",
-            "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done",
-        ])?;
+    let c = Containerd::start()?;
+    let config = write_config(c.dir(), "")?;
+    let d = dockerd(release, &c, &config, "", &[])?;
+    let detached = |runtime: &str, cmd: &[&str]| -> Result<String> {
+        let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
+        args.extend_from_slice(cmd);
+        let (out, id) = d.run(&args)?;
         ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+        Ok(id)
+    };
+    let seen = alike("docker exec, logs, stop, kill, wait", RUNTIMES, |runtime| {
+        let script =
+            "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done";
+        let id = detached(runtime, &["sh", "-c", script])?;
         eventually("the container's first line in docker logs", || {
             d.docker_ok(&["logs", &id])
                 .is_ok_and(|l| l.contains("started"))
         })?;
-        let exec = d.docker(&[
-            "exec",
-            &id,
-            "sh",
-            "-c",
-            "echo exec-out; echo exec-err >&2; exit 4",
-        ])?;
+        let script = "echo exec-out; echo exec-err >&2; exit 4";
+        let exec = d.docker(&["exec", &id, "sh", "-c", script])?;
         let exec = (exec.status.code(), text(&exec.stdout), text(&exec.stderr));
         let state = d.inspect(&id, "{{.State.Status}}")?;
         // stop: SIGTERM, which the trap turns into exit 7; wait and inspect report it.
         d.docker_ok(&["stop", "-t", "20", &id])?;
         let waited = d.docker_ok(&["wait", &id])?;
         let code = d.inspect(&id, "{{.State.ExitCode}}")?;
-        let logs = d.docker(&["logs", &id])?;
-        let logs = text(&logs.stdout);
+        let logs = text(&d.docker(&["logs", &id])?.stdout);
         d.docker_ok(&["rm", &id])?;
         d.assert_clean(&id);
 
         // kill: SIGKILL; wait reports 137.
-        let (out, id) = d.run(&["-d", "--runtime", runtime, BUSYBOX_IMAGE, "sleep", "600"])?;
-        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+        let id = detached(runtime, &["sleep", "600"])?;
         d.docker_ok(&["kill", &id])?;
         let killed = d.docker_ok(&["wait", &id])?;
         d.docker_ok(&["rm", &id])?;
         d.assert_clean(&id);
-        seen.push((exec, state, waited, code, logs, killed));
-    }
+        Ok((exec, state, waited, code, logs, killed))
+    })?;
     let expected = (
         (Some(4), "exec-out\n".to_owned(), "exec-err\n".to_owned()),
         "running".to_owned(),
@@ -318,8 +313,7 @@ fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
         "started\ngot-term\n".to_owned(),
         "137".to_owned(),
     );
-    assert_eq!(seen[0], expected, "runc");
-    assert_eq!(seen[1], seen[0], "nvidia as runc");
+    assert_eq!(seen, expected, "runc and nvidia");
     finish_docker(d);
     finish_containerd(c);
     Ok(())
@@ -331,10 +325,10 @@ fn docker_restart_on_failure_matches_runc() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let (c, config) = containerd_with_config(None)?;
-    let d = dockerd(release, &c, &config)?;
-    let mut seen = Vec::new();
-    for runtime in RUNTIMES {
+    let c = Containerd::start()?;
+    let config = write_config(c.dir(), "")?;
+    let d = dockerd(release, &c, &config, "", &[])?;
+    let seen = alike("docker run --restart on-failure:2", RUNTIMES, |runtime| {
         let (out, id) = d.run(&[
             "-d",
             "--restart",
@@ -360,14 +354,10 @@ fn docker_restart_on_failure_matches_runc() -> Result<()> {
         let logs = text(&d.docker(&["logs", &id])?.stdout);
         d.docker_ok(&["rm", &id])?;
         d.assert_clean(&id);
-        seen.push((state, logs));
-    }
-    assert_eq!(
-        seen[0],
-        ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned()),
-        "runc"
-    );
-    assert_eq!(seen[1], seen[0], "nvidia as runc");
+        Ok((state, logs))
+    })?;
+    let expected = ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned());
+    assert_eq!(seen, expected, "runc and nvidia");
     finish_docker(d);
     finish_containerd(c);
     Ok(())
@@ -379,29 +369,20 @@ fn docker_nvidia_visible_devices_all_gets_both_fake_gpus() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(2).layout(Layout::Distro).build();
-    let (c, config) = containerd_with_config(Some(&fake))?;
-    let d = dockerd(release, &c, &config)?;
-    let mut nodes = HashMap::new();
+    let c = Containerd::start()?;
+    let g = Gpus::fake(c.dir(), 2)?;
+    let d = dockerd(release, &c, &g.config, "", &[])?;
+    let script = "cd /dev && for n in nvidia[0-9]*; do test -e \"$n\" && stat -c \"$n %t:%T\" \"$n\"; done; true";
+    let env = ["-e", "NVIDIA_VISIBLE_DEVICES=all"];
+    let mut nodes = Vec::new();
     for runtime in RUNTIMES {
-        let (out, id) = d.run(&[
-            "--rm",
-            "--runtime",
-            runtime,
-            "-e",
-            "NVIDIA_VISIBLE_DEVICES=all",
-            BUSYBOX_IMAGE,
-            "sh",
-            "-c",
-            "cd /dev && for n in nvidia[0-9]*; do test -e \"$n\" && stat -c \"$n %t:%T\" \"$n\"; done; true",
-        ])?;
-        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-        d.assert_clean(&id);
-        nodes.insert(runtime, text(&out.stdout));
+        let (code, out, err) = docker_sh(&d, runtime, &env, script)?;
+        ensure!(code == Some(0), "{runtime}: {err}");
+        nodes.push(out);
     }
-    assert_eq!(nodes["runc"], "", "runc injects nothing");
+    assert_eq!(nodes[0], "", "runc injects nothing");
     assert_eq!(
-        nodes[NVIDIA], "nvidia0 c3:0\nnvidia1 c3:1\n",
+        nodes[1], "nvidia0 c3:0\nnvidia1 c3:1\n",
         "both GPUs through the runtime's options.ConfigPath"
     );
     finish_docker(d);
@@ -409,21 +390,22 @@ fn docker_nvidia_visible_devices_all_gets_both_fake_gpus() -> Result<()> {
     Ok(())
 }
 
+/// `podman run --rm ARGS...`: exit code and stdout.
+fn podman_run(p: &Podman, args: &[&str]) -> Result<(Option<i32>, String, String)> {
+    let mut all = vec!["run", "--rm"];
+    all.extend_from_slice(args);
+    let out = p.podman(&all)?;
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
 /// A podman smoke run under `runtime`: output and exit code, a detached container with exec
 /// and stop, a CDI device from the private `/etc/cdi`; nothing left.
 fn podman_smoke(runtime: &str) -> Result<()> {
     let mut p = Podman::start(runtime)?;
     p.import(&ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
-    let out = p.podman(&[
-        "run",
-        "--rm",
-        BUSYBOX_IMAGE,
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 3",
-    ])?;
+    let script = "echo out; echo err >&2; exit 3";
     assert_eq!(
-        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        podman_run(&p, &[BUSYBOX_IMAGE, "sh", "-c", script])?,
         (Some(3), "out\n".to_owned(), "err\n".to_owned()),
         "{runtime}"
     );
@@ -438,22 +420,16 @@ fn podman_smoke(runtime: &str) -> Result<()> {
 
     // podman sees the test's CDI directory as /etc/cdi.
     std::fs::write(p.cdi_dir().join("nvtest.json"), CDI_SPEC)?;
-    let out = p.podman(&[
-        "run",
-        "--rm",
+    let cdi = [
         "--device",
         CDI_DEVICE,
         BUSYBOX_IMAGE,
         "sh",
         "-c",
         "echo $FROM_CDI",
-    ])?;
-    assert_eq!(
-        (out.status.code(), text(&out.stdout)),
-        (Some(0), "one\n".to_owned()),
-        "{runtime}: {}",
-        text(&out.stderr)
-    );
+    ];
+    let (code, out, err) = podman_run(&p, &cdi)?;
+    assert_eq!((code, out.as_str()), (Some(0), "one\n"), "{runtime}: {err}");
     assert!(
         !Path::new("/etc/cdi/nvtest.json").exists(),
         "the host's /etc/cdi is untouched"
@@ -486,6 +462,19 @@ fn podman_can_run(test: &str) -> bool {
     true
 }
 
+/// The OCI runtimes podman can run here, `crun` first; why crun cannot, if it cannot.
+fn podman_runtimes() -> (Vec<&'static str>, Option<String>) {
+    match crun_unusable() {
+        None if which("crun").is_some() => (vec!["crun", "runc"], None),
+        why => (
+            vec!["runc"],
+            Some(why.unwrap_or_else(|| {
+                "crun not installed (scripts/install-deps.sh installs it)".to_owned()
+            })),
+        ),
+    }
+}
+
 #[test]
 fn podman_runs_a_container_under_runc() -> Result<()> {
     if !podman_can_run("podman_runs_a_container_under_runc") {
@@ -500,61 +489,53 @@ fn podman_runs_a_container_under_crun() -> Result<()> {
     if !podman_can_run(test) {
         return Ok(());
     }
-    if which("crun").is_none() {
-        skip(
-            test,
-            "crun not installed (scripts/install-deps.sh installs it)",
-        );
-        return Ok(());
-    }
-    if let Some(why) = crun_unusable() {
+    if let (_, Some(why)) = podman_runtimes() {
         skip(test, &why);
         return Ok(());
     }
     podman_smoke("crun")
 }
 
+/// A CRI containerd of `release` with its own CDI on, reading specs from `cdi`, with the
+/// `nvidia` handler's shim config `nvidia`.
+fn cri17(release: &Unpacked, cdi: &Path, nvidia: String) -> Result<Cri> {
+    Cri::start(&HandlerConfigs {
+        nvidia,
+        containerd_release: Some(release.bin_dir()),
+        cdi_spec_dirs: vec![cdi.to_path_buf()],
+        ..HandlerConfigs::default()
+    })
+}
+
+/// A pod through the `nvidia` handler with one app container (`image`, default busybox)
+/// sleeping, given the CDI devices `devices`; the pod's and the app's ids.
+fn cdi_pod(cri: &Cri, name: &str, image: Option<&str>, devices: &[&str]) -> Result<[String; 2]> {
+    let opts = PodOptions::default();
+    let pod = cri.run_pod(name, HANDLER, &opts)?;
+    let app = ContainerOptions {
+        cdi_devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+        image: image.map(str::to_owned),
+        ..ContainerOptions::sh("app", "exec sleep 1000")
+    };
+    let app = cri.run_container(&pod, name, &opts, &app)?;
+    Ok([pod, app])
+}
+
 #[test]
 fn containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices() -> Result<()> {
     let test = "containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices";
-    if !can_run_containerd(test) {
+    let Some(release) = containerd17(test) else {
         return Ok(());
-    }
-    let release = match debian_packages::containerd17() {
-        Ok(r) => r,
-        Err(e) => {
-            skip(
-                test,
-                &format!("Debian trixie's containerd 1.7 could not be fetched: {e:#}"),
-            );
-            return Ok(());
-        }
     };
-    let cdi = tempfile::Builder::new()
-        .prefix("nvcdi")
-        .tempdir_in("/tmp")?;
+    let cdi = cdi_dir()?;
     std::fs::write(cdi.path().join("nvtest.json"), CDI_SPEC)?;
-    let cri = Cri::start(&HandlerConfigs {
-        containerd_release: Some(release.bin_dir()),
-        cdi_spec_dirs: vec![cdi.path().to_path_buf()],
-        ..HandlerConfigs::default()
-    })?;
+    let cri = cri17(release, cdi.path(), String::new())?;
     let version = text(&cri.containerd.ctr(&["version"])?.stdout);
     assert!(
         version.contains("Version:  1.7."),
         "the server is trixie's containerd 1.7: {version}"
     );
-    let opts = PodOptions::default();
-    let pod = cri.run_pod("door", HANDLER, &opts)?;
-    let app = cri.run_container(
-        &pod,
-        "door",
-        &opts,
-        &ContainerOptions {
-            cdi_devices: vec![CDI_DEVICE.into()],
-            ..ContainerOptions::sh("app", "exec sleep 1000")
-        },
-    )?;
+    let [pod, app] = cdi_pod(&cri, "door", None, &[CDI_DEVICE])?;
     assert_eq!(cri.container_state(&app)?, ContainerState::ContainerRunning);
     let out = cri.exec(&app, &["sh", "-c", "echo $FROM_CDI; exit 3"])?;
     assert_eq!(
@@ -581,16 +562,9 @@ fn containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices() -> Re
     let cgroups = cri.leftover_cgroups();
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     let socket = cri.containerd.socket();
-    let pid = cri.containerd.pid().map(|p| p as i32);
+    let pid = cri.containerd.pid();
     drop(cri);
-    if let Some(p) = pid {
-        assert!(
-            !Path::new(&format!("/proc/{p}")).exists(),
-            "containerd {p} still runs"
-        );
-    }
-    let shims = leftovers::shim_pids(&socket);
-    assert!(shims.is_empty(), "shims left: {shims:?}");
+    assert_no_containerd(pid, &socket);
     Ok(())
 }
 
@@ -603,29 +577,6 @@ const SEEN_SCRIPT: &str = "cd /dev; echo $(ls -d nvidia[0-9]* 2>/dev/null); \
     for l in libcuda.so.1 libnvidia-ml.so.1; do \
       test -e /usr/lib/x86_64-linux-gnu/$l && grep -q $l /etc/ld.so.cache && echo $l; \
     done; true";
-
-/// The fake 2-GPU driver, a containerd with a shim config for it, and dockerd with the
-/// runtime registered by `configure docker` (with `configure` flags; the hook programs linked
-/// in the test's own directory).
-fn docker_with_fake_gpus<'a>(
-    release: &Unpacked,
-    c: &'a Containerd,
-    config: &Path,
-    json: &str,
-    configure: &[&str],
-) -> Result<Docker<'a>> {
-    let cfg = config.display().to_string();
-    let mut args = vec![
-        "--runtime-name",
-        NVIDIA,
-        "--config-path-option",
-        cfg.as_str(),
-    ];
-    args.extend_from_slice(configure);
-    let d = Docker::start_with(release, c, json, &args)?;
-    d.import(&ImageSpec::busybox()?, BUSYBOX_IMAGE)?;
-    Ok(d)
-}
 
 /// `docker run --rm ARGS... BUSYBOX sh -c SEEN_SCRIPT`: exit code, what it saw, stderr.
 fn docker_seen(d: &Docker<'_>, args: &[&str]) -> Result<Seen> {
@@ -645,9 +596,9 @@ fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(2).layout(Layout::Distro).build();
-    let (c, config) = containerd_with_config(Some(&fake))?;
-    let d = docker_with_fake_gpus(release, &c, &config, "", &[])?;
+    let c = Containerd::start()?;
+    let g = Gpus::fake(c.dir(), 2)?;
+    let d = dockerd(release, &c, &g.config, "", &[])?;
     // configure docker linked this binary as the program dockerd needs for --gpus.
     let hook = d.hooks_dir().join("nvidia-container-runtime-hook");
     assert_eq!(
@@ -680,7 +631,7 @@ fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
     );
     finish_docker(d);
     // As Docker's default runtime, `docker run --gpus all` needs nothing else.
-    let d = docker_with_fake_gpus(release, &c, &config, "", &["--set-as-default"])?;
+    let d = dockerd(release, &c, &g.config, "", &["--set-as-default"])?;
     let seen = docker_seen(&d, &["--gpus", "all"])?;
     assert_eq!(
         seen,
@@ -692,50 +643,25 @@ fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
     Ok(())
 }
 
-/// Debian's packaged driver with a fake 2-GPU kernel side, the probe image, and the host's
-/// answers of the probe (`cuInit`, `nvmlInit`) to compare a container's with.
-struct DebianGpus {
-    kernel: FakeDriver,
-    host: String,
+/// Debian's packaged driver with a fake 2-GPU kernel side, its config in `dir`.
+fn debian_gpus(dir: &Path) -> Result<Gpus> {
+    Gpus::debian(dir, 2)
 }
 
-const PROBE_IMAGE: &str = "docker.io/library/nvtest-probe:latest";
-
-fn debian_gpus() -> Result<DebianGpus> {
+/// The probe's codes in `output` and the host's: what a container given the Debian driver
+/// answers, beside what the probe answers on the host against the same root.
+fn codes(output: &str) -> Result<[(Option<i32>, Option<i32>); 2]> {
     let driver = nvidia_shim_integration::debian_driver::debian_driver()?;
-    let kernel = driver.kernel(2);
-    let host = driver.host_probe(
-        nvidia_shim_integration::probe::shared()?,
-        &["cuInit", "nvmlInit"],
-    )?;
-    Ok(DebianGpus { kernel, host })
+    Ok([probe::codes(output), driver.host_codes()?])
 }
 
-impl DebianGpus {
-    /// The probe's codes in `output`, beside the host's.
-    fn codes(&self, output: &str) -> [(Option<i32>, Option<i32>); 2] {
-        use nvidia_shim_integration::probe::code;
-        [
-            (code(output, "cuInit"), code(output, "nvmlInit")),
-            (code(&self.host, "cuInit"), code(&self.host, "nvmlInit")),
-        ]
-    }
-
-    /// A CDI spec of this driver written by `cdi generate ARGS` into `dir` (as `nvidia.json`).
-    fn cdi_spec(&self, dir: &Path, args: &[&str]) -> Result<()> {
-        let config = dir.join("generate.toml");
-        std::fs::write(&config, self.kernel.shim_config())?;
-        let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
-            .args(["cdi", "generate", "--config"])
-            .arg(&config)
-            .arg("--output")
-            .arg(dir.join("nvidia.json"))
-            .args(args)
-            .output()?;
-        ensure!(out.status.success(), "cdi generate: {}", text(&out.stderr));
-        std::fs::remove_file(config)?;
-        Ok(())
-    }
+/// Writes a CDI spec of `g`'s driver, from `cdi generate ARGS`, into `dir` as `nvidia.json`.
+fn cdi_spec(g: &Gpus, dir: &Path, args: &[&str]) -> Result<()> {
+    let output = dir.join("nvidia.json").display().to_string();
+    let mut all = vec!["--output", output.as_str()];
+    all.extend_from_slice(args);
+    g.cdi_generate(&all)?;
+    Ok(())
 }
 
 #[test]
@@ -744,18 +670,11 @@ fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let gpus = debian_gpus()?;
-    let (c, config) = containerd_with_config(Some(&gpus.kernel))?;
-    let cdi = tempfile::Builder::new()
-        .prefix("nvcdi")
-        .tempdir_in("/tmp")?;
-    let json = serde_json::json!({
-        "features": {"cdi": true},
-        "cdi-spec-dirs": [cdi.path()],
-    })
-    .to_string();
-    let d = docker_with_fake_gpus(release, &c, &config, &json, &[])?;
-    d.import(&nvidia_shim_integration::probe::image()?, PROBE_IMAGE)?;
+    let c = Containerd::start()?;
+    let g = debian_gpus(c.dir())?;
+    let cdi = cdi_dir()?;
+    let d = dockerd(release, &c, &g.config, &cdi_daemon_json(cdi.path()), &[])?;
+    d.import(&probe::image()?, PROBE_IMAGE)?;
     let probe = |args: &[&str]| -> Result<String> {
         let mut all = vec!["--rm"];
         all.extend_from_slice(args);
@@ -767,7 +686,7 @@ fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()
     };
     // docker run --gpus all through the runtime.
     let out = probe(&["--runtime", NVIDIA, "--gpus", "all"])?;
-    let [seen, host] = gpus.codes(&out);
+    let [seen, host] = codes(&out)?;
     assert_eq!(seen, host, "--gpus all: {out}");
     assert_eq!(
         host,
@@ -788,10 +707,10 @@ fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()
             cdi_hook.as_str(),
         ],
     ] {
-        gpus.cdi_spec(cdi.path(), &generate)?;
+        cdi_spec(&g, cdi.path(), &generate)?;
         for runtime in RUNTIMES {
             let out = probe(&["--runtime", runtime, "--device", "nvidia.com/gpu=all"])?;
-            let [seen, host] = gpus.codes(&out);
+            let [seen, host] = codes(&out)?;
             assert_eq!(seen, host, "CDI {generate:?} under {runtime}: {out}");
         }
     }
@@ -806,35 +725,24 @@ fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
     if !podman_can_run(test) {
         return Ok(());
     }
-    let gpus = debian_gpus()?;
-    let runtimes: Vec<&str> = match crun_unusable() {
-        None if which("crun").is_some() => vec!["crun", "runc"],
-        why => {
-            // Half of this test does not run here: said as a skip (the runc half runs).
-            skip(
-                &format!("{test} (under crun)"),
-                &why.unwrap_or_else(|| "crun not installed".to_owned()),
-            );
-            vec!["runc"]
-        }
-    };
+    let work = tempfile::tempdir()?;
+    let g = debian_gpus(work.path())?;
+    let (runtimes, why) = podman_runtimes();
+    if let Some(why) = why {
+        // Half of this test does not run here: said as a skip (the runc half runs).
+        skip(&format!("{test} (under crun)"), &why);
+    }
     for runtime in runtimes {
         let mut p = Podman::start(runtime)?;
-        p.import(&nvidia_shim_integration::probe::image()?, PROBE_IMAGE)?;
-        gpus.cdi_spec(&p.cdi_dir(), &[])?;
-        let out = p.podman(&[
-            "run",
-            "--rm",
-            "--device",
-            "nvidia.com/gpu=all",
-            PROBE_IMAGE,
-            "nvprobe",
-            "cuInit",
-            "nvmlInit",
-        ])?;
-        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-        let [seen, host] = gpus.codes(&text(&out.stdout));
-        assert_eq!(seen, host, "podman under {runtime}: {}", text(&out.stdout));
+        p.import(&probe::image()?, PROBE_IMAGE)?;
+        cdi_spec(&g, &p.cdi_dir(), &[])?;
+        let probes = ["--device", "nvidia.com/gpu=all", PROBE_IMAGE, "nvprobe"];
+        let mut probes = probes.to_vec();
+        probes.extend_from_slice(&["cuInit", "nvmlInit"]);
+        let (code, out, err) = podman_run(&p, &probes)?;
+        ensure!(code == Some(0), "{runtime}: {err}");
+        let [seen, host] = codes(&out)?;
+        assert_eq!(seen, host, "podman under {runtime}: {out}");
         let left = p.leftovers();
         assert!(left.is_empty(), "{runtime}: left behind: {left:?}");
         p.shutdown();
@@ -845,49 +753,19 @@ fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
 #[test]
 fn containerd17_cdi_devices_load_debians_driver_through_the_handler_once() -> Result<()> {
     let test = "containerd17_cdi_devices_load_debians_driver_through_the_handler_once";
-    if !can_run_containerd(test) {
+    let Some(release) = containerd17(test) else {
         return Ok(());
-    }
-    let release = match debian_packages::containerd17() {
-        Ok(r) => r,
-        Err(e) => {
-            skip(
-                test,
-                &format!("Debian trixie's containerd 1.7 could not be fetched: {e:#}"),
-            );
-            return Ok(());
-        }
     };
-    let gpus = debian_gpus()?;
-    let cdi = tempfile::Builder::new()
-        .prefix("nvcdi")
-        .tempdir_in("/tmp")?;
-    gpus.cdi_spec(cdi.path(), &[])?;
-    let cri = Cri::start(&HandlerConfigs {
-        nvidia: gpus.kernel.shim_config(),
-        containerd_release: Some(release.bin_dir()),
-        cdi_spec_dirs: vec![cdi.path().to_path_buf()],
-        ..HandlerConfigs::default()
-    })?;
-    cri.containerd.import_in(
-        "k8s.io",
-        &nvidia_shim_integration::probe::image()?,
-        PROBE_IMAGE,
-    )?;
-    let opts = PodOptions::default();
-    let pod = cri.run_pod("gpu", HANDLER, &opts)?;
-    let app = cri.run_container(
-        &pod,
-        "gpu",
-        &opts,
-        &ContainerOptions {
-            cdi_devices: vec!["nvidia.com/gpu=all".into()],
-            image: Some(PROBE_IMAGE.into()),
-            ..ContainerOptions::sh("app", "exec sleep 1000")
-        },
-    )?;
+    let work = tempfile::tempdir()?;
+    let g = debian_gpus(work.path())?;
+    let cdi = cdi_dir()?;
+    cdi_spec(&g, cdi.path(), &[])?;
+    let cri = cri17(release, cdi.path(), g.driver.shim_config())?;
+    cri.containerd
+        .import_in("k8s.io", &probe::image()?, PROBE_IMAGE)?;
+    let [pod, app] = cdi_pod(&cri, "gpu", Some(PROBE_IMAGE), &["nvidia.com/gpu=all"])?;
     let out = cri.exec(&app, &["nvprobe", "cuInit", "nvmlInit"])?;
-    let [seen, host] = gpus.codes(&out.stdout);
+    let [seen, host] = codes(&out.stdout)?;
     assert_eq!(seen, host, "{}{}", out.stdout, out.stderr);
     // Once: containerd applied the spec, the runtime did its hook steps, and nothing more.
     let cache = cri.sh(&app, "grep -o libcuda.so.1 /etc/ld.so.cache | wc -l")?;
@@ -914,7 +792,7 @@ fn containerd17_cdi_devices_load_debians_driver_through_the_handler_once() -> Re
 
 /// A stand-in `nvidia-container-cli` that records being run, for ctr's `--gpus` (which only
 /// looks it up); `containerd` (which ctr names in the hook) is on the host's PATH.
-fn stand_in_cli(dir: &Path) -> Result<std::path::PathBuf> {
+fn stand_in_cli(dir: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("stand-in-bin");
     std::fs::create_dir_all(&bin)?;
@@ -936,42 +814,24 @@ fn ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs() -> Result<()> {
     if !can_run_containerd(test) {
         return Ok(());
     }
-    let fake = FakeDriver::builder().gpus(2).layout(Layout::Distro).build();
-    let (c, config) = containerd_with_config(Some(&fake))?;
+    let c = Containerd::start()?;
+    let g = Gpus::fake(c.dir(), 2)?;
     c.import_busybox()?;
     let bin = stand_in_cli(c.dir())?;
     let path = format!("{}:{}", bin.display(), c.path_env());
-    let cfg = config.display().to_string();
     for (gpu, expected) in [
         ("0", "nvidia0\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
         ("1", "nvidia1\nlibcuda.so.1\nlibnvidia-ml.so.1\n"),
     ] {
-        let id = nvidia_shim_integration::unique_id("ctrgpu");
-        let out = c
-            .ctr_cmd(&[
-                "run",
-                "--rm",
-                "--runtime",
-                nvidia_shim_integration::containerd::RUNTIME,
-                "--runtime-config-path",
-                &cfg,
-                "--gpus",
-                gpu,
-                BUSYBOX_IMAGE,
-                &id,
-                "sh",
-                "-c",
-                SEEN_SCRIPT,
-            ])
-            .env("PATH", &path)
-            .output()?;
+        let run = g.ctr_run().rm().flags(&["--gpus", gpu]).sh(SEEN_SCRIPT);
+        let out = run.command(&c).env("PATH", &path).output()?;
         assert_eq!(
             (out.status.code(), text(&out.stdout)),
             (Some(0), expected.to_owned()),
             "--gpus {gpu}: {}",
             text(&out.stderr)
         );
-        nvidia_shim_integration::checks::assert_clean(&c, &id, &id);
+        assert_clean(&c, run.id(), run.id());
     }
     assert!(
         !c.dir().join("cli-ran").exists(),
@@ -991,8 +851,8 @@ fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
     let Some(release) = docker_release(test) else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(1).layout(Layout::Distro).build();
-    let (c, config) = containerd_with_config(Some(&fake))?;
+    let c = Containerd::start()?;
+    let g = Gpus::fake(c.dir(), 1)?;
     let work = tempfile::Builder::new()
         .prefix("nvhostile")
         .tempdir_in("/tmp")?;
@@ -1030,40 +890,22 @@ fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
     std::fs::create_dir(&escape)?;
     let mut image = ImageSpec::glibc()?;
     image.env.push("LD_PRELOAD=/evil.so".into());
+    let evil = std::fs::read(&evil)?;
     image
         .entries
-        .push(nvidia_shim_integration::image::Entry::File(
-            "evil.so".into(),
-            0o755,
-            std::fs::read(&evil)?,
-        ));
+        .push(Entry::File("evil.so".into(), 0o755, evil));
     let image_name = "docker.io/library/nvtest-hostile:latest";
-    let cdi = tempfile::Builder::new()
-        .prefix("nvcdi")
-        .tempdir_in("/tmp")?;
-    let json =
-        serde_json::json!({"features": {"cdi": true}, "cdi-spec-dirs": [cdi.path()]}).to_string();
-    let d = docker_with_fake_gpus(release, &c, &config, &json, &[])?;
+    let cdi = cdi_dir()?;
+    let d = dockerd(release, &c, &g.config, &cdi_daemon_json(cdi.path()), &[])?;
     d.import(&image, image_name)?;
     // The image's library directory, a symlink to the host directory `escape`.
     let linked = "docker.io/library/nvtest-hostile-link:latest";
     let mut link_image = ImageSpec::busybox()?;
-    link_image
-        .entries
-        .push(nvidia_shim_integration::image::Entry::Symlink(
-            "usr/lib/x86_64-linux-gnu".into(),
-            escape.display().to_string(),
-        ));
+    let lib_dir = "usr/lib/x86_64-linux-gnu".into();
+    let link = Entry::Symlink(lib_dir, escape.display().to_string());
+    link_image.entries.push(link);
     d.import(&link_image, linked)?;
-    let gen_config = work.path().join("generate.toml");
-    std::fs::write(&gen_config, fake.shim_config())?;
-    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
-        .args(["cdi", "generate", "--config"])
-        .arg(&gen_config)
-        .arg("--output")
-        .arg(cdi.path().join("nvidia.json"))
-        .output()?;
-    ensure!(out.status.success(), "cdi generate: {}", text(&out.stderr));
+    cdi_spec(&g, cdi.path(), &[])?;
     for runtime in RUNTIMES {
         for image in [image_name, linked] {
             for request in [

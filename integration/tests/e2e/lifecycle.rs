@@ -3,22 +3,21 @@
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, remove_stopped, run_args, setup, shim_client, stop_and_remove,
+    assert_clean, ctx, eventually, remove_stopped, setup, shim_client, stop_and_remove,
     task_status, text, EventStream,
 };
 use nvidia_shim_integration::containerd::NAMESPACE;
-use nvidia_shim_integration::{leftovers, unique_id};
+use nvidia_shim_integration::ctr_run::{CtrRun, Group};
+use nvidia_shim_integration::leftovers;
+use nvidia_shim_integration::task_api::{any_request, update_request};
 
 #[test]
 fn run_prints_output_and_returns_exit_code() -> Result<()> {
     let Some(c) = setup("run_prints_output_and_returns_exit_code") else {
         return Ok(());
     };
-    let id = unique_id("exit3");
-    let out = c.ctr(&run_args(&id, &["--rm"], &["sh", "-c", "echo hi; exit 3"]))?;
-    assert_eq!(text(&out.stdout), "hi\n", "stderr: {}", text(&out.stderr));
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
-    assert_clean(&c, &id, &id);
+    let (code, out, err) = CtrRun::new("exit3").rm().sh("echo hi; exit 3").seen(&c)?;
+    assert_eq!((code, out.as_str()), (Some(3), "hi\n"), "stderr: {err}");
     Ok(())
 }
 
@@ -27,14 +26,16 @@ fn stdin_reaches_the_container() -> Result<()> {
     let Some(c) = setup("stdin_reaches_the_container") else {
         return Ok(());
     };
-    let id = unique_id("stdin");
-    let out = c.ctr_with_input(
-        &run_args(&id, &["--rm"], &["head", "-c", "3"]),
-        Some(b"abc"),
-    )?;
-    assert_eq!(text(&out.stdout), "abc", "stderr: {}", text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert_clean(&c, &id, &id);
+    let run = CtrRun::new("stdin").rm().cmd(&["head", "-c", "3"]);
+    let out = run.output_with_input(&c, Some(b"abc"))?;
+    let (code, stdout) = (out.status.code(), text(&out.stdout));
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "abc"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_clean(&c, run.id(), run.id());
     Ok(())
 }
 
@@ -43,37 +44,24 @@ fn detached_task_ps_metrics_pause_resume_and_sigterm() -> Result<()> {
     let Some(c) = setup("detached_task_ps_metrics_pause_resume_and_sigterm") else {
         return Ok(());
     };
-    let id = unique_id("detached");
     let script = "trap 'exit 42' TERM; while true; do sleep 0.1; done";
-    let out = c.ctr(&run_args(&id, &["-d"], &["sh", "-c", script]))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let id = CtrRun::new("detached").detach().sh(script).start(&c)?;
     assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
 
-    let ps = c.ctr(&["task", "ps", &id])?;
-    let ps_text = text(&ps.stdout);
     // The header, then at least the shell and its sleep.
-    assert!(ps.status.success(), "task ps: {}", text(&ps.stderr));
-    assert!(ps_text.lines().count() >= 2, "task ps: {ps_text}");
+    let ps = c.ctr_ok(&["task", "ps", &id])?;
+    assert!(ps.lines().count() >= 2, "task ps: {ps}");
 
-    let metrics = c.ctr(&["task", "metrics", &id])?;
-    let m = text(&metrics.stdout);
-    assert!(
-        metrics.status.success(),
-        "metrics: {}",
-        text(&metrics.stderr)
-    );
+    let m = c.ctr_ok(&["task", "metrics", &id])?;
     assert!(m.contains("pids.current"), "metrics output: {m}");
     assert!(m.contains("memory"), "metrics output: {m}");
 
-    assert!(c.ctr(&["task", "pause", &id])?.status.success());
-    assert_eq!(task_status(&c, &id).as_deref(), Some("PAUSED"));
-    assert!(c.ctr(&["task", "resume", &id])?.status.success());
-    assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+    for (op, status) in [("pause", "PAUSED"), ("resume", "RUNNING")] {
+        c.ctr_ok(&["task", op, &id])?;
+        assert_eq!(task_status(&c, &id).as_deref(), Some(status), "{op}");
+    }
 
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGTERM", &id])?
-        .status
-        .success());
+    c.ctr_ok(&["task", "kill", "-s", "SIGTERM", &id])?;
     eventually("task to stop", || {
         task_status(&c, &id).as_deref() == Some("STOPPED")
     })?;
@@ -85,17 +73,16 @@ fn missing_command_fails_clearly_and_leaves_nothing() -> Result<()> {
     let Some(c) = setup("missing_command_fails_clearly_and_leaves_nothing") else {
         return Ok(());
     };
-    let id = unique_id("nocmd");
-    let out = c.ctr(&run_args(&id, &["--rm"], &["/no/such/command"]))?;
-    let err = text(&out.stderr);
-    assert!(!out.status.success());
+    let run = CtrRun::new("nocmd").rm().cmd(&["/no/such/command"]);
+    let (_, err) = run.failure(&c)?;
     assert!(
         err.contains("/no/such/command"),
         "error must name the command: {err}"
     );
-    assert!(err.contains(&id), "error must name the container: {err}");
-    let _ = c.ctr(&["container", "rm", &id]);
-    assert_clean(&c, &id, &id);
+    assert!(
+        err.contains(run.id()),
+        "error must name the container: {err}"
+    );
     Ok(())
 }
 
@@ -104,24 +91,15 @@ fn broken_config_file_fails_create_naming_file_and_line() -> Result<()> {
     let Some(c) = setup("broken_config_file_fails_create_naming_file_and_line") else {
         return Ok(());
     };
-    let id = unique_id("badcfg");
     let cfg = c.dir().join("shim.toml");
     std::fs::write(&cfg, "log_level = \"info\"\nno_such_key = true\n")?;
-    let cfg_arg = cfg.to_string_lossy().into_owned();
-    let out = c.ctr(&run_args(
-        &id,
-        &["--rm", "--runtime-config-path", &cfg_arg],
-        &["true"],
-    ))?;
-    let err = text(&out.stderr);
-    assert!(!out.status.success());
+    let run = CtrRun::new("badcfg").rm().config(&cfg.to_string_lossy());
+    let (_, err) = run.cmd(&["true"]).failure(&c)?;
     assert!(
         err.contains("shim.toml") && err.contains("line 2"),
         "error: {err}"
     );
     assert!(err.contains("no_such_key"), "error: {err}");
-    let _ = c.ctr(&["container", "rm", &id]);
-    assert_clean(&c, &id, &id);
     Ok(())
 }
 
@@ -132,28 +110,16 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
     };
     // 50 ungrouped cycles: each its own shim, each fully cleaned up.
     for i in 0..50 {
-        let id = unique_id("cycle");
-        let out = c.ctr(&run_args(&id, &["--rm"], &["true"]))?;
-        assert!(out.status.success(), "cycle {i}: {}", text(&out.stderr));
-        assert_clean(&c, &id, &id);
+        let (code, _, err) = CtrRun::new("cycle").rm().cmd(&["true"]).seen(&c)?;
+        assert_eq!(code, Some(0), "cycle {i}: {err}");
     }
 
     // 50 cycles inside one long-lived grouped shim.
-    let group = unique_id("grp");
-    let ann = format!("io.containerd.nvidia.v2.group={group}");
-    let anchor = unique_id("anchor");
-    let out = c.ctr(&run_args(
-        &anchor,
-        &["-d", "--annotation", &ann],
-        &["sleep", "86400"],
-    ))?;
-    assert!(out.status.success(), "anchor: {}", text(&out.stderr));
+    let group = Group::start(&c, "grp", &["sleep", "86400"])?;
     let shim = leftovers::shim_daemon_pid(&c.socket()).expect("grouped shim");
     let run_cycle = |n: usize| -> Result<()> {
         for _ in 0..n {
-            let id = unique_id("gcycle");
-            let out = c.ctr(&run_args(&id, &["--rm", "--annotation", &ann], &["true"]))?;
-            assert!(out.status.success(), "grouped cycle: {}", text(&out.stderr));
+            let id = group.run(&["--rm"]).cmd(&["true"]).start(&c)?;
             assert!(leftovers::cgroups_of(NAMESPACE, &id).is_empty());
             assert!(!c.bundle(&id).exists());
         }
@@ -197,17 +163,7 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
         2,
         "one grouped shim (and its zygote) serves every cycle"
     );
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", &anchor])?
-        .status
-        .success());
-    eventually("anchor to stop", || {
-        task_status(&c, &anchor).as_deref() == Some("STOPPED")
-    })?;
-    assert!(c.ctr(&["task", "rm", &anchor])?.status.success());
-    assert!(c.ctr(&["container", "rm", &anchor])?.status.success());
-    assert_clean(&c, &anchor, &group);
-    Ok(())
+    group.remove(&c)
 }
 
 #[test]
@@ -215,12 +171,14 @@ fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
     let Some(c) = setup("killed_shim_is_cleaned_up_by_containerd") else {
         return Ok(());
     };
-    let id = unique_id("shimkill");
-    let marker = format!("marker-{id}");
-    let script = format!("sleep 86400; echo {marker}");
-    let out = c.ctr(&run_args(&id, &["-d"], &["sh", "-c", &script]))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    assert_eq!(leftovers::processes_matching(&marker).len(), 1);
+    let run = CtrRun::new("shimkill").detach();
+    let marker = format!("marker-{}", run.id());
+    let id = run.sh(&format!("sleep 86400; echo {marker}")).start(&c)?;
+    // The start returns once the process is created; its command line is the container's
+    // once it has exec'd.
+    eventually("the container's process to run", || {
+        leftovers::processes_matching(&marker).len() == 1
+    })?;
     let shim = leftovers::shim_daemon_pid(&c.socket()).expect("shim running");
     // SAFETY: signalling the shim by pid.
     unsafe { libc::kill(shim, libc::SIGKILL) };
@@ -241,9 +199,10 @@ fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
     let Some(c) = setup("a_quiet_shim_releases_its_start_up_code_and_still_serves") else {
         return Ok(());
     };
-    let id = unique_id("quiet");
-    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "600"]))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let id = CtrRun::new("quiet")
+        .detach()
+        .cmd(&["sleep", "600"])
+        .start(&c)?;
     let shim = leftovers::shim_daemon_pid(&c.socket()).expect("shim running");
     let fresh = leftovers::resident_shim_code_kb(shim);
     // Well past the shim's 300 ms quiet spell.
@@ -256,13 +215,8 @@ fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
          {fresh:?})"
     );
 
-    let exec = c.ctr(&["task", "exec", "--exec-id", "probe", &id, "echo", "again"])?;
-    assert_eq!(
-        text(&exec.stdout),
-        "again\n",
-        "exec: {}",
-        text(&exec.stderr)
-    );
+    let exec = c.exec(&id, "probe", &["echo", "again"])?;
+    assert_eq!(text(&exec.stdout), "again\n", "{}", text(&exec.stderr));
     stop_and_remove(&c, &id)
 }
 
@@ -271,13 +225,8 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
     let Some(mut c) = setup("containerd_restart_keeps_task_and_reports_its_exit") else {
         return Ok(());
     };
-    let id = unique_id("restart");
-    let out = c.ctr(&run_args(
-        &id,
-        &["-d"],
-        &["sh", "-c", "read x < /dev/null; sleep 3; exit 7"],
-    ))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let script = "read x < /dev/null; sleep 3; exit 7";
+    let id = CtrRun::new("restart").detach().sh(script).start(&c)?;
     c.restart()?;
     assert_eq!(
         task_status(&c, &id).as_deref(),
@@ -298,60 +247,27 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
 
 #[test]
 fn update_applies_new_resources_through_the_task_api() -> Result<()> {
-    use containerd_shim_protos::api::UpdateTaskRequest;
-    use containerd_shim_protos::protobuf::well_known_types::any::Any;
-    use containerd_shim_protos::protobuf::MessageField;
-    use containerd_shim_protos::ttrpc;
-
     let Some(c) = setup("update_applies_new_resources_through_the_task_api") else {
         return Ok(());
     };
     // ctr 1.6 has no `task update`: call the shim's Task API as containerd does.
-    let id = unique_id("update");
-    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let id = CtrRun::new("update")
+        .detach()
+        .cmd(&["sleep", "86400"])
+        .start(&c)?;
     let client = shim_client(&c, &id)?;
     let limit: u64 = 48 << 20;
-    let req = UpdateTaskRequest {
-        id: id.clone(),
-        resources: MessageField::some(Any {
-            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
-            value: format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":77}}}}"#)
-                .into_bytes(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    client.update(ttrpc::context::with_timeout(10_000_000_000), &req)?;
+    let resources = format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":77}}}}"#);
+    client.update(ctx(), &update_request(&id, &resources))?;
+    let read = |file: &str| leftovers::cgroup_file(NAMESPACE, &id, file);
+    let mem = read("memory.limit_in_bytes")?.or(read("memory.max")?);
     let cgroup = leftovers::cgroups_of(NAMESPACE, &id);
-    let read = |file: &str| {
-        cgroup
-            .iter()
-            .map(|d| d.join(file))
-            .find(|p| p.exists())
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            })
-    };
-    let mem = read("memory.limit_in_bytes").or_else(|| read("memory.max"));
     assert_eq!(mem, Some(limit.to_string()), "cgroups {cgroup:?}");
-    assert_eq!(read("pids.max"), Some("77".to_owned()));
+    assert_eq!(read("pids.max")?, Some("77".to_owned()));
 
     // A request that is not OCI JSON is refused, naming the container.
-    let bad = UpdateTaskRequest {
-        id: id.clone(),
-        resources: MessageField::some(Any {
-            type_url: "x".into(),
-            value: b"nope".to_vec(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let err = client
-        .update(ttrpc::context::with_timeout(10_000_000_000), &bad)
+        .update(ctx(), &any_request(&id, "x", b"nope"))
         .expect_err("invalid resources must fail");
     assert!(format!("{err:?}").contains(&id), "{err:?}");
 

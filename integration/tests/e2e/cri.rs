@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
 use nvidia_shim_core_host::fixture::{FakeDriver, Layout};
-use nvidia_shim_integration::checks::eventually;
+use nvidia_shim_integration::checks::{alike, eventually};
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED, HANDLER_RUNC,
     NO_ENV_IMAGE,
@@ -23,11 +23,7 @@ fn cri(test: &str, configs: &HandlerConfigs) -> Option<Cri> {
 
 /// The parent pid of `pid`.
 fn ppid(pid: i32) -> Result<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat.rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-        .with_context(|| format!("no ppid in /proc/{pid}/stat"))
+    leftovers::parent_pid(pid).with_context(|| format!("no ppid in /proc/{pid}/stat"))
 }
 
 fn alive(pid: i32) -> bool {
@@ -273,8 +269,7 @@ fn images_without_env_run_as_under_runc() -> Result<()> {
     // absolute program runs without PATH; a relative one is found in runc's default PATH, and
     // the process's environment stays without PATH.
     let opts = PodOptions::default();
-    let mut seen = Vec::new();
-    for handler in [HANDLER, HANDLER_RUNC] {
+    let seen = alike("images without env", [HANDLER, HANDLER_RUNC], |handler| {
         let pod = cri.run_pod("noenv", handler, &opts)?;
         let app = ContainerOptions {
             name: "app".into(),
@@ -302,10 +297,9 @@ fn images_without_env_run_as_under_runc() -> Result<()> {
             out.push(format!("{} {}", e.exit_code, e.stdout.trim()));
         }
         cri.remove_pod(&pod)?;
-        seen.push(out);
-    }
-    assert_eq!(seen[0], seen[1], "nvidia vs runc");
-    assert!(seen[0][0].contains("Running"), "{seen:?}");
+        Ok(out)
+    })?;
+    assert!(seen[0].contains("Running"), "{seen:?}");
     Ok(())
 }
 
@@ -323,8 +317,7 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         privileged: true,
         ..PodOptions::default()
     };
-    let mut seen = Vec::new();
-    for handler in [HANDLER, HANDLER_RUNC] {
+    let seen = alike("both ways", [HANDLER, HANDLER_RUNC], |handler| {
         let host = std::env::temp_dir().join(nvidia_shim_integration::unique_id("bidir"));
         std::fs::create_dir_all(&host)?;
         let sh = |args: &[&str]| std::process::Command::new("mount").args(args).status();
@@ -359,16 +352,15 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         ])?
         .success());
         let inside = cri.sh(&app, "grep -c ' /vol/out ' /proc/self/mountinfo || true")?;
-        seen.push((on_host, inside.trim().to_owned()));
         cri.remove_pod(&pod)?;
         for m in ["out", "in", ""] {
             let _ = std::process::Command::new("umount")
                 .arg(host.join(m))
                 .status();
         }
-    }
-    assert_eq!(seen[0], seen[1], "nvidia vs runc");
-    assert_eq!(seen[0], (true, "1".to_owned()), "both ways");
+        Ok((on_host, inside.trim().to_owned()))
+    })?;
+    assert_eq!(seen, (true, "1".to_owned()), "both ways");
     Ok(())
 }
 

@@ -1,0 +1,108 @@
+//! Running the programs the tests drive (`ctr`, `docker`, `podman`, the shim's operator
+//! commands): output collected, a time limit, and failures that say what ran and what it
+//! printed.
+
+use std::fmt::Display;
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use wait_timeout::ChildExt;
+
+/// Bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `cmd` with no stdin, collecting its output; kills it past `limit`. An error names
+/// `what`.
+pub fn output_within(cmd: &mut Command, limit: Duration, what: impl Display) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {what}"))?;
+    wait_output(&mut child, limit).with_context(|| what.to_string())
+}
+
+/// `out`'s stdout, trimmed, when it exited 0; else an error naming `what` with its exit code
+/// and output.
+pub fn stdout_ok(what: impl Display, out: &Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} exited {:?}: {}{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+/// The first line of what a command that failed said (its stderr), or `ok` when it succeeded:
+/// an outcome to record beside another runtime's.
+pub fn answer(out: &Output, ok: &str) -> String {
+    if out.status.success() {
+        return ok.to_owned();
+    }
+    text(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs the shim binary under test with `args` (an operator command), killed past 20 s: a read
+/// that blocks on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
+pub fn shim(args: &[&str]) -> Result<Output> {
+    output_within(
+        Command::new(crate::shim_binary()).args(args),
+        Duration::from_secs(20),
+        format_args!("containerd-shim-nvidia-v2 {args:?}"),
+    )
+}
+
+/// Waits for `child` with a limit, collecting its output; kills it past the limit.
+pub fn wait_output(child: &mut Child, limit: Duration) -> Result<Output> {
+    let reader = |s: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut s) = s {
+                let _ = s.read_to_end(&mut b);
+            }
+            b
+        })
+    };
+    let out_t = reader(child.stdout.take().map(|s| Box::new(s) as _));
+    let err_t = reader(child.stderr.take().map(|s| Box::new(s) as _));
+    // The wait blocks until the exit (a polling loop would round every duration up to its
+    // period, which `nvbench` measures).
+    let Some(status) = child.wait_timeout(limit)? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("timed out after {limit:?}");
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}
+
+/// Stops our child `child`: SIGTERM, then SIGKILL once `grace` has passed.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,42 @@ pub fn answer(out: &Output, ok: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The command-line client of a private container engine a test drives (`docker` against
+/// its dockerd, `podman` with its storage): its commands, run with a 120 s limit.
+pub trait Cli {
+    /// The client program, for errors.
+    const NAME: &'static str;
+
+    /// The engine's temp dir, holding everything of it.
+    fn dir(&self) -> &Path;
+
+    /// The client command with `args`, against this engine.
+    fn command(&self, args: &[&str]) -> Command;
+
+    /// Runs the client with `args`, no stdin and a 120 s limit.
+    fn cli(&self, args: &[&str]) -> Result<Output> {
+        output_within(
+            &mut self.command(args),
+            Duration::from_secs(120),
+            format_args!("{} {args:?}", Self::NAME),
+        )
+    }
+
+    /// [`Cli::cli`], failing unless it exits 0; returns its stdout, trimmed.
+    fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        stdout_ok(format_args!("{} {args:?}", Self::NAME), &self.cli(args)?)
+    }
+
+    /// `image` written as an OCI image layout archive naming it `name`, in a fresh file of
+    /// [`Cli::dir`], for the engine to load.
+    fn archive(&self, image: &crate::image::ImageSpec, name: &str) -> Result<PathBuf> {
+        let archive = self
+            .dir()
+            .join(format!("{}.tar", crate::unique_id("image")));
+        image.write_archive(name, &archive)
+    }
 }
 
 /// Runs the shim binary under test with `args` (an operator command), killed past 20 s: a read

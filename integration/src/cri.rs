@@ -223,6 +223,20 @@ impl Cri {
         Ok(resp.pod_sandbox_id)
     }
 
+    /// [`Cri::run_pod`] with one app container, `app`, started in it; the pod's and the
+    /// app's ids.
+    pub fn run_pod_with(
+        &self,
+        name: &str,
+        handler: &str,
+        opts: &PodOptions,
+        app: &ContainerOptions,
+    ) -> Result<[String; 2]> {
+        let pod = self.run_pod(name, handler, opts)?;
+        let app = self.run_container(&pod, name, opts, app)?;
+        Ok([pod, app])
+    }
+
     /// Runs one CRI call; a failure carries `what` and the end of containerd's log, where
     /// the CRI plugin says why.
     fn call<T>(

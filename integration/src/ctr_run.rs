@@ -276,3 +276,42 @@ pub fn oci_spec(c: &Containerd, id: &str, root: &Path, args: &[&str]) -> Result<
     spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/nvtest/{id}"));
     Ok(spec)
 }
+
+/// A container from an OCI spec of its own over a directory rootfs holding busybox, run with
+/// `ctr run --config`: adjust [`OwnSpec::spec`], then run [`OwnSpec::run`].
+#[derive(Debug)]
+pub struct OwnSpec {
+    /// `ctr oci spec`'s defaults with the rootfs, the process and the cgroup set.
+    pub spec: serde_json::Value,
+    run: CtrRun,
+    dir: tempfile::TempDir,
+}
+
+impl OwnSpec {
+    /// Container `prefix-…` through `runtime` with `flags` (`-d`, `--rm`), running `args`.
+    pub fn new(
+        c: &Containerd,
+        (prefix, runtime): (&str, &str),
+        flags: &[&str],
+        args: &[&str],
+    ) -> Result<Self> {
+        let run = CtrRun::new(prefix).runtime(runtime).flags(flags);
+        let dir = tempfile::tempdir()?;
+        let rootfs = dir.path().join("rootfs");
+        busybox_rootfs(&rootfs, &[])?;
+        let spec = oci_spec(c, run.id(), &rootfs, args)?;
+        Ok(Self { spec, run, dir })
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        self.run.id()
+    }
+
+    /// The `ctr run` of the container, its spec as it is now written.
+    pub fn run(&self) -> Result<CtrRun> {
+        let file = self.dir.path().join("config.json");
+        std::fs::write(&file, serde_json::to_vec(&self.spec)?)?;
+        Ok(self.run.clone().spec(&file))
+    }
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::command::{output_within, stdout_ok, terminate};
+use crate::command::{stdout_ok, terminate, Cli};
 use crate::containerd::Containerd;
 use crate::debian_packages::Unpacked;
 use crate::image::ImageSpec;
@@ -157,7 +157,7 @@ impl<'a> Docker<'a> {
             }
             if me.socket().exists()
                 && me
-                    .docker(&["version"])
+                    .cli(&["version"])
                     .map(|o| o.status.success())
                     .unwrap_or(false)
             {
@@ -190,11 +190,6 @@ impl<'a> Docker<'a> {
         let d = Self::start(release, containerd, daemon_json, &args)?;
         d.import(&ImageSpec::busybox()?, crate::containerd::BUSYBOX_IMAGE)?;
         Ok(d)
-    }
-
-    /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Where `configure docker` linked the programs dockerd looks up (`nvidia-container-runtime-hook`,
@@ -239,30 +234,6 @@ impl<'a> Docker<'a> {
         self.containerd
     }
 
-    /// A `docker` CLI command against this daemon (its own client config dir).
-    pub fn docker_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.docker);
-        c.arg("-H")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(args)
-            .env("DOCKER_CONFIG", self.dir.path().join("cli"));
-        c
-    }
-
-    /// Runs `docker ARGS` with no stdin and a 120 s limit.
-    pub fn docker(&self, args: &[&str]) -> Result<Output> {
-        output_within(
-            &mut self.docker_cmd(args),
-            Duration::from_secs(120),
-            format_args!("docker {args:?}"),
-        )
-    }
-
-    /// Runs `docker ARGS`, failing unless it exits 0; returns its stdout, trimmed.
-    pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        stdout_ok(format_args!("docker {args:?}"), &self.docker(args)?)
-    }
-
     /// `docker run --cidfile F ARGS...` (ARGS as after `run`: options, image, command);
     /// returns its output and the container's full id (for [`Docker::assert_clean`], also
     /// after `--rm`).
@@ -274,7 +245,7 @@ impl<'a> Docker<'a> {
         let cid = cidfile.display().to_string();
         let mut full = vec!["run", "--cidfile", cid.as_str()];
         full.extend_from_slice(args);
-        let out = self.docker(&full)?;
+        let out = self.cli(&full)?;
         let id = fs::read_to_string(&cidfile)
             .with_context(|| {
                 format!(
@@ -289,7 +260,7 @@ impl<'a> Docker<'a> {
 
     /// `docker inspect -f FORMAT ID`, trimmed.
     pub fn inspect(&self, id: &str, format: &str) -> Result<String> {
-        self.docker_ok(&["inspect", "-f", format, id])
+        self.cli_ok(&["inspect", "-f", format, id])
     }
 
     /// Loads `image` as `name` (a full reference, `docker.io/library/x:tag`) with `docker
@@ -297,21 +268,17 @@ impl<'a> Docker<'a> {
     /// archive format (dockerd 26 with its graph driver store reads only that one), then
     /// tagged `name` when dockerd loaded it by id only.
     pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
-        let archive = self
-            .dir
-            .path()
-            .join(format!("{}.tar", crate::unique_id("image")));
-        image.write_archive(name, &archive)?;
+        let archive = self.archive(image, name)?;
         add_docker_manifest(&archive, name)?;
-        let loaded = self.docker_ok(&["load", "-i", &archive.display().to_string()])?;
+        let loaded = self.cli_ok(&["load", "-i", &archive.display().to_string()])?;
         if let Some(id) = loaded
             .lines()
             .find_map(|l| l.strip_prefix("Loaded image ID: "))
         {
-            self.docker_ok(&["tag", id.trim(), name])?;
+            self.cli_ok(&["tag", id.trim(), name])?;
         }
         let _ = fs::remove_file(&archive);
-        self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", name])
+        self.cli_ok(&["image", "inspect", "-f", "{{.Id}}", name])
             .with_context(|| format!("{name} after docker load: {loaded}"))?;
         Ok(())
     }
@@ -398,12 +365,12 @@ impl<'a> Docker<'a> {
     /// dropping does it too.
     pub fn shutdown(&mut self) {
         if self.child.is_some() {
-            if let Ok(ids) = self.docker_ok(&["ps", "-aq"]) {
+            if let Ok(ids) = self.cli_ok(&["ps", "-aq"]) {
                 let ids: Vec<&str> = ids.split_whitespace().collect();
                 if !ids.is_empty() {
                     let mut args = vec!["rm", "-f"];
                     args.extend(ids);
-                    let _ = self.docker(&args);
+                    let _ = self.cli(&args);
                 }
             }
         }
@@ -486,6 +453,25 @@ fn add_docker_manifest(archive: &Path, name: &str) -> Result<()> {
     }
     fs::write(archive, b.into_inner()?)?;
     Ok(())
+}
+
+impl Cli for Docker<'_> {
+    const NAME: &'static str = "docker";
+
+    /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `docker` command against this daemon (its own client config dir).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.docker);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"));
+        c
+    }
 }
 
 impl Drop for Docker<'_> {

@@ -73,11 +73,11 @@ pub fn can_run_containerd(test: &str) -> bool {
     if !is_root(test, "containerd, mounts, cgroups") {
         return false;
     }
-    if which("containerd").is_none() || which("ctr").is_none() {
-        skip(
-            test,
-            "containerd/ctr not installed (scripts/test.sh installs them)",
-        );
+    if !has_programs(
+        test,
+        &["containerd", "ctr"],
+        "containerd/ctr not installed (scripts/test.sh installs them)",
+    ) {
         return false;
     }
     if !shim_binary().exists() {
@@ -87,6 +87,16 @@ pub fn can_run_containerd(test: &str) -> bool {
         );
     }
     true
+}
+
+/// Whether all of `programs` are on `$PATH`; when one is not, records the test as skipped
+/// saying `why`.
+pub fn has_programs(test: &str, programs: &[&str], why: &str) -> bool {
+    let all = programs.iter().all(|p| which(p).is_some());
+    if !all {
+        skip(test, why);
+    }
+    all
 }
 
 /// Finds `name` on `$PATH`.

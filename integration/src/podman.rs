@@ -16,12 +16,12 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::command::{output_within, stdout_ok, wait_output};
+use crate::command::{wait_output, Cli};
 use crate::image::ImageSpec;
 use crate::leftovers;
 
@@ -140,11 +140,6 @@ impl Podman {
         })
     }
 
-    /// The temp dir holding everything.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The directory podman sees as `/etc/cdi`: CDI specs written here are podman's.
     pub fn cdi_dir(&self) -> PathBuf {
         self.dir.path().join("cdi")
@@ -160,9 +155,72 @@ impl Podman {
         &self.cgroup_parent
     }
 
+    /// Loads `image` as `name` (`docker.io/library/x:tag`) with `podman load` of an OCI image
+    /// layout archive, tagging it `name` when podman names it otherwise.
+    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
+        let archive = self.archive(image, name)?;
+        let loaded = self.cli_ok(&["load", "-q", "-i", &archive.display().to_string()])?;
+        let _ = fs::remove_file(&archive);
+        if self.cli(&["image", "exists", name])?.status.success() {
+            return Ok(());
+        }
+        let got = loaded
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image: "))
+            .or_else(|| {
+                loaded
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Loaded image(s): "))
+            })
+            .with_context(|| format!("podman load said: {loaded}"))?;
+        let got = got.split(',').next().unwrap_or_default().trim();
+        self.cli_ok(&["tag", got, name])?;
+        Ok(())
+    }
+
+    /// What its containers left: cgroups under its cgroup parent other than `conmon`'s (empty
+    /// once every container is removed), and processes in them.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for dir in leftovers::cgroups_under(&self.cgroup_parent) {
+            if dir.file_name().is_some_and(|n| n == "conmon") {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                left.extend(procs.lines().map(|p| format!("conmon process {p}")));
+            } else {
+                left.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        left
+    }
+
+    /// Removes every container (`podman rm -af -t 0`), kills what is left in its cgroups,
+    /// ends the namespace holder and removes its cgroup parent. Idempotent; dropping does it
+    /// too.
+    pub fn shutdown(&mut self) {
+        if self.holder.is_some() {
+            let _ = self.cli(&["rm", "-a", "-f", "-t", "0"]);
+        }
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+        // The namespace, and podman's overlay mounts in it, ends with its last process: what
+        // podman made under the temp dir is ordinary files then.
+    }
+}
+
+impl Cli for Podman {
+    const NAME: &'static str = "podman";
+
+    /// The temp dir holding everything.
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A `podman` command in the private mount namespace with the private storage; `run` and
     /// `create` get `--cgroup-parent` and `--pull never` after them.
-    pub fn podman_cmd(&self, args: &[&str]) -> Command {
+    fn command(&self, args: &[&str]) -> Command {
         let d = self.dir.path();
         let holder = self.holder.as_ref().map(Child::id).unwrap_or(0);
         let mut c = Command::new("nsenter");
@@ -194,78 +252,6 @@ impl Podman {
         c.env("CONTAINERS_CONF", d.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"));
         c
-    }
-
-    /// Runs `podman ARGS` with no stdin and a 120 s limit.
-    pub fn podman(&self, args: &[&str]) -> Result<Output> {
-        output_within(
-            &mut self.podman_cmd(args),
-            Duration::from_secs(120),
-            format_args!("podman {args:?}"),
-        )
-    }
-
-    /// Runs `podman ARGS`, failing unless it exits 0; returns its stdout, trimmed.
-    pub fn podman_ok(&self, args: &[&str]) -> Result<String> {
-        stdout_ok(format_args!("podman {args:?}"), &self.podman(args)?)
-    }
-
-    /// Loads `image` as `name` (`docker.io/library/x:tag`) with `podman load` of an OCI image
-    /// layout archive, tagging it `name` when podman names it otherwise.
-    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
-        let archive = self
-            .dir
-            .path()
-            .join(format!("{}.tar", crate::unique_id("image")));
-        image.write_archive(name, &archive)?;
-        let loaded = self.podman_ok(&["load", "-q", "-i", &archive.display().to_string()])?;
-        let _ = fs::remove_file(&archive);
-        if self.podman(&["image", "exists", name])?.status.success() {
-            return Ok(());
-        }
-        let got = loaded
-            .lines()
-            .find_map(|l| l.strip_prefix("Loaded image: "))
-            .or_else(|| {
-                loaded
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Loaded image(s): "))
-            })
-            .with_context(|| format!("podman load said: {loaded}"))?;
-        let got = got.split(',').next().unwrap_or_default().trim();
-        self.podman_ok(&["tag", got, name])?;
-        Ok(())
-    }
-
-    /// What its containers left: cgroups under its cgroup parent other than `conmon`'s (empty
-    /// once every container is removed), and processes in them.
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for dir in leftovers::cgroups_under(&self.cgroup_parent) {
-            if dir.file_name().is_some_and(|n| n == "conmon") {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                left.extend(procs.lines().map(|p| format!("conmon process {p}")));
-            } else {
-                left.push(format!("cgroup {}", dir.display()));
-            }
-        }
-        left
-    }
-
-    /// Removes every container (`podman rm -af -t 0`), kills what is left in its cgroups,
-    /// ends the namespace holder and removes its cgroup parent. Idempotent; dropping does it
-    /// too.
-    pub fn shutdown(&mut self) {
-        if self.holder.is_some() {
-            let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        }
-        leftovers::remove_cgroups_under(&self.cgroup_parent);
-        if let Some(mut holder) = self.holder.take() {
-            let _ = holder.kill();
-            let _ = holder.wait();
-        }
-        // The namespace, and podman's overlay mounts in it, ends with its last process: what
-        // podman made under the temp dir is ordinary files then.
     }
 }
 

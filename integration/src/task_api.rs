@@ -171,34 +171,30 @@ impl TaskApi {
         };
         self.exec(ctx(), &req)
     }
+}
 
-    /// `Start` of process `exec_id` (empty: init) of task `id`.
-    pub fn start_process(&self, id: &str, exec_id: &str) -> ttrpc::Result<StartResponse> {
-        let req = StartRequest {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            ..Default::default()
-        };
-        self.start(ctx(), &req)
-    }
+/// The Task API's calls on one process, by task id and exec id (empty: the init process or
+/// the task): `name(id, exec_id)`, each the RPC `Method` with containerd's deadline.
+macro_rules! process_methods {
+    ($($name:ident $method:ident: $req:ident => $resp:ty;)*) => {
+        impl TaskApi {
+            $(
+                #[doc = concat!("`", stringify!($method), "` of process `exec_id` of task `id`.")]
+                pub fn $name(&self, id: &str, exec_id: &str) -> ttrpc::Result<$resp> {
+                    let req = $req {
+                        id: id.to_owned(),
+                        exec_id: exec_id.to_owned(),
+                        ..Default::default()
+                    };
+                    self.$method(ctx(), &req)
+                }
+            )*
+        }
+    };
+}
 
-    /// `Wait` for process `exec_id` (empty: init) of task `id`; its exit status.
-    pub fn wait_process(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
-        let req = WaitRequest {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            ..Default::default()
-        };
-        Ok(self.wait(ctx(), &req)?.exit_status)
-    }
-
-    /// `Delete` of process `exec_id` (empty: the task) of task `id`.
-    pub fn delete_process(&self, id: &str, exec_id: &str) -> ttrpc::Result<DeleteResponse> {
-        let req = DeleteRequest {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            ..Default::default()
-        };
-        self.delete(ctx(), &req)
-    }
+process_methods! {
+    start_process start: StartRequest => StartResponse;
+    wait_process wait: WaitRequest => WaitResponse;
+    delete_process delete: DeleteRequest => DeleteResponse;
 }

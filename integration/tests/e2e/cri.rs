@@ -173,12 +173,11 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
     let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");
 
     // envvar strategy (the default config accepts env requests).
-    let pod = cri.run_pod("envvar", HANDLER, &host)?;
     let env = ContainerOptions {
         env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "1".into())],
         ..sleeper("envvar")
     };
-    let c = cri.run_container(&pod, "envvar", &host, &env)?;
+    let [pod, c] = cri.run_pod_with("envvar", HANDLER, &host, &env)?;
     assert_eq!(gpu_nodes(&cri, &c)?, "nvidia1", "envvar strategy");
     // The container's own process sees the env the shim wrote back (an exec gets the process
     // spec containerd stored, as with runc).
@@ -328,14 +327,13 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         ])?
         .success());
         ensure!(sh(&["--make-shared", host.to_str().unwrap_or_default()])?.success());
-        let pod = cri.run_pod("bidir", handler, &opts)?;
         let app = ContainerOptions {
             mounts: vec![(host.display().to_string(), "/vol".into())],
             mount_propagation: 2,
             privileged: true,
             ..ContainerOptions::sh("app", "exec sleep 600")
         };
-        let app = cri.run_container(&pod, "bidir", &opts, &app)?;
+        let [pod, app] = cri.run_pod_with("bidir", handler, &opts, &app)?;
         // A mount made inside shows on the host; one the host makes shows inside.
         cri.sh(&app, "mkdir -p /vol/in && mount -t tmpfs inside /vol/in")?;
         let on_host = std::fs::read_to_string("/proc/self/mountinfo")?
@@ -395,8 +393,7 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         annotations: annotation("nvidia.com/gpu=all"),
         ..PodOptions::default()
     };
-    let pod = cri.run_pod("pod-annotated", HANDLER, &greedy)?;
-    let c = cri.run_container(&pod, "pod-annotated", &greedy, &sleeper("greedy"))?;
+    let [pod, c] = cri.run_pod_with("pod-annotated", HANDLER, &greedy, &sleeper("greedy"))?;
     let spec = std::fs::read_to_string(
         cri.containerd
             .state_dir()
@@ -420,12 +417,11 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         host_network: true,
         ..PodOptions::default()
     };
-    let pod = cri.run_pod("allocated", HANDLER, &host)?;
     let allocated = ContainerOptions {
         annotations: annotation("nvidia.com/gpu=0"),
         ..sleeper("allocated")
     };
-    let c = cri.run_container(&pod, "allocated", &host, &allocated)?;
+    let [pod, c] = cri.run_pod_with("allocated", HANDLER, &host, &allocated)?;
     assert_eq!(gpu_nodes(&cri, &c)?, "nvidia0", "the container annotation");
     cri.remove_pod(&pod)?;
     eventually("every shim to exit", || {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
 use nvidia_shim_integration::checks::{alike, assert_clean, eventually};
-use nvidia_shim_integration::command::text;
+use nvidia_shim_integration::command::{text, Cli};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
 use nvidia_shim_integration::ctr_run::Seen;
@@ -23,7 +23,7 @@ use nvidia_shim_integration::image::{Entry, ImageSpec};
 use nvidia_shim_integration::podman::{crun_unusable, Podman};
 use nvidia_shim_integration::probe::{self, IMAGE as PROBE_IMAGE};
 use nvidia_shim_integration::pty::PtyChild;
-use nvidia_shim_integration::{can_run_containerd, leftovers, skip, which};
+use nvidia_shim_integration::{can_run_containerd, has_programs, leftovers, skip, which};
 
 /// The runtime name `configure docker` registers; Docker's own is `runc`.
 const NVIDIA: &str = "nvidia";
@@ -124,6 +124,42 @@ fn assert_no_containerd(pid: Option<u32>, socket: &Path) {
     assert!(shims.is_empty(), "shims left: {shims:?}");
 }
 
+/// Runs `case` against dockerd whose `nvidia` runtime has the shim configuration of `gpus`
+/// (made in the containerd's directory; an empty configuration for `None`), with
+/// `daemon_json`, on a private containerd; `case` gets dockerd, the configuration's path and
+/// the GPUs. Then checks that neither left anything behind. Skips where Docker cannot run.
+fn with_dockerd(
+    test: &str,
+    gpus: impl FnOnce(&Path) -> Result<Option<Gpus>>,
+    daemon_json: &str,
+    case: impl FnOnce(&Docker<'_>, &str, Option<&Gpus>) -> Result<()>,
+) -> Result<()> {
+    let Some(release) = docker_release(test) else {
+        return Ok(());
+    };
+    let c = Containerd::start()?;
+    let gpus = gpus(c.dir())?;
+    let config = match &gpus {
+        Some(g) => g.config.clone(),
+        None => write_config(c.dir(), "")?,
+    };
+    let d = dockerd(release, &c, &config, daemon_json, &[])?;
+    case(&d, &config, gpus.as_ref())?;
+    finish_docker(d);
+    finish_containerd(c);
+    Ok(())
+}
+
+/// No GPUs: an empty shim configuration.
+fn no_gpus(_: &Path) -> Result<Option<Gpus>> {
+    Ok(None)
+}
+
+/// `n` fake GPUs.
+fn fake_gpus(n: u32) -> impl FnOnce(&Path) -> Result<Option<Gpus>> {
+    move |dir| Ok(Some(Gpus::fake(dir, n)?))
+}
+
 /// `docker run --rm --runtime RUNTIME FLAGS... BUSYBOX sh -c SCRIPT`: what it showed, once
 /// checked that the container left nothing behind.
 fn docker_sh(d: &Docker<'_>, runtime: &str, flags: &[&str], script: &str) -> Result<Seen> {
@@ -151,7 +187,7 @@ fn docker_tty(d: &Docker<'_>, name: &str, runtime: &str) -> Result<(PtyChild, Pa
     ];
     let mut args = args.to_vec();
     args.extend_from_slice(&[BUSYBOX_IMAGE, "sh"]);
-    Ok((PtyChild::spawn(d.docker_cmd(&args), 24, 80)?, cidfile))
+    Ok((PtyChild::spawn(d.command(&args), 24, 80)?, cidfile))
 }
 
 /// The container id in `cidfile`.
@@ -162,64 +198,58 @@ fn cid(cidfile: &Path) -> Result<String> {
 #[test]
 fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
     let test = "docker_run_output_exit_code_and_tty_match_runc";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let config = write_config(c.dir(), "")?;
-    let d = dockerd(release, &c, &config, "", &[])?;
-    let json: serde_json::Value = serde_json::from_str(&d.daemon_json())?;
-    assert_eq!(
-        json["runtimes"][NVIDIA]["runtimeType"], "io.containerd.nvidia.v2",
-        "configure docker wrote the runtime entry: {json}"
-    );
-    assert_eq!(json["runtimes"][NVIDIA]["options"]["ConfigPath"], config);
-
-    let seen = alike("docker run", RUNTIMES, |runtime| {
-        // Output, exit code and --rm.
-        let plain = "echo out; echo err >&2; exit 3";
-        let (out, id) = d.run(&[
-            "--rm",
-            "--runtime",
-            runtime,
-            BUSYBOX_IMAGE,
-            "sh",
-            "-c",
-            plain,
-        ])?;
-        let plain = (out.status.code(), text(&out.stdout), text(&out.stderr));
-        d.assert_clean(&id);
-        let gone = d.docker(&["inspect", &id])?;
-        assert!(!gone.status.success(), "{runtime}: --rm removed {id}");
-
-        // -it: a terminal of its own, what is typed, its size once the client has set it,
-        // the exit code.
-        let (mut tty, cidfile) = docker_tty(&d, "tty", runtime)?;
-        tty.send("tty; echo $((6 * 7))-done\n")?;
-        let shown = tty.expect("42-done")?;
-        let sized = tty.retry_until("stty size\n", "24 80")?;
-        tty.send("exit 5\n")?;
-        let status = tty.wait()?;
-        d.assert_clean(&cid(&cidfile)?);
-        let terminal = (
-            status.code(),
-            [("/dev/pts/0", &shown), ("24 80", &sized)]
-                .iter()
-                .filter(|(s, out)| out.contains(s))
-                .map(|(s, _)| format!("{s}\n"))
-                .collect::<String>(),
-            String::new(),
+    with_dockerd(test, no_gpus, "", |d, config, _| {
+        let json: serde_json::Value = serde_json::from_str(&d.daemon_json())?;
+        assert_eq!(
+            json["runtimes"][NVIDIA]["runtimeType"], "io.containerd.nvidia.v2",
+            "configure docker wrote the runtime entry: {json}"
         );
-        Ok((plain, terminal))
-    })?;
-    let expected = (
-        (Some(3), "out\n".to_owned(), "err\n".to_owned()),
-        (Some(5), "/dev/pts/0\n24 80\n".to_owned(), String::new()),
-    );
-    assert_eq!(seen, expected, "runc and nvidia");
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+        assert_eq!(json["runtimes"][NVIDIA]["options"]["ConfigPath"], config);
+
+        let seen = alike("docker run", RUNTIMES, |runtime| {
+            // Output, exit code and --rm.
+            let plain = "echo out; echo err >&2; exit 3";
+            let (out, id) = d.run(&[
+                "--rm",
+                "--runtime",
+                runtime,
+                BUSYBOX_IMAGE,
+                "sh",
+                "-c",
+                plain,
+            ])?;
+            let plain = (out.status.code(), text(&out.stdout), text(&out.stderr));
+            d.assert_clean(&id);
+            let gone = d.cli(&["inspect", &id])?;
+            assert!(!gone.status.success(), "{runtime}: --rm removed {id}");
+
+            // -it: a terminal of its own, what is typed, its size once the client has set it,
+            // the exit code.
+            let (mut tty, cidfile) = docker_tty(d, "tty", runtime)?;
+            tty.send("tty; echo $((6 * 7))-done\n")?;
+            let shown = tty.expect("42-done")?;
+            let sized = tty.retry_until("stty size\n", "24 80")?;
+            tty.send("exit 5\n")?;
+            let status = tty.wait()?;
+            d.assert_clean(&cid(&cidfile)?);
+            let terminal = (
+                status.code(),
+                [("/dev/pts/0", &shown), ("24 80", &sized)]
+                    .iter()
+                    .filter(|(s, out)| out.contains(s))
+                    .map(|(s, _)| format!("{s}\n"))
+                    .collect::<String>(),
+                String::new(),
+            );
+            Ok((plain, terminal))
+        })?;
+        let expected = (
+            (Some(3), "out\n".to_owned(), "err\n".to_owned()),
+            (Some(5), "/dev/pts/0\n24 80\n".to_owned(), String::new()),
+        );
+        assert_eq!(seen, expected, "runc and nvidia");
+        Ok(())
+    })
 }
 
 /// Docker puts the client's terminal size in the spec's `process.consoleSize`; runc gives the
@@ -228,173 +258,150 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
 #[test]
 fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result<()> {
     let test = "docker_tty_has_the_spec_console_size_from_the_start_as_under_runc";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let config = write_config(c.dir(), "")?;
-    let d = dockerd(release, &c, &config, "", &[])?;
-    let at_once = alike("stty size at once", RUNTIMES, |runtime| {
-        let (mut tty, cidfile) = docker_tty(&d, "size", runtime)?;
-        tty.send("stty size; echo $((6 * 7))-done\n")?;
-        let shown = tty.expect("42-done")?;
-        let id = cid(&cidfile)?;
-        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
-            c.state_dir()
-                .join("io.containerd.runtime.v2.task/moby")
-                .join(&id)
-                .join("config.json"),
-        )?)?;
-        tty.send("exit\n")?;
-        tty.wait()?;
-        d.assert_clean(&id);
-        assert_eq!(
-            spec["process"]["consoleSize"],
-            serde_json::json!({"height": 24, "width": 80}),
-            "{runtime}"
-        );
-        Ok(shown.contains("\r\n24 80\r\n"))
-    })?;
-    assert!(at_once, "stty size at once under runc, nvidia");
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+    with_dockerd(test, no_gpus, "", |d, _, _| {
+        let at_once = alike("stty size at once", RUNTIMES, |runtime| {
+            let (mut tty, cidfile) = docker_tty(d, "size", runtime)?;
+            tty.send("stty size; echo $((6 * 7))-done\n")?;
+            let shown = tty.expect("42-done")?;
+            let id = cid(&cidfile)?;
+            let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
+                d.containerd()
+                    .state_dir()
+                    .join("io.containerd.runtime.v2.task/moby")
+                    .join(&id)
+                    .join("config.json"),
+            )?)?;
+            tty.send("exit\n")?;
+            tty.wait()?;
+            d.assert_clean(&id);
+            assert_eq!(
+                spec["process"]["consoleSize"],
+                serde_json::json!({"height": 24, "width": 80}),
+                "{runtime}"
+            );
+            Ok(shown.contains("\r\n24 80\r\n"))
+        })?;
+        assert!(at_once, "stty size at once under runc, nvidia");
+        Ok(())
+    })
 }
 
 #[test]
 fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
     let test = "docker_exec_logs_stop_kill_wait_match_runc";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let config = write_config(c.dir(), "")?;
-    let d = dockerd(release, &c, &config, "", &[])?;
-    let detached = |runtime: &str, cmd: &[&str]| -> Result<String> {
-        let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
-        args.extend_from_slice(cmd);
-        let (out, id) = d.run(&args)?;
-        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-        Ok(id)
-    };
-    let seen = alike("docker exec, logs, stop, kill, wait", RUNTIMES, |runtime| {
-        let script =
-            "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done";
-        let id = detached(runtime, &["sh", "-c", script])?;
-        eventually("the container's first line in docker logs", || {
-            d.docker_ok(&["logs", &id])
-                .is_ok_and(|l| l.contains("started"))
-        })?;
-        let script = "echo exec-out; echo exec-err >&2; exit 4";
-        let exec = d.docker(&["exec", &id, "sh", "-c", script])?;
-        let exec = (exec.status.code(), text(&exec.stdout), text(&exec.stderr));
-        let state = d.inspect(&id, "{{.State.Status}}")?;
-        // stop: SIGTERM, which the trap turns into exit 7; wait and inspect report it.
-        d.docker_ok(&["stop", "-t", "20", &id])?;
-        let waited = d.docker_ok(&["wait", &id])?;
-        let code = d.inspect(&id, "{{.State.ExitCode}}")?;
-        let logs = text(&d.docker(&["logs", &id])?.stdout);
-        d.docker_ok(&["rm", &id])?;
-        d.assert_clean(&id);
+    with_dockerd(test, no_gpus, "", |d, _, _| {
+        let detached = |runtime: &str, cmd: &[&str]| -> Result<String> {
+            let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
+            args.extend_from_slice(cmd);
+            let (out, id) = d.run(&args)?;
+            ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+            Ok(id)
+        };
+        let seen = alike("docker exec, logs, stop, kill, wait", RUNTIMES, |runtime| {
+            let script =
+                "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done";
+            let id = detached(runtime, &["sh", "-c", script])?;
+            eventually("the container's first line in docker logs", || {
+                d.cli_ok(&["logs", &id])
+                    .is_ok_and(|l| l.contains("started"))
+            })?;
+            let script = "echo exec-out; echo exec-err >&2; exit 4";
+            let exec = d.cli(&["exec", &id, "sh", "-c", script])?;
+            let exec = (exec.status.code(), text(&exec.stdout), text(&exec.stderr));
+            let state = d.inspect(&id, "{{.State.Status}}")?;
+            // stop: SIGTERM, which the trap turns into exit 7; wait and inspect report it.
+            d.cli_ok(&["stop", "-t", "20", &id])?;
+            let waited = d.cli_ok(&["wait", &id])?;
+            let code = d.inspect(&id, "{{.State.ExitCode}}")?;
+            let logs = text(&d.cli(&["logs", &id])?.stdout);
+            d.cli_ok(&["rm", &id])?;
+            d.assert_clean(&id);
 
-        // kill: SIGKILL; wait reports 137.
-        let id = detached(runtime, &["sleep", "600"])?;
-        d.docker_ok(&["kill", &id])?;
-        let killed = d.docker_ok(&["wait", &id])?;
-        d.docker_ok(&["rm", &id])?;
-        d.assert_clean(&id);
-        Ok((exec, state, waited, code, logs, killed))
-    })?;
-    let expected = (
-        (Some(4), "exec-out\n".to_owned(), "exec-err\n".to_owned()),
-        "running".to_owned(),
-        "7".to_owned(),
-        "7".to_owned(),
-        "started\ngot-term\n".to_owned(),
-        "137".to_owned(),
-    );
-    assert_eq!(seen, expected, "runc and nvidia");
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+            // kill: SIGKILL; wait reports 137.
+            let id = detached(runtime, &["sleep", "600"])?;
+            d.cli_ok(&["kill", &id])?;
+            let killed = d.cli_ok(&["wait", &id])?;
+            d.cli_ok(&["rm", &id])?;
+            d.assert_clean(&id);
+            Ok((exec, state, waited, code, logs, killed))
+        })?;
+        let expected = (
+            (Some(4), "exec-out\n".to_owned(), "exec-err\n".to_owned()),
+            "running".to_owned(),
+            "7".to_owned(),
+            "7".to_owned(),
+            "started\ngot-term\n".to_owned(),
+            "137".to_owned(),
+        );
+        assert_eq!(seen, expected, "runc and nvidia");
+        Ok(())
+    })
 }
 
 #[test]
 fn docker_restart_on_failure_matches_runc() -> Result<()> {
     let test = "docker_restart_on_failure_matches_runc";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let config = write_config(c.dir(), "")?;
-    let d = dockerd(release, &c, &config, "", &[])?;
-    let seen = alike("docker run --restart on-failure:2", RUNTIMES, |runtime| {
-        let (out, id) = d.run(&[
-            "-d",
-            "--restart",
-            "on-failure:2",
-            "--runtime",
-            runtime,
-            BUSYBOX_IMAGE,
-            "sh",
-            "-c",
-            "echo run; exit 5",
-        ])?;
-        ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-        // Two restarts (back-off 100 ms, then 200 ms), then exited for good.
-        let format = "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}";
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let state = loop {
-            let s = d.inspect(&id, format)?;
-            if s == "exited 2 5" || Instant::now() > deadline {
-                break s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let logs = text(&d.docker(&["logs", &id])?.stdout);
-        d.docker_ok(&["rm", &id])?;
-        d.assert_clean(&id);
-        Ok((state, logs))
-    })?;
-    let expected = ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned());
-    assert_eq!(seen, expected, "runc and nvidia");
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+    with_dockerd(test, no_gpus, "", |d, _, _| {
+        let seen = alike("docker run --restart on-failure:2", RUNTIMES, |runtime| {
+            let (out, id) = d.run(&[
+                "-d",
+                "--restart",
+                "on-failure:2",
+                "--runtime",
+                runtime,
+                BUSYBOX_IMAGE,
+                "sh",
+                "-c",
+                "echo run; exit 5",
+            ])?;
+            ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+            // Two restarts (back-off 100 ms, then 200 ms), then exited for good.
+            let format = "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}";
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let state = loop {
+                let s = d.inspect(&id, format)?;
+                if s == "exited 2 5" || Instant::now() > deadline {
+                    break s;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let logs = text(&d.cli(&["logs", &id])?.stdout);
+            d.cli_ok(&["rm", &id])?;
+            d.assert_clean(&id);
+            Ok((state, logs))
+        })?;
+        let expected = ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned());
+        assert_eq!(seen, expected, "runc and nvidia");
+        Ok(())
+    })
 }
 
 #[test]
 fn docker_nvidia_visible_devices_all_gets_both_fake_gpus() -> Result<()> {
     let test = "docker_nvidia_visible_devices_all_gets_both_fake_gpus";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let g = Gpus::fake(c.dir(), 2)?;
-    let d = dockerd(release, &c, &g.config, "", &[])?;
-    let script = "cd /dev && for n in nvidia[0-9]*; do test -e \"$n\" && stat -c \"$n %t:%T\" \"$n\"; done; true";
-    let env = ["-e", "NVIDIA_VISIBLE_DEVICES=all"];
-    let mut nodes = Vec::new();
-    for runtime in RUNTIMES {
-        let (code, out, err) = docker_sh(&d, runtime, &env, script)?;
-        ensure!(code == Some(0), "{runtime}: {err}");
-        nodes.push(out);
-    }
-    assert_eq!(nodes[0], "", "runc injects nothing");
-    assert_eq!(
-        nodes[1], "nvidia0 c3:0\nnvidia1 c3:1\n",
-        "both GPUs through the runtime's options.ConfigPath"
-    );
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+    with_dockerd(test, fake_gpus(2), "", |d, _, _| {
+        let script = "cd /dev && for n in nvidia[0-9]*; do test -e \"$n\" && stat -c \"$n %t:%T\" \"$n\"; done; true";
+        let env = ["-e", "NVIDIA_VISIBLE_DEVICES=all"];
+        let mut nodes = Vec::new();
+        for runtime in RUNTIMES {
+            let (code, out, err) = docker_sh(d, runtime, &env, script)?;
+            ensure!(code == Some(0), "{runtime}: {err}");
+            nodes.push(out);
+        }
+        assert_eq!(nodes[0], "", "runc injects nothing");
+        assert_eq!(
+            nodes[1], "nvidia0 c3:0\nnvidia1 c3:1\n",
+            "both GPUs through the runtime's options.ConfigPath"
+        );
+        Ok(())
+    })
 }
 
 /// `podman run --rm ARGS...`: exit code and stdout.
 fn podman_run(p: &Podman, args: &[&str]) -> Result<(Option<i32>, String, String)> {
     let mut all = vec!["run", "--rm"];
     all.extend_from_slice(args);
-    let out = p.podman(&all)?;
+    let out = p.cli(&all)?;
     Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
 }
 
@@ -409,14 +416,14 @@ fn podman_smoke(runtime: &str) -> Result<()> {
         (Some(3), "out\n".to_owned(), "err\n".to_owned()),
         "{runtime}"
     );
-    let id = p.podman_ok(&["run", "-d", BUSYBOX_IMAGE, "sleep", "600"])?;
-    let exec = p.podman(&["exec", &id, "sh", "-c", "echo in; exit 4"])?;
+    let id = p.cli_ok(&["run", "-d", BUSYBOX_IMAGE, "sleep", "600"])?;
+    let exec = p.cli(&["exec", &id, "sh", "-c", "echo in; exit 4"])?;
     assert_eq!(
         (exec.status.code(), text(&exec.stdout)),
         (Some(4), "in\n".to_owned())
     );
-    p.podman_ok(&["stop", "-t", "1", &id])?;
-    p.podman_ok(&["rm", &id])?;
+    p.cli_ok(&["stop", "-t", "1", &id])?;
+    p.cli_ok(&["rm", &id])?;
 
     // podman sees the test's CDI directory as /etc/cdi.
     std::fs::write(p.cdi_dir().join("nvtest.json"), CDI_SPEC)?;
@@ -448,18 +455,10 @@ fn podman_smoke(runtime: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether podman can run here; says why not when it cannot.
 fn podman_can_run(test: &str) -> bool {
-    if !can_run_containerd(test) {
-        return false;
-    }
-    if which("podman").is_none() || which("nsenter").is_none() {
-        skip(
-            test,
-            "podman not installed (scripts/install-deps.sh installs it)",
-        );
-        return false;
-    }
-    true
+    let why = "podman not installed (scripts/install-deps.sh installs it)";
+    can_run_containerd(test) && has_programs(test, &["podman", "nsenter"], why)
 }
 
 /// The OCI runtimes podman can run here, `crun` first; why crun cannot, if it cannot.
@@ -510,15 +509,12 @@ fn cri17(release: &Unpacked, cdi: &Path, nvidia: String) -> Result<Cri> {
 /// A pod through the `nvidia` handler with one app container (`image`, default busybox)
 /// sleeping, given the CDI devices `devices`; the pod's and the app's ids.
 fn cdi_pod(cri: &Cri, name: &str, image: Option<&str>, devices: &[&str]) -> Result<[String; 2]> {
-    let opts = PodOptions::default();
-    let pod = cri.run_pod(name, HANDLER, &opts)?;
     let app = ContainerOptions {
         cdi_devices: devices.iter().map(|d| (*d).to_owned()).collect(),
         image: image.map(str::to_owned),
         ..ContainerOptions::sh("app", "exec sleep 1000")
     };
-    let app = cri.run_container(&pod, name, &opts, &app)?;
-    Ok([pod, app])
+    cri.run_pod_with(name, HANDLER, &PodOptions::default(), &app)
 }
 
 #[test]
@@ -667,56 +663,52 @@ fn cdi_spec(g: &Gpus, dir: &Path, args: &[&str]) -> Result<()> {
 #[test]
 fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
     let test = "docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let g = debian_gpus(c.dir())?;
     let cdi = cdi_dir()?;
-    let d = dockerd(release, &c, &g.config, &cdi_daemon_json(cdi.path()), &[])?;
-    d.import(&probe::image()?, PROBE_IMAGE)?;
-    let probe = |args: &[&str]| -> Result<String> {
-        let mut all = vec!["--rm"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&[PROBE_IMAGE, "nvprobe", "cuInit", "nvmlInit"]);
-        let (out, id) = d.run(&all)?;
-        ensure!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        d.assert_clean(&id);
-        Ok(text(&out.stdout))
-    };
-    // docker run --gpus all through the runtime.
-    let out = probe(&["--runtime", NVIDIA, "--gpus", "all"])?;
-    let [seen, host] = codes(&out)?;
-    assert_eq!(seen, host, "--gpus all: {out}");
-    assert_eq!(
-        host,
-        (Some(100), Some(9)),
-        "no kernel module: the host's answers"
-    );
-    // Docker's own CDI, with the spec `cdi generate` writes (hooks calling this binary), under
-    // runc (which runs the hooks) and under the runtime (which does them itself); then the
-    // toolkit's form (nvidia-cdi-hook, here the link configure docker made).
-    let cdi_hook = d.hooks_dir().join("nvidia-cdi-hook");
-    let cdi_hook = cdi_hook.display().to_string();
-    for generate in [
-        vec![],
-        vec![
-            "--hooks",
-            "nvidia-cdi-hook",
-            "--hook-path",
-            cdi_hook.as_str(),
-        ],
-    ] {
-        cdi_spec(&g, cdi.path(), &generate)?;
-        for runtime in RUNTIMES {
-            let out = probe(&["--runtime", runtime, "--device", "nvidia.com/gpu=all"])?;
-            let [seen, host] = codes(&out)?;
-            assert_eq!(seen, host, "CDI {generate:?} under {runtime}: {out}");
+    let debian = |dir: &Path| Ok(Some(debian_gpus(dir)?));
+    with_dockerd(test, debian, &cdi_daemon_json(cdi.path()), |d, _, g| {
+        let g = g.context("Debian's driver")?;
+        d.import(&probe::image()?, PROBE_IMAGE)?;
+        let probe = |args: &[&str]| -> Result<String> {
+            let mut all = vec!["--rm"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&[PROBE_IMAGE, "nvprobe", "cuInit", "nvmlInit"]);
+            let (out, id) = d.run(&all)?;
+            ensure!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+            d.assert_clean(&id);
+            Ok(text(&out.stdout))
+        };
+        // docker run --gpus all through the runtime.
+        let out = probe(&["--runtime", NVIDIA, "--gpus", "all"])?;
+        let [seen, host] = codes(&out)?;
+        assert_eq!(seen, host, "--gpus all: {out}");
+        assert_eq!(
+            host,
+            (Some(100), Some(9)),
+            "no kernel module: the host's answers"
+        );
+        // Docker's own CDI, with the spec `cdi generate` writes (hooks calling this binary), under
+        // runc (which runs the hooks) and under the runtime (which does them itself); then the
+        // toolkit's form (nvidia-cdi-hook, here the link configure docker made).
+        let cdi_hook = d.hooks_dir().join("nvidia-cdi-hook");
+        let cdi_hook = cdi_hook.display().to_string();
+        for generate in [
+            vec![],
+            vec![
+                "--hooks",
+                "nvidia-cdi-hook",
+                "--hook-path",
+                cdi_hook.as_str(),
+            ],
+        ] {
+            cdi_spec(g, cdi.path(), &generate)?;
+            for runtime in RUNTIMES {
+                let out = probe(&["--runtime", runtime, "--device", "nvidia.com/gpu=all"])?;
+                let [seen, host] = codes(&out)?;
+                assert_eq!(seen, host, "CDI {generate:?} under {runtime}: {out}");
+            }
         }
-    }
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+        Ok(())
+    })
 }
 
 #[test]
@@ -848,106 +840,106 @@ fn ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs() -> Result<()> {
 #[test]
 fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
     let test = "hostile_images_cannot_steer_the_cdi_hook_or_the_runtime";
-    let Some(release) = docker_release(test) else {
-        return Ok(());
-    };
-    let c = Containerd::start()?;
-    let g = Gpus::fake(c.dir(), 1)?;
-    let work = tempfile::Builder::new()
-        .prefix("nvhostile")
-        .tempdir_in("/tmp")?;
-    // The preloaded library: its constructor writes a marker named after the process.
-    let marker_dir = work.path().join("markers");
-    std::fs::create_dir(&marker_dir)?;
-    let src = work.path().join("evil.c");
-    std::fs::write(
+    let cdi = cdi_dir()?;
+    with_dockerd(
+        test,
+        fake_gpus(1),
+        &cdi_daemon_json(cdi.path()),
+        |d, _, g| {
+            let g = g.context("the fake GPU")?;
+            let work = tempfile::Builder::new()
+                .prefix("nvhostile")
+                .tempdir_in("/tmp")?;
+            // The preloaded library: its constructor writes a marker named after the process.
+            let marker_dir = work.path().join("markers");
+            std::fs::create_dir(&marker_dir)?;
+            let src = work.path().join("evil.c");
+            std::fs::write(
         &src,
         format!(
             "#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void evil(void) {{\n  char p[512]; snprintf(p, sizeof p, \"{}/loaded-%d\", (int)getpid());\n  FILE *f = fopen(p, \"w\"); if (f) fclose(f);\n}}\n",
             marker_dir.display()
         ),
     )?;
-    let evil = work.path().join("evil.so");
-    let status = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&evil)
-        .arg(&src)
-        .status()?;
-    ensure!(status.success(), "cc evil.so");
-    // It works: a host program given it writes its marker.
-    let control = std::process::Command::new("/bin/true")
-        .env("LD_PRELOAD", &evil)
-        .status()?;
-    ensure!(control.success());
-    ensure!(
-        std::fs::read_dir(&marker_dir)?.count() == 1,
-        "the preload writes its marker"
-    );
-    for e in std::fs::read_dir(&marker_dir)?.flatten() {
-        std::fs::remove_file(e.path())?;
-    }
-    let escape = work.path().join("escape");
-    std::fs::create_dir(&escape)?;
-    let mut image = ImageSpec::glibc()?;
-    image.env.push("LD_PRELOAD=/evil.so".into());
-    let evil = std::fs::read(&evil)?;
-    image
-        .entries
-        .push(Entry::File("evil.so".into(), 0o755, evil));
-    let image_name = "docker.io/library/nvtest-hostile:latest";
-    let cdi = cdi_dir()?;
-    let d = dockerd(release, &c, &g.config, &cdi_daemon_json(cdi.path()), &[])?;
-    d.import(&image, image_name)?;
-    // The image's library directory, a symlink to the host directory `escape`.
-    let linked = "docker.io/library/nvtest-hostile-link:latest";
-    let mut link_image = ImageSpec::busybox()?;
-    let lib_dir = "usr/lib/x86_64-linux-gnu".into();
-    let link = Entry::Symlink(lib_dir, escape.display().to_string());
-    link_image.entries.push(link);
-    d.import(&link_image, linked)?;
-    cdi_spec(&g, cdi.path(), &[])?;
-    for runtime in RUNTIMES {
-        for image in [image_name, linked] {
-            for request in [
-                &["--device", "nvidia.com/gpu=all"][..],
-                &["--gpus", "all"][..],
-            ] {
-                if runtime == "runc" && request[0] == "--gpus" {
-                    continue; // fails by design (see the --gpus test)
-                }
-                let mut args = vec!["--rm", "--runtime", runtime];
-                args.extend_from_slice(request);
-                args.extend_from_slice(&[image, "true"]);
-                let (out, id) = d.run(&args)?;
-                ensure!(
-                    out.status.success(),
-                    "{runtime} {image} {request:?}: {}",
-                    text(&out.stderr)
-                );
-                d.assert_clean(&id);
+            let evil = work.path().join("evil.so");
+            let status = std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(&evil)
+                .arg(&src)
+                .status()?;
+            ensure!(status.success(), "cc evil.so");
+            // It works: a host program given it writes its marker.
+            let control = std::process::Command::new("/bin/true")
+                .env("LD_PRELOAD", &evil)
+                .status()?;
+            ensure!(control.success());
+            ensure!(
+                std::fs::read_dir(&marker_dir)?.count() == 1,
+                "the preload writes its marker"
+            );
+            for e in std::fs::read_dir(&marker_dir)?.flatten() {
+                std::fs::remove_file(e.path())?;
             }
-        }
-    }
-    // The container's own processes load the preload (it is the container's business) in
-    // their own mount namespace, where the marker directory does not exist: no marker on the
-    // host means no hook and no runtime step ever loaded it here.
-    let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        markers.is_empty(),
-        "the image's LD_PRELOAD ran on the host side: {markers:?}"
-    );
-    let written: Vec<_> = std::fs::read_dir(&escape)?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        written.is_empty(),
-        "written through the image's symlink: {written:?}"
-    );
-    finish_docker(d);
-    finish_containerd(c);
-    Ok(())
+            let escape = work.path().join("escape");
+            std::fs::create_dir(&escape)?;
+            let mut image = ImageSpec::glibc()?;
+            image.env.push("LD_PRELOAD=/evil.so".into());
+            let evil = std::fs::read(&evil)?;
+            image
+                .entries
+                .push(Entry::File("evil.so".into(), 0o755, evil));
+            let image_name = "docker.io/library/nvtest-hostile:latest";
+            d.import(&image, image_name)?;
+            // The image's library directory, a symlink to the host directory `escape`.
+            let linked = "docker.io/library/nvtest-hostile-link:latest";
+            let mut link_image = ImageSpec::busybox()?;
+            let lib_dir = "usr/lib/x86_64-linux-gnu".into();
+            let link = Entry::Symlink(lib_dir, escape.display().to_string());
+            link_image.entries.push(link);
+            d.import(&link_image, linked)?;
+            cdi_spec(g, cdi.path(), &[])?;
+            for runtime in RUNTIMES {
+                for image in [image_name, linked] {
+                    for request in [
+                        &["--device", "nvidia.com/gpu=all"][..],
+                        &["--gpus", "all"][..],
+                    ] {
+                        if runtime == "runc" && request[0] == "--gpus" {
+                            continue; // fails by design (see the --gpus test)
+                        }
+                        let mut args = vec!["--rm", "--runtime", runtime];
+                        args.extend_from_slice(request);
+                        args.extend_from_slice(&[image, "true"]);
+                        let (out, id) = d.run(&args)?;
+                        ensure!(
+                            out.status.success(),
+                            "{runtime} {image} {request:?}: {}",
+                            text(&out.stderr)
+                        );
+                        d.assert_clean(&id);
+                    }
+                }
+            }
+            // The container's own processes load the preload (it is the container's business) in
+            // their own mount namespace, where the marker directory does not exist: no marker on the
+            // host means no hook and no runtime step ever loaded it here.
+            let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(
+                markers.is_empty(),
+                "the image's LD_PRELOAD ran on the host side: {markers:?}"
+            );
+            let written: Vec<_> = std::fs::read_dir(&escape)?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(
+                written.is_empty(),
+                "written through the image's symlink: {written:?}"
+            );
+            Ok(())
+        },
+    )
 }

@@ -13,7 +13,7 @@ use nvidia_shim_integration::checks::{
     stop_and_remove_in_group, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
-use nvidia_shim_integration::ctr_run::{busybox_rootfs, oci_spec, CtrRun};
+use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
 use nvidia_shim_integration::gpu::{write_config, Gpus};
 use nvidia_shim_integration::image::ImageSpec;
 use nvidia_shim_integration::task_api::update_request;
@@ -286,23 +286,18 @@ fn exec_codes_under_pid_reuse(c: &Containerd, ns_pid: u32, runtime: &str) -> Res
         ],
     )?;
     // The slow create: a spec of its own over a directory rootfs, in the same group.
-    let slow = CtrRun::new("slow").runtime(runtime).detach();
+    let sleep = ["/bin/busybox", "sleep", "600"];
+    let mut slow = OwnSpec::new(c, ("slow", runtime), &["-d"], &sleep)?;
     let b = slow.id().to_owned();
-    let dir = tempfile::tempdir()?;
-    let rootfs = dir.path().join("rootfs");
-    busybox_rootfs(&rootfs, &[])?;
-    let mut spec = oci_spec(c, &b, &rootfs, &["/bin/busybox", "sleep", "600"])?;
-    spec["annotations"] = serde_json::json!({
+    slow.spec["annotations"] = serde_json::json!({
         "io.containerd.nvidia.v2.group": group,
         "io.containerd.runc.v2.group": group,
     });
-    spec["hooks"] = serde_json::json!({
+    slow.spec["hooks"] = serde_json::json!({
         "createRuntime": [{ "path": "/bin/sleep", "args": ["sleep", "10"] }]
     });
-    let file = dir.path().join("config.json");
-    std::fs::write(&file, serde_json::to_vec(&spec)?)?;
-    let slow = slow
-        .spec(&file)
+    let slow_run = slow
+        .run()?
         .command(c)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -322,7 +317,7 @@ fn exec_codes_under_pid_reuse(c: &Containerd, ns_pid: u32, runtime: &str) -> Res
         let exec = c.exec(&a, &format!("e{round}"), &["sh", "-c", "exit 7"])?;
         codes.push(exec.status.code().unwrap_or(-1));
     }
-    let slow_out = slow.wait_with_output()?;
+    let slow_out = slow_run.wait_with_output()?;
     anyhow::ensure!(
         slow_out.status.success(),
         "{runtime}: the slow create: {}",

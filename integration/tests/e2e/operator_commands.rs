@@ -17,6 +17,23 @@ use nvidia_shim_integration::gpu::{write_config, Gpus};
 use nvidia_shim_integration::{can_run_containerd, is_root, leftovers, shim_binary, skip, which};
 use serde_json::Value;
 
+/// `containerd-shim-nvidia-v2 configure WHAT --config CONFIG FLAGS...`.
+fn configure(what: &str, config: &str, flags: &[&str]) -> Result<Output> {
+    let mut args = vec!["configure", what, "--config", config];
+    args.extend_from_slice(flags);
+    shim(&args)
+}
+
+/// `containerd-shim-nvidia-v2 doctor --json --config SHIM_CONFIG --containerd-config
+/// CONTAINERD_CONFIG FLAGS...`.
+fn doctor_json(shim_config: &str, containerd_config: &Path, flags: &[&str]) -> Result<Output> {
+    let containerd_config = containerd_config.display().to_string();
+    let mut args = vec!["doctor", "--json", "--config", shim_config];
+    args.extend_from_slice(&["--containerd-config", &containerd_config]);
+    args.extend_from_slice(flags);
+    shim(&args)
+}
+
 /// Whether the test runs as root, which the fake driver's device nodes need (mknod).
 fn root(test: &str) -> bool {
     is_root(test, "the fake driver's device nodes need mknod")
@@ -40,7 +57,7 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     let path = file.display().to_string();
 
     // --dry-run shows the change and writes nothing.
-    let dry = shim(&["configure", "containerd", "--config", &path, "--dry-run"])?;
+    let dry = configure("containerd", &path, &["--dry-run"])?;
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     assert!(
         text(&dry.stdout).contains("+runtime_type = \"io.containerd.nvidia.v2\""),
@@ -49,10 +66,10 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     );
     assert_eq!(std::fs::read(&file)?, default.stdout, "--dry-run wrote");
 
-    let first = shim(&["configure", "containerd", "--config", &path])?;
+    let first = configure("containerd", &path, &[])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     let once = std::fs::read_to_string(&file)?;
-    let second = shim(&["configure", "containerd", "--config", &path])?;
+    let second = configure("containerd", &path, &[])?;
     assert!(text(&second.stdout).contains("nothing changed"));
     assert_eq!(std::fs::read_to_string(&file)?, once, "not idempotent");
     assert_eq!(
@@ -85,13 +102,8 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
         ..HandlerConfigs::default()
     })?;
     let opts = PodOptions::default();
-    let pod = cri.run_pod("configured", HANDLER, &opts)?;
-    let app = cri.run_container(
-        &pod,
-        "configured",
-        &opts,
-        &ContainerOptions::sh("app", "echo up; exec sleep 1000"),
-    )?;
+    let app = ContainerOptions::sh("app", "echo up; exec sleep 1000");
+    let [_, app] = cri.run_pod_with("configured", HANDLER, &opts, &app)?;
     assert_eq!(
         cri.sh(&app, "echo through the configured handler")?.trim(),
         "through the configured handler"
@@ -125,15 +137,8 @@ root = "/var/lib/containerd"
     let file = dir.path().join("v3.toml");
     std::fs::write(&file, v3)?;
     let path = file.display().to_string();
-    let out = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &path,
-        "--set-as-default",
-        "--runtime-name",
-        "gpu",
-    ])?;
+    let flags = ["--set-as-default", "--runtime-name", "gpu"];
+    let out = configure("containerd", &path, &flags)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let edited = std::fs::read_to_string(&file)?;
     assert!(edited.contains("# containerd 2.x, managed by ansible"));
@@ -152,12 +157,7 @@ root = "/var/lib/containerd"
     // A file it cannot parse is refused, naming the line, and left alone.
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "version = 2\n\n[plugins\n")?;
-    let out = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &broken.display().to_string(),
-    ])?;
+    let out = configure("containerd", &broken.display().to_string(), &[])?;
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -403,16 +403,9 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
         .start()?;
     let dir = tempfile::tempdir()?;
     let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(2).build())?;
-    let out = shim(&[
-        "doctor",
-        "--json",
-        "--config",
-        &g.config,
-        "--containerd-config",
-        &c.dir().join("config.toml").display().to_string(),
-        "--containerd-socket",
-        &c.socket().display().to_string(),
-    ])?;
+    let socket = c.socket().display().to_string();
+    let flags = ["--containerd-socket", &socket];
+    let out = doctor_json(&g.config, &c.dir().join("config.toml"), &flags)?;
     let report: Vec<Value> =
         serde_json::from_slice(&out.stdout).with_context(|| text(&out.stdout))?;
     let status = |name: &str| {
@@ -463,7 +456,7 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     std::os::unix::fs::symlink(&target, &link)?;
     let path = link.display().to_string();
 
-    let first = shim(&["configure", "containerd", "--config", &path])?;
+    let first = configure("containerd", &path, &[])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     let bak = managed.join("containerd.toml.bak");
     assert!(
@@ -471,13 +464,7 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
         "{}",
         text(&first.stdout)
     );
-    let second = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &path,
-        "--set-as-default",
-    ])?;
+    let second = configure("containerd", &path, &["--set-as-default"])?;
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert!(
         text(&second.stdout).contains(&format!("the original stays in {}", bak.display())),
@@ -504,16 +491,10 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     // The hook programs linked in the test's directory, never the host's /usr (where they
     // would change what every later `configure docker` does).
     let hooks = dir.path().join("hooks");
-    let out = shim(&[
-        "configure",
-        "docker",
-        "--config",
-        &daemon_link.display().to_string(),
-        "--hook-dir",
-        &hooks.display().to_string(),
-        "--cdi-hook-path",
-        &hooks.join("nvidia-cdi-hook").display().to_string(),
-    ])?;
+    let hook_dir = hooks.display().to_string();
+    let cdi_hook = hooks.join("nvidia-cdi-hook").display().to_string();
+    let flags = ["--hook-dir", &hook_dir, "--cdi-hook-path", &cdi_hook];
+    let out = configure("docker", &daemon_link.display().to_string(), &flags)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_link(&daemon_link)?, daemon);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon)?)?;
@@ -643,16 +624,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
     let shim_cfg = dir.path().join("shim.toml");
     std::fs::write(&shim_cfg, "accept_envvar_when_unprivileged = false\n")?;
     let shim_cfg = shim_cfg.display().to_string();
-    let doctor = |config: &Path| {
-        shim(&[
-            "doctor",
-            "--json",
-            "--config",
-            &shim_cfg,
-            "--containerd-config",
-            &config.display().to_string(),
-        ])
-    };
+    let doctor = |config: &Path| doctor_json(&shim_cfg, config, &[]);
     let runtime = |pod: &str| {
         format!(
             "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]\n  runtime_type = \"io.containerd.nvidia.v2\"\n  pod_annotations = [{pod}]\n  container_annotations = [\"cdi.k8s.io/*\", \"nvidia.com/*\"]\n"
@@ -678,12 +650,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
         );
         assert!(fix.contains("container_annotations"), "{fix}");
         // configure moves them, says so, and doctor is then satisfied.
-        let out = shim(&[
-            "configure",
-            "containerd",
-            "--config",
-            &file.display().to_string(),
-        ])?;
+        let out = configure("containerd", &file.display().to_string(), &[])?;
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(
             text(&out.stdout).contains("runtime \"nvidia\": ")
@@ -693,12 +660,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
         );
         let (status, detail, _) = doctor_check(&doctor(&file)?, "containerd config")?;
         assert_eq!(status, "OK", "{pod} after configure: {detail}");
-        let again = shim(&[
-            "configure",
-            "containerd",
-            "--config",
-            &file.display().to_string(),
-        ])?;
+        let again = configure("containerd", &file.display().to_string(), &[])?;
         assert!(
             text(&again.stdout).contains("nothing changed"),
             "{}",
@@ -734,18 +696,8 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
     // The harness put the shim first on each one's PATH; take it from the second.
     std::fs::remove_file(without.dir().join("bin/containerd-shim-nvidia-v2"))?;
     let dir = tempfile::tempdir()?;
-    let shim_cfg = dir.path().join("shim.toml");
-    std::fs::write(&shim_cfg, "")?;
-    let doctor = |c: &Containerd| {
-        shim(&[
-            "doctor",
-            "--json",
-            "--config",
-            &shim_cfg.display().to_string(),
-            "--containerd-config",
-            &c.dir().join("config.toml").display().to_string(),
-        ])
-    };
+    let shim_cfg = write_config(dir.path(), "")?;
+    let doctor = |c: &Containerd| doctor_json(&shim_cfg, &c.dir().join("config.toml"), &[]);
     let pid = |c: &Containerd| c.pid().map(|p| p.to_string()).unwrap_or_default();
 
     let (status, detail, _) = doctor_check(&doctor(&with)?, "shim on PATH")?;
@@ -784,14 +736,7 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
             dir.path().join("none.sock").display()
         ),
     )?;
-    let out = shim(&[
-        "doctor",
-        "--json",
-        "--config",
-        &shim_cfg.display().to_string(),
-        "--containerd-config",
-        &gone.display().to_string(),
-    ])?;
+    let out = doctor_json(&shim_cfg, &gone, &[])?;
     let (status, detail, _) = doctor_check(&out, "shim on PATH")?;
     assert_eq!(status, "FAIL", "{detail}");
     assert!(

@@ -11,7 +11,7 @@ use nvidia_shim_integration::checks::{
     alike, assert_clean, ctx, setup, shim_client, sleeper, stop_and_remove, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
-use nvidia_shim_integration::ctr_run::{busybox_rootfs, oci_spec, CtrRun};
+use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
 use nvidia_shim_integration::leftovers;
 use nvidia_shim_integration::task_api::update_request;
@@ -82,7 +82,7 @@ fn an_exec_whose_request_asks_for_a_terminal_gets_one_as_with_runc() -> Result<(
         client
             .start_process(&id, "tty")
             .with_context(|| format!("{runtime}: start exec"))?;
-        let status = client.wait_process(&id, "tty")?;
+        let status = client.wait_process(&id, "tty")?.exit_status;
         client.delete_process(&id, "tty")?;
         drop(client);
         let out = reader.join().unwrap_or_default();
@@ -266,18 +266,13 @@ fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<(b
 /// Whether a container whose spec sets `pids.limit = 1` runs its process through `runtime`
 /// (`ctr run --config` with a spec of its own over a directory rootfs).
 fn create_under_pids_limit_one(c: &Containerd, runtime: &str) -> Result<(bool, String)> {
-    let run = CtrRun::new("pids").runtime(runtime).rm();
-    let id = run.id().to_owned();
-    let dir = tempfile::tempdir()?;
-    let rootfs = dir.path().join("rootfs");
-    busybox_rootfs(&rootfs, &[])?;
-    let mut spec = oci_spec(c, &id, &rootfs, &["/bin/busybox", "echo", "alone"])?;
-    spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 1 });
-    let file = dir.path().join("config.json");
-    std::fs::write(&file, serde_json::to_vec(&spec)?)?;
-    let out = run.spec(&file).output(c)?;
-    let _ = c.ctr(&["container", "rm", &id]);
-    assert_clean(c, &id, &id);
+    let echo = ["/bin/busybox", "echo", "alone"];
+    let mut alone = OwnSpec::new(c, ("pids", runtime), &["--rm"], &echo)?;
+    alone.spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 1 });
+    let out = alone.run()?.output(c)?;
+    let id = alone.id();
+    let _ = c.ctr(&["container", "rm", id]);
+    assert_clean(c, id, id);
     Ok((out.status.success(), text(&out.stdout)))
 }
 

@@ -87,7 +87,7 @@ fn run_in_userns(
         .map_err(|e| anyhow::anyhow!("create: {e}"))
         .and_then(|_| {
             api.start_process(&id, "")?;
-            let status = api.wait_process(&id, "")?;
+            let status = api.wait_process(&id, "")?.exit_status;
             let said = std::fs::read_to_string(&out);
             ensure!(status == 0, "exit {status}: {said:?}");
             Ok(said?)
@@ -193,13 +193,8 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
         "a hostUsers: false pod",
         [HANDLER_RUNC, HANDLER],
         |handler| {
-            let pod = cri.run_pod("userns", handler, &opts)?;
-            let app = cri.run_container(
-                &pod,
-                "userns",
-                &opts,
-                &ContainerOptions::sh("app", "exec sleep 1000"),
-            )?;
+            let app = ContainerOptions::sh("app", "exec sleep 1000");
+            let [pod, app] = cri.run_pod_with("userns", handler, &opts, &app)?;
             let inside = cri.sh(
             &app,
             "cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /bin/busybox; touch /w && stat -c %u /w",

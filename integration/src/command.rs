@@ -91,6 +91,15 @@ pub trait Cli {
     }
 }
 
+/// Flags naming paths under `dir`: `[flag, dir/sub]` for each `(flag, sub)` of `flags`, as
+/// arguments of a daemon or client whose state lives under a test's temp dir.
+pub fn dir_flags(dir: &Path, flags: &[(&str, &str)]) -> Vec<std::ffi::OsString> {
+    flags
+        .iter()
+        .flat_map(|(flag, sub)| [flag.into(), dir.join(sub).into_os_string()])
+        .collect()
+}
+
 /// Runs the shim binary under test with `args` (an operator command), killed past 20 s: a read
 /// that blocks on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
 pub fn shim(args: &[&str]) -> Result<Output> {

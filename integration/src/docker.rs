@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::command::{stdout_ok, terminate, Cli};
+use crate::command::{dir_flags, stdout_ok, terminate, Cli};
 use crate::containerd::Containerd;
 use crate::debian_packages::Unpacked;
 use crate::image::ImageSpec;
@@ -116,12 +116,14 @@ impl<'a> Docker<'a> {
         let child = Command::new(release.sbin_dir().join("dockerd"))
             .arg("--containerd")
             .arg(containerd.socket())
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"))
+            .args(dir_flags(
+                d,
+                &[
+                    ("--data-root", "data"),
+                    ("--exec-root", "exec"),
+                    ("--pidfile", "dockerd.pid"),
+                ],
+            ))
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .args([

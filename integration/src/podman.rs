@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::command::{wait_output, Cli};
+use crate::command::{dir_flags, wait_output, Cli};
 use crate::image::ImageSpec;
 use crate::leftovers;
 
@@ -227,18 +227,20 @@ impl Cli for Podman {
         c.arg(format!("--mount=/proc/{holder}/ns/mnt"))
             .arg("--")
             .arg("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
+            .args(dir_flags(
+                d,
+                &[
+                    ("--root", "root"),
+                    ("--runroot", "run"),
+                    ("--tmpdir", "tmp"),
+                ],
+            ))
             .args(["--cgroup-manager", "cgroupfs", "--runtime", &self.runtime])
             .args(["--storage-driver", "overlay", "--events-backend", "file"])
-            .arg("--hooks-dir")
-            .arg(d.join("hooks"))
-            .arg("--network-config-dir")
-            .arg(d.join("net"));
+            .args(dir_flags(
+                d,
+                &[("--hooks-dir", "hooks"), ("--network-config-dir", "net")],
+            ));
         match args.split_first() {
             Some((&sub, rest)) if sub == "run" || sub == "create" => {
                 c.arg(sub)

@@ -12,8 +12,8 @@ use crate::{can_run_containerd, leftovers};
 
 /// A private containerd with the busybox image, or `None` (with the reason printed) when the
 /// tests cannot run here.
-pub fn setup(test: &str) -> Option<Containerd> {
-    if !can_run_containerd(test) {
+pub fn setup() -> Option<Containerd> {
+    if !can_run_containerd() {
         return None;
     }
     let c = Containerd::start().expect("start containerd");

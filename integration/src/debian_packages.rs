@@ -87,20 +87,19 @@ pub fn containerd17() -> Result<&'static Unpacked> {
     })
 }
 
-/// `release` for test `test` when it can run here: `None` after recording the test as skipped
+/// `release` when the running test can run here: `None` after recording the test as skipped
 /// where it cannot (no root, no containerd) or `release` could not be fetched (`what` names it).
 pub fn or_skip(
-    test: &str,
     what: &str,
     release: impl FnOnce() -> Result<&'static Unpacked>,
 ) -> Option<&'static Unpacked> {
-    if !crate::can_run_containerd(test) {
+    if !crate::can_run_containerd() {
         return None;
     }
     match release() {
         Ok(r) => Some(r),
         Err(e) => {
-            crate::skip(test, &format!("{what} could not be fetched: {e:#}"));
+            crate::skip(&format!("{what} could not be fetched: {e:#}"));
             None
         }
     }

@@ -82,11 +82,8 @@ pub fn write_config(dir: &Path, toml: &str) -> Result<String> {
 
 /// A private containerd with the busybox image and the GPUs `gpus` makes in its directory, or
 /// `None` (said why) where the tests cannot run.
-pub fn setup_with(
-    test: &str,
-    gpus: impl FnOnce(&Path) -> Result<Gpus>,
-) -> Result<Option<(Containerd, Gpus)>> {
-    let Some(c) = setup(test) else {
+pub fn setup_with(gpus: impl FnOnce(&Path) -> Result<Gpus>) -> Result<Option<(Containerd, Gpus)>> {
+    let Some(c) = setup() else {
         return Ok(None);
     };
     let gpus = gpus(c.dir())?;
@@ -95,10 +92,10 @@ pub fn setup_with(
 
 /// Whether this host has a real NVIDIA GPU (`/dev/nvidiactl`); records the test as skipped
 /// when it has none.
-pub fn host_has_gpus(test: &str) -> bool {
+pub fn host_has_gpus() -> bool {
     let has = Path::new("/dev/nvidiactl").exists();
     if !has {
-        skip(test, "no NVIDIA GPU here (/dev/nvidiactl does not exist)");
+        skip("no NVIDIA GPU here (/dev/nvidiactl does not exist)");
     }
     has
 }

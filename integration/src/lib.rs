@@ -42,18 +42,37 @@ pub fn shim_binary() -> PathBuf {
 }
 
 /// Whether the test runs as root; when not, records it as skipped because `why` needs root.
-pub fn is_root(test: &str, why: &str) -> bool {
+pub fn is_root(why: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        skip(test, &format!("needs root ({why})"));
+        skip(&format!("needs root ({why})"));
     }
     root
 }
 
-/// Says that `test` is skipped and why: on stderr, and as a line in the file named by
-/// `NVIDIA_TEST_SKIPS` when set, so that `scripts/test.sh` reports skips as skips, not passes.
-pub fn skip(test: &str, why: &str) {
+/// The running test's name (`group::test`): libtest runs each test on a thread named after it.
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("(not a test thread)")
+        .to_owned()
+}
+
+/// Says that the running test is skipped and why: on stderr, and as a line in the file named
+/// by `NVIDIA_TEST_SKIPS` when set, so that `scripts/test.sh` reports skips as skips, not
+/// passes.
+pub fn skip(why: &str) {
+    skip_part("", why);
+}
+
+/// [`skip`] for the part `part` of the running test that cannot run here (the test's other
+/// parts run); the whole test when `part` is empty.
+pub fn skip_part(part: &str, why: &str) {
+    let mut test = test_name();
+    if !part.is_empty() {
+        test = format!("{test} ({part})");
+    }
     eprintln!("SKIP {test}: {why}");
     if let Some(path) = std::env::var_os("NVIDIA_TEST_SKIPS") {
         use std::io::Write;
@@ -69,12 +88,11 @@ pub fn skip(test: &str, why: &str) {
 }
 
 /// Whether the tests that need root and containerd can run; prints why not when they can't.
-pub fn can_run_containerd(test: &str) -> bool {
-    if !is_root(test, "containerd, mounts, cgroups") {
+pub fn can_run_containerd() -> bool {
+    if !is_root("containerd, mounts, cgroups") {
         return false;
     }
     if !has_programs(
-        test,
         &["containerd", "ctr"],
         "containerd/ctr not installed (scripts/test.sh installs them)",
     ) {
@@ -91,10 +109,10 @@ pub fn can_run_containerd(test: &str) -> bool {
 
 /// Whether all of `programs` are on `$PATH`; when one is not, records the test as skipped
 /// saying `why`.
-pub fn has_programs(test: &str, programs: &[&str], why: &str) -> bool {
+pub fn has_programs(programs: &[&str], why: &str) -> bool {
     let all = programs.iter().all(|p| which(p).is_some());
     if !all {
-        skip(test, why);
+        skip(why);
     }
     all
 }

@@ -14,8 +14,8 @@ use nvidia_shim_integration::cri::{
 };
 use nvidia_shim_integration::{can_run_containerd, leftovers};
 
-fn cri(test: &str, configs: &HandlerConfigs) -> Option<Cri> {
-    if !can_run_containerd(test) {
+fn cri(configs: &HandlerConfigs) -> Option<Cri> {
+    if !can_run_containerd() {
         return None;
     }
     Some(Cri::start(configs).expect("start containerd with CRI"))
@@ -32,10 +32,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind() -> Result<()> {
-    let Some(cri) = cri(
-        "a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     let opts = PodOptions::default();
@@ -160,10 +157,7 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
         ),
         ..HandlerConfigs::default()
     };
-    let Some(cri) = cri(
-        "device_plugin_strategies_inject_exactly_the_allocated_gpu",
-        &configs,
-    ) else {
+    let Some(cri) = cri(&configs) else {
         return Ok(());
     };
     let host = PodOptions {
@@ -258,10 +252,7 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
 
 #[test]
 fn images_without_env_run_as_under_runc() -> Result<()> {
-    let Some(cri) = cri(
-        "images_without_env_run_as_under_runc",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     // The sandbox image has no Env (see ImageSpec::pause); the app's image neither. An
@@ -304,10 +295,7 @@ fn images_without_env_run_as_under_runc() -> Result<()> {
 
 #[test]
 fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
-    let Some(cri) = cri(
-        "a_bidirectional_volume_propagates_both_ways_as_under_runc",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     // A shared host directory, as kubelet requires for Bidirectional (CSI drivers use it):
@@ -369,7 +357,6 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
 /// `container_annotations`.
 #[test]
 fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Result<()> {
-    let test = "isolation_profile_honours_container_annotations_not_pod_annotations";
     let fake = FakeDriver::builder().gpus(4).layout(Layout::Distro).build();
     let configs = HandlerConfigs {
         // The handler registered by `configure containerd`, with the isolation profile.
@@ -381,7 +368,7 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         nvidia_by_configure: true,
         ..HandlerConfigs::default()
     };
-    let Some(cri) = cri(test, &configs) else {
+    let Some(cri) = cri(&configs) else {
         return Ok(());
     };
     let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");

@@ -72,9 +72,7 @@ fn observe(c: &Containerd, runtime: &str, run_flags: &[&str]) -> Result<Vec<Stri
 
 #[test]
 fn exec_keeps_the_containers_seccomp_capabilities_and_identity_as_under_runc() -> Result<()> {
-    let Some(c) = setup("exec_keeps_the_containers_seccomp_capabilities_and_identity") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // containerd's default seccomp profile, one capability dropped.
     let flags = ["--seccomp", "--cap-drop", "CAP_NET_RAW"];
     let ours = alike("observed", [RUNTIME, RUNC], |r| observe(&c, r, &flags))?;
@@ -94,9 +92,7 @@ fn exec_keeps_the_containers_seccomp_capabilities_and_identity_as_under_runc() -
 
 #[test]
 fn a_custom_profile_that_blocks_sethostname_binds_exec_too() -> Result<()> {
-    let Some(c) = setup("a_custom_profile_that_blocks_sethostname_binds_exec_too") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // Everything allowed but sethostname, which fails with EPERM; the container keeps
     // CAP_SYS_ADMIN (privileged), so only the filter can refuse it.
     let profile = c.dir().join("no-sethostname.json");

@@ -37,9 +37,7 @@ fn resize(c: &Containerd, id: &str, exec_id: &str, (height, width): (u32, u32)) 
 
 #[test]
 fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
-    let Some(c) = setup("exec_returns_its_exit_code_output_and_gets_a_tty") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let id = sleeper(&c, "exec")?;
     let out = c.exec(&id, "e1", &["sh", "-c", "echo from-exec; exit 7"])?;
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
@@ -116,9 +114,7 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
 
 #[test]
 fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
-    let Some(c) = setup("init_tty_follows_resize_through_the_task_api") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("tty").flags(&["-t"]).rm().cmd(&["sh"]);
     let id = run.id().to_owned();
     let mut cmd = run.command(&c);
@@ -138,9 +134,7 @@ fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
 
 #[test]
 fn oom_kill_is_reported_with_status_137() -> Result<()> {
-    let Some(c) = setup("oom_kill_is_reported_with_status_137") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     eprintln!(
         "exercising the cgroup {} OOM watcher",
@@ -159,9 +153,7 @@ fn oom_kill_is_reported_with_status_137() -> Result<()> {
 
 #[test]
 fn file_log_uri_receives_stdout() -> Result<()> {
-    let Some(c) = setup("file_log_uri_receives_stdout") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("logfile").rm();
     let log = c.dir().join("logs").join(format!("{}.log", run.id()));
     let uri = format!("file://{}", log.display());
@@ -175,9 +167,7 @@ fn file_log_uri_receives_stdout() -> Result<()> {
 
 #[test]
 fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
-    let Some(c) = setup("twenty_concurrent_execs_report_their_own_exit_codes") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let id = sleeper(&c, "execs")?;
     let children: Vec<_> = (0..20)
         .map(|i| {
@@ -213,9 +203,7 @@ fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
 
 #[test]
 fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
-    let Some(c) = setup("exec_of_a_missing_binary_fails_clearly_and_leaves_nothing") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let id = sleeper(&c, "execmiss")?;
     let out = c.exec(&id, "bad", &["/no/such/binary"])?;
     assert!(!out.status.success());
@@ -244,9 +232,7 @@ fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
 
 #[test]
 fn binary_log_uri_feeds_the_logging_binary() -> Result<()> {
-    let Some(c) = setup("binary_log_uri_feeds_the_logging_binary") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("logbin").rm();
     let id = run.id().to_owned();
     let logger = c.dir().join("logger.sh");
@@ -282,11 +268,7 @@ fn unique_sleep(offset: u32) -> String {
 
 #[test]
 fn host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process() -> Result<()> {
-    let Some(c) =
-        setup("host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process")
-    else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // Init leaves a background child behind: without a pid namespace of its own nothing else
     // would end it, so the shim does, as the runc shim does.
     // The test's own pid namespace is the host's (pid 1's is not readable in some sandboxes).

@@ -23,7 +23,9 @@ use nvidia_shim_integration::image::{Entry, ImageSpec};
 use nvidia_shim_integration::podman::{crun_unusable, Podman};
 use nvidia_shim_integration::probe::{self, IMAGE as PROBE_IMAGE};
 use nvidia_shim_integration::pty::PtyChild;
-use nvidia_shim_integration::{can_run_containerd, has_programs, leftovers, skip, which};
+use nvidia_shim_integration::{
+    can_run_containerd, has_programs, leftovers, skip, skip_part, which,
+};
 
 /// The runtime name `configure docker` registers; Docker's own is `runc`.
 const NVIDIA: &str = "nvidia";
@@ -37,14 +39,13 @@ const CDI_SPEC: &str = r#"{"cdiVersion": "0.3.0", "kind": "nvtest.example/dev",
 const CDI_DEVICE: &str = "nvtest.example/dev=one";
 
 /// Debian trixie's Docker, or `None` after saying why the test skips.
-fn docker_release(test: &str) -> Option<&'static Unpacked> {
-    or_skip(test, "Debian trixie's Docker", debian_packages::docker)
+fn docker_release() -> Option<&'static Unpacked> {
+    or_skip("Debian trixie's Docker", debian_packages::docker)
 }
 
 /// Debian trixie's containerd 1.7, or `None` after saying why the test skips.
-fn containerd17(test: &str) -> Option<&'static Unpacked> {
+fn containerd17() -> Option<&'static Unpacked> {
     or_skip(
-        test,
         "Debian trixie's containerd 1.7",
         debian_packages::containerd17,
     )
@@ -129,12 +130,11 @@ fn assert_no_containerd(pid: Option<u32>, socket: &Path) {
 /// `daemon_json`, on a private containerd; `case` gets dockerd, the configuration's path and
 /// the GPUs. Then checks that neither left anything behind. Skips where Docker cannot run.
 fn with_dockerd(
-    test: &str,
     gpus: impl FnOnce(&Path) -> Result<Option<Gpus>>,
     daemon_json: &str,
     case: impl FnOnce(&Docker<'_>, &str, Option<&Gpus>) -> Result<()>,
 ) -> Result<()> {
-    let Some(release) = docker_release(test) else {
+    let Some(release) = docker_release() else {
         return Ok(());
     };
     let c = Containerd::start()?;
@@ -197,8 +197,7 @@ fn cid(cidfile: &Path) -> Result<String> {
 
 #[test]
 fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
-    let test = "docker_run_output_exit_code_and_tty_match_runc";
-    with_dockerd(test, no_gpus, "", |d, config, _| {
+    with_dockerd(no_gpus, "", |d, config, _| {
         let json: serde_json::Value = serde_json::from_str(&d.daemon_json())?;
         assert_eq!(
             json["runtimes"][NVIDIA]["runtimeType"], "io.containerd.nvidia.v2",
@@ -257,8 +256,7 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
 /// shim, when it receives the terminal (it left it 0x0 until the client's first `ResizePty`).
 #[test]
 fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result<()> {
-    let test = "docker_tty_has_the_spec_console_size_from_the_start_as_under_runc";
-    with_dockerd(test, no_gpus, "", |d, _, _| {
+    with_dockerd(no_gpus, "", |d, _, _| {
         let at_once = alike("stty size at once", RUNTIMES, |runtime| {
             let (mut tty, cidfile) = docker_tty(d, "size", runtime)?;
             tty.send("stty size; echo $((6 * 7))-done\n")?;
@@ -288,8 +286,7 @@ fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result
 
 #[test]
 fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
-    let test = "docker_exec_logs_stop_kill_wait_match_runc";
-    with_dockerd(test, no_gpus, "", |d, _, _| {
+    with_dockerd(no_gpus, "", |d, _, _| {
         let detached = |runtime: &str, cmd: &[&str]| -> Result<String> {
             let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
             args.extend_from_slice(cmd);
@@ -340,8 +337,7 @@ fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
 
 #[test]
 fn docker_restart_on_failure_matches_runc() -> Result<()> {
-    let test = "docker_restart_on_failure_matches_runc";
-    with_dockerd(test, no_gpus, "", |d, _, _| {
+    with_dockerd(no_gpus, "", |d, _, _| {
         let seen = alike("docker run --restart on-failure:2", RUNTIMES, |runtime| {
             let (out, id) = d.run(&[
                 "-d",
@@ -378,8 +374,7 @@ fn docker_restart_on_failure_matches_runc() -> Result<()> {
 
 #[test]
 fn docker_nvidia_visible_devices_all_gets_both_fake_gpus() -> Result<()> {
-    let test = "docker_nvidia_visible_devices_all_gets_both_fake_gpus";
-    with_dockerd(test, fake_gpus(2), "", |d, _, _| {
+    with_dockerd(fake_gpus(2), "", |d, _, _| {
         let script = "cd /dev && for n in nvidia[0-9]*; do test -e \"$n\" && stat -c \"$n %t:%T\" \"$n\"; done; true";
         let env = ["-e", "NVIDIA_VISIBLE_DEVICES=all"];
         let mut nodes = Vec::new();
@@ -456,9 +451,9 @@ fn podman_smoke(runtime: &str) -> Result<()> {
 }
 
 /// Whether podman can run here; says why not when it cannot.
-fn podman_can_run(test: &str) -> bool {
+fn podman_can_run() -> bool {
     let why = "podman not installed (scripts/install-deps.sh installs it)";
-    can_run_containerd(test) && has_programs(test, &["podman", "nsenter"], why)
+    can_run_containerd() && has_programs(&["podman", "nsenter"], why)
 }
 
 /// The OCI runtimes podman can run here, `crun` first; why crun cannot, if it cannot.
@@ -476,7 +471,7 @@ fn podman_runtimes() -> (Vec<&'static str>, Option<String>) {
 
 #[test]
 fn podman_runs_a_container_under_runc() -> Result<()> {
-    if !podman_can_run("podman_runs_a_container_under_runc") {
+    if !podman_can_run() {
         return Ok(());
     }
     podman_smoke("runc")
@@ -484,12 +479,11 @@ fn podman_runs_a_container_under_runc() -> Result<()> {
 
 #[test]
 fn podman_runs_a_container_under_crun() -> Result<()> {
-    let test = "podman_runs_a_container_under_crun";
-    if !podman_can_run(test) {
+    if !podman_can_run() {
         return Ok(());
     }
     if let (_, Some(why)) = podman_runtimes() {
-        skip(test, &why);
+        skip(&why);
         return Ok(());
     }
     podman_smoke("crun")
@@ -519,8 +513,7 @@ fn cdi_pod(cri: &Cri, name: &str, image: Option<&str>, devices: &[&str]) -> Resu
 
 #[test]
 fn containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices() -> Result<()> {
-    let test = "containerd17_cri_pod_runs_through_the_nvidia_handler_with_cdi_devices";
-    let Some(release) = containerd17(test) else {
+    let Some(release) = containerd17() else {
         return Ok(());
     };
     let cdi = cdi_dir()?;
@@ -588,8 +581,7 @@ fn docker_seen(d: &Docker<'_>, args: &[&str]) -> Result<Seen> {
 
 #[test]
 fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
-    let test = "docker_gpus_reaches_the_runtime_without_the_toolkit";
-    let Some(release) = docker_release(test) else {
+    let Some(release) = docker_release() else {
         return Ok(());
     };
     let c = Containerd::start()?;
@@ -662,10 +654,9 @@ fn cdi_spec(g: &Gpus, dir: &Path, args: &[&str]) -> Result<()> {
 
 #[test]
 fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
-    let test = "docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host";
     let cdi = cdi_dir()?;
     let debian = |dir: &Path| Ok(Some(debian_gpus(dir)?));
-    with_dockerd(test, debian, &cdi_daemon_json(cdi.path()), |d, _, g| {
+    with_dockerd(debian, &cdi_daemon_json(cdi.path()), |d, _, g| {
         let g = g.context("Debian's driver")?;
         d.import(&probe::image()?, PROBE_IMAGE)?;
         let probe = |args: &[&str]| -> Result<String> {
@@ -713,8 +704,7 @@ fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()
 
 #[test]
 fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
-    let test = "podman_cdi_devices_load_debians_driver_as_on_the_host";
-    if !podman_can_run(test) {
+    if !podman_can_run() {
         return Ok(());
     }
     let work = tempfile::tempdir()?;
@@ -722,7 +712,7 @@ fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
     let (runtimes, why) = podman_runtimes();
     if let Some(why) = why {
         // Half of this test does not run here: said as a skip (the runc half runs).
-        skip(&format!("{test} (under crun)"), &why);
+        skip_part("under crun", &why);
     }
     for runtime in runtimes {
         let mut p = Podman::start(runtime)?;
@@ -744,8 +734,7 @@ fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
 
 #[test]
 fn containerd17_cdi_devices_load_debians_driver_through_the_handler_once() -> Result<()> {
-    let test = "containerd17_cdi_devices_load_debians_driver_through_the_handler_once";
-    let Some(release) = containerd17(test) else {
+    let Some(release) = containerd17() else {
         return Ok(());
     };
     let work = tempfile::tempdir()?;
@@ -802,8 +791,7 @@ fn stand_in_cli(dir: &Path) -> Result<PathBuf> {
 
 #[test]
 fn ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs() -> Result<()> {
-    let test = "ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs";
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     let c = Containerd::start()?;
@@ -839,107 +827,101 @@ fn ctr_gpus_is_served_by_the_runtime_and_the_cli_never_runs() -> Result<()> {
 /// (under runc) and the runtime (natively) must neither load it nor write through the link.
 #[test]
 fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
-    let test = "hostile_images_cannot_steer_the_cdi_hook_or_the_runtime";
     let cdi = cdi_dir()?;
-    with_dockerd(
-        test,
-        fake_gpus(1),
-        &cdi_daemon_json(cdi.path()),
-        |d, _, g| {
-            let g = g.context("the fake GPU")?;
-            let work = tempfile::Builder::new()
-                .prefix("nvhostile")
-                .tempdir_in("/tmp")?;
-            // The preloaded library: its constructor writes a marker named after the process.
-            let marker_dir = work.path().join("markers");
-            std::fs::create_dir(&marker_dir)?;
-            let src = work.path().join("evil.c");
-            std::fs::write(
+    with_dockerd(fake_gpus(1), &cdi_daemon_json(cdi.path()), |d, _, g| {
+        let g = g.context("the fake GPU")?;
+        let work = tempfile::Builder::new()
+            .prefix("nvhostile")
+            .tempdir_in("/tmp")?;
+        // The preloaded library: its constructor writes a marker named after the process.
+        let marker_dir = work.path().join("markers");
+        std::fs::create_dir(&marker_dir)?;
+        let src = work.path().join("evil.c");
+        std::fs::write(
         &src,
         format!(
             "#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void evil(void) {{\n  char p[512]; snprintf(p, sizeof p, \"{}/loaded-%d\", (int)getpid());\n  FILE *f = fopen(p, \"w\"); if (f) fclose(f);\n}}\n",
             marker_dir.display()
         ),
     )?;
-            let evil = work.path().join("evil.so");
-            let status = std::process::Command::new("cc")
-                .args(["-shared", "-fPIC", "-o"])
-                .arg(&evil)
-                .arg(&src)
-                .status()?;
-            ensure!(status.success(), "cc evil.so");
-            // It works: a host program given it writes its marker.
-            let control = std::process::Command::new("/bin/true")
-                .env("LD_PRELOAD", &evil)
-                .status()?;
-            ensure!(control.success());
-            ensure!(
-                std::fs::read_dir(&marker_dir)?.count() == 1,
-                "the preload writes its marker"
-            );
-            for e in std::fs::read_dir(&marker_dir)?.flatten() {
-                std::fs::remove_file(e.path())?;
-            }
-            let escape = work.path().join("escape");
-            std::fs::create_dir(&escape)?;
-            let mut image = ImageSpec::glibc()?;
-            image.env.push("LD_PRELOAD=/evil.so".into());
-            let evil = std::fs::read(&evil)?;
-            image
-                .entries
-                .push(Entry::File("evil.so".into(), 0o755, evil));
-            let image_name = "docker.io/library/nvtest-hostile:latest";
-            d.import(&image, image_name)?;
-            // The image's library directory, a symlink to the host directory `escape`.
-            let linked = "docker.io/library/nvtest-hostile-link:latest";
-            let mut link_image = ImageSpec::busybox()?;
-            let lib_dir = "usr/lib/x86_64-linux-gnu".into();
-            let link = Entry::Symlink(lib_dir, escape.display().to_string());
-            link_image.entries.push(link);
-            d.import(&link_image, linked)?;
-            cdi_spec(g, cdi.path(), &[])?;
-            for runtime in RUNTIMES {
-                for image in [image_name, linked] {
-                    for request in [
-                        &["--device", "nvidia.com/gpu=all"][..],
-                        &["--gpus", "all"][..],
-                    ] {
-                        if runtime == "runc" && request[0] == "--gpus" {
-                            continue; // fails by design (see the --gpus test)
-                        }
-                        let mut args = vec!["--rm", "--runtime", runtime];
-                        args.extend_from_slice(request);
-                        args.extend_from_slice(&[image, "true"]);
-                        let (out, id) = d.run(&args)?;
-                        ensure!(
-                            out.status.success(),
-                            "{runtime} {image} {request:?}: {}",
-                            text(&out.stderr)
-                        );
-                        d.assert_clean(&id);
+        let evil = work.path().join("evil.so");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&evil)
+            .arg(&src)
+            .status()?;
+        ensure!(status.success(), "cc evil.so");
+        // It works: a host program given it writes its marker.
+        let control = std::process::Command::new("/bin/true")
+            .env("LD_PRELOAD", &evil)
+            .status()?;
+        ensure!(control.success());
+        ensure!(
+            std::fs::read_dir(&marker_dir)?.count() == 1,
+            "the preload writes its marker"
+        );
+        for e in std::fs::read_dir(&marker_dir)?.flatten() {
+            std::fs::remove_file(e.path())?;
+        }
+        let escape = work.path().join("escape");
+        std::fs::create_dir(&escape)?;
+        let mut image = ImageSpec::glibc()?;
+        image.env.push("LD_PRELOAD=/evil.so".into());
+        let evil = std::fs::read(&evil)?;
+        image
+            .entries
+            .push(Entry::File("evil.so".into(), 0o755, evil));
+        let image_name = "docker.io/library/nvtest-hostile:latest";
+        d.import(&image, image_name)?;
+        // The image's library directory, a symlink to the host directory `escape`.
+        let linked = "docker.io/library/nvtest-hostile-link:latest";
+        let mut link_image = ImageSpec::busybox()?;
+        let lib_dir = "usr/lib/x86_64-linux-gnu".into();
+        let link = Entry::Symlink(lib_dir, escape.display().to_string());
+        link_image.entries.push(link);
+        d.import(&link_image, linked)?;
+        cdi_spec(g, cdi.path(), &[])?;
+        for runtime in RUNTIMES {
+            for image in [image_name, linked] {
+                for request in [
+                    &["--device", "nvidia.com/gpu=all"][..],
+                    &["--gpus", "all"][..],
+                ] {
+                    if runtime == "runc" && request[0] == "--gpus" {
+                        continue; // fails by design (see the --gpus test)
                     }
+                    let mut args = vec!["--rm", "--runtime", runtime];
+                    args.extend_from_slice(request);
+                    args.extend_from_slice(&[image, "true"]);
+                    let (out, id) = d.run(&args)?;
+                    ensure!(
+                        out.status.success(),
+                        "{runtime} {image} {request:?}: {}",
+                        text(&out.stderr)
+                    );
+                    d.assert_clean(&id);
                 }
             }
-            // The container's own processes load the preload (it is the container's business) in
-            // their own mount namespace, where the marker directory does not exist: no marker on the
-            // host means no hook and no runtime step ever loaded it here.
-            let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
-                .flatten()
-                .map(|e| e.file_name())
-                .collect();
-            assert!(
-                markers.is_empty(),
-                "the image's LD_PRELOAD ran on the host side: {markers:?}"
-            );
-            let written: Vec<_> = std::fs::read_dir(&escape)?
-                .flatten()
-                .map(|e| e.file_name())
-                .collect();
-            assert!(
-                written.is_empty(),
-                "written through the image's symlink: {written:?}"
-            );
-            Ok(())
-        },
-    )
+        }
+        // The container's own processes load the preload (it is the container's business) in
+        // their own mount namespace, where the marker directory does not exist: no marker on the
+        // host means no hook and no runtime step ever loaded it here.
+        let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            markers.is_empty(),
+            "the image's LD_PRELOAD ran on the host side: {markers:?}"
+        );
+        let written: Vec<_> = std::fs::read_dir(&escape)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            written.is_empty(),
+            "written through the image's symlink: {written:?}"
+        );
+        Ok(())
+    })
 }

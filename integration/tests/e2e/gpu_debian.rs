@@ -26,8 +26,8 @@ struct Env {
     image: String,
 }
 
-fn env(test: &str) -> Result<Option<Env>> {
-    let Some((c, gpus)) = setup_with(test, |dir| Gpus::debian(dir, 2))? else {
+fn env() -> Result<Option<Env>> {
+    let Some((c, gpus)) = setup_with(|dir| Gpus::debian(dir, 2))? else {
         return Ok(None);
     };
     c.import(&probe::image()?, IMAGE)?;
@@ -71,9 +71,7 @@ impl Env {
 
 #[test]
 fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
-    let Some(e) = env("all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let nodes = host_nodes();
     let (host_cu, host_nvml) = e.driver.host_codes()?;
     assert_eq!((host_cu, host_nvml), (Some(100), Some(9)), "no driver");
@@ -110,9 +108,7 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
 
 #[test]
 fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
-    let Some(e) = env("capabilities_choose_the_libraries_and_nodes")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let (_, host_nvml) = e.driver.host_codes()?;
     // utility: NVML, no CUDA.
     let (_, out, err) = e.run(&UTILITY, "nvprobe nvmlInit cuInit")?;
@@ -175,9 +171,7 @@ fn image_with(e: &Env, name: &str, entries: Vec<Entry>) -> Result<String> {
 
 #[test]
 fn the_images_libcuda_links_and_files_do_not_hide_the_driver() -> Result<()> {
-    let Some(mut e) = env("the_images_libcuda_links_and_files_do_not_hide_the_driver")? else {
-        return Ok(());
-    };
+    let Some(mut e) = env()? else { return Ok(()) };
     let all = [ALL];
     // A dangling link left by an older CUDA base image: replaced, and logged with its target.
     e.image = image_with(
@@ -259,9 +253,7 @@ fn copy_linked(src: &Path, dst: &Path) -> Result<()> {
 
 #[test]
 fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()> {
-    let Some(e) = env("a_library_installed_after_the_inventory_was_cached_is_injected")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let v = &e.driver.version;
     let work = tempfile::Builder::new()
         .prefix("root-copy")
@@ -304,9 +296,7 @@ fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()
 
 #[test]
 fn requirements_nvml_cannot_answer_fail_clearly_and_versions_print_as_written() -> Result<()> {
-    let Some(e) = env("requirements_nvml_cannot_answer_fail_clearly")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let arch = "NVIDIA_REQUIRE_ARCH=arch>=9.0";
     let (code, _, err) = e.run(&[ALL, arch], "true")?;
     assert_ne!(code, Some(0));
@@ -330,7 +320,7 @@ fn requirements_nvml_cannot_answer_fail_clearly_and_versions_print_as_written() 
 
 #[test]
 fn the_default_config_finds_a_driver_installed_at_the_hosts_root() -> Result<()> {
-    if !nvidia_shim_integration::can_run_containerd("the_default_config_finds_a_driver") {
+    if !nvidia_shim_integration::can_run_containerd() {
         return Ok(());
     }
     let driver = debian_driver()?;
@@ -389,9 +379,7 @@ const FILE_MOUNTS: &str =
 #[test]
 fn a_generated_spec_without_hooks_mounts_what_the_built_in_path_does_and_still_loads() -> Result<()>
 {
-    let Some(e) = env("a_generated_spec_without_hooks_mounts_what_the_built_in_path_does")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let out_file = e.c.dir().join("nvidia.yaml");
     let output = out_file.display().to_string();
     e.gpus

@@ -15,8 +15,8 @@ use nvidia_shim_integration::leftovers;
 
 /// A private containerd with the busybox image and `n` fake GPUs, or `None` where the test
 /// cannot run.
-fn fake(test: &str, n: u32) -> Result<Option<(Containerd, Gpus)>> {
-    setup_with(test, |dir| Gpus::fake(dir, n))
+fn fake(n: u32) -> Result<Option<(Containerd, Gpus)>> {
+    setup_with(|dir| Gpus::fake(dir, n))
 }
 
 /// Runs `script` with `env` in a fresh busybox container given `g`.
@@ -30,7 +30,7 @@ const COMPUTE: &str = "NVIDIA_DRIVER_CAPABILITIES=compute";
 
 #[test]
 fn all_gpus_get_nodes_libraries_binaries_and_void_env() -> Result<()> {
-    let Some((c, g)) = fake("all_gpus_get_nodes_libraries_binaries_and_void_env", 4)? else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
     let script =
@@ -64,7 +64,7 @@ fn all_gpus_get_nodes_libraries_binaries_and_void_env() -> Result<()> {
 
 #[test]
 fn one_gpu_none_void_and_utility_requests() -> Result<()> {
-    let Some((c, g)) = fake("one_gpu_none_void_and_utility_requests", 4)? else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
     let list = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo; test -e /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04 && echo libcuda";
@@ -94,7 +94,7 @@ fn one_gpu_none_void_and_utility_requests() -> Result<()> {
 
 #[test]
 fn requirements_are_enforced_and_can_be_disabled() -> Result<()> {
-    let Some((c, g)) = fake("requirements_are_enforced_and_can_be_disabled", 1)? else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
     let require = "NVIDIA_REQUIRE_CUDA=cuda>=99.0";
@@ -111,7 +111,7 @@ fn requirements_are_enforced_and_can_be_disabled() -> Result<()> {
 
 #[test]
 fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
-    let Some((c, g)) = fake("unknown_gpu_and_missing_driver_fail_clearly", 2)? else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
     let (code, _, err) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
@@ -135,7 +135,7 @@ fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
 
 #[test]
 fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
-    let Some((c, g)) = fake("hostile_library_dir_symlink_stays_inside_the_rootfs", 1)? else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
     let escape = c.dir().join("host-escape");
@@ -165,7 +165,7 @@ fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
 
 #[test]
 fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
-    let Some((c, g)) = fake("device_cgroup_allows_only_the_given_gpu", 2)? else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -242,8 +242,7 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
             .build();
         Gpus::of(dir, driver)
     };
-    let test = "injected_libraries_resolve_through_the_generated_ld_cache";
-    let Some((c, g)) = setup_with(test, usr_local)? else {
+    let Some((c, g)) = setup_with(usr_local)? else {
         return Ok(());
     };
     let image = glibc_image(&c)?;
@@ -268,8 +267,7 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
 
 #[test]
 fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host() -> Result<()> {
-    let test = "cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host";
-    let Some((c, g)) = fake(test, 1)? else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
     let base = glibc_image(&c)?;
@@ -323,8 +321,7 @@ fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host(
 
 #[test]
 fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()> {
-    let test = "daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability";
-    let Some((c, g)) = fake(test, 1)? else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
     let root = g.driver.host_root();
@@ -354,7 +351,6 @@ fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()>
 
 #[test]
 fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() -> Result<()> {
-    let test = "mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege";
     let mig = |dir: &Path| {
         let driver = FakeDriver::builder()
             .gpus(2)
@@ -362,7 +358,7 @@ fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() 
             .build();
         Gpus::of(dir, driver)
     };
-    let Some((c, g)) = setup_with(test, mig)? else {
+    let Some((c, g)) = setup_with(mig)? else {
         return Ok(());
     };
     // 0:1 is GI 1 / CI 1: mig-minors numbers gi1 3, gi1/ci0 4, gi1/ci1 5.
@@ -386,7 +382,7 @@ fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() 
 
 #[test]
 fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
-    let Some((c, g)) = fake("cdi_annotations_and_the_isolation_profile", 4)? else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
     // The Kubernetes profile: env requests only count for privileged containers.
@@ -433,7 +429,7 @@ fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
 
 #[test]
 fn cdi_specs_on_disk_are_applied() -> Result<()> {
-    let Some((c, g)) = fake("cdi_specs_on_disk_are_applied", 2)? else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
     // The toolkit's way: a spec generated from the driver (`nvidia-ctk cdi generate`), here
@@ -517,7 +513,7 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
 
 #[test]
 fn a_new_shim_uses_the_on_disk_inventory_cache_and_discards_a_corrupt_one() -> Result<()> {
-    let Some((c, g)) = fake("a_new_shim_uses_the_on_disk_inventory_cache", 2)? else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
     let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '";

@@ -12,11 +12,11 @@ use nvidia_shim_integration::gpu::{host_has_gpus, host_uuids};
 use nvidia_shim_integration::probe::{self, IMAGE};
 
 /// A private containerd with the probe image, or `None` when this host cannot run the test.
-fn env(test: &str) -> Result<Option<Containerd>> {
-    if !host_has_gpus(test) {
+fn env() -> Result<Option<Containerd>> {
+    if !host_has_gpus() {
         return Ok(None);
     }
-    let Some(c) = setup(test) else {
+    let Some(c) = setup() else {
         return Ok(None);
     };
     c.import(&probe::image()?, IMAGE)?;
@@ -33,9 +33,7 @@ const NVIDIA: &str = RUNTIME;
 
 #[test]
 fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {
-    let Some(c) = env("nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let uuids = host_uuids();
     assert!(!uuids.is_empty(), "the driver lists GPUs in /proc");
     let (code, out, err) = run(&c, NVIDIA, &["NVIDIA_VISIBLE_DEVICES=all"], "nvidia-smi -L")?;
@@ -72,9 +70,7 @@ fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {
 
 #[test]
 fn a_vector_add_runs_on_the_gpu_inside_the_container() -> Result<()> {
-    let Some(c) = env("a_vector_add_runs_on_the_gpu_inside_the_container")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let (code, out, err) = run(
         &c,
         NVIDIA,
@@ -91,9 +87,7 @@ fn a_vector_add_runs_on_the_gpu_inside_the_container() -> Result<()> {
 
 #[test]
 fn none_void_and_no_request_give_no_gpu_as_runc_gives_none() -> Result<()> {
-    let Some(c) = env("none_void_and_no_request_give_no_gpu")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let nodes = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo";
     let (_, out, err) = run(
         &c,
@@ -124,9 +118,7 @@ fn none_void_and_no_request_give_no_gpu_as_runc_gives_none() -> Result<()> {
 
 #[test]
 fn nvml_facts_decide_requirements() -> Result<()> {
-    let Some(c) = env("nvml_facts_decide_requirements")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let all = "NVIDIA_VISIBLE_DEVICES=all";
     let (code, _, err) = run(&c, NVIDIA, &[all, "NVIDIA_REQUIRE_ARCH=arch>=5.0"], "true")?;
     assert_eq!(code, Some(0), "{err}");

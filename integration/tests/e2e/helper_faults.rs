@@ -14,10 +14,7 @@ use nvidia_shim_integration::leftovers;
 
 #[test]
 fn every_killed_helper_is_replaced_and_costs_no_container_of_its_shim() -> Result<()> {
-    let Some(c) = setup("every_killed_helper_is_replaced_and_costs_no_container_of_its_shim")
-    else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // A grouped shim (a pod's shape): an anchor container and others joining it.
     let group = Group::start(&c, "zgrp", &["sleep", "86400"])?;
     let anchor = &group.anchor;
@@ -66,9 +63,7 @@ fn every_killed_helper_is_replaced_and_costs_no_container_of_its_shim() -> Resul
 
 #[test]
 fn a_slow_container_does_not_hold_up_the_others_of_its_shim() -> Result<()> {
-    let Some(c) = setup("a_slow_container_does_not_hold_up_the_others_of_its_shim") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let group = Group::start(&c, "sgrp", &["sleep", "86400"])?;
     // A logging binary that is not ready until the test says so: the Create of a container
     // using it waits for it (as containerd's shims do).
@@ -114,7 +109,7 @@ fn a_slow_container_does_not_hold_up_the_others_of_its_shim() -> Result<()> {
 
 #[test]
 fn a_start_on_a_full_state_filesystem_leaves_no_process_or_socket() -> Result<()> {
-    if setup("a_start_on_a_full_state_filesystem_leaves_no_process_or_socket").is_none() {
+    if setup().is_none() {
         return Ok(());
     }
     // containerd's state directory (bundles, shim logs and addresses) on a small tmpfs of its

@@ -21,9 +21,7 @@ use nvidia_shim_integration::{leftovers, unique_id};
 
 #[test]
 fn config_paths_that_are_not_small_regular_files_fail_create_naming_the_file() -> Result<()> {
-    let Some(c) = setup("config_paths_that_are_not_small_regular_files_fail_create") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let fifo = c.dir().join("fifo.toml");
     let cpath = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
     // SAFETY: a valid C string; a FIFO in the test's directory.
@@ -50,9 +48,7 @@ fn config_paths_that_are_not_small_regular_files_fail_create_naming_the_file() -
 
 #[test]
 fn huge_request_values_give_bounded_errors() -> Result<()> {
-    let Some(c) = setup("huge_request_values_give_bounded_errors") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let gpus = Gpus::of(c.dir(), FakeDriver::builder().gpus(1).build())?;
     // 1 MiB of GPU ids, from the image's config (ctr's arguments and env files take far less).
     let devices = "7,".repeat(1 << 19);
@@ -83,9 +79,7 @@ fn huge_request_values_give_bounded_errors() -> Result<()> {
 
 #[test]
 fn a_cache_directory_another_user_owns_is_not_trusted() -> Result<()> {
-    let Some(c) = setup("a_cache_directory_another_user_owns_is_not_trusted") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let fake = FakeDriver::builder().gpus(2).build();
     let cache = c.dir().join("user-cache");
     std::fs::create_dir(&cache)?;
@@ -120,9 +114,7 @@ fn a_cache_directory_another_user_owns_is_not_trusted() -> Result<()> {
 
 #[test]
 fn the_shim_socket_is_root_only_like_the_runc_shims() -> Result<()> {
-    let Some(c) = setup("the_shim_socket_is_root_only_like_the_runc_shims") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let mut modes = Vec::new();
     for runtime in [RUNTIME, RUNC] {
         let id = sleeper(&c, runtime, &[])?;
@@ -171,9 +163,7 @@ fn attack_the_log_file(c: &Containerd, runtime: &str) -> Result<(String, String,
 
 #[test]
 fn a_container_reaches_no_host_file_through_its_stdio() -> Result<()> {
-    let Some(c) = setup("a_container_reaches_no_host_file_through_its_stdio") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     for runtime in [RUNC, RUNTIME] {
         let (log, _, mode, uid) = attack_the_log_file(&c, runtime)?;
         eprintln!("{runtime}: log {log:?} mode {mode:o} uid {uid}");
@@ -230,9 +220,7 @@ fn pids_max_after_parallel_execs(
 
 #[test]
 fn concurrent_execs_leave_the_pids_limit_as_it_was_set() -> Result<()> {
-    let Some(c) = setup("concurrent_execs_leave_the_pids_limit_as_it_was_set") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let what = "pids.max after 2 rounds of 24 concurrent execs";
     let runc = alike(what, [RUNC, RUNTIME], |r| {
         pids_max_after_parallel_execs(&c, r, 4, 24, 2)
@@ -330,8 +318,7 @@ fn exec_codes_under_pid_reuse(c: &Containerd, ns_pid: u32, runtime: &str) -> Res
 
 #[test]
 fn an_exit_is_never_given_to_a_later_process_with_the_same_pid() -> Result<()> {
-    let test = "an_exit_is_never_given_to_a_later_process_with_the_same_pid";
-    if !nvidia_shim_integration::can_run_containerd(test) {
+    if !nvidia_shim_integration::can_run_containerd() {
         return Ok(());
     }
     // containerd, its shims and their containers in a pid namespace of their own, whose pid

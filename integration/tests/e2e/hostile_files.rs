@@ -21,8 +21,8 @@ use nvidia_shim_integration::{is_root, leftovers};
 
 /// A private containerd with the busybox image and `fake`'s GPUs, or `None` where the test
 /// cannot run.
-fn with_driver(test: &str, fake: FakeDriver) -> Result<Option<(Containerd, Gpus)>> {
-    setup_with(test, |dir| Gpus::of(dir, fake))
+fn with_driver(fake: FakeDriver) -> Result<Option<(Containerd, Gpus)>> {
+    setup_with(|dir| Gpus::of(dir, fake))
 }
 
 /// `VmHWM` (peak resident memory) of `pid` in kB.
@@ -44,8 +44,7 @@ fn mkfifo(path: &Path) -> Result<()> {
 
 #[test]
 fn library_named_mount_sources_that_are_fifos_or_devices_never_hang_create() -> Result<()> {
-    let test = "library_named_mount_sources_that_are_fifos_or_devices_never_hang_create";
-    let Some((c, g)) = with_driver(test, FakeDriver::builder().gpus(1).build())? else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(1).build())? else {
         return Ok(());
     };
     let srv = c.dir().join("srv");
@@ -118,8 +117,7 @@ fn hostile_ld_cache(size: usize) -> Vec<u8> {
 
 #[test]
 fn a_hostile_one_megabyte_ld_cache_costs_the_shim_little_memory() -> Result<()> {
-    let test = "a_hostile_one_megabyte_ld_cache_costs_the_shim_little_memory";
-    let Some((c, g)) = with_driver(test, FakeDriver::builder().gpus(1).build())? else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(1).build())? else {
         return Ok(());
     };
     let mut image = ImageSpec::busybox()?;
@@ -222,7 +220,7 @@ fn cache_keys(c: &Containerd, id: &str) -> Result<Vec<String>> {
 
 #[test]
 fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
-    if setup("a_full_disk_fails_create_and_keeps_the_images_ld_cache").is_none() {
+    if setup().is_none() {
         return Ok(());
     }
     // containerd's root (content and snapshots: the containers' rootfs) on a small tmpfs of
@@ -297,9 +295,8 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
 
 #[test]
 fn env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile() -> Result<()> {
-    let test = "env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile";
     let fake = FakeDriver::builder().gpus(2).infiniband().build();
-    let Some((c, g)) = with_driver(test, fake)? else {
+    let Some((c, g)) = with_driver(fake)? else {
         return Ok(());
     };
     let default = g.config.clone();
@@ -388,8 +385,7 @@ fn swap_devices(spec: &str, a: &str, b: &str) -> Result<String> {
 
 #[test]
 fn a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim() -> Result<()> {
-    let test = "a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim";
-    let Some((c, g)) = with_driver(test, FakeDriver::builder().gpus(2).build())? else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(2).build())? else {
         return Ok(());
     };
     let spec_path = g.driver.cdi_dir().join("nvidia.json");
@@ -426,10 +422,7 @@ fn a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim() -> Result<()> {
 
 #[test]
 fn cdi_generate_output_is_never_seen_empty_or_partial() -> Result<()> {
-    if !is_root(
-        "cdi_generate_output_is_never_seen_empty_or_partial",
-        "the fake driver's device nodes",
-    ) {
+    if !is_root("the fake driver's device nodes") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -13,9 +13,7 @@ use nvidia_shim_integration::task_api::{any_request, update_request};
 
 #[test]
 fn run_prints_output_and_returns_exit_code() -> Result<()> {
-    let Some(c) = setup("run_prints_output_and_returns_exit_code") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let (code, out, err) = CtrRun::new("exit3").rm().sh("echo hi; exit 3").seen(&c)?;
     assert_eq!((code, out.as_str()), (Some(3), "hi\n"), "stderr: {err}");
     Ok(())
@@ -23,9 +21,7 @@ fn run_prints_output_and_returns_exit_code() -> Result<()> {
 
 #[test]
 fn stdin_reaches_the_container() -> Result<()> {
-    let Some(c) = setup("stdin_reaches_the_container") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("stdin").rm().cmd(&["head", "-c", "3"]);
     let out = run.output_with_input(&c, Some(b"abc"))?;
     let (code, stdout) = (out.status.code(), text(&out.stdout));
@@ -41,9 +37,7 @@ fn stdin_reaches_the_container() -> Result<()> {
 
 #[test]
 fn detached_task_ps_metrics_pause_resume_and_sigterm() -> Result<()> {
-    let Some(c) = setup("detached_task_ps_metrics_pause_resume_and_sigterm") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let script = "trap 'exit 42' TERM; while true; do sleep 0.1; done";
     let id = CtrRun::new("detached").detach().sh(script).start(&c)?;
     assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
@@ -70,9 +64,7 @@ fn detached_task_ps_metrics_pause_resume_and_sigterm() -> Result<()> {
 
 #[test]
 fn missing_command_fails_clearly_and_leaves_nothing() -> Result<()> {
-    let Some(c) = setup("missing_command_fails_clearly_and_leaves_nothing") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("nocmd").rm().cmd(&["/no/such/command"]);
     let (_, err) = run.failure(&c)?;
     assert!(
@@ -88,9 +80,7 @@ fn missing_command_fails_clearly_and_leaves_nothing() -> Result<()> {
 
 #[test]
 fn broken_config_file_fails_create_naming_file_and_line() -> Result<()> {
-    let Some(c) = setup("broken_config_file_fails_create_naming_file_and_line") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let cfg = c.dir().join("shim.toml");
     std::fs::write(&cfg, "log_level = \"info\"\nno_such_key = true\n")?;
     let run = CtrRun::new("badcfg").rm().config(&cfg.to_string_lossy());
@@ -105,9 +95,7 @@ fn broken_config_file_fails_create_naming_file_and_line() -> Result<()> {
 
 #[test]
 fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
-    let Some(c) = setup("fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // 50 ungrouped cycles: each its own shim, each fully cleaned up.
     for i in 0..50 {
         let (code, _, err) = CtrRun::new("cycle").rm().cmd(&["true"]).seen(&c)?;
@@ -168,9 +156,7 @@ fn fifty_cycles_leave_nothing_and_grouped_shim_keeps_its_fds() -> Result<()> {
 
 #[test]
 fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
-    let Some(c) = setup("killed_shim_is_cleaned_up_by_containerd") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let run = CtrRun::new("shimkill").detach();
     let marker = format!("marker-{}", run.id());
     let id = run.sh(&format!("sleep 86400; echo {marker}")).start(&c)?;
@@ -196,9 +182,7 @@ fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
 /// faults back in when it runs again.
 #[test]
 fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
-    let Some(c) = setup("a_quiet_shim_releases_its_start_up_code_and_still_serves") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let id = CtrRun::new("quiet")
         .detach()
         .cmd(&["sleep", "600"])
@@ -222,9 +206,7 @@ fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
 
 #[test]
 fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
-    let Some(mut c) = setup("containerd_restart_keeps_task_and_reports_its_exit") else {
-        return Ok(());
-    };
+    let Some(mut c) = setup() else { return Ok(()) };
     let script = "read x < /dev/null; sleep 3; exit 7";
     let id = CtrRun::new("restart").detach().sh(script).start(&c)?;
     c.restart()?;
@@ -247,9 +229,7 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
 
 #[test]
 fn update_applies_new_resources_through_the_task_api() -> Result<()> {
-    let Some(c) = setup("update_applies_new_resources_through_the_task_api") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // ctr 1.6 has no `task update`: call the shim's Task API as containerd does.
     let id = CtrRun::new("update")
         .detach()

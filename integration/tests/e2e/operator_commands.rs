@@ -35,16 +35,15 @@ fn doctor_json(shim_config: &str, containerd_config: &Path, flags: &[&str]) -> R
 }
 
 /// Whether the test runs as root, which the fake driver's device nodes need (mknod).
-fn root(test: &str) -> bool {
-    is_root(test, "the fake driver's device nodes need mknod")
+fn root() -> bool {
+    is_root("the fake driver's device nodes need mknod")
 }
 
 #[test]
 fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs() -> Result<()>
 {
-    let test = "configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs";
     if which("containerd").is_none() {
-        skip(test, "containerd is not installed");
+        skip("containerd is not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -94,7 +93,7 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     );
 
     // A private containerd whose config the binary edited runs a pod through `nvidia`.
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     let cri = Cri::start(&HandlerConfigs {
@@ -283,7 +282,7 @@ fn configure_docker_refuses_a_docker_older_than_23() -> Result<()> {
 
 #[test]
 fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
-    if !root("info_and_cdi_list_describe_a_fake_driver") {
+    if !root() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -341,7 +340,7 @@ fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
 /// written as placeholders (`UPDATE_GOLDEN=1` rewrites it).
 #[test]
 fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
-    if !root("info_on_debians_packaged_driver_matches_its_golden_file") {
+    if !root() {
         return Ok(());
     }
     let driver = debian_driver()?;
@@ -375,7 +374,6 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
 
 #[test]
 fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
-    let test = "doctor_fails_without_a_driver_and_checks_a_fake_node";
     // This machine: no NVIDIA kernel module.
     if !Path::new("/proc/driver/nvidia/version").exists() {
         let dir = tempfile::tempdir()?;
@@ -393,7 +391,7 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
             "{report}"
         );
     }
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     // A fake node with a private containerd the binary configured.
@@ -680,15 +678,11 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
 /// listening on the checked config's `[grpc] address` looks, not where another one does.
 #[test]
 fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> Result<()> {
-    let test = "doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks";
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     if which("containerd-shim-nvidia-v2").is_some() {
-        skip(
-            test,
-            "containerd-shim-nvidia-v2 is on this PATH, so no containerd lacks it",
-        );
+        skip("containerd-shim-nvidia-v2 is on this PATH, so no containerd lacks it");
         return Ok(());
     }
     let with = Containerd::start()?;

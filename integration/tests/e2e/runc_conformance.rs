@@ -37,9 +37,7 @@ fn fifo_reader(path: &std::path::Path) -> Result<std::thread::JoinHandle<String>
 
 #[test]
 fn resize_pty_of_a_process_without_a_terminal_succeeds_as_with_runc() -> Result<()> {
-    let Some(c) = setup("resize_pty_of_a_process_without_a_terminal_succeeds") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let succeeded = alike("ResizePty succeeded", [RUNTIME, RUNC], |runtime| {
         let id = sleeper(&c, runtime, &[])?;
         let req = ResizePtyRequest {
@@ -58,9 +56,7 @@ fn resize_pty_of_a_process_without_a_terminal_succeeds_as_with_runc() -> Result<
 
 #[test]
 fn an_exec_whose_request_asks_for_a_terminal_gets_one_as_with_runc() -> Result<()> {
-    let Some(c) = setup("an_exec_whose_request_asks_for_a_terminal_gets_one") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // The process spec says no terminal; the request says terminal (containerd's client sends
     // such execs).
     let process = serde_json::json!({
@@ -101,9 +97,7 @@ fn create_error(c: &Containerd, runtime: &str, image: &str, extra: &[&str]) -> R
 
 #[test]
 fn create_failures_say_their_cause_as_runc_does() -> Result<()> {
-    let Some(c) = setup("create_failures_say_their_cause_as_runc_does") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // An image whose /dev is a regular file.
     let mut image = ImageSpec::busybox()?;
     image
@@ -212,9 +206,7 @@ fn propagation(c: &Containerd, runtime: &str, options: &str) -> Result<Vec<Strin
 
 #[test]
 fn a_mounts_propagation_option_is_honoured_as_by_runc() -> Result<()> {
-    let Some(c) = setup("a_mounts_propagation_option_is_honoured_as_by_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     for options in [
         "rbind:rprivate",
         "rbind:ro:rprivate",
@@ -242,9 +234,7 @@ fn cgroup_lines(c: &Containerd, runtime: &str) -> Result<Vec<String>> {
 
 #[test]
 fn a_container_is_placed_in_every_hierarchy_as_by_runc() -> Result<()> {
-    let Some(c) = setup("a_container_is_placed_in_every_hierarchy_as_by_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     alike("cgroups", [RUNTIME, RUNC], |r| cgroup_lines(&c, r))?;
     Ok(())
 }
@@ -278,9 +268,7 @@ fn create_under_pids_limit_one(c: &Containerd, runtime: &str) -> Result<(bool, S
 
 #[test]
 fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
-    let Some(c) = setup("a_pids_limit_admits_as_many_processes_as_under_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // The sleeper is one process. runc moves its init into the cgroup, a move the pids
     // controller does not count, and execs there: an exec is admitted even when the limit is
     // already reached. Under load runc's init sometimes forks its stages after the move and
@@ -341,9 +329,7 @@ fn mounts(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Vec<String>> 
 
 #[test]
 fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
-    let Some(c) = setup("mounts_and_their_flags_are_those_of_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // With a network namespace of its own a container has its own sysfs superblock, which
     // runc leaves read-only; with the host's, the host's sysfs, which stays as it is.
     let host_sysfs = || {
@@ -417,9 +403,7 @@ fn lost_exec_output(
 
 #[test]
 fn exec_output_survives_parallel_load() -> Result<()> {
-    let Some(c) = setup("exec_output_survives_parallel_load") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // NVIDIA_TEST_EXEC_LOAD=total,parallel runs another load (more parallel execs than CPUs
     // is what makes a client's reader late).
     let (total, parallel): (usize, usize) = std::env::var("NVIDIA_TEST_EXEC_LOAD")
@@ -487,9 +471,7 @@ fn output_read_before_the_exit_is_reported(c: &Containerd, runtime: &str) -> Res
 
 #[test]
 fn an_execs_exit_is_reported_once_a_reading_client_has_its_output() -> Result<()> {
-    let Some(c) = setup("an_execs_exit_is_reported_once_a_reading_client_has_its_output") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let ours = output_read_before_the_exit_is_reported(&c, RUNTIME)?;
     let runc = output_read_before_the_exit_is_reported(&c, RUNC)?;
     // The runc shim reports the exit at once; shown for the record, not asserted.
@@ -507,9 +489,7 @@ fn run_outcome(c: &Containerd, runtime: &str, image: &str, cmd: &[&str]) -> Resu
 
 #[test]
 fn a_process_that_cannot_be_executed_fails_as_with_runc() -> Result<()> {
-    let Some(c) = setup("a_process_that_cannot_be_executed_fails_as_with_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // An environment variable over the kernel's 128 KiB limit on one string.
     let mut image = ImageSpec::busybox()?;
     image.env.push(format!("BIG={}", "a".repeat(140_000)));

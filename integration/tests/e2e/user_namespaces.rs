@@ -102,9 +102,7 @@ fn run_in_userns(
 
 #[test]
 fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
-    let Some(c) = setup("a_user_namespace_pods_rootfs_and_volume_are_idmapped") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // A shim for the test's containers: a group's, started by containerd.
     let group = Group::start(&c, "usergrp", &["sleep", "600"])?;
 
@@ -170,13 +168,11 @@ fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
 /// of a built one (`containerd`, `ctr`, `containerd-shim-runc-v2`), and skips otherwise.
 #[test]
 fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()> {
-    let test = "a_host_users_false_pod_runs_through_containerd_2_as_under_runc";
-    if !nvidia_shim_integration::can_run_containerd(test) {
+    if !nvidia_shim_integration::can_run_containerd() {
         return Ok(());
     }
     let Some(release) = std::env::var_os("NVIDIA_TEST_CONTAINERD2") else {
         nvidia_shim_integration::skip(
-            test,
             "NVIDIA_TEST_CONTAINERD2 (a containerd 2.x bin directory) is not set",
         );
         return Ok(());

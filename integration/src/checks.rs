@@ -6,17 +6,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::containerd::{Containerd, NAMESPACE};
+use crate::containerd::{Containerd, ContainerdBuilder, NAMESPACE};
 use crate::ctr_run::CtrRun;
 use crate::{can_run_containerd, leftovers};
 
 /// A private containerd with the busybox image, or `None` (with the reason printed) when the
 /// tests cannot run here.
 pub fn setup() -> Option<Containerd> {
+    setup_from(Containerd::builder())
+}
+
+/// [`setup`] of the containerd `builder` describes (its own namespaces, a tmpfs, ...).
+pub fn setup_from(builder: ContainerdBuilder<'_>) -> Option<Containerd> {
     if !can_run_containerd() {
         return None;
     }
-    let c = Containerd::start().expect("start containerd");
+    let c = builder.start().expect("start containerd");
     c.import_busybox().expect("import busybox image");
     Some(c)
 }
@@ -55,6 +60,17 @@ pub fn alike<T: PartialEq + std::fmt::Debug>(
         runtimes[0], runtimes[1], runtimes[0], runtimes[1]
     );
     Ok(first)
+}
+
+/// Asserts that `output` holds each of `wanted`: a needle, and what its absence would mean.
+/// The failure names the first one missing and shows `output`.
+pub fn assert_holds(output: &str, wanted: &[(&str, &str)]) {
+    for (needle, why) in wanted {
+        assert!(
+            output.contains(needle),
+            "{why}: no {needle:?} in:\n{output}"
+        );
+    }
 }
 
 /// Polls `f` until it returns true or 15 s pass.

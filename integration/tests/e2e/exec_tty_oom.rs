@@ -4,19 +4,18 @@
 use anyhow::Result;
 use containerd_shim_protos::api::ResizePtyRequest;
 use nvidia_shim_integration::checks::{
-    assert_clean, ctx, eventually, setup, shim_client, stop_and_remove, task_pid, text, EventStream,
+    assert_clean, ctx, eventually, setup, shim_client, sleeper, stop_and_remove, task_pid, text,
+    EventStream,
 };
-use nvidia_shim_integration::containerd::{Containerd, NAMESPACE};
+use nvidia_shim_integration::containerd::{Containerd, NAMESPACE, RUNTIME};
 use nvidia_shim_integration::ctr_run::CtrRun;
 use nvidia_shim_integration::leftovers;
 use nvidia_shim_integration::pty::PtyChild;
 
-/// Starts a detached `sleep` container.
-fn sleeper(c: &Containerd, prefix: &str) -> Result<String> {
-    CtrRun::new(prefix)
-        .detach()
-        .cmd(&["sleep", "86400"])
-        .start(c)
+/// `ctr task exec -t --exec-id EXEC_ID ID CMD` on a 24x80 terminal.
+fn exec_tty(c: &Containerd, id: &str, exec_id: &str, cmd: &str) -> Result<PtyChild> {
+    let exec = ["task", "exec", "-t", "--exec-id", exec_id, id, cmd];
+    PtyChild::spawn(c.ctr_cmd(&exec), 24, 80)
 }
 
 /// `ResizePty` of process `exec_id` (empty: init) of task `id` to `height` x `width`, through
@@ -38,16 +37,12 @@ fn resize(c: &Containerd, id: &str, exec_id: &str, (height, width): (u32, u32)) 
 #[test]
 fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
-    let id = sleeper(&c, "exec")?;
+    let id = sleeper(&c, RUNTIME, &[])?;
     let out = c.exec(&id, "e1", &["sh", "-c", "echo from-exec; exit 7"])?;
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "from-exec\n");
 
-    let mut tty = PtyChild::spawn(
-        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "e2", &id, "tty"]),
-        24,
-        80,
-    )?;
+    let mut tty = exec_tty(&c, &id, "e2", "tty")?;
     tty.expect("/dev/pts/")?;
     assert!(tty.wait()?.success());
 
@@ -84,11 +79,7 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
     assert_eq!(text(&out.stdout), "xyz", "stderr: {}", text(&out.stderr));
 
     // An exec terminal follows ResizePty (addressed by exec id) through the Task API.
-    let mut tty = PtyChild::spawn(
-        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "sh", &id, "sh"]),
-        24,
-        80,
-    )?;
+    let mut tty = exec_tty(&c, &id, "sh", "sh")?;
     tty.expect("/ # ")?;
     tty.retry_until("stty size\n", "24 80")?;
     resize(&c, &id, "sh", (50, 120))?;
@@ -168,7 +159,7 @@ fn file_log_uri_receives_stdout() -> Result<()> {
 #[test]
 fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
-    let id = sleeper(&c, "execs")?;
+    let id = sleeper(&c, RUNTIME, &[])?;
     let children: Vec<_> = (0..20)
         .map(|i| {
             let script = format!("sleep 0.2; echo exec-{i}; exit {}", i + 10);
@@ -204,7 +195,7 @@ fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
 #[test]
 fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
-    let id = sleeper(&c, "execmiss")?;
+    let id = sleeper(&c, RUNTIME, &[])?;
     let out = c.exec(&id, "bad", &["/no/such/binary"])?;
     assert!(!out.status.success());
     let err = text(&out.stderr);

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
+use nvidia_shim_integration::checks::assert_holds;
 use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
 use nvidia_shim_integration::debian_driver::{debian_driver, DebianDriver};
@@ -92,13 +93,17 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
     for lib in libs.split_whitespace() {
         assert!(out.contains(&format!("dlopen {lib} ok")), "{lib}: {out}");
     }
-    assert!(
-        out.contains("couldn't communicate with the NVIDIA driver") && out.contains("smi=9"),
-        "nvidia-smi fails only for the missing kernel driver: {out}"
-    );
-    assert!(
-        out.contains("nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl"),
-        "{out}"
+    let smi = "nvidia-smi fails only for the missing kernel driver";
+    assert_holds(
+        &out,
+        &[
+            ("couldn't communicate with the NVIDIA driver", smi),
+            ("smi=9", smi),
+            (
+                "nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl",
+                "the nodes",
+            ),
+        ],
     );
     // Run as root without a kernel driver, NVIDIA's libraries make the nodes they miss: not
     // in the host's /dev, neither from the probe nor from the shim's discovery.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use nvidia_shim_core_host::fixture::{compat_libcuda, FakeDriver, Layout};
-use nvidia_shim_integration::checks::{stop_and_remove, text};
+use nvidia_shim_integration::checks::{assert_holds, stop_and_remove, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
 use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
 use nvidia_shim_integration::gpu::{setup_with, write_config, Gpus};
@@ -41,24 +41,20 @@ fn all_gpus_get_nodes_libraries_binaries_and_void_env() -> Result<()> {
                   nvidia-smi; echo \"env=$NVIDIA_VISIBLE_DEVICES\"";
     let (code, out, err) = run(&c, &g, &[ALL], script)?;
     assert_eq!(code, Some(0), "stdout {out}\nstderr {err}");
-    for line in [
-        "nvidiactl c3:ff",
-        "nvidia0 c3:0",
-        "nvidia3 c3:3",
-        "nvidia-uvm ee:0",
-        "nvidia-uvm-tools ee:1",
-    ] {
-        assert!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
-    assert!(
-        out.contains("libcuda-ok") && out.contains("nvml-ok"),
-        "{out}"
+    assert_holds(
+        &out,
+        &[
+            ("nvidiactl c3:ff", "the control node"),
+            ("nvidia0 c3:0", "GPU 0's node"),
+            ("nvidia3 c3:3", "GPU 3's node"),
+            ("nvidia-uvm ee:0", "the UVM node"),
+            ("nvidia-uvm-tools ee:1", "the UVM tools node"),
+            ("libcuda-ok", "libcuda"),
+            ("nvml-ok", "libnvidia-ml"),
+            ("GPU 0: NVIDIA H100", "fake nvidia-smi on PATH"),
+            ("env=void", "the request consumed"),
+        ],
     );
-    assert!(
-        out.contains("GPU 0: NVIDIA H100"),
-        "fake nvidia-smi on PATH: {out}"
-    );
-    assert!(out.contains("env=void"), "{out}");
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, free_bytes, remove_leftover, setup, text,
+    assert_clean, eventually, free_bytes, remove_leftover, setup, setup_from, text,
 };
 use nvidia_shim_integration::command::{answer, wait_output};
 use nvidia_shim_integration::containerd::{Containerd, NAMESPACE, RUNC, RUNTIME};
@@ -109,13 +109,11 @@ fn a_slow_container_does_not_hold_up_the_others_of_its_shim() -> Result<()> {
 
 #[test]
 fn a_start_on_a_full_state_filesystem_leaves_no_process_or_socket() -> Result<()> {
-    if setup().is_none() {
-        return Ok(());
-    }
     // containerd's state directory (bundles, shim logs and addresses) on a small tmpfs of its
     // own mount namespace.
-    let c = Containerd::builder().tmpfs("state", "1m").start()?;
-    c.import_busybox()?;
+    let Some(c) = setup_from(Containerd::builder().tmpfs("state", "1m")) else {
+        return Ok(());
+    };
     let pid = c.pid().expect("containerd runs");
     // The state directory as containerd sees it.
     let state = std::path::PathBuf::from(format!("/proc/{pid}/root{}", c.state_dir().display()));

@@ -9,8 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use anyhow::Result;
 use nvidia_shim_core_host::fixture::FakeDriver;
 use nvidia_shim_integration::checks::{
-    alike, ctx, eventually, kill_and_remove, setup, shim_client, sleeper, stop_and_remove,
-    stop_and_remove_in_group, text,
+    alike, ctx, eventually, kill_and_remove, setup, setup_from, shim_client, sleeper,
+    stop_and_remove, stop_and_remove_in_group, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
@@ -318,13 +318,11 @@ fn exec_codes_under_pid_reuse(c: &Containerd, ns_pid: u32, runtime: &str) -> Res
 
 #[test]
 fn an_exit_is_never_given_to_a_later_process_with_the_same_pid() -> Result<()> {
-    if !nvidia_shim_integration::can_run_containerd() {
-        return Ok(());
-    }
     // containerd, its shims and their containers in a pid namespace of their own, whose pid
     // allocation the test steers without touching the host's.
-    let c = Containerd::builder().pid_namespace().start()?;
-    c.import_busybox()?;
+    let Some(c) = setup_from(Containerd::builder().pid_namespace()) else {
+        return Ok(());
+    };
     let ns_pid = child_of(c.pid().ok_or_else(|| anyhow::anyhow!("no containerd"))?)?;
     let runc = alike("exit codes", [RUNC, RUNTIME], |r| {
         exec_codes_under_pid_reuse(&c, ns_pid, r)

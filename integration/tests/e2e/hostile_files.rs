@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::{mknod, FakeDriver};
 use nvidia_shim_integration::checks::{
-    alike, assert_clean, eventually, free_bytes, setup, stop_and_remove, task_pid, task_status,
-    text,
+    alike, assert_clean, eventually, free_bytes, setup_from, stop_and_remove, task_pid,
+    task_status, text,
 };
 use nvidia_shim_integration::command::answer;
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
@@ -220,13 +220,11 @@ fn cache_keys(c: &Containerd, id: &str) -> Result<Vec<String>> {
 
 #[test]
 fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
-    if setup().is_none() {
-        return Ok(());
-    }
     // containerd's root (content and snapshots: the containers' rootfs) on a small tmpfs of
     // its own mount namespace.
-    let c = Containerd::builder().tmpfs("root", "96m").start()?;
-    c.import_busybox()?;
+    let Some(c) = setup_from(Containerd::builder().tmpfs("root", "96m")) else {
+        return Ok(());
+    };
     // A glibc image with the ld cache its ldconfig made (the host's, which lists its libc).
     let mut image = ImageSpec::glibc()?;
     image.entries.push(Entry::File(

@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 use nvidia_shim_integration::checks::{
-    assert_clean, ctx, eventually, remove_stopped, setup, shim_client, stop_and_remove,
+    assert_clean, ctx, eventually, remove_stopped, setup, shim_client, sleeper, stop_and_remove,
     task_status, text, EventStream,
 };
-use nvidia_shim_integration::containerd::NAMESPACE;
+use nvidia_shim_integration::containerd::{NAMESPACE, RUNTIME};
 use nvidia_shim_integration::ctr_run::{CtrRun, Group};
 use nvidia_shim_integration::leftovers;
 use nvidia_shim_integration::task_api::{any_request, update_request};
@@ -183,10 +183,7 @@ fn killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
 #[test]
 fn a_quiet_shim_releases_its_start_up_code_and_still_serves() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
-    let id = CtrRun::new("quiet")
-        .detach()
-        .cmd(&["sleep", "600"])
-        .start(&c)?;
+    let id = sleeper(&c, RUNTIME, &[])?;
     let shim = leftovers::shim_daemon_pid(&c.socket()).expect("shim running");
     let fresh = leftovers::resident_shim_code_kb(shim);
     // Well past the shim's 300 ms quiet spell.
@@ -231,10 +228,7 @@ fn containerd_restart_keeps_task_and_reports_its_exit() -> Result<()> {
 fn update_applies_new_resources_through_the_task_api() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
     // ctr 1.6 has no `task update`: call the shim's Task API as containerd does.
-    let id = CtrRun::new("update")
-        .detach()
-        .cmd(&["sleep", "86400"])
-        .start(&c)?;
+    let id = sleeper(&c, RUNTIME, &[])?;
     let client = shim_client(&c, &id)?;
     let limit: u64 = 48 << 20;
     let resources = format!(r#"{{"memory":{{"limit":{limit}}},"pids":{{"limit":77}}}}"#);

@@ -100,11 +100,27 @@ pub fn dir_flags(dir: &Path, flags: &[(&str, &str)]) -> Vec<std::ffi::OsString> 
         .collect()
 }
 
+/// The system's own program directories, without `/usr/local`: where an operator's installs
+/// (or what another run of these tests linked there) would change what `configure docker`
+/// finds on its PATH and does.
+pub const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Runs the shim binary under test with `args` (an operator command), killed past 20 s: a read
 /// that blocks on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
 pub fn shim(args: &[&str]) -> Result<Output> {
     output_within(
         Command::new(crate::shim_binary()).args(args),
+        Duration::from_secs(20),
+        format_args!("containerd-shim-nvidia-v2 {args:?}"),
+    )
+}
+
+/// [`shim`] with `path` as its `PATH`.
+pub fn shim_in(path: &str, args: &[&str]) -> Result<Output> {
+    output_within(
+        Command::new(crate::shim_binary())
+            .args(args)
+            .env("PATH", path),
         Duration::from_secs(20),
         format_args!("containerd-shim-nvidia-v2 {args:?}"),
     )

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::command::{dir_flags, stdout_ok, terminate, Cli};
+use crate::command::{dir_flags, stdout_ok, terminate, Cli, SYSTEM_PATH};
 use crate::containerd::Containerd;
 use crate::debian_packages::Unpacked;
 use crate::image::ImageSpec;
@@ -85,6 +85,14 @@ impl<'a> Docker<'a> {
         let hooks = d.join("hooks");
         fs::create_dir_all(&hooks)?;
         if !configure.is_empty() {
+            // On a PATH of the test's own directories and the system's: the hooks it links
+            // are the test's, whatever /usr/local/bin holds.
+            let path = format!(
+                "{}:{}:{}:{SYSTEM_PATH}",
+                hooks.display(),
+                release.sbin_dir().display(),
+                release.bin_dir().display()
+            );
             let out = Command::new(crate::shim_binary())
                 .args(["configure", "docker", "--config"])
                 .arg(&config)
@@ -95,6 +103,7 @@ impl<'a> Docker<'a> {
                 .arg("--docker-socket")
                 .arg(d.join("docker.sock"))
                 .args(configure)
+                .env("PATH", path)
                 .output()
                 .context("run configure docker")?;
             stdout_ok(format_args!("configure docker {configure:?}"), &out)?;

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
-use nvidia_shim_integration::command::{shim, text};
+use nvidia_shim_integration::command::{shim, shim_in, text, SYSTEM_PATH};
 use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
 use nvidia_shim_integration::debian_driver::debian_driver;
@@ -193,7 +193,8 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
         "--cdi-hook-path",
         &cdi_hook,
     ];
-    let out = shim(&docker)?;
+    // The hooks are linked where asked, whatever /usr/local/bin holds.
+    let out = shim_in(SYSTEM_PATH, &docker)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
     assert_eq!(v["log-driver"], "journald");
@@ -211,7 +212,7 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
             "{name}"
         );
     }
-    let again = shim(&docker)?;
+    let again = shim_in(SYSTEM_PATH, &docker)?;
     let said = text(&again.stdout);
     assert!(said.contains("nothing changed"), "{said}");
     assert!(said.contains("is this runtime already"), "{said}");

@@ -50,7 +50,7 @@ type DirStep<'a, T> = Box<dyn FnOnce(&Path) -> Result<T> + 'a>;
 /// its log level, its CRI plugin, how its config is edited, the namespaces it runs in.
 pub struct ContainerdBuilder<'a> {
     shim: PathBuf,
-    level: String,
+    log_level: String,
     release: Option<PathBuf>,
     cri: Option<DirStep<'a, String>>,
     wrapper: Option<DirStep<'a, Vec<String>>>,
@@ -61,7 +61,7 @@ impl std::fmt::Debug for ContainerdBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerdBuilder")
             .field("shim", &self.shim)
-            .field("level", &self.level)
+            .field("log_level", &self.log_level)
             .field("release", &self.release)
             .finish_non_exhaustive()
     }
@@ -79,7 +79,7 @@ impl Containerd {
     pub fn builder<'a>() -> ContainerdBuilder<'a> {
         ContainerdBuilder {
             shim: shim_binary(),
-            level: "debug".into(),
+            log_level: "debug".into(),
             release: None,
             cri: None,
             wrapper: None,
@@ -89,25 +89,17 @@ impl Containerd {
 }
 
 impl<'a> ContainerdBuilder<'a> {
-    /// The shim binary put first on containerd's PATH (a copy, so a rebuild during the test
-    /// cannot change the running shim).
-    pub fn shim(mut self, shim: &Path) -> Self {
-        self.shim = shim.to_path_buf();
-        self
-    }
-
-    /// containerd's log level (containerd passes `-debug` to shims only at `debug`).
-    pub fn log_level(mut self, level: &str) -> Self {
-        self.level = level.to_owned();
-        self
-    }
-
-    /// Another containerd release, whose `containerd`, `ctr` and `containerd-shim-runc-v2` are
-    /// in `dir` (Debian trixie's 1.7 from [`crate::debian_packages::containerd17`]): that
-    /// directory comes after the shim's on containerd's PATH, and `ctr` commands use its `ctr`.
-    pub fn release(mut self, dir: &Path) -> Self {
-        self.release = Some(dir.to_path_buf());
-        self
+    setters! {
+        /// The shim binary put first on containerd's PATH (a copy, so a rebuild during the
+        /// test cannot change the running shim).
+        shim: PathBuf;
+        /// containerd's log level (containerd passes `-debug` to shims only at `debug`).
+        log_level: String;
+        /// Another containerd release, whose `containerd`, `ctr` and `containerd-shim-runc-v2`
+        /// are in this directory (Debian trixie's 1.7 from
+        /// [`crate::debian_packages::containerd17`]): it comes after the shim's on
+        /// containerd's PATH, and `ctr` commands use its `ctr`.
+        release: PathBuf => Some;
     }
 
     /// Enables the CRI plugin (disabled otherwise) with the TOML `cri` returns; it gets the
@@ -208,7 +200,7 @@ impl<'a> ContainerdBuilder<'a> {
             dir,
             child: None,
             path_env,
-            level: self.level,
+            level: self.log_level,
             cri_config,
             wrapper,
             config_command,

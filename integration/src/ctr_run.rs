@@ -50,17 +50,14 @@ impl CtrRun {
         &self.id
     }
 
-    /// Through `runtime` (`io.containerd.runc.v2` for the reference).
-    pub fn runtime(mut self, runtime: &str) -> Self {
-        self.runtime = runtime.to_owned();
-        self
-    }
-
-    /// This shim's configuration file (`--runtime-config-path`); given to this shim only (a
-    /// case run through runc too keeps its line).
-    pub fn config(mut self, path: &str) -> Self {
-        self.config = Some(path.to_owned());
-        self
+    setters! {
+        /// Through this runtime (`io.containerd.runc.v2` for the reference).
+        runtime: String;
+        /// This shim's configuration file (`--runtime-config-path`); given to this shim only
+        /// (a case run through runc too keeps its line).
+        config: String => Some;
+        /// This image instead of busybox.
+        image: String => Some;
     }
 
     /// `--rm`: the container is removed once it exits.
@@ -89,12 +86,6 @@ impl CtrRun {
     /// Other `ctr run` flags, as written (`--mount`, `--log-uri`, `--privileged`, ...).
     pub fn flags(mut self, flags: &[&str]) -> Self {
         self.flags.extend(flags.iter().map(|f| (*f).to_owned()));
-        self
-    }
-
-    /// `image` instead of busybox.
-    pub fn image(mut self, image: &str) -> Self {
-        self.image = Some(image.to_owned());
         self
     }
 

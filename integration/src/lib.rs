@@ -3,6 +3,20 @@
 //! shim on its PATH, stopped by its PID), test images written as OCI layouts, and checks that
 //! nothing is left behind.
 
+/// Builder methods that each set one field: `field(value)` gives the field `value` (`impl
+/// Into` the field's type; wrapped in `Some` for the fields marked `Some`).
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty $(=> $some:ident)?;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(mut self, value: impl Into<$ty>) -> Self {
+                self.$field = $($some)?(value.into());
+                self
+            }
+        )*
+    };
+}
+
 pub mod checks;
 pub mod command;
 pub mod containerd;

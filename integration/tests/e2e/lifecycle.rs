@@ -83,7 +83,7 @@ fn broken_config_file_fails_create_naming_file_and_line() -> Result<()> {
     let Some(c) = setup() else { return Ok(()) };
     let cfg = c.dir().join("shim.toml");
     std::fs::write(&cfg, "log_level = \"info\"\nno_such_key = true\n")?;
-    let run = CtrRun::new("badcfg").rm().config(&cfg.to_string_lossy());
+    let run = CtrRun::new("badcfg").rm().config(cfg.to_string_lossy());
     let (_, err) = run.cmd(&["true"]).failure(&c)?;
     assert!(
         err.contains("shim.toml") && err.contains("line 2"),

@@ -6,7 +6,9 @@
 #                                LINES (one-line form), then its "apt-get update"; sets the
 #                                array apt_opts for later apt-get calls;
 #   debian_download DIR PKG...   apt-get download of PKG... into DIR (the newest version the
-#                                private sources have), with retries.
+#                                private sources have), with retries;
+#   debian_unpack_dir DIR        makes DIR (absolute in $dir) and serialises runs for it; when
+#                                an earlier run completed it, prints its version and exits.
 # The host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/*.list one-line form and
 # *.sources deb822 form) name the archive, so the repository names no archive host; the host's
 # own apt configuration, lists and packages are never changed.
@@ -109,4 +111,19 @@ debian_download() {
     sleep $((try * 5))
   done
   return 1
+}
+
+# debian_unpack_dir DIR: makes DIR and sets $dir to its absolute path; runs for one DIR are
+# serialised (flock on fd 9, held until the script exits). When an earlier run completed it
+# (DIR/ready and DIR/root), prints DIR/ready (the version) and exits the script: a second run
+# needs no network.
+debian_unpack_dir() {
+  mkdir -p "$1"
+  dir=$(cd "$1" && pwd)
+  exec 9>"$dir/.lock"
+  flock 9
+  if [ -f "$dir/ready" ] && [ -d "$dir/root" ]; then
+    cat "$dir/ready"
+    exit 0
+  fi
 }

@@ -15,19 +15,11 @@
 #
 # usage: scripts/debian-nvidia-driver.sh DIR
 set -euo pipefail
-dir=${1:?usage: $0 DIR}
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
-exec 9>"$dir/.lock"
-flock 9
-if [ -f "$dir/ready" ] && [ -d "$dir/root" ]; then
-  cat "$dir/ready"
-  exit 0
-fi
+. "$(dirname "$0")/debian-archive.sh"
+debian_unpack_dir "${1:?usage: $0 DIR}"
 rm -rf "$dir/root" "$dir/debs" "$dir/ctl"
 mkdir -p "$dir/debs" "$dir/ctl" "$dir/root"
 # The archives are the ones the host's apt sources name for bookworm and bookworm-security.
-. "$(dirname "$0")/debian-archive.sh"
 archive=$(debian_archive_uri bookworm)
 security=$(debian_archive_uri bookworm-security 2>/dev/null || true)
 key=/usr/share/keyrings/debian-archive-keyring.gpg

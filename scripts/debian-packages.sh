@@ -32,14 +32,7 @@ case $what in
     ;;
 esac
 . "$(dirname "$0")/debian-archive.sh"
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
-exec 9>"$dir/.lock"
-flock 9
-if [ -f "$dir/ready" ] && [ -d "$dir/root" ]; then
-  cat "$dir/ready"
-  exit 0
-fi
+debian_unpack_dir "$dir"
 started=$SECONDS
 archive=$(debian_archive_uri)
 security=$(debian_archive_uri "$(debian_codename)-security" 2>/dev/null || true)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The real-GPU suite, packed here and run on a GPU host that can install nothing.
 #
-#   scripts/gpu-host-suite.sh pack DIR   (here, as root) builds the release shim, the gpu_host
-#       test and nvbench, the probe, and packs them with containerd, ctr, runc, the Go runc shim
-#       and a busybox (../shared/gpu-host/pack.sh, or $GPU_KIT_PACK) into DIR; DIR must be
-#       ignored by git (.git/info/exclude) and named in the device call's `carry`.
-#   bash DIR/gpu-host-suite.sh run DIR   (there) runs the gpu_host tests against a private
-#       containerd with the shim's default configuration (the driver root is found, NVML is
-#       used), then nvbench's GPU overhead, and prints one summary line.
+#   scripts/gpu-host-suite.sh pack DIR   (here, as root) builds the release shim, the
+#       end-to-end test binary (e2e) and nvbench, the probe, and packs them with containerd,
+#       ctr, runc, the Go runc shim and a busybox (../shared/gpu-host/pack.sh, or
+#       $GPU_KIT_PACK) into DIR; DIR must be ignored by git (.git/info/exclude) and named in
+#       the device call's `carry`.
+#   bash DIR/gpu-host-suite.sh run DIR   (there) runs the e2e binary's gpu_host:: tests
+#       against a private containerd with the shim's default configuration (the driver root is
+#       found, NVML is used), then nvbench's GPU overhead, and prints one summary line.
 set -euo pipefail
 cmd=${1:?usage: gpu-host-suite.sh pack|run DIR}
 dir=${2:?usage: gpu-host-suite.sh pack|run DIR}
@@ -21,21 +22,21 @@ pack() {
   cargo build --locked --release -p containerd-shim-nvidia-v2
   cargo build --locked --release -p nvidia-shim-integration --bin nvbench
   local test_bin
-  test_bin=$(cargo test --locked --release -p nvidia-shim-integration --test gpu_host --no-run \
+  test_bin=$(cargo test --locked --release -p nvidia-shim-integration --test e2e --no-run \
     --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_host":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "e2e":
         print(m["executable"])')
-  [ -x "$test_bin" ] || { echo "gpu-host-suite: no gpu_host test binary" >&2; exit 1; }
+  [ -x "$test_bin" ] || { echo "gpu-host-suite: no e2e test binary" >&2; exit 1; }
   local w
   w=$(mktemp -d)
   trap 'rm -rf "$w"' RETURN
   mkdir -p "$w/ours"
   cp target/release/containerd-shim-nvidia-v2 target/release/nvbench /bin/busybox "$w/ours/"
-  cp "$test_bin" "$w/ours/gpu_host"
-  strip "$w/ours/gpu_host" "$w/ours/nvbench" 2>/dev/null || true
+  cp "$test_bin" "$w/ours/e2e"
+  strip "$w/ours/e2e" "$w/ours/nvbench" 2>/dev/null || true
   # The probe, built here: the GPU host may have no C compiler.
   python3 - "$w/ours/nvprobe.c" <<'EOF'
 import sys
@@ -65,12 +66,16 @@ run() {
   echo "== containerd-shim-nvidia-v2 doctor (containerd checks fail here: no system containerd)"
   "$NVIDIA_SHIM_BIN" doctor 2>&1 || true
   local log=/tmp/gpu_host.log rc=0
-  "$o/gpu_host" --test-threads=2 --nocapture 2>&1 | tee "$log" || rc=$?
+  # Skips are counted from the list the tests write, as scripts/test.sh does (--nocapture
+  # interleaves the tests' output lines).
+  export NVIDIA_TEST_SKIPS=/tmp/gpu_host.skips
+  rm -f "$NVIDIA_TEST_SKIPS"
+  "$o/e2e" gpu_host:: --test-threads=2 --nocapture 2>&1 | tee "$log" || rc=$?
   echo "== nvbench --gpu-only --pairs 10"
   "$o/nvbench" --gpu-only --pairs 10 --shim "$NVIDIA_SHIM_BIN" 2>&1 || true
   local result skips
   result=$(grep '^test result:' "$log" | tail -1)
-  skips=$(grep -c '^SKIP ' "$log" || true)
+  skips=$(wc -l <"$NVIDIA_TEST_SKIPS" 2>/dev/null || echo 0)
   echo "GPU SUITE: ${result:-no result} (${skips} skipped) in $(($(date +%s) - started)) s"
   return "$rc"
 }

@@ -1,78 +1,76 @@
-//! Shared steps of the end-to-end tests: a containerd with the busybox image, `ctr run`
-//! argument lists, polling, task status, and the check that a container left nothing behind.
+//! Shared steps of the end-to-end tests: a containerd with the busybox image, polling, task
+//! status, the comparison of a case run through both runtimes, and the check that a container
+//! left nothing behind.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNTIME};
+use crate::containerd::{Containerd, ContainerdBuilder, NAMESPACE};
+use crate::ctr_run::CtrRun;
 use crate::{can_run_containerd, leftovers};
 
 /// A private containerd with the busybox image, or `None` (with the reason printed) when the
 /// tests cannot run here.
-pub fn setup(test: &str) -> Option<Containerd> {
-    if !can_run_containerd(test) {
+pub fn setup() -> Option<Containerd> {
+    setup_from(Containerd::builder())
+}
+
+/// [`setup`] of the containerd `builder` describes (its own namespaces, a tmpfs, ...).
+pub fn setup_from(builder: ContainerdBuilder<'_>) -> Option<Containerd> {
+    if !can_run_containerd() {
         return None;
     }
-    let c = Containerd::start().expect("start containerd");
+    let c = builder.start().expect("start containerd");
     c.import_busybox().expect("import busybox image");
     Some(c)
 }
 
-/// Bytes as text.
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+pub use crate::command::text;
 
-/// `ctr run --runtime io.containerd.nvidia.v2 EXTRA IMAGE ID CMD...`.
-pub fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["run", "--runtime", RUNTIME];
-    v.extend_from_slice(extra);
-    v.push(BUSYBOX_IMAGE);
-    v.push(id);
-    v.extend_from_slice(cmd);
-    v
-}
-
-/// Runs `sh -c script` in a fresh container of `image` (`--rm`) with the shim configuration
-/// file `config` and `env`, checks that it left nothing behind, and returns its exit code,
-/// stdout and stderr.
-pub fn run_script(
-    c: &Containerd,
-    config: &str,
-    image: &str,
-    env: &[&str],
-    script: &str,
-) -> Result<(Option<i32>, String, String)> {
-    let id = crate::unique_id("gpu");
-    let mut extra = vec!["--rm", "--runtime-config-path", config];
-    for e in env {
-        extra.push("--env");
-        extra.push(e);
-    }
-    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
-    if let Some(pos) = args.iter().position(|a| *a == BUSYBOX_IMAGE) {
-        args[pos] = image;
-    }
-    let out = c.ctr(&args)?;
-    assert_clean(c, &id, &id);
-    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
-}
-
-/// A ttrpc context with containerd's usual 10 s deadline, for calls to a shim's Task API.
-pub fn ctx() -> containerd_shim_protos::ttrpc::context::Context {
-    containerd_shim_protos::ttrpc::context::with_timeout(10_000_000_000)
-}
+pub use crate::task_api::ctx;
 
 /// Starts `sleep 600` detached through `runtime` with `extra` `ctr run` flags; returns its id.
 pub fn sleeper(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<String> {
-    let id = crate::unique_id("conf");
-    let mut args = vec!["run", "-d", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "sleep", "600"]);
-    let out = c.ctr(&args)?;
-    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-    Ok(id)
+    CtrRun::new("conf")
+        .runtime(runtime)
+        .detach()
+        .flags(extra)
+        .cmd(&["sleep", "600"])
+        .start(c)
+}
+
+/// Runs `case` through each of `runtimes` (this shim's and the Go runc shim's runtime or
+/// handler names, in the order given) and asserts that both saw the same; returns what they
+/// saw. `what` names the case in the failure.
+pub fn alike<T: PartialEq + std::fmt::Debug>(
+    what: impl std::fmt::Display,
+    runtimes: [&str; 2],
+    mut case: impl FnMut(&str) -> Result<T>,
+) -> Result<T> {
+    let first = case(runtimes[0])?;
+    let second = case(runtimes[1])?;
+    eprintln!(
+        "{what}: {}: {first:?}; {}: {second:?}",
+        runtimes[0], runtimes[1]
+    );
+    assert_eq!(
+        first, second,
+        "{what}: {} and {} differ\n{}: {first:#?}\n{}: {second:#?}",
+        runtimes[0], runtimes[1], runtimes[0], runtimes[1]
+    );
+    Ok(first)
+}
+
+/// Asserts that `output` holds each of `wanted`: a needle, and what its absence would mean.
+/// The failure names the first one missing and shows `output`.
+pub fn assert_holds(output: &str, wanted: &[(&str, &str)]) {
+    for (needle, why) in wanted {
+        assert!(
+            output.contains(needle),
+            "{why}: no {needle:?} in:\n{output}"
+        );
+    }
 }
 
 /// Polls `f` until it returns true or 15 s pass.
@@ -89,11 +87,20 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
 
 /// The status `ctr task ls` shows for `id`.
 pub fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    task_column(c, id, 2)
+}
+
+/// The host pid `ctr task ls` shows for `id`.
+pub fn task_pid(c: &Containerd, id: &str) -> Option<i32> {
+    task_column(c, id, 1)?.parse().ok()
+}
+
+fn task_column(c: &Containerd, id: &str, column: usize) -> Option<String> {
     let out = c.ctr(&["task", "ls"]).ok()?;
     text(&out.stdout)
         .lines()
         .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(column).map(str::to_owned))
 }
 
 /// Asserts that container `id` (shim group `group`) left nothing behind: no shim process, no
@@ -152,15 +159,16 @@ pub fn kill_and_remove(c: &Containerd, id: &str) -> Result<()> {
     eventually("task to stop", || {
         task_status(c, id).as_deref() == Some("STOPPED")
     })?;
-    let rm = c.ctr(&["task", "rm", id])?;
-    if !rm.status.success() {
-        bail!("ctr task rm {id}: {}", text(&rm.stderr));
-    }
-    let rm = c.ctr(&["container", "rm", id])?;
-    if !rm.status.success() {
-        bail!("ctr container rm {id}: {}", text(&rm.stderr));
-    }
+    c.ctr_ok(&["task", "rm", id])?;
+    c.ctr_ok(&["container", "rm", id])?;
     Ok(())
+}
+
+/// Removes what a client could not finish of container `id`: its task (forced) and the
+/// container (either may already be gone).
+pub fn remove_leftover(c: &Containerd, id: &str) {
+    let _ = c.ctr(&["task", "rm", "-f", id]);
+    let _ = c.ctr(&["container", "rm", id]);
 }
 
 /// Removes stopped task `id` and its container, checking that containerd reports exit status
@@ -175,10 +183,7 @@ pub fn remove_stopped(c: &Containerd, id: &str, code: i32) -> Result<()> {
     if code != 0 && !err.contains(&format!("exit code {code}")) {
         bail!("task {id}: expected exit code {code}, ctr said: {err}");
     }
-    let rm = c.ctr(&["container", "rm", id])?;
-    if !rm.status.success() {
-        bail!("ctr container rm {id}: {}", text(&rm.stderr));
-    }
+    c.ctr_ok(&["container", "rm", id])?;
     assert_clean(c, id, id);
     Ok(())
 }
@@ -244,4 +249,15 @@ impl Drop for EventStream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Bytes free in the filesystem of `path`.
+pub fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid out-buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    anyhow::ensure!(rc == 0, "statvfs {}", path.display());
+    Ok(st.f_bavail * st.f_frsize)
 }

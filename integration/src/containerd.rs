@@ -2,15 +2,16 @@
 //! dir, the shim under test first on its PATH, stopped by its PID when dropped.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use wait_timeout::ChildExt;
 
+pub use crate::command::wait_output;
+use crate::command::{stdout_ok, terminate, text};
 use crate::image::ImageSpec;
+use crate::leftovers;
 use crate::shim_binary;
 
 /// The containerd namespace the tests use.
@@ -41,142 +42,176 @@ pub struct Containerd {
     release: Option<PathBuf>,
 }
 
+/// A step of the start that needs the temp dir (where containerd's files go) to say what it
+/// writes or runs.
+type DirStep<'a, T> = Box<dyn FnOnce(&Path) -> Result<T> + 'a>;
+
+/// How to start a private containerd ([`Containerd::builder`]): which shim and containerd,
+/// its log level, its CRI plugin, how its config is edited, the namespaces it runs in.
+pub struct ContainerdBuilder<'a> {
+    shim: PathBuf,
+    log_level: String,
+    release: Option<PathBuf>,
+    cri: Option<DirStep<'a, String>>,
+    wrapper: Option<DirStep<'a, Vec<String>>>,
+    configure: Option<DirStep<'a, Vec<String>>>,
+}
+
+impl std::fmt::Debug for ContainerdBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdBuilder")
+            .field("shim", &self.shim)
+            .field("log_level", &self.log_level)
+            .field("release", &self.release)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Containerd {
-    /// Starts containerd with the shim under test and waits until it answers.
+    /// Starts containerd with the shim under test, logging at debug level, and waits until it
+    /// answers.
     pub fn start() -> Result<Self> {
-        Self::start_with(&shim_binary())
+        Self::builder().start()
     }
 
-    /// Starts containerd with the shim binary `shim` on its PATH, logging at debug level.
-    pub fn start_with(shim: &Path) -> Result<Self> {
-        Self::start_with_level(shim, "debug")
+    /// A containerd to start: by default the host's, with the shim under test first on its
+    /// PATH, logging at debug level, its CRI plugin disabled.
+    pub fn builder<'a>() -> ContainerdBuilder<'a> {
+        ContainerdBuilder {
+            shim: shim_binary(),
+            log_level: "debug".into(),
+            release: None,
+            cri: None,
+            wrapper: None,
+            configure: None,
+        }
+    }
+}
+
+impl<'a> ContainerdBuilder<'a> {
+    setters! {
+        /// The shim binary put first on containerd's PATH (a copy, so a rebuild during the
+        /// test cannot change the running shim).
+        shim: PathBuf;
+        /// containerd's log level (containerd passes `-debug` to shims only at `debug`).
+        log_level: String;
+        /// Another containerd release, whose `containerd`, `ctr` and `containerd-shim-runc-v2`
+        /// are in this directory (Debian trixie's 1.7 from
+        /// [`crate::debian_packages::containerd17`]): it comes after the shim's on
+        /// containerd's PATH, and `ctr` commands use its `ctr`.
+        release: PathBuf => Some;
     }
 
-    /// Starts containerd with `shim` on its PATH at log level `level` (containerd passes
-    /// `-debug` to shims only at `debug`).
-    pub fn start_with_level(shim: &Path, level: &str) -> Result<Self> {
-        Self::start_configured(shim, level, |_| Ok(None))
+    /// Enables the CRI plugin (disabled otherwise) with the TOML `cri` returns; it gets the
+    /// temp dir to write its files in. Its error is returned before containerd starts.
+    pub fn cri(mut self, cri: impl FnOnce(&Path) -> Result<String> + 'a) -> Self {
+        self.cri = Some(Box::new(cri));
+        self
     }
 
-    /// Starts containerd with `shim` on its PATH at log level `level`; `cri` gets the temp dir
-    /// and may return the CRI plugin's TOML, which then enables that plugin (it is disabled
-    /// otherwise). An error from `cri` is returned before containerd starts.
-    pub fn start_configured(
-        shim: &Path,
-        level: &str,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-    ) -> Result<Self> {
-        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()), |_| Ok(Vec::new()))
+    /// Runs `<shim> configure containerd ARGS --config <file>` on the written config before
+    /// containerd reads it, as an operator edits containerd's config (`args` gets the temp
+    /// dir). Its failure fails the start, with its output.
+    pub fn configured_by_shim(mut self, args: impl FnOnce(&Path) -> Vec<String> + 'a) -> Self {
+        let shim = self.shim.display().to_string();
+        self.configure = Some(Box::new(move |dir| {
+            let mut command = vec![shim, "configure".into(), "containerd".into()];
+            command.extend(args(dir));
+            Ok(command)
+        }));
+        self
     }
 
-    /// Starts the containerd of another release, whose `containerd`, `ctr` and
-    /// `containerd-shim-runc-v2` are in `release` (Debian trixie's 1.7 from
-    /// [`crate::debian_packages::containerd17`]), with `shim` first on its PATH and that
-    /// directory next; `cri` as in [`Containerd::start_configured`]. `ctr` commands use that
-    /// release's `ctr`.
-    pub fn start_release(
-        release: &Path,
-        shim: &Path,
-        level: &str,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-    ) -> Result<Self> {
-        Self::start_full(
-            shim,
-            level,
-            Some(release),
-            cri,
-            |_| Ok(Vec::new()),
-            |_| Ok(Vec::new()),
-        )
+    /// Runs containerd (and its shims) in a mount namespace of its own, after the shell
+    /// commands `setup` returns for the temp dir (run with `set -e`): mounts that only this
+    /// containerd sees.
+    pub fn mount_namespace(mut self, setup: impl FnOnce(&Path) -> Result<String> + 'a) -> Self {
+        self.wrapper = Some(Box::new(move |dir| {
+            let setup = setup(dir)?;
+            let mut wrapper: Vec<String> = ["unshare", "-m", "--propagation", "private", "--"]
+                .map(String::from)
+                .to_vec();
+            wrapper.extend(["sh".into(), "-c".into()]);
+            wrapper.push(format!("set -e; {setup}; exec \"$@\""));
+            wrapper.push("sh".into());
+            Ok(wrapper)
+        }));
+        self
     }
 
-    /// [`Containerd::start_release`], with `command` run on the written config file as in
-    /// [`Containerd::start_configured_by`].
-    pub fn start_release_configured_by(
-        release: &Path,
-        shim: &Path,
-        level: &str,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-        command: impl FnOnce(&Path) -> Result<Vec<String>>,
-    ) -> Result<Self> {
-        Self::start_full(shim, level, Some(release), cri, |_| Ok(Vec::new()), command)
+    /// Puts the temp dir's `sub` (`root`: content and snapshots; `state`: bundles and shim
+    /// sockets' addresses) on a tmpfs of `size` (`1m`) that only this containerd sees.
+    pub fn tmpfs(self, sub: &'a str, size: &'a str) -> Self {
+        self.mount_namespace(move |dir| {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path)?;
+            Ok(format!(
+                "mount -t tmpfs -o size={size} tmpfs {}",
+                path.display()
+            ))
+        })
     }
 
-    /// Starts containerd with the shim under test through `wrapper` (given the temp dir), a
-    /// command that ends by exec'ing its arguments (`containerd --config ...`), so the PID is
-    /// containerd's: `unshare -m sh -c '<mounts>; exec "$@"' sh` gives it (and its shims) a
-    /// private mount namespace.
-    pub fn start_in(wrapper: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<Self> {
-        Self::start_wrapped(
-            &shim_binary(),
-            "debug",
-            |_| Ok(None),
-            wrapper,
-            |_| Ok(Vec::new()),
-        )
+    /// Runs containerd, its shims and their containers in a pid namespace of their own
+    /// (`unshare --pid --fork --kill-child --mount-proc`): [`Containerd::pid`] is then
+    /// `unshare`'s, containerd its first child.
+    pub fn pid_namespace(mut self) -> Self {
+        self.wrapper = Some(Box::new(|_| {
+            Ok([
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+            ]
+            .map(String::from)
+            .to_vec())
+        }));
+        self
     }
 
-    /// [`Containerd::start_configured`], with `command` (program and arguments; `--config
-    /// <file>` is appended) run on the config file after it is written and before containerd
-    /// reads it. Its failure fails the start, with its output.
-    pub fn start_configured_by(
-        shim: &Path,
-        level: &str,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-        command: impl FnOnce(&Path) -> Result<Vec<String>>,
-    ) -> Result<Self> {
-        Self::start_wrapped(shim, level, cri, |_| Ok(Vec::new()), command)
-    }
-
-    fn start_wrapped(
-        shim: &Path,
-        level: &str,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-        wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
-        config_command: impl FnOnce(&Path) -> Result<Vec<String>>,
-    ) -> Result<Self> {
-        Self::start_full(shim, level, None, cri, wrapper, config_command)
-    }
-
-    fn start_full(
-        shim: &Path,
-        level: &str,
-        release: Option<&Path>,
-        cri: impl FnOnce(&Path) -> Result<Option<String>>,
-        wrapper: impl FnOnce(&Path) -> Result<Vec<String>>,
-        config_command: impl FnOnce(&Path) -> Result<Vec<String>>,
-    ) -> Result<Self> {
+    /// Starts containerd and waits until it answers.
+    pub fn start(self) -> Result<Containerd> {
         let dir = tempfile::Builder::new()
             .prefix("nvctd")
             .tempdir_in("/tmp")?;
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin)?;
-        // A copy, so a rebuild during the test cannot change the running shim.
-        fs::copy(shim, bin.join("containerd-shim-nvidia-v2"))
-            .with_context(|| format!("copy {}", shim.display()))?;
+        fs::copy(&self.shim, bin.join("containerd-shim-nvidia-v2"))
+            .with_context(|| format!("copy {}", self.shim.display()))?;
         let host_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        let path_env = match release {
+        let path_env = match &self.release {
             Some(r) => format!("{}:{}:{host_path}", bin.display(), r.display()),
             None => format!("{}:{host_path}", bin.display()),
         };
-        let cri_config = cri(dir.path()).context("write the CRI plugin's configuration")?;
-        let wrapper = wrapper(dir.path())?;
-        let config_command = config_command(dir.path())?;
-        let mut me = Self {
+        let in_dir = |step: Option<DirStep<'a, Vec<String>>>| match step {
+            Some(step) => step(dir.path()),
+            None => Ok(Vec::new()),
+        };
+        let cri_config = match self.cri {
+            Some(cri) => Some(cri(dir.path()).context("write the CRI plugin's configuration")?),
+            None => None,
+        };
+        let wrapper = in_dir(self.wrapper)?;
+        let config_command = in_dir(self.configure)?;
+        let mut me = Containerd {
             dir,
             child: None,
             path_env,
-            level: level.to_owned(),
+            level: self.log_level,
             cri_config,
             wrapper,
             config_command,
-            release: release.map(Path::to_path_buf),
+            release: self.release,
         };
         me.spawn()?;
         Ok(me)
     }
+}
 
+impl Containerd {
     fn spawn(&mut self) -> Result<()> {
         let d = self.dir.path();
         let (disabled, cri) = match &self.cri_config {
@@ -208,13 +243,7 @@ disabled_plugins = [{disabled}]
                 .arg(d.join("config.toml"))
                 .output()
                 .with_context(|| format!("run {program}"))?;
-            if !out.status.success() {
-                bail!(
-                    "{program} {args:?} failed: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            stdout_ok(format_args!("{program} {args:?}"), &out)?;
         }
         let log = fs::OpenOptions::new()
             .create(true)
@@ -223,7 +252,7 @@ disabled_plugins = [{disabled}]
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg("containerd");
+                c.args(args).arg(self.program("containerd"));
                 c
             }
             None => Command::new(self.program("containerd")),
@@ -262,18 +291,7 @@ disabled_plugins = [{disabled}]
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = i32::try_from(child.id()).unwrap_or(0);
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child, Duration::from_secs(10));
         }
     }
 
@@ -351,6 +369,23 @@ disabled_plugins = [{disabled}]
         self.ctr_with_input(args, None)
     }
 
+    /// Runs `ctr`, failing with its output unless it exits 0; returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        stdout_ok(format_args!("ctr {args:?}"), &out)?;
+        Ok(text(&out.stdout))
+    }
+
+    /// `ctr task exec --exec-id EXEC_ID ID CMD...`.
+    pub fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> Result<Output> {
+        self.ctr(&exec_args(id, exec_id, cmd))
+    }
+
+    /// [`Containerd::exec`], failing with its output unless it exits 0; returns its stdout.
+    pub fn exec_ok(&self, id: &str, exec_id: &str, cmd: &[&str]) -> Result<String> {
+        self.ctr_ok(&exec_args(id, exec_id, cmd))
+    }
+
     /// Runs `ctr`, feeding `input` on stdin (kept open until ctr exits, as a terminal would).
     pub fn ctr_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Output> {
         self.run_ctr(self.ctr_cmd(args), args, input)
@@ -394,9 +429,7 @@ disabled_plugins = [{disabled}]
         image.write_archive(name, &archive)?;
         let args = ["image", "import", archive.to_str().unwrap_or_default()];
         let out = self.run_ctr(self.ctr_cmd_in(ns, &args), &args, None)?;
-        if !out.status.success() {
-            bail!("ctr image import: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        stdout_ok("ctr image import", &out)?;
         Ok(())
     }
 
@@ -419,34 +452,33 @@ impl Containerd {
         // Whatever a failed test left: its tasks (through both runtimes; a runc shim killed
         // with its containers running would leave them behind), ...
         if self.child.is_some() {
-            if let Ok(out) = self.ctr(&["task", "ls", "-q"]) {
-                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = self.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
-                }
-            }
+            self.kill_tasks_in(NAMESPACE);
         }
         self.stop();
         // ... then the shims of this containerd, then mounts under our dir.
-        let socket = self.socket();
-        let runc_shims =
-            crate::leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy());
-        for pid in crate::leftovers::shim_pids(&socket)
-            .into_iter()
-            .chain(runc_shims)
-        {
-            // SAFETY: signalling a process by pid.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        for pid in leftovers::shims_of(&self.socket()) {
+            leftovers::kill(pid);
         }
-        for m in crate::leftovers::mounts_under(self.dir.path())
-            .into_iter()
-            .rev()
-        {
-            if let Ok(c) = std::ffi::CString::new(m) {
-                // SAFETY: c is a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+        leftovers::unmount_under(self.dir.path());
+    }
+
+    /// Kills every task this containerd has in namespace `ns`, whichever runtime runs it.
+    pub fn kill_tasks_in(&self, ns: &str) {
+        let ls = ["task", "ls", "-q"];
+        let Ok(out) = self.run_ctr(self.ctr_cmd_in(ns, &ls), &ls, None) else {
+            return;
+        };
+        for id in text(&out.stdout).split_whitespace() {
+            let kill = ["task", "kill", "-a", "-s", "SIGKILL", id];
+            let _ = self.run_ctr(self.ctr_cmd_in(ns, &kill), &kill, None);
         }
     }
+}
+
+fn exec_args<'a>(id: &'a str, exec_id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+    args.extend_from_slice(cmd);
+    args
 }
 
 fn sanitize(s: &str) -> String {
@@ -464,36 +496,4 @@ fn pipe() -> Result<(fs::File, fs::File)> {
     use std::os::fd::FromRawFd;
     // SAFETY: pipe2 returned two fresh descriptors we now own.
     Ok(unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) })
-}
-
-/// Waits for `child` with a limit, collecting its output; kills it past the limit.
-pub fn wait_output(child: &mut Child, limit: Duration) -> Result<Output> {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    // The wait blocks until the exit (a polling loop would round every duration up to its
-    // period, which `nvbench` measures).
-    let Some(status) = child.wait_timeout(limit)? else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("timed out after {limit:?}");
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
 }

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::containerd::{Containerd, BUSYBOX_IMAGE};
 use crate::image::ImageSpec;
-use crate::shim_binary;
+use crate::{leftovers, shim_binary};
 
 /// The namespace the CRI plugin keeps its containers and images in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -156,30 +156,31 @@ impl Cri {
 
     /// [`Cri::start`] with the shim binary `shim`.
     pub fn start_with(shim: &Path, configs: &HandlerConfigs) -> Result<Self> {
-        let tag = std::process::id() % 10_000;
+        // A bridge, an address range and a cgroup parent per CRI containerd: the tests run
+        // side by side in one process.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = (std::process::id() * 16 + n) % 10_000;
         let bridge = format!("nvcri{tag}");
-        // One parent per CRI containerd: tests of one binary run side by side.
         let cgroup_parent = format!("/{}", crate::unique_id("nvcri"));
-        let cri = |dir: &Path| cri_config(dir, configs, &bridge, tag).map(Some);
-        let configure = |dir: &Path| {
-            Ok(vec![
-                shim.display().to_string(),
-                "configure".into(),
-                "containerd".into(),
-                "--runtime-name".into(),
-                HANDLER.into(),
-                "--config-path-option".into(),
-                dir.join("shim-nvidia.toml").display().to_string(),
-            ])
-        };
-        let containerd = match (&configs.containerd_release, configs.nvidia_by_configure) {
-            (Some(release), true) => {
-                Containerd::start_release_configured_by(release, shim, "info", cri, configure)?
-            }
-            (Some(release), false) => Containerd::start_release(release, shim, "info", cri)?,
-            (None, true) => Containerd::start_configured_by(shim, "info", cri, configure)?,
-            (None, false) => Containerd::start_configured(shim, "info", cri)?,
-        };
+        let mut builder = Containerd::builder()
+            .shim(shim)
+            .log_level("info")
+            .cri(|dir| cri_config(dir, configs, &bridge, tag));
+        if let Some(release) = &configs.containerd_release {
+            builder = builder.release(release);
+        }
+        if configs.nvidia_by_configure {
+            builder = builder.configured_by_shim(|dir| {
+                vec![
+                    "--runtime-name".into(),
+                    HANDLER.into(),
+                    "--config-path-option".into(),
+                    dir.join("shim-nvidia.toml").display().to_string(),
+                ]
+            });
+        }
+        let containerd = builder.start()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -210,27 +211,34 @@ impl Cri {
 
     /// `RunPodSandbox` with `handler`; returns the sandbox id.
     pub fn run_pod(&self, name: &str, handler: &str, opts: &PodOptions) -> Result<String> {
-        let config = self.pod_config(name, opts);
-        let mut client = self.client.clone();
-        let resp = self.call(
-            client.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: handler.into(),
-            }),
-            || format!("RunPodSandbox {name} ({handler})"),
-        )?;
-        Ok(resp.pod_sandbox_id)
+        let req = RunPodSandboxRequest {
+            config: Some(self.pod_config(name, opts)),
+            runtime_handler: handler.into(),
+        };
+        Ok(self
+            .call(req, &format!("{name} ({handler})"))?
+            .pod_sandbox_id)
     }
 
-    /// Runs one CRI call; a failure carries `what` and the end of containerd's log, where
-    /// the CRI plugin says why.
-    fn call<T>(
+    /// [`Cri::run_pod`] with one app container, `app`, started in it; the pod's and the
+    /// app's ids.
+    pub fn run_pod_with(
         &self,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-        what: impl FnOnce() -> String,
-    ) -> Result<T> {
+        name: &str,
+        handler: &str,
+        opts: &PodOptions,
+        app: &ContainerOptions,
+    ) -> Result<[String; 2]> {
+        let pod = self.run_pod(name, handler, opts)?;
+        let app = self.run_container(&pod, name, opts, app)?;
+        Ok([pod, app])
+    }
+
+    /// Sends `req`, a CRI request about `object`; a failure carries the RPC's name, `object`
+    /// and the end of containerd's log, where the CRI plugin says why.
+    fn call<R: Rpc>(&self, req: R, object: &str) -> Result<R::Response> {
         self.rt
-            .block_on(call)
+            .block_on(req.send(self.client.clone()))
             .map(tonic::Response::into_inner)
             .map_err(|s| {
                 let log = self.containerd.log();
@@ -238,8 +246,13 @@ impl Cri {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 status(s)
                     .context(format!("containerd log:\n{}", tail.join("\n")))
-                    .context(what())
+                    .context(format!("{} {object}", R::NAME))
             })
+    }
+
+    /// [`Cri::call`] of the request `R` about the container or pod `id`.
+    fn call_on<R: Rpc + ById>(&self, id: &str) -> Result<R::Response> {
+        self.call(R::by_id(id), id)
     }
 
     fn pod_config(&self, name: &str, opts: &PodOptions) -> PodSandboxConfig {
@@ -271,27 +284,9 @@ impl Cri {
         }
     }
 
-    /// `CreateContainer` + `StartContainer` of `c` in pod `pod`; returns the container id.
+    /// `CreateContainer` + `StartContainer` of `c` in pod `pod` (`pod_name`, created with
+    /// `opts`); returns the container id.
     pub fn run_container(
-        &self,
-        pod: &str,
-        pod_name: &str,
-        opts: &PodOptions,
-        c: &ContainerOptions,
-    ) -> Result<String> {
-        let id = self.create_container(pod, pod_name, opts, c)?;
-        let mut client = self.client.clone();
-        self.call(
-            client.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            }),
-            || format!("StartContainer {}", c.name),
-        )?;
-        Ok(id)
-    }
-
-    /// `CreateContainer` of `c` in pod `pod` (created with `opts`); returns the container id.
-    pub fn create_container(
         &self,
         pod: &str,
         pod_name: &str,
@@ -345,45 +340,31 @@ impl Cri {
             }),
             ..Default::default()
         };
-        let mut client = self.client.clone();
-        let resp = self.call(
-            client.create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(self.pod_config(pod_name, opts)),
-            }),
-            || format!("CreateContainer {}", c.name),
-        )?;
-        Ok(resp.container_id)
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(self.pod_config(pod_name, opts)),
+        };
+        let id = self.call(req, &c.name)?.container_id;
+        self.call_on::<StartContainerRequest>(&id)?;
+        Ok(id)
     }
 
     /// `ContainerStatus`: the state of container `id`.
     pub fn container_state(&self, id: &str) -> Result<ContainerState> {
-        let mut client = self.client.clone();
-        let status = self
-            .call(
-                client.container_status(ContainerStatusRequest {
-                    container_id: id.into(),
-                    verbose: false,
-                }),
-                || format!("ContainerStatus {id}"),
-            )?
-            .status
-            .context("ContainerStatus without status")?;
-        Ok(ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown))
+        let status = self.call_on::<ContainerStatusRequest>(id)?.status;
+        let state = status.context("ContainerStatus without status")?.state;
+        Ok(ContainerState::try_from(state).unwrap_or(ContainerState::ContainerUnknown))
     }
 
     /// `ExecSync` of `cmd` in container `id` with a 30 s timeout.
     pub fn exec(&self, id: &str, cmd: &[&str]) -> Result<ExecOutput> {
-        let mut client = self.client.clone();
-        let resp = self.call(
-            client.exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-                timeout: 30,
-            }),
-            || format!("ExecSync {cmd:?} in {id}"),
-        )?;
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 30,
+        };
+        let resp = self.call(req, &format!("{cmd:?} in {id}"))?;
         Ok(ExecOutput {
             stdout: String::from_utf8_lossy(&resp.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&resp.stderr).into_owned(),
@@ -407,67 +388,29 @@ impl Cri {
 
     /// `ContainerStats` of container `id`.
     pub fn stats(&self, id: &str) -> Result<ContainerStats> {
-        let mut client = self.client.clone();
-        self.call(
-            client.container_stats(ContainerStatsRequest {
-                container_id: id.into(),
-            }),
-            || format!("ContainerStats {id}"),
-        )?
-        .stats
-        .context("ContainerStats without stats")
+        let stats = self.call_on::<ContainerStatsRequest>(id)?.stats;
+        stats.context("ContainerStats without stats")
     }
 
     /// `PodSandboxStatus`: the runtime handler containerd recorded for pod `pod`.
     pub fn pod_handler(&self, pod: &str) -> Result<String> {
-        let mut client = self.client.clone();
-        let status = self
-            .call(
-                client.pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.into(),
-                    verbose: false,
-                }),
-                || format!("PodSandboxStatus {pod}"),
-            )?
-            .status
-            .context("PodSandboxStatus without status")?;
-        Ok(status.runtime_handler)
+        let status = self.call_on::<PodSandboxStatusRequest>(pod)?.status;
+        Ok(status
+            .context("PodSandboxStatus without status")?
+            .runtime_handler)
     }
 
     /// `StopContainer` (10 s grace) and `RemoveContainer`.
     pub fn remove_container(&self, id: &str) -> Result<()> {
-        let mut client = self.client.clone();
-        self.call(
-            client.stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout: 10,
-            }),
-            || format!("StopContainer {id}"),
-        )?;
-        self.call(
-            client.remove_container(RemoveContainerRequest {
-                container_id: id.into(),
-            }),
-            || format!("RemoveContainer {id}"),
-        )?;
+        self.call_on::<StopContainerRequest>(id)?;
+        self.call_on::<RemoveContainerRequest>(id)?;
         Ok(())
     }
 
     /// `StopPodSandbox` and `RemovePodSandbox` (which also removes the pod's containers).
     pub fn remove_pod(&self, pod: &str) -> Result<()> {
-        let mut client = self.client.clone();
-        self.call(
-            client.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            }),
-            || format!("StopPodSandbox {pod}"),
-        )?;
-        self.call(
-            client.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            }),
-            || format!("RemovePodSandbox {pod}"),
-        )?;
+        self.call_on::<StopPodSandboxRequest>(pod)?;
+        self.call_on::<RemovePodSandboxRequest>(pod)?;
         Ok(())
     }
 
@@ -489,17 +432,7 @@ impl Cri {
 
     /// Cgroup directories left under the pods' cgroup parent, on v1 (any controller) or v2.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
-            roots.extend(d.flatten().map(|e| e.path()));
-        }
-        roots
-            .iter()
-            .map(|r| r.join(parent))
-            .filter_map(|p| std::fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .collect()
+        leftovers::cgroups_under(&self.cgroup_parent)
     }
 }
 
@@ -511,26 +444,7 @@ impl Drop for Cri {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        let left = self.leftover_cgroups();
-        for dir in &left {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a process by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for dir in &left {
-            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
-                std::fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
-        }
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
-        if let Ok(d) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in d.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(parent));
-            }
-        }
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
     }
 }
 
@@ -668,4 +582,64 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
         ),
         runc = runtime(HANDLER_RUNC, "io.containerd.runc.v2", None),
     ))
+}
+
+type Client = RuntimeServiceClient<Channel>;
+
+/// A request of the CRI runtime service: the RPC that sends it.
+trait Rpc: Sized {
+    /// The RPC's response.
+    type Response;
+    /// The RPC's name, for errors.
+    const NAME: &'static str;
+    /// Sends it with `client`.
+    fn send(
+        self,
+        client: Client,
+    ) -> impl std::future::Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>>;
+}
+
+/// A request that names only a container or a pod (and fixed settings).
+trait ById {
+    /// The request about `id`.
+    fn by_id(id: &str) -> Self;
+}
+
+/// The CRI RPCs the harness sends: `Request => Response: method "Name"`, with `{ id_field,
+/// settings }` for the requests that name only a container or a pod.
+macro_rules! rpcs {
+    ($($req:ident $({ $id:ident $(, $field:ident: $value:expr)* })? => $resp:ident: $method:ident $name:literal;)*) => {
+        $(
+            impl Rpc for $req {
+                type Response = k8s_cri::v1::$resp;
+                const NAME: &'static str = $name;
+                async fn send(self, mut client: Client) -> Result<tonic::Response<Self::Response>, tonic::Status> {
+                    client.$method(self).await
+                }
+            }
+            $(
+                impl ById for $req {
+                    // The update fills what the table leaves (`verbose`), where there is any.
+                    #[allow(clippy::needless_update)]
+                    fn by_id(id: &str) -> Self {
+                        Self { $id: id.into(), $($field: $value,)* ..Default::default() }
+                    }
+                }
+            )?
+        )*
+    };
+}
+
+rpcs! {
+    RunPodSandboxRequest => RunPodSandboxResponse: run_pod_sandbox "RunPodSandbox";
+    CreateContainerRequest => CreateContainerResponse: create_container "CreateContainer";
+    StartContainerRequest { container_id } => StartContainerResponse: start_container "StartContainer";
+    ContainerStatusRequest { container_id } => ContainerStatusResponse: container_status "ContainerStatus";
+    ExecSyncRequest => ExecSyncResponse: exec_sync "ExecSync";
+    ContainerStatsRequest { container_id } => ContainerStatsResponse: container_stats "ContainerStats";
+    PodSandboxStatusRequest { pod_sandbox_id } => PodSandboxStatusResponse: pod_sandbox_status "PodSandboxStatus";
+    StopContainerRequest { container_id, timeout: 10 } => StopContainerResponse: stop_container "StopContainer";
+    RemoveContainerRequest { container_id } => RemoveContainerResponse: remove_container "RemoveContainer";
+    StopPodSandboxRequest { pod_sandbox_id } => StopPodSandboxResponse: stop_pod_sandbox "StopPodSandbox";
+    RemovePodSandboxRequest { pod_sandbox_id } => RemovePodSandboxResponse: remove_pod_sandbox "RemovePodSandbox";
 }

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
+
+use crate::debian_packages::{cached, unpack};
+use crate::probe;
 
 /// The unpacked driver.
 #[derive(Debug)]
@@ -19,41 +22,16 @@ pub struct DebianDriver {
     pub version: String,
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 /// The Debian driver, fetched and unpacked on first use (a failure is an error, not a skip:
 /// the packages reach any Debian machine).
 pub fn debian_driver() -> Result<&'static DebianDriver> {
     static DRIVER: OnceLock<Result<DebianDriver, String>> = OnceLock::new();
-    DRIVER
-        .get_or_init(|| fetch().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn fetch() -> Result<DebianDriver> {
-    let dir = target_dir().join("debian-nvidia");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-nvidia-driver.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok(DebianDriver {
-        root: dir.join("root").canonicalize()?,
-        version,
+    cached(&DRIVER, || {
+        let unpacked = unpack("debian-nvidia-driver.sh", &[], "debian-nvidia")?;
+        Ok(DebianDriver {
+            root: unpacked.root,
+            version: unpacked.version,
+        })
     })
 }
 
@@ -99,5 +77,17 @@ impl DebianDriver {
             bail!("host probe: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The probe's `cuInit` and `nvmlInit` codes on the host against this root (100 and 9: no
+    /// kernel driver): what a container given this driver must answer.
+    pub fn host_codes(&self) -> Result<probe::Codes> {
+        static CODES: OnceLock<Result<probe::Codes, String>> = OnceLock::new();
+        cached(&CODES, || {
+            Ok(probe::codes(
+                &self.host_probe(probe::shared()?, &["cuInit", "nvmlInit"])?,
+            ))
+        })
+        .copied()
     }
 }

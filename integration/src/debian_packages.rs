@@ -4,7 +4,7 @@
 //! `target/debian-containerd17/root` (a private apt configuration whose archive is the one the
 //! host's apt sources name; the host's packages stay untouched).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -31,24 +31,20 @@ impl Unpacked {
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn fetch(what: &str, dir: &str) -> Result<Unpacked> {
-    let dir = target_dir().join(dir);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-packages.sh");
+/// Runs `scripts/SCRIPT ARGS... <target>/DIR` (a script that unpacks packages into `DIR/root`
+/// and prints the version); the unpacked root and that version.
+pub(crate) fn unpack(script: &str, args: &[&str], dir: &str) -> Result<Unpacked> {
+    let dir = crate::target_dir().join(dir);
+    let script = crate::repo_dir().join("scripts").join(script);
     let out = Command::new("bash")
         .arg(&script)
-        .arg(what)
+        .args(args)
         .arg(&dir)
         .output()
         .with_context(|| format!("run {}", script.display()))?;
     if !out.status.success() {
         bail!(
-            "{} {what} failed: {}",
+            "{} {args:?} failed: {}",
             script.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -59,12 +55,12 @@ fn fetch(what: &str, dir: &str) -> Result<Unpacked> {
     })
 }
 
-fn cached(
-    cell: &'static OnceLock<Result<Unpacked, String>>,
-    what: &str,
-    dir: &str,
-) -> Result<&'static Unpacked> {
-    cell.get_or_init(|| fetch(what, dir).map_err(|e| format!("{e:#}")))
+/// What `cell` holds, made by `make` on first use; its error, kept as text, on every use.
+pub(crate) fn cached<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<&'static T> {
+    cell.get_or_init(|| make().map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -73,12 +69,38 @@ fn cached(
 /// in `usr/bin`), fetched on first use; an error says why it could not be.
 pub fn docker() -> Result<&'static Unpacked> {
     static CELL: OnceLock<Result<Unpacked, String>> = OnceLock::new();
-    cached(&CELL, "docker", "debian-docker")
+    cached(&CELL, || {
+        unpack("debian-packages.sh", &["docker"], "debian-docker")
+    })
 }
 
 /// Debian trixie's containerd 1.7 (`containerd`, `ctr`, `containerd-shim-runc-v2` in
 /// `usr/bin`), fetched on first use; an error says why it could not be.
 pub fn containerd17() -> Result<&'static Unpacked> {
     static CELL: OnceLock<Result<Unpacked, String>> = OnceLock::new();
-    cached(&CELL, "containerd17", "debian-containerd17")
+    cached(&CELL, || {
+        unpack(
+            "debian-packages.sh",
+            &["containerd17"],
+            "debian-containerd17",
+        )
+    })
+}
+
+/// `release` when the running test can run here: `None` after recording the test as skipped
+/// where it cannot (no root, no containerd) or `release` could not be fetched (`what` names it).
+pub fn or_skip(
+    what: &str,
+    release: impl FnOnce() -> Result<&'static Unpacked>,
+) -> Option<&'static Unpacked> {
+    if !crate::can_run_containerd() {
+        return None;
+    }
+    match release() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            crate::skip(&format!("{what} could not be fetched: {e:#}"));
+            None
+        }
+    }
 }

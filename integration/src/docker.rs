@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::containerd::{wait_output, Containerd};
+use crate::command::{dir_flags, stdout_ok, terminate, Cli, SYSTEM_PATH};
+use crate::containerd::Containerd;
 use crate::debian_packages::Unpacked;
 use crate::image::ImageSpec;
 use crate::leftovers;
@@ -41,44 +42,13 @@ impl<'a> Docker<'a> {
     /// Starts dockerd from `release` against `containerd` with `daemon_json` (a JSON object;
     /// empty for none) as its `--config-file`, and waits until `docker version` answers. The
     /// harness adds `cgroup-parent` (its own), `exec-opts` (`native.cgroupdriver=cgroupfs`)
-    /// and `shutdown-timeout` (2 s) where `daemon_json` has none.
+    /// and `shutdown-timeout` (2 s) where `daemon_json` has none. When `configure` is not
+    /// empty, `daemon.json` is first edited by the shim under test as an operator does:
+    /// `containerd-shim-nvidia-v2 configure docker --config <file> CONFIGURE...` (e.g.
+    /// `--runtime-name nvidia --config-path-option <shim config>`: the entry `runtimes.nvidia`
+    /// with `runtimeType: io.containerd.nvidia.v2` and the shim's `options.ConfigPath`), with
+    /// the hook programs linked in [`Docker::hooks_dir`].
     pub fn start(
-        release: &Unpacked,
-        containerd: &'a Containerd,
-        daemon_json: &str,
-    ) -> Result<Self> {
-        Self::start_with(release, containerd, daemon_json, &[])
-    }
-
-    /// [`Docker::start`], with `daemon.json` edited by the shim under test as an operator does
-    /// before dockerd reads it: `containerd-shim-nvidia-v2 configure docker --config <file>
-    /// --runtime-name <runtime> --config-path-option <shim_config>` (the entry
-    /// `runtimes.<runtime>` with `runtimeType: io.containerd.nvidia.v2` and the shim's
-    /// `options.ConfigPath`).
-    pub fn start_configured(
-        release: &Unpacked,
-        containerd: &'a Containerd,
-        daemon_json: &str,
-        runtime: &str,
-        shim_config: &Path,
-    ) -> Result<Self> {
-        let config = shim_config.display().to_string();
-        Self::start_with(
-            release,
-            containerd,
-            daemon_json,
-            &[
-                "--runtime-name",
-                runtime,
-                "--config-path-option",
-                config.as_str(),
-            ],
-        )
-    }
-
-    /// [`Docker::start`], running `containerd-shim-nvidia-v2 configure docker --config <file>
-    /// ARGS...` on the written `daemon.json` when `configure` is not empty.
-    pub fn start_with(
         release: &Unpacked,
         containerd: &'a Containerd,
         daemon_json: &str,
@@ -115,6 +85,14 @@ impl<'a> Docker<'a> {
         let hooks = d.join("hooks");
         fs::create_dir_all(&hooks)?;
         if !configure.is_empty() {
+            // On a PATH of the test's own directories and the system's: the hooks it links
+            // are the test's, whatever /usr/local/bin holds.
+            let path = format!(
+                "{}:{}:{}:{SYSTEM_PATH}",
+                hooks.display(),
+                release.sbin_dir().display(),
+                release.bin_dir().display()
+            );
             let out = Command::new(crate::shim_binary())
                 .args(["configure", "docker", "--config"])
                 .arg(&config)
@@ -125,15 +103,10 @@ impl<'a> Docker<'a> {
                 .arg("--docker-socket")
                 .arg(d.join("docker.sock"))
                 .args(configure)
+                .env("PATH", path)
                 .output()
                 .context("run configure docker")?;
-            if !out.status.success() {
-                bail!(
-                    "configure docker {configure:?} failed: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            stdout_ok(format_args!("configure docker {configure:?}"), &out)?;
         }
         let made_run_dirs = [Path::new("/run/docker"), Path::new(PLUGINS_DIR)]
             .into_iter()
@@ -152,12 +125,14 @@ impl<'a> Docker<'a> {
         let child = Command::new(release.sbin_dir().join("dockerd"))
             .arg("--containerd")
             .arg(containerd.socket())
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"))
+            .args(dir_flags(
+                d,
+                &[
+                    ("--data-root", "data"),
+                    ("--exec-root", "exec"),
+                    ("--pidfile", "dockerd.pid"),
+                ],
+            ))
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .args([
@@ -193,7 +168,7 @@ impl<'a> Docker<'a> {
             }
             if me.socket().exists()
                 && me
-                    .docker(&["version"])
+                    .cli(&["version"])
                     .map(|o| o.status.success())
                     .unwrap_or(false)
             {
@@ -206,9 +181,26 @@ impl<'a> Docker<'a> {
         }
     }
 
-    /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// dockerd (with `daemon_json`) whose runtime `runtime` is this shim, registered by
+    /// `configure docker` with the shim configuration file `shim_config` (and `configure`'s
+    /// flags besides), with the busybox image loaded.
+    pub fn with_runtime(
+        release: &Unpacked,
+        containerd: &'a Containerd,
+        daemon_json: &str,
+        (runtime, shim_config): (&str, &str),
+        configure: &[&str],
+    ) -> Result<Self> {
+        let mut args = vec![
+            "--runtime-name",
+            runtime,
+            "--config-path-option",
+            shim_config,
+        ];
+        args.extend_from_slice(configure);
+        let d = Self::start(release, containerd, daemon_json, &args)?;
+        d.import(&ImageSpec::busybox()?, crate::containerd::BUSYBOX_IMAGE)?;
+        Ok(d)
     }
 
     /// Where `configure docker` linked the programs dockerd looks up (`nvidia-container-runtime-hook`,
@@ -253,43 +245,6 @@ impl<'a> Docker<'a> {
         self.containerd
     }
 
-    /// A `docker` CLI command against this daemon (its own client config dir).
-    pub fn docker_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.docker);
-        c.arg("-H")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(args)
-            .env("DOCKER_CONFIG", self.dir.path().join("cli"));
-        c
-    }
-
-    /// Runs `docker ARGS` with no stdin and a 120 s limit.
-    pub fn docker(&self, args: &[&str]) -> Result<Output> {
-        let mut child = self
-            .docker_cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn docker")?;
-        wait_output(&mut child, Duration::from_secs(120))
-            .with_context(|| format!("docker {args:?}"))
-    }
-
-    /// Runs `docker ARGS`, failing unless it exits 0; returns its stdout, trimmed.
-    pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.docker(args)?;
-        if !out.status.success() {
-            bail!(
-                "docker {args:?} exited {:?}: {}{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
     /// `docker run --cidfile F ARGS...` (ARGS as after `run`: options, image, command);
     /// returns its output and the container's full id (for [`Docker::assert_clean`], also
     /// after `--rm`).
@@ -301,7 +256,7 @@ impl<'a> Docker<'a> {
         let cid = cidfile.display().to_string();
         let mut full = vec!["run", "--cidfile", cid.as_str()];
         full.extend_from_slice(args);
-        let out = self.docker(&full)?;
+        let out = self.cli(&full)?;
         let id = fs::read_to_string(&cidfile)
             .with_context(|| {
                 format!(
@@ -316,7 +271,7 @@ impl<'a> Docker<'a> {
 
     /// `docker inspect -f FORMAT ID`, trimmed.
     pub fn inspect(&self, id: &str, format: &str) -> Result<String> {
-        self.docker_ok(&["inspect", "-f", format, id])
+        self.cli_ok(&["inspect", "-f", format, id])
     }
 
     /// Loads `image` as `name` (a full reference, `docker.io/library/x:tag`) with `docker
@@ -324,21 +279,17 @@ impl<'a> Docker<'a> {
     /// archive format (dockerd 26 with its graph driver store reads only that one), then
     /// tagged `name` when dockerd loaded it by id only.
     pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
-        let archive = self
-            .dir
-            .path()
-            .join(format!("{}.tar", crate::unique_id("image")));
-        image.write_archive(name, &archive)?;
+        let archive = self.archive(image, name)?;
         add_docker_manifest(&archive, name)?;
-        let loaded = self.docker_ok(&["load", "-i", &archive.display().to_string()])?;
+        let loaded = self.cli_ok(&["load", "-i", &archive.display().to_string()])?;
         if let Some(id) = loaded
             .lines()
             .find_map(|l| l.strip_prefix("Loaded image ID: "))
         {
-            self.docker_ok(&["tag", id.trim(), name])?;
+            self.cli_ok(&["tag", id.trim(), name])?;
         }
         let _ = fs::remove_file(&archive);
-        self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", name])
+        self.cli_ok(&["image", "inspect", "-f", "{{.Id}}", name])
             .with_context(|| format!("{name} after docker load: {loaded}"))?;
         Ok(())
     }
@@ -399,13 +350,8 @@ impl<'a> Docker<'a> {
     /// of its containerd, mounts below the data root (overlays, shm), cgroups under the cgroup
     /// parent. Empty when clean.
     pub fn leftovers(&self) -> Vec<String> {
-        let socket = self.containerd.socket();
-        let mut left: Vec<String> = leftovers::shim_pids(&socket)
+        let mut left: Vec<String> = leftovers::shims_of(&self.containerd.socket())
             .into_iter()
-            .chain(leftovers::processes_of(
-                "containerd-shim-runc-v2",
-                &socket.to_string_lossy(),
-            ))
             .map(|p| format!("shim process {p}"))
             .collect();
         // dockerd keeps its data root as a mount of its own (for its propagation) while it
@@ -417,26 +363,11 @@ impl<'a> Docker<'a> {
                 .map(|m| format!("mount {m}")),
         );
         left.extend(
-            self.cgroup_dirs()
+            leftovers::cgroups_under(&self.cgroup_parent)
                 .into_iter()
                 .map(|d| format!("cgroup {}", d.display())),
         );
         left
-    }
-
-    /// Cgroup directories under the cgroup parent, on v1 (any controller) or v2.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-            roots.extend(d.flatten().map(|e| e.path()));
-        }
-        roots
-            .iter()
-            .map(|r| r.join(parent))
-            .filter_map(|p| fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .collect()
     }
 
     /// Removes every container (`docker rm -f`), stops dockerd (SIGTERM to its PID, SIGKILL
@@ -445,79 +376,23 @@ impl<'a> Docker<'a> {
     /// dropping does it too.
     pub fn shutdown(&mut self) {
         if self.child.is_some() {
-            if let Ok(ids) = self.docker_ok(&["ps", "-aq"]) {
+            if let Ok(ids) = self.cli_ok(&["ps", "-aq"]) {
                 let ids: Vec<&str> = ids.split_whitespace().collect();
                 if !ids.is_empty() {
                     let mut args = vec!["rm", "-f"];
                     args.extend(ids);
-                    let _ = self.docker(&args);
+                    let _ = self.cli(&args);
                 }
             }
         }
         if let Some(mut child) = self.child.take() {
-            let pid = i32::try_from(child.id()).unwrap_or(0);
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            terminate(&mut child, Duration::from_secs(20));
         }
-        // Tasks dockerd left in its namespace (their shims then exit) ...
-        if let Ok(out) = self
-            .containerd
-            .ctr_cmd_in(DOCKER_NAMESPACE, &["task", "ls", "-q"])
-            .stdin(Stdio::null())
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self
-                    .containerd
-                    .ctr_cmd_in(
-                        DOCKER_NAMESPACE,
-                        &["task", "kill", "-a", "-s", "SIGKILL", id],
-                    )
-                    .output();
-            }
-        }
-        // ... processes in its cgroups, ...
-        let dirs = self.cgroup_dirs();
-        for dir in &dirs {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a process by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for dir in &dirs {
-            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
-                fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
-        }
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        if !parent.is_empty() {
-            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
-            if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-                for e in d.flatten() {
-                    let _ = fs::remove_dir(e.path().join(parent));
-                }
-            }
-        }
-        // ... mounts under its dir (overlays, shm, network namespaces) ...
-        for m in leftovers::mounts_under(self.dir.path()).into_iter().rev() {
-            if let Ok(c) = std::ffi::CString::new(m) {
-                // SAFETY: c is a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+        // Tasks dockerd left in its namespace (their shims then exit), processes in its
+        // cgroups, mounts under its dir (overlays, shm, network namespaces) ...
+        self.containerd.kill_tasks_in(DOCKER_NAMESPACE);
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
+        leftovers::unmount_under(self.dir.path());
         // ... and the run dirs it made, when no other daemon uses them.
         for d in self.made_run_dirs.iter().rev() {
             let _ = fs::remove_dir(d);
@@ -589,6 +464,25 @@ fn add_docker_manifest(archive: &Path, name: &str) -> Result<()> {
     }
     fs::write(archive, b.into_inner()?)?;
     Ok(())
+}
+
+impl Cli for Docker<'_> {
+    const NAME: &'static str = "docker";
+
+    /// The temp dir holding everything (`daemon.json`, `data`, `exec`, `dockerd.log`).
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `docker` command against this daemon (its own client config dir).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.docker);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"));
+        c
+    }
 }
 
 impl Drop for Docker<'_> {

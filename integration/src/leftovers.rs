@@ -125,6 +125,17 @@ pub fn cgroups_of(ns: &str, id: &str) -> Vec<PathBuf> {
     found
 }
 
+/// The content (trimmed) of `file` in the cgroup of container `id` in namespace `ns`, from the
+/// first hierarchy that has it; `None` where none has.
+pub fn cgroup_file(ns: &str, id: &str, file: &str) -> std::io::Result<Option<String>> {
+    cgroups_of(ns, id)
+        .iter()
+        .map(|d| d.join(file))
+        .find(|p| p.exists())
+        .map(|p| Ok(fs::read_to_string(p)?.trim().to_owned()))
+        .transpose()
+}
+
 /// Number of open fds of `pid`.
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
@@ -200,4 +211,71 @@ pub fn processes_of(exe: &str, arg: &str) -> Vec<i32> {
             c.first().map(|a| a.ends_with(exe)).unwrap_or(false) && c.iter().any(|a| a == arg)
         })
         .collect()
+}
+
+/// The shim processes of the containerd listening on `socket`: this shim's (and their
+/// zygotes) and the Go runc shim's.
+pub fn shims_of(socket: &Path) -> Vec<i32> {
+    let mut pids = shim_pids(socket);
+    pids.extend(processes_of(
+        "containerd-shim-runc-v2",
+        &socket.to_string_lossy(),
+    ));
+    pids
+}
+
+/// SIGKILL to `pid`.
+pub fn kill(pid: i32) {
+    // SAFETY: kill(2) on a pid; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Detaches every mount under `dir`, the last made first.
+pub fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir).into_iter().rev() {
+        if let Ok(c) = std::ffi::CString::new(m) {
+            // SAFETY: c is a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Cgroup directories below the cgroup parent `parent` (`/nvdocker-1-2`), under each v1
+/// controller or the v2 root.
+pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    cgroup_parents(parent)
+        .filter_map(|p| fs::read_dir(p).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+        .collect()
+}
+
+/// `parent` under the v2 root and under each v1 controller.
+fn cgroup_parents(parent: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    let root = Path::new("/sys/fs/cgroup");
+    let controllers = fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    std::iter::once(root.to_path_buf())
+        .chain(controllers)
+        .map(move |r| r.join(parent.trim_start_matches('/')))
+}
+
+/// Kills the processes in the cgroups below `parent`, removes them (once empty), then
+/// `parent` itself.
+pub fn remove_cgroups_under(parent: &str) {
+    let dirs = cgroups_under(parent);
+    for dir in &dirs {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        procs.lines().filter_map(|p| p.parse().ok()).for_each(kill);
+    }
+    for dir in &dirs {
+        let _ = crate::checks::eventually("a leftover cgroup to empty", || {
+            fs::remove_dir(dir).is_ok() || !dir.exists()
+        });
+    }
+    if !parent.trim_start_matches('/').is_empty() {
+        for p in cgroup_parents(parent) {
+            let _ = fs::remove_dir(p);
+        }
+    }
 }

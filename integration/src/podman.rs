@@ -16,13 +16,14 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::containerd::wait_output;
+use crate::command::{dir_flags, wait_output, Cli};
 use crate::image::ImageSpec;
+use crate::leftovers;
 
 /// The mount namespace's set-up, run by `sh` under `unshare --mount --propagation private`:
 /// `$1` is the temp dir. Prints `ready`, then holds the namespace.
@@ -139,11 +140,6 @@ impl Podman {
         })
     }
 
-    /// The temp dir holding everything.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The directory podman sees as `/etc/cdi`: CDI specs written here are podman's.
     pub fn cdi_dir(&self) -> PathBuf {
         self.dir.path().join("cdi")
@@ -159,27 +155,92 @@ impl Podman {
         &self.cgroup_parent
     }
 
+    /// Loads `image` as `name` (`docker.io/library/x:tag`) with `podman load` of an OCI image
+    /// layout archive, tagging it `name` when podman names it otherwise.
+    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
+        let archive = self.archive(image, name)?;
+        let loaded = self.cli_ok(&["load", "-q", "-i", &archive.display().to_string()])?;
+        let _ = fs::remove_file(&archive);
+        if self.cli(&["image", "exists", name])?.status.success() {
+            return Ok(());
+        }
+        let got = loaded
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image: "))
+            .or_else(|| {
+                loaded
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Loaded image(s): "))
+            })
+            .with_context(|| format!("podman load said: {loaded}"))?;
+        let got = got.split(',').next().unwrap_or_default().trim();
+        self.cli_ok(&["tag", got, name])?;
+        Ok(())
+    }
+
+    /// What its containers left: cgroups under its cgroup parent other than `conmon`'s (empty
+    /// once every container is removed), and processes in them.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for dir in leftovers::cgroups_under(&self.cgroup_parent) {
+            if dir.file_name().is_some_and(|n| n == "conmon") {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                left.extend(procs.lines().map(|p| format!("conmon process {p}")));
+            } else {
+                left.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        left
+    }
+
+    /// Removes every container (`podman rm -af -t 0`), kills what is left in its cgroups,
+    /// ends the namespace holder and removes its cgroup parent. Idempotent; dropping does it
+    /// too.
+    pub fn shutdown(&mut self) {
+        if self.holder.is_some() {
+            let _ = self.cli(&["rm", "-a", "-f", "-t", "0"]);
+        }
+        leftovers::remove_cgroups_under(&self.cgroup_parent);
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+        // The namespace, and podman's overlay mounts in it, ends with its last process: what
+        // podman made under the temp dir is ordinary files then.
+    }
+}
+
+impl Cli for Podman {
+    const NAME: &'static str = "podman";
+
+    /// The temp dir holding everything.
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A `podman` command in the private mount namespace with the private storage; `run` and
     /// `create` get `--cgroup-parent` and `--pull never` after them.
-    pub fn podman_cmd(&self, args: &[&str]) -> Command {
+    fn command(&self, args: &[&str]) -> Command {
         let d = self.dir.path();
         let holder = self.holder.as_ref().map(Child::id).unwrap_or(0);
         let mut c = Command::new("nsenter");
         c.arg(format!("--mount=/proc/{holder}/ns/mnt"))
             .arg("--")
             .arg("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
+            .args(dir_flags(
+                d,
+                &[
+                    ("--root", "root"),
+                    ("--runroot", "run"),
+                    ("--tmpdir", "tmp"),
+                ],
+            ))
             .args(["--cgroup-manager", "cgroupfs", "--runtime", &self.runtime])
             .args(["--storage-driver", "overlay", "--events-backend", "file"])
-            .arg("--hooks-dir")
-            .arg(d.join("hooks"))
-            .arg("--network-config-dir")
-            .arg(d.join("net"));
+            .args(dir_flags(
+                d,
+                &[("--hooks-dir", "hooks"), ("--network-config-dir", "net")],
+            ));
         match args.split_first() {
             Some((&sub, rest)) if sub == "run" || sub == "create" => {
                 c.arg(sub)
@@ -193,125 +254,6 @@ impl Podman {
         c.env("CONTAINERS_CONF", d.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"));
         c
-    }
-
-    /// Runs `podman ARGS` with no stdin and a 120 s limit.
-    pub fn podman(&self, args: &[&str]) -> Result<Output> {
-        let mut child = self
-            .podman_cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn podman")?;
-        wait_output(&mut child, Duration::from_secs(120))
-            .with_context(|| format!("podman {args:?}"))
-    }
-
-    /// Runs `podman ARGS`, failing unless it exits 0; returns its stdout, trimmed.
-    pub fn podman_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.podman(args)?;
-        if !out.status.success() {
-            bail!(
-                "podman {args:?} exited {:?}: {}{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    /// Loads `image` as `name` (`docker.io/library/x:tag`) with `podman load` of an OCI image
-    /// layout archive, tagging it `name` when podman names it otherwise.
-    pub fn import(&self, image: &ImageSpec, name: &str) -> Result<()> {
-        let archive = self
-            .dir
-            .path()
-            .join(format!("{}.tar", crate::unique_id("image")));
-        image.write_archive(name, &archive)?;
-        let loaded = self.podman_ok(&["load", "-q", "-i", &archive.display().to_string()])?;
-        let _ = fs::remove_file(&archive);
-        if self.podman(&["image", "exists", name])?.status.success() {
-            return Ok(());
-        }
-        let got = loaded
-            .lines()
-            .find_map(|l| l.strip_prefix("Loaded image: "))
-            .or_else(|| {
-                loaded
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Loaded image(s): "))
-            })
-            .with_context(|| format!("podman load said: {loaded}"))?;
-        let got = got.split(',').next().unwrap_or_default().trim();
-        self.podman_ok(&["tag", got, name])?;
-        Ok(())
-    }
-
-    /// What its containers left: cgroups under its cgroup parent other than `conmon`'s (empty
-    /// once every container is removed), and processes in them.
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for dir in self.cgroup_dirs() {
-            if dir.file_name().is_some_and(|n| n == "conmon") {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                left.extend(procs.lines().map(|p| format!("conmon process {p}")));
-            } else {
-                left.push(format!("cgroup {}", dir.display()));
-            }
-        }
-        left
-    }
-
-    /// Cgroup directories under the cgroup parent, on v1 (any controller) or v2.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-            roots.extend(d.flatten().map(|e| e.path()));
-        }
-        roots
-            .iter()
-            .map(|r| r.join(parent))
-            .filter_map(|p| fs::read_dir(p).ok())
-            .flat_map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
-            .collect()
-    }
-
-    /// Removes every container (`podman rm -af -t 0`), kills what is left in its cgroups,
-    /// ends the namespace holder and removes its cgroup parent. Idempotent; dropping does it
-    /// too.
-    pub fn shutdown(&mut self) {
-        if self.holder.is_some() {
-            let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        }
-        let dirs = self.cgroup_dirs();
-        for dir in &dirs {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a process by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for dir in &dirs {
-            let _ = crate::checks::eventually("a leftover cgroup to empty", || {
-                fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
-        }
-        let parent = self.cgroup_parent.trim_start_matches('/');
-        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent));
-        if let Ok(d) = fs::read_dir("/sys/fs/cgroup") {
-            for e in d.flatten() {
-                let _ = fs::remove_dir(e.path().join(parent));
-            }
-        }
-        if let Some(mut holder) = self.holder.take() {
-            let _ = holder.kill();
-            let _ = holder.wait();
-        }
-        // The namespace, and podman's overlay mounts in it, ends with its last process: what
-        // podman made under the temp dir is ordinary files then.
     }
 }
 

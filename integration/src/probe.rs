@@ -192,6 +192,9 @@ pub fn shared() -> Result<&'static Path> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The name the probe image is imported under.
+pub const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
+
 /// The glibc test image with the probe as `/usr/bin/nvprobe`.
 pub fn image() -> Result<crate::image::ImageSpec> {
     crate::image::ImageSpec::glibc()?.with_program("usr/bin/nvprobe", shared()?)
@@ -211,4 +214,12 @@ pub fn code(output: &str, probe: &str) -> Option<i32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The return codes of `cuInit` and `nvmlInit`, as far as they ran.
+pub type Codes = (Option<i32>, Option<i32>);
+
+/// The [`Codes`] in `output`.
+pub fn codes(output: &str) -> Codes {
+    (code(output, "cuInit"), code(output, "nvmlInit"))
 }

@@ -9,8 +9,9 @@ use containerd_shim_protos::api::{
     ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, UpdateTaskRequest, WaitRequest,
     WaitResponse,
 };
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use containerd_shim_protos::protobuf::{CodedInputStream, Message};
+use containerd_shim_protos::protobuf::{CodedInputStream, Message, MessageField};
 use containerd_shim_protos::ttrpc;
 
 const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
@@ -87,76 +88,113 @@ impl TaskApi {
         }
         Err(last.unwrap_or_else(|| ttrpc::Error::Others("no Task service".into())))
     }
+}
 
-    /// `Create`.
-    pub fn create(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &CreateTaskRequest,
-    ) -> ttrpc::Result<CreateTaskResponse> {
-        self.call(ctx, "Create", req)
+/// The Task API's methods the tests call: `name(ctx, &Request) -> Response`, each the RPC
+/// `Method`.
+macro_rules! methods {
+    ($($name:ident $method:literal: $req:ty => $resp:ty;)*) => {
+        impl TaskApi {
+            $(
+                #[doc = concat!("`", $method, "`.")]
+                pub fn $name(&self, ctx: ttrpc::context::Context, req: &$req) -> ttrpc::Result<$resp> {
+                    self.call(ctx, $method, req)
+                }
+            )*
+        }
+    };
+}
+
+methods! {
+    create "Create": CreateTaskRequest => CreateTaskResponse;
+    resize_pty "ResizePty": ResizePtyRequest => Empty;
+    update "Update": UpdateTaskRequest => Empty;
+    exec "Exec": ExecProcessRequest => Empty;
+    start "Start": StartRequest => StartResponse;
+    wait "Wait": WaitRequest => WaitResponse;
+    delete "Delete": DeleteRequest => DeleteResponse;
+    shutdown "Shutdown": ShutdownRequest => Empty;
+}
+
+/// An `Update` of task `id` to `resources` (OCI `LinuxResources` as JSON), as containerd sends
+/// it.
+pub fn update_request(id: &str, resources: &str) -> UpdateTaskRequest {
+    any_request(
+        id,
+        "/opencontainers/runtime-spec/1/LinuxResources",
+        resources.as_bytes(),
+    )
+}
+
+/// An `Update` of task `id` whose resources are `value` typed `type_url`.
+pub fn any_request(id: &str, type_url: &str, value: &[u8]) -> UpdateTaskRequest {
+    UpdateTaskRequest {
+        id: id.to_owned(),
+        resources: MessageField::some(Any {
+            type_url: type_url.to_owned(),
+            value: value.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
+}
 
-    /// `ResizePty`.
-    pub fn resize_pty(
+/// A ttrpc context with containerd's usual 10 s deadline, for calls to a shim's Task API.
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(10_000_000_000)
+}
+
+impl TaskApi {
+    /// `Exec` of process `exec_id` in task `id` as containerd's client sends it: `process`,
+    /// an OCI process spec as JSON, its stdout and stderr at the paths `stdio` (empty: none),
+    /// with a terminal when `terminal`.
+    pub fn exec_process(
         &self,
-        ctx: ttrpc::context::Context,
-        req: &ResizePtyRequest,
+        (id, exec_id): (&str, &str),
+        process: &serde_json::Value,
+        stdio: [&str; 2],
+        terminal: bool,
     ) -> ttrpc::Result<Empty> {
-        self.call(ctx, "ResizePty", req)
+        let value = serde_json::to_vec(process).map_err(|e| ttrpc::Error::Others(e.to_string()))?;
+        let req = ExecProcessRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            terminal,
+            stdout: stdio[0].to_owned(),
+            stderr: stdio[1].to_owned(),
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.exec(ctx(), &req)
     }
+}
 
-    /// `Update`.
-    pub fn update(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &UpdateTaskRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.call(ctx, "Update", req)
-    }
+/// The Task API's calls on one process, by task id and exec id (empty: the init process or
+/// the task): `name(id, exec_id)`, each the RPC `Method` with containerd's deadline.
+macro_rules! process_methods {
+    ($($name:ident $method:ident: $req:ident => $resp:ty;)*) => {
+        impl TaskApi {
+            $(
+                #[doc = concat!("`", stringify!($method), "` of process `exec_id` of task `id`.")]
+                pub fn $name(&self, id: &str, exec_id: &str) -> ttrpc::Result<$resp> {
+                    let req = $req {
+                        id: id.to_owned(),
+                        exec_id: exec_id.to_owned(),
+                        ..Default::default()
+                    };
+                    self.$method(ctx(), &req)
+                }
+            )*
+        }
+    };
+}
 
-    /// `Exec`.
-    pub fn exec(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &ExecProcessRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.call(ctx, "Exec", req)
-    }
-
-    /// `Start`.
-    pub fn start(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &StartRequest,
-    ) -> ttrpc::Result<StartResponse> {
-        self.call(ctx, "Start", req)
-    }
-
-    /// `Wait`.
-    pub fn wait(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &WaitRequest,
-    ) -> ttrpc::Result<WaitResponse> {
-        self.call(ctx, "Wait", req)
-    }
-
-    /// `Delete`.
-    pub fn delete(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &DeleteRequest,
-    ) -> ttrpc::Result<DeleteResponse> {
-        self.call(ctx, "Delete", req)
-    }
-
-    /// `Shutdown`: the shim exits once it serves no container.
-    pub fn shutdown(
-        &self,
-        ctx: ttrpc::context::Context,
-        req: &ShutdownRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.call(ctx, "Shutdown", req)
-    }
+process_methods! {
+    start_process start: StartRequest => StartResponse;
+    wait_process wait: WaitRequest => WaitResponse;
+    delete_process delete: DeleteRequest => DeleteResponse;
 }

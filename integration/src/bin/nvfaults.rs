@@ -417,7 +417,10 @@ fn main() -> Result<()> {
     }
     let n = |full: usize| ((full as f64 * scale).round() as usize).max(1);
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    let mut c = Containerd::start_with_level(&shim, "info")?;
+    let mut c = Containerd::builder()
+        .shim(&shim)
+        .log_level("info")
+        .start()?;
     c.import_busybox()?;
     let mut bad = Vec::new();
     let mut report = |run: &str, ours: Outcome, runc: Outcome| {

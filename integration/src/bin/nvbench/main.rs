@@ -663,7 +663,10 @@ fn main() -> Result<()> {
         None => None,
     };
     // containerd's default log level: at debug it makes both shims log every step.
-    let c = Containerd::start_with_level(&shim, "info")?;
+    let c = Containerd::builder()
+        .shim(&shim)
+        .log_level("info")
+        .start()?;
     c.import_busybox()?;
     let mut subjects = vec![Subject {
         label: "nvidia (this tree)".to_owned(),

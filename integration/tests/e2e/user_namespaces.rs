@@ -9,12 +9,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{ensure, Result};
-use containerd_shim_protos::api::{CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest};
+use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::types::mount::Mount;
 use nvidia_shim_integration::checks::{
-    ctx, eventually, kill_and_remove, run_args, setup, shim_client, text,
+    alike, ctx, eventually, kill_and_remove, setup, shim_client,
 };
 use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::cri::{
+    ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
+};
+use nvidia_shim_integration::ctr_run::{busybox_rootfs, oci_spec, Group};
 use nvidia_shim_integration::{leftovers, unique_id};
 
 /// Host ids the container's 0..65536 map to.
@@ -23,15 +27,9 @@ const HOST_GID: u32 = 300_000;
 
 /// A lower layer: busybox and its applets, owned by root on the host.
 fn lower_layer(dir: &Path) -> Result<()> {
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"] {
+    busybox_rootfs(dir, &["sh", "stat", "id", "touch", "cat"])?;
+    for d in ["etc", "data"] {
         std::fs::create_dir_all(dir.join(d))?;
-    }
-    std::fs::copy(
-        nvidia_shim_integration::image::BUSYBOX,
-        dir.join("bin/busybox"),
-    )?;
-    for applet in ["sh", "stat", "id", "touch", "cat"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
     }
     Ok(())
 }
@@ -48,17 +46,10 @@ fn run_in_userns(
     let id = unique_id("userns");
     let bundle = c.dir().join(format!("bundle-{id}"));
     std::fs::create_dir_all(bundle.join("rootfs"))?;
-    let default = c.ctr(&["oci", "spec"])?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&default.stdout)?;
-    spec["root"] = serde_json::json!({ "path": "rootfs" });
-    spec["process"]["args"] = serde_json::json!([
-        "/bin/sh",
-        "-c",
-        "stat -c %u:%g /bin/busybox; id -u; touch /written; stat -c %u /written; stat -c %u /data/file"
-    ]);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    let script = "stat -c %u:%g /bin/busybox; id -u; touch /written; stat -c %u /written; \
+                  stat -c %u /data/file";
+    let mut spec = oci_spec(c, &id, Path::new("rootfs"), &["/bin/sh", "-c", script])?;
     spec["process"]["terminal"] = serde_json::json!(false);
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/nvtest/{id}"));
     let namespaces = spec["linux"]["namespaces"]
         .as_array_mut()
         .expect("namespaces");
@@ -95,35 +86,13 @@ fn run_in_userns(
     let outcome = created
         .map_err(|e| anyhow::anyhow!("create: {e}"))
         .and_then(|_| {
-            api.start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )?;
-            let waited = api.wait(
-                ctx(),
-                &WaitRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )?;
-            ensure!(
-                waited.exit_status == 0,
-                "exit {}: {:?}",
-                waited.exit_status,
-                std::fs::read_to_string(&out)
-            );
-            Ok(std::fs::read_to_string(&out)?)
+            api.start_process(&id, "")?;
+            let status = api.wait_process(&id, "")?.exit_status;
+            let said = std::fs::read_to_string(&out);
+            ensure!(status == 0, "exit {status}: {said:?}");
+            Ok(said?)
         });
-    let _ = api.delete(
-        ctx(),
-        &DeleteRequest {
-            id: id.clone(),
-            ..Default::default()
-        },
-    );
+    let _ = api.delete_process(&id, "");
     // Nothing of it is left: the rootfs (and the idmapped lower layers under it) unmounted.
     let mounts = leftovers::mounts_under(&bundle);
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
@@ -133,19 +102,9 @@ fn run_in_userns(
 
 #[test]
 fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
-    let Some(c) = setup("a_user_namespace_pods_rootfs_and_volume_are_idmapped") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // A shim for the test's containers: a group's, started by containerd.
-    let group = unique_id("usergrp");
-    let ann = format!("io.containerd.nvidia.v2.group={group}");
-    let anchor = unique_id("useranchor");
-    let out = c.ctr(&run_args(
-        &anchor,
-        &["-d", "--annotation", &ann],
-        &["sleep", "600"],
-    ))?;
-    ensure!(out.status.success(), "anchor: {}", text(&out.stderr));
+    let group = Group::start(&c, "usergrp", &["sleep", "600"])?;
 
     let layers = c.dir().join("layers");
     let lower = layers.join("lower");
@@ -182,10 +141,10 @@ fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
     };
     // Idmapped: the image's and the volume's root-owned files are root's inside; what the
     // container writes is its mapped uid on the host.
-    let mapped = run_in_userns(&c, &group, overlay(true)?, &volume, true)?;
+    let mapped = run_in_userns(&c, &group.name, overlay(true)?, &volume, true)?;
     assert_eq!(mapped, "0:0\n0\n0\n0\n");
     // Without the mappings the same files are nobody's inside (the kernel's overflow id).
-    let unmapped = run_in_userns(&c, &group, overlay(false)?, &volume, false)?;
+    let unmapped = run_in_userns(&c, &group.name, overlay(false)?, &volume, false)?;
     assert_eq!(unmapped, "65534:65534\n0\n0\n65534\n");
     let written = std::fs::read_dir(&layers)?
         .flatten()
@@ -196,7 +155,7 @@ fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
     // The host's own files are untouched.
     assert_eq!(std::fs::metadata(lower.join("bin/busybox"))?.uid(), 0);
     assert_eq!(std::fs::metadata(volume.join("file"))?.uid(), 0);
-    kill_and_remove(&c, &anchor)?;
+    kill_and_remove(&c, &group.anchor)?;
     eventually("the group's shim to exit", || {
         leftovers::shim_pids(&c.socket()).is_empty()
     })?;
@@ -209,16 +168,11 @@ fn a_user_namespace_pods_rootfs_and_volume_are_idmapped() -> Result<()> {
 /// of a built one (`containerd`, `ctr`, `containerd-shim-runc-v2`), and skips otherwise.
 #[test]
 fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()> {
-    use nvidia_shim_integration::cri::{
-        ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
-    };
-    let test = "a_host_users_false_pod_runs_through_containerd_2_as_under_runc";
-    if !nvidia_shim_integration::can_run_containerd(test) {
+    if !nvidia_shim_integration::can_run_containerd() {
         return Ok(());
     }
     let Some(release) = std::env::var_os("NVIDIA_TEST_CONTAINERD2") else {
         nvidia_shim_integration::skip(
-            test,
             "NVIDIA_TEST_CONTAINERD2 (a containerd 2.x bin directory) is not set",
         );
         return Ok(());
@@ -231,28 +185,24 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
         userns: Some((HOST_UID, HOST_GID, 65536)),
         ..PodOptions::default()
     };
-    let mut seen = Vec::new();
-    for handler in [HANDLER_RUNC, HANDLER] {
-        let pod = cri.run_pod("userns", handler, &opts)?;
-        let app = cri.run_container(
-            &pod,
-            "userns",
-            &opts,
-            &ContainerOptions::sh("app", "exec sleep 1000"),
-        )?;
-        let inside = cri.sh(
+    let seen = alike(
+        "a hostUsers: false pod",
+        [HANDLER_RUNC, HANDLER],
+        |handler| {
+            let app = ContainerOptions::sh("app", "exec sleep 1000");
+            let [pod, app] = cri.run_pod_with("userns", handler, &opts, &app)?;
+            let inside = cri.sh(
             &app,
             "cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /bin/busybox; touch /w && stat -c %u /w",
         )?;
-        let pid = cri.pid_of(&app)?;
-        let host_uid = std::fs::metadata(format!("/proc/{pid}"))?.uid();
-        cri.remove_pod(&pod)?;
-        seen.push((inside, host_uid));
-    }
-    eprintln!("runc: {:?}\nnvidia: {:?}", seen[0], seen[1]);
-    assert_eq!(seen[1], seen[0], "nvidia as runc");
+            let pid = cri.pid_of(&app)?;
+            let host_uid = std::fs::metadata(format!("/proc/{pid}"))?.uid();
+            cri.remove_pod(&pod)?;
+            Ok((inside, host_uid))
+        },
+    )?;
     assert_eq!(
-        seen[0].1, HOST_UID,
+        seen.1, HOST_UID,
         "the container runs as its mapped uid on the host"
     );
     Ok(())

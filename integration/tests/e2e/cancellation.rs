@@ -5,53 +5,33 @@
 use anyhow::Result;
 use std::time::Duration;
 
-use nvidia_shim_integration::checks::{eventually, setup, text, wait_clean};
-use nvidia_shim_integration::containerd::{BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::checks::{eventually, remove_leftover, setup, wait_clean};
+use nvidia_shim_integration::command::answer;
+use nvidia_shim_integration::containerd::{RUNC, RUNTIME};
+use nvidia_shim_integration::ctr_run::CtrRun;
 use nvidia_shim_integration::leftovers::processes_in_cgroup_named;
-use nvidia_shim_integration::unique_id;
 
 #[test]
 fn a_create_cancelled_by_its_deadline_leaves_nothing() -> Result<()> {
-    let Some(c) = setup("a_create_cancelled_by_its_deadline_leaves_nothing") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // Deadlines that end the request at different points of Create (the whole takes some
     // tens of milliseconds), and one long enough to succeed.
     let mut outcomes = Vec::new();
-    for runtime in [RUNTIME, "io.containerd.runc.v2"] {
+    for runtime in [RUNTIME, RUNC] {
         for ms in [2, 8, 15, 25, 40, 60, 90, 140, 5000] {
-            let id = unique_id("deadline");
-            let timeout = format!("{ms}ms");
-            let out = c.ctr(&[
-                "--timeout",
-                &timeout,
-                "run",
-                "--rm",
-                "--runtime",
-                runtime,
-                BUSYBOX_IMAGE,
-                &id,
-                "true",
-            ])?;
-            let answer = if out.status.success() {
-                "ran".to_owned()
-            } else {
-                text(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let run = CtrRun::new("deadline").timeout(&format!("{ms}ms"));
+            let run = run.runtime(runtime).rm().cmd(&["true"]);
+            let answer = answer(&run.output(&c)?, "ran");
+            let id = run.id();
             // What the client could not finish, as a user would: remove the task and the
             // container (either may already be gone).
-            let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
-            let _ = c.ctr(&["task", "rm", "-f", &id]);
-            let _ = c.ctr(&["container", "rm", &id]);
-            let left = wait_clean(&c, &id, &id, Duration::from_secs(10)).err();
+            let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            remove_leftover(&c, id);
+            let left = wait_clean(&c, id, id, Duration::from_secs(10)).err();
             let _ = eventually("no process of the container", || {
-                processes_in_cgroup_named(&id).is_empty()
+                processes_in_cgroup_named(id).is_empty()
             });
-            let processes = processes_in_cgroup_named(&id);
+            let processes = processes_in_cgroup_named(id);
             outcomes.push(format!(
                 "{runtime} {ms} ms: {answer}; left: {} {processes:?}",
                 left.as_deref().unwrap_or("nothing")
@@ -60,7 +40,7 @@ fn a_create_cancelled_by_its_deadline_leaves_nothing() -> Result<()> {
                 let log: Vec<String> = c
                     .log()
                     .lines()
-                    .filter(|l| l.contains(&id))
+                    .filter(|l| l.contains(id))
                     .map(str::to_owned)
                     .collect();
                 assert_eq!(left, None, "{runtime} {ms} ms: {answer}\n{log:#?}");

@@ -5,53 +5,45 @@
 //! on Debian's packaged driver (golden file); `doctor` on this machine and on a fake node.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
-use nvidia_shim_integration::checks::text;
-use nvidia_shim_integration::containerd::{wait_output, Containerd};
+use nvidia_shim_integration::command::{shim, shim_in, text, SYSTEM_PATH};
+use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
 use nvidia_shim_integration::debian_driver::debian_driver;
-use nvidia_shim_integration::{can_run_containerd, shim_binary, skip, which};
+use nvidia_shim_integration::gpu::{write_config, Gpus};
+use nvidia_shim_integration::{can_run_containerd, is_root, leftovers, shim_binary, skip, which};
 use serde_json::Value;
 
-fn shim(args: &[&str]) -> Result<Output> {
-    Command::new(shim_binary())
-        .args(args)
-        .output()
-        .context("run the shim binary")
+/// `containerd-shim-nvidia-v2 configure WHAT --config CONFIG FLAGS...`.
+fn configure(what: &str, config: &str, flags: &[&str]) -> Result<Output> {
+    let mut args = vec!["configure", what, "--config", config];
+    args.extend_from_slice(flags);
+    shim(&args)
 }
 
-/// Runs the shim binary with `args`, failing (and killing it) past 20 s: a read that blocks
-/// on a FIFO or never ends on `/dev/zero` fails the test instead of hanging it.
-fn shim_bounded(args: &[&str]) -> Result<Output> {
-    let mut child = Command::new(shim_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run the shim binary")?;
-    wait_output(&mut child, Duration::from_secs(20)).with_context(|| format!("{args:?}"))
+/// `containerd-shim-nvidia-v2 doctor --json --config SHIM_CONFIG --containerd-config
+/// CONTAINERD_CONFIG FLAGS...`.
+fn doctor_json(shim_config: &str, containerd_config: &Path, flags: &[&str]) -> Result<Output> {
+    let containerd_config = containerd_config.display().to_string();
+    let mut args = vec!["doctor", "--json", "--config", shim_config];
+    args.extend_from_slice(&["--containerd-config", &containerd_config]);
+    args.extend_from_slice(flags);
+    shim(&args)
 }
 
-fn root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "the fake driver's device nodes need mknod (root)");
-        return false;
-    }
-    true
+/// Whether the test runs as root, which the fake driver's device nodes need (mknod).
+fn root() -> bool {
+    is_root("the fake driver's device nodes need mknod")
 }
 
 #[test]
 fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs() -> Result<()>
 {
-    let test = "configure_containerd_edits_the_installed_containerds_default_config_and_a_pod_runs";
     if which("containerd").is_none() {
-        skip(test, "containerd is not installed");
+        skip("containerd is not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -64,7 +56,7 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     let path = file.display().to_string();
 
     // --dry-run shows the change and writes nothing.
-    let dry = shim(&["configure", "containerd", "--config", &path, "--dry-run"])?;
+    let dry = configure("containerd", &path, &["--dry-run"])?;
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     assert!(
         text(&dry.stdout).contains("+runtime_type = \"io.containerd.nvidia.v2\""),
@@ -73,10 +65,10 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     );
     assert_eq!(std::fs::read(&file)?, default.stdout, "--dry-run wrote");
 
-    let first = shim(&["configure", "containerd", "--config", &path])?;
+    let first = configure("containerd", &path, &[])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     let once = std::fs::read_to_string(&file)?;
-    let second = shim(&["configure", "containerd", "--config", &path])?;
+    let second = configure("containerd", &path, &[])?;
     assert!(text(&second.stdout).contains("nothing changed"));
     assert_eq!(std::fs::read_to_string(&file)?, once, "not idempotent");
     assert_eq!(
@@ -101,7 +93,7 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
     );
 
     // A private containerd whose config the binary edited runs a pod through `nvidia`.
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     let cri = Cri::start(&HandlerConfigs {
@@ -109,22 +101,13 @@ fn configure_containerd_edits_the_installed_containerds_default_config_and_a_pod
         ..HandlerConfigs::default()
     })?;
     let opts = PodOptions::default();
-    let pod = cri.run_pod("configured", HANDLER, &opts)?;
-    let app = cri.run_container(
-        &pod,
-        "configured",
-        &opts,
-        &ContainerOptions::sh("app", "echo up; exec sleep 1000"),
-    )?;
+    let app = ContainerOptions::sh("app", "echo up; exec sleep 1000");
+    let [_, app] = cri.run_pod_with("configured", HANDLER, &opts, &app)?;
     assert_eq!(
         cri.sh(&app, "echo through the configured handler")?.trim(),
         "through the configured handler"
     );
-    let shim_pid = std::fs::read_to_string(format!("/proc/{}/stat", cri.pid_of(&app)?))?
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().nth(1).map(str::to_owned))
-        .context("ppid")?;
+    let shim_pid = leftovers::parent_pid(cri.pid_of(&app)?).context("ppid")?;
     let exe = std::fs::read_link(format!("/proc/{shim_pid}/exe"))?;
     assert!(
         exe.ends_with("containerd-shim-nvidia-v2"),
@@ -153,15 +136,8 @@ root = "/var/lib/containerd"
     let file = dir.path().join("v3.toml");
     std::fs::write(&file, v3)?;
     let path = file.display().to_string();
-    let out = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &path,
-        "--set-as-default",
-        "--runtime-name",
-        "gpu",
-    ])?;
+    let flags = ["--set-as-default", "--runtime-name", "gpu"];
+    let out = configure("containerd", &path, &flags)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let edited = std::fs::read_to_string(&file)?;
     assert!(edited.contains("# containerd 2.x, managed by ansible"));
@@ -180,12 +156,7 @@ root = "/var/lib/containerd"
     // A file it cannot parse is refused, naming the line, and left alone.
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "version = 2\n\n[plugins\n")?;
-    let out = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &broken.display().to_string(),
-    ])?;
+    let out = configure("containerd", &broken.display().to_string(), &[])?;
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -222,7 +193,8 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
         "--cdi-hook-path",
         &cdi_hook,
     ];
-    let out = shim(&docker)?;
+    // The hooks are linked where asked, whatever /usr/local/bin holds.
+    let out = shim_in(SYSTEM_PATH, &docker)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
     assert_eq!(v["log-driver"], "journald");
@@ -240,7 +212,7 @@ fn configure_docker_keeps_other_keys() -> Result<()> {
             "{name}"
         );
     }
-    let again = shim(&docker)?;
+    let again = shim_in(SYSTEM_PATH, &docker)?;
     let said = text(&again.stdout);
     assert!(said.contains("nothing changed"), "{said}");
     assert!(said.contains("is this runtime already"), "{said}");
@@ -311,14 +283,12 @@ fn configure_docker_refuses_a_docker_older_than_23() -> Result<()> {
 
 #[test]
 fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
-    if !root("info_and_cdi_list_describe_a_fake_driver") {
+    if !root() {
         return Ok(());
     }
-    let fake = FakeDriver::builder().gpus(2).build();
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, fake.shim_config())?;
-    let cfg = config.display().to_string();
+    let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(2).build())?;
+    let cfg = g.config.clone();
     let out = shim(&["info", "--json", "--config", &cfg])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info: Value = serde_json::from_slice(&out.stdout)?;
@@ -371,15 +341,14 @@ fn info_and_cdi_list_describe_a_fake_driver() -> Result<()> {
 /// written as placeholders (`UPDATE_GOLDEN=1` rewrites it).
 #[test]
 fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
-    if !root("info_on_debians_packaged_driver_matches_its_golden_file") {
+    if !root() {
         return Ok(());
     }
     let driver = debian_driver()?;
-    let kernel = driver.kernel(1);
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, kernel.shim_config())?;
-    let out = shim(&["info", "--json", "--config", &config.display().to_string()])?;
+    let g = Gpus::debian(dir.path(), 1)?;
+    let kernel = &g.driver;
+    let out = shim(&["info", "--json", "--config", &g.config])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got = text(&out.stdout)
         .replace(&driver.root.display().to_string(), "<debian-root>")
@@ -393,7 +362,7 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
         .with_context(|| format!("{} (UPDATE_GOLDEN=1 writes it)", golden.display()))?;
     assert_eq!(got, want, "info --json differs from {}", golden.display());
     // The spec `cdi generate` would write for it holds the names nvidia-ctk gives.
-    let list = shim(&["cdi", "list", "--config", &config.display().to_string()])?;
+    let list = shim(&["cdi", "list", "--config", &g.config])?;
     assert!(list.status.success(), "{}", text(&list.stderr));
     let info: Value = serde_json::from_slice(&out.stdout)?;
     let uuid = info["gpus"][0]["uuid"].as_str().unwrap_or_default();
@@ -406,13 +375,11 @@ fn info_on_debians_packaged_driver_matches_its_golden_file() -> Result<()> {
 
 #[test]
 fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
-    let test = "doctor_fails_without_a_driver_and_checks_a_fake_node";
     // This machine: no NVIDIA kernel module.
     if !Path::new("/proc/driver/nvidia/version").exists() {
         let dir = tempfile::tempdir()?;
-        let config = dir.path().join("shim.toml");
-        std::fs::write(&config, "")?;
-        let out = shim(&["doctor", "--config", &config.display().to_string()])?;
+        let config = write_config(dir.path(), "")?;
+        let out = shim(&["doctor", "--config", &config])?;
         assert!(!out.status.success(), "doctor passed without a driver");
         let report = text(&out.stdout);
         let first = report.lines().next().unwrap_or_default();
@@ -425,36 +392,19 @@ fn doctor_fails_without_a_driver_and_checks_a_fake_node() -> Result<()> {
             "{report}"
         );
     }
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     // A fake node with a private containerd the binary configured.
-    let fake = FakeDriver::builder().gpus(2).build();
-    let c = Containerd::start_configured_by(
-        &shim_binary(),
-        "info",
-        |_| Ok(None),
-        |_| {
-            Ok(vec![
-                shim_binary().display().to_string(),
-                "configure".into(),
-                "containerd".into(),
-            ])
-        },
-    )?;
+    let c = Containerd::builder()
+        .log_level("info")
+        .configured_by_shim(|_| Vec::new())
+        .start()?;
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, fake.shim_config())?;
-    let out = shim(&[
-        "doctor",
-        "--json",
-        "--config",
-        &config.display().to_string(),
-        "--containerd-config",
-        &c.dir().join("config.toml").display().to_string(),
-        "--containerd-socket",
-        &c.socket().display().to_string(),
-    ])?;
+    let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(2).build())?;
+    let socket = c.socket().display().to_string();
+    let flags = ["--containerd-socket", &socket];
+    let out = doctor_json(&g.config, &c.dir().join("config.toml"), &flags)?;
     let report: Vec<Value> =
         serde_json::from_slice(&out.stdout).with_context(|| text(&out.stdout))?;
     let status = |name: &str| {
@@ -505,7 +455,7 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     std::os::unix::fs::symlink(&target, &link)?;
     let path = link.display().to_string();
 
-    let first = shim(&["configure", "containerd", "--config", &path])?;
+    let first = configure("containerd", &path, &[])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     let bak = managed.join("containerd.toml.bak");
     assert!(
@@ -513,13 +463,7 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
         "{}",
         text(&first.stdout)
     );
-    let second = shim(&[
-        "configure",
-        "containerd",
-        "--config",
-        &path,
-        "--set-as-default",
-    ])?;
+    let second = configure("containerd", &path, &["--set-as-default"])?;
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert!(
         text(&second.stdout).contains(&format!("the original stays in {}", bak.display())),
@@ -543,18 +487,13 @@ fn configure_edits_a_symlinked_config_through_its_link_and_keeps_the_first_backu
     std::fs::write(&daemon, "{\"data-root\": \"/srv/docker\"}")?;
     let daemon_link = etc.join("daemon.json");
     std::os::unix::fs::symlink(&daemon, &daemon_link)?;
-    // The hook programs linked in the test's directory, never the host's /usr.
+    // The hook programs linked in the test's directory, never the host's /usr (where they
+    // would change what every later `configure docker` does).
     let hooks = dir.path().join("hooks");
-    let out = shim(&[
-        "configure",
-        "docker",
-        "--config",
-        &daemon_link.display().to_string(),
-        "--hook-dir",
-        &hooks.display().to_string(),
-        "--cdi-hook-path",
-        &hooks.join("nvidia-cdi-hook").display().to_string(),
-    ])?;
+    let hook_dir = hooks.display().to_string();
+    let cdi_hook = hooks.join("nvidia-cdi-hook").display().to_string();
+    let flags = ["--hook-dir", &hook_dir, "--cdi-hook-path", &cdi_hook];
+    let out = configure("docker", &daemon_link.display().to_string(), &flags)?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_link(&daemon_link)?, daemon);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon)?)?;
@@ -638,14 +577,14 @@ fn operator_commands_refuse_config_paths_that_are_not_small_regular_files() -> R
             &["doctor", "--config", &p],
         ];
         for args in commands {
-            let out = shim_bounded(args)?;
+            let out = shim(args)?;
             assert!(!out.status.success(), "{args:?} succeeded");
             let err = text(&out.stderr);
             assert!(err.contains(&format!("{p} {cause}")), "{args:?}: {err}");
             assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         }
         // doctor checks containerd's config as one of its checks: that check fails, naming it.
-        let out = shim_bounded(&["doctor", "--config", &empty, "--containerd-config", &p])?;
+        let out = shim(&["doctor", "--config", &empty, "--containerd-config", &p])?;
         assert!(!out.status.success(), "doctor passed with {p}");
         let report = text(&out.stdout);
         let line = report
@@ -684,16 +623,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
     let shim_cfg = dir.path().join("shim.toml");
     std::fs::write(&shim_cfg, "accept_envvar_when_unprivileged = false\n")?;
     let shim_cfg = shim_cfg.display().to_string();
-    let doctor = |config: &Path| {
-        shim_bounded(&[
-            "doctor",
-            "--json",
-            "--config",
-            &shim_cfg,
-            "--containerd-config",
-            &config.display().to_string(),
-        ])
-    };
+    let doctor = |config: &Path| doctor_json(&shim_cfg, config, &[]);
     let runtime = |pod: &str| {
         format!(
             "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]\n  runtime_type = \"io.containerd.nvidia.v2\"\n  pod_annotations = [{pod}]\n  container_annotations = [\"cdi.k8s.io/*\", \"nvidia.com/*\"]\n"
@@ -719,12 +649,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
         );
         assert!(fix.contains("container_annotations"), "{fix}");
         // configure moves them, says so, and doctor is then satisfied.
-        let out = shim(&[
-            "configure",
-            "containerd",
-            "--config",
-            &file.display().to_string(),
-        ])?;
+        let out = configure("containerd", &file.display().to_string(), &[])?;
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(
             text(&out.stdout).contains("runtime \"nvidia\": ")
@@ -734,12 +659,7 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
         );
         let (status, detail, _) = doctor_check(&doctor(&file)?, "containerd config")?;
         assert_eq!(status, "OK", "{pod} after configure: {detail}");
-        let again = shim(&[
-            "configure",
-            "containerd",
-            "--config",
-            &file.display().to_string(),
-        ])?;
+        let again = configure("containerd", &file.display().to_string(), &[])?;
         assert!(
             text(&again.stdout).contains("nothing changed"),
             "{}",
@@ -759,15 +679,11 @@ fn doctor_fails_gpu_requests_forwarded_as_pod_annotations_until_configure_moves_
 /// listening on the checked config's `[grpc] address` looks, not where another one does.
 #[test]
 fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> Result<()> {
-    let test = "doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks";
-    if !can_run_containerd(test) {
+    if !can_run_containerd() {
         return Ok(());
     }
     if which("containerd-shim-nvidia-v2").is_some() {
-        skip(
-            test,
-            "containerd-shim-nvidia-v2 is on this PATH, so no containerd lacks it",
-        );
+        skip("containerd-shim-nvidia-v2 is on this PATH, so no containerd lacks it");
         return Ok(());
     }
     let with = Containerd::start()?;
@@ -775,18 +691,8 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
     // The harness put the shim first on each one's PATH; take it from the second.
     std::fs::remove_file(without.dir().join("bin/containerd-shim-nvidia-v2"))?;
     let dir = tempfile::tempdir()?;
-    let shim_cfg = dir.path().join("shim.toml");
-    std::fs::write(&shim_cfg, "")?;
-    let doctor = |c: &Containerd| {
-        shim_bounded(&[
-            "doctor",
-            "--json",
-            "--config",
-            &shim_cfg.display().to_string(),
-            "--containerd-config",
-            &c.dir().join("config.toml").display().to_string(),
-        ])
-    };
+    let shim_cfg = write_config(dir.path(), "")?;
+    let doctor = |c: &Containerd| doctor_json(&shim_cfg, &c.dir().join("config.toml"), &[]);
     let pid = |c: &Containerd| c.pid().map(|p| p.to_string()).unwrap_or_default();
 
     let (status, detail, _) = doctor_check(&doctor(&with)?, "shim on PATH")?;
@@ -825,14 +731,7 @@ fn doctor_checks_the_shim_where_the_containerd_of_the_checked_config_looks() -> 
             dir.path().join("none.sock").display()
         ),
     )?;
-    let out = shim_bounded(&[
-        "doctor",
-        "--json",
-        "--config",
-        &shim_cfg.display().to_string(),
-        "--containerd-config",
-        &gone.display().to_string(),
-    ])?;
+    let out = doctor_json(&shim_cfg, &gone, &[])?;
     let (status, detail, _) = doctor_check(&out, "shim on PATH")?;
     assert_eq!(status, "FAIL", "{detail}");
     assert!(

@@ -6,135 +6,81 @@ use std::path::Path;
 
 use anyhow::Result;
 use nvidia_shim_core_host::fixture::{compat_libcuda, FakeDriver, Layout};
-use nvidia_shim_integration::checks::{assert_clean, run_args, run_script, setup, text};
+use nvidia_shim_integration::checks::{assert_holds, stop_and_remove, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
+use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
+use nvidia_shim_integration::gpu::{setup_with, write_config, Gpus};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
-use nvidia_shim_integration::{leftovers, unique_id};
+use nvidia_shim_integration::leftovers;
 
-/// A fake 4-GPU driver and a shim config pointing at it.
-struct Gpu {
-    fake: FakeDriver,
-    config: String,
+/// A private containerd with the busybox image and `n` fake GPUs, or `None` where the test
+/// cannot run.
+fn fake(n: u32) -> Result<Option<(Containerd, Gpus)>> {
+    setup_with(|dir| Gpus::fake(dir, n))
 }
 
-fn gpu(c: &Containerd, gpus: u32) -> Result<Gpu> {
-    let fake = FakeDriver::builder()
-        .gpus(gpus)
-        .layout(Layout::Distro)
-        .build();
-    gpu_from(c, fake)
+/// Runs `script` with `env` in a fresh busybox container given `g`.
+fn run(c: &Containerd, g: &Gpus, env: &[&str], script: &str) -> Result<Seen> {
+    g.run(c, BUSYBOX_IMAGE, env, script)
 }
 
-/// `fake` and a shim config file pointing at it.
-fn gpu_from(c: &Containerd, fake: FakeDriver) -> Result<Gpu> {
-    let config = c.dir().join(format!("shim-{}.toml", unique_id("cfg")));
-    std::fs::write(&config, fake.shim_config())?;
-    Ok(Gpu {
-        fake,
-        config: config.display().to_string(),
-    })
-}
-
-/// Runs `script` in a fresh container with `env`, returning (exit code, stdout, stderr).
-fn run(
-    c: &Containerd,
-    g: &Gpu,
-    image: &str,
-    env: &[&str],
-    script: &str,
-) -> Result<(Option<i32>, String, String)> {
-    run_script(c, &g.config, image, env, script)
-}
+const ALL: &str = "NVIDIA_VISIBLE_DEVICES=all";
+const UTILITY: &str = "NVIDIA_DRIVER_CAPABILITIES=utility";
+const COMPUTE: &str = "NVIDIA_DRIVER_CAPABILITIES=compute";
 
 #[test]
 fn all_gpus_get_nodes_libraries_binaries_and_void_env() -> Result<()> {
-    let Some(c) = setup("all_gpus_get_nodes_libraries_binaries_and_void_env") else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
-    let g = gpu(&c, 4)?;
     let script =
         "for d in nvidiactl nvidia0 nvidia1 nvidia2 nvidia3 nvidia-uvm nvidia-uvm-tools; do \
                   stat -c \"$d %t:%T\" /dev/$d; done; \
                   test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo libcuda-ok; \
                   test -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 && echo nvml-ok; \
                   nvidia-smi; echo \"env=$NVIDIA_VISIBLE_DEVICES\"";
-    let (code, out, err) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=all"],
-        script,
-    )?;
+    let (code, out, err) = run(&c, &g, &[ALL], script)?;
     assert_eq!(code, Some(0), "stdout {out}\nstderr {err}");
-    for line in [
-        "nvidiactl c3:ff",
-        "nvidia0 c3:0",
-        "nvidia3 c3:3",
-        "nvidia-uvm ee:0",
-        "nvidia-uvm-tools ee:1",
-    ] {
-        assert!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
-    assert!(
-        out.contains("libcuda-ok") && out.contains("nvml-ok"),
-        "{out}"
+    assert_holds(
+        &out,
+        &[
+            ("nvidiactl c3:ff", "the control node"),
+            ("nvidia0 c3:0", "GPU 0's node"),
+            ("nvidia3 c3:3", "GPU 3's node"),
+            ("nvidia-uvm ee:0", "the UVM node"),
+            ("nvidia-uvm-tools ee:1", "the UVM tools node"),
+            ("libcuda-ok", "libcuda"),
+            ("nvml-ok", "libnvidia-ml"),
+            ("GPU 0: NVIDIA H100", "fake nvidia-smi on PATH"),
+            ("env=void", "the request consumed"),
+        ],
     );
-    assert!(
-        out.contains("GPU 0: NVIDIA H100"),
-        "fake nvidia-smi on PATH: {out}"
-    );
-    assert!(out.contains("env=void"), "{out}");
-    drop(g.fake);
     Ok(())
 }
 
 #[test]
 fn one_gpu_none_void_and_utility_requests() -> Result<()> {
-    let Some(c) = setup("one_gpu_none_void_and_utility_requests") else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
-    let g = gpu(&c, 4)?;
     let list = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo; test -e /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04 && echo libcuda";
-    let (_, out, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=1"], list)?;
-    assert_eq!(
-        out.lines().next().unwrap_or(""),
-        "nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl ",
-        "{err}"
-    );
-    let (_, out, _) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=none"],
-        list,
-    )?;
-    assert_eq!(
-        out.lines().next().unwrap_or(""),
-        "nvidia-uvm nvidia-uvm-tools nvidiactl "
-    );
+    let first = |out: &str| out.lines().next().unwrap_or("").to_owned();
+    let (_, out, err) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=1"], list)?;
+    let want = "nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl ";
+    assert_eq!(first(&out), want, "{err}");
+    let (_, out, _) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=none"], list)?;
+    assert_eq!(first(&out), "nvidia-uvm nvidia-uvm-tools nvidiactl ");
     assert!(
         out.contains("libcuda"),
         "none still gets the libraries: {out}"
     );
     for env in [&["NVIDIA_VISIBLE_DEVICES=void"][..], &[][..]] {
-        let (code, out, _) = run(&c, &g, BUSYBOX_IMAGE, env, list)?;
+        let (code, out, _) = run(&c, &g, env, list)?;
         assert_eq!(code, Some(1), "no device and no library: {out}");
         assert_eq!(out.trim(), "");
     }
-    let (_, out, _) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_DRIVER_CAPABILITIES=utility",
-        ],
-        list,
-    )?;
-    assert_eq!(
-        out.lines().next().unwrap_or(""),
-        "nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl "
-    );
+    let (_, out, _) = run(&c, &g, &[ALL, UTILITY], list)?;
+    assert_eq!(first(&out), "nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl ");
     assert!(
         !out.contains("libcuda"),
         "utility has no compute libraries: {out}"
@@ -144,68 +90,36 @@ fn one_gpu_none_void_and_utility_requests() -> Result<()> {
 
 #[test]
 fn requirements_are_enforced_and_can_be_disabled() -> Result<()> {
-    let Some(c) = setup("requirements_are_enforced_and_can_be_disabled") else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
-    let g = gpu(&c, 1)?;
-    let (code, _, err) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
-        ],
-        "true",
-    )?;
+    let require = "NVIDIA_REQUIRE_CUDA=cuda>=99.0";
+    let (code, _, err) = run(&c, &g, &[ALL, require], "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("unsatisfied condition: cuda>=99.0") && err.contains("cuda=13.0"),
         "{err}"
     );
-    let (code, _, err) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
-            "NVIDIA_DISABLE_REQUIRE=1",
-        ],
-        "true",
-    )?;
+    let (code, _, err) = run(&c, &g, &[ALL, require, "NVIDIA_DISABLE_REQUIRE=1"], "true")?;
     assert_eq!(code, Some(0), "{err}");
     Ok(())
 }
 
 #[test]
 fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
-    let Some(c) = setup("unknown_gpu_and_missing_driver_fail_clearly") else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
-    let g = gpu(&c, 2)?;
-    let (code, _, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
+    let (code, _, err) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("unknown GPU \"7\"") && err.contains("GPU-00000001"),
         "{err}"
     );
     // A config whose proc root has no driver.
-    let nodriver = Gpu {
-        fake: FakeDriver::builder().build(),
-        config: {
-            let p = c.dir().join("nodriver.toml");
-            std::fs::write(&p, "proc_root = \"/nonexistent-proc\"\n")?;
-            p.display().to_string()
-        },
-    };
-    let (code, _, err) = run(
-        &c,
-        &nodriver,
-        BUSYBOX_IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=all"],
-        "true",
-    )?;
+    let nodriver = write_config(c.dir(), "proc_root = \"/nonexistent-proc\"\n")?;
+    let run = CtrRun::new("gpu").rm().config(&nodriver).env(&[ALL]);
+    let (code, _, err) = run.sh("true").seen(&c)?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("/nonexistent-proc/driver/nvidia/version")
@@ -217,10 +131,9 @@ fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
 
 #[test]
 fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
-    let Some(c) = setup("hostile_library_dir_symlink_stays_inside_the_rootfs") else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
-    let g = gpu(&c, 1)?;
     let escape = c.dir().join("host-escape");
     std::fs::create_dir_all(&escape)?;
     let mut image = ImageSpec::busybox()?;
@@ -232,13 +145,8 @@ fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
     ));
     let name = "docker.io/library/nvtest-hostile:latest";
     c.import(&image, name)?;
-    let (code, out, err) = run(
-        &c,
-        &g,
-        name,
-        &["NVIDIA_VISIBLE_DEVICES=all"],
-        "test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo inside",
-    )?;
+    let script = "test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo inside";
+    let (code, out, err) = g.run(&c, name, &[ALL], script)?;
     assert_eq!(
         std::fs::read_dir(&escape)?.count(),
         0,
@@ -253,7 +161,7 @@ fn hostile_library_dir_symlink_stays_inside_the_rootfs() -> Result<()> {
 
 #[test]
 fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
-    let Some(c) = setup("device_cgroup_allows_only_the_given_gpu") else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -261,20 +169,8 @@ fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
             "note: cgroup v2 host; the devices.list check applies to v1 only, the open checks run"
         );
     }
-    let g = gpu(&c, 2)?;
-    let id = unique_id("devcg");
-    let out = c.ctr(&run_args(
-        &id,
-        &[
-            "-d",
-            "--runtime-config-path",
-            &g.config,
-            "--env",
-            "NVIDIA_VISIBLE_DEVICES=1",
-        ],
-        &["sleep", "86400"],
-    ))?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = g.ctr_run().detach().env(&["NVIDIA_VISIBLE_DEVICES=1"]);
+    let id = run.cmd(&["sleep", "86400"]).start(&c)?;
     if let Some(list) = leftovers::cgroups_of(NAMESPACE, &id)
         .iter()
         .map(|d| d.join("devices.list"))
@@ -290,7 +186,7 @@ fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
     // Opening its own node gets past the device cgroup (the fake node has no driver behind it:
     // ENXIO); a node for GPU 0 made by hand is refused by the cgroup (EPERM).
     let probe = "cat /dev/nvidia1 2>&1; mknod /tmp/gpu0 c 195 0 && cat /tmp/gpu0 2>&1; true";
-    let out = c.ctr(&["task", "exec", "--exec-id", "probe", &id, "sh", "-c", probe])?;
+    let out = c.exec(&id, "probe", &["sh", "-c", probe])?;
     let o = text(&out.stdout);
     let lines: Vec<&str> = o.lines().collect();
     assert!(lines.len() >= 2, "{o}");
@@ -302,7 +198,7 @@ fn device_cgroup_allows_only_the_given_gpu() -> Result<()> {
         lines[1].contains("Operation not permitted"),
         "other GPU denied: {o}"
     );
-    nvidia_shim_integration::checks::stop_and_remove(&c, &id)
+    stop_and_remove(&c, &id)
 }
 
 /// A glibc image (the host's loader and libc) with a program that `dlopen`s `libcuda.so.1`,
@@ -334,20 +230,22 @@ fn glibc_spec(c: &Containerd) -> Result<ImageSpec> {
 
 #[test]
 fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
-    let Some(c) = setup("injected_libraries_resolve_through_the_generated_ld_cache") else {
+    // /usr/local/nvidia layout: the libraries land in /lib64, which only the cache names.
+    let usr_local = |dir: &Path| {
+        let driver = FakeDriver::builder()
+            .gpus(1)
+            .layout(Layout::UsrLocalNvidia)
+            .build();
+        Gpus::of(dir, driver)
+    };
+    let Some((c, g)) = setup_with(usr_local)? else {
         return Ok(());
     };
-    // /usr/local/nvidia layout: the libraries land in /lib64, which only the cache names.
-    let fake = FakeDriver::builder()
-        .gpus(1)
-        .layout(Layout::UsrLocalNvidia)
-        .build();
-    let g = gpu_from(&c, fake)?;
     let image = glibc_image(&c)?;
     // The image has no ldconfig at all; the cache is the shim's, and without it dlopen fails.
     let script = "dlopen-test; cat /etc/ld.so.conf.d/000-nvidia-container-shim.conf; \
                   test -e /sbin/ldconfig || echo no-ldconfig; rm /etc/ld.so.cache; dlopen-test";
-    let (_, out, err) = run(&c, &g, image, &["NVIDIA_VISIBLE_DEVICES=all"], script)?;
+    let (_, out, err) = g.run(&c, image, &[ALL], script)?;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines.first().copied(),
@@ -365,12 +263,9 @@ fn injected_libraries_resolve_through_the_generated_ld_cache() -> Result<()> {
 
 #[test]
 fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host() -> Result<()> {
-    let Some(c) =
-        setup("cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host")
-    else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
-    let g = gpu(&c, 1)?;
     let base = glibc_image(&c)?;
     // The fake host driver is 580.159.04; the image carries a 590 compat libcuda.
     let with_compat = |name: &str, note: &str| -> Result<String> {
@@ -402,36 +297,30 @@ fn cuda_forward_compat_libraries_are_used_only_when_newer_and_made_for_the_host(
         r#"{"format":1,"CUDA version":"13.1","driver":[550]}"#,
     )?;
     let script = "dlopen-test; head -1 /etc/ld.so.conf.d/000-nvidia-container-shim.conf";
-    let all = ["NVIDIA_VISIBLE_DEVICES=all"];
-    let (_, out, err) = run(&c, &g, &for_580, &all, script)?;
+    let (_, out, err) = g.run(&c, &for_580, &[ALL], script)?;
     assert_eq!(
         out, "dlopen ok 99\n/usr/local/cuda/compat\n",
         "compat used: {err}"
     );
-    let (_, out, err) = run(&c, &g, &for_550, &all, script)?;
+    let (_, out, err) = g.run(&c, &for_550, &[ALL], script)?;
     assert!(
         out.starts_with("dlopen ok 42\n"),
         "not made for 580: host's libcuda: {out}{err}"
     );
-    let (_, out, _) = run(&c, &g, base, &all, "dlopen-test")?;
+    let (_, out, _) = g.run(&c, base, &[ALL], "dlopen-test")?;
     assert_eq!(out, "dlopen ok 42\n", "no compat dir: host's libcuda");
     // Without compute, neither libcuda is in the cache.
-    let utility = [
-        "NVIDIA_VISIBLE_DEVICES=all",
-        "NVIDIA_DRIVER_CAPABILITIES=utility",
-    ];
-    let (_, out, _) = run(&c, &g, &for_580, &utility, "dlopen-test")?;
+    let (_, out, _) = g.run(&c, &for_580, &[ALL, UTILITY], "dlopen-test")?;
     assert!(out.starts_with("dlopen failed"), "{out}");
     Ok(())
 }
 
 #[test]
 fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()> {
-    let Some(c) = setup("daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability") else {
+    let Some((c, g)) = fake(1)? else {
         return Ok(());
     };
-    let g = gpu(&c, 1)?;
-    let root = g.fake.host_root();
+    let root = g.driver.host_root();
     std::fs::create_dir_all(root.join("run/nvidia-persistenced"))?;
     let _persistenced =
         std::os::unix::net::UnixListener::bind(root.join("run/nvidia-persistenced/socket"))?;
@@ -441,57 +330,44 @@ fn daemon_sockets_and_the_mps_pipe_dir_are_mounted_by_capability() -> Result<()>
                   ls /tmp/nvidia-mps 2>/dev/null; \
                   grep -E ' /(run/nvidia-persistenced/socket|tmp/nvidia-mps) ' /proc/self/mountinfo \
                   | grep -c 'rw,nosuid,nodev,noexec'";
-    let (_, out, err) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=all"],
-        script,
-    )?;
-    assert_eq!(out, "socket\ncontrol\n2\n", "utility+compute: {err}");
-    let utility = [
-        "NVIDIA_VISIBLE_DEVICES=all",
-        "NVIDIA_DRIVER_CAPABILITIES=utility",
-    ];
-    let (_, out, _) = run(&c, &g, BUSYBOX_IMAGE, &utility, script)?;
-    assert_eq!(out, "socket\n1\n", "utility only: no MPS dir");
-    let compute = [
-        "NVIDIA_VISIBLE_DEVICES=all",
-        "NVIDIA_DRIVER_CAPABILITIES=compute",
-    ];
-    let (_, out, _) = run(&c, &g, BUSYBOX_IMAGE, &compute, script)?;
-    assert_eq!(out, "control\n1\n", "compute only: no persistenced socket");
+    for (env, want, what) in [
+        (&[ALL][..], "socket\ncontrol\n2\n", "utility+compute"),
+        (&[ALL, UTILITY], "socket\n1\n", "utility only: no MPS dir"),
+        (
+            &[ALL, COMPUTE],
+            "control\n1\n",
+            "compute only: no persistenced socket",
+        ),
+    ] {
+        let (_, out, err) = run(&c, &g, env, script)?;
+        assert_eq!(out, want, "{what}: {err}");
+    }
     Ok(())
 }
 
 #[test]
 fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() -> Result<()> {
-    let Some(c) =
-        setup("mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege")
-    else {
+    let mig = |dir: &Path| {
+        let driver = FakeDriver::builder()
+            .gpus(2)
+            .mig(0, &[(1, &[0, 1])])
+            .build();
+        Gpus::of(dir, driver)
+    };
+    let Some((c, g)) = setup_with(mig)? else {
         return Ok(());
     };
-    let fake = FakeDriver::builder()
-        .gpus(2)
-        .mig(0, &[(1, &[0, 1])])
-        .build();
-    let g = gpu_from(&c, fake)?;
     // 0:1 is GI 1 / CI 1: mig-minors numbers gi1 3, gi1/ci0 4, gi1/ci1 5.
     let list = "ls /dev | grep '^nvidia[0-9]'; \
                 stat -c '%n %t:%T' /dev/nvidia-caps/* | sed 's/ f1:/ 241:/'";
-    let (code, out, err) = run(&c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=0:1"], list)?;
+    let (code, out, err) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=0:1"], list)?;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         out,
         "nvidia0\n/dev/nvidia-caps/nvidia-cap3 241:3\n/dev/nvidia-caps/nvidia-cap5 241:5\n"
     );
-    let (code, _, err) = run(
-        &c,
-        &g,
-        BUSYBOX_IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"],
-        "true",
-    )?;
+    let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"];
+    let (code, _, err) = run(&c, &g, &env, "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot set NVIDIA_MIG_CONFIG_DEVICES in a non-privileged container"),
@@ -502,92 +378,75 @@ fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() 
 
 #[test]
 fn cdi_annotations_and_the_isolation_profile() -> Result<()> {
-    let Some(c) = setup("cdi_annotations_and_the_isolation_profile") else {
+    let Some((c, g)) = fake(4)? else {
         return Ok(());
     };
-    let g = gpu(&c, 4)?;
     // The Kubernetes profile: env requests only count for privileged containers.
-    let strict = c.dir().join("strict.toml");
-    std::fs::write(
-        &strict,
-        format!(
-            "{}accept_envvar_when_unprivileged = false\n",
-            g.fake.shim_config()
-        ),
-    )?;
-    let strict = Gpu {
-        fake: FakeDriver::builder().build(),
-        config: strict.display().to_string(),
-    };
+    let strict = g.config_with("accept_envvar_when_unprivileged = false\n")?;
     let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '; echo";
-    let with = |config: &Gpu, extra: &[&str]| -> Result<String> {
-        let id = unique_id("cdi");
-        let mut args = vec!["--rm", "--runtime-config-path", config.config.as_str()];
-        args.extend_from_slice(extra);
-        let out = c.ctr(&run_args(&id, &args, &["sh", "-c", list]))?;
-        assert_clean(&c, &id, &id);
-        Ok(text(&out.stdout).trim().to_owned())
+    let with = |config: &str, extra: &[&str]| -> Result<String> {
+        let run = CtrRun::new("cdi").rm().config(config).flags(extra);
+        let (_, out, _) = run.sh(list).seen(&c)?;
+        Ok(out.trim().to_owned())
     };
     // A device-plugin CDI annotation, resolved against the built-in inventory.
     let ann = "cdi.k8s.io/nvidia-device-plugin_1234=k8s.device-plugin.nvidia.com/gpu=2";
-    assert_eq!(with(&g, &["--annotation", ann])?, "nvidia2");
-    // The annotation wins over an image's NVIDIA_VISIBLE_DEVICES=all.
-    assert_eq!(
-        with(
-            &g,
-            &["--annotation", ann, "--env", "NVIDIA_VISIBLE_DEVICES=all"]
-        )?,
-        "nvidia2"
-    );
-    // Under the strict profile an unprivileged CUDA image's `all` gets nothing...
-    assert_eq!(with(&strict, &["--env", "NVIDIA_VISIBLE_DEVICES=all"])?, "");
-    // ...but its allocation (the annotation) is honoured, and a privileged container's env too.
-    assert_eq!(
-        with(
+    let env_all = ["--env", ALL];
+    let ann_all = ["--annotation", ann, "--env", ALL];
+    for (config, flags, want, what) in [
+        (
+            &g.config,
+            &["--annotation", ann][..],
+            "nvidia2",
+            "the annotation",
+        ),
+        (
+            &g.config,
+            &ann_all,
+            "nvidia2",
+            "the annotation wins over an image's =all",
+        ),
+        // Under the strict profile an unprivileged CUDA image's `all` gets nothing...
+        (&strict, &env_all, "", "strict, unprivileged, =all"),
+        // ...but its allocation (the annotation) is honoured, and a privileged container's
+        // env too.
+        (&strict, &ann_all, "nvidia2", "strict, the annotation"),
+        (
             &strict,
-            &["--annotation", ann, "--env", "NVIDIA_VISIBLE_DEVICES=all"]
-        )?,
-        "nvidia2"
-    );
-    assert_eq!(
-        with(
-            &strict,
-            &["--privileged", "--env", "NVIDIA_VISIBLE_DEVICES=all"]
-        )?,
-        "nvidia0 nvidia1 nvidia2 nvidia3"
-    );
+            &["--privileged", "--env", ALL],
+            "nvidia0 nvidia1 nvidia2 nvidia3",
+            "strict, privileged",
+        ),
+    ] {
+        assert_eq!(with(config, flags)?, want, "{what}");
+    }
     Ok(())
 }
 
 #[test]
 fn cdi_specs_on_disk_are_applied() -> Result<()> {
-    let Some(c) = setup("cdi_specs_on_disk_are_applied") else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
-    let g = gpu(&c, 2)?;
     // The toolkit's way: a spec generated from the driver (`nvidia-ctk cdi generate`), here
     // by `containerd-shim-nvidia-v2 cdi generate`, stored as YAML; its create-symlinks and
     // update-ldcache hooks are then done by the shim.
-    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
-        .args(["cdi", "generate", "--config", &g.config])
-        .output()?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let spec =
-        nvidia_shim_core::cdi::CdiSpec::parse(Path::new("generated.json"), &text(&out.stdout))?;
+    let generated = g.cdi_generate(&[])?;
+    let spec = nvidia_shim_core::cdi::CdiSpec::parse(Path::new("generated.json"), &generated)?;
     assert_eq!(
         spec.devices.len(),
         2 * 2 + 1,
         "index and UUID per GPU, and all"
     );
     std::fs::write(
-        g.fake.cdi_dir().join("nvidia.yaml"),
+        g.driver.cdi_dir().join("nvidia.yaml"),
         serde_norway::to_string(&spec)?,
     )?;
     // A non-NVIDIA device: a node of its own, a file mount and env.
     let host_file = c.dir().join("fpga-firmware.bin");
     std::fs::write(&host_file, "bitstream")?;
     std::fs::write(
-        g.fake.cdi_dir().join("fpga.json"),
+        g.driver.cdi_dir().join("fpga.json"),
         format!(
             r#"{{"cdiVersion":"0.5.0","kind":"vendor.example/fpga","devices":[{{"name":"f0","containerEdits":{{
                 "env":["FPGA=f0"],
@@ -600,20 +459,16 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
                   echo FPGA=$FPGA NVD=$NVIDIA_VISIBLE_DEVICES; cat /opt/fpga/firmware.bin; echo; \
                   head -c 4 /dev/fpga0 | wc -c; echo \"$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1)\"; \
                   grep -c libcuda.so.1 /etc/ld.so.cache 2>/dev/null || echo 0";
-    // Runs a container with the fake driver's config and `extra` flags; checks it left nothing.
-    let run_cdi = |extra: &[&str], cmd: &[&str]| -> Result<(String, std::process::Output)> {
-        let id = unique_id("cdi");
-        let mut args = vec!["--rm", "--runtime-config-path", g.config.as_str()];
-        args.extend_from_slice(extra);
-        let out = c.ctr(&run_args(&id, &args, cmd))?;
-        assert_clean(&c, &id, &id);
-        Ok((id, out))
-    };
     let ann = "--annotation=cdi.k8s.io/test=vendor.example/fpga=f0";
     let env = "NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1";
-    let (_, out) = run_cdi(&[ann, "--env", env], &["sh", "-c", script])?;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let (code, stdout, err) = g
+        .ctr_run()
+        .rm()
+        .flags(&[ann])
+        .env(&[env])
+        .sh(script)
+        .seen(&c)?;
+    assert_eq!(code, Some(0), "{stdout}{err}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0].trim(),
@@ -629,23 +484,24 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
     );
 
     // The env request alone resolves nvidia.com/gpu=1 through the spec on disk.
-    let (_, out) = run_cdi(&["--env", env], &["sh", "-c", script])?;
-    let stdout = text(&out.stdout);
+    let (_, stdout, err) = g.ctr_run().rm().env(&[env]).sh(script).seen(&c)?;
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0].trim(), "nvidia1", "{stdout}{}", text(&out.stderr));
+    assert_eq!(lines[0].trim(), "nvidia1", "{stdout}{err}");
     assert_eq!(lines[1], "FPGA= NVD=void");
     assert!(lines[4].starts_with("libcuda.so.580"), "{stdout}");
     assert_eq!(lines[5], "1", "libcuda.so.1 is in the ld cache: {stdout}");
 
     // An unknown CDI device fails Create, naming it, and leaves nothing behind.
-    let (id, out) = run_cdi(
-        &["--annotation=cdi.k8s.io/x=vendor.example/fpga=f9"],
-        &["true"],
-    )?;
-    assert_ne!(out.status.code(), Some(0));
-    let err = text(&out.stderr);
+    let unknown = g
+        .ctr_run()
+        .rm()
+        .flags(&["--annotation=cdi.k8s.io/x=vendor.example/fpga=f9"]);
+    let unknown = unknown.cmd(&["true"]);
+    let (code, _, err) = unknown.seen(&c)?;
+    assert_ne!(code, Some(0));
     assert!(
-        err.contains("unresolvable CDI devices vendor.example/fpga=f9") && err.contains(&id),
+        err.contains("unresolvable CDI devices vendor.example/fpga=f9")
+            && err.contains(unknown.id()),
         "{err}"
     );
     Ok(())
@@ -653,18 +509,17 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
 
 #[test]
 fn a_new_shim_uses_the_on_disk_inventory_cache_and_discards_a_corrupt_one() -> Result<()> {
-    let Some(c) = setup("a_new_shim_uses_the_on_disk_inventory_cache") else {
+    let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
-    let g = gpu(&c, 2)?;
     let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '";
-    let gpus = |c: &Containerd| -> Result<String> {
-        let (code, out, err) = run(c, &g, BUSYBOX_IMAGE, &["NVIDIA_VISIBLE_DEVICES=all"], list)?;
+    let gpus = || -> Result<String> {
+        let (code, out, err) = run(&c, &g, &[ALL], list)?;
         assert_eq!(code, Some(0), "{out}{err}");
         Ok(out.trim().to_owned())
     };
-    assert_eq!(gpus(&c)?, "nvidia0 nvidia1");
-    let entries: Vec<_> = std::fs::read_dir(g.fake.cache_dir())?
+    assert_eq!(gpus()?, "nvidia0 nvidia1");
+    let entries: Vec<_> = std::fs::read_dir(g.driver.cache_dir())?
         .flatten()
         .map(|e| e.path())
         .collect();
@@ -678,10 +533,10 @@ fn a_new_shim_uses_the_on_disk_inventory_cache_and_discards_a_corrupt_one() -> R
         .expect("gpus")
         .truncate(1);
     std::fs::write(file, serde_json::to_vec(&cached)?)?;
-    assert_eq!(gpus(&c)?, "nvidia0");
+    assert_eq!(gpus()?, "nvidia0");
     // A corrupt entry is discarded and rebuilt.
     std::fs::write(file, b"{\"format\": 1, \"key\": [")?;
-    assert_eq!(gpus(&c)?, "nvidia0 nvidia1");
+    assert_eq!(gpus()?, "nvidia0 nvidia1");
     let rebuilt: serde_json::Value = serde_json::from_slice(&std::fs::read(file)?)?;
     assert_eq!(
         rebuilt["inventory"]["gpus"].as_array().map(Vec::len),

@@ -9,49 +9,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::{mknod, FakeDriver};
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, stop_and_remove, stop_and_remove_in_group,
+    alike, assert_clean, eventually, free_bytes, setup_from, stop_and_remove, task_pid,
     task_status, text,
 };
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use nvidia_shim_integration::command::answer;
+use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
+use nvidia_shim_integration::ctr_run::{CtrRun, Group};
+use nvidia_shim_integration::gpu::{setup_with, Gpus};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
-use nvidia_shim_integration::{leftovers, skip, unique_id};
+use nvidia_shim_integration::{is_root, leftovers};
 
-const RUNC: &str = "io.containerd.runc.v2";
-
-/// A shim config file in `c`'s directory pointing at `fake`, with `extra` TOML appended.
-fn config_for(c: &Containerd, fake: &FakeDriver, extra: &str) -> Result<String> {
-    let path = c.dir().join(format!("{}.toml", unique_id("shim")));
-    std::fs::write(&path, format!("{}{extra}", fake.shim_config()))?;
-    Ok(path.display().to_string())
-}
-
-/// `ctr run` through `runtime` (with the shim config `config` for this shim) of `image`.
-fn ctr_run<'a>(
-    runtime: &'a str,
-    config: &'a str,
-    extra: &[&'a str],
-    image: &'a str,
-    id: &'a str,
-    cmd: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec!["run", "--runtime", runtime];
-    if runtime == RUNTIME {
-        args.extend(["--runtime-config-path", config]);
-    }
-    args.extend_from_slice(extra);
-    args.push(image);
-    args.push(id);
-    args.extend_from_slice(cmd);
-    args
-}
-
-/// The pid `ctr task ls` shows for task `id`.
-fn task_pid(c: &Containerd, id: &str) -> Option<i32> {
-    let out = c.ctr(&["task", "ls"]).ok()?;
-    text(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+/// A private containerd with the busybox image and `fake`'s GPUs, or `None` where the test
+/// cannot run.
+fn with_driver(fake: FakeDriver) -> Result<Option<(Containerd, Gpus)>> {
+    setup_with(|dir| Gpus::of(dir, fake))
 }
 
 /// `VmHWM` (peak resident memory) of `pid` in kB.
@@ -73,12 +44,9 @@ fn mkfifo(path: &Path) -> Result<()> {
 
 #[test]
 fn library_named_mount_sources_that_are_fifos_or_devices_never_hang_create() -> Result<()> {
-    let Some(c) = setup("library_named_mount_sources_that_are_fifos_or_devices_never_hang_create")
-    else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(1).build())? else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(1).build();
-    let config = config_for(&c, &fake, "")?;
     let srv = c.dir().join("srv");
     std::fs::create_dir_all(&srv)?;
     let fifo = srv.join("libfoo.so");
@@ -86,56 +54,37 @@ fn library_named_mount_sources_that_are_fifos_or_devices_never_hang_create() -> 
     // A character device with /dev/zero's numbers, made where a tenant's volume could be.
     let device = srv.join("libdev.so.1");
     mknod(&device, 1, 5);
-    let mut outcomes = Vec::new();
     for (source, what) in [(&fifo, "FIFO"), (&device, "char device")] {
         let name = source.file_name().and_then(|n| n.to_str()).unwrap_or("x");
         let mount = format!(
             "type=bind,src={},dst=/opt/{name},options=rbind:ro",
             source.display()
         );
-        let mut results = Vec::new();
-        for runtime in [RUNTIME, RUNC] {
-            let id = unique_id("fifo");
-            let script = format!("test -e /opt/{name} && echo mounted");
-            let args = ctr_run(
-                runtime,
-                &config,
-                &[
-                    "--rm",
-                    "--env",
-                    "NVIDIA_VISIBLE_DEVICES=0",
-                    "--mount",
-                    &mount,
-                ],
-                BUSYBOX_IMAGE,
-                &id,
-                &["sh", "-c", &script],
-            );
-            // ctr's own limit (60 s) stands for "never returns".
-            let out = c
-                .ctr(&args)
-                .with_context(|| format!("{what} source through {runtime}"))?;
-            let answer = if out.status.success() {
-                text(&out.stdout).trim().to_owned()
-            } else {
-                text(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            if runtime == RUNTIME {
-                assert_clean(&c, &id, &id);
-            }
-            outcomes.push(format!("{what} through {runtime}: {answer}"));
-            results.push(out.status.success());
-        }
-        assert_eq!(
-            results[0], results[1],
-            "this shim and runc agree on a {what} source: {outcomes:#?}"
-        );
+        let script = format!("test -e /opt/{name} && echo mounted");
+        // Whether it is accepted, with what each said printed.
+        alike(
+            format_args!("a {what} source"),
+            [RUNTIME, RUNC],
+            |runtime| {
+                let run = g
+                    .ctr_run()
+                    .runtime(runtime)
+                    .rm()
+                    .env(&["NVIDIA_VISIBLE_DEVICES=0"]);
+                let run = run.flags(&["--mount", &mount]).sh(&script);
+                // ctr's own limit (60 s) stands for "never returns".
+                let out = run
+                    .output(&c)
+                    .with_context(|| format!("{what} source through {runtime}"))?;
+                let answer = answer(&out, text(&out.stdout).trim());
+                if runtime == RUNTIME {
+                    assert_clean(&c, run.id(), run.id());
+                }
+                eprintln!("{what} through {runtime}: {answer}");
+                Ok(out.status.success())
+            },
+        )?;
     }
-    eprintln!("{outcomes:#?}");
     Ok(())
 }
 
@@ -168,11 +117,9 @@ fn hostile_ld_cache(size: usize) -> Vec<u8> {
 
 #[test]
 fn a_hostile_one_megabyte_ld_cache_costs_the_shim_little_memory() -> Result<()> {
-    let Some(c) = setup("a_hostile_one_megabyte_ld_cache_costs_the_shim_little_memory") else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(1).build())? else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(1).build();
-    let config = config_for(&c, &fake, "")?;
     let mut image = ImageSpec::busybox()?;
     image.entries.push(Entry::File(
         "etc/ld.so.cache".into(),
@@ -183,16 +130,12 @@ fn a_hostile_one_megabyte_ld_cache_costs_the_shim_little_memory() -> Result<()> 
     c.import(&image, hostile)?;
     let mut peaks = Vec::new();
     for image in [BUSYBOX_IMAGE, hostile] {
-        let id = unique_id("ldc");
-        let out = c.ctr(&ctr_run(
-            RUNTIME,
-            &config,
-            &["-d", "--env", "NVIDIA_VISIBLE_DEVICES=0"],
-            image,
-            &id,
-            &["sleep", "600"],
-        ))?;
-        assert!(out.status.success(), "{image}: {}", text(&out.stderr));
+        let run = g
+            .ctr_run()
+            .detach()
+            .env(&["NVIDIA_VISIBLE_DEVICES=0"])
+            .image(image);
+        let id = run.cmd(&["sleep", "600"]).start(&c)?;
         assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"), "{image}");
         let shim = leftovers::shim_daemon_pid(&c.socket()).context("the shim runs")?;
         let peak = peak_kb(shim);
@@ -244,17 +187,6 @@ fn ctr_in_ns(c: &Containerd, args: &[&str]) -> Result<std::process::Output> {
         .with_context(|| format!("ctr {args:?}"))
 }
 
-/// Bytes free in the filesystem of `path`.
-fn free_bytes(path: &Path) -> Result<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: an all-zero statvfs is a valid out-buffer.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    anyhow::ensure!(rc == 0, "statvfs {}", path.display());
-    Ok(st.f_bavail * st.f_frsize)
-}
-
 /// Fills the filesystem of `dir` with `dir/filler` until nothing is left.
 fn fill(dir: &Path) -> Result<PathBuf> {
     use std::io::Write;
@@ -288,30 +220,11 @@ fn cache_keys(c: &Containerd, id: &str) -> Result<Vec<String>> {
 
 #[test]
 fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
-    if setup("a_full_disk_fails_create_and_keeps_the_images_ld_cache").is_none() {
-        return Ok(());
-    }
     // containerd's root (content and snapshots: the containers' rootfs) on a small tmpfs of
     // its own mount namespace.
-    let c = Containerd::start_in(|dir| {
-        let root = dir.join("root");
-        std::fs::create_dir_all(&root)?;
-        Ok(vec![
-            "unshare".into(),
-            "-m".into(),
-            "--propagation".into(),
-            "private".into(),
-            "--".into(),
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "set -e; mount -t tmpfs -o size=96m tmpfs {}; exec \"$@\"",
-                root.display()
-            ),
-            "sh".into(),
-        ])
-    })?;
-    c.import_busybox()?;
+    let Some(c) = setup_from(Containerd::builder().tmpfs("root", "96m")) else {
+        return Ok(());
+    };
     // A glibc image with the ld cache its ldconfig made (the host's, which lists its libc).
     let mut image = ImageSpec::glibc()?;
     image.entries.push(Entry::File(
@@ -321,8 +234,7 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
     ));
     let name = "docker.io/library/nvtest-glibc-ldcache:latest";
     c.import(&image, name)?;
-    let fake = FakeDriver::builder().gpus(1).build();
-    let config = config_for(&c, &fake, "")?;
+    let g = Gpus::of(c.dir(), FakeDriver::builder().gpus(1).build())?;
     let pid = c.pid().context("containerd runs")?;
     let root = PathBuf::from(format!(
         "/proc/{pid}/root{}",
@@ -330,55 +242,40 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
     ));
     let mut outcomes = Vec::new();
     for runtime in [RUNTIME, RUNC] {
-        let id = unique_id("full");
-        let mut args = vec!["container", "create", "--runtime", runtime];
-        if runtime == RUNTIME {
-            args.extend(["--runtime-config-path", &config]);
-        }
-        args.extend([
-            "--env",
-            "NVIDIA_VISIBLE_DEVICES=0",
-            name,
-            &id,
-            "sleep",
-            "600",
-        ]);
-        let out = ctr_in_ns(&c, &args)?;
+        let create = g.ctr_run().create_only().runtime(runtime).image(name);
+        let create = create
+            .env(&["NVIDIA_VISIBLE_DEVICES=0"])
+            .cmd(&["sleep", "600"]);
+        let id = create.id();
+        let args = create.args();
+        let out = ctr_in_ns(&c, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
         assert!(out.status.success(), "{}", text(&out.stderr));
         let filler = fill(&root)?;
         eprintln!("{runtime}: {} bytes free", free_bytes(&root)?);
-        let full = ctr_in_ns(&c, &["task", "start", "-d", &id])?;
-        let answer = if full.status.success() {
-            "started".to_owned()
-        } else {
-            text(&full.stderr)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let full = ctr_in_ns(&c, &["task", "start", "-d", id])?;
+        let answer = answer(&full, "started");
         outcomes.push(format!("{runtime} on a full disk: {answer}"));
         if runtime == RUNTIME {
             assert!(!full.status.success(), "{answer}");
             assert!(
-                answer.contains("No space left on device") && answer.contains(&id),
+                answer.contains("No space left on device") && answer.contains(id),
                 "{answer}"
             );
             eventually("the failed task's shim to go", || {
                 leftovers::shim_pids(&c.socket()).is_empty()
             })?;
         } else {
-            let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+            let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
             let _ = eventually("runc's task to stop", || {
-                task_status(&c, &id).as_deref() != Some("RUNNING")
+                task_status(&c, id).as_deref() != Some("RUNNING")
             });
-            let _ = c.ctr(&["task", "rm", "-f", &id]);
+            let _ = c.ctr(&["task", "rm", "-f", id]);
         }
         std::fs::remove_file(&filler)?;
         // The same container, with room again: its image's cache still lists glibc's libraries.
-        let again = ctr_in_ns(&c, &["task", "start", "-d", &id])?;
+        let again = ctr_in_ns(&c, &["task", "start", "-d", id])?;
         assert!(again.status.success(), "{runtime}: {}", text(&again.stderr));
-        let keys = cache_keys(&c, &id)?;
+        let keys = cache_keys(&c, id)?;
         let has = |k: &str| keys.iter().any(|e| e == k);
         outcomes.push(format!(
             "{runtime} after space was freed: {} entries, libc.so.6 {}, libcuda.so.1 {}",
@@ -388,7 +285,7 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
         ));
         assert!(has("libc.so.6"), "{runtime}: {outcomes:#?}");
         assert_eq!(has("libcuda.so.1"), runtime == RUNTIME, "{outcomes:#?}");
-        stop_and_remove(&c, &id)?;
+        stop_and_remove(&c, id)?;
     }
     eprintln!("{outcomes:#?}");
     Ok(())
@@ -396,36 +293,30 @@ fn a_full_disk_fails_create_and_keeps_the_images_ld_cache() -> Result<()> {
 
 #[test]
 fn env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile() -> Result<()> {
-    let Some(c) =
-        setup("env_requests_of_unprivileged_containers_are_ignored_under_the_isolation_profile")
-    else {
+    let fake = FakeDriver::builder().gpus(2).infiniband().build();
+    let Some((c, g)) = with_driver(fake)? else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(2).infiniband().build();
-    let default = config_for(&c, &fake, "")?;
-    let strict = config_for(&c, &fake, "accept_envvar_when_unprivileged = false\n")?;
+    let default = g.config.clone();
+    let strict = g.config_with("accept_envvar_when_unprivileged = false\n")?;
     let ann = "cdi.k8s.io/nvidia-device-plugin_1=k8s.device-plugin.nvidia.com/gpu=1";
     let list = "ls /dev | grep '^nvidia[0-9]' | tr '\\n' ' '; echo; \
                 ls /dev/infiniband 2>/dev/null | tr '\\n' ' '; echo";
     let with = |runtime: &str, config: &str, extra: &[&str]| -> Result<(String, String)> {
-        let id = unique_id("env");
-        let mut args = vec!["--rm", "--annotation", ann, "--env", "NVIDIA_MOFED=enabled"];
-        args.extend_from_slice(extra);
-        let out = c.ctr(&ctr_run(
-            runtime,
-            config,
-            &args,
-            BUSYBOX_IMAGE,
-            &id,
-            &["sh", "-c", list],
-        ))?;
+        let run = CtrRun::new("env").runtime(runtime).config(config).rm();
+        let run = run
+            .annotation(ann)
+            .env(&["NVIDIA_MOFED=enabled"])
+            .flags(extra)
+            .sh(list);
+        let out = run.output(&c)?;
         assert!(
             out.status.success(),
             "{runtime} {extra:?}: {}",
             text(&out.stderr)
         );
         if runtime == RUNTIME {
-            assert_clean(&c, &id, &id);
+            assert_clean(&c, run.id(), run.id());
         }
         let stdout = text(&out.stdout);
         let mut lines = stdout.lines().map(|l| l.trim().to_owned());
@@ -492,58 +383,31 @@ fn swap_devices(spec: &str, a: &str, b: &str) -> Result<String> {
 
 #[test]
 fn a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim() -> Result<()> {
-    let Some(c) = setup("a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim") else {
+    let Some((c, g)) = with_driver(FakeDriver::builder().gpus(2).build())? else {
         return Ok(());
     };
-    let fake = FakeDriver::builder().gpus(2).build();
-    let config = config_for(&c, &fake, "")?;
-    let spec_path = fake.cdi_dir().join("nvidia.json");
-    let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
-        .args([
-            "cdi", "generate", "--hooks", "none", "--config", &config, "--output",
-        ])
-        .arg(&spec_path)
-        .output()?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let group = unique_id("grp");
-    let group_ann = format!("io.containerd.nvidia.v2.group={group}");
-    let anchor = unique_id("anchor");
-    let out = c.ctr(&run_args(
-        &anchor,
-        &["-d", "--annotation", &group_ann],
-        &["sleep", "600"],
-    ))?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spec_path = g.driver.cdi_dir().join("nvidia.json");
+    let output = spec_path.display().to_string();
+    g.cdi_generate(&["--hooks", "none", "--output", &output])?;
+    let group = Group::start(&c, "grp", &["sleep", "600"])?;
     let shim = leftovers::shim_daemon_pid(&c.socket()).context("the group's shim")?;
     let gpus = || -> Result<String> {
-        let id = unique_id("cdi");
-        let out = c.ctr(&run_args(
-            &id,
-            &[
-                "--rm",
-                "--runtime-config-path",
-                &config,
-                "--annotation",
-                &group_ann,
-                "--annotation",
-                "cdi.k8s.io/test=nvidia.com/gpu=0",
-            ],
-            &["sh", "-c", "ls /dev | grep '^nvidia[0-9]'"],
-        ))?;
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        let run = group.run(&["--rm"]).config(&g.config);
+        let run = run.annotation("cdi.k8s.io/test=nvidia.com/gpu=0");
+        let out = run.sh("ls /dev | grep '^nvidia[0-9]'").ok(&c)?;
         assert_eq!(
             leftovers::shim_daemon_pid(&c.socket()),
             Some(shim),
             "one shim serves the group"
         );
-        Ok(text(&out.stdout).trim().to_owned())
+        Ok(out.trim().to_owned())
     };
     assert_eq!(gpus()?, "nvidia0");
     assert_eq!(gpus()?, "nvidia0", "unchanged");
     // Replaced by a new file (as `cdi generate --output` does): "0" is now GPU 1.
     let original = std::fs::read_to_string(&spec_path)?;
     let swapped = swap_devices(&original, "0", "1")?;
-    let tmp = fake.cdi_dir().join(".nvidia.json.new");
+    let tmp = g.driver.cdi_dir().join(".nvidia.json.new");
     std::fs::write(&tmp, &swapped)?;
     std::fs::rename(&tmp, &spec_path)?;
     assert_eq!(gpus()?, "nvidia1", "the new file is read");
@@ -551,31 +415,21 @@ fn a_replaced_cdi_spec_is_read_again_by_a_long_lived_shim() -> Result<()> {
     assert_eq!(original.len(), swapped.len());
     std::fs::write(&spec_path, &original)?;
     assert_eq!(gpus()?, "nvidia0", "the rewritten file is read");
-    stop_and_remove_in_group(&c, &anchor, &group)
+    group.remove(&c)
 }
 
 #[test]
 fn cdi_generate_output_is_never_seen_empty_or_partial() -> Result<()> {
-    let test = "cdi_generate_output_is_never_seen_empty_or_partial";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "needs root (the fake driver's device nodes)");
+    if !is_root("the fake driver's device nodes") {
         return Ok(());
     }
-    let fake = FakeDriver::builder().gpus(8).build();
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("shim.toml");
-    std::fs::write(&config, fake.shim_config())?;
+    let g = Gpus::of(dir.path(), FakeDriver::builder().gpus(8).build())?;
     let output = dir.path().join("cdi/nvidia.json");
     std::fs::create_dir_all(output.parent().context("parent")?)?;
+    let out_arg = output.display().to_string();
     let generate = || -> Result<()> {
-        let out = std::process::Command::new(nvidia_shim_integration::shim_binary())
-            .args(["cdi", "generate", "--hooks", "none", "--config"])
-            .arg(&config)
-            .arg("--output")
-            .arg(&output)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+        g.cdi_generate(&["--hooks", "none", "--output", &out_arg])?;
         Ok(())
     };
     generate()?;

@@ -3,51 +3,52 @@
 
 use anyhow::Result;
 use containerd_shim_protos::api::ResizePtyRequest;
-use containerd_shim_protos::ttrpc;
 use nvidia_shim_integration::checks::{
-    assert_clean, eventually, run_args, setup, shim_client, stop_and_remove, text, EventStream,
+    assert_clean, ctx, eventually, setup, shim_client, sleeper, stop_and_remove, task_pid, text,
+    EventStream,
 };
-use nvidia_shim_integration::containerd::{Containerd, NAMESPACE};
+use nvidia_shim_integration::containerd::{Containerd, NAMESPACE, RUNTIME};
+use nvidia_shim_integration::ctr_run::CtrRun;
+use nvidia_shim_integration::leftovers;
 use nvidia_shim_integration::pty::PtyChild;
-use nvidia_shim_integration::{leftovers, unique_id};
 
-/// Starts a detached `sleep` container.
-fn sleeper(c: &Containerd, prefix: &str) -> Result<String> {
-    let id = unique_id(prefix);
-    let out = c.ctr(&run_args(&id, &["-d"], &["sleep", "86400"]))?;
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    Ok(id)
+/// `ctr task exec -t --exec-id EXEC_ID ID CMD` on a 24x80 terminal.
+fn exec_tty(c: &Containerd, id: &str, exec_id: &str, cmd: &str) -> Result<PtyChild> {
+    let exec = ["task", "exec", "-t", "--exec-id", exec_id, id, cmd];
+    PtyChild::spawn(c.ctr_cmd(&exec), 24, 80)
+}
+
+/// `ResizePty` of process `exec_id` (empty: init) of task `id` to `height` x `width`, through
+/// the Task API.
+fn resize(c: &Containerd, id: &str, exec_id: &str, (height, width): (u32, u32)) -> Result<()> {
+    shim_client(c, id)?.resize_pty(
+        ctx(),
+        &ResizePtyRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
 }
 
 #[test]
 fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
-    let Some(c) = setup("exec_returns_its_exit_code_output_and_gets_a_tty") else {
-        return Ok(());
-    };
-    let id = sleeper(&c, "exec")?;
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        &id,
-        "sh",
-        "-c",
-        "echo from-exec; exit 7",
-    ])?;
+    let Some(c) = setup() else { return Ok(()) };
+    let id = sleeper(&c, RUNTIME, &[])?;
+    let out = c.exec(&id, "e1", &["sh", "-c", "echo from-exec; exit 7"])?;
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "from-exec\n");
 
-    let mut tty = PtyChild::spawn(
-        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "e2", &id, "tty"]),
-        24,
-        80,
-    )?;
+    let mut tty = exec_tty(&c, &id, "e2", "tty")?;
     tty.expect("/dev/pts/")?;
     assert!(tty.wait()?.success());
 
     // The process spec is honoured (user, cwd) and the exec joins every namespace of init.
-    let out = c.ctr(&[
+    let script = "id -u; pwd; for n in mnt pid uts ipc net; do readlink /proc/self/ns/$n; done";
+    let out = c.ctr_ok(&[
         "task",
         "exec",
         "--exec-id",
@@ -59,13 +60,12 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
         &id,
         "sh",
         "-c",
-        "id -u; pwd; for n in mnt pid uts ipc net; do readlink /proc/self/ns/$n; done",
+        script,
     ])?;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let got: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let got: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(got[0], "65534");
     assert_eq!(got[1], "/tmp");
-    let init_pid = task_pid(&c, &id);
+    let init_pid = task_pid(&c, &id).expect("task pid");
     for (i, n) in ["mnt", "pid", "uts", "ipc", "net"].iter().enumerate() {
         let init_ns = std::fs::read_link(format!("/proc/{init_pid}/ns/{n}"))?;
         assert_eq!(got[2 + i], init_ns.display().to_string(), "{n} namespace");
@@ -79,29 +79,16 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
     assert_eq!(text(&out.stdout), "xyz", "stderr: {}", text(&out.stderr));
 
     // An exec terminal follows ResizePty (addressed by exec id) through the Task API.
-    let mut tty = PtyChild::spawn(
-        c.ctr_cmd(&["task", "exec", "-t", "--exec-id", "sh", &id, "sh"]),
-        24,
-        80,
-    )?;
+    let mut tty = exec_tty(&c, &id, "sh", "sh")?;
     tty.expect("/ # ")?;
     tty.retry_until("stty size\n", "24 80")?;
-    shim_client(&c, &id)?.resize_pty(
-        ttrpc::context::with_timeout(10_000_000_000),
-        &ResizePtyRequest {
-            id: id.clone(),
-            exec_id: "sh".into(),
-            width: 120,
-            height: 50,
-            ..Default::default()
-        },
-    )?;
+    resize(&c, &id, "sh", (50, 120))?;
     tty.retry_until("stty size\n", "50 120")?;
     tty.send("exit 4\n")?;
     assert_eq!(tty.wait()?.code(), Some(4));
 
     // Pids names exec processes by exec id, as the runc shim does.
-    let out = c.ctr(&[
+    c.ctr_ok(&[
         "task",
         "exec",
         "-d",
@@ -111,47 +98,23 @@ fn exec_returns_its_exit_code_output_and_gets_a_tty() -> Result<()> {
         "sleep",
         "30",
     ])?;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let ps = c.ctr(&["task", "ps", &id])?;
-    assert!(
-        text(&ps.stdout).contains("slow"),
-        "task ps: {}",
-        text(&ps.stdout)
-    );
+    let ps = c.ctr_ok(&["task", "ps", &id])?;
+    assert!(ps.contains("slow"), "task ps: {ps}");
     stop_and_remove(&c, &id)
-}
-
-/// Host pid of container `id`'s init, from `ctr task ls`.
-fn task_pid(c: &Containerd, id: &str) -> u32 {
-    let out = c.ctr(&["task", "ls"]).expect("ctr task ls");
-    text(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .expect("task pid")
 }
 
 #[test]
 fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
-    let Some(c) = setup("init_tty_follows_resize_through_the_task_api") else {
-        return Ok(());
-    };
-    let id = unique_id("tty");
-    let mut cmd = c.ctr_cmd(&run_args(&id, &["-t", "--rm"], &["sh"]));
+    let Some(c) = setup() else { return Ok(()) };
+    let run = CtrRun::new("tty").flags(&["-t"]).rm().cmd(&["sh"]);
+    let id = run.id().to_owned();
+    let mut cmd = run.command(&c);
     cmd.env("TERM", "dumb");
     let mut tty = PtyChild::spawn(cmd, 24, 80)?;
     // The shell's prompt; ctr then sets the container's terminal size from its own.
     tty.expect("/ # ")?;
     tty.retry_until("stty size\n", "24 80")?;
-    shim_client(&c, &id)?.resize_pty(
-        ttrpc::context::with_timeout(10_000_000_000),
-        &ResizePtyRequest {
-            id: id.clone(),
-            width: 100,
-            height: 40,
-            ..Default::default()
-        },
-    )?;
+    resize(&c, &id, "", (40, 100))?;
     tty.retry_until("stty size\n", "40 100")?;
     tty.send("tty; exit 5\n")?;
     tty.expect("/dev/pts/")?;
@@ -162,66 +125,50 @@ fn init_tty_follows_resize_through_the_task_api() -> Result<()> {
 
 #[test]
 fn oom_kill_is_reported_with_status_137() -> Result<()> {
-    let Some(c) = setup("oom_kill_is_reported_with_status_137") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     eprintln!(
         "exercising the cgroup {} OOM watcher",
         if v2 { "v2" } else { "v1" }
     );
     let events = EventStream::start(&c)?;
-    let id = unique_id("oom");
-    let out = c.ctr(&run_args(
-        &id,
-        &["--rm", "--memory-limit", "33554432"],
-        &["sh", "-c", "head -c 268435456 /dev/zero | tail"],
-    ))?;
-    assert_eq!(
-        out.status.code(),
-        Some(137),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    events.wait_for("/tasks/oom", &id)?;
-    assert_clean(&c, &id, &id);
+    let run = CtrRun::new("oom")
+        .rm()
+        .flags(&["--memory-limit", "33554432"]);
+    let run = run.sh("head -c 268435456 /dev/zero | tail");
+    let (code, _, err) = run.seen(&c)?;
+    assert_eq!(code, Some(137), "stderr: {err}");
+    events.wait_for("/tasks/oom", run.id())?;
     Ok(())
 }
 
 #[test]
 fn file_log_uri_receives_stdout() -> Result<()> {
-    let Some(c) = setup("file_log_uri_receives_stdout") else {
-        return Ok(());
-    };
-    let id = unique_id("logfile");
-    let log = c.dir().join("logs").join(format!("{id}.log"));
+    let Some(c) = setup() else { return Ok(()) };
+    let run = CtrRun::new("logfile").rm();
+    let log = c.dir().join("logs").join(format!("{}.log", run.id()));
     let uri = format!("file://{}", log.display());
-    let out = c.ctr(&run_args(
-        &id,
-        &["--rm", "--log-uri", &uri],
-        &["sh", "-c", "echo to-the-log; echo err >&2"],
-    ))?;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let run = run.flags(&["--log-uri", &uri]);
+    let (code, _, err) = run.sh("echo to-the-log; echo err >&2").seen(&c)?;
+    assert_eq!(code, Some(0), "stderr: {err}");
     let written = std::fs::read_to_string(&log)?;
     assert!(written.contains("to-the-log"), "log file holds {written:?}");
-    assert_clean(&c, &id, &id);
     Ok(())
 }
 
 #[test]
 fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
-    let Some(c) = setup("twenty_concurrent_execs_report_their_own_exit_codes") else {
-        return Ok(());
-    };
-    let id = sleeper(&c, "execs")?;
+    let Some(c) = setup() else { return Ok(()) };
+    let id = sleeper(&c, RUNTIME, &[])?;
     let children: Vec<_> = (0..20)
         .map(|i| {
             let script = format!("sleep 0.2; echo exec-{i}; exit {}", i + 10);
+            let exec_id = format!("x{i}");
             let mut cmd = c.ctr_cmd(&[
                 "task",
                 "exec",
                 "--exec-id",
-                &format!("x{i}"),
+                &exec_id,
                 &id,
                 "sh",
                 "-c",
@@ -247,11 +194,9 @@ fn twenty_concurrent_execs_report_their_own_exit_codes() -> Result<()> {
 
 #[test]
 fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
-    let Some(c) = setup("exec_of_a_missing_binary_fails_clearly_and_leaves_nothing") else {
-        return Ok(());
-    };
-    let id = sleeper(&c, "execmiss")?;
-    let out = c.ctr(&["task", "exec", "--exec-id", "bad", &id, "/no/such/binary"])?;
+    let Some(c) = setup() else { return Ok(()) };
+    let id = sleeper(&c, RUNTIME, &[])?;
+    let out = c.exec(&id, "bad", &["/no/such/binary"])?;
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -272,17 +217,15 @@ fn exec_of_a_missing_binary_fails_clearly_and_leaves_nothing() -> Result<()> {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
     // The same exec id is free again.
-    let again = c.ctr(&["task", "exec", "--exec-id", "bad", &id, "true"])?;
-    assert!(again.status.success(), "{}", text(&again.stderr));
+    c.exec_ok(&id, "bad", &["true"])?;
     stop_and_remove(&c, &id)
 }
 
 #[test]
 fn binary_log_uri_feeds_the_logging_binary() -> Result<()> {
-    let Some(c) = setup("binary_log_uri_feeds_the_logging_binary") else {
-        return Ok(());
-    };
-    let id = unique_id("logbin");
+    let Some(c) = setup() else { return Ok(()) };
+    let run = CtrRun::new("logbin").rm();
+    let id = run.id().to_owned();
     let logger = c.dir().join("logger.sh");
     let out = c.dir().join(format!("{id}.log"));
     std::fs::write(
@@ -293,12 +236,8 @@ fn binary_log_uri_feeds_the_logging_binary() -> Result<()> {
     )?;
     std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let uri = format!("binary://{}?file={}", logger.display(), out.display());
-    let run = c.ctr(&run_args(
-        &id,
-        &["--rm", "--log-uri", &uri],
-        &["sh", "-c", "echo to-logger; echo oops >&2"],
-    ))?;
-    assert!(run.status.success(), "stderr: {}", text(&run.stderr));
+    let run = run.flags(&["--log-uri", &uri]);
+    run.sh("echo to-logger; echo oops >&2").start(&c)?;
     eventually("the logger to write both streams", || {
         std::fs::read_to_string(&out).unwrap_or_default() == "to-logger\n"
             && std::fs::read_to_string(out.with_extension("log.err")).unwrap_or_default()
@@ -320,24 +259,14 @@ fn unique_sleep(offset: u32) -> String {
 
 #[test]
 fn host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process() -> Result<()> {
-    let Some(c) =
-        setup("host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process")
-    else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // Init leaves a background child behind: without a pid namespace of its own nothing else
     // would end it, so the shim does, as the runc shim does.
     // The test's own pid namespace is the host's (pid 1's is not readable in some sandboxes).
     let host_ns = format!("pid:/proc/{}/ns/pid", std::process::id());
     let orphan = unique_sleep(0);
-    let id = unique_id("hostpid");
-    let script = format!("sleep {orphan} & exit 0");
-    let out = c.ctr(&run_args(
-        &id,
-        &["--rm", "--with-ns", &host_ns],
-        &["sh", "-c", &script],
-    ))?;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let run = CtrRun::new("hostpid").rm().flags(&["--with-ns", &host_ns]);
+    let id = run.sh(&format!("sleep {orphan} & exit 0")).start(&c)?;
     eventually("the orphan to be killed", || {
         leftovers::processes_matching(&format!("sleep {orphan}")).is_empty()
     })?;
@@ -345,22 +274,15 @@ fn host_pid_namespace_leftovers_die_with_init_and_kill_all_reaches_every_process
 
     // kill --all signals every process of the container, not only init.
     let (a, b) = (unique_sleep(1), unique_sleep(2));
-    let id = unique_id("killall");
-    let script = format!("sleep {a} & sleep {b}");
-    let out = c.ctr(&run_args(
-        &id,
-        &["-d", "--with-ns", &host_ns],
-        &["sh", "-c", &script],
-    ))?;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let run = CtrRun::new("killall")
+        .detach()
+        .flags(&["--with-ns", &host_ns]);
+    let id = run.sh(&format!("sleep {a} & sleep {b}")).start(&c)?;
     eventually("both sleeps to run", || {
         leftovers::processes_matching(&format!("sleep {a}")).len() == 1
             && leftovers::processes_matching(&format!("sleep {b}")).len() == 1
     })?;
-    assert!(c
-        .ctr(&["task", "kill", "--all", "-s", "SIGKILL", &id])?
-        .status
-        .success());
+    c.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", &id])?;
     eventually("every process to die", || {
         leftovers::processes_matching(&format!("sleep {a}")).is_empty()
             && leftovers::processes_matching(&format!("sleep {b}")).is_empty()

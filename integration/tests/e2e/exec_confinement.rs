@@ -4,9 +4,8 @@
 //! test.
 
 use anyhow::Result;
-use nvidia_shim_integration::checks::{setup, stop_and_remove, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
-use nvidia_shim_integration::unique_id;
+use nvidia_shim_integration::checks::{alike, setup, sleeper, stop_and_remove, task_pid, text};
+use nvidia_shim_integration::containerd::{Containerd, RUNC, RUNTIME};
 
 /// The `/proc/<pid>/status` lines that say how a process is confined.
 const CONFINEMENT: [&str; 13] = [
@@ -39,12 +38,7 @@ fn confinement(status: &str) -> Vec<String> {
 /// What the init and two exec'd processes of a container started with `run_flags` report,
 /// through `runtime`.
 fn observe(c: &Containerd, runtime: &str, run_flags: &[&str]) -> Result<Vec<String>> {
-    let id = unique_id("confine");
-    let mut args = vec!["run", "-d", "--runtime", runtime];
-    args.extend_from_slice(run_flags);
-    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "sleep", "600"]);
-    let out = c.ctr(&args)?;
-    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+    let id = sleeper(c, runtime, run_flags)?;
     let mut seen = Vec::new();
     let probe = "cat /proc/self/status; echo cwd=$(pwd); cat /proc/self/oom_score_adj; \
                  grep -E 'open files|processes' /proc/self/limits; \
@@ -68,13 +62,7 @@ fn observe(c: &Containerd, runtime: &str, run_flags: &[&str]) -> Result<Vec<Stri
         );
     }
     // The init process, read from the host.
-    let ps = text(&c.ctr(&["task", "ls"])?.stdout);
-    let pid = ps
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("0")
-        .to_owned();
+    let pid = task_pid(c, &id).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     seen.push("init".to_owned());
     seen.extend(confinement(&status));
@@ -84,15 +72,10 @@ fn observe(c: &Containerd, runtime: &str, run_flags: &[&str]) -> Result<Vec<Stri
 
 #[test]
 fn exec_keeps_the_containers_seccomp_capabilities_and_identity_as_under_runc() -> Result<()> {
-    let Some(c) = setup("exec_keeps_the_containers_seccomp_capabilities_and_identity") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // containerd's default seccomp profile, one capability dropped.
     let flags = ["--seccomp", "--cap-drop", "CAP_NET_RAW"];
-    let ours = observe(&c, RUNTIME, &flags)?;
-    let runc = observe(&c, RUNC, &flags)?;
-    eprintln!("observed under both runtimes: {ours:#?}");
-    assert_eq!(ours, runc, "\nnvidia: {ours:#?}\nrunc: {runc:#?}");
+    let ours = alike("observed", [RUNTIME, RUNC], |r| observe(&c, r, &flags))?;
     assert!(ours.contains(&"Seccomp: 2".to_owned()), "{ours:#?}");
     assert!(
         ours.contains(&"sethostname-refused".to_owned()),
@@ -101,9 +84,7 @@ fn exec_keeps_the_containers_seccomp_capabilities_and_identity_as_under_runc() -
     // Without no_new_privileges (Kubernetes' default: allowPrivilegeEscalation), loading the
     // filter needs CAP_SYS_ADMIN, which the process must not keep.
     let flags = ["--seccomp", "--allow-new-privs"];
-    let ours = observe(&c, RUNTIME, &flags)?;
-    let runc = observe(&c, RUNC, &flags)?;
-    assert_eq!(ours, runc, "\nnvidia: {ours:#?}\nrunc: {runc:#?}");
+    let ours = alike("observed", [RUNTIME, RUNC], |r| observe(&c, r, &flags))?;
     assert!(ours.contains(&"NoNewPrivs: 0".to_owned()), "{ours:#?}");
     assert!(ours.contains(&"Seccomp: 2".to_owned()), "{ours:#?}");
     Ok(())
@@ -111,9 +92,7 @@ fn exec_keeps_the_containers_seccomp_capabilities_and_identity_as_under_runc() -
 
 #[test]
 fn a_custom_profile_that_blocks_sethostname_binds_exec_too() -> Result<()> {
-    let Some(c) = setup("a_custom_profile_that_blocks_sethostname_binds_exec_too") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // Everything allowed but sethostname, which fails with EPERM; the container keeps
     // CAP_SYS_ADMIN (privileged), so only the filter can refuse it.
     let profile = c.dir().join("no-sethostname.json");
@@ -128,10 +107,7 @@ fn a_custom_profile_that_blocks_sethostname_binds_exec_too() -> Result<()> {
         "--seccomp-profile",
         profile.as_str(),
     ];
-    let ours = observe(&c, RUNTIME, &flags)?;
-    let runc = observe(&c, RUNC, &flags)?;
-    eprintln!("observed under both runtimes: {ours:#?}");
-    assert_eq!(ours, runc, "\nnvidia: {ours:#?}\nrunc: {runc:#?}");
+    let ours = alike("observed", [RUNTIME, RUNC], |r| observe(&c, r, &flags))?;
     assert!(
         ours.contains(&"sethostname-refused".to_owned()),
         "{ours:#?}"

@@ -1,17 +1,13 @@
 //! The host installer (`deploy/installer/install.sh`), run against a temporary host root: what
 //! it writes, that a second run changes nothing, and that it refuses what it cannot merge.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
-use nvidia_shim_integration::checks::text;
-use nvidia_shim_integration::shim_binary;
+use nvidia_shim_integration::command::text;
+use nvidia_shim_integration::{repo_dir as repo, shim_binary};
 use serde::Deserialize;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn install(root: &Path, extra: &[&str]) -> Result<std::process::Output> {
     let binary = shim_binary();

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
 use nvidia_shim_core_host::fixture::{FakeDriver, Layout};
-use nvidia_shim_integration::checks::eventually;
+use nvidia_shim_integration::checks::{alike, eventually};
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_ISOLATED, HANDLER_RUNC,
     NO_ENV_IMAGE,
 };
 use nvidia_shim_integration::{can_run_containerd, leftovers};
 
-fn cri(test: &str, configs: &HandlerConfigs) -> Option<Cri> {
-    if !can_run_containerd(test) {
+fn cri(configs: &HandlerConfigs) -> Option<Cri> {
+    if !can_run_containerd() {
         return None;
     }
     Some(Cri::start(configs).expect("start containerd with CRI"))
@@ -23,11 +23,7 @@ fn cri(test: &str, configs: &HandlerConfigs) -> Option<Cri> {
 
 /// The parent pid of `pid`.
 fn ppid(pid: i32) -> Result<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat.rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-        .with_context(|| format!("no ppid in /proc/{pid}/stat"))
+    leftovers::parent_pid(pid).with_context(|| format!("no ppid in /proc/{pid}/stat"))
 }
 
 fn alive(pid: i32) -> bool {
@@ -36,10 +32,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind() -> Result<()> {
-    let Some(cri) = cri(
-        "a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     let opts = PodOptions::default();
@@ -164,10 +157,7 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
         ),
         ..HandlerConfigs::default()
     };
-    let Some(cri) = cri(
-        "device_plugin_strategies_inject_exactly_the_allocated_gpu",
-        &configs,
-    ) else {
+    let Some(cri) = cri(&configs) else {
         return Ok(());
     };
     let host = PodOptions {
@@ -177,12 +167,11 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
     let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");
 
     // envvar strategy (the default config accepts env requests).
-    let pod = cri.run_pod("envvar", HANDLER, &host)?;
     let env = ContainerOptions {
         env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "1".into())],
         ..sleeper("envvar")
     };
-    let c = cri.run_container(&pod, "envvar", &host, &env)?;
+    let [pod, c] = cri.run_pod_with("envvar", HANDLER, &host, &env)?;
     assert_eq!(gpu_nodes(&cri, &c)?, "nvidia1", "envvar strategy");
     // The container's own process sees the env the shim wrote back (an exec gets the process
     // spec containerd stored, as with runc).
@@ -263,18 +252,14 @@ fn device_plugin_strategies_inject_exactly_the_allocated_gpu() -> Result<()> {
 
 #[test]
 fn images_without_env_run_as_under_runc() -> Result<()> {
-    let Some(cri) = cri(
-        "images_without_env_run_as_under_runc",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     // The sandbox image has no Env (see ImageSpec::pause); the app's image neither. An
     // absolute program runs without PATH; a relative one is found in runc's default PATH, and
     // the process's environment stays without PATH.
     let opts = PodOptions::default();
-    let mut seen = Vec::new();
-    for handler in [HANDLER, HANDLER_RUNC] {
+    let seen = alike("images without env", [HANDLER, HANDLER_RUNC], |handler| {
         let pod = cri.run_pod("noenv", handler, &opts)?;
         let app = ContainerOptions {
             name: "app".into(),
@@ -302,19 +287,15 @@ fn images_without_env_run_as_under_runc() -> Result<()> {
             out.push(format!("{} {}", e.exit_code, e.stdout.trim()));
         }
         cri.remove_pod(&pod)?;
-        seen.push(out);
-    }
-    assert_eq!(seen[0], seen[1], "nvidia vs runc");
-    assert!(seen[0][0].contains("Running"), "{seen:?}");
+        Ok(out)
+    })?;
+    assert!(seen[0].contains("Running"), "{seen:?}");
     Ok(())
 }
 
 #[test]
 fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
-    let Some(cri) = cri(
-        "a_bidirectional_volume_propagates_both_ways_as_under_runc",
-        &HandlerConfigs::default(),
-    ) else {
+    let Some(cri) = cri(&HandlerConfigs::default()) else {
         return Ok(());
     };
     // A shared host directory, as kubelet requires for Bidirectional (CSI drivers use it):
@@ -323,8 +304,7 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         privileged: true,
         ..PodOptions::default()
     };
-    let mut seen = Vec::new();
-    for handler in [HANDLER, HANDLER_RUNC] {
+    let seen = alike("both ways", [HANDLER, HANDLER_RUNC], |handler| {
         let host = std::env::temp_dir().join(nvidia_shim_integration::unique_id("bidir"));
         std::fs::create_dir_all(&host)?;
         let sh = |args: &[&str]| std::process::Command::new("mount").args(args).status();
@@ -335,14 +315,13 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         ])?
         .success());
         ensure!(sh(&["--make-shared", host.to_str().unwrap_or_default()])?.success());
-        let pod = cri.run_pod("bidir", handler, &opts)?;
         let app = ContainerOptions {
             mounts: vec![(host.display().to_string(), "/vol".into())],
             mount_propagation: 2,
             privileged: true,
             ..ContainerOptions::sh("app", "exec sleep 600")
         };
-        let app = cri.run_container(&pod, "bidir", &opts, &app)?;
+        let [pod, app] = cri.run_pod_with("bidir", handler, &opts, &app)?;
         // A mount made inside shows on the host; one the host makes shows inside.
         cri.sh(&app, "mkdir -p /vol/in && mount -t tmpfs inside /vol/in")?;
         let on_host = std::fs::read_to_string("/proc/self/mountinfo")?
@@ -359,16 +338,15 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
         ])?
         .success());
         let inside = cri.sh(&app, "grep -c ' /vol/out ' /proc/self/mountinfo || true")?;
-        seen.push((on_host, inside.trim().to_owned()));
         cri.remove_pod(&pod)?;
         for m in ["out", "in", ""] {
             let _ = std::process::Command::new("umount")
                 .arg(host.join(m))
                 .status();
         }
-    }
-    assert_eq!(seen[0], seen[1], "nvidia vs runc");
-    assert_eq!(seen[0], (true, "1".to_owned()), "both ways");
+        Ok((on_host, inside.trim().to_owned()))
+    })?;
+    assert_eq!(seen, (true, "1".to_owned()), "both ways");
     Ok(())
 }
 
@@ -379,7 +357,6 @@ fn a_bidirectional_volume_propagates_both_ways_as_under_runc() -> Result<()> {
 /// `container_annotations`.
 #[test]
 fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Result<()> {
-    let test = "isolation_profile_honours_container_annotations_not_pod_annotations";
     let fake = FakeDriver::builder().gpus(4).layout(Layout::Distro).build();
     let configs = HandlerConfigs {
         // The handler registered by `configure containerd`, with the isolation profile.
@@ -391,7 +368,7 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         nvidia_by_configure: true,
         ..HandlerConfigs::default()
     };
-    let Some(cri) = cri(test, &configs) else {
+    let Some(cri) = cri(&configs) else {
         return Ok(());
     };
     let sleeper = |name: &str| ContainerOptions::sh(name, "exec sleep 1000");
@@ -403,8 +380,7 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         annotations: annotation("nvidia.com/gpu=all"),
         ..PodOptions::default()
     };
-    let pod = cri.run_pod("pod-annotated", HANDLER, &greedy)?;
-    let c = cri.run_container(&pod, "pod-annotated", &greedy, &sleeper("greedy"))?;
+    let [pod, c] = cri.run_pod_with("pod-annotated", HANDLER, &greedy, &sleeper("greedy"))?;
     let spec = std::fs::read_to_string(
         cri.containerd
             .state_dir()
@@ -428,12 +404,11 @@ fn isolation_profile_honours_container_annotations_not_pod_annotations() -> Resu
         host_network: true,
         ..PodOptions::default()
     };
-    let pod = cri.run_pod("allocated", HANDLER, &host)?;
     let allocated = ContainerOptions {
         annotations: annotation("nvidia.com/gpu=0"),
         ..sleeper("allocated")
     };
-    let c = cri.run_container(&pod, "allocated", &host, &allocated)?;
+    let [pod, c] = cri.run_pod_with("allocated", HANDLER, &host, &allocated)?;
     assert_eq!(gpu_nodes(&cri, &c)?, "nvidia0", "the container annotation");
     cri.remove_pod(&pod)?;
     eventually("every shim to exit", || {

@@ -4,102 +4,36 @@
 //! this test, the release shim, containerd and the probe for a machine that can install
 //! nothing.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use anyhow::Result;
-use nvidia_shim_integration::checks::{assert_clean, run_args, setup, text};
-use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC};
-use nvidia_shim_integration::image::ImageSpec;
-use nvidia_shim_integration::{probe, unique_id};
-
-const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
-
-/// Whether this host has a GPU; says why not when it has none.
-fn gpu_host(test: &str) -> bool {
-    let has = Path::new("/dev/nvidiactl").exists();
-    if !has {
-        nvidia_shim_integration::skip(test, "no NVIDIA GPU here (/dev/nvidiactl does not exist)");
-    }
-    has
-}
-
-/// The GPUs' UUIDs as the driver lists them in `/proc`.
-fn host_uuids() -> Vec<String> {
-    let mut uuids: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
-                .filter_map(|info| {
-                    info.lines()
-                        .find_map(|l| l.strip_prefix("GPU UUID:").map(|u| u.trim().to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    uuids.sort();
-    uuids
-}
-
-fn probe_path() -> Result<&'static Path> {
-    static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PROBE
-        .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("nvprobe-{}", std::process::id()));
-            probe::probe(&dir).map_err(|e| format!("{e:#}"))
-        })
-        .as_ref()
-        .map(PathBuf::as_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
+use nvidia_shim_integration::checks::setup;
+use nvidia_shim_integration::containerd::{Containerd, RUNC, RUNTIME};
+use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
+use nvidia_shim_integration::gpu::{host_has_gpus, host_uuids};
+use nvidia_shim_integration::probe::{self, IMAGE};
 
 /// A private containerd with the probe image, or `None` when this host cannot run the test.
-fn env(test: &str) -> Result<Option<Containerd>> {
-    if !gpu_host(test) {
+fn env() -> Result<Option<Containerd>> {
+    if !host_has_gpus() {
         return Ok(None);
     }
-    let Some(c) = setup(test) else {
+    let Some(c) = setup() else {
         return Ok(None);
     };
-    c.import(
-        &ImageSpec::glibc()?.with_program("usr/bin/nvprobe", probe_path()?)?,
-        IMAGE,
-    )?;
+    c.import(&probe::image()?, IMAGE)?;
     Ok(Some(c))
 }
 
 /// Runs `script` in the probe image through `runtime` with the shim's default configuration.
-fn run(
-    c: &Containerd,
-    runtime: &str,
-    env: &[&str],
-    script: &str,
-) -> Result<(Option<i32>, String, String)> {
-    let id = unique_id("gpu");
-    let mut extra = vec!["--rm"];
-    for e in env {
-        extra.push("--env");
-        extra.push(e);
-    }
-    let mut args = run_args(&id, &extra, &["sh", "-c", script]);
-    if let Some(p) = args.iter().position(|a| *a == BUSYBOX_IMAGE) {
-        args[p] = IMAGE;
-    }
-    if let Some(p) = args.iter().position(|a| *a == "--runtime") {
-        args[p + 1] = runtime;
-    }
-    let out = c.ctr(&args)?;
-    assert_clean(c, &id, &id);
-    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+fn run(c: &Containerd, runtime: &str, env: &[&str], script: &str) -> Result<Seen> {
+    let run = CtrRun::new("gpu").runtime(runtime).rm().image(IMAGE);
+    run.env(env).sh(script).seen(c)
 }
 
-const NVIDIA: &str = nvidia_shim_integration::containerd::RUNTIME;
+const NVIDIA: &str = RUNTIME;
 
 #[test]
 fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {
-    let Some(c) = env("nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let uuids = host_uuids();
     assert!(!uuids.is_empty(), "the driver lists GPUs in /proc");
     let (code, out, err) = run(&c, NVIDIA, &["NVIDIA_VISIBLE_DEVICES=all"], "nvidia-smi -L")?;
@@ -136,9 +70,7 @@ fn nvidia_smi_lists_the_gpu_for_all_and_for_its_uuid() -> Result<()> {
 
 #[test]
 fn a_vector_add_runs_on_the_gpu_inside_the_container() -> Result<()> {
-    let Some(c) = env("a_vector_add_runs_on_the_gpu_inside_the_container")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let (code, out, err) = run(
         &c,
         NVIDIA,
@@ -155,9 +87,7 @@ fn a_vector_add_runs_on_the_gpu_inside_the_container() -> Result<()> {
 
 #[test]
 fn none_void_and_no_request_give_no_gpu_as_runc_gives_none() -> Result<()> {
-    let Some(c) = env("none_void_and_no_request_give_no_gpu")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let nodes = "ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo";
     let (_, out, err) = run(
         &c,
@@ -188,9 +118,7 @@ fn none_void_and_no_request_give_no_gpu_as_runc_gives_none() -> Result<()> {
 
 #[test]
 fn nvml_facts_decide_requirements() -> Result<()> {
-    let Some(c) = env("nvml_facts_decide_requirements")? else {
-        return Ok(());
-    };
+    let Some(c) = env()? else { return Ok(()) };
     let all = "NVIDIA_VISIBLE_DEVICES=all";
     let (code, _, err) = run(&c, NVIDIA, &[all, "NVIDIA_REQUIRE_ARCH=arch>=5.0"], "true")?;
     assert_eq!(code, Some(0), "{err}");

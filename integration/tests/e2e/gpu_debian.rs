@@ -10,49 +10,38 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
-use nvidia_shim_integration::checks::{run_script, setup, text};
+use nvidia_shim_integration::checks::assert_holds;
 use nvidia_shim_integration::containerd::Containerd;
+use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
 use nvidia_shim_integration::debian_driver::{debian_driver, DebianDriver};
-use nvidia_shim_integration::image::{Entry, ImageSpec};
-use nvidia_shim_integration::{probe, unique_id};
+use nvidia_shim_integration::gpu::{setup_with, write_config, Gpus};
+use nvidia_shim_integration::image::Entry;
+use nvidia_shim_integration::probe::{self, IMAGE};
 
-/// A private containerd, the Debian driver with a fake 2-GPU kernel side, a shim config
+/// A private containerd, the Debian driver with a fake 2-GPU kernel side and a shim config
 /// pointing at them, and the glibc image with the probe.
 struct Env {
     c: Containerd,
     driver: &'static DebianDriver,
-    kernel: FakeDriver,
-    config: String,
+    gpus: Gpus,
     image: String,
 }
 
-const IMAGE: &str = "docker.io/library/nvtest-probe:latest";
-
-fn probe_binary() -> Result<&'static Path> {
-    probe::shared()
-}
-
-fn probe_image() -> Result<ImageSpec> {
-    probe::image()
-}
-
-fn env(test: &str) -> Result<Option<Env>> {
-    let Some(c) = setup(test) else {
+fn env() -> Result<Option<Env>> {
+    let Some((c, gpus)) = setup_with(|dir| Gpus::debian(dir, 2))? else {
         return Ok(None);
     };
-    let driver = debian_driver()?;
-    let kernel = driver.kernel(2);
-    let config = c.dir().join(format!("{}.toml", unique_id("shim")));
-    std::fs::write(&config, kernel.shim_config())?;
-    c.import(&probe_image()?, IMAGE)?;
+    c.import(&probe::image()?, IMAGE)?;
     Ok(Some(Env {
         c,
-        driver,
-        kernel,
-        config: config.display().to_string(),
+        driver: debian_driver()?,
+        gpus,
         image: IMAGE.to_owned(),
     }))
 }
+
+const ALL: &str = "NVIDIA_VISIBLE_DEVICES=all";
+const UTILITY: [&str; 2] = [ALL, "NVIDIA_DRIVER_CAPABILITIES=utility"];
 
 /// The host's `/dev/nvidia*` entries.
 fn host_nodes() -> Vec<String> {
@@ -69,13 +58,8 @@ fn host_nodes() -> Vec<String> {
 }
 
 impl Env {
-    fn run(&self, env: &[&str], script: &str) -> Result<(Option<i32>, String, String)> {
-        run_script(&self.c, &self.config, &self.image, env, script)
-    }
-
-    /// The probe's answers on the host, loading the driver from the same root.
-    fn host_probe(&self, probes: &[&str]) -> Result<String> {
-        self.driver.host_probe(probe_binary()?, probes)
+    fn run(&self, env: &[&str], script: &str) -> Result<Seen> {
+        self.gpus.run(&self.c, &self.image, env, script)
     }
 
     fn lib(&self, name: &str) -> String {
@@ -88,27 +72,19 @@ impl Env {
 
 #[test]
 fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
-    let Some(e) = env("all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let nodes = host_nodes();
-    let host = e.host_probe(&["cuInit", "nvmlInit"])?;
-    let (host_cu, host_nvml) = (probe::code(&host, "cuInit"), probe::code(&host, "nvmlInit"));
-    assert_eq!(
-        (host_cu, host_nvml),
-        (Some(100), Some(9)),
-        "no driver: {host}"
-    );
+    let (host_cu, host_nvml) = e.driver.host_codes()?;
+    assert_eq!((host_cu, host_nvml), (Some(100), Some(9)), "no driver");
     let libs = "libcuda.so libnvidia-cfg.so.1 libnvidia-ptxjitcompiler.so.1 libnvidia-nvvm.so.4 \
                 libnvidia-opencl.so.1 libnvidia-allocator.so.1 libcudadebugger.so.1";
     let script = format!(
         "nvprobe cuInit nvmlInit {libs}; nvidia-smi; echo smi=$?; \
          ls /dev | grep '^nvidia' | sort | tr '\\n' ' '; echo"
     );
-    let (code, out, err) = e.run(&["NVIDIA_VISIBLE_DEVICES=all"], &script)?;
+    let (code, out, err) = e.run(&[ALL], &script)?;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(probe::code(&out, "cuInit"), host_cu, "{out}");
-    assert_eq!(probe::code(&out, "nvmlInit"), host_nvml, "{out}");
+    assert_eq!(probe::codes(&out), (host_cu, host_nvml), "{out}");
     assert_eq!(
         probe::answer(&out, "cuInit"),
         Some(format!("100 {}", e.lib("libcuda")).as_str()),
@@ -117,13 +93,17 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
     for lib in libs.split_whitespace() {
         assert!(out.contains(&format!("dlopen {lib} ok")), "{lib}: {out}");
     }
-    assert!(
-        out.contains("couldn't communicate with the NVIDIA driver") && out.contains("smi=9"),
-        "nvidia-smi fails only for the missing kernel driver: {out}"
-    );
-    assert!(
-        out.contains("nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl"),
-        "{out}"
+    let smi = "nvidia-smi fails only for the missing kernel driver";
+    assert_holds(
+        &out,
+        &[
+            ("couldn't communicate with the NVIDIA driver", smi),
+            ("smi=9", smi),
+            (
+                "nvidia-uvm nvidia-uvm-tools nvidia0 nvidia1 nvidiactl",
+                "the nodes",
+            ),
+        ],
     );
     // Run as root without a kernel driver, NVIDIA's libraries make the nodes they miss: not
     // in the host's /dev, neither from the probe nor from the shim's discovery.
@@ -133,23 +113,11 @@ fn all_capabilities_load_cuda_and_nvml_exactly_as_on_the_host() -> Result<()> {
 
 #[test]
 fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
-    let Some(e) = env("capabilities_choose_the_libraries_and_nodes")? else {
-        return Ok(());
-    };
-    let host = e.host_probe(&["nvmlInit"])?;
+    let Some(e) = env()? else { return Ok(()) };
+    let (_, host_nvml) = e.driver.host_codes()?;
     // utility: NVML, no CUDA.
-    let (_, out, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_DRIVER_CAPABILITIES=utility",
-        ],
-        "nvprobe nvmlInit cuInit",
-    )?;
-    assert_eq!(
-        probe::code(&out, "nvmlInit"),
-        probe::code(&host, "nvmlInit"),
-        "{out}{err}"
-    );
+    let (_, out, err) = e.run(&UTILITY, "nvprobe nvmlInit cuInit")?;
+    assert_eq!(probe::code(&out, "nvmlInit"), host_nvml, "{out}{err}");
     assert!(
         probe::answer(&out, "cuInit").is_some_and(|a| a.starts_with("dlopen-failed")),
         "{out}"
@@ -176,13 +144,7 @@ fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
          readlink /usr/lib/x86_64-linux-gnu/libGLX_indirect.so.0",
         deps.join(" ")
     );
-    let (_, out, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_DRIVER_CAPABILITIES=graphics",
-        ],
-        &script,
-    )?;
+    let (_, out, err) = e.run(&[ALL, "NVIDIA_DRIVER_CAPABILITIES=graphics"], &script)?;
     assert!(out.contains("dlopen libEGL_nvidia.so.0 ok"), "{out}{err}");
     for dep in &deps {
         assert!(out.contains(&format!("dlopen {dep} ok")), "{dep}: {out}");
@@ -202,7 +164,7 @@ fn capabilities_choose_the_libraries_and_nodes() -> Result<()> {
 
 /// An image with `entries` added to the probe image, imported as `name`.
 fn image_with(e: &Env, name: &str, entries: Vec<Entry>) -> Result<String> {
-    let mut image = probe_image()?;
+    let mut image = probe::image()?;
     image
         .entries
         .push(Entry::Dir("usr/lib/x86_64-linux-gnu".into()));
@@ -214,10 +176,8 @@ fn image_with(e: &Env, name: &str, entries: Vec<Entry>) -> Result<String> {
 
 #[test]
 fn the_images_libcuda_links_and_files_do_not_hide_the_driver() -> Result<()> {
-    let Some(mut e) = env("the_images_libcuda_links_and_files_do_not_hide_the_driver")? else {
-        return Ok(());
-    };
-    let all = ["NVIDIA_VISIBLE_DEVICES=all"];
+    let Some(mut e) = env()? else { return Ok(()) };
+    let all = [ALL];
     // A dangling link left by an older CUDA base image: replaced, and logged with its target.
     e.image = image_with(
         &e,
@@ -298,9 +258,7 @@ fn copy_linked(src: &Path, dst: &Path) -> Result<()> {
 
 #[test]
 fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()> {
-    let Some(e) = env("a_library_installed_after_the_inventory_was_cached_is_injected")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let v = &e.driver.version;
     let work = tempfile::Builder::new()
         .prefix("root-copy")
@@ -315,40 +273,23 @@ fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()
         .version(v)
         .driver_root(&root)
         .build();
-    let config = e.c.dir().join("copy.toml");
-    std::fs::write(&config, kernel.shim_config())?;
-    let config = config.display().to_string();
-    let utility = [
-        "NVIDIA_VISIBLE_DEVICES=all",
-        "NVIDIA_DRIVER_CAPABILITIES=utility",
-    ];
-    let (_, out, err) = run_script(
-        &e.c,
-        &config,
-        &e.image,
-        &utility,
-        "nvprobe libnvidia-cfg.so.1",
-    )?;
+    let copy = Gpus::of(e.c.dir(), kernel)?;
+    let cfg_probe = "nvprobe libnvidia-cfg.so.1";
+    let (_, out, err) = copy.run(&e.c, &e.image, &UTILITY, cfg_probe)?;
     assert!(
         out.contains("dlopen libnvidia-cfg.so.1 failed"),
         "{out}{err}"
     );
-    let entries = std::fs::read_dir(kernel.cache_dir())?.count();
+    let entries = std::fs::read_dir(copy.driver.cache_dir())?.count();
     assert_eq!(entries, 1, "the inventory was cached");
     // The package is installed (again): its directory changes, so does the cache key.
     std::fs::hard_link(e.driver.root.join(cfg.strip_prefix(&root)?), &cfg)?;
-    let (_, out, err) = run_script(
-        &e.c,
-        &config,
-        &e.image,
-        &utility,
-        "nvprobe libnvidia-cfg.so.1",
-    )?;
+    let (_, out, err) = copy.run(&e.c, &e.image, &UTILITY, cfg_probe)?;
     assert!(out.contains("dlopen libnvidia-cfg.so.1 ok"), "{out}{err}");
     // Without libnvidia-ml the version is known but utility cannot work: Create fails, saying
     // what is missing and where it was looked for.
     std::fs::remove_file(current.join(format!("libnvidia-ml.so.{v}")))?;
-    let (code, _, err) = run_script(&e.c, &config, &e.image, &utility, "true")?;
+    let (code, _, err) = copy.run(&e.c, &e.image, &UTILITY, "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains(&format!("capability utility needs libnvidia-ml.so.{v}"))
@@ -360,57 +301,31 @@ fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()
 
 #[test]
 fn requirements_nvml_cannot_answer_fail_clearly_and_versions_print_as_written() -> Result<()> {
-    let Some(e) = env("requirements_nvml_cannot_answer_fail_clearly")? else {
-        return Ok(());
-    };
-    let (code, _, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_ARCH=arch>=9.0",
-        ],
-        "true",
-    )?;
+    let Some(e) = env()? else { return Ok(()) };
+    let arch = "NVIDIA_REQUIRE_ARCH=arch>=9.0";
+    let (code, _, err) = e.run(&[ALL, arch], "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot check arch>=9.0 (from NVIDIA_REQUIRE_ARCH): GPU architecture unknown, NVML unavailable:"),
         "{err}"
     );
-    let (code, _, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_ARCH=arch>=9.0",
-            "NVIDIA_DISABLE_REQUIRE=true",
-        ],
-        "true",
-    )?;
+    let (code, _, err) = e.run(&[ALL, arch, "NVIDIA_DISABLE_REQUIRE=true"], "true")?;
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_DRIVER=driver>=999",
-        ],
-        "true",
-    )?;
+    let (code, _, err) = e.run(&[ALL, "NVIDIA_REQUIRE_DRIVER=driver>=999"], "true")?;
     assert_ne!(code, Some(0));
     assert!(
         err.contains(&format!("driver={}", e.driver.version)),
         "as the driver writes it: {err}"
     );
     // A CUDA 12.2 image on this 535 driver passes on the driver's facts alone.
-    let (code, _, err) = e.run(
-        &[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_REQUIRE_CUDA=cuda>=12.2",
-        ],
-        "true",
-    )?;
+    let (code, _, err) = e.run(&[ALL, "NVIDIA_REQUIRE_CUDA=cuda>=12.2"], "true")?;
     assert_eq!(code, Some(0), "{err}");
     Ok(())
 }
 
 #[test]
 fn the_default_config_finds_a_driver_installed_at_the_hosts_root() -> Result<()> {
-    if !nvidia_shim_integration::can_run_containerd("the_default_config_finds_a_driver") {
+    if !nvidia_shim_integration::can_run_containerd() {
         return Ok(());
     }
     let driver = debian_driver()?;
@@ -418,49 +333,39 @@ fn the_default_config_finds_a_driver_installed_at_the_hosts_root() -> Result<()>
     // namespace where the packages' /usr and /etc lie over the host's, with the ld cache
     // ldconfig builds there. Nothing changes outside that namespace.
     let root = driver.root.display().to_string();
-    let c = Containerd::start_in(|dir| {
-        let cache = dir.join("ld.so.cache");
-        Ok(vec![
-            "unshare".into(),
-            "-m".into(),
-            "--propagation".into(),
-            "private".into(),
-            "--".into(),
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "set -e; mount -t overlay overlay -o lowerdir={root}/usr:/usr /usr; \
+    let c = Containerd::builder()
+        .mount_namespace(|dir| {
+            Ok(format!(
+                "mount -t overlay overlay -o lowerdir={root}/usr:/usr /usr; \
                  mount -t overlay overlay -o lowerdir={root}/etc:/etc /etc; \
-                 ldconfig -C {cache}; mount --bind {cache} /etc/ld.so.cache; exec \"$@\"",
-                cache = cache.display()
-            ),
-            "sh".into(),
-        ])
-    })?;
-    c.import(&probe_image()?, IMAGE)?;
+                 ldconfig -C {cache}; mount --bind {cache} /etc/ld.so.cache",
+                cache = dir.join("ld.so.cache").display()
+            ))
+        })
+        .start()?;
+    c.import(&probe::image()?, IMAGE)?;
     let kernel = driver.kernel(1);
     // The kernel side is still fake; the driver root is left to the shim to find.
-    let config = c.dir().join("default-root.toml");
     let r = kernel.roots();
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        c.dir(),
+        &format!(
             "dev_root = \"{}\"\nproc_root = \"{}\"\ncache_dir = \"{}\"\ncdi_spec_dirs = []\n",
             r.dev_root.display(),
             r.proc_root.display(),
             kernel.cache_dir().display()
         ),
     )?;
-    let (code, out, err) = run_script(
-        &c,
-        &config.display().to_string(),
-        IMAGE,
-        &["NVIDIA_VISIBLE_DEVICES=all"],
-        "nvprobe cuInit nvmlInit; nvidia-smi -L; echo smi=$?",
-    )?;
+    let run = CtrRun::new("gpu")
+        .rm()
+        .config(&config)
+        .image(IMAGE)
+        .env(&[ALL]);
+    let (code, out, err) = run
+        .sh("nvprobe cuInit nvmlInit; nvidia-smi -L; echo smi=$?")
+        .seen(&c)?;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
-    assert_eq!(probe::code(&out, "nvmlInit"), Some(9), "{out}");
+    assert_eq!(probe::codes(&out), (Some(100), Some(9)), "{out}");
     assert!(out.contains("smi=9"), "{out}");
     assert!(
         c.log().contains(&format!(
@@ -479,17 +384,11 @@ const FILE_MOUNTS: &str =
 #[test]
 fn a_generated_spec_without_hooks_mounts_what_the_built_in_path_does_and_still_loads() -> Result<()>
 {
-    let Some(e) = env("a_generated_spec_without_hooks_mounts_what_the_built_in_path_does")? else {
-        return Ok(());
-    };
+    let Some(e) = env()? else { return Ok(()) };
     let out_file = e.c.dir().join("nvidia.yaml");
-    let out = Command::new(nvidia_shim_integration::shim_binary())
-        .args([
-            "cdi", "generate", "--hooks", "none", "--config", &e.config, "--output",
-        ])
-        .arg(&out_file)
-        .output()?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let output = out_file.display().to_string();
+    e.gpus
+        .cdi_generate(&["--hooks", "none", "--output", &output])?;
     let yaml = std::fs::read_to_string(&out_file)?;
     assert!(
         yaml.starts_with("cdiVersion:"),
@@ -498,11 +397,7 @@ fn a_generated_spec_without_hooks_mounts_what_the_built_in_path_does_and_still_l
     let spec = nvidia_shim_core::cdi::CdiSpec::parse(&out_file, &yaml)?;
     assert!(spec.container_edits.hooks.is_empty());
     // The built-in path with every capability mounts exactly the spec's files.
-    let all = [
-        "NVIDIA_VISIBLE_DEVICES=all",
-        "NVIDIA_DRIVER_CAPABILITIES=all",
-    ];
-    let (_, built_in, err) = e.run(&all, FILE_MOUNTS)?;
+    let (_, built_in, err) = e.run(&[ALL, "NVIDIA_DRIVER_CAPABILITIES=all"], FILE_MOUNTS)?;
     let mut from_spec: Vec<String> = spec
         .container_edits
         .mounts
@@ -517,15 +412,14 @@ fn a_generated_spec_without_hooks_mounts_what_the_built_in_path_does_and_still_l
     assert!(from_spec.len() > 25, "{from_spec:?}");
     // The spec on disk serves `nvidia.com/gpu=all`; without its hooks the shim still makes
     // the links and the ld cache, so CUDA loads.
-    let cdi_dir = e.kernel.cdi_dir();
+    let cdi_dir = e.gpus.driver.cdi_dir();
     std::fs::write(cdi_dir.join("nvidia.yaml"), &yaml)?;
     let (code, out, err) = e.run(
         &["NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=all"],
         "nvprobe cuInit nvmlInit; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1",
     )?;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(probe::code(&out, "cuInit"), Some(100), "{out}");
-    assert_eq!(probe::code(&out, "nvmlInit"), Some(9), "{out}");
+    assert_eq!(probe::codes(&out), (Some(100), Some(9)), "{out}");
     assert!(
         out.ends_with(&format!("libcuda.so.{}\n", e.driver.version)),
         "{out}"

@@ -6,12 +6,15 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
-use containerd_shim_protos::api::{
-    DeleteRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, WaitRequest,
+use containerd_shim_protos::api::ResizePtyRequest;
+use nvidia_shim_integration::checks::{
+    alike, assert_clean, ctx, setup, shim_client, sleeper, stop_and_remove, text,
 };
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use nvidia_shim_integration::checks::{ctx, setup, shim_client, sleeper, stop_and_remove, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
+use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
+use nvidia_shim_integration::image::{Entry, ImageSpec};
+use nvidia_shim_integration::leftovers;
+use nvidia_shim_integration::task_api::update_request;
 use nvidia_shim_integration::unique_id;
 
 /// A FIFO at `path` and a thread reading it to the end.
@@ -34,34 +37,26 @@ fn fifo_reader(path: &std::path::Path) -> Result<std::thread::JoinHandle<String>
 
 #[test]
 fn resize_pty_of_a_process_without_a_terminal_succeeds_as_with_runc() -> Result<()> {
-    let Some(c) = setup("resize_pty_of_a_process_without_a_terminal_succeeds") else {
-        return Ok(());
-    };
-    let mut answers = Vec::new();
-    for runtime in [RUNTIME, RUNC] {
+    let Some(c) = setup() else { return Ok(()) };
+    let succeeded = alike("ResizePty succeeded", [RUNTIME, RUNC], |runtime| {
         let id = sleeper(&c, runtime, &[])?;
-        let r = shim_client(&c, &id)?.resize_pty(
-            ctx(),
-            &ResizePtyRequest {
-                id: id.clone(),
-                width: 100,
-                height: 30,
-                ..Default::default()
-            },
-        );
-        answers.push((runtime, r.is_ok()));
+        let req = ResizePtyRequest {
+            id: id.clone(),
+            width: 100,
+            height: 30,
+            ..Default::default()
+        };
+        let r = shim_client(&c, &id)?.resize_pty(ctx(), &req);
         stop_and_remove(&c, &id)?;
-    }
-    assert_eq!(answers[0].1, answers[1].1, "{answers:?}");
-    assert!(answers[0].1, "{answers:?}");
+        Ok(r.is_ok())
+    })?;
+    assert!(succeeded);
     Ok(())
 }
 
 #[test]
 fn an_exec_whose_request_asks_for_a_terminal_gets_one_as_with_runc() -> Result<()> {
-    let Some(c) = setup("an_exec_whose_request_asks_for_a_terminal_gets_one") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // The process spec says no terminal; the request says terminal (containerd's client sends
     // such execs).
     let process = serde_json::json!({
@@ -71,99 +66,45 @@ fn an_exec_whose_request_asks_for_a_terminal_gets_one_as_with_runc() -> Result<(
         "env": ["PATH=/bin:/usr/bin"],
         "cwd": "/",
     });
-    let mut seen = Vec::new();
-    for runtime in [RUNTIME, RUNC] {
+    let seen = alike("exec with a terminal", [RUNTIME, RUNC], |runtime| {
         let id = sleeper(&c, runtime, &[])?;
         let client = shim_client(&c, &id)?;
         let stdout = c.dir().join(format!("{id}-exec.out"));
         let reader = fifo_reader(&stdout)?;
+        let stdio = [&*stdout.to_string_lossy(), ""];
         client
-            .exec(
-                ctx(),
-                &ExecProcessRequest {
-                    id: id.clone(),
-                    exec_id: "tty".into(),
-                    terminal: true,
-                    stdout: stdout.display().to_string(),
-                    spec: Some(Any {
-                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
-                            .into(),
-                        value: serde_json::to_vec(&process)?,
-                        ..Default::default()
-                    })
-                    .into(),
-                    ..Default::default()
-                },
-            )
+            .exec_process((&id, "tty"), &process, stdio, true)
             .with_context(|| format!("{runtime}: exec"))?;
         client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    exec_id: "tty".into(),
-                    ..Default::default()
-                },
-            )
+            .start_process(&id, "tty")
             .with_context(|| format!("{runtime}: start exec"))?;
-        let status = client
-            .wait(
-                ctx(),
-                &WaitRequest {
-                    id: id.clone(),
-                    exec_id: "tty".into(),
-                    ..Default::default()
-                },
-            )?
-            .exit_status;
-        client.delete(
-            ctx(),
-            &DeleteRequest {
-                id: id.clone(),
-                exec_id: "tty".into(),
-                ..Default::default()
-            },
-        )?;
+        let status = client.wait_process(&id, "tty")?.exit_status;
+        client.delete_process(&id, "tty")?;
         drop(client);
         let out = reader.join().unwrap_or_default();
-        seen.push((status, out.trim().to_owned()));
         stop_and_remove(&c, &id)?;
-    }
-    assert_eq!(seen[0], seen[1], "nvidia vs runc");
-    assert_eq!(seen[0], (0, "has-a-tty".to_owned()));
+        Ok((status, out.trim().to_owned()))
+    })?;
+    assert_eq!(seen, (0, "has-a-tty".to_owned()));
     Ok(())
 }
 
 /// `ctr run` of a container that cannot be created, through `runtime`; its error output.
 fn create_error(c: &Containerd, runtime: &str, image: &str, extra: &[&str]) -> Result<String> {
-    let id = unique_id("bad");
-    let mut args = vec!["run", "--rm", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[image, &id, "true"]);
-    let out = c.ctr(&args)?;
-    anyhow::ensure!(!out.status.success(), "{runtime}: {args:?} succeeded");
-    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
-    let _ = c.ctr(&["container", "rm", &id]);
-    Ok(text(&out.stderr))
+    let run = CtrRun::new("bad").runtime(runtime).rm().flags(extra);
+    Ok(run.image(image).cmd(&["true"]).failure(c)?.1)
 }
 
 #[test]
 fn create_failures_say_their_cause_as_runc_does() -> Result<()> {
-    let Some(c) = setup("create_failures_say_their_cause_as_runc_does") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // An image whose /dev is a regular file.
-    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    let mut image = ImageSpec::busybox()?;
     image
         .entries
-        .retain(|e| !matches!(e, nvidia_shim_integration::image::Entry::Dir(d) if d == "dev"));
-    image
-        .entries
-        .push(nvidia_shim_integration::image::Entry::File(
-            "dev".into(),
-            0o644,
-            b"not a directory".to_vec(),
-        ));
+        .retain(|e| !matches!(e, Entry::Dir(d) if d == "dev"));
+    let dev = Entry::File("dev".into(), 0o644, b"not a directory".to_vec());
+    image.entries.push(dev);
     let dev_file = "docker.io/library/nvtest-devfile:latest";
     c.import(&image, dev_file)?;
     let missing = c.dir().join("no-such-source").display().to_string();
@@ -236,23 +177,14 @@ fn propagation(c: &Containerd, runtime: &str, options: &str) -> Result<Vec<Strin
         let status = std::process::Command::new("mount").args(&args).status()?;
         anyhow::ensure!(status.success(), "mount {args:?}");
     }
-    let id = unique_id("prop");
     let mount = format!("type=bind,src={},dst=/x,options={options}", src.display());
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--mount",
-        &mount,
-        BUSYBOX_IMAGE,
-        &id,
-        "cat",
-        "/proc/self/mountinfo",
-    ])?;
+    let run = CtrRun::new("prop")
+        .runtime(runtime)
+        .rm()
+        .flags(&["--mount", &mount]);
+    let out = run.cmd(&["cat", "/proc/self/mountinfo"]).ok(c);
     let _ = std::process::Command::new("umount").arg(&src).status();
-    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-    Ok(text(&out.stdout)
+    Ok(out?
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -274,19 +206,14 @@ fn propagation(c: &Containerd, runtime: &str, options: &str) -> Result<Vec<Strin
 
 #[test]
 fn a_mounts_propagation_option_is_honoured_as_by_runc() -> Result<()> {
-    let Some(c) = setup("a_mounts_propagation_option_is_honoured_as_by_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     for options in [
         "rbind:rprivate",
         "rbind:ro:rprivate",
         "rbind:rslave",
         "rbind",
     ] {
-        let ours = propagation(&c, RUNTIME, options)?;
-        let runc = propagation(&c, RUNC, options)?;
-        eprintln!("{options}: nvidia {ours:?}, runc {runc:?}");
-        assert_eq!(ours, runc, "{options}");
+        alike(options, [RUNTIME, RUNC], |r| propagation(&c, r, options))?;
     }
     Ok(())
 }
@@ -295,24 +222,8 @@ fn a_mounts_propagation_option_is_honoured_as_by_runc() -> Result<()> {
 /// of `runtime`, with the container's id in place of itself.
 fn cgroup_lines(c: &Containerd, runtime: &str) -> Result<Vec<String>> {
     let id = sleeper(c, runtime, &[])?;
-    let exec = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "cg",
-        &id,
-        "cat",
-        "/proc/self/cgroup",
-    ])?;
-    let init = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "cg1",
-        &id,
-        "cat",
-        "/proc/1/cgroup",
-    ])?;
+    let exec = c.exec(&id, "cg", &["cat", "/proc/self/cgroup"])?;
+    let init = c.exec(&id, "cg1", &["cat", "/proc/1/cgroup"])?;
     stop_and_remove(c, &id)?;
     Ok(text(&exec.stdout)
         .lines()
@@ -323,42 +234,21 @@ fn cgroup_lines(c: &Containerd, runtime: &str) -> Result<Vec<String>> {
 
 #[test]
 fn a_container_is_placed_in_every_hierarchy_as_by_runc() -> Result<()> {
-    let Some(c) = setup("a_container_is_placed_in_every_hierarchy_as_by_runc") else {
-        return Ok(());
-    };
-    let ours = cgroup_lines(&c, RUNTIME)?;
-    let runc = cgroup_lines(&c, RUNC)?;
-    assert_eq!(ours, runc, "\nnvidia {ours:#?}\nrunc {runc:#?}");
+    let Some(c) = setup() else { return Ok(()) };
+    alike("cgroups", [RUNTIME, RUNC], |r| cgroup_lines(&c, r))?;
     Ok(())
 }
 
 /// Whether `ctr task exec … true` succeeds in a sleeper through `runtime` once its pids limit
 /// is set (through the Task API's Update, as containerd sends it) to `limit`.
 fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<(bool, String)> {
-    use containerd_shim_protos::api::UpdateTaskRequest;
-    use containerd_shim_protos::protobuf::MessageField;
     let id = sleeper(c, runtime, &[])?;
-    let req = UpdateTaskRequest {
-        id: id.clone(),
-        resources: MessageField::some(Any {
-            type_url: "/opencontainers/runtime-spec/1/LinuxResources".into(),
-            value: format!(r#"{{"pids":{{"limit":{limit}}}}}"#).into_bytes(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    shim_client(c, &id)?.update(ctx(), &req)?;
-    let exec = c.ctr(&["task", "exec", "--exec-id", "p", &id, "true"])?;
+    let pids = format!(r#"{{"pids":{{"limit":{limit}}}}}"#);
+    shim_client(c, &id)?.update(ctx(), &update_request(&id, &pids))?;
+    let exec = c.exec(&id, "p", &["true"])?;
     // The limit is the one set, after the exec as before.
-    let pids_max = nvidia_shim_integration::leftovers::cgroups_of(NAMESPACE, &id)
-        .iter()
-        .map(|d| d.join("pids.max"))
-        .find(|p| p.exists())
-        .and_then(|p| std::fs::read_to_string(p).ok());
-    assert_eq!(
-        pids_max.as_deref().map(str::trim),
-        Some(&*limit.to_string())
-    );
+    let pids_max = leftovers::cgroup_file(NAMESPACE, &id, "pids.max")?;
+    assert_eq!(pids_max, Some(limit.to_string()));
     stop_and_remove(c, &id)?;
     Ok((exec.status.success(), text(&exec.stderr)))
 }
@@ -366,44 +256,19 @@ fn exec_under_pids_limit(c: &Containerd, runtime: &str, limit: i64) -> Result<(b
 /// Whether a container whose spec sets `pids.limit = 1` runs its process through `runtime`
 /// (`ctr run --config` with a spec of its own over a directory rootfs).
 fn create_under_pids_limit_one(c: &Containerd, runtime: &str) -> Result<(bool, String)> {
-    let id = unique_id("pids");
-    let dir = tempfile::tempdir()?;
-    let rootfs = dir.path().join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d))?;
-    }
-    std::fs::copy(
-        nvidia_shim_integration::image::BUSYBOX,
-        rootfs.join("bin/busybox"),
-    )?;
-    let default = c.ctr(&["oci", "spec"])?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&default.stdout)?;
-    spec["root"] = serde_json::json!({ "path": rootfs });
-    spec["process"]["args"] = serde_json::json!(["/bin/busybox", "echo", "alone"]);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/nvtest/{id}"));
-    spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 1 });
-    let file = dir.path().join("config.json");
-    std::fs::write(&file, serde_json::to_vec(&spec)?)?;
-    let run = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--config",
-        &file.to_string_lossy(),
-        &id,
-    ])?;
-    let _ = c.ctr(&["container", "rm", &id]);
-    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
-    Ok((run.status.success(), text(&run.stdout)))
+    let echo = ["/bin/busybox", "echo", "alone"];
+    let mut alone = OwnSpec::new(c, ("pids", runtime), &["--rm"], &echo)?;
+    alone.spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 1 });
+    let out = alone.run()?.output(c)?;
+    let id = alone.id();
+    let _ = c.ctr(&["container", "rm", id]);
+    assert_clean(c, id, id);
+    Ok((out.status.success(), text(&out.stdout)))
 }
 
 #[test]
 fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
-    let Some(c) = setup("a_pids_limit_admits_as_many_processes_as_under_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // The sleeper is one process. runc moves its init into the cgroup, a move the pids
     // controller does not count, and execs there: an exec is admitted even when the limit is
     // already reached. Under load runc's init sometimes forks its stages after the move and
@@ -422,9 +287,10 @@ fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
         );
         assert!(ours.0, "exec under pids.max {limit}: {ours:?}");
     }
-    let ours = create_under_pids_limit_one(&c, RUNTIME)?;
-    let runc = create_under_pids_limit_one(&c, RUNC)?;
-    assert_eq!(ours, runc, "a container whose spec sets pids.limit 1");
+    let what = "a container whose spec sets pids.limit 1";
+    let ours = alike(what, [RUNTIME, RUNC], |r| {
+        create_under_pids_limit_one(&c, r)
+    })?;
     assert_eq!(ours, (true, "alone\n".to_owned()));
     Ok(())
 }
@@ -434,15 +300,7 @@ fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
 /// sizes, which differ from one container to the next, left out).
 fn mounts(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Vec<String>> {
     let id = sleeper(c, runtime, extra)?;
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "m",
-        &id,
-        "cat",
-        "/proc/self/mountinfo",
-    ])?;
+    let out = c.exec(&id, "m", &["cat", "/proc/self/mountinfo"])?;
     stop_and_remove(c, &id)?;
     anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
     Ok(text(&out.stdout)
@@ -471,9 +329,7 @@ fn mounts(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Vec<String>> 
 
 #[test]
 fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
-    let Some(c) = setup("mounts_and_their_flags_are_those_of_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // With a network namespace of its own a container has its own sysfs superblock, which
     // runc leaves read-only; with the host's, the host's sysfs, which stays as it is.
     let host_sysfs = || {
@@ -496,9 +352,9 @@ fn mounts_and_their_flags_are_those_of_runc() -> Result<()> {
         &["--mount", cgroup_ro][..],
         &["--mount", cgroup_rw][..],
     ] {
-        let ours = mounts(&c, RUNTIME, extra)?;
-        let runc = mounts(&c, RUNC, extra)?;
-        assert_eq!(ours, runc, "{extra:?}\nnvidia {ours:#?}\nrunc {runc:#?}");
+        alike(format_args!("{extra:?}"), [RUNTIME, RUNC], |r| {
+            mounts(&c, r, extra)
+        })?;
         assert_eq!(host_sysfs(), before, "the host's /sys after {extra:?}");
     }
     assert!(
@@ -529,8 +385,7 @@ fn lost_exec_output(
                 }
                 let exec_id = format!("e{i}");
                 let line = format!("output-of-exec-{i}");
-                let Ok(out) = c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", &line])
-                else {
+                let Ok(out) = c.exec(&id, &exec_id, &["echo", &line]) else {
                     continue;
                 };
                 let stdout = text(&out.stdout);
@@ -548,9 +403,7 @@ fn lost_exec_output(
 
 #[test]
 fn exec_output_survives_parallel_load() -> Result<()> {
-    let Some(c) = setup("exec_output_survives_parallel_load") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // NVIDIA_TEST_EXEC_LOAD=total,parallel runs another load (more parallel execs than CPUs
     // is what makes a client's reader late).
     let (total, parallel): (usize, usize) = std::env::var("NVIDIA_TEST_EXEC_LOAD")
@@ -604,50 +457,12 @@ fn output_read_before_the_exit_is_reported(c: &Containerd, runtime: &str) -> Res
         "env": ["PATH=/bin"],
         "cwd": "/",
     });
-    let exec_id = "slow".to_owned();
-    client.exec(
-        ctx(),
-        &ExecProcessRequest {
-            id: id.clone(),
-            exec_id: exec_id.clone(),
-            stdout: stdout.display().to_string(),
-            stderr: stdout.display().to_string(),
-            spec: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-                value: serde_json::to_vec(&process)?,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        },
-    )?;
-    let ids = |exec_id: &str| (id.clone(), exec_id.to_owned());
-    let (task, exec) = ids(&exec_id);
-    client.start(
-        ctx(),
-        &StartRequest {
-            id: task.clone(),
-            exec_id: exec.clone(),
-            ..Default::default()
-        },
-    )?;
-    client.wait(
-        ctx(),
-        &WaitRequest {
-            id: task.clone(),
-            exec_id: exec.clone(),
-            ..Default::default()
-        },
-    )?;
+    let path = stdout.display().to_string();
+    client.exec_process((&id, "slow"), &process, [&path, &path], false)?;
+    client.start_process(&id, "slow")?;
+    client.wait_process(&id, "slow")?;
     reported.store(true, Ordering::SeqCst);
-    client.delete(
-        ctx(),
-        &DeleteRequest {
-            id: task,
-            exec_id: exec,
-            ..Default::default()
-        },
-    )?;
+    client.delete_process(&id, "slow")?;
     drop(client);
     let out = read.join().unwrap_or_default();
     stop_and_remove(c, &id)?;
@@ -656,9 +471,7 @@ fn output_read_before_the_exit_is_reported(c: &Containerd, runtime: &str) -> Res
 
 #[test]
 fn an_execs_exit_is_reported_once_a_reading_client_has_its_output() -> Result<()> {
-    let Some(c) = setup("an_execs_exit_is_reported_once_a_reading_client_has_its_output") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     let ours = output_read_before_the_exit_is_reported(&c, RUNTIME)?;
     let runc = output_read_before_the_exit_is_reported(&c, RUNC)?;
     // The runc shim reports the exit at once; shown for the record, not asserted.
@@ -670,34 +483,24 @@ fn an_execs_exit_is_reported_once_a_reading_client_has_its_output() -> Result<()
 /// How a container of `image` whose process is `cmd` fares through `runtime` (`ctr run
 /// --rm`): ctr's exit code (the process's, once it ran), and its error output.
 fn run_outcome(c: &Containerd, runtime: &str, image: &str, cmd: &[&str]) -> Result<(i32, String)> {
-    let id = unique_id("noexec");
-    let mut args = vec!["run", "--rm", "--runtime", runtime, image, &id];
-    args.extend_from_slice(cmd);
-    let out = c.ctr(&args)?;
-    nvidia_shim_integration::checks::assert_clean(c, &id, &id);
-    let _ = c.ctr(&["container", "rm", &id]);
-    Ok((out.status.code().unwrap_or(-1), text(&out.stderr)))
+    let run = CtrRun::new("noexec").runtime(runtime).rm().image(image);
+    run.cmd(cmd).failure(c)
 }
 
 #[test]
 fn a_process_that_cannot_be_executed_fails_as_with_runc() -> Result<()> {
-    let Some(c) = setup("a_process_that_cannot_be_executed_fails_as_with_runc") else {
-        return Ok(());
-    };
+    let Some(c) = setup() else { return Ok(()) };
     // An environment variable over the kernel's 128 KiB limit on one string.
-    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    let mut image = ImageSpec::busybox()?;
     image.env.push(format!("BIG={}", "a".repeat(140_000)));
     let big_env = "docker.io/library/nvtest-big-env:latest";
     c.import(&image, big_env)?;
     // A file the kernel cannot execute: a script without an interpreter line.
-    let mut image = nvidia_shim_integration::image::ImageSpec::busybox()?;
+    let mut image = ImageSpec::busybox()?;
+    let script = b"echo no interpreter line\n".to_vec();
     image
         .entries
-        .push(nvidia_shim_integration::image::Entry::File(
-            "bin/script".into(),
-            0o755,
-            b"echo no interpreter line\n".to_vec(),
-        ));
+        .push(Entry::File("bin/script".into(), 0o755, script));
     let script = "docker.io/library/nvtest-script:latest";
     c.import(&image, script)?;
     // Found missing or unrunnable before the container is created, the create fails; a

@@ -62,6 +62,10 @@ pub struct HandlerConfigs {
     /// Register the `nvidia` handler with the shim's own `configure containerd` on the written
     /// config file (as an operator does) instead of the harness's TOML.
     pub nvidia_by_configure: bool,
+    /// Register the `nvidia` handler without `options` (the shim reads its default config
+    /// path): containerd 2.x gives user-namespace pods' task I/O owner in runc's options and
+    /// fails StartContainer when a handler has options of another type.
+    pub nvidia_without_options: bool,
     /// Run another containerd release, whose `containerd`, `ctr` and `containerd-shim-runc-v2`
     /// are in this directory (Debian trixie's 1.7: `debian_packages::containerd17()?.bin_dir()`);
     /// `None`: the host's.
@@ -79,6 +83,7 @@ impl Default for HandlerConfigs {
                 "accept_envvar_when_unprivileged = false\naccept_volume_mount_requests = true\n"
                     .into(),
             nvidia_by_configure: false,
+            nvidia_without_options: false,
             containerd_release: None,
             cdi_spec_dirs: Vec::new(),
         }
@@ -573,7 +578,11 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
         nvidia = if configs.nvidia_by_configure {
             String::new()
         } else {
-            runtime(HANDLER, crate::containerd::RUNTIME, Some(&nvidia_cfg))
+            runtime(
+                HANDLER,
+                crate::containerd::RUNTIME,
+                (!configs.nvidia_without_options).then_some(nvidia_cfg.as_path()),
+            )
         },
         isolated = runtime(
             HANDLER_ISOLATED,

@@ -389,6 +389,24 @@ impl Root {
         .map_err(|e| self.err("chmod", path, e))
     }
 
+    /// Makes mount point `path` (inside the root) where nothing is: a directory, or an empty
+    /// file (0644), with its directories. Whatever is there already is left, a symlink too.
+    pub fn create_mount_point(&self, path: &Path, is_dir: bool) -> Result<(), RootError> {
+        if is_dir {
+            return self.create_dir_all(path);
+        }
+        let (dir, name) = self.parent_of(path, "create")?;
+        match rustix::fs::openat(
+            &dir,
+            name.as_c_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(_) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(self.err("create", path, e)),
+        }
+    }
+
     /// Writes file `path` (inside the root) with `content` and `mode`, atomically: a temporary
     /// file beside it, written and synced, then renamed over it (see
     /// [`untrusted::write_atomic_at`]). Whatever was at `path` (a file, or a symlink pointing

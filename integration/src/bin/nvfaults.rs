@@ -47,6 +47,33 @@ impl Outcome {
         self.first_failure.get_or_insert(what);
     }
 
+    /// One request through `ctr ARGS`, counted; a failure (or output other than `expect`,
+    /// when given) is recorded as `what`'s.
+    fn ctr(&mut self, c: &Containerd, args: &[&str], what: &str, expect: Option<&str>) {
+        self.requests += 1;
+        match c.ctr(args) {
+            Ok(r) if r.status.success() && expect.is_none_or(|e| text(&r.stdout) == e) => {}
+            Ok(r) if r.status.success() => {
+                self.fail(format!("{what}: output {:?}", text(&r.stdout)))
+            }
+            Ok(r) => self.fail(format!("{what}: {}", text(&r.stderr))),
+            Err(e) => self.fail(format!("{what}: {e}")),
+        }
+    }
+
+    /// Starts the sleeping container `id` a run needs; on failure, the outcome to return.
+    fn start_sleeper(c: &Containerd, runtime: &str, id: &str) -> Result<Self, Self> {
+        let mut o = Self::default();
+        match sleeper(c, runtime, id) {
+            Ok(()) => Ok(o),
+            Err(e) => {
+                o.fail(format!("{id}: {e}"));
+                o.left = settle(c, &[id.to_owned()]);
+                Err(o)
+            }
+        }
+    }
+
     fn line(&self, run: &str, runtime: &str) -> String {
         format!(
             "{run:<10} {runtime:<24} {:>5} requests, {:>3} failed, left: {} ({:.1} s){}",
@@ -213,12 +240,10 @@ fn load(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
 fn execs(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
     let started = Instant::now();
     let id = unique_id("execs");
-    let mut o = Outcome::default();
-    if let Err(e) = sleeper(c, runtime, &id) {
-        o.fail(format!("{id}: {e}"));
-        o.left = settle(c, &[id]);
-        return o;
-    }
+    let o = match Outcome::start_sleeper(c, runtime, &id) {
+        Ok(o) => o,
+        Err(o) => return o,
+    };
     let next = AtomicUsize::new(0);
     let out = Mutex::new(o);
     std::thread::scope(|s| {
@@ -230,16 +255,13 @@ fn execs(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
                 }
                 let line = format!("exec-{i}");
                 let exec_id = format!("e{i}");
-                let r = c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", &line]);
+                let args = ["task", "exec", "--exec-id", &exec_id, &id, "echo", &line];
+                let mut mine = Outcome::default();
+                mine.ctr(c, &args, &exec_id, Some(&format!("{line}\n")));
                 let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-                o.requests += 1;
-                match r {
-                    Ok(r) if r.status.success() && text(&r.stdout) == format!("{line}\n") => {}
-                    Ok(r) if r.status.success() => {
-                        o.fail(format!("{exec_id}: output {:?}", text(&r.stdout)))
-                    }
-                    Ok(r) => o.fail(format!("{exec_id}: {}", text(&r.stderr))),
-                    Err(e) => o.fail(format!("{exec_id}: {e}")),
+                o.requests += mine.requests;
+                if let Some(f) = mine.first_failure {
+                    o.fail(f);
                 }
             });
         }
@@ -277,12 +299,12 @@ fn restart(c: &mut Containerd, runtime: &str, n: usize) -> Outcome {
             o.fail(format!("{id}: after the restart the task is {status:?}"));
             continue;
         }
-        o.requests += 1;
-        match c.ctr(&["task", "exec", "--exec-id", "after", id, "echo", "alive"]) {
-            Ok(r) if r.status.success() && text(&r.stdout) == "alive\n" => {}
-            Ok(r) => o.fail(format!("{id}: exec after the restart: {}", text(&r.stderr))),
-            Err(e) => o.fail(format!("{id}: exec after the restart: {e}")),
-        }
+        o.ctr(
+            c,
+            &["task", "exec", "--exec-id", "after", id, "echo", "alive"],
+            &format!("{id}: exec after the restart"),
+            Some("alive\n"),
+        );
     }
     for id in &ids {
         remove(c, id);
@@ -292,25 +314,29 @@ fn restart(c: &mut Containerd, runtime: &str, n: usize) -> Outcome {
     o
 }
 
-/// Kills each helper process of a container's shim in turn (processes of the shim that are
-/// its children); after each, an exec must work; then kill and delete.
-fn helpers(c: &Containerd, runtime: &str) -> Outcome {
-    let started = Instant::now();
-    let mut o = Outcome::default();
-    let id = unique_id("helpers");
-    if let Err(e) = sleeper(c, runtime, &id) {
-        o.fail(format!("{id}: {e}"));
-        o.left = settle(c, &[id]);
-        return o;
-    }
+/// The daemon of `runtime`'s shim serving containerd `c` (the runc shim's oldest process).
+fn shim_daemon(c: &Containerd, runtime: &str) -> Option<i32> {
     let socket = c.socket();
-    let shim_daemon = if runtime == RUNTIME {
+    if runtime == RUNTIME {
         leftovers::shim_daemon_pid(&socket)
     } else {
         leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy())
             .into_iter()
             .min()
+    }
+}
+
+/// Kills each helper process of a container's shim in turn (processes of the shim that are
+/// its children); after each, an exec must work; then kill and delete.
+fn helpers(c: &Containerd, runtime: &str) -> Outcome {
+    let started = Instant::now();
+    let id = unique_id("helpers");
+    let mut o = match Outcome::start_sleeper(c, runtime, &id) {
+        Ok(o) => o,
+        Err(o) => return o,
     };
+    let socket = c.socket();
+    let shim_daemon = shim_daemon(c, runtime);
     let helpers: Vec<i32> = leftovers::shim_pids(&socket)
         .into_iter()
         .filter(|&p| shim_daemon.is_some() && leftovers::parent_pid(p) == shim_daemon)
@@ -319,32 +345,19 @@ fn helpers(c: &Containerd, runtime: &str) -> Outcome {
         // SAFETY: kill(2) on a helper process of the shim under test.
         unsafe { libc::kill(*helper, libc::SIGKILL) };
         std::thread::sleep(Duration::from_millis(100));
-        o.requests += 1;
         let exec_id = format!("h{i}");
-        match c.ctr(&["task", "exec", "--exec-id", &exec_id, &id, "echo", "ok"]) {
-            Ok(r) if r.status.success() => {}
-            Ok(r) => o.fail(format!(
-                "exec after killing helper {helper}: {}",
-                text(&r.stderr)
-            )),
-            Err(e) => o.fail(format!("exec after killing helper {helper}: {e}")),
-        }
+        o.ctr(
+            c,
+            &["task", "exec", "--exec-id", &exec_id, &id, "echo", "ok"],
+            &format!("exec after killing helper {helper}"),
+            None,
+        );
     }
-    o.requests += 1;
-    match c.ctr(&["task", "kill", "-s", "SIGKILL", &id]) {
-        Ok(r) if r.status.success() => {}
-        Ok(r) => o.fail(format!("kill: {}", text(&r.stderr))),
-        Err(e) => o.fail(format!("kill: {e}")),
-    }
+    o.ctr(c, &["task", "kill", "-s", "SIGKILL", &id], "kill", None);
     let _ = eventually("the task to stop", || {
         task_status(c, &id).as_deref() == Some("STOPPED")
     });
-    o.requests += 1;
-    match c.ctr(&["task", "rm", &id]) {
-        Ok(r) if r.status.success() => {}
-        Ok(r) => o.fail(format!("task rm: {}", text(&r.stderr))),
-        Err(e) => o.fail(format!("task rm: {e}")),
-    }
+    o.ctr(c, &["task", "rm", &id], "task rm", None);
     let _ = c.ctr(&["container", "rm", &id]);
     o.left = settle(c, &[id]);
     o.first_failure = o
@@ -357,22 +370,12 @@ fn helpers(c: &Containerd, runtime: &str) -> Outcome {
 /// SIGKILL of the shim of a running container: containerd must see the task end and clean up.
 fn shim_kill(c: &Containerd, runtime: &str) -> Outcome {
     let started = Instant::now();
-    let mut o = Outcome::default();
     let id = unique_id("shimkill");
-    if let Err(e) = sleeper(c, runtime, &id) {
-        o.fail(format!("{id}: {e}"));
-        o.left = settle(c, &[id]);
-        return o;
-    }
-    let socket = c.socket();
-    let shim = if runtime == RUNTIME {
-        leftovers::shim_daemon_pid(&socket)
-    } else {
-        leftovers::processes_of("containerd-shim-runc-v2", &socket.to_string_lossy())
-            .into_iter()
-            .min()
+    let mut o = match Outcome::start_sleeper(c, runtime, &id) {
+        Ok(o) => o,
+        Err(o) => return o,
     };
-    if let Some(pid) = shim {
+    if let Some(pid) = shim_daemon(c, runtime) {
         // SAFETY: kill(2) on the shim under test.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -423,49 +426,26 @@ fn main() -> Result<()> {
         .start()?;
     c.import_busybox()?;
     let mut bad = Vec::new();
-    let mut report = |run: &str, ours: Outcome, runc: Outcome| {
-        println!("{}", ours.line(run, RUNTIME));
-        println!("{}", runc.line(run, RUNC));
-        if !ours.left.is_empty() || ours.failed > runc.failed {
-            bad.push(run.to_owned());
-        }
-    };
-    if wanted("load") {
-        let (total, parallel) = (n(200), 16);
-        report(
-            "load",
-            load(&c, RUNTIME, total, parallel),
-            load(&c, RUNC, total, parallel),
-        );
-    }
-    if wanted("cycles") {
-        let total = n(1000);
-        report(
-            "cycles",
-            load(&c, RUNTIME, total, 1),
-            load(&c, RUNC, total, 1),
-        );
-    }
-    if wanted("execs") {
-        let total = n(1000);
-        report(
-            "execs",
-            execs(&c, RUNTIME, total, 16),
-            execs(&c, RUNC, total, 16),
-        );
-    }
-    if wanted("restart") {
-        let total = n(10);
-        let ours = restart(&mut c, RUNTIME, total);
-        let runc = restart(&mut c, RUNC, total);
-        report("restart", ours, runc);
-    }
-    if wanted("helpers") {
-        report("helpers", helpers(&c, RUNTIME), helpers(&c, RUNC));
-    }
-    if wanted("shim-kill") {
-        report("shim-kill", shim_kill(&c, RUNTIME), shim_kill(&c, RUNC));
-    }
+    // Each run through this shim, then through the runc shim, on the same containerd.
+    let mut compare =
+        |c: &mut Containerd, run: &str, f: &dyn Fn(&mut Containerd, &str) -> Outcome| {
+            if !wanted(run) {
+                return;
+            }
+            let ours = f(c, RUNTIME);
+            let runc = f(c, RUNC);
+            println!("{}", ours.line(run, RUNTIME));
+            println!("{}", runc.line(run, RUNC));
+            if !ours.left.is_empty() || ours.failed > runc.failed {
+                bad.push(run.to_owned());
+            }
+        };
+    compare(&mut c, "load", &|c, rt| load(c, rt, n(200), 16));
+    compare(&mut c, "cycles", &|c, rt| load(c, rt, n(1000), 1));
+    compare(&mut c, "execs", &|c, rt| execs(c, rt, n(1000), 16));
+    compare(&mut c, "restart", &|c, rt| restart(c, rt, n(10)));
+    compare(&mut c, "helpers", &|c, rt| helpers(c, rt));
+    compare(&mut c, "shim-kill", &|c, rt| shim_kill(c, rt));
     if !bad.is_empty() {
         bail!("this shim failed more requests than runc's, or left something, in: {bad:?}");
     }

@@ -179,28 +179,50 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
     };
     let cri = Cri::start(&HandlerConfigs {
         containerd_release: Some(release.into()),
+        nvidia_without_options: true,
         ..HandlerConfigs::default()
     })?;
     let opts = PodOptions {
         userns: Some((HOST_UID, HOST_GID, 65536)),
         ..PodOptions::default()
     };
+    // What the container sees, written into its own rootfs (read here through the bundle):
+    // not through an exec, which this runtime refuses in a user namespace (below).
+    let script = "{ cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /bin/busybox; \
+        touch /w && stat -c %u /w; } > /seen; exec sleep 1000";
+    let mut refused = Vec::new();
     let seen = alike(
         "a hostUsers: false pod",
         [HANDLER_RUNC, HANDLER],
         |handler| {
-            let app = ContainerOptions::sh("app", "exec sleep 1000");
+            let app = ContainerOptions::sh("app", script);
             let [pod, app] = cri.run_pod_with("userns", handler, &opts, &app)?;
-            let inside = cri.sh(
-            &app,
-            "cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /bin/busybox; touch /w && stat -c %u /w",
-        )?;
+            let file = cri
+                .containerd
+                .state_dir()
+                .join("io.containerd.runtime.v2.task/k8s.io")
+                .join(&app)
+                .join("rootfs/seen");
+            eventually("the container's report", || {
+                std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() == 3)
+            })?;
+            let inside = std::fs::read_to_string(&file)?;
             let pid = cri.pid_of(&app)?;
             let host_uid = std::fs::metadata(format!("/proc/{pid}"))?.uid();
+            let exec = cri.exec(&app, &["id", "-u"]);
+            refused.push(exec.map(|o| o.stdout).map_err(|e| format!("{e:#}")));
             cri.remove_pod(&pod)?;
             Ok((inside, host_uid))
         },
     )?;
+    // runc's exec joins the user namespace; libcontainer 0.7's cannot, so this runtime
+    // refuses the exec instead of running it as the host's root.
+    assert_eq!(refused[0].as_deref(), Ok("0\n"), "runc: {refused:?}");
+    let err = refused[1].as_ref().expect_err("nvidia refuses");
+    assert!(
+        err.contains("user namespace") && err.contains("refused"),
+        "{err}"
+    );
     assert_eq!(
         seen.1, HOST_UID,
         "the container runs as its mapped uid on the host"

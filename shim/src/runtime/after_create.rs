@@ -26,8 +26,8 @@ use rustix::fs::CWD;
 use rustix::mount::{FsPickFlags, MoveMountFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::idmap::{idmapped_tree, userns, IdmappedBind};
-use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, with_path, TreeAttr};
+use crate::runtime::idmap::{idmapped_tree, userns, ShimBind};
+use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, with_path, FsIds, TreeAttr};
 use crate::runtime::spec_adapt::RecursiveMountAttr;
 
 /// What the create worker applies in a created container's mount namespace.
@@ -45,8 +45,8 @@ pub struct AfterCreate {
     pub cgroup_flags: Option<RecursiveMountAttr>,
     /// Permission bits to set: (path in the container, mode), the toolkit's `chmod` step.
     pub chmods: Vec<(PathBuf, u32)>,
-    /// The spec's idmapped mounts (see `runtime::idmap`).
-    pub idmapped: Vec<IdmappedBind>,
+    /// The spec's binds the shim attaches itself (see `runtime::idmap::ShimBind`).
+    pub binds: Vec<ShimBind>,
 }
 
 impl AfterCreate {
@@ -57,7 +57,7 @@ impl AfterCreate {
             && self.read_only_superblocks.is_empty()
             && self.cgroup_flags.is_none()
             && self.chmods.is_empty()
-            && self.idmapped.is_empty()
+            && self.binds.is_empty()
     }
 }
 
@@ -66,9 +66,13 @@ impl AfterCreate {
 pub struct Detached {
     ns: OwnedFd,
     mounts: Vec<(OwnedFd, PathBuf)>,
-    /// Idmapped binds, attached after making their mount point when missing (a directory, or
-    /// a file for a file source).
-    idmapped: Vec<(OwnedFd, PathBuf, bool)>,
+    /// The shim's binds, attached after making their mount point when missing (a directory,
+    /// or a file for a file source).
+    binds: Vec<(OwnedFd, PathBuf, bool)>,
+    /// Who a missing mount point is made as: the host ids of the container's root when it
+    /// has a user namespace (a filesystem mounted inside one, such as its `/dev`, refuses
+    /// files of ids it does not map: EOVERFLOW).
+    owner: Option<(u32, u32)>,
     propagation: Vec<(PathBuf, MsFlags)>,
     read_only_superblocks: Vec<PathBuf>,
     cgroup_flags: Option<RecursiveMountAttr>,
@@ -170,15 +174,17 @@ fn detached_bind(source: &Path) -> std::io::Result<OwnedFd> {
     Ok(tree)
 }
 
-/// A detached idmapped bind of a spec mount's source, read-only when it asks, through a user
-/// namespace of its mappings (this forks: a zygote worker only); with whether the source is a
-/// directory.
-fn idmapped_bind(m: &IdmappedBind) -> std::io::Result<(OwnedFd, PathBuf, bool)> {
-    let ns = userns(&m.uid, &m.gid)?;
-    let tree = idmapped_tree(&m.source, ns.as_fd(), m.recursive)?;
-    if m.read_only {
+/// A detached bind of a spec mount's source with the attributes its options ask, idmapped
+/// through a user namespace of its mappings when it has them (this forks: a zygote worker
+/// only); with whether the source is a directory.
+fn shim_bind(m: &ShimBind) -> std::io::Result<(OwnedFd, PathBuf, bool)> {
+    let tree = match &m.idmap {
+        Some((uid, gid)) => idmapped_tree(&m.source, userns(uid, gid)?.as_fd(), m.recursive)?,
+        None => clone_tree(&m.source, m.recursive)?,
+    };
+    if m.attr != 0 {
         let attr = TreeAttr {
-            set: libc::MOUNT_ATTR_RDONLY,
+            set: m.attr,
             recursive: m.recursive,
             ..TreeAttr::default()
         };
@@ -190,7 +196,8 @@ fn idmapped_bind(m: &IdmappedBind) -> std::io::Result<(OwnedFd, PathBuf, bool)> 
 
 /// Makes a missing mount point `target` in the current mount namespace: a directory, or an
 /// empty file (and its directories).
-fn make_mount_point(target: &Path, is_dir: bool) -> std::io::Result<()> {
+fn make_mount_point(target: &Path, is_dir: bool, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let _as = owner.map(|(uid, gid)| FsIds::assume(uid, gid));
     if is_dir {
         return std::fs::create_dir_all(target).map_err(with_path("create", target));
     }
@@ -204,6 +211,28 @@ fn make_mount_point(target: &Path, is_dir: bool) -> std::io::Result<()> {
         .open(target)
         .map(drop)
         .map_err(with_path("create", target))
+}
+
+/// The host ids of root in the user namespace of process `pid`, when that is not this
+/// process's (whose root is the host's).
+fn root_of_user_namespace(pid: i32) -> std::io::Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/proc/self/ns/user")?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/user"))?;
+    if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) {
+        return Ok(None);
+    }
+    let host_of_root = |map: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{map}")).ok()?;
+        text.lines().find_map(|l| {
+            let mut f = l.split_whitespace().map(str::parse::<u32>);
+            match (f.next(), f.next()) {
+                (Some(Ok(0)), Some(Ok(host))) => Some(host),
+                _ => None,
+            }
+        })
+    };
+    Ok(host_of_root("uid_map").zip(host_of_root("gid_map")))
 }
 
 /// Mounts `source` read-only (nosuid, nodev, noexec) over what `target` (an `O_PATH` handle)
@@ -226,6 +255,11 @@ impl Detached {
     pub fn new(args: &AfterCreate, pid: i32) -> std::io::Result<Self> {
         let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
         let ns = std::fs::File::open(&ns_path).map_err(with_path("open", &ns_path))?;
+        let owner = if args.binds.is_empty() {
+            None
+        } else {
+            root_of_user_namespace(pid)?
+        };
         let mounts = args
             .mounts
             .iter()
@@ -241,10 +275,10 @@ impl Detached {
                 )
             })
             .collect();
-        let idmapped = args
-            .idmapped
+        let binds = args
+            .binds
             .iter()
-            .map(idmapped_bind)
+            .map(shim_bind)
             .collect::<std::io::Result<_>>()?;
         let host_devices = if args.read_only_superblocks.is_empty() {
             Vec::new()
@@ -254,7 +288,8 @@ impl Detached {
         Ok(Self {
             ns: ns.into(),
             mounts,
-            idmapped,
+            binds,
+            owner,
             propagation,
             read_only_superblocks: args.read_only_superblocks.clone(),
             cgroup_flags: args.cgroup_flags.clone(),
@@ -313,9 +348,9 @@ impl Detached {
                 .map_err(std::io::Error::from)
                 .map_err(with_path("chmod", path))?;
         }
-        for (fd, target, is_dir) in &self.idmapped {
+        for (fd, target, is_dir) in &self.binds {
             if rustix::fs::lstat(target).is_err() {
-                make_mount_point(target, *is_dir)?;
+                make_mount_point(target, *is_dir, self.owner)?;
             }
             attach(fd, target)?;
         }

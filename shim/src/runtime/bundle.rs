@@ -15,6 +15,8 @@ use nvidia_shim_core::Config;
 
 use crate::error::{Result, ShimError};
 use crate::runtime::after_create::AfterCreate;
+use crate::runtime::idmap::ShimBind;
+use crate::runtime::mount_api::FsIds;
 use crate::runtime::ops::IdmappedRootfs;
 use crate::runtime::{spec_adapt, RootfsMount};
 
@@ -98,6 +100,8 @@ pub struct PreparedBundle {
     pub private_pid_ns: bool,
     /// The container's seccomp profile, which its execs are given (see `executor`).
     pub seccomp: Option<LinuxSeccomp>,
+    /// Whether the container has a user namespace (made or joined).
+    pub user_ns: bool,
     /// What the spec editor did.
     pub edits: Option<Edits>,
 }
@@ -178,13 +182,14 @@ impl Bundle {
         let mut spec = original.clone();
         spec_adapt::adapt_rootfs_propagation(&mut spec);
         let pids_limit = spec_adapt::make_room_for_intermediate(&mut spec);
-        let idmapped = spec_adapt::take_idmapped_mounts(&mut spec);
+        let binds = spec_adapt::take_shim_binds(&mut spec);
+        self.make_mount_points(id, &spec, &binds)?;
         // What the shim applies itself, from the spec's own mounts (before the editor's).
         let mut after = AfterCreate {
             propagation: spec_adapt::mount_propagation(&spec),
             read_only_superblocks: spec_adapt::read_only_superblocks(&spec),
             cgroup_flags: spec_adapt::cgroup_mount_flags(&spec),
-            idmapped,
+            binds,
             ..AfterCreate::default()
         };
         let console_size = spec
@@ -211,8 +216,47 @@ impl Bundle {
             console_size,
             private_pid_ns: has_private_pid_namespace(&spec),
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            user_ns: spec_adapt::has_user_namespace(&spec),
             edits,
         })
+    }
+
+    /// Makes the mount points of `binds` in a read-only rootfs while it can still be written
+    /// (libcontainer makes it read-only before the shim attaches them), as runc makes every
+    /// mount point first; a writable rootfs gets them made after create, where they are
+    /// missing. In a user namespace they are made as its root, which an idmapped rootfs
+    /// requires (the host's root is no id of it).
+    fn make_mount_points(&self, id: &str, spec: &Spec, binds: &[ShimBind]) -> Result<()> {
+        let read_only = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+        if binds.is_empty() || !read_only {
+            return Ok(());
+        }
+        let root =
+            nvidia_shim_core_host::root::Root::open(&self.rootfs_of(spec)).map_err(|source| {
+                ShimError::Rootfs {
+                    id: id.to_owned(),
+                    source,
+                }
+            })?;
+        let kinds = binds
+            .iter()
+            .map(|b| {
+                std::fs::metadata(&b.source)
+                    .map(|m| m.is_dir())
+                    .map_err(|e| {
+                        ShimError::io(id, format!("mount source {}", b.source.display()), e)
+                    })
+            })
+            .collect::<Result<Vec<bool>>>()?;
+        let _as = spec_adapt::root_ids(spec).map(|(uid, gid)| FsIds::assume(uid, gid));
+        for (b, is_dir) in binds.iter().zip(kinds) {
+            root.create_mount_point(&b.destination, is_dir)
+                .map_err(|source| ShimError::Rootfs {
+                    id: id.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The spec's annotations (empty when `config.json` has none or cannot be read).

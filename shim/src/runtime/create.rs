@@ -100,6 +100,7 @@ pub(super) fn create(
             rootfs_mounted,
             plain_teardown: created.plain_teardown,
             seccomp: prepared.seccomp,
+            user_ns: prepared.user_ns,
         },
         init: Spawned {
             pid: created.pid,

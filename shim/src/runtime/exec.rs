@@ -19,6 +19,18 @@ pub(super) fn exec(
     req: &ExecRequest,
     exit: &Arc<ExitCell>,
 ) -> Result<Spawned> {
+    // libcontainer 0.7's exec joins the init's namespaces but not its user namespace (its
+    // tenant builder leaves `user` out of the ones it joins): the process would run as the
+    // host's root beside a container whose root is an unprivileged host id.
+    if c.user_ns {
+        return Err(ShimError::FailedPrecondition {
+            id: c.id.clone(),
+            reason: format!(
+                "exec {}: the container has a user namespace, which this runtime's exec cannot join yet (the process would run as the host's root); refused",
+                req.exec_id
+            ),
+        });
+    }
     let size = req.process.console_size().as_ref().map(|b| {
         (
             u32::try_from(b.width()).unwrap_or(u32::MAX),

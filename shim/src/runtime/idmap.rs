@@ -209,21 +209,24 @@ pub fn mount_idmapped_overlay(
     result
 }
 
-/// A spec mount to make idmapped after create (libcontainer 0.7 ignores `uidMappings`).
+/// A spec bind mount the shim attaches itself once the container exists, from the host's side
+/// (libcontainer would mount it from inside the container's user namespace, or without its
+/// mapping): one with `uidMappings`/`gidMappings` (libcontainer 0.7 ignores them), or, in a
+/// container with a user namespace, any bind of a host path, whose source the container's
+/// root often may not even reach (containerd's sandbox files), as runc opens such sources
+/// before it enters the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdmappedBind {
+pub struct ShimBind {
     /// The host source.
     pub source: PathBuf,
     /// The container destination.
     pub destination: PathBuf,
-    /// The uid mapping.
-    pub uid: Vec<IdMap>,
-    /// The gid mapping.
-    pub gid: Vec<IdMap>,
+    /// The uid and gid mappings of an idmapped bind.
+    pub idmap: Option<(Vec<IdMap>, Vec<IdMap>)>,
     /// Bind what is mounted below the source too (`rbind`).
     pub recursive: bool,
-    /// Read-only.
-    pub read_only: bool,
+    /// The `MOUNT_ATTR_*` bits its options ask (`ro`, `nosuid`, `nodev`, `noexec`).
+    pub attr: u64,
 }
 
 #[cfg(test)]

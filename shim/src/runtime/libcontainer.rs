@@ -63,6 +63,8 @@ pub struct LcContainer {
     pub(super) plain_teardown: bool,
     /// The container's seccomp profile, which libcontainer does not give its execs.
     pub(super) seccomp: Option<LinuxSeccomp>,
+    /// Whether it has a user namespace of its own (its execs are refused: see `exec`).
+    pub(super) user_ns: bool,
 }
 
 impl Libcontainer {

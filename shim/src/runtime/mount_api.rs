@@ -82,3 +82,27 @@ pub fn attach(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
     .map_err(with_path("move_mount onto", target))
 }
+
+/// The filesystem ids of the calling thread (a blocking-pool thread, a single-threaded
+/// worker), set to others until dropped: files it creates are theirs.
+pub struct FsIds {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+}
+
+impl FsIds {
+    /// Creates files as `uid`/`gid` from now on, on this thread.
+    pub fn assume(uid: u32, gid: u32) -> Self {
+        // setfsuid/setfsgid answer the previous ids and cannot fail otherwise.
+        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        Self { uid, gid }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        nix::unistd::setfsuid(self.uid);
+        nix::unistd::setfsgid(self.gid);
+    }
+}

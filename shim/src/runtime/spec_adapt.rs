@@ -28,8 +28,10 @@
 
 use std::path::PathBuf;
 
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
 use nix::mount::MsFlags;
+
+use crate::runtime::idmap::{IdMap, ShimBind};
 
 /// Rewrites a recursive `rootfsPropagation` to the name libcontainer knows (with the same
 /// recursive effect there); true when the spec changed.
@@ -157,10 +159,12 @@ pub fn cgroup_mount_flags(spec: &Spec) -> Option<RecursiveMountAttr> {
     })
 }
 
-/// Takes the spec's mounts with `uidMappings`/`gidMappings` out of it (libcontainer 0.7 would
-/// bind them without the mapping): the shim makes them idmapped bind mounts after create.
-pub fn take_idmapped_mounts(spec: &mut Spec) -> Vec<crate::runtime::idmap::IdmappedBind> {
-    use crate::runtime::idmap::{IdMap, IdmappedBind};
+/// Takes out of the spec the bind mounts the shim attaches itself after create (see
+/// [`ShimBind`]): those with `uidMappings`/`gidMappings`; and in a container with a user
+/// namespace, every bind of a host path, unless a later mount lies below it (attached last,
+/// it would cover that one).
+pub fn take_shim_binds(spec: &mut Spec) -> Vec<ShimBind> {
+    let userns = has_user_namespace(spec);
     let Some(mounts) = spec.mounts_mut().as_mut() else {
         return Vec::new();
     };
@@ -174,33 +178,95 @@ pub fn take_idmapped_mounts(spec: &mut Spec) -> Vec<crate::runtime::idmap::Idmap
             })
             .collect::<Vec<_>>()
     };
+    let destinations: Vec<PathBuf> = mounts.iter().map(|m| m.destination().clone()).collect();
     let mut taken = Vec::new();
+    let mut index = 0;
     mounts.retain(|m| {
+        index += 1;
+        let options = m.options().as_deref().unwrap_or_default();
+        let is_bind = m
+            .typ()
+            .as_deref()
+            .is_none_or(|t| t == "bind" || t == "none")
+            && options.iter().any(|o| o == "bind" || o == "rbind")
+            || m.typ().as_deref() == Some("bind");
         let (uid, gid) = (maps(m.uid_mappings()), maps(m.gid_mappings()));
-        if uid.is_empty() && gid.is_empty() {
+        let idmap = (!uid.is_empty() || !gid.is_empty()).then(|| {
+            // As runc: one mapping given stands for the other too.
+            if uid.is_empty() {
+                (gid.clone(), gid)
+            } else if gid.is_empty() {
+                (uid.clone(), uid)
+            } else {
+                (uid, gid)
+            }
+        });
+        let covers_a_later_one = destinations[index..]
+            .iter()
+            .any(|d| d != m.destination() && d.starts_with(m.destination()));
+        let from_the_host = userns
+            && is_bind
+            && m.source().as_ref().is_some_and(|s| s.is_absolute())
+            && !covers_a_later_one;
+        if idmap.is_none() && !from_the_host {
             return true;
         }
-        let options = m.options().as_deref().unwrap_or_default();
-        taken.push(IdmappedBind {
+        taken.push(ShimBind {
             source: m.source().clone().unwrap_or_default(),
             destination: m.destination().clone(),
-            // As runc: one mapping given stands for the other too.
-            uid: if uid.is_empty() { gid.clone() } else { uid },
-            gid: if gid.is_empty() {
-                maps(m.uid_mappings())
-            } else {
-                gid
-            },
+            idmap,
             recursive: options.iter().any(|o| o == "rbind"),
-            read_only: options
-                .iter()
-                .rev()
-                .find(|o| *o == "ro" || *o == "rw")
-                .is_some_and(|o| o == "ro"),
+            attr: mount_attr_bits(options),
         });
         false
     });
     taken
+}
+
+/// Whether the container has a user namespace, made for it or joined.
+pub fn has_user_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::User))
+}
+
+/// The host uid and gid of the container's root, when the spec maps its ids (a user
+/// namespace).
+pub fn root_ids(spec: &Spec) -> Option<(u32, u32)> {
+    let linux = spec.linux().as_ref()?;
+    let host_of_root = |maps: &Option<Vec<libcontainer::oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .find(|m| m.container_id() == 0)
+            .map(|m| m.host_id())
+    };
+    host_of_root(linux.uid_mappings()).zip(host_of_root(linux.gid_mappings()))
+}
+
+/// The `MOUNT_ATTR_*` bits mount options ask: `ro` (the last of `ro`/`rw` wins), `nosuid`,
+/// `nodev`, `noexec`.
+fn mount_attr_bits(options: &[String]) -> u64 {
+    let read_only = options
+        .iter()
+        .rev()
+        .find(|o| *o == "ro" || *o == "rw")
+        .is_some_and(|o| o == "ro");
+    [
+        ("nosuid", libc::MOUNT_ATTR_NOSUID),
+        ("nodev", libc::MOUNT_ATTR_NODEV),
+        ("noexec", libc::MOUNT_ATTR_NOEXEC),
+    ]
+    .iter()
+    .filter(|(name, _)| options.iter().any(|o| o == name))
+    .fold(
+        if read_only {
+            libc::MOUNT_ATTR_RDONLY
+        } else {
+            0
+        },
+        |bits, (_, bit)| bits | bit,
+    )
 }
 
 /// The destinations of the spec's new (not bind) read-only filesystems, whose superblock runc
@@ -241,13 +307,14 @@ mod tests {
                 {"destination":"/proc","type":"proc"},
                 {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind","ro","idmap"],
                  "uidMappings":[{"containerID":0,"hostID":200000,"size":65536}],
-                 "gidMappings":[{"containerID":0,"hostID":300000,"size":65536}]}]}"#,
+                 "gidMappings":[{"containerID":0,"hostID":300000,"size":65536}]},
+                {"destination":"/etc/hosts","type":"bind","source":"/srv/hosts","options":["rbind","rw"]}]}"#,
         );
-        let taken = take_idmapped_mounts(&mut s);
+        let taken = take_shim_binds(&mut s);
         assert_eq!(
             s.mounts().as_ref().unwrap().len(),
-            1,
-            "the idmapped one is out"
+            2,
+            "the idmapped one is out; without a user namespace the plain bind stays"
         );
         assert_eq!(taken.len(), 1);
         let m = &taken[0];
@@ -255,8 +322,61 @@ mod tests {
             (m.source.to_str(), m.destination.to_str()),
             (Some("/srv/data"), Some("/data"))
         );
-        assert_eq!((m.uid[0].host, m.gid[0].host), (200_000, 300_000));
-        assert!(m.recursive && m.read_only);
+        let (uid, gid) = m.idmap.as_ref().unwrap();
+        assert_eq!((uid[0].host, gid[0].host), (200_000, 300_000));
+        assert!(m.recursive);
+        assert_eq!(m.attr, libc::MOUNT_ATTR_RDONLY);
+    }
+
+    #[test]
+    fn in_a_user_namespace_host_binds_are_taken_out_unless_a_later_mount_is_below() {
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"mount"},{"type":"user"}]},"mounts":[
+                {"destination":"/proc","type":"proc","source":"proc"},
+                {"destination":"/dev/shm","type":"bind","source":"/run/sandbox/shm","options":["rbind","ro","nosuid","nodev","noexec"]},
+                {"destination":"/etc/hosts","source":"/run/sandbox/hosts","options":["bind","rw"]},
+                {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind"]},
+                {"destination":"/data/cache","type":"tmpfs","source":"tmpfs"}]}"#,
+        );
+        let taken = take_shim_binds(&mut s);
+        let left: Vec<_> = s
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().clone())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                PathBuf::from("/proc"),
+                PathBuf::from("/data"),
+                PathBuf::from("/data/cache")
+            ],
+            "/data stays: the tmpfs below it comes later"
+        );
+        let binds: Vec<_> = taken
+            .iter()
+            .map(|b| {
+                (
+                    b.destination.clone(),
+                    b.idmap.is_none(),
+                    b.recursive,
+                    b.attr,
+                )
+            })
+            .collect();
+        let all = libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC;
+        assert_eq!(
+            binds,
+            [
+                (PathBuf::from("/dev/shm"), true, true, all),
+                (PathBuf::from("/etc/hosts"), true, false, 0),
+            ]
+        );
     }
 
     #[test]

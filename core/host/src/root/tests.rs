@@ -109,6 +109,27 @@ fn chmod_stays_inside_and_never_follows_a_final_symlink() {
 }
 
 #[test]
+fn mount_points_are_made_inside_and_what_is_there_is_left() {
+    let e = Escape::new(
+        Outside::Dir,
+        &["etc"],
+        &[("etc/resolv.conf", "OUTSIDE"), ("run", "OUTSIDE")],
+    );
+    let r = e.root();
+    r.create_mount_point(Path::new("/etc/hosts"), false)
+        .unwrap();
+    r.create_mount_point(Path::new("/dev/shm"), true).unwrap();
+    assert!(e.rootfs.join("etc/hosts").is_file() && e.rootfs.join("dev/shm").is_dir());
+    // A symlink there (to the host) stays as it is, and nothing is made through one.
+    r.create_mount_point(Path::new("/etc/resolv.conf"), false)
+        .unwrap();
+    r.create_mount_point(Path::new("/run/secrets"), true)
+        .unwrap();
+    assert!(e.rootfs.join("etc/resolv.conf").is_symlink());
+    assert!(e.untouched());
+}
+
+#[test]
 fn final_symlink_is_replaced_not_followed() {
     let e = Escape::new(Outside::File, &["etc"], &[("etc/ld.so.cache", "OUTSIDE")]);
     let r = e.root();

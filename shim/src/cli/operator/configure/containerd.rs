@@ -13,6 +13,9 @@ pub const RUNTIME_TYPE: &str = "io.containerd.nvidia.v2";
 /// Where the installer puts the shim's config.
 pub const DEFAULT_SHIM_CONFIG: &str = "/etc/containerd-shim-nvidia/config.toml";
 
+/// The `--config-path-option` value that registers the runtime without `options`.
+pub const NO_OPTIONS: &str = "none";
+
 /// What to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -258,9 +261,16 @@ pub fn configure(text: &str, opts: &Options) -> Result<Configured, ContainerdCon
     runtime.set_implicit(false);
     set_str(runtime, "runtime_type", RUNTIME_TYPE);
     merge_list(runtime, "container_annotations", forwarded(version));
-    let options = table_at(runtime, &["options"])?;
-    options.set_implicit(false);
-    set_str(options, "ConfigPath", &opts.config_path_option);
+    if opts.config_path_option == NO_OPTIONS {
+        // containerd 2.x passes a user-namespace pod's I/O owner in runc's options and fails
+        // StartContainer on a handler whose options are another type; without options the
+        // shim reads its default config path.
+        runtime.remove("options");
+    } else {
+        let options = table_at(runtime, &["options"])?;
+        options.set_implicit(false);
+        set_str(options, "ConfigPath", &opts.config_path_option);
+    }
     let notes = move_pod_annotations(containerd, version);
     Ok(Configured {
         text: doc.to_string(),
@@ -398,6 +408,22 @@ root = "/var/lib/containerd"
             &vec![toml::Value::from("nvidia.com/*")]
         );
         assert!(out.starts_with("version = 3\n"), "{out}");
+    }
+
+    #[test]
+    fn none_registers_the_runtime_without_options_and_removes_ours() {
+        let with = text("version = 3\n", &Options::default());
+        assert!(with.contains("ConfigPath"), "{with}");
+        let none = Options {
+            config_path_option: NO_OPTIONS.to_owned(),
+            ..Options::default()
+        };
+        let without = self::text(&with, &none);
+        let parsed: toml::Value = toml::from_str(&without).unwrap();
+        let rt =
+            &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["nvidia"];
+        assert_eq!(rt["runtime_type"].as_str(), Some(RUNTIME_TYPE));
+        assert!(rt.get("options").is_none(), "{without}");
     }
 
     #[test]

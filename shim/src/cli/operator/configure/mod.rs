@@ -30,7 +30,9 @@ pub const USAGE: &str = "usage: containerd-shim-nvidia-v2 configure containerd [
     --config PATH             default /etc/containerd/config.toml (created when absent)
     --runtime-name NAME       the CRI handler (RuntimeClass handler); default nvidia
     --set-as-default          make it the CRI plugin's default runtime
-    --config-path-option FILE the shim config sent as ConfigPath; default /etc/containerd-shim-nvidia/config.toml
+    --config-path-option FILE the shim config sent as ConfigPath; default /etc/containerd-shim-nvidia/config.toml;
+                              none: no options (the shim reads that default; containerd 2.x's
+                              hostUsers: false pods need a handler without options)
     --config-version 2|3      the version of a new file; default from `containerd --version`
   docker: adds a runtimes entry with runtimeType to daemon.json (default /etc/docker/daemon.json);
     refuses a Docker older than 23 (it cannot run shim v2 runtimes), and links this binary as

@@ -165,18 +165,17 @@ fn remove(c: &Containerd, id: &str) {
     let _ = c.ctr(&["container", "rm", id]);
 }
 
-fn run_true(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
-    let out = c
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            BUSYBOX_IMAGE,
-            id,
-            "true",
-        ])
-        .map_err(|e| e.to_string())?;
+/// `ctr run MODE --runtime RUNTIME busybox ID ARGS...`: Ok, or its error text.
+fn ctr_run(
+    c: &Containerd,
+    mode: &str,
+    runtime: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let mut all = vec!["run", mode, "--runtime", runtime, BUSYBOX_IMAGE, id];
+    all.extend_from_slice(args);
+    let out = c.ctr(&all).map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
@@ -184,24 +183,14 @@ fn run_true(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
     }
 }
 
+/// `true` in container `id`, removed afterwards (`--rm`).
+fn run_true(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
+    ctr_run(c, "--rm", runtime, id, &["true"])
+}
+
+/// A container `id` sleeping for a day, detached.
 fn sleeper(c: &Containerd, runtime: &str, id: &str) -> Result<(), String> {
-    let out = c
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            BUSYBOX_IMAGE,
-            id,
-            "sleep",
-            "86400",
-        ])
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(text(&out.stderr))
-    }
+    ctr_run(c, "-d", runtime, id, &["sleep", "86400"])
 }
 
 /// `n` runs of `true`, `parallel` at a time.
@@ -238,39 +227,32 @@ fn load(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
 /// `n` execs of `echo` in one container, `parallel` at a time; a success without its own line
 /// of output counts as a failure.
 fn execs(c: &Containerd, runtime: &str, n: usize, parallel: usize) -> Outcome {
-    let started = Instant::now();
-    let id = unique_id("execs");
-    let o = match Outcome::start_sleeper(c, runtime, &id) {
-        Ok(o) => o,
-        Err(o) => return o,
-    };
-    let next = AtomicUsize::new(0);
-    let out = Mutex::new(o);
-    std::thread::scope(|s| {
-        for _ in 0..parallel {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let line = format!("exec-{i}");
-                let exec_id = format!("e{i}");
-                let args = ["task", "exec", "--exec-id", &exec_id, &id, "echo", &line];
-                let mut mine = Outcome::default();
-                mine.ctr(c, &args, &exec_id, Some(&format!("{line}\n")));
-                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-                o.requests += mine.requests;
-                if let Some(f) = mine.first_failure {
-                    o.fail(f);
-                }
-            });
-        }
-    });
-    let mut o = out.into_inner().unwrap_or_else(|e| e.into_inner());
-    remove(c, &id);
-    o.left = settle(c, &[id]);
-    o.elapsed = started.elapsed();
-    o
+    around_sleeper(c, runtime, "execs", |o, id| {
+        let next = AtomicUsize::new(0);
+        let out = Mutex::new(std::mem::take(o));
+        std::thread::scope(|s| {
+            for _ in 0..parallel {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let line = format!("exec-{i}");
+                    let exec_id = format!("e{i}");
+                    let args = ["task", "exec", "--exec-id", &exec_id, id, "echo", &line];
+                    let mut mine = Outcome::default();
+                    mine.ctr(c, &args, &exec_id, Some(&format!("{line}\n")));
+                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                    o.requests += mine.requests;
+                    if let Some(f) = mine.first_failure {
+                        o.fail(f);
+                    }
+                });
+            }
+        });
+        *o = out.into_inner().unwrap_or_else(|e| e.into_inner());
+        remove(c, id);
+    })
 }
 
 /// `n` containers running, containerd SIGKILLed and started again: each must still run and
@@ -329,68 +311,76 @@ fn shim_daemon(c: &Containerd, runtime: &str) -> Option<i32> {
 /// Kills each helper process of a container's shim in turn (processes of the shim that are
 /// its children); after each, an exec must work; then kill and delete.
 fn helpers(c: &Containerd, runtime: &str) -> Outcome {
-    let started = Instant::now();
-    let id = unique_id("helpers");
-    let mut o = match Outcome::start_sleeper(c, runtime, &id) {
-        Ok(o) => o,
-        Err(o) => return o,
-    };
-    let socket = c.socket();
-    let shim_daemon = shim_daemon(c, runtime);
-    let helpers: Vec<i32> = leftovers::shim_pids(&socket)
-        .into_iter()
-        .filter(|&p| shim_daemon.is_some() && leftovers::parent_pid(p) == shim_daemon)
-        .collect();
-    for (i, helper) in helpers.iter().enumerate() {
-        // SAFETY: kill(2) on a helper process of the shim under test.
-        unsafe { libc::kill(*helper, libc::SIGKILL) };
-        std::thread::sleep(Duration::from_millis(100));
-        let exec_id = format!("h{i}");
-        o.ctr(
-            c,
-            &["task", "exec", "--exec-id", &exec_id, &id, "echo", "ok"],
-            &format!("exec after killing helper {helper}"),
-            None,
-        );
-    }
-    o.ctr(c, &["task", "kill", "-s", "SIGKILL", &id], "kill", None);
-    let _ = eventually("the task to stop", || {
-        task_status(c, &id).as_deref() == Some("STOPPED")
-    });
-    o.ctr(c, &["task", "rm", &id], "task rm", None);
-    let _ = c.ctr(&["container", "rm", &id]);
-    o.left = settle(c, &[id]);
-    o.first_failure = o
-        .first_failure
-        .map(|f| format!("{f} (helpers killed: {})", helpers.len()));
-    o.elapsed = started.elapsed();
-    o
+    around_sleeper(c, runtime, "helpers", |o, id| {
+        let socket = c.socket();
+        let shim_daemon = shim_daemon(c, runtime);
+        let helpers: Vec<i32> = leftovers::shim_pids(&socket)
+            .into_iter()
+            .filter(|&p| shim_daemon.is_some() && leftovers::parent_pid(p) == shim_daemon)
+            .collect();
+        for (i, helper) in helpers.iter().enumerate() {
+            // SAFETY: kill(2) on a helper process of the shim under test.
+            unsafe { libc::kill(*helper, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(100));
+            let exec_id = format!("h{i}");
+            o.ctr(
+                c,
+                &["task", "exec", "--exec-id", &exec_id, id, "echo", "ok"],
+                &format!("exec after killing helper {helper}"),
+                None,
+            );
+        }
+        o.ctr(c, &["task", "kill", "-s", "SIGKILL", id], "kill", None);
+        let _ = eventually("the task to stop", || {
+            task_status(c, id).as_deref() == Some("STOPPED")
+        });
+        o.ctr(c, &["task", "rm", id], "task rm", None);
+        let _ = c.ctr(&["container", "rm", id]);
+        o.first_failure = o
+            .first_failure
+            .take()
+            .map(|f| format!("{f} (helpers killed: {})", helpers.len()));
+    })
 }
 
 /// SIGKILL of the shim of a running container: containerd must see the task end and clean up.
 fn shim_kill(c: &Containerd, runtime: &str) -> Outcome {
+    around_sleeper(c, runtime, "shimkill", |o, id| {
+        if let Some(pid) = shim_daemon(c, runtime) {
+            // SAFETY: kill(2) on the shim under test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        o.requests += 1;
+        if eventually("the task to be gone or stopped", || {
+            task_status(c, id).is_none_or(|s| s == "STOPPED" || s == "UNKNOWN")
+        })
+        .is_err()
+        {
+            o.fail(format!(
+                "{id}: still {:?} after its shim died",
+                task_status(c, id)
+            ));
+        }
+        remove(c, id);
+    })
+}
+
+/// A run around one sleeping container through `runtime` (named from `name`): `f` makes the
+/// run's requests and cleans up as a user would; then what is left is settled and the time
+/// taken recorded.
+fn around_sleeper(
+    c: &Containerd,
+    runtime: &str,
+    name: &str,
+    f: impl FnOnce(&mut Outcome, &str),
+) -> Outcome {
     let started = Instant::now();
-    let id = unique_id("shimkill");
+    let id = unique_id(name);
     let mut o = match Outcome::start_sleeper(c, runtime, &id) {
         Ok(o) => o,
         Err(o) => return o,
     };
-    if let Some(pid) = shim_daemon(c, runtime) {
-        // SAFETY: kill(2) on the shim under test.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    o.requests += 1;
-    if eventually("the task to be gone or stopped", || {
-        task_status(c, &id).is_none_or(|s| s == "STOPPED" || s == "UNKNOWN")
-    })
-    .is_err()
-    {
-        o.fail(format!(
-            "{id}: still {:?} after its shim died",
-            task_status(c, &id)
-        ));
-    }
-    remove(c, &id);
+    f(&mut o, &id);
     o.left = settle(c, &[id]);
     o.elapsed = started.elapsed();
     o

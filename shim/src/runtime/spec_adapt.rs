@@ -300,15 +300,22 @@ mod tests {
 
     use crate::runtime::bundle::spec_from_json as spec;
 
+    /// A spec with `mounts` (their JSON objects, comma-separated).
+    fn with_mounts(mounts: &str) -> Spec {
+        spec(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"mounts":[{mounts}]}}"#
+        ))
+    }
+
     #[test]
     fn idmapped_mounts_are_taken_out_for_the_shim() {
-        let mut s = spec(
-            r#"{"ociVersion":"1.0.2","mounts":[
+        let mut s = with_mounts(
+            r#"
                 {"destination":"/proc","type":"proc"},
                 {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind","ro","idmap"],
                  "uidMappings":[{"containerID":0,"hostID":200000,"size":65536}],
                  "gidMappings":[{"containerID":0,"hostID":300000,"size":65536}]},
-                {"destination":"/etc/hosts","type":"bind","source":"/srv/hosts","options":["rbind","rw"]}]}"#,
+                {"destination":"/etc/hosts","type":"bind","source":"/srv/hosts","options":["rbind","rw"]}"#,
         );
         let taken = take_shim_binds(&mut s);
         assert_eq!(
@@ -381,8 +388,8 @@ mod tests {
 
     #[test]
     fn the_cgroup_mount_keeps_the_flags_the_spec_asks() {
-        let unprivileged = spec(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","noexec","nodev","relatime","ro"]}]}"#,
+        let unprivileged = with_mounts(
+            r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["nosuid","noexec","nodev","relatime","ro"]}"#,
         );
         let attr = cgroup_mount_flags(&unprivileged).unwrap();
         assert_eq!(attr.target, PathBuf::from("/sys/fs/cgroup"));
@@ -391,14 +398,13 @@ mod tests {
             | libc::MOUNT_ATTR_NODEV
             | libc::MOUNT_ATTR_NOEXEC;
         assert_eq!((attr.set, attr.clear), (all, 0));
-        let privileged = spec(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup2","source":"cgroup","options":["ro","nosuid","noexec","nodev","rw"]}]}"#,
+        let privileged = with_mounts(
+            r#"{"destination":"/sys/fs/cgroup","type":"cgroup2","source":"cgroup","options":["ro","nosuid","noexec","nodev","rw"]}"#,
         );
         let attr = cgroup_mount_flags(&privileged).unwrap();
         assert_eq!(attr.clear, libc::MOUNT_ATTR_RDONLY);
         assert_eq!(attr.set & libc::MOUNT_ATTR_RDONLY, 0);
-        let none =
-            spec(r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/proc","type":"proc"}]}"#);
+        let none = with_mounts(r#"{"destination":"/proc","type":"proc"}"#);
         assert!(cgroup_mount_flags(&none).is_none());
     }
 
@@ -432,8 +438,8 @@ mod tests {
 
     #[test]
     fn new_read_only_filesystems_are_listed_bind_mounts_are_not() {
-        let s = spec(
-            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+        let s = with_mounts(
+            r#"
               {"destination":"/sys","type":"sysfs","source":"sysfs","options":["nosuid","ro"]},
               {"destination":"/a","type":"tmpfs","source":"tmpfs","options":["ro","rw"]},
               {"destination":"/b","type":"bind","source":"/x","options":["rbind","ro"]},
@@ -441,7 +447,7 @@ mod tests {
               {"destination":"/d","source":"/x","options":["ro"]},
               {"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro"]},
               {"destination":"/e","type":"tmpfs","source":"tmpfs","options":["rw","ro"]}
-            ]}"#,
+            "#,
         );
         assert_eq!(
             read_only_superblocks(&s),
@@ -451,11 +457,11 @@ mod tests {
 
     #[test]
     fn each_mounts_last_propagation_option_is_taken() {
-        let s = spec(
-            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+        let s = with_mounts(
+            r#"
                 {"destination":"/a","type":"bind","source":"/x","options":["rbind","rprivate"]},
                 {"destination":"/b","type":"bind","source":"/x","options":["rbind","ro"]},
-                {"destination":"/c","type":"bind","source":"/x","options":["rslave","rshared"]}]}"#,
+                {"destination":"/c","type":"bind","source":"/x","options":["rslave","rshared"]}"#,
         );
         assert_eq!(
             mount_propagation(&s),

@@ -626,6 +626,20 @@ fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
         (Some(0), both.to_owned(), String::new()),
         "the default runtime"
     );
+    // The command every guide starts from (the fake driver's nvidia-smi is a script that
+    // names one H100; the README shows this output).
+    let (out, id) = d.run(&["--rm", "--gpus", "all", BUSYBOX_IMAGE, "nvidia-smi"])?;
+    eprintln!(
+        "docker run --rm --gpus all {BUSYBOX_IMAGE} nvidia-smi:\n{}",
+        text(&out.stdout)
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-"),
+        "{}",
+        text(&out.stdout)
+    );
+    d.assert_clean(&id);
     finish_docker(d);
     finish_containerd(c);
     Ok(())

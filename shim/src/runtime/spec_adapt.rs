@@ -128,30 +128,7 @@ pub fn cgroup_mount_flags(spec: &Spec) -> Option<RecursiveMountAttr> {
         .iter()
         .rev()
         .find(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))?;
-    let options = mount.options().as_deref().unwrap_or_default();
-    let mut set = 0;
-    let mut clear = 0;
-    for option in options {
-        let (bit, on) = match option.as_str() {
-            "ro" => (libc::MOUNT_ATTR_RDONLY, true),
-            "rw" => (libc::MOUNT_ATTR_RDONLY, false),
-            "nosuid" => (libc::MOUNT_ATTR_NOSUID, true),
-            "suid" => (libc::MOUNT_ATTR_NOSUID, false),
-            "nodev" => (libc::MOUNT_ATTR_NODEV, true),
-            "dev" => (libc::MOUNT_ATTR_NODEV, false),
-            "noexec" => (libc::MOUNT_ATTR_NOEXEC, true),
-            "exec" => (libc::MOUNT_ATTR_NOEXEC, false),
-            _ => continue,
-        };
-
-        if on {
-            set |= bit;
-            clear &= !bit;
-        } else {
-            clear |= bit;
-            set &= !bit;
-        }
-    }
+    let (set, clear) = mount_attr(mount.options().as_deref().unwrap_or_default());
     (set | clear != 0).then(|| RecursiveMountAttr {
         target: mount.destination().clone(),
         set,
@@ -216,7 +193,7 @@ pub fn take_shim_binds(spec: &mut Spec) -> Vec<ShimBind> {
             destination: m.destination().clone(),
             idmap,
             recursive: options.iter().any(|o| o == "rbind"),
-            attr: mount_attr_bits(options),
+            attr: mount_attr(options).0,
         });
         false
     });
@@ -244,29 +221,32 @@ pub fn root_ids(spec: &Spec) -> Option<(u32, u32)> {
     host_of_root(linux.uid_mappings()).zip(host_of_root(linux.gid_mappings()))
 }
 
-/// The `MOUNT_ATTR_*` bits mount options ask: `ro` (the last of `ro`/`rw` wins), `nosuid`,
-/// `nodev`, `noexec`.
-fn mount_attr_bits(options: &[String]) -> u64 {
-    let read_only = options
-        .iter()
-        .rev()
-        .find(|o| *o == "ro" || *o == "rw")
-        .is_some_and(|o| o == "ro");
-    [
-        ("nosuid", libc::MOUNT_ATTR_NOSUID),
-        ("nodev", libc::MOUNT_ATTR_NODEV),
-        ("noexec", libc::MOUNT_ATTR_NOEXEC),
-    ]
-    .iter()
-    .filter(|(name, _)| options.iter().any(|o| o == name))
-    .fold(
-        if read_only {
-            libc::MOUNT_ATTR_RDONLY
+/// The `MOUNT_ATTR_*` bits mount options set and clear (`ro`/`rw`, `nosuid`/`suid`,
+/// `nodev`/`dev`, `noexec`/`exec`; for each pair the last given wins).
+fn mount_attr(options: &[String]) -> (u64, u64) {
+    let mut set = 0;
+    let mut clear = 0;
+    for option in options {
+        let (bit, on) = match option.as_str() {
+            "ro" => (libc::MOUNT_ATTR_RDONLY, true),
+            "rw" => (libc::MOUNT_ATTR_RDONLY, false),
+            "nosuid" => (libc::MOUNT_ATTR_NOSUID, true),
+            "suid" => (libc::MOUNT_ATTR_NOSUID, false),
+            "nodev" => (libc::MOUNT_ATTR_NODEV, true),
+            "dev" => (libc::MOUNT_ATTR_NODEV, false),
+            "noexec" => (libc::MOUNT_ATTR_NOEXEC, true),
+            "exec" => (libc::MOUNT_ATTR_NOEXEC, false),
+            _ => continue,
+        };
+        if on {
+            set |= bit;
+            clear &= !bit;
         } else {
-            0
-        },
-        |bits, (_, bit)| bits | bit,
-    )
+            clear |= bit;
+            set &= !bit;
+        }
+    }
+    (set, clear)
 }
 
 /// The destinations of the spec's new (not bind) read-only filesystems, whose superblock runc

@@ -33,10 +33,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
+use nvidia_shim_integration::checks::sleeper;
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, RUNC, RUNTIME};
 use nvidia_shim_integration::cri::{
     ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER, HANDLER_RUNC,
 };
+use nvidia_shim_integration::ctr_run::CtrRun;
 use nvidia_shim_integration::debian_driver::debian_driver;
 use nvidia_shim_integration::{leftovers, unique_id};
 
@@ -144,17 +146,18 @@ fn print_memory(title: &str, subjects: &[Subject], figures: &[Memory]) {
 
 /// `ctr run --rm` of `/bin/true` with extra `ctr run` flags: its wall time and container id.
 fn run_true_with(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<(Duration, String)> {
-    let id = unique_id("bench");
-    let mut args = vec!["run", "--rm", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[BUSYBOX_IMAGE, &id, "/bin/true"]);
+    let run = CtrRun::new("bench")
+        .runtime(runtime)
+        .rm()
+        .flags(extra)
+        .cmd(&["/bin/true"]);
     let t = Instant::now();
-    let out = c.ctr(&args)?;
+    let out = run.output(c)?;
     let d = t.elapsed();
     if !out.status.success() {
         bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok((d, id))
+    Ok((d, run.id().to_owned()))
 }
 
 /// Every process of `s`'s shims serving containerd `c`: (VmRSS kB, PSS kB, count).
@@ -180,20 +183,7 @@ struct Sleeper<'a> {
 
 impl<'a> Sleeper<'a> {
     fn start(c: &'a Containerd, s: &Subject) -> Result<Self> {
-        let id = unique_id("mem");
-        let out = c.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            s.runtime,
-            BUSYBOX_IMAGE,
-            &id,
-            "sleep",
-            "600",
-        ])?;
-        if !out.status.success() {
-            bail!("{}: {}", s.label, String::from_utf8_lossy(&out.stderr));
-        }
+        let id = sleeper(c, s.runtime, &[]).with_context(|| s.label.clone())?;
         Ok(Self { c, id })
     }
 

@@ -25,16 +25,11 @@ const NAMESPACE: &str = "nvbench";
 /// What a shim wrote to its log FIFO.
 type SharedLog = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
-/// Makes the `log` FIFO a shim opens in its bundle and reads it as containerd does, in a
-/// thread that ends when the last writer (the shim, its helpers) has gone.
-fn drain_log_fifo(path: &Path, log: &SharedLog) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
-    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mkfifo {}", path.display()));
-    }
+/// Makes the `log` FIFO a shim opens in its bundle (panics when it cannot: the benchmark's own
+/// temporary directory) and reads it as containerd does, in a thread that ends when the last
+/// writer (the shim, its helpers) has gone.
+fn drain_log_fifo(path: &Path, log: &SharedLog) {
+    nvidia_shim_core_host::fixture::mkfifo(path);
     let (path, log) = (path.to_owned(), log.clone());
     std::thread::spawn(move || {
         use std::io::Read;
@@ -48,7 +43,6 @@ fn drain_log_fifo(path: &Path, log: &SharedLog) -> Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 /// The phases, in the order containerd goes through them.
@@ -127,7 +121,7 @@ impl<'a> PhaseBench<'a> {
         for d in [&bundle.join("rootfs"), &upper, &workdir] {
             std::fs::create_dir_all(d)?;
         }
-        drain_log_fifo(&bundle.join("log"), log)?;
+        drain_log_fifo(&bundle.join("log"), log);
         let mut spec = self.spec.clone();
         spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{id}"));
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;

@@ -73,6 +73,21 @@ pub fn assert_holds(output: &str, wanted: &[(&str, &str)]) {
     }
 }
 
+/// Asserts that a run failed (no exit code 0) and that its standard error holds each of
+/// `needles`; returns that standard error for further checks. The failure shows it.
+#[track_caller]
+pub fn assert_failed(seen: crate::ctr_run::Seen, needles: &[&str]) -> String {
+    let (code, _, err) = seen;
+    assert_ne!(code, Some(0), "the run succeeded: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "no {needle:?} in the error: {err:.2000}"
+        );
+    }
+    err
+}
+
 /// Polls `f` until it returns true or 15 s pass.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -11,7 +11,8 @@
 //! an overlay of its parent whose upper layer is in the temp dir, so the host's `/etc` and
 //! `/run` are never written. The same namespace gives podman's image cache
 //! (`/var/lib/containers`) and the OCI runtimes' state dirs (`/run/crun`, `/run/runc`) private
-//! directories.
+//! directories, and, for crun on a hybrid cgroup host, hides the cgroup v2 hierarchy that
+//! crun 1.8 refuses ([`hybrid_v2_controllers`]).
 
 use std::fs;
 use std::io::Read;
@@ -26,9 +27,17 @@ use crate::image::ImageSpec;
 use crate::leftovers;
 
 /// The mount namespace's set-up, run by `sh` under `unshare --mount --propagation private`:
-/// `$1` is the temp dir. Prints `ready`, then holds the namespace.
+/// `$1` is the temp dir, `$2` `hide-unified` or `keep-unified` (see [`hybrid_v2_controllers`]).
+/// Prints `ready`, then holds the namespace.
 const SETUP: &str = r#"set -eu
 T=$1
+# On a hybrid host whose cgroup v2 hierarchy has controllers crun 1.8 refuses every container;
+# podman's containers use the v1 hierarchies (cgroupfs) either way, so crun and podman are
+# shown an empty tmpfs in its place and see a v1 host (crun still makes its directories
+# there, for the v2 line of /proc/self/cgroup: they go with the namespace).
+if [ "$2" = hide-unified ]; then
+  mount -t tmpfs -o size=64k nvpodman-no-v2 /sys/fs/cgroup/unified
+fi
 # mask DIR SOURCE: DIR shows SOURCE in this mount namespace; a DIR the host lacks is made in
 # an overlay of its parent whose upper layer is under $T.
 mask() {
@@ -63,18 +72,15 @@ pub struct Podman {
     cgroup_parent: String,
 }
 
-/// Why `crun` cannot run containers on this host, if it cannot: crun 1.8 refuses a hybrid
-/// cgroup host whose cgroup v2 hierarchy has controllers ("cgroups in hybrid mode not
-/// supported, drop all controllers from cgroupv2").
-pub fn crun_unusable() -> Option<String> {
+/// The controllers of a hybrid host's cgroup v2 hierarchy (`/sys/fs/cgroup/unified`), if it
+/// has any. crun 1.8 refuses such a host ("cgroups in hybrid mode not supported, drop all
+/// controllers from cgroupv2"), so a podman running crun there sees that hierarchy hidden in
+/// its private mount namespace.
+pub fn hybrid_v2_controllers() -> Option<String> {
     let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
     let controllers = fs::read_to_string(unified).ok()?;
     let controllers = controllers.trim();
-    (!controllers.is_empty()).then(|| {
-        format!(
-            "crun 1.8 refuses this hybrid cgroup host: the cgroup v2 hierarchy has controllers ({controllers})"
-        )
-    })
+    (!controllers.is_empty()).then(|| controllers.to_owned())
 }
 
 impl Podman {
@@ -113,10 +119,16 @@ impl Podman {
             ),
         )?;
         fs::write(d.join("setup.sh"), SETUP)?;
+        let unified = if runtime == "crun" && hybrid_v2_controllers().is_some() {
+            "hide-unified"
+        } else {
+            "keep-unified"
+        };
         let mut holder = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh"])
             .arg(d.join("setup.sh"))
             .arg(d)
+            .arg(unified)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

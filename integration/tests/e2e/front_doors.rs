@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
-use nvidia_shim_integration::checks::{alike, assert_clean, eventually};
+use nvidia_shim_integration::checks::{alike, assert_clean, assert_failed, eventually};
 use nvidia_shim_integration::command::{text, Cli};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE};
 use nvidia_shim_integration::cri::{ContainerOptions, Cri, HandlerConfigs, PodOptions, HANDLER};
@@ -20,7 +20,7 @@ use nvidia_shim_integration::debian_packages::{self, or_skip, Unpacked};
 use nvidia_shim_integration::docker::Docker;
 use nvidia_shim_integration::gpu::{write_config, Gpus};
 use nvidia_shim_integration::image::{Entry, ImageSpec};
-use nvidia_shim_integration::podman::{crun_unusable, Podman};
+use nvidia_shim_integration::podman::Podman;
 use nvidia_shim_integration::probe::{self, IMAGE as PROBE_IMAGE};
 use nvidia_shim_integration::pty::PtyChild;
 use nvidia_shim_integration::{
@@ -155,6 +155,20 @@ fn no_gpus(_: &Path) -> Result<Option<Gpus>> {
     Ok(None)
 }
 
+/// Runs `case` on a dockerd without GPUs through Docker's runc and through the runtime, and
+/// asserts that both saw `expected`.
+fn docker_alike<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: T,
+    mut case: impl FnMut(&Docker<'_>, &str) -> Result<T>,
+) -> Result<()> {
+    with_dockerd(no_gpus, "", |d, _, _| {
+        let seen = alike(what, RUNTIMES, |runtime| case(d, runtime))?;
+        assert_eq!(seen, expected, "{what}: runc and nvidia");
+        Ok(())
+    })
+}
+
 /// `n` fake GPUs.
 fn fake_gpus(n: u32) -> impl FnOnce(&Path) -> Result<Option<Gpus>> {
     move |dir| Ok(Some(Gpus::fake(dir, n)?))
@@ -256,48 +270,54 @@ fn docker_run_output_exit_code_and_tty_match_runc() -> Result<()> {
 /// shim, when it receives the terminal (it left it 0x0 until the client's first `ResizePty`).
 #[test]
 fn docker_tty_has_the_spec_console_size_from_the_start_as_under_runc() -> Result<()> {
-    with_dockerd(no_gpus, "", |d, _, _| {
-        let at_once = alike("stty size at once", RUNTIMES, |runtime| {
-            let (mut tty, cidfile) = docker_tty(d, "size", runtime)?;
-            tty.send("stty size; echo $((6 * 7))-done\n")?;
-            let shown = tty.expect("42-done")?;
-            let id = cid(&cidfile)?;
-            let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
-                d.containerd()
-                    .state_dir()
-                    .join("io.containerd.runtime.v2.task/moby")
-                    .join(&id)
-                    .join("config.json"),
-            )?)?;
-            tty.send("exit\n")?;
-            tty.wait()?;
-            d.assert_clean(&id);
-            assert_eq!(
-                spec["process"]["consoleSize"],
-                serde_json::json!({"height": 24, "width": 80}),
-                "{runtime}"
-            );
-            Ok(shown.contains("\r\n24 80\r\n"))
-        })?;
-        assert!(at_once, "stty size at once under runc, nvidia");
-        Ok(())
+    docker_alike("stty size at once", true, |d, runtime| {
+        let (mut tty, cidfile) = docker_tty(d, "size", runtime)?;
+        tty.send("stty size; echo $((6 * 7))-done\n")?;
+        let shown = tty.expect("42-done")?;
+        let id = cid(&cidfile)?;
+        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            d.containerd()
+                .state_dir()
+                .join("io.containerd.runtime.v2.task/moby")
+                .join(&id)
+                .join("config.json"),
+        )?)?;
+        tty.send("exit\n")?;
+        tty.wait()?;
+        d.assert_clean(&id);
+        assert_eq!(
+            spec["process"]["consoleSize"],
+            serde_json::json!({"height": 24, "width": 80}),
+            "{runtime}"
+        );
+        Ok(shown.contains("\r\n24 80\r\n"))
     })
 }
 
 #[test]
 fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
-    with_dockerd(no_gpus, "", |d, _, _| {
-        let detached = |runtime: &str, cmd: &[&str]| -> Result<String> {
-            let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
-            args.extend_from_slice(cmd);
-            let (out, id) = d.run(&args)?;
-            ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-            Ok(id)
-        };
-        let seen = alike("docker exec, logs, stop, kill, wait", RUNTIMES, |runtime| {
+    let expected = (
+        (Some(4), "exec-out\n".to_owned(), "exec-err\n".to_owned()),
+        "running".to_owned(),
+        "7".to_owned(),
+        "7".to_owned(),
+        "started\ngot-term\n".to_owned(),
+        "137".to_owned(),
+    );
+    docker_alike(
+        "docker exec, logs, stop, kill, wait",
+        expected,
+        |d, runtime| {
+            let detached = |cmd: &[&str]| -> Result<String> {
+                let mut args = vec!["-d", "--runtime", runtime, BUSYBOX_IMAGE];
+                args.extend_from_slice(cmd);
+                let (out, id) = d.run(&args)?;
+                ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
+                Ok(id)
+            };
             let script =
                 "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done";
-            let id = detached(runtime, &["sh", "-c", script])?;
+            let id = detached(&["sh", "-c", script])?;
             eventually("the container's first line in docker logs", || {
                 d.cli_ok(&["logs", &id])
                     .is_ok_and(|l| l.contains("started"))
@@ -315,30 +335,23 @@ fn docker_exec_logs_stop_kill_wait_match_runc() -> Result<()> {
             d.assert_clean(&id);
 
             // kill: SIGKILL; wait reports 137.
-            let id = detached(runtime, &["sleep", "600"])?;
+            let id = detached(&["sleep", "600"])?;
             d.cli_ok(&["kill", &id])?;
             let killed = d.cli_ok(&["wait", &id])?;
             d.cli_ok(&["rm", &id])?;
             d.assert_clean(&id);
             Ok((exec, state, waited, code, logs, killed))
-        })?;
-        let expected = (
-            (Some(4), "exec-out\n".to_owned(), "exec-err\n".to_owned()),
-            "running".to_owned(),
-            "7".to_owned(),
-            "7".to_owned(),
-            "started\ngot-term\n".to_owned(),
-            "137".to_owned(),
-        );
-        assert_eq!(seen, expected, "runc and nvidia");
-        Ok(())
-    })
+        },
+    )
 }
 
 #[test]
 fn docker_restart_on_failure_matches_runc() -> Result<()> {
-    with_dockerd(no_gpus, "", |d, _, _| {
-        let seen = alike("docker run --restart on-failure:2", RUNTIMES, |runtime| {
+    let expected = ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned());
+    docker_alike(
+        "docker run --restart on-failure:2",
+        expected,
+        |d, runtime| {
             let (out, id) = d.run(&[
                 "-d",
                 "--restart",
@@ -365,11 +378,8 @@ fn docker_restart_on_failure_matches_runc() -> Result<()> {
             d.cli_ok(&["rm", &id])?;
             d.assert_clean(&id);
             Ok((state, logs))
-        })?;
-        let expected = ("exited 2 5".to_owned(), "run\nrun\nrun\n".to_owned());
-        assert_eq!(seen, expected, "runc and nvidia");
-        Ok(())
-    })
+        },
+    )
 }
 
 #[test]
@@ -456,17 +466,10 @@ fn podman_can_run() -> bool {
     can_run_containerd() && has_programs(&["podman", "nsenter"], why)
 }
 
-/// The OCI runtimes podman can run here, `crun` first; why crun cannot, if it cannot.
-fn podman_runtimes() -> (Vec<&'static str>, Option<String>) {
-    match crun_unusable() {
-        None if which("crun").is_some() => (vec!["crun", "runc"], None),
-        why => (
-            vec!["runc"],
-            Some(why.unwrap_or_else(|| {
-                "crun not installed (scripts/install-deps.sh installs it)".to_owned()
-            })),
-        ),
-    }
+/// Why podman cannot run crun here, if it cannot.
+fn crun_missing() -> Option<&'static str> {
+    let why = "crun not installed (scripts/install-deps.sh installs it)";
+    which("crun").is_none().then_some(why)
 }
 
 #[test]
@@ -482,8 +485,8 @@ fn podman_runs_a_container_under_crun() -> Result<()> {
     if !podman_can_run() {
         return Ok(());
     }
-    if let (_, Some(why)) = podman_runtimes() {
-        skip(&why);
+    if let Some(why) = crun_missing() {
+        skip(why);
         return Ok(());
     }
     podman_smoke("crun")
@@ -611,11 +614,10 @@ fn docker_gpus_reaches_the_runtime_without_the_toolkit() -> Result<()> {
         );
     }
     // Under runc the hook runs, and fails the container with one line and the fix.
-    let (code, _, err) = docker_seen(&d, &["--gpus", "all"])?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("run it with `--runtime nvidia`") && err.contains("--set-as-default"),
-        "{err}"
+    let seen = docker_seen(&d, &["--gpus", "all"])?;
+    assert_failed(
+        seen,
+        &["run it with `--runtime nvidia`", "--set-as-default"],
     );
     finish_docker(d);
     // As Docker's default runtime, `docker run --gpus all` needs nothing else.
@@ -723,10 +725,11 @@ fn podman_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()> {
     }
     let work = tempfile::tempdir()?;
     let g = debian_gpus(work.path())?;
-    let (runtimes, why) = podman_runtimes();
-    if let Some(why) = why {
+    let mut runtimes = vec!["runc"];
+    match crun_missing() {
         // Half of this test does not run here: said as a skip (the runc half runs).
-        skip_part("under crun", &why);
+        Some(why) => skip_part("under crun", why),
+        None => runtimes.insert(0, "crun"),
     }
     for runtime in runtimes {
         let mut p = Podman::start(runtime)?;
@@ -920,22 +923,22 @@ fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
         // The container's own processes load the preload (it is the container's business) in
         // their own mount namespace, where the marker directory does not exist: no marker on the
         // host means no hook and no runtime step ever loaded it here.
-        let markers: Vec<_> = std::fs::read_dir(&marker_dir)?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let markers = entries(&marker_dir)?;
         assert!(
             markers.is_empty(),
             "the image's LD_PRELOAD ran on the host side: {markers:?}"
         );
-        let written: Vec<_> = std::fs::read_dir(&escape)?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let written = entries(&escape)?;
         assert!(
             written.is_empty(),
             "written through the image's symlink: {written:?}"
         );
         Ok(())
     })
+}
+
+/// The names in directory `dir`.
+fn entries(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let names = std::fs::read_dir(dir)?.flatten().map(|e| e.file_name());
+    Ok(names.collect())
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use nvidia_shim_core_host::fixture::FakeDriver;
-use nvidia_shim_integration::checks::assert_holds;
+use nvidia_shim_integration::checks::{assert_failed, assert_holds};
 use nvidia_shim_integration::containerd::Containerd;
 use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
 use nvidia_shim_integration::debian_driver::{debian_driver, DebianDriver};
@@ -289,13 +289,9 @@ fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()
     // Without libnvidia-ml the version is known but utility cannot work: Create fails, saying
     // what is missing and where it was looked for.
     std::fs::remove_file(current.join(format!("libnvidia-ml.so.{v}")))?;
-    let (code, _, err) = copy.run(&e.c, &e.image, &UTILITY, "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains(&format!("capability utility needs libnvidia-ml.so.{v}"))
-            && err.contains("nvidia/current"),
-        "{err}"
-    );
+    let needs = format!("capability utility needs libnvidia-ml.so.{v}");
+    let seen = copy.run(&e.c, &e.image, &UTILITY, "true")?;
+    assert_failed(seen, &[&needs, "nvidia/current"]);
     Ok(())
 }
 
@@ -303,20 +299,14 @@ fn a_library_installed_after_the_inventory_was_cached_is_injected() -> Result<()
 fn requirements_nvml_cannot_answer_fail_clearly_and_versions_print_as_written() -> Result<()> {
     let Some(e) = env()? else { return Ok(()) };
     let arch = "NVIDIA_REQUIRE_ARCH=arch>=9.0";
-    let (code, _, err) = e.run(&[ALL, arch], "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("cannot check arch>=9.0 (from NVIDIA_REQUIRE_ARCH): GPU architecture unknown, NVML unavailable:"),
-        "{err}"
-    );
+    let unknown = "cannot check arch>=9.0 (from NVIDIA_REQUIRE_ARCH): GPU architecture unknown, NVML unavailable:";
+    assert_failed(e.run(&[ALL, arch], "true")?, &[unknown]);
     let (code, _, err) = e.run(&[ALL, arch, "NVIDIA_DISABLE_REQUIRE=true"], "true")?;
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = e.run(&[ALL, "NVIDIA_REQUIRE_DRIVER=driver>=999"], "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains(&format!("driver={}", e.driver.version)),
-        "as the driver writes it: {err}"
-    );
+    // The driver's version as the driver writes it.
+    let version = format!("driver={}", e.driver.version);
+    let seen = e.run(&[ALL, "NVIDIA_REQUIRE_DRIVER=driver>=999"], "true")?;
+    assert_failed(seen, &[&version]);
     // A CUDA 12.2 image on this 535 driver passes on the driver's facts alone.
     let (code, _, err) = e.run(&[ALL, "NVIDIA_REQUIRE_CUDA=cuda>=12.2"], "true")?;
     assert_eq!(code, Some(0), "{err}");

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use nvidia_shim_core_host::fixture::{compat_libcuda, FakeDriver, Layout};
-use nvidia_shim_integration::checks::{assert_holds, stop_and_remove, text};
+use nvidia_shim_integration::checks::{assert_failed, assert_holds, stop_and_remove, text};
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE};
 use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
 use nvidia_shim_integration::gpu::{setup_with, write_config, Gpus};
@@ -94,12 +94,8 @@ fn requirements_are_enforced_and_can_be_disabled() -> Result<()> {
         return Ok(());
     };
     let require = "NVIDIA_REQUIRE_CUDA=cuda>=99.0";
-    let (code, _, err) = run(&c, &g, &[ALL, require], "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("unsatisfied condition: cuda>=99.0") && err.contains("cuda=13.0"),
-        "{err}"
-    );
+    let unmet = ["unsatisfied condition: cuda>=99.0", "cuda=13.0"];
+    assert_failed(run(&c, &g, &[ALL, require], "true")?, &unmet);
     let (code, _, err) = run(&c, &g, &[ALL, require, "NVIDIA_DISABLE_REQUIRE=1"], "true")?;
     assert_eq!(code, Some(0), "{err}");
     Ok(())
@@ -110,22 +106,13 @@ fn unknown_gpu_and_missing_driver_fail_clearly() -> Result<()> {
     let Some((c, g)) = fake(2)? else {
         return Ok(());
     };
-    let (code, _, err) = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("unknown GPU \"7\"") && err.contains("GPU-00000001"),
-        "{err}"
-    );
+    let seen = run(&c, &g, &["NVIDIA_VISIBLE_DEVICES=7"], "true")?;
+    assert_failed(seen, &["unknown GPU \"7\"", "GPU-00000001"]);
     // A config whose proc root has no driver.
     let nodriver = write_config(c.dir(), "proc_root = \"/nonexistent-proc\"\n")?;
     let run = CtrRun::new("gpu").rm().config(&nodriver).env(&[ALL]);
-    let (code, _, err) = run.sh("true").seen(&c)?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("/nonexistent-proc/driver/nvidia/version")
-            && err.contains("NVIDIA_VISIBLE_DEVICES=all"),
-        "{err}"
-    );
+    let missing = ["/nonexistent-proc/driver/nvidia/version", ALL];
+    assert_failed(run.sh("true").seen(&c)?, &missing);
     Ok(())
 }
 
@@ -367,12 +354,8 @@ fn mig_devices_by_index_get_their_access_nodes_and_mig_config_needs_privilege() 
         "nvidia0\n/dev/nvidia-caps/nvidia-cap3 241:3\n/dev/nvidia-caps/nvidia-cap5 241:5\n"
     );
     let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"];
-    let (code, _, err) = run(&c, &g, &env, "true")?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("cannot set NVIDIA_MIG_CONFIG_DEVICES in a non-privileged container"),
-        "{err}"
-    );
+    let refused = "cannot set NVIDIA_MIG_CONFIG_DEVICES in a non-privileged container";
+    assert_failed(run(&c, &g, &env, "true")?, &[refused]);
     Ok(())
 }
 
@@ -497,13 +480,8 @@ fn cdi_specs_on_disk_are_applied() -> Result<()> {
         .rm()
         .flags(&["--annotation=cdi.k8s.io/x=vendor.example/fpga=f9"]);
     let unknown = unknown.cmd(&["true"]);
-    let (code, _, err) = unknown.seen(&c)?;
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("unresolvable CDI devices vendor.example/fpga=f9")
-            && err.contains(unknown.id()),
-        "{err}"
-    );
+    let unresolvable = "unresolvable CDI devices vendor.example/fpga=f9";
+    assert_failed(unknown.seen(&c)?, &[unresolvable, unknown.id()]);
     Ok(())
 }
 

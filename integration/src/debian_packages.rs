@@ -65,13 +65,41 @@ pub(crate) fn cached<T>(
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The environment variable naming an unpacked Docker root to use instead of fetching one:
+/// the GPU-host suite's (`scripts/gpu-host-suite.sh`), on a machine that can fetch nothing.
+/// Its `version` file holds the version; a `lib` directory in it holds libraries `dockerd`
+/// needs beyond glibc.
+pub const DOCKER_ROOT_ENV: &str = "NVIDIA_TEST_DOCKER_ROOT";
+
 /// Debian trixie's Docker (`dockerd`, `docker-proxy` in `usr/sbin`; `docker`, `docker-init`
-/// in `usr/bin`), fetched on first use; an error says why it could not be.
+/// in `usr/bin`), fetched on first use, or the root [`DOCKER_ROOT_ENV`] names; an error says
+/// why it could not be had.
 pub fn docker() -> Result<&'static Unpacked> {
     static CELL: OnceLock<Result<Unpacked, String>> = OnceLock::new();
-    cached(&CELL, || {
-        unpack("debian-packages.sh", &["docker"], "debian-docker")
+    cached(&CELL, || match std::env::var_os(DOCKER_ROOT_ENV) {
+        Some(root) => given(PathBuf::from(root)),
+        None => unpack("debian-packages.sh", &["docker"], "debian-docker"),
     })
+}
+
+/// An unpacked Docker root made elsewhere (see [`DOCKER_ROOT_ENV`]).
+fn given(root: PathBuf) -> Result<Unpacked> {
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("{DOCKER_ROOT_ENV}={}", root.display()))?;
+    let version = std::fs::read_to_string(root.join("version"))
+        .with_context(|| format!("{DOCKER_ROOT_ENV}: no version file in {}", root.display()))?;
+    let unpacked = Unpacked {
+        root,
+        version: version.trim().to_owned(),
+    };
+    if !unpacked.sbin_dir().join("dockerd").is_file() {
+        bail!(
+            "{DOCKER_ROOT_ENV}: no usr/sbin/dockerd in {}",
+            unpacked.root.display()
+        );
+    }
+    Ok(unpacked)
 }
 
 /// Debian trixie's containerd 1.7 (`containerd`, `ctr`, `containerd-shim-runc-v2` in

@@ -122,7 +122,13 @@ impl<'a> Docker<'a> {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let log = fs::File::create(d.join("dockerd.log"))?;
-        let child = Command::new(release.sbin_dir().join("dockerd"))
+        let mut dockerd = Command::new(release.sbin_dir().join("dockerd"));
+        // A root packed for another machine brings the libraries dockerd needs beyond glibc.
+        let libs = release.root.join("lib");
+        if libs.is_dir() {
+            dockerd.env("LD_LIBRARY_PATH", libs);
+        }
+        let child = dockerd
             .arg("--containerd")
             .arg(containerd.socket())
             .args(dir_flags(
@@ -142,6 +148,7 @@ impl<'a> Docker<'a> {
                 "--ip6tables=false",
                 "--ip-forward=false",
                 "--ip-masq=false",
+                "--userland-proxy=false",
             ])
             .arg("--config-file")
             .arg(&config)

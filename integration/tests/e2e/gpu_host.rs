@@ -4,11 +4,14 @@
 //! this test, the release shim, containerd and the probe for a machine that can install
 //! nothing.
 
-use anyhow::Result;
-use nvidia_shim_integration::checks::setup;
+use anyhow::{ensure, Result};
+use nvidia_shim_integration::checks::{assert_failed, setup};
+use nvidia_shim_integration::command::text;
 use nvidia_shim_integration::containerd::{Containerd, RUNC, RUNTIME};
 use nvidia_shim_integration::ctr_run::{CtrRun, Seen};
-use nvidia_shim_integration::gpu::{host_has_gpus, host_uuids};
+use nvidia_shim_integration::debian_packages::{self, or_skip};
+use nvidia_shim_integration::docker::Docker;
+use nvidia_shim_integration::gpu::{host_has_gpus, host_uuids, write_config};
 use nvidia_shim_integration::probe::{self, IMAGE};
 
 /// A private containerd with the probe image, or `None` when this host cannot run the test.
@@ -123,18 +126,52 @@ fn nvml_facts_decide_requirements() -> Result<()> {
     let (code, _, err) = run(&c, NVIDIA, &[all, "NVIDIA_REQUIRE_ARCH=arch>=5.0"], "true")?;
     assert_eq!(code, Some(0), "{err}");
     // The refusals name what NVML read: arch, brand and the CUDA version.
-    let (code, _, err) = run(
-        &c,
-        NVIDIA,
-        &[all, "NVIDIA_REQUIRE_ARCH=arch>=99.0 brand=nosuchbrand"],
-        "true",
-    )?;
+    let require = [all, "NVIDIA_REQUIRE_ARCH=arch>=99.0 brand=nosuchbrand"];
+    let err = assert_failed(
+        run(&c, NVIDIA, &require, "true")?,
+        &["unsatisfied condition: arch>=99.0"],
+    );
     eprintln!("refusal: {err}");
-    assert_ne!(code, Some(0));
-    assert!(err.contains("unsatisfied condition: arch>=99.0"), "{err}");
     assert!(
         !err.contains("arch=unknown") && !err.contains("cuda=unknown"),
         "NVML answered: {err}"
     );
+    Ok(())
+}
+
+/// The command every guide starts from, `docker run --gpus all IMAGE nvidia-smi`, through
+/// Docker 26 (Debian trixie's; on the GPU host the suite's packed copy) whose default runtime
+/// `configure docker --set-as-default` made this shim, with no NVIDIA Container Toolkit:
+/// `nvidia-smi -L` lists every GPU of the host, and `--gpus '"device=UUID"'` that one alone.
+#[test]
+fn docker_run_gpus_all_runs_nvidia_smi() -> Result<()> {
+    let Some(c) = env()? else { return Ok(()) };
+    let what = "Docker 26 (NVIDIA_TEST_DOCKER_ROOT on the GPU host)";
+    let Some(release) = or_skip(what, debian_packages::docker) else {
+        return Ok(());
+    };
+    let config = write_config(c.dir(), "")?;
+    let runtime = ("nvidia", config.as_str());
+    let mut d = Docker::with_runtime(release, &c, "", runtime, &["--set-as-default"])?;
+    d.import(&probe::image()?, IMAGE)?;
+    let smi = |gpus: &str| -> Result<String> {
+        let (out, id) = d.run(&["--rm", "--gpus", gpus, IMAGE, "nvidia-smi", "-L"])?;
+        ensure!(out.status.success(), "--gpus {gpus}: {}", text(&out.stderr));
+        d.assert_clean(&id);
+        Ok(text(&out.stdout))
+    };
+    let uuids = host_uuids();
+    let all = smi("all")?;
+    eprintln!("docker run --rm --gpus all {IMAGE} nvidia-smi -L:\n{all}");
+    for u in &uuids {
+        assert!(all.contains(&format!("UUID: {u}")), "{u}: {all}");
+    }
+    let first = uuids.first().map(String::as_str).unwrap_or_default();
+    let one = smi(&format!("\"device={first}\""))?;
+    let listed = one.lines().filter(|l| l.starts_with("GPU ")).count();
+    assert!(listed == 1 && one.contains(first), "{first} alone: {one}");
+    let left = d.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    d.shutdown();
     Ok(())
 }

@@ -273,17 +273,37 @@ fn phases_section(c: &Containerd, subjects: &[Subject], rounds: usize) -> Result
         row(
             name,
             runs.iter()
-                .map(|v| v.iter().map(|t| t[p]).collect())
+                .map(|v| v.iter().map(|r| r.phases[p]).collect())
                 .collect(),
         );
     }
     row(
         "total",
         runs.iter()
-            .map(|v| v.iter().map(|t| t.iter().sum()).collect())
+            .map(|v| v.iter().map(|r| r.phases.iter().sum()).collect())
             .collect(),
     );
+    for (s, runs) in subjects.iter().zip(&runs) {
+        print_create_steps(&s.label, runs);
+    }
     Ok(())
+}
+
+/// The median of each of Create's steps in `runs` of the shim `label`, as its log gave them
+/// (nothing for a shim that logs none: the Go shim, an older revision).
+fn print_create_steps(label: &str, runs: &[phases::Run]) {
+    let Some(first) = runs.first().filter(|r| !r.create_steps.is_empty()) else {
+        return;
+    };
+    let mut line = format!("  Create's steps in {label} (median ms, from its log):");
+    for (i, (name, _)) in first.create_steps.iter().enumerate() {
+        let mut taken: Vec<Duration> = runs
+            .iter()
+            .filter_map(|r| r.create_steps.get(i).map(|(_, d)| *d))
+            .collect();
+        line.push_str(&format!(" {name} {:.2},", ms(median(&mut taken))));
+    }
+    println!("{}", line.trim_end_matches(','));
 }
 
 /// Memory 2 s after one sleeping container started, then after `cycles` exec cycles in it.

@@ -59,6 +59,28 @@ pub const PHASES: [&str; 7] = [
 /// One container's time in each of [`PHASES`].
 pub type Phases = [Duration; PHASES.len()];
 
+/// One container's run: its phases and, from a shim that logs them (this one), Create's steps
+/// by name in order.
+pub struct Run {
+    pub phases: Phases,
+    pub create_steps: Vec<(String, Duration)>,
+}
+
+/// The steps of the `create steps: rootfs 0.31 ms, bundle 0.92 ms, ...` line in `log`, if any.
+pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
+    let Some(line) = log.lines().find_map(|l| l.split_once("create steps: ")) else {
+        return Vec::new();
+    };
+    let list = line.1.split('"').next().unwrap_or_default();
+    list.split(", ")
+        .filter_map(|step| {
+            let (name, ms) = step.trim().strip_suffix(" ms")?.rsplit_once(' ')?;
+            let ms: f64 = ms.parse().ok()?;
+            Some((name.to_owned(), Duration::from_secs_f64(ms / 1e3)))
+        })
+        .collect()
+}
+
 /// A bundle source shared by every run: the busybox image unpacked once (the overlay's lower
 /// layer, as a snapshotter's would be) and containerd's default spec running `/bin/true`.
 pub struct PhaseBench<'a> {
@@ -99,9 +121,9 @@ impl<'a> PhaseBench<'a> {
 
     /// Runs one container through `shim` (a shim binary), returning each phase's time; a
     /// failure carries the end of what the shim logged.
-    pub fn run(&self, shim: &Path) -> Result<Phases> {
+    pub fn run(&self, shim: &Path) -> Result<Run> {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        self.run_logged(shim, &log).map_err(|e| {
+        let phases = self.run_logged(shim, &log).map_err(|e| {
             let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
             let text = text.unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(10).collect();
@@ -111,6 +133,12 @@ impl<'a> PhaseBench<'a> {
                 shim.display(),
                 tail.join("\n")
             ))
+        })?;
+        let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
+        let create_steps = create_steps(&text.unwrap_or_default());
+        Ok(Run {
+            phases,
+            create_steps,
         })
     }
 
@@ -221,5 +249,21 @@ impl<'a> PhaseBench<'a> {
             .env("GOMAXPROCS", "2")
             .stdin(Stdio::null());
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_steps_are_read_from_the_shims_log_line() {
+        let log = "time=\"2026-12-07T16:00:00.000000000Z\" level=info msg=\"container ph-1: created\"\n\
+            time=\"2026-12-07T16:00:00.000000001Z\" level=info msg=\"container ph-1: create steps: rootfs 0.31 ms, bundle 1.50 ms, libcontainer 6.00 ms\"\n";
+        let steps = create_steps(log);
+        let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["rootfs", "bundle", "libcontainer"]);
+        assert_eq!(steps[1].1, Duration::from_micros(1500));
+        assert!(create_steps("no such line").is_empty());
     }
 }

@@ -12,7 +12,7 @@
 //! `/run` are never written. The same namespace gives podman's image cache
 //! (`/var/lib/containers`) and the OCI runtimes' state dirs (`/run/crun`, `/run/runc`) private
 //! directories, and, for crun on a hybrid cgroup host, hides the cgroup v2 hierarchy that
-//! crun 1.8 refuses ([`hybrid_v2_controllers`]).
+//! crun 1.8 refuses (`hybrid_v2_has_controllers`).
 
 use std::fs;
 use std::io::Read;
@@ -27,7 +27,7 @@ use crate::image::ImageSpec;
 use crate::leftovers;
 
 /// The mount namespace's set-up, run by `sh` under `unshare --mount --propagation private`:
-/// `$1` is the temp dir, `$2` `hide-unified` or `keep-unified` (see [`hybrid_v2_controllers`]).
+/// `$1` is the temp dir, `$2` `hide-unified` or `keep-unified` (see `hybrid_v2_has_controllers`).
 /// Prints `ready`, then holds the namespace.
 const SETUP: &str = r#"set -eu
 T=$1
@@ -72,15 +72,13 @@ pub struct Podman {
     cgroup_parent: String,
 }
 
-/// The controllers of a hybrid host's cgroup v2 hierarchy (`/sys/fs/cgroup/unified`), if it
-/// has any. crun 1.8 refuses such a host ("cgroups in hybrid mode not supported, drop all
+/// Whether this is a hybrid host whose cgroup v2 hierarchy (`/sys/fs/cgroup/unified`) has
+/// controllers. crun 1.8 refuses such a host ("cgroups in hybrid mode not supported, drop all
 /// controllers from cgroupv2"), so a podman running crun there sees that hierarchy hidden in
 /// its private mount namespace.
-pub fn hybrid_v2_controllers() -> Option<String> {
+fn hybrid_v2_has_controllers() -> bool {
     let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
-    let controllers = fs::read_to_string(unified).ok()?;
-    let controllers = controllers.trim();
-    (!controllers.is_empty()).then(|| controllers.to_owned())
+    fs::read_to_string(unified).is_ok_and(|c| !c.trim().is_empty())
 }
 
 impl Podman {
@@ -119,7 +117,7 @@ impl Podman {
             ),
         )?;
         fs::write(d.join("setup.sh"), SETUP)?;
-        let unified = if runtime == "crun" && hybrid_v2_controllers().is_some() {
+        let unified = if runtime == "crun" && hybrid_v2_has_controllers() {
             "hide-unified"
         } else {
             "keep-unified"

@@ -103,7 +103,7 @@ fn interleaved<T>(
 /// binary's in the other slot).
 fn round_order(round: usize, n: usize) -> Vec<usize> {
     let order = (0..n).map(|k| (round / 2 + k) % n);
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         order.collect()
     } else {
         order.rev().collect()

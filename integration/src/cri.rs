@@ -549,6 +549,9 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  # Pod network namespaces are mounted under this containerd's own state dir, not the host's
+  # /run/netns: what a test leaves there goes with the containerd.
+  netns_mounts_under_state_dir = true
   # The shim owns CDI here, as under containerd 1.6 (which has no CDI) and 1.7 (off by
   # default); containerd 2.x turns its own CDI on and resolves `cdi.k8s.io/` annotations from
   # its spec directories before any runtime sees them (see README, "Who applies CDI").

@@ -564,3 +564,38 @@ fn a_process_that_cannot_be_executed_fails_as_with_runc() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs a container with a poststart hook through `runtime`; what the hook saw (the state's
+/// status, and whether its id was the container's and its pid set) and the container's output.
+fn run_with_a_poststart_hook(c: &Containerd, runtime: &str) -> Result<(String, bool, String)> {
+    let dir = tempfile::tempdir()?;
+    let seen = dir.path().join("state.json");
+    let echo = ["/bin/busybox", "echo", "started"];
+    let mut own = OwnSpec::new(c, ("poststart", runtime), &["--rm"], &echo)?;
+    let hook = format!("cat > {}", seen.display());
+    own.spec["hooks"] = serde_json::json!({
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]
+    });
+    let out = own.run()?.output(c)?;
+    let id = own.id();
+    let _ = c.ctr(&["container", "rm", id]);
+    assert_clean(c, id, id);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&seen)?)?;
+    let status = state["status"].as_str().unwrap_or_default().to_owned();
+    let its_own = state["id"] == id && state["pid"].as_i64().is_some_and(|p| p > 0);
+    Ok((status, its_own, text(&out.stdout)))
+}
+
+/// A container with a poststart hook (the shim starts it in a worker, which runs the hook;
+/// one without starts in place): the hook runs once started, with the state runc gives it
+/// (libcontainer's own start gave it the state after, status `running`).
+#[test]
+fn a_poststart_hook_runs_with_the_state_runc_gives_it() -> Result<()> {
+    let Some(c) = setup() else { return Ok(()) };
+    let seen = alike("a poststart hook", [RUNTIME, RUNC], |r| {
+        run_with_a_poststart_hook(&c, r)
+    })?;
+    // runc gives the hooks the state from before the start.
+    assert_eq!(seen, ("created".to_owned(), true, "started\n".to_owned()));
+    Ok(())
+}

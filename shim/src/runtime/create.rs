@@ -106,6 +106,7 @@ pub(super) fn create(
             cgroup,
             rootfs_mounted,
             plain_teardown: created.plain_teardown,
+            plain_start: created.plain_start,
             seccomp: prepared.seccomp,
             user_ns: prepared.user_ns,
         },

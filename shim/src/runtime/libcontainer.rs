@@ -61,6 +61,9 @@ pub struct LcContainer {
     /// Whether removing its cgroup and state directory is all a delete after exit needs
     /// ([`crate::runtime::ops::Created::plain_teardown`]).
     pub(super) plain_teardown: bool,
+    /// Whether the shim starts it in place
+    /// ([`crate::runtime::ops::Created::plain_start`]).
+    pub(super) plain_start: bool,
     /// The container's seccomp profile, which libcontainer does not give its execs.
     pub(super) seccomp: Option<LinuxSeccomp>,
     /// Whether it has a user namespace of its own (its execs are refused: see `exec`).
@@ -155,6 +158,9 @@ impl Runtime for Libcontainer {
     }
 
     fn start(&self, c: &LcContainer) -> Result<()> {
+        if c.plain_start {
+            return crate::runtime::ops::start(&c.state).map_err(failed(&c.id, "start"));
+        }
         match self.call(&c.id, "start", Op::Start(c.state.clone()))? {
             Done::Started => Ok(()),
             other => Err(unexpected(&c.id, "start", &other)),

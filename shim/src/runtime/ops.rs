@@ -4,11 +4,17 @@
 //! Everything here crosses the zygote's socket as JSON, fds beside it; errors come back typed
 //! ([`OpError`]), each libcontainer error with its whole chain.
 
-use std::os::fd::OwnedFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
+use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::Container;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::error::LibcontainerError;
+use libcontainer::hooks;
+use libcontainer::notify_socket::NOTIFY_FILE;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +86,9 @@ pub struct Created {
     /// remove its cgroup and its state directory: cgroupfs driver, no poststop hooks, no Intel
     /// RDT group. The shim then does that itself (see `runtime::teardown`).
     pub plain_teardown: bool,
+    /// Whether starting it runs nothing on the host side (no poststart hooks): the shim then
+    /// starts it in place ([`start`]) instead of in a worker.
+    pub plain_start: bool,
     /// How many overlay mounts had a target in the container.
     pub overlay_mounts: usize,
 }
@@ -203,10 +212,12 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     let config = container
         .spec()
         .map_err(|e| OpError::State(chain_to_string(&e)))?;
-    let poststop = config
-        .hooks
-        .as_ref()
+    let hooks = config.hooks.as_ref();
+    let poststop = hooks
         .and_then(|h| h.poststop().as_ref())
+        .is_some_and(|hooks| !hooks.is_empty());
+    let poststart = hooks
+        .and_then(|h| h.poststart().as_ref())
         .is_some_and(|hooks| !hooks.is_empty());
     let plain_teardown = !systemd
         && !poststop
@@ -225,6 +236,7 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
         pid,
         cgroup_path: config.cgroup_path,
         plain_teardown,
+        plain_start: !poststart,
         overlay_mounts,
     })
 }
@@ -250,8 +262,40 @@ fn exec(args: ExecArgs, causes: &Causes) -> Wire<i32> {
     Ok(pid.map_err(|e| OpError::libcontainer(e, cause))?.as_raw())
 }
 
-fn start(state: &StateRef) -> Wire<()> {
-    load(state)?.start().map_err(lc)
+/// Starts container `state` as libcontainer's `Container::start` does (the init, parked on
+/// the state dir's notify socket, is told to go on; the state is saved as running; the
+/// poststart hooks run), but without its process-wide `chdir` to reach that socket, which is
+/// reached through `/proc/self/fd/<state dir>` instead, and with the hooks given the state as
+/// runc gives it to them (status `created`, as before the start). A container with no
+/// poststart hooks ([`Created::plain_start`]) is started so in the multi-threaded shim,
+/// sparing a worker's fork and round trip; one with hooks in a worker ([`Op::Start`]), whose
+/// children the shim's reaper cannot take from it.
+pub fn start(state: &StateRef) -> Wire<()> {
+    let mut container = load(state)?;
+    container.refresh_status().map_err(lc)?;
+    if !container.can_start() {
+        return Err(lc(LibcontainerError::IncorrectStatus(container.status())));
+    }
+    let before = container.state.clone();
+    let dir = state.dir();
+    let socket = dir.join(NOTIFY_FILE);
+    let dir_fd = std::fs::File::open(&dir).map_err(|e| OpError::file("open", &dir, &e))?;
+    let short = format!("/proc/self/fd/{}/{NOTIFY_FILE}", dir_fd.as_raw_fd());
+    // The init reads to the end: the stream is closed once written.
+    UnixStream::connect(&short)
+        .and_then(|mut init| init.write_all(b"start container"))
+        .map_err(|e| OpError::file("tell the init to start through", &socket, &e))?;
+    container
+        .set_status(ContainerStatus::Running)
+        .save()
+        .map_err(lc)?;
+    let config = YoukiConfig::load(&container.root).map_err(lc)?;
+    let poststart = config.hooks.as_ref().and_then(|h| h.poststart().as_ref());
+    if poststart.is_some_and(|hooks| !hooks.is_empty()) {
+        hooks::run_hooks(poststart, Some(&before), Some(&container.root), None, None)
+            .map_err(lc)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

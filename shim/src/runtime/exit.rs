@@ -248,9 +248,22 @@ mod tests {
         cell.get().map(|s| s.code)
     }
 
+    /// A router of the shim's shape.
+    fn router() -> Arc<ExitRouter> {
+        Arc::new(ExitRouter::default())
+    }
+
+    /// Asserts that `router` keeps no early exit and no create in flight.
+    #[track_caller]
+    fn assert_nothing_kept(router: &ExitRouter) {
+        let inner = router.lock();
+        assert!(inner.early.is_empty(), "early exits kept");
+        assert!(inner.creating.is_empty(), "creates in flight");
+    }
+
     #[tokio::test]
     async fn routes_exit_to_watched_cell() {
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         let (cell, _route) = watched(router.begin_create(), 42);
         router.on_exit(42, 3);
         assert_eq!(cell.wait().await.code, 3);
@@ -258,17 +271,17 @@ mod tests {
 
     #[test]
     fn keeps_early_exit_during_create() {
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         let guard = router.begin_create();
         router.on_exit(7, 137);
         let (cell, _route) = watched(guard, 7);
         assert_eq!(code(&cell), Some(137));
-        assert!(router.lock().early.is_empty());
+        assert_nothing_kept(&router);
     }
 
     #[test]
     fn drops_unknown_exits_outside_create() {
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         router.on_exit(9, 1);
         {
             let _guard = router.begin_create();
@@ -277,14 +290,14 @@ mod tests {
         let (ten, _ten) = watched(router.begin_create(), 10);
         let (nine, _nine) = watched(router.begin_create(), 9);
         assert_eq!((code(&ten), code(&nine)), (None, None));
-        assert!(router.lock().early.is_empty());
+        assert_nothing_kept(&router);
     }
 
     #[test]
     fn an_exit_reaped_before_a_create_began_is_not_its_process() {
         // A slow create keeps unknown exits; an exec begun later gets a pid number that an
         // unrelated process reaped meanwhile had: its status must not be given to the exec.
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         let slow = router.begin_create();
         router.on_exit(500, 0);
         let (cell, _exec) = watched(router.begin_create(), 500);
@@ -295,13 +308,12 @@ mod tests {
         router.on_exit(600, 3);
         let (own, _slow) = watched(slow, 600);
         assert_eq!(code(&own), Some(3));
-        assert!(router.lock().early.is_empty());
-        assert!(router.lock().creating.is_empty());
+        assert_nothing_kept(&router);
     }
 
     #[test]
     fn early_exits_are_kept_only_while_a_create_could_claim_them() {
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         let first = router.begin_create();
         router.on_exit(1, 0);
         let second = router.begin_create();
@@ -313,12 +325,12 @@ mod tests {
             vec![2]
         );
         drop(second);
-        assert!(router.lock().early.is_empty());
+        assert_nothing_kept(&router);
     }
 
     #[test]
     fn a_dropped_route_forgets_only_its_own_cell() {
-        let router = Arc::new(ExitRouter::default());
+        let router = router();
         let (old, old_route) = watched(router.begin_create(), 77);
         router.on_exit(77, 0);
         assert_eq!(code(&old), Some(0));

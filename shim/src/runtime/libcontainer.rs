@@ -1,9 +1,11 @@
-//! The [`Runtime`] on libcontainer: create, exec and start run in a zygote worker (`zygote`,
-//! `ops`); kill, pause, resume and delete run in the shim itself.
+//! The [`Runtime`] on libcontainer: create, exec and a start with poststart hooks run in a
+//! zygote worker (`zygote`, `ops`); kill, pause, resume, delete and any other start run in the
+//! shim itself.
 //!
-//! libcontainer's create, exec and start fork (and start's notify socket changes directory),
-//! so they never run in the multi-threaded shim: a single-threaded zygote forks a worker for
-//! each (runwasi #357, youki #2425). Kill, pause, resume and delete neither fork nor change
+//! libcontainer's create and exec fork, so they never run in the multi-threaded shim: a
+//! single-threaded zygote forks a worker for each (runwasi #357, youki #2425). Start is the
+//! shim's own, without libcontainer's `chdir` ([`crate::runtime::ops::start`]); a start with
+//! poststart hooks runs in a worker, which reaps their processes. Kill, pause, resume and delete neither fork nor change
 //! directory, so the shim runs them itself: stopping and removing a container never depends on
 //! a helper process. Every method blocks; the task service calls them from the blocking pool.
 //!

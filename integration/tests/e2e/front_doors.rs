@@ -684,15 +684,23 @@ fn docker_gpus_and_cdi_devices_load_debians_driver_as_on_the_host() -> Result<()
             d.assert_clean(&id);
             Ok(text(&out.stdout))
         };
-        // docker run --gpus all through the runtime.
-        let out = probe(&["--runtime", NVIDIA, "--gpus", "all"])?;
-        let [seen, host] = codes(&out)?;
-        assert_eq!(seen, host, "--gpus all: {out}");
-        assert_eq!(
-            host,
-            (Some(100), Some(9)),
-            "no kernel module: the host's answers"
-        );
+        // docker run --gpus in each form through the runtime: the driver loads as on the host;
+        // with the utility capability alone there is no libcuda to load.
+        for gpus in ["all", "1", "\"device=1\"", "all,\"capabilities=utility\""] {
+            let out = probe(&["--runtime", NVIDIA, "--gpus", gpus])?;
+            let [seen, host] = codes(&out)?;
+            assert_eq!(
+                host,
+                (Some(100), Some(9)),
+                "no kernel module: the host's answers"
+            );
+            let expected = if gpus.contains("utility") {
+                (None, host.1)
+            } else {
+                host
+            };
+            assert_eq!(seen, expected, "--gpus {gpus}: {out}");
+        }
         // Docker's own CDI, with the spec `cdi generate` writes (hooks calling this binary), under
         // runc (which runs the hooks) and under the runtime (which does them itself); then the
         // toolkit's form (nvidia-cdi-hook, here the link configure docker made).

@@ -16,6 +16,7 @@ mod error;
 mod gpu;
 mod io;
 mod logging;
+mod proc_title;
 mod runtime;
 mod service;
 mod task;
@@ -44,8 +45,7 @@ fn main() -> ExitCode {
     if let Some(code) = cli::operator::run(args.get(1..).unwrap_or_default()) {
         return code;
     }
-    let (config_path, args) = shim_commands::take_config_flag(args.get(1..).unwrap_or_default());
-    let flags = match containerd_shim::parse(&args) {
+    let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
         Ok(flags) => flags,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: {e}");
@@ -64,16 +64,11 @@ fn main() -> ExitCode {
     // `start` and `delete` are synchronous and single-threaded: containerd waits for them on
     // every container's create and delete. Only serving needs the zygote and a runtime.
     let reply = match flags.action.as_str() {
-        "" => return shim_commands::serve::run(&flags, config_path),
+        // The daemon run by hand (`start` forks its own): the default configuration.
+        "" => return shim_commands::serve::run(&flags, None),
         "start" => {
             runtime::attach_warmup::start();
-            shim_commands::start::start_command(
-                &flags.namespace,
-                &flags.id,
-                &flags.address,
-                flags.debug,
-            )
-            .map(String::into_bytes)
+            shim_commands::start::start_command(&flags).map(String::into_bytes)
         }
         "delete" => {
             logging::init_stderr();

@@ -247,3 +247,30 @@ fn update_applies_new_resources_through_the_task_api() -> Result<()> {
 
     stop_and_remove(&c, &id)
 }
+
+/// The daemon is `start` forked, not executed afresh: `ps` shows it, and its zygote, with the
+/// flags containerd gives a shim daemon, not `start`'s.
+#[test]
+fn the_daemon_and_its_zygote_show_the_daemons_command_line() -> Result<()> {
+    let Some(c) = setup() else { return Ok(()) };
+    let id = sleeper(&c, RUNTIME, &[])?;
+    let socket = c.socket().display().to_string();
+    let shims = leftovers::shim_pids(&c.socket());
+    assert_eq!(shims.len(), 2, "the daemon and its zygote: {shims:?}");
+    for pid in shims {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let args: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(args[0].ends_with("containerd-shim-nvidia-v2"), "{args:?}");
+        // containerd adds `-debug` when its own log level is debug, as the tests' is.
+        let mut flags = vec!["-namespace", NAMESPACE, "-id", &id, "-address", &socket];
+        if args.last().is_some_and(|a| a == "-debug") {
+            flags.push("-debug");
+        }
+        assert_eq!(args[1..], flags, "process {pid}");
+    }
+    stop_and_remove(&c, &id)
+}

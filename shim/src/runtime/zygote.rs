@@ -193,11 +193,12 @@ impl Zygote {
             .chain(self.log.as_ref().map(AsRawFd::as_raw_fd))
             .collect();
         let mut cmd = Command::new("/proc/self/exe");
-        // The shim's own arguments after the level: `ps` shows whose zygote it is.
+        // The shim's own arguments after the level: `ps` shows whose zygote it is (read from
+        // the kernel: the daemon rewrote the command line it was forked with).
         cmd.arg0(env!("CARGO_BIN_NAME"))
             .arg(ZYGOTE_FLAG)
             .arg(log::max_level().as_str())
-            .args(std::env::args_os().skip(1))
+            .args(crate::proc_title::current().into_iter().skip(1))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -1,12 +1,17 @@
 //! containerd's `start` command: find or spawn the shim daemon of a container's group and
 //! print its address.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::ExitCode;
 
-use containerd_shim::{socket_address, Error};
+use containerd_shim::{socket_address, Error, Flags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, pipe2, ForkResult};
 
 use crate::runtime::bundle::Bundle;
 use crate::service::options::start_input;
@@ -25,14 +30,14 @@ const MAX_START_INPUT: u64 = 1 << 20;
 /// has a live shim, the container joins it; otherwise a shim daemon is spawned for the group.
 /// The runtime options on stdin may name the shim's config file, which the daemon is given.
 ///
-/// Synchronous, with no runtime and no thread: containerd waits for it on every create. It
-/// returns once the daemon listens (the daemon closes its stdout then).
-pub fn start_command(
-    namespace: &str,
-    id: &str,
-    containerd_address: &str,
-    debug: bool,
-) -> containerd_shim::Result<String> {
+/// Synchronous, with no runtime and no thread: containerd waits for it on every create. The
+/// daemon is this process forked, not the binary executed again (a second exec and dynamic
+/// link cost about 0.7 ms of every container's start); it shows containerd's daemon flags as
+/// its command line. `start` returns once the daemon listens (it closes its end of the
+/// readiness pipe then).
+pub fn start_command(start: &Flags) -> containerd_shim::Result<String> {
+    let (namespace, id) = (start.namespace.as_str(), start.id.as_str());
+    let containerd_address = start.address.as_str();
     // containerd writes the runtime options (an Any), or from 2.3 its BootstrapParams, on our
     // stdin; read once and bounded.
     let mut raw = Vec::new();
@@ -67,52 +72,81 @@ pub fn start_command(
         write_address(&cwd, &address)?;
         return Ok(address);
     }
-    let exe = std::env::current_exe().map_err(|e| Error::Other(format!("own path: {e}")))?;
-    let mut daemon = Command::new(exe);
-    daemon
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .args([
-            "-namespace",
-            namespace,
-            "-id",
-            id,
-            "-address",
-            containerd_address,
-        ])
-        .args(["-socket", &address]);
-    if debug {
-        daemon.arg("-debug");
-    }
-    if let Some(path) = config_path {
-        daemon.arg(super::CONFIG_FLAG).arg(path);
-    }
+    let daemon = Flags {
+        namespace: namespace.to_owned(),
+        id: id.to_owned(),
+        address: containerd_address.to_owned(),
+        socket: address.clone(),
+        debug: start.debug,
+        ..Flags::default()
+    };
     // The daemon's OOM score is containerd's plus one, as the runc shim's. Set here, before
-    // the spawn, so the daemon and its zygote (and so every exec) have it from their birth:
-    // set on the daemon after the spawn, it raced the zygote's fork.
+    // the fork, so the daemon and its zygote (and so every exec) have it from their birth.
     if let Err(e) = containerd_shim::cgroup::adjust_oom_score(std::process::id()) {
         log::warn!("oom score: {e}");
     }
-    let mut child = daemon
-        .spawn()
-        .map_err(|e| Error::Other(format!("spawn the shim daemon: {e}")))?;
-    // The daemon closes its stdout once it listens; anything it printed before goes to stderr.
-    let ready = match child.stdout.take() {
-        Some(mut out) => std::io::copy(&mut out, &mut std::io::stderr())
-            .map(drop)
-            .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}"))),
-        None => Ok(()),
+    let (ready, ready_in_daemon) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::Other(format!("pipe for the shim daemon: {e}")))?;
+    // SAFETY: `start` has a single thread (it made none; the attach warm-up is a process), so
+    // the child may go on running any code: it becomes the daemon and never returns here.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(ready);
+            let code = daemon_main(&daemon, config_path, ready_in_daemon);
+            std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(Error::Other(format!("fork the shim daemon: {e}"))),
     };
+    drop(ready_in_daemon);
+    // The daemon closes its end once it listens; anything it wrote before goes to stderr.
+    let ready = std::io::copy(&mut File::from(ready), &mut std::io::stderr())
+        .map(drop)
+        .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}")));
     if let Err(e) = ready.and_then(|()| write_address(&cwd, &address)) {
         // containerd gives up on this shim: nothing of it may stay (its zygotes end with it).
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
         let _ = std::fs::remove_file(socket_path);
         return Err(e);
     }
     Ok(address)
+}
+
+/// The forked daemon: standard input and error on `/dev/null` and standard output on the
+/// readiness pipe (what the executed daemon had), containerd's daemon flags as its command
+/// line, then the daemon itself.
+fn daemon_main(flags: &Flags, config_path: Option<PathBuf>, ready: OwnedFd) -> ExitCode {
+    let null = File::options().read(true).write(true).open("/dev/null");
+    for (fd, target) in [
+        (
+            null.as_ref().ok().map(AsRawFd::as_raw_fd),
+            libc::STDIN_FILENO,
+        ),
+        (Some(ready.as_raw_fd()), libc::STDOUT_FILENO),
+        (
+            null.as_ref().ok().map(AsRawFd::as_raw_fd),
+            libc::STDERR_FILENO,
+        ),
+    ] {
+        if let Some(fd) = fd {
+            // SAFETY: dup2 onto the process's own standard descriptors; no memory is involved.
+            unsafe { libc::dup2(fd, target) };
+        }
+    }
+    drop((null, ready));
+    crate::proc_title::set(&daemon_args(flags));
+    super::serve::run(flags, config_path)
+}
+
+/// The command line containerd gives a shim daemon: `-namespace NS -id ID -address ADDR`.
+fn daemon_args(flags: &Flags) -> Vec<&str> {
+    let mut args = vec!["-namespace", &flags.namespace, "-id", &flags.id];
+    args.extend(["-address", flags.address.as_str()]);
+    if flags.debug {
+        args.push("-debug");
+    }
+    args
 }
 
 /// Writes the bundle's `address` file (through a temporary file and a rename, as

@@ -70,6 +70,11 @@ pub struct HandlerConfigs {
     /// are in this directory (Debian trixie's 1.7: `debian_packages::containerd17()?.bin_dir()`);
     /// `None`: the host's.
     pub containerd_release: Option<PathBuf>,
+    /// Mount pods' network namespaces where containerd does by default, under the host's
+    /// `/run/netns`, instead of under this containerd's state directory. A user-namespace
+    /// pod needs it: libcontainer opens the namespace files from inside the user namespace,
+    /// which cannot traverse the CRI plugin's state directory (runc opens them before).
+    pub netns_under_run: bool,
     /// Turn on the CRI plugin's own CDI (containerd >= 1.7: `enable_cdi = true`) with these
     /// spec directories (`cdi_spec_dirs`); empty: CDI stays off, the shim owns it.
     pub cdi_spec_dirs: Vec<PathBuf>,
@@ -86,6 +91,7 @@ impl Default for HandlerConfigs {
             nvidia_without_options: false,
             containerd_release: None,
             cdi_spec_dirs: Vec::new(),
+            netns_under_run: false,
         }
     }
 }
@@ -551,7 +557,7 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   disable_apparmor = true
   # Pod network namespaces are mounted under this containerd's own state dir, not the host's
   # /run/netns: what a test leaves there goes with the containerd.
-  netns_mounts_under_state_dir = true
+  netns_mounts_under_state_dir = {netns_under_state}
   # The shim owns CDI here, as under containerd 1.6 (which has no CDI) and 1.7 (off by
   # default); containerd 2.x turns its own CDI on and resolves `cdi.k8s.io/` annotations from
   # its spec directories before any runtime sees them (see README, "Who applies CDI").
@@ -564,6 +570,7 @@ fn cri_config(dir: &Path, configs: &HandlerConfigs, bridge: &str, tag: u32) -> R
   default_runtime_name = "{HANDLER_RUNC}"
 {nvidia}{isolated}{runc}"#,
         net = net_dir.display(),
+        netns_under_state = !configs.netns_under_run,
         cdi = if configs.cdi_spec_dirs.is_empty() {
             "  enable_cdi = false".to_owned()
         } else {

@@ -180,6 +180,7 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
     let cri = Cri::start(&HandlerConfigs {
         containerd_release: Some(release.into()),
         nvidia_without_options: true,
+        netns_under_run: true,
         ..HandlerConfigs::default()
     })?;
     let opts = PodOptions {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use containerd_shim::{socket_address, Error, Flags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe2, ForkResult};
+use nix::unistd::{dup2, fork, pipe2, ForkResult};
 
 use crate::runtime::bundle::Bundle;
 use crate::service::options::start_input;
@@ -117,24 +117,12 @@ pub fn start_command(start: &Flags) -> containerd_shim::Result<String> {
 /// readiness pipe (what the executed daemon had), containerd's daemon flags as its command
 /// line, then the daemon itself.
 fn daemon_main(flags: &Flags, config_path: Option<PathBuf>, ready: OwnedFd) -> ExitCode {
-    let null = File::options().read(true).write(true).open("/dev/null");
-    for (fd, target) in [
-        (
-            null.as_ref().ok().map(AsRawFd::as_raw_fd),
-            libc::STDIN_FILENO,
-        ),
-        (Some(ready.as_raw_fd()), libc::STDOUT_FILENO),
-        (
-            null.as_ref().ok().map(AsRawFd::as_raw_fd),
-            libc::STDERR_FILENO,
-        ),
-    ] {
-        if let Some(fd) = fd {
-            // SAFETY: dup2 onto the process's own standard descriptors; no memory is involved.
-            unsafe { libc::dup2(fd, target) };
-        }
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = dup2(null.as_raw_fd(), libc::STDIN_FILENO);
+        let _ = dup2(null.as_raw_fd(), libc::STDERR_FILENO);
     }
-    drop((null, ready));
+    let _ = dup2(ready.as_raw_fd(), libc::STDOUT_FILENO);
+    drop(ready);
     crate::proc_title::set(&daemon_args(flags));
     super::serve::run(flags, config_path)
 }

@@ -6,7 +6,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
 /// Rewrites this process's command line to its program name followed by `args`, within its
-/// argument area (what does not fit is cut, the rest zeroed). Best effort: nothing changes
+/// argument area (what does not fit is cut; the rest is zeroed, which `/proc/PID/cmdline`
+/// shows as empty arguments at the end and `ps` as trailing blanks). Best effort: nothing changes
 /// where `/proc/self` cannot be read. Call it before any thread exists; `std::env::args`
 /// reads that area, so read [`current`] afterwards instead.
 pub fn set(args: &[&str]) {

@@ -259,9 +259,10 @@ fn the_daemon_and_its_zygote_show_the_daemons_command_line() -> Result<()> {
     assert_eq!(shims.len(), 2, "the daemon and its zygote: {shims:?}");
     for pid in shims {
         let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
-        let args: Vec<String> = raw
+        // The rewritten command line's zeroed rest shows as empty arguments at its end.
+        let end = raw.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let args: Vec<String> = raw[..end]
             .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         assert!(args[0].ends_with("containerd-shim-nvidia-v2"), "{args:?}");

@@ -161,7 +161,7 @@ impl Runtime for Libcontainer {
 
     fn start(&self, c: &LcContainer) -> Result<()> {
         if c.plain_start {
-            return crate::runtime::ops::start(&c.state).map_err(failed(&c.id, "start"));
+            return crate::runtime::ops::start(&c.state, false).map_err(failed(&c.id, "start"));
         }
         match self.call(&c.id, "start", Op::Start(c.state.clone()))? {
             Done::Started => Ok(()),

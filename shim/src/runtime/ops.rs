@@ -163,7 +163,7 @@ pub fn dispatch(op: Op, causes: &Causes) -> Wire<Done> {
     match op {
         Op::Create(args) => create(*args, causes).map(Done::Created),
         Op::Exec(args) => exec(*args, causes).map(Done::Execed),
-        Op::Start(state) => start(&state).map(|()| Done::Started),
+        Op::Start(state) => start(&state, true).map(|()| Done::Started),
         Op::MountIdmapped(m) => {
             crate::runtime::idmap::mount_idmapped_overlay(&m.overlay, &m.target, &m.scratch)
                 .map(|()| Done::Mounted)
@@ -267,15 +267,22 @@ fn exec(args: ExecArgs, causes: &Causes) -> Wire<i32> {
 /// poststart hooks run), but without its process-wide `chdir` to reach that socket, which is
 /// reached through `/proc/self/fd/<state dir>` instead, and with the hooks given the state as
 /// runc gives it to them (status `created`, as before the start). A container with no
-/// poststart hooks ([`Created::plain_start`]) is started so in the multi-threaded shim,
-/// sparing a worker's fork and round trip; one with hooks in a worker ([`Op::Start`]), whose
-/// children the shim's reaper cannot take from it.
-pub fn start(state: &StateRef) -> Wire<()> {
+/// poststart hooks (`with_hooks` false: [`Created::plain_start`]) is started so in the
+/// multi-threaded shim, sparing a worker's fork and round trip; one with hooks in a worker
+/// ([`Op::Start`]), whose children the shim's reaper cannot take from it.
+pub fn start(state: &StateRef, with_hooks: bool) -> Wire<()> {
+    // Loading refreshes the status from the init process.
     let mut container = load(state)?;
-    container.refresh_status().map_err(lc)?;
     if !container.can_start() {
         return Err(lc(LibcontainerError::IncorrectStatus(container.status())));
     }
+    // The hooks are read before the init goes on, as libcontainer does.
+    let poststart = if with_hooks {
+        let config = YoukiConfig::load(&container.root).map_err(lc)?;
+        config.hooks.and_then(|h| h.poststart().clone())
+    } else {
+        None
+    };
     let before = container.state.clone();
     let dir = state.dir();
     let socket = dir.join(NOTIFY_FILE);
@@ -289,11 +296,15 @@ pub fn start(state: &StateRef) -> Wire<()> {
         .set_status(ContainerStatus::Running)
         .save()
         .map_err(lc)?;
-    let config = YoukiConfig::load(&container.root).map_err(lc)?;
-    let poststart = config.hooks.as_ref().and_then(|h| h.poststart().as_ref());
-    if poststart.is_some_and(|hooks| !hooks.is_empty()) {
-        hooks::run_hooks(poststart, Some(&before), Some(&container.root), None, None)
-            .map_err(lc)?;
+    if let Some(poststart) = poststart.filter(|h| !h.is_empty()) {
+        hooks::run_hooks(
+            Some(&poststart),
+            Some(&before),
+            Some(&container.root),
+            None,
+            None,
+        )
+        .map_err(lc)?;
     }
     Ok(())
 }

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use containerd_shim::{socket_address, Error, Flags};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::waitpid;
-use nix::unistd::{dup2, fork, pipe2, ForkResult};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{dup2, fork, pipe2, ForkResult, Pid};
 
 use crate::runtime::bundle::Bundle;
-use crate::service::options::start_input;
+use crate::service::options::{start_input, StartInput};
 
 /// The bundle: containerd runs the shim's commands in it.
 pub fn bundle_dir() -> PathBuf {
@@ -37,26 +37,10 @@ const MAX_START_INPUT: u64 = 1 << 20;
 /// readiness pipe then).
 pub fn start_command(start: &Flags) -> containerd_shim::Result<String> {
     let (namespace, id) = (start.namespace.as_str(), start.id.as_str());
-    let containerd_address = start.address.as_str();
-    // containerd writes the runtime options (an Any), or from 2.3 its BootstrapParams, on our
-    // stdin; read once and bounded.
-    let mut raw = Vec::new();
-    std::io::stdin()
-        .take(MAX_START_INPUT + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Error::Other(format!("read runtime options from stdin: {e}")))?;
-    if raw.len() as u64 > MAX_START_INPUT {
-        return Err(Error::InvalidArgument(format!(
-            "container {id}: more than {MAX_START_INPUT} bytes of runtime options on stdin"
-        )));
-    }
-    let input =
-        start_input(id, namespace, &raw).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let config_path = input.config_path;
-
+    let input = read_input(id, namespace)?;
     let cwd = bundle_dir();
     let group = Bundle::new(&cwd).group(id);
-    let address = socket_address(containerd_address, namespace, &group);
+    let address = socket_address(&start.address, namespace, &group);
     // containerd 2.3 may name another directory for the socket; the name stays the same.
     let address = match &input.socket_dir {
         Some(dir) => format!(
@@ -75,7 +59,7 @@ pub fn start_command(start: &Flags) -> containerd_shim::Result<String> {
     let daemon = Flags {
         namespace: namespace.to_owned(),
         id: id.to_owned(),
-        address: containerd_address.to_owned(),
+        address: start.address.clone(),
         socket: address.clone(),
         debug: start.debug,
         ..Flags::default()
@@ -85,44 +69,100 @@ pub fn start_command(start: &Flags) -> containerd_shim::Result<String> {
     if let Err(e) = containerd_shim::cgroup::adjust_oom_score(std::process::id()) {
         log::warn!("oom score: {e}");
     }
-    let (ready, ready_in_daemon) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::Other(format!("pipe for the shim daemon: {e}")))?;
-    // SAFETY: `start` has a single thread (it made none; the attach warm-up is a process), so
-    // the child may go on running any code: it becomes the daemon and never returns here.
-    let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            drop(ready);
-            let code = daemon_main(&daemon, config_path, ready_in_daemon);
-            std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
-        }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return Err(Error::Other(format!("fork the shim daemon: {e}"))),
-    };
-    drop(ready_in_daemon);
-    // The daemon closes its end once it listens; anything it wrote before goes to stderr.
+    let (child, ready) = fork_daemon(&daemon, input.config_path)?;
+    // The daemon closes its end once it listens (or once it found the group's shim serving);
+    // anything it wrote before goes to stderr.
     let ready = std::io::copy(&mut File::from(ready), &mut std::io::stderr())
-        .map(drop)
-        .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}")));
-    if let Err(e) = ready.and_then(|()| write_address(&cwd, &address)) {
+        .map_err(|e| Error::Other(format!("wait for the shim daemon: {e}")))
+        .and_then(|_| match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            // It serves.
+            Ok(WaitStatus::StillAlive) => Ok(true),
+            // Another shim of the group serves the socket: it is not this daemon's.
+            Ok(WaitStatus::Exited(_, 0)) => Ok(false),
+            other => Err(Error::Other(format!(
+                "container {id}: the shim daemon ended before it served ({other:?})"
+            ))),
+        });
+    if let Err(e) = ready.and_then(|bound| {
+        write_address(&cwd, &address).inspect_err(|_| {
+            if bound {
+                let _ = std::fs::remove_file(socket_path);
+            }
+        })
+    }) {
         // containerd gives up on this shim: nothing of it may stay (its zygotes end with it).
         let _ = kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
-        let _ = std::fs::remove_file(socket_path);
         return Err(e);
     }
     Ok(address)
 }
 
-/// The forked daemon: standard input and error on `/dev/null` and standard output on the
-/// readiness pipe (what the executed daemon had), containerd's daemon flags as its command
-/// line, then the daemon itself.
-fn daemon_main(flags: &Flags, config_path: Option<PathBuf>, ready: OwnedFd) -> ExitCode {
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        let _ = dup2(null.as_raw_fd(), libc::STDIN_FILENO);
-        let _ = dup2(null.as_raw_fd(), libc::STDERR_FILENO);
+/// The runtime options (an Any), or from containerd 2.3 its BootstrapParams, that containerd
+/// writes on `start`'s stdin: read once, bounded, decoded.
+fn read_input(id: &str, namespace: &str) -> containerd_shim::Result<StartInput> {
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(MAX_START_INPUT + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| Error::Other(format!("read runtime options from stdin: {e}")))?;
+    if raw.len() as u64 > MAX_START_INPUT {
+        return Err(Error::InvalidArgument(format!(
+            "container {id}: more than {MAX_START_INPUT} bytes of runtime options on stdin"
+        )));
     }
-    let _ = dup2(ready.as_raw_fd(), libc::STDOUT_FILENO);
-    drop(ready);
+    start_input(id, namespace, &raw).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Forks the daemon; its pid and the read end of its readiness pipe. `/dev/null` is opened
+/// first, so that a child that could not let go of containerd's pipes never exists.
+fn fork_daemon(
+    daemon: &Flags,
+    config_path: Option<PathBuf>,
+) -> containerd_shim::Result<(Pid, OwnedFd)> {
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::Other(format!("open /dev/null for the shim daemon: {e}")))?;
+    let (ready, ready_in_daemon) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::Other(format!("pipe for the shim daemon: {e}")))?;
+    // SAFETY: `start` has a single thread (it made none; the attach warm-up is a process), so
+    // the child may go on running any code: it becomes the daemon and never returns here.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(ready);
+            let code = daemon_main(daemon, config_path, null, ready_in_daemon);
+            std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+        }
+        Ok(ForkResult::Parent { child }) => Ok((child, ready)),
+        Err(e) => Err(Error::Other(format!("fork the shim daemon: {e}"))),
+    }
+}
+
+/// The forked daemon: standard input and error on `null` and standard output on the
+/// readiness pipe (what the executed daemon had), no signal blocked, containerd's daemon
+/// flags as its command line, then the daemon itself. A daemon that cannot let go of
+/// containerd's pipes (which containerd reads to their end) ends at once.
+fn daemon_main(
+    flags: &Flags,
+    config_path: Option<PathBuf>,
+    null: File,
+    ready: OwnedFd,
+) -> ExitCode {
+    let redirected = [
+        (null.as_raw_fd(), libc::STDIN_FILENO),
+        (ready.as_raw_fd(), libc::STDOUT_FILENO),
+        (null.as_raw_fd(), libc::STDERR_FILENO),
+    ]
+    .into_iter()
+    .all(|(fd, target)| dup2(fd, target).is_ok());
+    if !redirected {
+        // SAFETY: leaves at once, closing every descriptor, without running anything else.
+        unsafe { libc::_exit(1) }
+    }
+    drop((null, ready));
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     crate::proc_title::set(&daemon_args(flags));
     super::serve::run(flags, config_path)
 }

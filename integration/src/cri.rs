@@ -70,14 +70,12 @@ pub struct HandlerConfigs {
     /// are in this directory (Debian trixie's 1.7: `debian_packages::containerd17()?.bin_dir()`);
     /// `None`: the host's.
     pub containerd_release: Option<PathBuf>,
-    /// Mount pods' network namespaces where containerd does by default, under the host's
-    /// `/run/netns`, instead of under this containerd's state directory. A user-namespace
-    /// pod needs it: libcontainer opens the namespace files from inside the user namespace,
-    /// which cannot traverse the CRI plugin's state directory (runc opens them before).
-    pub netns_under_run: bool,
     /// Turn on the CRI plugin's own CDI (containerd >= 1.7: `enable_cdi = true`) with these
     /// spec directories (`cdi_spec_dirs`); empty: CDI stays off, the shim owns it.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Pods' network namespaces under the host's `/run/netns` (containerd's default), not
+    /// under this containerd's state directory (see README, "User namespaces").
+    pub netns_under_run: bool,
 }
 
 impl Default for HandlerConfigs {

@@ -180,6 +180,8 @@ fn a_host_users_false_pod_runs_through_containerd_2_as_under_runc() -> Result<()
     let cri = Cri::start(&HandlerConfigs {
         containerd_release: Some(release.into()),
         nvidia_without_options: true,
+        // libcontainer opens the pod's network namespace from inside the user namespace, which
+        // cannot traverse the CRI plugin's state directory (runc opens it before).
         netns_under_run: true,
         ..HandlerConfigs::default()
     })?;

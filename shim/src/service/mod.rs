@@ -9,6 +9,7 @@ pub mod options;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ pub struct TaskService<R: Runtime> {
     tasks: Arc<Tasks<R>>,
     events: Arc<dyn EventSender>,
     shutdown: Arc<ExitSignal>,
+    /// A Shutdown came while a create ran (see [`TaskService::shutdown`]).
+    shutdown_asked: AtomicBool,
     idle: IdleTrim,
 }
 
@@ -82,6 +85,7 @@ impl<R: Runtime> TaskService<R> {
             tasks,
             events,
             shutdown,
+            shutdown_asked: AtomicBool::new(false),
             idle,
         })
     }
@@ -139,10 +143,11 @@ impl<R: Runtime> TaskService<R> {
         let (tasks, events) = (Arc::clone(&self.tasks), Arc::clone(&self.events));
         let oom_id = id.clone();
         let on_oom = Box::new(move || events.send(Event::Oom { id: oom_id.clone() }));
-        let c = blocking(&id, "create", move || {
+        let created = blocking(&id, "create", move || {
             tasks.create(container, options, on_oom)
         })
-        .await?;
+        .await;
+        let c = created.inspect_err(|_| self.shutdown_if_asked())?;
         let pid = c.init.pid();
         self.events.send(Event::Create {
             id,
@@ -418,10 +423,25 @@ impl<R: Runtime> TaskService<R> {
         }
     }
 
-    /// Exits the shim once it serves no container.
+    /// Exits the shim once it serves no container. A Shutdown that comes while a create is
+    /// still running (containerd gave up on it: its deadline passed) is kept, and carried out
+    /// when that create fails and leaves the shim serving nothing; else nobody would ask again
+    /// and the shim would wait for its idle limit.
     pub fn shutdown(&self) {
         if self.tasks.is_idle() {
             log::info!("no containers left; shutting down");
+            self.shutdown.signal();
+        } else if self.tasks.activity().1 {
+            self.shutdown_asked.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Carries out a Shutdown kept while a create ran, now that it has failed.
+    fn shutdown_if_asked(&self) {
+        if self.shutdown_asked.load(Ordering::SeqCst) && self.tasks.is_idle() {
+            log::info!(
+                "the create containerd gave up on failed and no containers are left; shutting down"
+            );
             self.shutdown.signal();
         }
     }

@@ -886,6 +886,33 @@ async fn a_create_runs_to_its_end_when_its_caller_gives_up_and_a_delete_waits_fo
 }
 
 #[tokio::test]
+async fn a_shutdown_during_a_create_that_then_fails_ends_the_shim_once_it_has_failed() {
+    let s = Arc::new(shim());
+    s.stub().hold_creates();
+    s.stub().fail_next("create");
+    let caller = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.api.create(&ctx(), create_request("doomed")).await })
+    };
+    for _ in 0..500 {
+        if s.stub().calls().contains(&"create doomed".to_owned()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // containerd gave up on the create: it asks the shim to shut down while it still works.
+    s.api
+        .shutdown(&ctx(), ShutdownRequest::default())
+        .await
+        .unwrap();
+    let ended = || tokio::time::timeout(Duration::from_millis(50), s.shutdown.wait());
+    assert!(ended().await.is_err(), "not while the create runs");
+    s.stub().release_creates();
+    assert!(caller.await.unwrap().is_err(), "the create failed");
+    assert!(ended().await.is_ok(), "the kept Shutdown is carried out");
+}
+
+#[tokio::test]
 async fn an_unknown_container_is_not_found_in_every_method_and_checkpoint_is_not_served() {
     let s = shim();
     let (id, exec_id, stdin) = ("nope", "", true);

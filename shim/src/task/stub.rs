@@ -114,6 +114,11 @@ impl Stub {
 
     fn call(&self, op: &'static str, id: &str) -> Result<()> {
         lock(&self.calls).push(format!("{op} {id}"));
+        self.refused(op, id)
+    }
+
+    /// The failure a test asked of the next `op`, if it asked one.
+    fn refused(&self, op: &'static str, id: &str) -> Result<()> {
         let mut failing = lock(&self.failing);
         match failing.iter().position(|f| *f == op) {
             Some(i) => {
@@ -158,13 +163,15 @@ impl Runtime for Stub {
 
     fn create(&self, req: &CreateRequest, exit: &Arc<ExitCell>) -> Result<Created<StubContainer>> {
         let id = &req.container.id;
-        self.call("create", id)?;
+        lock(&self.calls).push(format!("create {id}"));
         let held = lock(&self.held);
         drop(
             self.released
                 .wait_while(held, |held| *held)
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        // A held create fails, if asked to, once released: as a slow create that fails.
+        self.refused("create", id)?;
         *lock(&self.last_create) = Some(req.clone());
         Ok(Created {
             container: StubContainer { id: id.clone() },

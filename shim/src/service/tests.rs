@@ -847,20 +847,31 @@ async fn what_init_leaves_behind_is_ended_only_without_a_pid_namespace_of_its_ow
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_runs_to_its_end_when_its_caller_gives_up_and_a_delete_waits_for_it() {
-    let s = Arc::new(shim());
-    s.stub().hold_creates();
+/// A Create of container `id` sent as containerd sends it, in a task of its own, once the
+/// runtime has it in hand (the stub holds creates: see `Stub::hold_creates`).
+async fn held_create(
+    s: &Arc<Shim>,
+    id: &'static str,
+) -> tokio::task::JoinHandle<TtrpcResult<CreateTaskResponse>> {
     let caller = {
-        let s = Arc::clone(&s);
-        tokio::spawn(async move { s.api.create(&ctx(), create_request("slow")).await })
+        let s = Arc::clone(s);
+        tokio::spawn(async move { s.api.create(&ctx(), create_request(id)).await })
     };
+    let call = format!("create {id}");
     for _ in 0..500 {
-        if s.stub().calls().contains(&"create slow".to_owned()) {
+        if s.stub().calls().contains(&call) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    caller
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_runs_to_its_end_when_its_caller_gives_up_and_a_delete_waits_for_it() {
+    let s = Arc::new(shim());
+    s.stub().hold_creates();
+    let caller = held_create(&s, "slow").await;
     // containerd's deadline: the request is dropped while the runtime works.
     caller.abort();
     let delete = {
@@ -890,16 +901,7 @@ async fn a_shutdown_during_a_create_that_then_fails_ends_the_shim_once_it_has_fa
     let s = Arc::new(shim());
     s.stub().hold_creates();
     s.stub().fail_next("create");
-    let caller = {
-        let s = Arc::clone(&s);
-        tokio::spawn(async move { s.api.create(&ctx(), create_request("doomed")).await })
-    };
-    for _ in 0..500 {
-        if s.stub().calls().contains(&"create doomed".to_owned()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let caller = held_create(&s, "doomed").await;
     // containerd gave up on the create: it asks the shim to shut down while it still works.
     s.api
         .shutdown(&ctx(), ShutdownRequest::default())

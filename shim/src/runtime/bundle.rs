@@ -102,6 +102,8 @@ pub struct PreparedBundle {
     pub seccomp: Option<LinuxSeccomp>,
     /// Whether the container has a user namespace (made or joined).
     pub user_ns: bool,
+    /// The spec's `linux.cgroupsPath`, as libcontainer takes it.
+    pub cgroups_path: Option<PathBuf>,
     /// What the spec editor did.
     pub edits: Option<Edits>,
 }
@@ -217,6 +219,7 @@ impl Bundle {
             private_pid_ns: has_private_pid_namespace(&spec),
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             user_ns: spec_adapt::has_user_namespace(&spec),
+            cgroups_path: spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
             edits,
         })
     }

@@ -73,9 +73,14 @@ pub(super) fn create(
         io: wire_io,
         after: prepared.after,
     };
-    let created = match rt.call(id, "create", Op::Create(Box::new(args)))? {
-        Done::Created(c) => c,
-        other => return Err(unexpected(id, "create", &other)),
+    let created = match rt.call(id, "create", Op::Create(Box::new(args))) {
+        Ok(Done::Created(c)) => c,
+        Ok(other) => return Err(unexpected(id, "create", &other)),
+        Err(e) => {
+            let systemd = req.config.systemd_cgroup;
+            remove_left_cgroup(id, prepared.cgroups_path.as_deref(), systemd);
+            return Err(e);
+        }
     };
     steps.done("libcontainer");
     let route = guard.watch(created.pid, Arc::clone(exit));
@@ -117,6 +122,31 @@ pub(super) fn create(
         },
         private_pid_ns: prepared.private_pid_ns,
     })
+}
+
+/// How long [`remove_left_cgroup`] waits for a failed create's init to leave its cgroup.
+const LEFT_CGROUP_WAIT: Duration = Duration::from_secs(2);
+
+/// Removes the cgroup a failed libcontainer create may have left. Its own clean-up gives the
+/// dying init 100 ms to leave the cgroup, too little on a loaded host; here the directories
+/// are removed once empty, for up to [`LEFT_CGROUP_WAIT`]. Only a plain cgroupfs path of the
+/// spec's (libcontainer's own default and systemd slices are left to it).
+fn remove_left_cgroup(id: &str, cgroups_path: Option<&std::path::Path>, systemd: bool) {
+    let Some(path) = cgroups_path.filter(|p| p.is_absolute() && !systemd) else {
+        return;
+    };
+    let cgroup = ContainerCgroup::new(id, path.to_owned(), systemd);
+    let deadline = Instant::now() + LEFT_CGROUP_WAIT;
+    loop {
+        match cgroup.remove_emptied() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                log::warn!("container {id}: the failed create's cgroup stays: {e}");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// How long each step of one create took, in order: the breakdown `nvbench` prints.

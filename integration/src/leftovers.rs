@@ -279,3 +279,11 @@ pub fn remove_cgroups_under(parent: &str) {
         }
     }
 }
+
+/// The names in directory `dir`.
+pub fn names_in(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    Ok(fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect())
+}

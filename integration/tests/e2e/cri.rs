@@ -129,9 +129,7 @@ fn a_pod_runs_through_the_nvidia_handler_and_leaves_nothing_behind() -> Result<(
         .containerd
         .state_dir()
         .join("io.containerd.runtime.v2.task/k8s.io");
-    let left: Vec<_> = std::fs::read_dir(&bundles)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = leftovers::names_in(&bundles).unwrap_or_default();
     assert!(left.is_empty(), "bundles left: {left:?}");
     Ok(())
 }

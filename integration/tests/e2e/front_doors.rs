@@ -931,22 +931,16 @@ fn hostile_images_cannot_steer_the_cdi_hook_or_the_runtime() -> Result<()> {
         // The container's own processes load the preload (it is the container's business) in
         // their own mount namespace, where the marker directory does not exist: no marker on the
         // host means no hook and no runtime step ever loaded it here.
-        let markers = entries(&marker_dir)?;
+        let markers = leftovers::names_in(&marker_dir)?;
         assert!(
             markers.is_empty(),
             "the image's LD_PRELOAD ran on the host side: {markers:?}"
         );
-        let written = entries(&escape)?;
+        let written = leftovers::names_in(&escape)?;
         assert!(
             written.is_empty(),
             "written through the image's symlink: {written:?}"
         );
         Ok(())
     })
-}
-
-/// The names in directory `dir`.
-fn entries(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
-    let names = std::fs::read_dir(dir)?.flatten().map(|e| e.file_name());
-    Ok(names.collect())
 }

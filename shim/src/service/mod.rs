@@ -5,6 +5,7 @@
 
 pub mod edge;
 pub mod events;
+pub mod gone;
 pub mod options;
 #[cfg(test)]
 mod tests;
@@ -33,9 +34,11 @@ use crate::io::procio::StdioPaths;
 use crate::runtime::{NewContainer, RootfsMount, Runtime};
 use crate::service::edge::{blocking, detached};
 use crate::service::events::{Event, EventSender};
+use crate::service::gone::Gone;
 use crate::service::options::create_options;
+use crate::task::container::Container;
 use crate::task::process::Process;
-use crate::task::{ContainerOf, CreateOptions, Tasks};
+use crate::task::{ContainerOf, CreateOptions, Reservation, Tasks};
 use crate::working_set::{Active, IdleTrim};
 
 /// How long a shim that has never been given a container waits before it exits.
@@ -52,6 +55,8 @@ pub struct TaskService<R: Runtime> {
     shutdown: Arc<ExitSignal>,
     /// A Shutdown came while a create ran (see [`TaskService::shutdown`]).
     shutdown_asked: AtomicBool,
+    /// Containers deleted lately.
+    gone: Gone,
     idle: IdleTrim,
 }
 
@@ -86,6 +91,7 @@ impl<R: Runtime> TaskService<R> {
             events,
             shutdown,
             shutdown_asked: AtomicBool::new(false),
+            gone: Gone::default(),
             idle,
         })
     }
@@ -107,57 +113,74 @@ impl<R: Runtime> TaskService<R> {
         self.tasks.get(id)
     }
 
-    /// Creates the container; returns init's pid.
-    pub async fn create(self: Arc<Self>, req: CreateTaskRequest) -> Result<u32> {
-        let id = req.id.clone();
+    /// Creates the container; returns init's pid. The id is reserved as the request comes,
+    /// before its work is scheduled, so a request for it that comes next (containerd's Delete
+    /// once its deadline passed) waits for this create whatever order their work runs in.
+    pub fn create(
+        self: Arc<Self>,
+        req: CreateTaskRequest,
+    ) -> impl std::future::Future<Output = Result<u32>> + Send + 'static {
+        let reserved = self.reserve(&req);
+        async move {
+            let (reservation, options) = reserved?;
+            let id = req.id.clone();
+            let stdio = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            let container = NewContainer {
+                id: id.clone(),
+                bundle: req.bundle.clone().into(),
+                rootfs: req
+                    .rootfs
+                    .iter()
+                    .map(|m| RootfsMount {
+                        typ: m.type_.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
+                    .collect(),
+                stdio: stdio.clone(),
+            };
+            let (tasks, events) = (Arc::clone(&self.tasks), Arc::clone(&self.events));
+            let oom_id = id.clone();
+            let on_oom = Box::new(move || events.send(Event::Oom { id: oom_id.clone() }));
+            let created = blocking(&id, "create", move || {
+                tasks.create(reservation, container, options, on_oom)
+            })
+            .await;
+            let c = created.inspect_err(|_| self.shutdown_if_asked())?;
+            let pid = c.init.pid();
+            self.events.send(Event::Create {
+                id,
+                bundle: req.bundle,
+                rootfs: req.rootfs,
+                stdio,
+                checkpoint: req.checkpoint,
+                pid,
+            });
+            Ok(pid)
+        }
+    }
+
+    /// What a Create can be refused for at once, then the id's reservation.
+    fn reserve(&self, req: &CreateTaskRequest) -> Result<(Reservation<R>, CreateOptions)> {
+        let id = &req.id;
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented {
-                id,
+                id: id.clone(),
                 what: "restore from checkpoint",
             });
         }
         let options = match req.options.as_ref() {
-            Some(any) => create_options(&id, any)?,
+            Some(any) => create_options(id, any)?,
             None => CreateOptions::default(),
         };
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let container = NewContainer {
-            id: id.clone(),
-            bundle: req.bundle.clone().into(),
-            rootfs: req
-                .rootfs
-                .iter()
-                .map(|m| RootfsMount {
-                    typ: m.type_.clone(),
-                    source: m.source.clone(),
-                    options: m.options.clone(),
-                })
-                .collect(),
-            stdio: stdio.clone(),
-        };
-        let (tasks, events) = (Arc::clone(&self.tasks), Arc::clone(&self.events));
-        let oom_id = id.clone();
-        let on_oom = Box::new(move || events.send(Event::Oom { id: oom_id.clone() }));
-        let created = blocking(&id, "create", move || {
-            tasks.create(container, options, on_oom)
-        })
-        .await;
-        let c = created.inspect_err(|_| self.shutdown_if_asked())?;
-        let pid = c.init.pid();
-        self.events.send(Event::Create {
-            id,
-            bundle: req.bundle,
-            rootfs: req.rootfs,
-            stdio,
-            checkpoint: req.checkpoint,
-            pid,
-        });
-        Ok(pid)
+        let reservation = self.tasks.reserve(id)?;
+        self.gone.forget(id);
+        Ok((reservation, options))
     }
 
     /// Starts a created container (or one of its exec processes) and begins reporting its
@@ -233,22 +256,10 @@ impl<R: Runtime> TaskService<R> {
 
     /// The task's state as containerd reads it.
     pub fn state(&self, req: &StateRequest) -> Result<StateResponse> {
-        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
-        let now = p.snapshot();
-        Ok(StateResponse {
-            id: p.id.clone(),
-            exec_id: req.exec_id.clone(),
-            bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: now.pid,
-            status: now.state.status(),
-            stdin: p.stdio.stdin.clone(),
-            stdout: p.stdio.stdout.clone(),
-            stderr: p.stdio.stderr.clone(),
-            terminal: p.stdio.terminal,
-            exit_status: now.exit.as_ref().map(|e| e.code).unwrap_or_default(),
-            exited_at: MessageField::from_option(now.exit.map(|e| e.at)),
-            ..Default::default()
-        })
+        match self.lookup(&req.id, &req.exec_id) {
+            Ok((c, p)) => Ok(state_of(&c, &p, &req.exec_id)),
+            Err(e) => self.gone.state(req).ok_or(e),
+        }
     }
 
     /// Signals a process, or every process of the container with `all`.
@@ -263,7 +274,10 @@ impl<R: Runtime> TaskService<R> {
 
     /// Waits for a process to exit.
     pub async fn wait(&self, req: &WaitRequest) -> Result<WaitResponse> {
-        let (c, p) = self.lookup(&req.id, &req.exec_id)?;
+        let (c, p) = match self.lookup(&req.id, &req.exec_id) {
+            Err(e) => return self.gone.wait(req).ok_or(e),
+            Ok(found) => found,
+        };
         let status = self.exited(&c, &p).await;
         Ok(WaitResponse {
             exit_status: status.code,
@@ -272,27 +286,34 @@ impl<R: Runtime> TaskService<R> {
         })
     }
 
-    /// Deletes an exec process, or the container with everything the shim made for it.
+    /// Deletes an exec process, or the container with everything the shim made for it. A
+    /// container deleted lately answers again as it did (see [`Gone`]).
     pub async fn delete(self: Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
-        let c = self.lookup_created(&req.id).await?;
+        let c = match self.lookup_created(&req.id).await {
+            Err(e) => return self.gone.delete(&req).ok_or(e),
+            Ok(c) => c,
+        };
         let p = c.process(&req.exec_id)?;
         let deleted = {
             let (tasks, c, p) = (Arc::clone(&self.tasks), Arc::clone(&c), Arc::clone(&p));
             blocking(&req.id, "delete", move || tasks.delete(&c, &p)).await?
         };
+        let reply = DeleteResponse {
+            pid: deleted.pid,
+            exit_status: deleted.status.code,
+            exited_at: MessageField::some(deleted.status.at.clone()),
+            ..Default::default()
+        };
         if p.is_init() {
+            self.gone
+                .keep(&c.id, state_of(&c, &p, &req.exec_id), reply.clone());
             self.events.send(Event::Delete {
                 id: c.id.clone(),
                 pid: deleted.pid,
-                status: deleted.status.clone(),
+                status: deleted.status,
             });
         }
-        Ok(DeleteResponse {
-            pid: deleted.pid,
-            exit_status: deleted.status.code,
-            exited_at: MessageField::some(deleted.status.at),
-            ..Default::default()
-        })
+        Ok(reply)
     }
 
     /// Registers an exec process; `Start` with its id runs it.
@@ -444,6 +465,25 @@ impl<R: Runtime> TaskService<R> {
             );
             self.shutdown.signal();
         }
+    }
+}
+
+/// Process `p` of `c` as a State request for `exec_id` reads it.
+fn state_of<C>(c: &Container<C>, p: &Process, exec_id: &str) -> StateResponse {
+    let now = p.snapshot();
+    StateResponse {
+        id: p.id.clone(),
+        exec_id: exec_id.to_owned(),
+        bundle: c.bundle.to_string_lossy().into_owned(),
+        pid: now.pid,
+        status: now.state.status(),
+        stdin: p.stdio.stdin.clone(),
+        stdout: p.stdio.stdout.clone(),
+        stderr: p.stdio.stderr.clone(),
+        terminal: p.stdio.terminal,
+        exit_status: now.exit.as_ref().map(|e| e.code).unwrap_or_default(),
+        exited_at: MessageField::from_option(now.exit.map(|e| e.at)),
+        ..Default::default()
     }
 }
 

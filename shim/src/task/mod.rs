@@ -77,15 +77,17 @@ pub struct Tasks<R: Runtime> {
     table: Mutex<Table<R::Container>>,
 }
 
-/// Releases a reserved id unless the create committed it.
-struct Reservation<'a, C> {
-    table: &'a Mutex<Table<C>>,
+/// Container id `id` held for a create in flight: requests for it wait for that create (see
+/// [`Tasks::is_being_created`]) and a second create of it is refused. Released when dropped,
+/// unless the create committed the container.
+pub struct Reservation<R: Runtime> {
+    tasks: Arc<Tasks<R>>,
     id: String,
 }
 
-impl<C> Drop for Reservation<'_, C> {
+impl<R: Runtime> Drop for Reservation<R> {
     fn drop(&mut self) {
-        lock(self.table).reserved.remove(&self.id);
+        lock(&self.tasks.table).reserved.remove(&self.id);
     }
 }
 
@@ -142,27 +144,31 @@ impl<R: Runtime> Tasks<R> {
         t.containers.is_empty() && t.reserved.is_empty()
     }
 
-    fn reserve(&self, id: &str) -> Result<Reservation<'_, R::Container>> {
+    /// Reserves `id` for a create (see [`Reservation`]); fails if it is served or being
+    /// created.
+    pub fn reserve(self: &Arc<Self>, id: &str) -> Result<Reservation<R>> {
         let mut t = lock(&self.table);
         if t.containers.contains_key(id) || !t.reserved.insert(id.to_owned()) {
             return Err(ShimError::AlreadyExists { id: id.to_owned() });
         }
         Ok(Reservation {
-            table: &self.table,
+            tasks: Arc::clone(self),
             id: id.to_owned(),
         })
     }
 
     /// Creates a container: the runtime creates it (init parked until start), the shim then
     /// serves it and watches it for OOM kills (`on_oom`). Nothing is left when it fails.
+    /// `reservation` is the id's, taken when the request came.
     pub fn create(
         &self,
+        reservation: Reservation<R>,
         container: NewContainer,
         options: CreateOptions,
         on_oom: OnOom,
     ) -> Result<Arc<ContainerOf<R>>> {
         let id = container.id.clone();
-        let reservation = self.reserve(&id)?;
+        debug_assert_eq!(reservation.id, id, "created under its own reservation");
         let started = Instant::now();
         let config = self
             .config

@@ -42,6 +42,14 @@ impl Sink {
     pub fn appended(fd: OwnedFd) -> Self {
         Self { fd, splice: false }
     }
+
+    /// The same destination, for a second copy (stderr to where stdout goes).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            splice: self.splice,
+        })
+    }
 }
 
 /// What the copy thread and the exit report share.

@@ -31,7 +31,7 @@ pub struct ProcessStdio {
     pub fds: [OwnedFd; 3],
     /// Present when stdin comes from a FIFO.
     pub stdin: Option<StdinForwarder>,
-    /// The copies of stdout and stderr (one when they go to the same place).
+    /// The copies of stdout and stderr.
     pub outputs: Vec<OutputCopy>,
 }
 
@@ -91,25 +91,23 @@ impl ProcessStdio {
         );
         let (out_sink, err_sink) = if stdout.starts_with("binary://") {
             let (out, err) = crate::io::logdriver::start(id, namespace, stdout)?;
-            (Sink::spliceable(out), Some(Sink::spliceable(err)))
+            (Sink::spliceable(out), Sink::spliceable(err))
         } else if stderr == stdout && !stderr.is_empty() {
-            (open_sink(id, stdout)?, None)
-        } else {
-            (open_sink(id, stdout)?, Some(open_sink(id, stderr)?))
-        };
-        let (out, out_copy) = OutputCopy::start(id, "stdout", out_sink)?;
-        let mut outputs = vec![out_copy];
-        let err = match err_sink {
-            Some(sink) => {
-                let (err, err_copy) = OutputCopy::start(id, "stderr", sink)?;
-                outputs.push(err_copy);
-                err
-            }
-            // The same place: one pipe, so the order of the two streams is kept.
-            None => out
+            // The same place (ctr's `--log-uri file://...`): opened once, written by both
+            // copies, as the runc shim shares one writer.
+            let sink = open_sink(id, stdout)?;
+            let shared = sink
                 .try_clone()
-                .map_err(|e| ShimError::io(id, "dup the stdout pipe", e))?,
+                .map_err(|e| ShimError::io(id, "share the output", e))?;
+            (sink, shared)
+        } else {
+            (open_sink(id, stdout)?, open_sink(id, stderr)?)
         };
+        // A pipe each, as under the runc shim, even to one place: a process that opens its
+        // stderr for reading (`/proc/self/fd/2`) must not be able to take its stdout back.
+        let (out, out_copy) = OutputCopy::start(id, "stdout", out_sink)?;
+        let (err, err_copy) = OutputCopy::start(id, "stderr", err_sink)?;
+        let outputs = vec![out_copy, err_copy];
         let (reader, writer) = pipe(id, "stdin")?;
         let stdin = if stdin.is_empty() {
             // No writer: the process reads end of file at once.
@@ -387,8 +385,12 @@ mod tests {
                     "{stdout:?}: {target:?}"
                 );
             }
-            let same = stdout == stderr && !stdout.is_empty();
-            assert_eq!(stdio.outputs.len(), if same { 1 } else { 2 });
+            assert_eq!(stdio.outputs.len(), 2, "{stdout:?}");
+            assert_ne!(
+                fd_target(&stdio.fds[1]),
+                fd_target(&stdio.fds[2]),
+                "stdout and stderr are pipes of their own, also to one place"
+            );
             // No stdin: end of file at once.
             let [reader, _, _] = stdio.fds;
             let mut rest = Vec::new();

@@ -63,6 +63,18 @@ fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
 /// the logger said it is ready.
 pub fn start(id: &str, namespace: &str, uri: &str) -> Result<(OwnedFd, OwnedFd)> {
     let logger = LoggerUri::parse(id, uri)?;
+    // Checked before the spawn, whose own report of a failed exec is not to be trusted here:
+    // `place` moves fds onto 3 to 5 in the child, where std's error pipe may have landed
+    // when another thread had just closed those numbers.
+    let runnable = std::fs::metadata(&logger.path).and_then(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::EACCES))
+        }
+    });
+    runnable.map_err(|e| ShimError::io(id, format!("start logging binary {}", logger.path), e))?;
     let (out_r, out_w) = pipe(id)?;
     let (err_r, err_w) = pipe(id)?;
     let (ready_r, ready_w) = pipe(id)?;

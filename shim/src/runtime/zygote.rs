@@ -103,9 +103,24 @@ fn send(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<
     Ok(())
 }
 
-/// Receives one message and its fds; `None` once the other end is gone.
+/// The length of the next message, which stays queued (0 once the other end is gone).
+fn next_len(socket: BorrowedFd<'_>) -> std::io::Result<usize> {
+    loop {
+        // A peek leaves the message and its fds for the `recvmsg` that takes them.
+        let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC;
+        match nix::sys::socket::recv(socket.as_raw_fd(), &mut [], peek) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Receives one message and its fds; `None` once the other end is gone. The buffer is the
+/// message's size (a few kilobytes): a buffer of the largest allowed size, zeroed for every
+/// message, cost each operation a quarter megabyte of fresh pages.
 fn recv(socket: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // One byte over the limit, so a message above it shows as truncated.
+    let mut buf = vec![0u8; next_len(socket)?.min(MAX_MESSAGE + 1)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = loop {
@@ -130,10 +145,11 @@ fn recv(socket: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>
             );
         }
     }
+    let len = msg.bytes;
     let truncated = msg
         .flags
-        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-    let len = msg.bytes;
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+        || len > MAX_MESSAGE;
     if len == 0 && fds.is_empty() {
         return Ok(None);
     }
@@ -421,6 +437,23 @@ mod tests {
         assert_eq!(target, std::path::Path::new("/dev/null"));
         drop(a);
         assert!(recv(b.as_fd()).unwrap().is_none(), "the other end is gone");
+    }
+
+    #[test]
+    fn queued_messages_come_one_by_one_at_their_size_and_one_over_the_limit_is_refused() {
+        let (a, b) = seqpacket_pair().unwrap();
+        // Large enough a socket buffer for the oversized message.
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &(1 << 20)).unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::RcvBuf, &(1 << 20)).unwrap();
+        send(a.as_fd(), b"first", &[]).unwrap();
+        send(a.as_fd(), &[7u8; 3000], &[]).unwrap();
+        send(a.as_fd(), &vec![1u8; MAX_MESSAGE + 1], &[]).unwrap();
+        let (first, _) = recv(b.as_fd()).unwrap().unwrap();
+        assert_eq!(first, b"first");
+        let (second, _) = recv(b.as_fd()).unwrap().unwrap();
+        assert_eq!((second.len(), second.capacity()), (3000, 3000));
+        let over = recv(b.as_fd()).unwrap_err();
+        assert_eq!(over.kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
 
+pub use crate::untrusted::Durability;
 use crate::untrusted::{self, FinalLink, UntrustedError};
 
 /// How every path under a [`Root`] is resolved.
@@ -408,13 +409,19 @@ impl Root {
     }
 
     /// Writes file `path` (inside the root) with `content` and `mode`, atomically: a temporary
-    /// file beside it, written and synced, then renamed over it (see
+    /// file beside it, written (and synced, as `durability` says), then renamed over it (see
     /// [`untrusted::write_atomic_at`]). Whatever was at `path` (a file, or a symlink pointing
     /// anywhere) is replaced, never followed; if anything fails (a full disk), it is left as it
     /// was and no temporary file remains.
-    pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> Result<(), RootError> {
+    pub fn write_file(
+        &self,
+        path: &Path,
+        content: &[u8],
+        mode: u32,
+        durability: Durability,
+    ) -> Result<(), RootError> {
         let (dir, name) = self.parent_of(path, "write")?;
-        untrusted::write_atomic_at(dir.as_fd(), &name, content, mode)
+        untrusted::write_atomic_at(dir.as_fd(), &name, content, mode, durability)
             .map_err(|e| self.err("write", path, e))
     }
 }

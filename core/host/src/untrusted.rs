@@ -161,16 +161,29 @@ pub fn read(path: &Path, final_link: FinalLink, max: u64) -> Result<Vec<u8>, Unt
     read_to_end(&open(path, final_link, max)?, max)
 }
 
+/// Whether [`write_atomic_at`] makes the new content durable before it renames it in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`ed first, as `ldconfig` writes the ld cache: after a crash the file is the old
+    /// one or the whole new one.
+    Synced,
+    /// Not synced: readers still see the old file or the whole new one, but after a crash it
+    /// may be empty. For a file written anew, whole, every time it is used (costs no `fsync`,
+    /// a millisecond on a slow disk).
+    Rewritten,
+}
+
 /// Writes `content` as file `name` in directory `dir` so that a reader sees either the old
 /// file or the whole new one, never a part: a temporary file beside it (created `O_EXCL`,
-/// never through a symlink), written and `fsync`ed, then renamed over `name`. Whatever was at
-/// `name` (a file, a symlink pointing anywhere) is replaced, never followed; on any failure
-/// the temporary file is removed and `name` is left as it was.
+/// never through a symlink), written (and `fsync`ed, as `durability` says), then renamed over
+/// `name`. Whatever was at `name` (a file, a symlink pointing anywhere) is replaced, never
+/// followed; on any failure the temporary file is removed and `name` is left as it was.
 pub fn write_atomic_at(
     dir: BorrowedFd<'_>,
     name: &CStr,
     content: &[u8],
     mode: u32,
+    durability: Durability,
 ) -> std::io::Result<()> {
     use std::io::Write;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -216,7 +229,10 @@ pub fn write_atomic_at(
         f.write_all(content)?;
         // The umask may have narrowed `mode`.
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        f.sync_all()
+        match durability {
+            Durability::Synced => f.sync_all(),
+            Durability::Rewritten => Ok(()),
+        }
     })();
     drop(file);
     if let Err(e) = written {
@@ -230,7 +246,7 @@ pub fn write_atomic_at(
     Ok(())
 }
 
-/// [`write_atomic_at`] for host path `path` (its directory must exist).
+/// [`write_atomic_at`] for host path `path` (its directory must exist), synced.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     let name = path
         .file_name()
@@ -247,7 +263,7 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<(
     )?;
     let name = CString::new(name.as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    write_atomic_at(dir.as_fd(), &name, content, mode)
+    write_atomic_at(dir.as_fd(), &name, content, mode, Durability::Synced)
 }
 
 #[cfg(test)]

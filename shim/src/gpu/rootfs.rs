@@ -8,7 +8,7 @@ use std::path::Path;
 use nvidia_shim_core::compat::Decision;
 use nvidia_shim_core::ldcache::{merge, Entry, MAX_CACHE_SIZE};
 use nvidia_shim_core::plan::{ld_dirs, RootfsPlan, LD_CONF_DROP_IN};
-use nvidia_shim_core_host::root::{LinkOutcome, Root, RootError};
+use nvidia_shim_core_host::root::{Durability, LinkOutcome, Root, RootError};
 
 /// Makes `plan`'s links and ld cache in `rootfs`, logging what the image had in their way.
 pub fn apply(id: &str, rootfs: &Root, plan: &RootfsPlan) -> Result<(), RootError> {
@@ -84,11 +84,15 @@ fn write_ld_cache(id: &str, rootfs: &Root, plan: &RootfsPlan) -> Result<(), Root
             cache.display()
         );
     }
-    rootfs.write_file(cache, &merged, 0o644)?;
+    // Synced, as ldconfig syncs it: the image's own entries live on only in this file, and a
+    // restart of the container (`docker start`) merges into it again.
+    rootfs.write_file(cache, &merged, 0o644, Durability::Synced)?;
+    // Written anew by every Create, so it needs no fsync (one less on every GPU container).
     let dirs = ld_dirs(&plan.ld_entries);
     rootfs.write_file(
         Path::new(LD_CONF_DROP_IN),
         format!("{}\n", dirs.join("\n")).as_bytes(),
         0o644,
+        Durability::Rewritten,
     )
 }

@@ -73,10 +73,20 @@ fn writes_land_inside_the_rootfs_despite_hostile_symlinks() {
         "libcuda.so.580",
     )
     .unwrap();
-    r.write_file(Path::new("/usr/lib64/x.conf"), b"hi", 0o644)
-        .unwrap();
-    r.write_file(Path::new("/../../etc/evil.conf"), b"hi", 0o644)
-        .unwrap();
+    r.write_file(
+        Path::new("/usr/lib64/x.conf"),
+        b"hi",
+        0o644,
+        Durability::Synced,
+    )
+    .unwrap();
+    r.write_file(
+        Path::new("/../../etc/evil.conf"),
+        b"hi",
+        0o644,
+        Durability::Synced,
+    )
+    .unwrap();
     assert!(e.untouched(), "nothing written outside");
     // The symlinks resolved as if the rootfs were /: the absolute one to the same path
     // inside the rootfs, the relative one clamped at the rootfs's /.
@@ -140,8 +150,13 @@ fn final_symlink_is_replaced_not_followed() {
         ),
         "reads never follow it"
     );
-    r.write_file(Path::new("/etc/ld.so.cache"), b"x", 0o644)
-        .unwrap();
+    r.write_file(
+        Path::new("/etc/ld.so.cache"),
+        b"x",
+        0o644,
+        Durability::Synced,
+    )
+    .unwrap();
     assert_eq!(std::fs::read_to_string(&e.outside).unwrap(), "keep");
     let meta = e.rootfs.join("etc/ld.so.cache").symlink_metadata().unwrap();
     assert!(meta.is_file(), "the symlink was replaced by a file");
@@ -168,7 +183,7 @@ proptest::proptest! {
         );
         let r = e.root();
         let path = Path::new("/").join(parts.join("/")).join("f");
-        let _ = r.write_file(&path, b"x", 0o644);
+        let _ = r.write_file(&path, b"x", 0o644, Durability::Synced);
         let _ = r.symlink(&path.with_file_name("l"), "t");
         let _ = r.create_dir_all(&path.with_file_name("d"));
         proptest::prop_assert!(e.untouched(), "{:?}", path);
@@ -239,8 +254,13 @@ fn an_images_fifo_device_or_huge_file_is_refused_without_blocking() {
         ));
     }
     // Written over, the FIFO is replaced by a file.
-    r.write_file(Path::new("/etc/ld.so.cache"), b"cache", 0o644)
-        .unwrap();
+    r.write_file(
+        Path::new("/etc/ld.so.cache"),
+        b"cache",
+        0o644,
+        Durability::Synced,
+    )
+    .unwrap();
     assert_eq!(
         r.read_file(Path::new("/etc/ld.so.cache"), 1 << 20).unwrap(),
         b"cache"
@@ -276,33 +296,46 @@ fn a_write_on_a_full_disk_leaves_the_images_file_and_no_temporary() {
         while f.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
     }
     let r = Root::open(&mnt).unwrap();
-    let err = r
-        .write_file(Path::new("/etc/ld.so.cache"), &vec![1u8; 64 << 10], 0o644)
-        .unwrap_err();
-    assert_eq!(
-        err.source.raw_os_error(),
-        Some(Errno::NOSPC.raw_os_error()),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("cannot write /etc/ld.so.cache"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(mnt.join("etc/ld.so.cache")).unwrap(),
-        image,
-        "the image's file is as it was"
-    );
-    let names: Vec<_> = std::fs::read_dir(mnt.join("etc"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    // Synced or not (the unsynced write's ENOSPC shows at its write, not at a sync).
+    for durability in [Durability::Synced, Durability::Rewritten] {
+        let err = r
+            .write_file(
+                Path::new("/etc/ld.so.cache"),
+                &vec![1u8; 64 << 10],
+                0o644,
+                durability,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.source.raw_os_error(),
+            Some(Errno::NOSPC.raw_os_error()),
+            "{durability:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("cannot write /etc/ld.so.cache"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("etc/ld.so.cache")).unwrap(),
+            image,
+            "{durability:?}: the image's file is as it was"
+        );
+        let names: Vec<_> = std::fs::read_dir(mnt.join("etc"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
     // With room again, the same write replaces it whole.
     std::fs::remove_file(mnt.join("filler")).unwrap();
-    r.write_file(Path::new("/etc/ld.so.cache"), &vec![1u8; 64 << 10], 0o644)
-        .unwrap();
+    r.write_file(
+        Path::new("/etc/ld.so.cache"),
+        &vec![1u8; 64 << 10],
+        0o644,
+        Durability::Synced,
+    )
+    .unwrap();
     assert_eq!(
         std::fs::read(mnt.join("etc/ld.so.cache")).unwrap().len(),
         64 << 10

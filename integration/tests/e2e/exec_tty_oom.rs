@@ -7,7 +7,7 @@ use nvidia_shim_integration::checks::{
     assert_clean, ctx, eventually, setup, shim_client, sleeper, stop_and_remove, task_pid, text,
     EventStream,
 };
-use nvidia_shim_integration::containerd::{Containerd, NAMESPACE, RUNTIME};
+use nvidia_shim_integration::containerd::{Containerd, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::ctr_run::CtrRun;
 use nvidia_shim_integration::leftovers;
 use nvidia_shim_integration::pty::PtyChild;
@@ -249,6 +249,35 @@ fn binary_log_uri_feeds_the_logging_binary() -> Result<()> {
         leftovers::processes_matching(&logger.to_string_lossy()).is_empty()
     })?;
     assert_clean(&c, &id, &id);
+    Ok(())
+}
+
+#[test]
+fn a_logging_binary_that_is_not_a_program_fails_the_start_as_under_runc() -> Result<()> {
+    let Some(c) = setup() else { return Ok(()) };
+    // Executable, but neither ELF nor script: the exec itself fails (ENOEXEC), which the
+    // shim must report rather than take the logger as started.
+    let logger = c.dir().join("not-a-program");
+    std::fs::write(&logger, "this is not a program\n")?;
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let uri = format!("binary://{}", logger.display());
+    let mut seen = Vec::new();
+    for runtime in [RUNC, RUNTIME] {
+        let run = CtrRun::new("lognoexec")
+            .rm()
+            .runtime(runtime)
+            .flags(&["--log-uri", &uri])
+            .cmd(&["true"]);
+        // `failure` also checks that nothing of the container is left.
+        let (_, err) = run.failure(&c)?;
+        assert!(
+            err.to_lowercase().contains("exec format error")
+                && err.contains(&*logger.to_string_lossy()),
+            "{runtime}: {err}"
+        );
+        seen.push(runtime);
+    }
+    assert_eq!(seen, [RUNC, RUNTIME]);
     Ok(())
 }
 

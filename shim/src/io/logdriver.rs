@@ -7,10 +7,9 @@
 //! last container process is gone. The shim reaps it like any child.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
 use crate::error::{Result, ShimError};
+use crate::io::spawn::{self, Program};
 
 /// How long a logger may take to signal readiness.
 const READY_TIMEOUT_MS: i32 = 10_000;
@@ -63,36 +62,18 @@ fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
 /// the logger said it is ready.
 pub fn start(id: &str, namespace: &str, uri: &str) -> Result<(OwnedFd, OwnedFd)> {
     let logger = LoggerUri::parse(id, uri)?;
-    // Checked before the spawn, whose own report of a failed exec is not to be trusted here:
-    // `place` moves fds onto 3 to 5 in the child, where std's error pipe may have landed
-    // when another thread had just closed those numbers.
-    let runnable = std::fs::metadata(&logger.path).and_then(|m| {
-        use std::os::unix::fs::PermissionsExt;
-        if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::from_raw_os_error(libc::EACCES))
-        }
-    });
-    runnable.map_err(|e| ShimError::io(id, format!("start logging binary {}", logger.path), e))?;
+    let failed = |e| ShimError::io(id, format!("start logging binary {}", logger.path), e);
+    let program = Program::new(
+        &logger.path,
+        &logger.args,
+        &[("CONTAINER_ID", id), ("CONTAINER_NAMESPACE", namespace)],
+    )
+    .map_err(failed)?;
     let (out_r, out_w) = pipe(id)?;
     let (err_r, err_w) = pipe(id)?;
     let (ready_r, ready_w) = pipe(id)?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
-    let mut cmd = Command::new(&logger.path);
-    cmd.args(&logger.args)
-        .env("CONTAINER_ID", id)
-        .env("CONTAINER_NAMESPACE", namespace)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure only calls fcntl and dup2 (`fds::place`), which are
-    // async-signal-safe, on descriptors that stay open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || crate::io::fds::place(&fds, 3));
-    }
-    cmd.spawn()
-        .map_err(|e| ShimError::io(id, format!("start logging binary {}", logger.path), e))?;
+    spawn::spawn(&program, &fds, 3).map_err(failed)?;
     drop((out_r, err_r, ready_w));
     wait_ready(id, &logger.path, ready_r)?;
     Ok((out_w, err_w))

@@ -263,7 +263,8 @@ impl<'a> Docker<'a> {
         let cid = cidfile.display().to_string();
         let mut full = vec!["run", "--cidfile", cid.as_str()];
         full.extend_from_slice(args);
-        let out = self.cli(&full)?;
+        let mut out = self.cli(&full)?;
+        out.stderr = without_host_warnings(&out.stderr);
         let id = fs::read_to_string(&cidfile)
             .with_context(|| {
                 format!(
@@ -495,5 +496,36 @@ impl Cli for Docker<'_> {
 impl Drop for Docker<'_> {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What dockerd warns about the host on every `docker run` with the default bridge network,
+/// whichever runtime runs the container (the client prints it first on stderr): it follows
+/// the host's `net.ipv4.ip_forward`, which the tests leave as they find it and which a CNI
+/// bridge of another test may have turned on.
+const HOST_WARNINGS: &[&str] = &["WARNING: IPv4 forwarding is disabled. Networking will not work."];
+
+/// `stderr` without the lines of [`HOST_WARNINGS`].
+fn without_host_warnings(stderr: &[u8]) -> Vec<u8> {
+    stderr
+        .split_inclusive(|b| *b == b'\n')
+        .filter(|line| {
+            let line = String::from_utf8_lossy(line);
+            !HOST_WARNINGS.contains(&line.trim_end())
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_warning_lines_are_dropped() {
+        let stderr = b"WARNING: IPv4 forwarding is disabled. Networking will not work.\nerr\nWARNING: other\n";
+        assert_eq!(without_host_warnings(stderr), b"err\nWARNING: other\n");
+        assert_eq!(without_host_warnings(b"no newline"), b"no newline");
     }
 }

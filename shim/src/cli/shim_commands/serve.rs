@@ -272,10 +272,6 @@ async fn serve(
     set_subreaper().map_err(|e| format!("set the child subreaper: {e}"))?;
     let ttrpc_address =
         std::env::var(TTRPC_ADDRESS).map_err(|e| format!("{TTRPC_ADDRESS}: {e}"))?;
-    // containerd may connect from here on: the socket listens, its backlog holds the
-    // connection until the server below accepts it, and nothing left can fail on what
-    // containerd or the container gives.
-    signal_server_started();
     let exits = Arc::new(ExitRouter::default());
     let events = EventSink::new(&ttrpc_address, &flags.namespace);
     let runtime = Libcontainer::new(
@@ -297,11 +293,8 @@ async fn serve(
     let mut server = Server::new()
         .add_listener(listener)
         .register_service(create_task(Arc::new(TaskApi(service))));
-    if let Err(e) = server.start().await {
-        // `start` has answered already: the shim log is where this is seen.
-        log::error!("the task service does not start: {e}");
-        return Err(e.to_string());
-    }
+    server.start().await.map_err(|e| e.to_string())?;
+    signal_server_started();
     log::info!("Shim successfully started, waiting for exit signal...");
     tokio::spawn(signals.reap(exits));
     shutdown.wait().await;

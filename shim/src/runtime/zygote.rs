@@ -322,6 +322,7 @@ pub fn serve_inherited(level: &str) -> ! {
 
 /// The zygote's loop: one request at a time until the shim is gone.
 fn serve(control: OwnedFd, causes: &Causes) -> ! {
+    open_procfs_once();
     loop {
         let (bytes, mut fds) = match recv(control.as_fd()) {
             Ok(Some(m)) => m,
@@ -349,6 +350,18 @@ fn serve(control: OwnedFd, causes: &Causes) -> ! {
                 )))),
             ),
         }
+    }
+}
+
+/// Opens the private procfs (a detached `fsopen("proc")` mount with `subset=pid`) through
+/// which libcontainer and libcgroups read `/proc`, once, here: pathrs keeps it in a
+/// process-wide cache that every worker and container process forked from this zygote
+/// inherits. Otherwise each create's intermediate process mounts a procfs of its own for its
+/// first read, and unmounts it when it exits. Where the kernel cannot make a detached one,
+/// pathrs caches nothing, and each process opens `/proc` as before.
+fn open_procfs_once() {
+    if let Err(e) = pathrs::procfs::ProcfsHandle::new() {
+        log::debug!("zygote: no procfs handle to share ({e}); each process opens its own");
     }
 }
 

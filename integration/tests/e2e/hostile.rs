@@ -7,13 +7,14 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use anyhow::Result;
+use containerd_shim_protos::api::CreateTaskRequest;
 use nvidia_shim_core_host::fixture::FakeDriver;
 use nvidia_shim_integration::checks::{
-    alike, assert_failed, ctx, eventually, kill_and_remove, setup, setup_from, shim_client,
-    sleeper, stop_and_remove, stop_and_remove_in_group, text,
+    alike, assert_clean, assert_failed, ctx, eventually, kill_and_remove, setup, setup_from,
+    shim_client, sleeper, stop_and_remove, stop_and_remove_in_group, task_pid, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
-use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
+use nvidia_shim_integration::ctr_run::{busybox_rootfs, oci_spec, CtrRun, OwnSpec};
 use nvidia_shim_integration::gpu::{write_config, Gpus};
 use nvidia_shim_integration::image::ImageSpec;
 use nvidia_shim_integration::task_api::update_request;
@@ -329,5 +330,75 @@ fn an_exit_is_never_given_to_a_later_process_with_the_same_pid() -> Result<()> {
         exec_codes_under_pid_reuse(&c, ns_pid, r)
     })?;
     assert_eq!(runc, vec![7; 6]);
+    Ok(())
+}
+
+/// What a root process of container `anchor` (default capabilities: no `CAP_SYS_PTRACE`) can
+/// see of the file descriptors of a container created, through `anchor`'s shim, in `anchor`'s
+/// pid namespace but not started: its init waits there for Start, before its exec, with the
+/// runtime's own descriptors still open (a pod's containers share a pid namespace with
+/// `shareProcessNamespace`). Two answers, `readable` or `denied`: the anchor's init's fds
+/// (the control), then the sibling's.
+fn fds_of_a_created_sibling(c: &Containerd, runtime: &str) -> Result<String> {
+    let anchor = sleeper(c, runtime, &[])?;
+    let pid = task_pid(c, &anchor).ok_or_else(|| anyhow::anyhow!("no pid for {anchor}"))?;
+    let id = unique_id("sibling");
+    let bundle = c.dir().join(format!("bundle-{id}"));
+    busybox_rootfs(&bundle.join("rootfs"), &["sh", "sleep"])?;
+    let mut spec = oci_spec(c, &id, std::path::Path::new("rootfs"), &["sleep", "600"])?;
+    spec["process"]["terminal"] = serde_json::json!(false);
+    for ns in spec["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+    {
+        if ns["type"] == "pid" {
+            ns["path"] = serde_json::json!(format!("/proc/{pid}/ns/pid"));
+        }
+    }
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    let api = shim_client(c, &anchor)?;
+    api.create(
+        ctx(),
+        &CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.display().to_string(),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{runtime}: create {id}: {e}"))?;
+    // The sibling's init is the one process of the namespace that is neither the anchor's
+    // init (1) nor the probe; the glob is expanded by the shell itself, which starts nothing
+    // before the test. Following a `/proc/PID/fd` link takes the ptrace read check; the
+    // anchor's init, which has run its program, is the control.
+    let probe = "for p in /proc/[0-9]*; do n=${p#/proc/}; \
+                 [ \"$n\" = 1 ] || [ \"$n\" = $$ ] || s=\"$s $n\"; done; \
+                 set -- $s; [ $# = 1 ] || { echo \"not one sibling: $s\"; exit 0; }; \
+                 for p in 1 $1; do [ -e /proc/$p/fd/0 ] && echo readable || echo denied; done";
+    let seen = c.exec_ok(&anchor, "probe", &["sh", "-c", probe]);
+    // A created container's Delete ends its init.
+    let deleted = api.delete_process(&id, "");
+    kill_and_remove(c, &anchor)?;
+    deleted.map_err(|e| anyhow::anyhow!("{runtime}: delete {id}: {e}"))?;
+    let cgroups = leftovers::cgroups_of("nvtest", &id);
+    anyhow::ensure!(cgroups.is_empty(), "{runtime}: {id} left {cgroups:?}");
+    assert_clean(c, &anchor, &anchor);
+    let _ = std::fs::remove_dir_all(&bundle);
+    Ok(seen?.trim().to_owned())
+}
+
+#[test]
+fn a_created_containers_init_is_not_readable_by_its_pid_namespace_as_under_runc() -> Result<()> {
+    let Some(c) = setup() else { return Ok(()) };
+    let runc = fds_of_a_created_sibling(&c, RUNC)?;
+    let ours = fds_of_a_created_sibling(&c, RUNTIME)?;
+    // The sibling's init holds the runtime's descriptors until its exec (here: the procfs the
+    // shim's zygote opened in the host's pid namespace, see `runtime/zygote.rs`); the
+    // container's root processes must not reach them, while the control shows that they can
+    // follow the fds of a process that has run its program.
+    assert_eq!(
+        (runc.as_str(), ours.as_str()),
+        ("readable\ndenied", "readable\ndenied"),
+        "runc, nvidia"
+    );
     Ok(())
 }

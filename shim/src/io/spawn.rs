@@ -1,6 +1,6 @@
 //! Starting a program from the multi-threaded shim with descriptors at fixed numbers (a
-//! logging binary's fds 3, 4 and 5) and its standard descriptors on `/dev/null`, with a failed
-//! exec reported for sure.
+//! logging binary's fds 3, 4 and 5; a zygote started afresh, its socket and the shim log on 3
+//! and 4) and its standard descriptors on `/dev/null`, with a failed exec reported for sure.
 //!
 //! `std::process::Command` reports a failed exec through a pipe of its own whose number is
 //! wherever the descriptor table had room; when another thread had just closed one of the
@@ -9,10 +9,10 @@
 //! above every placed number before anything is placed. Everything the child needs is made
 //! before the fork; the child makes only async-signal-safe calls.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::unistd::Pid;
 
@@ -31,7 +31,11 @@ impl Program {
     /// `path` with `args` (its own name first, as `argv[0]`), this process's environment
     /// plus `env` (which wins over a variable of the same name). A NUL byte in any of them is
     /// an error.
-    pub fn new(path: &str, args: &[String], env: &[(&str, &str)]) -> std::io::Result<Self> {
+    pub fn new<A: AsRef<OsStr>>(
+        path: &str,
+        args: &[A],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let c = |s: Vec<u8>| {
             CString::new(s).map_err(|_| {
                 std::io::Error::new(
@@ -46,8 +50,8 @@ impl Program {
         vars.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
         Ok(Self {
             path: c(path.as_bytes().to_vec())?,
-            argv: std::iter::once(path)
-                .chain(args.iter().map(String::as_str))
+            argv: std::iter::once(OsStr::new(path))
+                .chain(args.iter().map(AsRef::as_ref))
                 .map(|a| c(a.as_bytes().to_vec()))
                 .collect::<std::io::Result<_>>()?,
             envp: vars
@@ -60,6 +64,19 @@ impl Program {
                 })
                 .collect::<std::io::Result<_>>()?,
         })
+    }
+}
+
+impl Program {
+    /// The same program with `name` as its `argv[0]` (what `ps` shows) instead of its path.
+    pub fn named(mut self, name: &str) -> std::io::Result<Self> {
+        let name = CString::new(name).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the name")
+        })?;
+        if let Some(first) = self.argv.first_mut() {
+            *first = name;
+        }
+        Ok(self)
     }
 }
 
@@ -212,7 +229,7 @@ mod tests {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let third = std::fs::File::open("/dev/null").unwrap();
         let placed = [r.as_raw_fd(), w.as_raw_fd(), third.as_raw_fd()];
-        let program = Program::new(bogus.to_str().unwrap(), &[], &[]).unwrap();
+        let program = Program::new::<&str>(bogus.to_str().unwrap(), &[], &[]).unwrap();
         for _ in 0..20 {
             // The lowest free numbers now, which `spawn`'s own `/dev/null` and report pipe
             // take next: placing onto exactly those must not hide the failure.
@@ -224,7 +241,7 @@ mod tests {
             let err = spawn(&program, &placed, first).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::ENOEXEC), "{err}");
         }
-        let missing = Program::new("/nonexistent/program", &[], &[]).unwrap();
+        let missing = Program::new::<&str>("/nonexistent/program", &[], &[]).unwrap();
         let err = spawn(&missing, &[], 3).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
     }
@@ -237,7 +254,7 @@ mod tests {
         let script = r#"echo "$0 $1 $X $(readlink /proc/$$/fd/0) $(readlink /proc/$$/fd/2)" >&3"#;
         let program = Program::new(
             "/bin/sh",
-            &["-c".into(), script.into(), "arg-zero".into(), "one".into()],
+            &["-c", script, "arg-zero", "one"],
             &[("X", "from-env")],
         )
         .unwrap();
@@ -251,6 +268,8 @@ mod tests {
 
     #[test]
     fn a_nul_byte_is_refused() {
-        assert!(Program::new("/bin/true", &["a\0b".into()], &[]).is_err());
+        assert!(Program::new("/bin/true", &["a\0b"], &[]).is_err());
+        let named = Program::new::<&str>("/bin/true", &[], &[]).unwrap();
+        assert!(named.named("x\0y").is_err());
     }
 }

@@ -17,10 +17,9 @@
 //! A dead zygote shows as a failed send, a dead worker as the end of its answer socket: the
 //! shim never waits on a process that cannot answer.
 
+use std::ffi::OsString;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::socket::{
@@ -30,6 +29,7 @@ use nix::sys::socket::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::wire::{OpError, Wire, ZygoteError};
+use crate::io::spawn::{spawn, Program};
 use crate::runtime::causes::Causes;
 use crate::runtime::ops::{self, Done, Op};
 
@@ -202,32 +202,26 @@ impl Zygote {
     }
 
     /// Starts a zygote by executing this binary afresh, its socket on fd 3 and the shim log on
-    /// fd 4: nothing of the multi-threaded shim is forked.
+    /// fd 4: nothing of the multi-threaded shim is forked. A failed exec is an error here
+    /// (`io::spawn` reports it for sure).
     fn exec_zygote(&self) -> std::io::Result<Live> {
         let (ours, theirs) = seqpacket_pair()?;
         let fds: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
             .chain(self.log.as_ref().map(AsRawFd::as_raw_fd))
             .collect();
-        let mut cmd = Command::new("/proc/self/exe");
         // The shim's own arguments after the level: `ps` shows whose zygote it is (read from
         // the kernel: the daemon rewrote the command line it was forked with).
-        cmd.arg0(env!("CARGO_BIN_NAME"))
-            .arg(ZYGOTE_FLAG)
-            .arg(log::max_level().as_str())
-            .args(crate::proc_title::current().into_iter().skip(1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: `place` only calls fcntl and dup2 (async-signal-safe) on descriptors that
-        // stay open in the parent until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || crate::io::fds::place(&fds, SOCKET_FD));
-        }
-        let child = cmd.spawn()?;
+        let args: Vec<OsString> = [ZYGOTE_FLAG, log::max_level().as_str()]
+            .into_iter()
+            .map(OsString::from)
+            .chain(crate::proc_title::current().into_iter().skip(1))
+            .collect();
+        let program = Program::new("/proc/self/exe", &args, &[])?.named(env!("CARGO_BIN_NAME"))?;
+        let pid = spawn(&program, &fds, SOCKET_FD)?;
         drop(theirs);
         Ok(Live {
             control: ours,
-            pid: child.id(),
+            pid: pid.as_raw().unsigned_abs(),
         })
     }
 

@@ -9,7 +9,7 @@
 //! above every placed number before anything is placed. Everything the child needs is made
 //! before the fork; the child makes only async-signal-safe calls.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -65,9 +65,7 @@ impl Program {
                 .collect::<std::io::Result<_>>()?,
         })
     }
-}
 
-impl Program {
     /// The same program with `name` as its `argv[0]` (what `ps` shows) instead of its path.
     pub fn named(mut self, name: &str) -> std::io::Result<Self> {
         let name = CString::new(name).map_err(|_| {
@@ -95,8 +93,6 @@ pub fn spawn(program: &Program, placed: &[RawFd], first: RawFd) -> std::io::Resu
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let argv = pointers(&program.argv);
     let envp = pointers(&program.envp);
-    // Above every number `place` writes to, and above its own temporary copies' floor.
-    let above = first + fds::MAX_PLACED as RawFd + 8;
     // SAFETY: the child makes only async-signal-safe calls (fcntl, dup2, sigprocmask, signal,
     // execve, write, _exit) on memory made before the fork, and never returns.
     match unsafe { libc::fork() } {
@@ -105,36 +101,29 @@ pub fn spawn(program: &Program, placed: &[RawFd], first: RawFd) -> std::io::Resu
             // which live until the child execs or exits.
             unsafe {
                 exec_child(
-                    program,
+                    &program.path,
                     &argv,
                     &envp,
                     null.as_raw_fd(),
                     report_w.as_raw_fd(),
                     placed,
                     first,
-                    above,
                 )
             }
         }
         -1 => Err(std::io::Error::last_os_error()),
         pid => {
             drop(report_w);
-            let mut errno = [0u8; 4];
-            let mut got = 0;
-            let mut report = std::fs::File::from(report_r);
-            while got < errno.len() {
-                match report.read(&mut errno[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            match got {
+            // Until the pipe closes: at the exec, or when the child exits after its report.
+            let mut report = Vec::with_capacity(4);
+            std::fs::File::from(report_r)
+                .take(5)
+                .read_to_end(&mut report)?;
+            match <[u8; 4]>::try_from(report.as_slice()) {
+                Ok(errno) => Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
                 // The report pipe closed at the exec: the program runs.
-                0 => Ok(Pid::from_raw(pid)),
-                4 => Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
-                _ => Err(std::io::Error::other("a cut exec report from the child")),
+                Err(_) if report.is_empty() => Ok(Pid::from_raw(pid)),
+                Err(_) => Err(std::io::Error::other("a cut exec report from the child")),
             }
         }
     }
@@ -155,17 +144,17 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// # Safety
 /// Only in a child just forked, with `argv` and `envp` NULL-terminated arrays of pointers
 /// into live C strings. Never returns.
-#[allow(clippy::too_many_arguments)]
 unsafe fn exec_child(
-    program: &Program,
+    path: &CStr,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     null: RawFd,
     report: RawFd,
     placed: &[RawFd],
     first: RawFd,
-    above: RawFd,
 ) -> ! {
+    // Above every number `place` writes to, and above its own temporary copies' floor.
+    let above = first + fds::MAX_PLACED as RawFd + 8;
     let fail = |report: RawFd| -> ! {
         let errno = std::io::Error::last_os_error()
             .raw_os_error()
@@ -203,7 +192,7 @@ unsafe fn exec_child(
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::execve(program.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     fail(report_high)
 }

@@ -19,6 +19,8 @@
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
@@ -93,16 +95,40 @@ pub fn start() {
 /// busy host, CRI's sandbox set-up). The write blocks for the grace period, so it runs on a
 /// small thread of its own, beside the create's work, and this returns at once. The whole
 /// shim process is "moved" into the cgroup it is in, which changes nothing.
-pub fn now_in_background() {
-    let Some(file) = own_procs_path() else {
-        return;
-    };
+pub fn now_in_background() -> Option<WarmUp> {
+    let file = own_procs_path()?;
+    let through = Arc::new(OnceLock::new());
+    let done = Arc::clone(&through);
     let started = std::thread::Builder::new()
         .name("attach-warmup".to_owned())
         .stack_size(64 * 1024)
-        .spawn(move || move_into(&file));
-    if let Err(e) = started {
-        log::debug!("cgroup attach warm-up: {e}");
+        .spawn(move || {
+            move_into(&file);
+            let _ = done.set(Instant::now());
+        });
+    match started {
+        Ok(_) => Some(WarmUp { through }),
+        Err(e) => {
+            log::debug!("cgroup attach warm-up: {e}");
+            None
+        }
+    }
+}
+
+/// A warm-up started by [`now_in_background`]. When its write got through is when the kernel
+/// let cgroup migrations pass again: the earliest the container's own attach could, so the
+/// part of a create that waited for the kernel rather than for the shim or libcontainer.
+#[derive(Debug)]
+pub struct WarmUp {
+    through: Arc<OnceLock<Instant>>,
+}
+
+impl WarmUp {
+    /// How long after `since` the warm-up's write got through; `None` while it still waits.
+    pub fn through_after(&self, since: Instant) -> Option<Duration> {
+        self.through
+            .get()
+            .map(|t| t.saturating_duration_since(since))
     }
 }
 
@@ -149,6 +175,27 @@ mod tests {
             own_procs_file(&parse(only_unified), root.path()),
             Some(root.path().join("unified/user.slice/cgroup.procs"))
         );
+    }
+
+    #[test]
+    fn a_background_warm_up_tells_when_its_write_got_through() {
+        let since = Instant::now();
+        // This process's own cgroup: the test binary is "moved" where it already is.
+        let Some(warmup) = now_in_background() else {
+            panic!("no cgroup.procs file of this process under /sys/fs/cgroup");
+        };
+        let deadline = since + Duration::from_secs(5);
+        let through = loop {
+            if let Some(t) = warmup.through_after(since) {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the warm-up's write never returned"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(through <= since.elapsed());
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub(super) fn create(
     let id = id.as_str();
     let mut steps = Steps::new();
     // The cgroup migration grace period starts now, alongside the work before the attach.
-    crate::runtime::attach_warmup::now_in_background();
+    let warmup = crate::runtime::attach_warmup::now_in_background();
     if let Some(cgroup) = &req.shim_cgroup {
         // As the runc shim does with its ShimCgroup: the shim process joins that cgroup.
         containerd_shim::cgroup::add_task_to_cgroup(cgroup, std::process::id()).map_err(|e| {
@@ -103,6 +103,13 @@ pub(super) fn create(
     steps.done("attach");
     undo.commit();
     log::info!("container {id}: create steps: {steps}");
+    if let Some(open) = warmup.and_then(|w| w.through_after(steps.started)) {
+        // How much of this Create the kernel's grace period alone would have taken.
+        log::info!(
+            "container {id}: cgroup migrations open {:.2} ms into Create",
+            open.as_secs_f64() * 1e3
+        );
+    }
     Ok(Created {
         container: LcContainer {
             id: id.to_owned(),
@@ -151,14 +158,17 @@ fn remove_left_cgroup(id: &str, cgroups_path: Option<&std::path::Path>, systemd:
 
 /// How long each step of one create took, in order: the breakdown `nvbench` prints.
 struct Steps {
+    started: Instant,
     last: Instant,
     taken: Vec<(&'static str, Duration)>,
 }
 
 impl Steps {
     fn new() -> Self {
+        let now = Instant::now();
         Self {
-            last: Instant::now(),
+            started: now,
+            last: now,
             taken: Vec::with_capacity(6),
         }
     }

@@ -311,7 +311,8 @@ fn phases_section(c: &Containerd, subjects: &[Subject], rounds: usize) -> Result
 }
 
 /// The median of each of Create's steps in `runs` of the shim `label`, as its log gave them
-/// (nothing for a shim that logs none: the Go shim, an older revision).
+/// (nothing for a shim that logs none: the Go shim, an older revision), and how far into
+/// Create the kernel's grace period for cgroup migrations lasted.
 fn print_create_steps(label: &str, runs: &[phases::Run]) {
     let Some(first) = runs.first().filter(|r| !r.create_steps.is_empty()) else {
         return;
@@ -325,6 +326,15 @@ fn print_create_steps(label: &str, runs: &[phases::Run]) {
         line.push_str(&format!(" {name} {:.2},", ms(median(&mut taken))));
     }
     println!("{}", line.trim_end_matches(','));
+    let mut open: Vec<Duration> = runs.iter().filter_map(|r| r.migrations_open).collect();
+    if !open.is_empty() {
+        let logged = open.len();
+        println!(
+            "  Create in {label} could not attach before the kernel's grace period for cgroup migrations ended (logged in {logged} of {} runs): median {:.2} ms into Create",
+            runs.len(),
+            ms(median(&mut open))
+        );
+    }
 }
 
 /// Memory 2 s after one sleeping container started, then after `cycles` exec cycles in it.

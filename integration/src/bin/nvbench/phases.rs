@@ -64,6 +64,9 @@ pub type Phases = [Duration; PHASES.len()];
 pub struct Run {
     pub phases: Phases,
     pub create_steps: Vec<(String, Duration)>,
+    /// How far into Create the kernel let cgroup migrations pass again (its grace period), as
+    /// the shim logged it: the part of Create that waited for the kernel.
+    pub migrations_open: Option<Duration>,
 }
 
 /// The steps of the `create steps: rootfs 0.31 ms, bundle 0.92 ms, ...` line in `log`, if any.
@@ -79,6 +82,15 @@ pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
             Some((name.to_owned(), Duration::from_secs_f64(ms / 1e3)))
         })
         .collect()
+}
+
+/// The `cgroup migrations open 3.17 ms into Create` line in `log`, if any.
+pub fn migrations_open(log: &str) -> Option<Duration> {
+    let (_, tail) = log
+        .lines()
+        .find_map(|l| l.split_once("cgroup migrations open "))?;
+    let ms: f64 = tail.split_once(" ms into Create")?.0.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1e3))
 }
 
 /// A bundle source shared by every run: the busybox image unpacked once (the overlay's lower
@@ -135,10 +147,11 @@ impl<'a> PhaseBench<'a> {
             ))
         })?;
         let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
-        let create_steps = create_steps(&text.unwrap_or_default());
+        let text = text.unwrap_or_default();
         Ok(Run {
             phases,
-            create_steps,
+            create_steps: create_steps(&text),
+            migrations_open: migrations_open(&text),
         })
     }
 
@@ -265,5 +278,16 @@ mod tests {
         assert_eq!(names, ["rootfs", "bundle", "libcontainer"]);
         assert_eq!(steps[1].1, Duration::from_micros(1500));
         assert!(create_steps("no such line").is_empty());
+    }
+
+    #[test]
+    fn the_grace_period_is_read_from_the_shims_log_line() {
+        let log = "time=\"2026-12-07T16:00:00.000000001Z\" level=info msg=\"container ph-1: create steps: rootfs 0.31 ms\"\n\
+            time=\"2026-12-07T16:00:00.000000002Z\" level=info msg=\"container ph-1: cgroup migrations open 3.17 ms into Create\"\n";
+        assert_eq!(migrations_open(log), Some(Duration::from_micros(3170)));
+        assert_eq!(
+            migrations_open("container ph-1: create steps: rootfs 0.31 ms"),
+            None
+        );
     }
 }

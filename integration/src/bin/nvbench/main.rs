@@ -586,18 +586,18 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         ..PodOptions::default()
     };
     let app = ContainerOptions::sh("app", "exec sleep 600");
-    // Starts a pod with one container; returns (time to running, pod id).
-    let start = |handler: &str| -> Result<(Duration, String)> {
+    // Starts a pod with one container; returns (time to running, pod id, container id).
+    let start = |handler: &str| -> Result<(Duration, String, String)> {
         let name = unique_id("pod");
         let t = Instant::now();
         let pod = cri.run_pod(&name, handler, &opts)?;
-        cri.run_container(&pod, &name, &opts, &app)?;
-        Ok((t.elapsed(), pod))
+        let container = cri.run_container(&pod, &name, &opts, &app)?;
+        Ok((t.elapsed(), pod, container))
     };
-    let once = |handler: &str| -> Result<Duration> {
-        let (d, pod) = start(handler)?;
-        cri.remove_pod(&pod)?;
-        Ok(d)
+    let once = |handler: &str| -> Result<(Duration, String, String)> {
+        let run = start(handler)?;
+        cri.remove_pod(&run.1)?;
+        Ok(run)
     };
     for _ in 0..2 {
         once(HANDLER)?;
@@ -607,13 +607,14 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
     for i in 0..pairs {
         if i % 2 == 0 {
             ours.push(once(HANDLER)?);
-            runc.push(once(HANDLER_RUNC)?);
+            runc.push(once(HANDLER_RUNC)?.0);
         } else {
-            runc.push(once(HANDLER_RUNC)?);
+            runc.push(once(HANDLER_RUNC)?.0);
             ours.push(once(HANDLER)?);
         }
     }
-    let (mo, mr) = (median(&mut ours), median(&mut runc));
+    let mut ours_times: Vec<Duration> = ours.iter().map(|(d, _, _)| *d).collect();
+    let (mo, mr) = (median(&mut ours_times), median(&mut runc));
     println!("CRI pod start (RunPodSandbox + CreateContainer + StartContainer, host network), {pairs} interleaved pairs:");
     println!("  handler {HANDLER:<26} median {:>7.1} ms", ms(mo));
     println!("  handler {HANDLER_RUNC:<26} median {:>7.1} ms", ms(mr));
@@ -621,6 +622,23 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
         "  ratio nvidia/runc                  {:>7.2} (target at most 0.4)",
         mo.as_secs_f64() / mr.as_secs_f64()
     );
+    let log = cri.containerd.log();
+    let sandboxes: Vec<&str> = ours.iter().map(|(_, pod, _)| pod.as_str()).collect();
+    let containers: Vec<&str> = ours.iter().map(|(_, _, c)| c.as_str()).collect();
+    for (what, ids) in [("sandbox", &sandboxes), ("container", &containers)] {
+        let mut open: Vec<f64> = ids
+            .iter()
+            .filter_map(|id| phases::migrations_open(&log, id))
+            .map(ms)
+            .collect();
+        if !open.is_empty() {
+            let n = open.len();
+            println!(
+                "  handler {HANDLER}: kernel's cgroup grace period, median {:.2} ms into a {what}'s Create ({n} logged)",
+                median_ms(&mut open)
+            );
+        }
+    }
 
     // Shim memory per pod (sandbox + one container), with one pod and with PODS pods running:
     // every process of the pods' shims. With several pods the binary's pages are shared, so
@@ -628,7 +646,7 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
     let sock = cri.containerd.socket().to_string_lossy().into_owned();
     let per_pod = |handler: &str, exe: &str, n: usize| -> Result<Memory> {
         let pods: Vec<String> = (0..n)
-            .map(|_| start(handler).map(|(_, p)| p))
+            .map(|_| start(handler).map(|(_, p, _)| p))
             .collect::<Result<_>>()?;
         std::thread::sleep(SETTLE);
         let pids = leftovers::processes_of(exe, &sock);

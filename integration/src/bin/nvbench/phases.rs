@@ -84,11 +84,13 @@ pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
         .collect()
 }
 
-/// The `cgroup migrations open 3.17 ms into Create` line in `log`, if any.
-pub fn migrations_open(log: &str) -> Option<Duration> {
-    let (_, tail) = log
-        .lines()
-        .find_map(|l| l.split_once("cgroup migrations open "))?;
+/// How far into its Create the kernel's grace period for cgroup migrations lasted for container
+/// `id`, from the shim's `container ID: cgroup migrations open 3.17 ms into Create` line in
+/// `log`, if any.
+pub fn migrations_open(log: &str, id: &str) -> Option<Duration> {
+    let marker = format!("container {id}: cgroup migrations open ");
+    let line = log.lines().find(|l| l.contains(&marker))?;
+    let tail = &line[line.find(&marker)? + marker.len()..];
     let ms: f64 = tail.split_once(" ms into Create")?.0.parse().ok()?;
     Some(Duration::from_secs_f64(ms / 1e3))
 }
@@ -135,7 +137,8 @@ impl<'a> PhaseBench<'a> {
     /// failure carries the end of what the shim logged.
     pub fn run(&self, shim: &Path) -> Result<Run> {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let phases = self.run_logged(shim, &log).map_err(|e| {
+        let id = unique_id("ph");
+        let phases = self.run_logged(shim, &id, &log).map_err(|e| {
             let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
             let text = text.unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(10).collect();
@@ -151,13 +154,12 @@ impl<'a> PhaseBench<'a> {
         Ok(Run {
             phases,
             create_steps: create_steps(&text),
-            migrations_open: migrations_open(&text),
+            migrations_open: migrations_open(&text, &id),
         })
     }
 
-    fn run_logged(&self, shim: &Path, log: &SharedLog) -> Result<Phases> {
-        let id = unique_id("ph");
-        let bundle = self.work.path().join(&id);
+    fn run_logged(&self, shim: &Path, id: &str, log: &SharedLog) -> Result<Phases> {
+        let bundle = self.work.path().join(id);
         let (upper, workdir) = (bundle.join("upper"), bundle.join("work"));
         for d in [&bundle.join("rootfs"), &upper, &workdir] {
             std::fs::create_dir_all(d)?;
@@ -169,7 +171,7 @@ impl<'a> PhaseBench<'a> {
 
         let mut t = [Duration::ZERO; PHASES.len()];
         let clock = Instant::now();
-        let out = self.shim_command(shim, &id, &bundle, "start").output()?;
+        let out = self.shim_command(shim, id, &bundle, "start").output()?;
         t[0] = clock.elapsed();
         ensure!(
             out.status.success(),
@@ -199,7 +201,7 @@ impl<'a> PhaseBench<'a> {
             format!("workdir={}", workdir.display()),
         ];
         let mut create = CreateTaskRequest::new();
-        create.id = id.clone();
+        create.id = id.to_owned();
         create.bundle = bundle.display().to_string();
         create.rootfs = vec![mount];
         let by_id = |id: &str| {
@@ -209,29 +211,29 @@ impl<'a> PhaseBench<'a> {
         };
         let [_, c, s, w, d, sd, _] = &mut t;
         timed(c, &mut || Ok(api.create(ctx(), &create).map(drop)?))?;
-        timed(s, &mut || Ok(api.start(ctx(), &by_id(&id)).map(drop)?))?;
+        timed(s, &mut || Ok(api.start(ctx(), &by_id(id)).map(drop)?))?;
         timed(w, &mut || {
             let mut req = WaitRequest::new();
-            req.id = id.clone();
+            req.id = id.to_owned();
             let status = api.wait(ctx(), &req)?.exit_status;
             ensure!(status == 0, "/bin/true exited {status}");
             Ok(())
         })?;
         timed(d, &mut || {
             let mut req = DeleteRequest::new();
-            req.id = id.clone();
+            req.id = id.to_owned();
             Ok(api.delete(ctx(), &req).map(drop)?)
         })?;
         timed(sd, &mut || {
             let mut req = ShutdownRequest::new();
-            req.id = id.clone();
+            req.id = id.to_owned();
             // The shim exits while answering: a closed connection is its answer too.
             let _ = api.shutdown(ctx(), &req);
             Ok(())
         })?;
         drop(api);
         let clock = Instant::now();
-        let out = self.shim_command(shim, &id, &bundle, "delete").output()?;
+        let out = self.shim_command(shim, id, &bundle, "delete").output()?;
         t[6] = clock.elapsed();
         if !out.status.success() {
             bail!(
@@ -284,9 +286,13 @@ mod tests {
     fn the_grace_period_is_read_from_the_shims_log_line() {
         let log = "time=\"2026-12-07T16:00:00.000000001Z\" level=info msg=\"container ph-1: create steps: rootfs 0.31 ms\"\n\
             time=\"2026-12-07T16:00:00.000000002Z\" level=info msg=\"container ph-1: cgroup migrations open 3.17 ms into Create\"\n";
-        assert_eq!(migrations_open(log), Some(Duration::from_micros(3170)));
         assert_eq!(
-            migrations_open("container ph-1: create steps: rootfs 0.31 ms"),
+            migrations_open(log, "ph-1"),
+            Some(Duration::from_micros(3170))
+        );
+        assert_eq!(migrations_open(log, "ph-2"), None);
+        assert_eq!(
+            migrations_open("container ph-1: create steps: rootfs 0.31 ms", "ph-1"),
             None
         );
     }

@@ -216,6 +216,63 @@ fn release_free_heap() {
     }
 }
 
+/// The size classes of glibc's per-thread cache (`tcache`): 64 bins of chunks of 32 to 1,040
+/// bytes, 16 apart; bin `n` serves requests of up to `24 + 16 * n` bytes.
+#[cfg(target_env = "gnu")]
+const THREAD_CACHE_BINS: usize = 64;
+
+/// How many chunks glibc's per-thread cache keeps per size class (its `tcache_count` default).
+#[cfg(target_env = "gnu")]
+const THREAD_CACHE_COUNT: usize = 7;
+
+/// Empties the calling thread's glibc cache of freed small chunks, so that a following
+/// `malloc_trim` can give their pages back.
+///
+/// A chunk of up to 1,032 bytes that a thread frees goes into that thread's cache, not back
+/// to the heap, up to seven per size class; `malloc_trim` cannot release a page a cached chunk
+/// lies in. The runtime's thread lives as long as the shim and frees such chunks with every
+/// request, so its cache ends up holding chunks strewn over the heap. Measured with one
+/// sleeping container, after 50, 1,050 and 2,050 exec cycles: the heap's resident pages were
+/// 292, 416 and 440 kB; with the cache turned off (`GLIBC_TUNABLES=glibc.malloc.tcache_count=0`,
+/// which a forked daemon cannot set for itself) 144 kB each time; drained at each quiet spell,
+/// 212, 228 and 252 kB. A thread's cache goes back to the heap when the thread exits; so this
+/// thread takes seven chunks of every size class (its cache's first) and a thread made for the
+/// purpose frees them (into its own cache) and exits. It blocks for that thread's life (a
+/// tenth of a millisecond): call it on the thread to drain, while it is quiet.
+fn drain_thread_cache() {
+    #[cfg(target_env = "gnu")]
+    {
+        let (give, take) = std::sync::mpsc::sync_channel::<Vec<usize>>(1);
+        let freer = std::thread::Builder::new()
+            .name("drain-cache".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for chunk in take.recv().unwrap_or_default() {
+                    // SAFETY: each address came from malloc below and is freed once, here.
+                    unsafe { libc::free(chunk as *mut c_void) };
+                }
+            });
+        let Ok(freer) = freer else { return };
+        let mut chunks = Vec::with_capacity(THREAD_CACHE_BINS * THREAD_CACHE_COUNT);
+        for bin in 0..THREAD_CACHE_BINS {
+            for _ in 0..THREAD_CACHE_COUNT {
+                // SAFETY: a plain allocation; its address is handed to the freeing thread.
+                let chunk = unsafe { libc::malloc(24 + 16 * bin) };
+                if !chunk.is_null() {
+                    chunks.push(chunk as usize);
+                }
+            }
+        }
+        if let Err(back) = give.send(chunks) {
+            for chunk in back.0 {
+                // SAFETY: the freeing thread never received these; they are freed once, here.
+                unsafe { libc::free(chunk as *mut c_void) };
+            }
+        }
+        let _ = freer.join();
+    }
+}
+
 /// How long the releasing thread waits after being asked, so that the thread that asked (the
 /// runtime's, serving every container) is back in `epoll_wait` before the release.
 const ASKER_PARKS: Duration = Duration::from_millis(20);
@@ -292,6 +349,8 @@ impl IdleTrim {
                     }
                 }
                 log::trace!("quiet: releasing code mappings");
+                // Before the release's malloc_trim: this is the runtime's thread.
+                drain_thread_cache();
                 releaser.ask();
             }
         });
@@ -335,6 +394,39 @@ impl<T> Drop for Active<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn draining_gives_a_threads_cached_chunks_back_to_the_heap() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, ForkResult};
+        const SIZE: usize = 1000;
+        // In a forked child, whose only thread this is, the heap's figures are this test's.
+        // SAFETY: the child allocates, runs the drain (a thread) and leaves with _exit.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                // SAFETY: mallinfo2 reads the heap's statistics; malloc/free are paired.
+                let in_use = || unsafe { libc::mallinfo2() }.uordblks;
+                let chunks: Vec<_> = (0..THREAD_CACHE_COUNT)
+                    .map(|_| unsafe { libc::malloc(SIZE) })
+                    .collect();
+                for chunk in chunks {
+                    // SAFETY: allocated just above, freed once.
+                    unsafe { libc::free(chunk) };
+                }
+                // The freed chunks wait in this thread's cache, which the heap counts as used.
+                let cached = in_use();
+                drain_thread_cache();
+                let returned = cached.saturating_sub(in_use());
+                let ok = returned >= THREAD_CACHE_COUNT * SIZE * 3 / 4;
+                // SAFETY: leaves the child without running the harness's exit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None), Ok(WaitStatus::Exited(child, 0)));
+            }
+        }
+    }
 
     #[test]
     fn inner_pages_rounds_inwards() {

@@ -408,6 +408,7 @@ mod tests {
                 // SAFETY: mallinfo2 reads the heap's statistics; malloc/free are paired.
                 let in_use = || unsafe { libc::mallinfo2() }.uordblks;
                 let chunks: Vec<_> = (0..THREAD_CACHE_COUNT)
+                    // SAFETY: a plain allocation, freed once below.
                     .map(|_| unsafe { libc::malloc(SIZE) })
                     .collect();
                 for chunk in chunks {

@@ -304,6 +304,13 @@ fn phases_section(c: &Containerd, subjects: &[Subject], rounds: usize) -> Result
             .map(|v| v.iter().map(|r| r.phases.iter().sum()).collect())
             .collect(),
     );
+    // Not a phase: what any execution of the binary costs, the floor of the two above.
+    row(
+        "bare exec (-v, reference)",
+        runs.iter()
+            .map(|v| v.iter().map(|r| r.bare_exec).collect())
+            .collect(),
+    );
     for (s, runs) in subjects.iter().zip(&runs) {
         print_create_steps(&s.label, runs);
     }

@@ -67,6 +67,9 @@ pub struct Run {
     /// How far into Create the kernel let cgroup migrations pass again (its grace period), as
     /// the shim logged it: the part of Create that waited for the kernel.
     pub migrations_open: Option<Duration>,
+    /// The binary's bare execution (`-v`, from fork to exit), run right after the container:
+    /// the floor of the `start` and `delete` executions.
+    pub bare_exec: Duration,
 }
 
 /// The steps of the `create steps: rootfs 0.31 ms, bundle 0.92 ms, ...` line in `log`, if any.
@@ -151,10 +154,15 @@ impl<'a> PhaseBench<'a> {
         })?;
         let text = log.lock().map(|l| String::from_utf8_lossy(&l).into_owned());
         let text = text.unwrap_or_default();
+        let clock = Instant::now();
+        let version = Command::new(shim).arg("-v").stdin(Stdio::null()).output()?;
+        let bare_exec = clock.elapsed();
+        ensure!(version.status.success(), "{} -v failed", shim.display());
         Ok(Run {
             phases,
             create_steps: create_steps(&text),
             migrations_open: migrations_open(&text, &id),
+            bare_exec,
         })
     }
 

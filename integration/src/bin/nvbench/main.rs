@@ -333,15 +333,22 @@ fn print_create_steps(label: &str, runs: &[phases::Run]) {
         line.push_str(&format!(" {name} {:.2},", ms(median(&mut taken))));
     }
     println!("{}", line.trim_end_matches(','));
-    let mut open: Vec<Duration> = runs.iter().filter_map(|r| r.migrations_open).collect();
-    if !open.is_empty() {
-        let logged = open.len();
-        println!(
-            "  Create in {label} could not attach before the kernel's grace period for cgroup migrations ended (logged in {logged} of {} runs): median {:.2} ms into Create",
-            runs.len(),
-            ms(median(&mut open))
-        );
+    let open = runs.iter().filter_map(|r| r.migrations_open).collect();
+    print_grace_period(&format!("Create in {label}"), open, runs.len());
+}
+
+/// The median of how far into Create the kernel's grace period for cgroup migrations lasted
+/// (`open`, from the shim's log) for `what`, out of `runs` Creates: no Create could attach
+/// before it.
+fn print_grace_period(what: &str, mut open: Vec<Duration>, runs: usize) {
+    if open.is_empty() {
+        return;
     }
+    let logged = open.len();
+    println!(
+        "  {what}: the kernel's grace period for cgroup migrations ended a median {:.2} ms into Create (logged in {logged} of {runs})",
+        ms(median(&mut open))
+    );
 }
 
 /// Memory 2 s after one sleeping container started, then after `cycles` exec cycles in it.
@@ -633,18 +640,15 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
     let sandboxes: Vec<&str> = ours.iter().map(|(_, pod, _)| pod.as_str()).collect();
     let containers: Vec<&str> = ours.iter().map(|(_, _, c)| c.as_str()).collect();
     for (what, ids) in [("sandbox", &sandboxes), ("container", &containers)] {
-        let mut open: Vec<f64> = ids
+        let open = ids
             .iter()
             .filter_map(|id| phases::migrations_open(&log, id))
-            .map(ms)
             .collect();
-        if !open.is_empty() {
-            let n = open.len();
-            println!(
-                "  handler {HANDLER}: kernel's cgroup grace period, median {:.2} ms into a {what}'s Create ({n} logged)",
-                median_ms(&mut open)
-            );
-        }
+        print_grace_period(
+            &format!("handler {HANDLER}, a pod's {what}"),
+            open,
+            ids.len(),
+        );
     }
 
     // Shim memory per pod (sandbox + one container), with one pod and with PODS pods running:

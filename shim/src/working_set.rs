@@ -27,7 +27,7 @@ use std::fs::File;
 use std::future::Future;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -225,8 +225,8 @@ const THREAD_CACHE_BINS: usize = 64;
 #[cfg(target_env = "gnu")]
 const THREAD_CACHE_COUNT: usize = 7;
 
-/// Empties the calling thread's glibc cache of freed small chunks, so that a following
-/// `malloc_trim` can give their pages back.
+/// Takes the calling thread's glibc cache of freed small chunks, so that, once
+/// [`free_on_a_passing_thread`] has freed them, `malloc_trim` can give their pages back.
 ///
 /// A chunk of up to 1,032 bytes that a thread frees goes into that thread's cache, not back
 /// to the heap, up to seven per size class; `malloc_trim` cannot release a page a cached chunk
@@ -235,41 +235,56 @@ const THREAD_CACHE_COUNT: usize = 7;
 /// sleeping container, after 50, 1,050 and 2,050 exec cycles: the heap's resident pages were
 /// 292, 416 and 440 kB; with the cache turned off (`GLIBC_TUNABLES=glibc.malloc.tcache_count=0`,
 /// which a forked daemon cannot set for itself) 144 kB each time; drained at each quiet spell,
-/// 212, 228 and 252 kB. A thread's cache goes back to the heap when the thread exits; so this
-/// thread takes seven chunks of every size class (its cache's first) and a thread made for the
-/// purpose frees them (into its own cache) and exits. It blocks for that thread's life (a
-/// tenth of a millisecond): call it on the thread to drain, while it is quiet.
-fn drain_thread_cache() {
+/// 212, 228 and 252 kB. A thread's cache goes back to the heap when the thread exits; so the
+/// thread to drain takes seven chunks of every size class (its cache's first, which it hands
+/// out before anything else), and a thread that frees them (into its own cache) and exits
+/// puts them back. Only allocations here: the thread to drain (the runtime's) neither makes
+/// nor waits for the freeing thread.
+fn take_thread_cache() -> Vec<usize> {
     #[cfg(target_env = "gnu")]
     {
-        let (give, take) = std::sync::mpsc::sync_channel::<Vec<usize>>(1);
-        let freer = std::thread::Builder::new()
-            .name("drain-cache".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                for chunk in take.recv().unwrap_or_default() {
-                    // SAFETY: each address came from malloc below and is freed once, here.
-                    unsafe { libc::free(chunk as *mut c_void) };
-                }
-            });
-        let Ok(freer) = freer else { return };
         let mut chunks = Vec::with_capacity(THREAD_CACHE_BINS * THREAD_CACHE_COUNT);
         for bin in 0..THREAD_CACHE_BINS {
             for _ in 0..THREAD_CACHE_COUNT {
-                // SAFETY: a plain allocation; its address is handed to the freeing thread.
+                // SAFETY: a plain allocation; free_on_a_passing_thread frees it.
                 let chunk = unsafe { libc::malloc(24 + 16 * bin) };
                 if !chunk.is_null() {
                     chunks.push(chunk as usize);
                 }
             }
         }
-        if let Err(back) = give.send(chunks) {
-            for chunk in back.0 {
-                // SAFETY: the freeing thread never received these; they are freed once, here.
-                unsafe { libc::free(chunk as *mut c_void) };
-            }
+        chunks
+    }
+    #[cfg(not(target_env = "gnu"))]
+    Vec::new()
+}
+
+/// Frees `chunks` (from [`take_thread_cache`]) on a thread made for it, which then exits, so
+/// that its cache, where they went, goes back to the heap; waits for it. Without a thread
+/// (none could be made) they are freed here.
+fn free_on_a_passing_thread(chunks: Vec<usize>) {
+    let free_all = |chunks: Vec<usize>| {
+        for chunk in chunks {
+            // SAFETY: each address came from malloc in take_thread_cache and is freed once.
+            unsafe { libc::free(chunk as *mut c_void) };
         }
-        let _ = freer.join();
+    };
+    if chunks.is_empty() {
+        return;
+    }
+    let (give, take) = std::sync::mpsc::sync_channel::<Vec<usize>>(1);
+    let freer = std::thread::Builder::new()
+        .name("free-cache".into())
+        .stack_size(64 * 1024)
+        .spawn(move || free_all(take.recv().unwrap_or_default()));
+    match freer {
+        Ok(freer) => {
+            if let Err(back) = give.send(chunks) {
+                free_all(back.0);
+            }
+            let _ = freer.join();
+        }
+        Err(_) => free_all(chunks),
     }
 }
 
@@ -280,26 +295,43 @@ const ASKER_PARKS: Duration = Duration::from_millis(20);
 /// A thread that releases this process's code pages when asked. The release runs here and
 /// not on the runtime's thread: what a thread runs after a release is mapped again (in 64 KB
 /// fault-around windows), and for the runtime's thread that is its whole way back to
-/// `epoll_wait` (1.3 MB of code, measured); this thread goes back to a futex wait.
+/// `epoll_wait` (1.3 MB of code, measured); this thread goes back to a futex wait. It also
+/// frees the chunks the asking thread took from its allocator cache, before `malloc_trim`.
 #[derive(Debug, Clone)]
-struct Releaser(std::thread::Thread);
+struct Releaser {
+    thread: std::thread::Thread,
+    taken: Arc<Mutex<Vec<usize>>>,
+}
 
 impl Releaser {
     fn start() -> std::io::Result<Self> {
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let chunks = Arc::clone(&taken);
         let thread = std::thread::Builder::new()
             .name("release-code".into())
             .stack_size(64 * 1024)
-            .spawn(|| loop {
+            .spawn(move || loop {
                 std::thread::park();
                 std::thread::sleep(ASKER_PARKS);
+                let taken = chunks.lock().map(|mut c| std::mem::take(&mut *c));
+                free_on_a_passing_thread(taken.unwrap_or_default());
                 release_free_heap();
                 release_code_pages();
             })?;
-        Ok(Self(thread.thread().clone()))
+        Ok(Self {
+            thread: thread.thread().clone(),
+            taken,
+        })
     }
 
-    fn ask(&self) {
-        self.0.unpark();
+    /// Asks for a release, handing over `chunks` from [`take_thread_cache`] to be freed first.
+    fn ask(&self, chunks: Vec<usize>) {
+        match self.taken.lock() {
+            Ok(mut taken) => taken.extend(chunks),
+            // Never poisoned (nothing panics under the lock); were it, they go back here.
+            Err(_) => free_on_a_passing_thread(chunks),
+        }
+        self.thread.unpark();
     }
 }
 
@@ -349,9 +381,8 @@ impl IdleTrim {
                     }
                 }
                 log::trace!("quiet: releasing code mappings");
-                // Before the release's malloc_trim: this is the runtime's thread.
-                drain_thread_cache();
-                releaser.ask();
+                // This is the runtime's thread: its cache goes with the release.
+                releaser.ask(take_thread_cache());
             }
         });
         trim
@@ -395,31 +426,39 @@ impl<T> Drop for Active<'_, T> {
 mod tests {
     use super::*;
 
+    /// In a forked child: frees seven chunks of `size` bytes into the thread's cache, then takes
+    /// the cache and frees it on a passing thread; how many bytes the heap counted as used
+    /// before that and no longer does.
+    #[cfg(target_env = "gnu")]
+    fn bytes_given_back(size: usize) -> usize {
+        // SAFETY: mallinfo2 reads the heap's statistics.
+        let in_use = || unsafe { libc::mallinfo2() }.uordblks;
+        let chunks: Vec<_> = (0..THREAD_CACHE_COUNT)
+            // SAFETY: a plain allocation, freed once below.
+            .map(|_| unsafe { libc::malloc(size) })
+            .collect();
+        for chunk in chunks {
+            // SAFETY: allocated just above, freed once.
+            unsafe { libc::free(chunk) };
+        }
+        // The freed chunks wait in this thread's cache, which the heap counts as used.
+        let cached = in_use();
+        free_on_a_passing_thread(take_thread_cache());
+        cached.saturating_sub(in_use())
+    }
+
     #[cfg(target_env = "gnu")]
     #[test]
-    fn draining_gives_a_threads_cached_chunks_back_to_the_heap() {
+    fn a_threads_cached_chunks_go_back_to_the_heap() {
         use nix::sys::wait::{waitpid, WaitStatus};
         use nix::unistd::{fork, ForkResult};
         const SIZE: usize = 1000;
         // In a forked child, whose only thread this is, the heap's figures are this test's.
-        // SAFETY: the child allocates, runs the drain (a thread) and leaves with _exit.
+        // SAFETY: the child allocates, frees on a thread it makes and leaves with _exit.
         match unsafe { fork() }.expect("fork") {
             ForkResult::Child => {
-                // SAFETY: mallinfo2 reads the heap's statistics; malloc/free are paired.
-                let in_use = || unsafe { libc::mallinfo2() }.uordblks;
-                let chunks: Vec<_> = (0..THREAD_CACHE_COUNT)
-                    // SAFETY: a plain allocation, freed once below.
-                    .map(|_| unsafe { libc::malloc(SIZE) })
-                    .collect();
-                for chunk in chunks {
-                    // SAFETY: allocated just above, freed once.
-                    unsafe { libc::free(chunk) };
-                }
-                // The freed chunks wait in this thread's cache, which the heap counts as used.
-                let cached = in_use();
-                drain_thread_cache();
-                let returned = cached.saturating_sub(in_use());
-                let ok = returned >= THREAD_CACHE_COUNT * SIZE * 3 / 4;
+                let given_back = std::panic::catch_unwind(|| bytes_given_back(SIZE));
+                let ok = given_back.is_ok_and(|b| b >= THREAD_CACHE_COUNT * SIZE * 3 / 4);
                 // SAFETY: leaves the child without running the harness's exit handlers.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) }
             }

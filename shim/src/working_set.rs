@@ -20,7 +20,9 @@
 //! Writable data (`.data`, `.bss`, the heap) is never touched.
 //!
 //! [`IdleTrim`] calls it, in the shim and in the zygote, once the task service has been quiet
-//! for [`QUIET`].
+//! for [`QUIET`]. In the shim, the same release first gives the heap's free pages back
+//! (`malloc_trim`), after freeing what the runtime's thread held in its allocator cache
+//! ([`take_thread_cache`]), which no trim could otherwise give back.
 
 use std::ffi::{c_int, c_void};
 use std::fs::File;

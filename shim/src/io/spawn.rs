@@ -36,14 +36,7 @@ impl Program {
         args: &[A],
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
-        let c = |s: Vec<u8>| {
-            CString::new(s).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a NUL byte in the command",
-                )
-            })
-        };
+        let c = |s: Vec<u8>| c_string(s, "a NUL byte in the command");
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !env.iter().any(|(name, _)| k.as_os_str() == *name))
             .collect();
@@ -68,14 +61,17 @@ impl Program {
 
     /// The same program with `name` as its `argv[0]` (what `ps` shows) instead of its path.
     pub fn named(mut self, name: &str) -> std::io::Result<Self> {
-        let name = CString::new(name).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the name")
-        })?;
+        let name = c_string(name.as_bytes().to_vec(), "a NUL byte in the name")?;
         if let Some(first) = self.argv.first_mut() {
             *first = name;
         }
         Ok(self)
     }
+}
+
+/// `bytes` as a C string; `nul` is the error when they hold a NUL byte.
+fn c_string(bytes: Vec<u8>, nul: &'static str) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, nul))
 }
 
 /// Starts `program` with `placed` on `first`, `first + 1`, ... (at most [`fds::MAX_PLACED`]),

@@ -253,8 +253,10 @@ impl ContainerCgroup {
 
     /// Makes room under a set `pids.max` for an exec: runc moves its `runc init` into the
     /// cgroup (a move the pids controller does not count against the limit) and execs there,
-    /// so an exec is admitted whatever the limit; libcontainer's intermediate process moves in
-    /// and then forks the new one, which the limit would refuse. Raises the limit to the count
+    /// so an exec into a container at its limit is admitted (whenever the move lands after
+    /// runc init's own forks and threads, as it does where migrations wait for the kernel);
+    /// libcontainer's intermediate process moves in and then forks the new one, which the
+    /// limit would refuse. Raises the limit to the count
     /// plus two per exec in flight, until the returned room is dropped; the last exec in
     /// flight puts the container's own limit back. Blocks (cgroup files); `None` when there
     /// is no limit to make room under.

@@ -164,14 +164,14 @@ pub fn read_only_bytes() -> usize {
     read_only_segments().iter().map(|r| r.end - r.start).sum()
 }
 
-/// Drops this process's mappings of shared, read-only code and data pages (see the module doc);
-/// returns how many bytes of address range were released.
-pub fn release_code_pages() -> usize {
+/// The runs of pages that [`release_code_pages`] drops: the read-only segments' pages this
+/// process does not hold privately. Empty when `/proc/self/pagemap` cannot be read.
+fn droppable_code_pages() -> Vec<Range> {
     let pagemap = match File::open("/proc/self/pagemap") {
         Ok(f) => f,
         Err(e) => {
             log::debug!("/proc/self/pagemap: {e}; keeping every page");
-            return 0;
+            return Vec::new();
         }
     };
     let page = page_size();
@@ -179,6 +179,13 @@ pub fn release_code_pages() -> usize {
         .into_iter()
         .filter_map(|segment| droppable_runs(&pagemap, segment, page))
         .flatten()
+        .collect()
+}
+
+/// Drops this process's page-table entries for `runs` (from [`droppable_code_pages`]); returns
+/// how many bytes of address range were released. Allocates nothing.
+fn drop_pages(runs: &[Range]) -> usize {
+    runs.iter()
         .map(|run| {
             let len = run.end - run.start;
             // SAFETY: whole pages of a read-only segment that hold no private page; dropping
@@ -193,6 +200,12 @@ pub fn release_code_pages() -> usize {
             }
         })
         .sum()
+}
+
+/// Drops this process's mappings of shared, read-only code and data pages (see the module doc);
+/// returns how many bytes of address range were released.
+pub fn release_code_pages() -> usize {
+    drop_pages(&droppable_code_pages())
 }
 
 /// Makes every thread allocate from one heap. glibc gives each new thread an arena of its
@@ -315,10 +328,18 @@ impl Releaser {
             .spawn(move || loop {
                 std::thread::park();
                 std::thread::sleep(ASKER_PARKS);
-                let taken = chunks.lock().map(|mut c| std::mem::take(&mut *c));
-                free_on_a_passing_thread(taken.unwrap_or_default());
+                // What the release allocates is allocated (and freed) before the trim, and
+                // this thread's own cache goes back with the asker's: otherwise the chunks it
+                // freed after the last trim would stay cached, pinning their pages.
+                let pages = droppable_code_pages();
+                let mut taken = chunks
+                    .lock()
+                    .map(|mut c| std::mem::take(&mut *c))
+                    .unwrap_or_default();
+                taken.extend(take_thread_cache());
+                free_on_a_passing_thread(taken);
                 release_free_heap();
-                release_code_pages();
+                drop_pages(&pages);
             })?;
         Ok(Self {
             thread: thread.thread().clone(),

@@ -21,8 +21,8 @@
 //!
 //! [`IdleTrim`] calls it, in the shim and in the zygote, once the task service has been quiet
 //! for [`QUIET`]. In the shim, the same release first gives the heap's free pages back
-//! (`malloc_trim`), after freeing what the runtime's thread held in its allocator cache
-//! ([`take_thread_cache`]), which no trim could otherwise give back.
+//! (`malloc_trim`), after freeing what the runtime's thread and its own held in their
+//! allocator caches ([`take_thread_cache`]), which no trim could otherwise give back.
 
 use std::ffi::{c_int, c_void};
 use std::fs::File;
@@ -310,8 +310,11 @@ const ASKER_PARKS: Duration = Duration::from_millis(20);
 /// A thread that releases this process's code pages when asked. The release runs here and
 /// not on the runtime's thread: what a thread runs after a release is mapped again (in 64 KB
 /// fault-around windows), and for the runtime's thread that is its whole way back to
-/// `epoll_wait` (1.3 MB of code, measured); this thread goes back to a futex wait. It also
-/// frees the chunks the asking thread took from its allocator cache, before `malloc_trim`.
+/// `epoll_wait` (1.3 MB of code, measured); this thread goes back to a futex wait. Before
+/// `malloc_trim` it frees the chunks the asking thread took from its allocator cache, and its
+/// own cache's. It finds the pages to drop before any of that and then drops them with nothing
+/// but `madvise` in between: the code that finds them, run between two drops, was mapped
+/// again (the shim's resident set at rest went from 1.5 to 0.7 MB with this order).
 #[derive(Debug, Clone)]
 struct Releaser {
     thread: std::thread::Thread,

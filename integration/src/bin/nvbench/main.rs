@@ -322,20 +322,27 @@ fn phases_section(c: &Containerd, subjects: &[Subject], rounds: usize) -> Result
 /// (nothing for a shim that logs none: the Go shim, an older revision), and how far into
 /// Create the kernel's grace period for cgroup migrations lasted.
 fn print_create_steps(label: &str, runs: &[phases::Run]) {
-    let Some(first) = runs.first().filter(|r| !r.create_steps.is_empty()) else {
+    let steps: Vec<&[(String, Duration)]> = runs.iter().map(|r| &r.create_steps[..]).collect();
+    print_step_medians(&format!("Create's steps in {label}"), &steps);
+    let open = runs.iter().filter_map(|r| r.migrations_open).collect();
+    print_grace_period(&format!("Create in {label}"), open, runs.len());
+}
+
+/// One line of the median of each step over `runs` (each a Create's steps from the shim's
+/// log, in the order the first names them); nothing when the first has none.
+fn print_step_medians(what: &str, runs: &[&[(String, Duration)]]) {
+    let Some(first) = runs.first().filter(|r| !r.is_empty()) else {
         return;
     };
-    let mut line = format!("  Create's steps in {label} (median ms, from its log):");
-    for (i, (name, _)) in first.create_steps.iter().enumerate() {
+    let mut line = format!("  {what} (median ms, from its log):");
+    for (i, (name, _)) in first.iter().enumerate() {
         let mut taken: Vec<Duration> = runs
             .iter()
-            .filter_map(|r| r.create_steps.get(i).map(|(_, d)| *d))
+            .filter_map(|r| r.get(i).map(|(_, d)| *d))
             .collect();
         line.push_str(&format!(" {name} {:.2},", ms(median(&mut taken))));
     }
     println!("{}", line.trim_end_matches(','));
-    let open = runs.iter().filter_map(|r| r.migrations_open).collect();
-    print_grace_period(&format!("Create in {label}"), open, runs.len());
 }
 
 /// The median of how far into Create the kernel's grace period for cgroup migrations lasted
@@ -655,6 +662,25 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
     let sandboxes: Vec<&str> = ours.iter().map(|(_, pod, _)| pod.as_str()).collect();
     let containers: Vec<&str> = ours.iter().map(|(_, _, c)| c.as_str()).collect();
     for (what, ids) in [("sandbox", &sandboxes), ("container", &containers)] {
+        let mut created: Vec<f64> = ids
+            .iter()
+            .filter_map(|id| logged_ms(&log, id, "created"))
+            .collect();
+        println!(
+            "  handler {HANDLER}, a pod's {what}: Task Create (its log) median {:.2} ms (logged in {} of {})",
+            median_ms(&mut created),
+            created.len(),
+            ids.len()
+        );
+        let steps: Vec<Vec<(String, Duration)>> = ids
+            .iter()
+            .map(|id| phases::create_steps_of(&log, id))
+            .collect();
+        let steps: Vec<&[(String, Duration)]> = steps.iter().map(Vec::as_slice).collect();
+        print_step_medians(
+            &format!("handler {HANDLER}, a pod's {what}: its steps"),
+            &steps,
+        );
         let open = ids
             .iter()
             .filter_map(|id| phases::migrations_open(&log, id))

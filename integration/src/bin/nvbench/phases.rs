@@ -87,6 +87,15 @@ pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
         .collect()
 }
 
+/// The steps of container `id`'s `create steps:` line in `log` (see [`create_steps`]).
+pub fn create_steps_of(log: &str, id: &str) -> Vec<(String, Duration)> {
+    let marker = format!("container {id}: create steps: ");
+    log.lines()
+        .find(|l| l.contains(&marker))
+        .map(create_steps)
+        .unwrap_or_default()
+}
+
 /// How far into its Create the kernel's grace period for cgroup migrations lasted for container
 /// `id`, from the shim's `container ID: cgroup migrations open 3.17 ms into Create` line in
 /// `log`, if any.
@@ -288,6 +297,8 @@ mod tests {
         assert_eq!(names, ["rootfs", "bundle", "libcontainer"]);
         assert_eq!(steps[1].1, Duration::from_micros(1500));
         assert!(create_steps("no such line").is_empty());
+        assert_eq!(create_steps_of(log, "ph-1"), steps);
+        assert!(create_steps_of(log, "ph-2").is_empty());
     }
 
     #[test]

@@ -29,7 +29,8 @@ use std::fs::File;
 use std::future::Future;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -164,22 +165,25 @@ pub fn read_only_bytes() -> usize {
     read_only_segments().iter().map(|r| r.end - r.start).sum()
 }
 
-/// The runs of pages that [`release_code_pages`] drops: the read-only segments' pages this
-/// process does not hold privately. Empty when `/proc/self/pagemap` cannot be read.
-fn droppable_code_pages() -> Vec<Range> {
+/// Puts into `runs` (emptied first) the runs of pages that [`release_code_pages`] drops: the
+/// read-only segments' pages this process does not hold privately. None when
+/// `/proc/self/pagemap` cannot be read.
+fn droppable_code_pages(runs: &mut Vec<Range>) {
+    runs.clear();
     let pagemap = match File::open("/proc/self/pagemap") {
         Ok(f) => f,
         Err(e) => {
             log::debug!("/proc/self/pagemap: {e}; keeping every page");
-            return Vec::new();
+            return;
         }
     };
     let page = page_size();
-    read_only_segments()
-        .into_iter()
-        .filter_map(|segment| droppable_runs(&pagemap, segment, page))
-        .flatten()
-        .collect()
+    runs.extend(
+        read_only_segments()
+            .into_iter()
+            .filter_map(|segment| droppable_runs(&pagemap, segment, page))
+            .flatten(),
+    );
 }
 
 /// Drops this process's page-table entries for `runs` (from [`droppable_code_pages`]); returns
@@ -205,7 +209,9 @@ fn drop_pages(runs: &[Range]) -> usize {
 /// Drops this process's mappings of shared, read-only code and data pages (see the module doc);
 /// returns how many bytes of address range were released.
 pub fn release_code_pages() -> usize {
-    drop_pages(&droppable_code_pages())
+    let mut runs = Vec::new();
+    droppable_code_pages(&mut runs);
+    drop_pages(&runs)
 }
 
 /// Makes every thread allocate from one heap. glibc gives each new thread an arena of its
@@ -307,6 +313,28 @@ fn free_on_a_passing_thread(chunks: Vec<usize>) {
 /// runtime's, serving every container) is back in `epoll_wait` before the release.
 const ASKER_PARKS: Duration = Duration::from_millis(20);
 
+/// What the service's requests leave for the release to see: a count bumped by every request's
+/// start and end, how many are in flight, and the wake-up of the task that waits for quiet.
+#[derive(Debug, Default)]
+struct Activity {
+    notify: Notify,
+    generation: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Whether no request ran since `generation` was read and none is in flight.
+    fn undisturbed_since(&self, generation: u64) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && self.generation.load(Ordering::SeqCst) == generation
+    }
+}
+
 /// A thread that releases this process's code pages when asked. The release runs here and
 /// not on the runtime's thread: what a thread runs after a release is mapped again (in 64 KB
 /// fault-around windows), and for the runtime's thread that is its whole way back to
@@ -315,6 +343,11 @@ const ASKER_PARKS: Duration = Duration::from_millis(20);
 /// own cache's. It finds the pages to drop before any of that and then drops them with nothing
 /// but `madvise` in between: the code that finds them, run between two drops, was mapped
 /// again (the shim's resident set at rest went from 1.5 to 0.7 MB with this order).
+///
+/// The pages are dropped only if no request ran or is running since they were found: a
+/// request can load and unload a library (NVML, for a Create that discovers the driver), and
+/// an anonymous mapping made where an unloaded library was must not be dropped. The check and
+/// the drops are microseconds apart, where such a request takes milliseconds to get there.
 #[derive(Debug, Clone)]
 struct Releaser {
     thread: std::thread::Thread,
@@ -322,27 +355,34 @@ struct Releaser {
 }
 
 impl Releaser {
-    fn start() -> std::io::Result<Self> {
+    fn start(activity: Arc<Activity>) -> std::io::Result<Self> {
         let taken = Arc::new(Mutex::new(Vec::new()));
         let chunks = Arc::clone(&taken);
         let thread = std::thread::Builder::new()
             .name("release-code".into())
             .stack_size(64 * 1024)
-            .spawn(move || loop {
-                std::thread::park();
-                std::thread::sleep(ASKER_PARKS);
-                // What the release allocates is allocated (and freed) before the trim, and
-                // this thread's own cache goes back with the asker's: otherwise the chunks it
-                // freed after the last trim would stay cached, pinning their pages.
-                let pages = droppable_code_pages();
-                let mut taken = chunks
-                    .lock()
-                    .map(|mut c| std::mem::take(&mut *c))
-                    .unwrap_or_default();
-                taken.extend(take_thread_cache());
-                free_on_a_passing_thread(taken);
-                release_free_heap();
-                drop_pages(&pages);
+            .spawn(move || {
+                // Kept from one release to the next, so that no free runs after the drops.
+                let mut pages = Vec::new();
+                loop {
+                    std::thread::park();
+                    std::thread::sleep(ASKER_PARKS);
+                    // What the release allocates is allocated (and freed) before the trim,
+                    // and this thread's own cache goes back with the asker's: otherwise the
+                    // chunks it freed after the last trim would stay cached, pinning their
+                    // pages.
+                    let seen = activity.generation.load(Ordering::SeqCst);
+                    droppable_code_pages(&mut pages);
+                    let mut taken = std::mem::take(&mut *lock(&chunks));
+                    taken.extend(take_thread_cache());
+                    free_on_a_passing_thread(taken);
+                    release_free_heap();
+                    if activity.undisturbed_since(seen) {
+                        drop_pages(&pages);
+                    } else {
+                        log::trace!("a request came during the release: code pages kept");
+                    }
+                }
             })?;
         Ok(Self {
             thread: thread.thread().clone(),
@@ -352,19 +392,21 @@ impl Releaser {
 
     /// Asks for a release, handing over `chunks` from [`take_thread_cache`] to be freed first.
     fn ask(&self, chunks: Vec<usize>) {
-        match self.taken.lock() {
-            Ok(mut taken) => taken.extend(chunks),
-            // Never poisoned (nothing panics under the lock); were it, they go back here.
-            Err(_) => free_on_a_passing_thread(chunks),
-        }
+        lock(&self.taken).extend(chunks);
         self.thread.unpark();
     }
+}
+
+/// The chunks handed to the release thread, poisoned or not (nothing panics under the lock;
+/// were it, the addresses are still the ones to free).
+fn lock(taken: &Mutex<Vec<usize>>) -> MutexGuard<'_, Vec<usize>> {
+    taken.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Releases code pages once the service has been quiet for [`QUIET`]; see the module doc.
 #[derive(Debug, Clone, Default)]
 pub struct IdleTrim {
-    activity: Arc<Notify>,
+    activity: Arc<Activity>,
 }
 
 impl IdleTrim {
@@ -384,7 +426,7 @@ impl IdleTrim {
     {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
-        let releaser = match Releaser::start() {
+        let releaser = match Releaser::start(Arc::clone(&activity)) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("no thread to release code pages: {e}; keeping them");
@@ -392,9 +434,9 @@ impl IdleTrim {
             }
         };
         tokio::spawn(async move {
-            let quiet_for = |d| tokio::time::timeout(d, activity.notified());
+            let quiet_for = |d| tokio::time::timeout(d, activity.notify.notified());
             loop {
-                activity.notified().await;
+                activity.notify.notified().await;
                 loop {
                     while quiet_for(QUIET).await.is_ok() {}
                     let _ = tokio::time::timeout(OTHERS_LIMIT, others()).await;
@@ -416,12 +458,14 @@ impl IdleTrim {
 
     /// Records activity: the next release waits for another quiet spell.
     pub fn touch(&self) {
-        self.activity.notify_one();
+        self.activity.touch();
     }
 
-    /// `inner`, in use: activity is recorded now and again when the returned guard drops, so a
-    /// long request (a create that waits for NVML) is not trimmed under.
+    /// `inner`, in use: activity is recorded now and again when the returned guard drops, and
+    /// while the guard lives no release drops code pages (a long request, such as a Create
+    /// that waits for NVML, may load and unload a library meanwhile).
     pub fn active<'a, T>(&'a self, inner: &'a T) -> Active<'a, T> {
+        self.activity.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         Active { inner, trim: self }
     }
@@ -444,6 +488,7 @@ impl<T> Deref for Active<'_, T> {
 
 impl<T> Drop for Active<'_, T> {
     fn drop(&mut self) {
+        self.trim.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.trim.touch();
     }
 }
@@ -492,6 +537,22 @@ mod tests {
                 assert_eq!(waitpid(child, None), Ok(WaitStatus::Exited(child, 0)));
             }
         }
+    }
+
+    #[test]
+    fn a_request_in_flight_or_since_the_planning_keeps_the_pages() {
+        let trim = IdleTrim::default();
+        let now = || trim.activity.generation.load(Ordering::SeqCst);
+        let before = now();
+        assert!(trim.activity.undisturbed_since(before), "nothing happened");
+        let request = trim.active(&());
+        let during = now();
+        assert!(!trim.activity.undisturbed_since(during), "one is in flight");
+        drop(request);
+        assert!(!trim.activity.undisturbed_since(before), "one ran since");
+        assert!(trim.activity.undisturbed_since(now()), "quiet again");
+        trim.touch();
+        assert!(!trim.activity.undisturbed_since(during), "touched since");
     }
 
     #[test]

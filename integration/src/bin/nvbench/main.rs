@@ -329,9 +329,9 @@ fn print_create_steps(label: &str, runs: &[phases::Run]) {
 }
 
 /// One line of the median of each step over `runs` (each a Create's steps from the shim's
-/// log, in the order the first names them); nothing when the first has none.
+/// log, in the order the first that has any names them); nothing when none has any.
 fn print_step_medians(what: &str, runs: &[&[(String, Duration)]]) {
-    let Some(first) = runs.first().filter(|r| !r.is_empty()) else {
+    let Some(first) = runs.iter().find(|r| !r.is_empty()) else {
         return;
     };
     let mut line = format!("  {what} (median ms, from its log):");
@@ -416,10 +416,7 @@ fn memory_section(c: &Containerd, subjects: &[Subject], growth: bool, cycles: us
 /// The milliseconds the shim logged for container `id` on the line containing `what`
 /// (`container <id>: created, init pid N, in X ms`).
 fn logged_ms(log: &str, id: &str, what: &str) -> Option<f64> {
-    let prefix = format!("container {id}: {what}");
-    let line = log.lines().find(|l| l.contains(&prefix))?;
-    let tail = &line[line.find(&prefix)?..];
-    let (_, ms) = tail.rsplit_once(" in ")?;
+    let (_, ms) = phases::line_about(log, id, what)?.rsplit_once(" in ")?;
     ms.split_whitespace().next()?.parse().ok()
 }
 
@@ -666,12 +663,14 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
             .iter()
             .filter_map(|id| logged_ms(&log, id, "created"))
             .collect();
-        println!(
-            "  handler {HANDLER}, a pod's {what}: Task Create (its log) median {:.2} ms (logged in {} of {})",
-            median_ms(&mut created),
-            created.len(),
-            ids.len()
-        );
+        if !created.is_empty() {
+            println!(
+                "  handler {HANDLER}, a pod's {what}: Task Create (its log) median {:.1} ms (logged in {} of {})",
+                median_ms(&mut created),
+                created.len(),
+                ids.len()
+            );
+        }
         let steps: Vec<Vec<(String, Duration)>> = ids
             .iter()
             .map(|id| phases::create_steps_of(&log, id))

@@ -74,10 +74,15 @@ pub struct Run {
 
 /// The steps of the `create steps: rootfs 0.31 ms, bundle 0.92 ms, ...` line in `log`, if any.
 pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
-    let Some(line) = log.lines().find_map(|l| l.split_once("create steps: ")) else {
-        return Vec::new();
-    };
-    let list = line.1.split('"').next().unwrap_or_default();
+    log.lines()
+        .find_map(|l| l.split_once("create steps: "))
+        .map(|(_, list)| parse_steps(list))
+        .unwrap_or_default()
+}
+
+/// `rootfs 0.31 ms, bundle 0.92 ms, ...` (up to the log record's closing quote), as steps.
+fn parse_steps(list: &str) -> Vec<(String, Duration)> {
+    let list = list.split('"').next().unwrap_or_default();
     list.split(", ")
         .filter_map(|step| {
             let (name, ms) = step.trim().strip_suffix(" ms")?.rsplit_once(' ')?;
@@ -87,12 +92,17 @@ pub fn create_steps(log: &str) -> Vec<(String, Duration)> {
         .collect()
 }
 
+/// The text after `container ID: WHAT` on the first line of the shim's `log` that has it.
+pub fn line_about<'a>(log: &'a str, id: &str, what: &str) -> Option<&'a str> {
+    let marker = format!("container {id}: {what}");
+    log.lines()
+        .find_map(|l| l.find(&marker).map(|at| &l[at + marker.len()..]))
+}
+
 /// The steps of container `id`'s `create steps:` line in `log` (see [`create_steps`]).
 pub fn create_steps_of(log: &str, id: &str) -> Vec<(String, Duration)> {
-    let marker = format!("container {id}: create steps: ");
-    log.lines()
-        .find(|l| l.contains(&marker))
-        .map(create_steps)
+    line_about(log, id, "create steps: ")
+        .map(parse_steps)
         .unwrap_or_default()
 }
 
@@ -100,9 +110,7 @@ pub fn create_steps_of(log: &str, id: &str) -> Vec<(String, Duration)> {
 /// `id`, from the shim's `container ID: cgroup migrations open 3.17 ms into Create` line in
 /// `log`, if any.
 pub fn migrations_open(log: &str, id: &str) -> Option<Duration> {
-    let marker = format!("container {id}: cgroup migrations open ");
-    let line = log.lines().find(|l| l.contains(&marker))?;
-    let tail = &line[line.find(&marker)? + marker.len()..];
+    let tail = line_about(log, id, "cgroup migrations open ")?;
     let ms: f64 = tail.split_once(" ms into Create")?.0.parse().ok()?;
     Some(Duration::from_secs_f64(ms / 1e3))
 }
@@ -299,6 +307,17 @@ mod tests {
         assert!(create_steps("no such line").is_empty());
         assert_eq!(create_steps_of(log, "ph-1"), steps);
         assert!(create_steps_of(log, "ph-2").is_empty());
+    }
+
+    #[test]
+    fn a_line_about_a_container_is_its_own_not_a_longer_ids() {
+        let log = "msg=\"container ph-10: created, init pid 7, in 9.0 ms\"\n\
+            msg=\"container ph-1: created, init pid 5, in 4.5 ms\"\n";
+        assert_eq!(
+            line_about(log, "ph-1", "created"),
+            Some(", init pid 5, in 4.5 ms\"")
+        );
+        assert_eq!(line_about(log, "ph-2", "created"), None);
     }
 
     #[test]

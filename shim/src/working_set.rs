@@ -29,7 +29,6 @@ use std::fs::File;
 use std::future::Future;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -214,6 +213,29 @@ pub fn release_code_pages() -> usize {
     drop_pages(&runs)
 }
 
+/// How many objects the dynamic loader has unloaded in this process so far (glibc's
+/// `dlpi_subs`, the same for every object), `None` where the C library does not tell.
+fn loader_unloads() -> Option<u64> {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut c_void,
+    ) -> c_int {
+        let known = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + size_of::<u64>();
+        if size >= known {
+            // SAFETY: `data` is the `Option<u64>` that loader_unloads passed, and `info` is
+            // valid for this call and `size` bytes long, which covers `dlpi_subs`.
+            unsafe { *data.cast::<Option<u64>>() = Some((*info).dlpi_subs) };
+        }
+        1
+    }
+    let mut unloads: Option<u64> = None;
+    // SAFETY: `first` only reads what dl_iterate_phdr hands it and writes into `unloads`, which
+    // outlives the call; returning 1 stops after the first object.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut unloads).cast()) };
+    unloads
+}
+
 /// Makes every thread allocate from one heap. glibc gives each new thread an arena of its
 /// own (up to eight per core); a shim's threads come and go with every exec (the blocking
 /// pool's, the stdio copiers) and each arena kept the high-water mark of what its threads
@@ -313,28 +335,6 @@ fn free_on_a_passing_thread(chunks: Vec<usize>) {
 /// runtime's, serving every container) is back in `epoll_wait` before the release.
 const ASKER_PARKS: Duration = Duration::from_millis(20);
 
-/// What the service's requests leave for the release to see: a count bumped by every request's
-/// start and end, how many are in flight, and the wake-up of the task that waits for quiet.
-#[derive(Debug, Default)]
-struct Activity {
-    notify: Notify,
-    generation: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// Whether no request ran since `generation` was read and none is in flight.
-    fn undisturbed_since(&self, generation: u64) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0
-            && self.generation.load(Ordering::SeqCst) == generation
-    }
-}
-
 /// A thread that releases this process's code pages when asked. The release runs here and
 /// not on the runtime's thread: what a thread runs after a release is mapped again (in 64 KB
 /// fault-around windows), and for the runtime's thread that is its whole way back to
@@ -344,10 +344,10 @@ impl Activity {
 /// but `madvise` in between: the code that finds them, run between two drops, was mapped
 /// again (the shim's resident set at rest went from 1.5 to 0.7 MB with this order).
 ///
-/// The pages are dropped only if no request ran or is running since they were found: a
-/// request can load and unload a library (NVML, for a Create that discovers the driver), and
-/// an anonymous mapping made where an unloaded library was must not be dropped. The check and
-/// the drops are microseconds apart, where such a request takes milliseconds to get there.
+/// The pages are dropped only if the dynamic loader unloaded nothing since they were found: a
+/// Create that discovers the driver loads and unloads NVML, and an anonymous mapping made
+/// where an unloaded library was must not be dropped. The check and the drops are
+/// microseconds apart, as the finding and the drops of each segment were before.
 #[derive(Debug, Clone)]
 struct Releaser {
     thread: std::thread::Thread,
@@ -355,7 +355,7 @@ struct Releaser {
 }
 
 impl Releaser {
-    fn start(activity: Arc<Activity>) -> std::io::Result<Self> {
+    fn start() -> std::io::Result<Self> {
         let taken = Arc::new(Mutex::new(Vec::new()));
         let chunks = Arc::clone(&taken);
         let thread = std::thread::Builder::new()
@@ -371,16 +371,16 @@ impl Releaser {
                     // and this thread's own cache goes back with the asker's: otherwise the
                     // chunks it freed after the last trim would stay cached, pinning their
                     // pages.
-                    let seen = activity.generation.load(Ordering::SeqCst);
+                    let unloads = loader_unloads();
                     droppable_code_pages(&mut pages);
                     let mut taken = std::mem::take(&mut *lock(&chunks));
                     taken.extend(take_thread_cache());
                     free_on_a_passing_thread(taken);
                     release_free_heap();
-                    if activity.undisturbed_since(seen) {
+                    if unloads.is_some() && loader_unloads() == unloads {
                         drop_pages(&pages);
                     } else {
-                        log::trace!("a request came during the release: code pages kept");
+                        log::debug!("a library was unloaded during the release: code pages kept");
                     }
                 }
             })?;
@@ -406,7 +406,7 @@ fn lock(taken: &Mutex<Vec<usize>>) -> MutexGuard<'_, Vec<usize>> {
 /// Releases code pages once the service has been quiet for [`QUIET`]; see the module doc.
 #[derive(Debug, Clone, Default)]
 pub struct IdleTrim {
-    activity: Arc<Activity>,
+    activity: Arc<Notify>,
 }
 
 impl IdleTrim {
@@ -426,7 +426,7 @@ impl IdleTrim {
     {
         let trim = Self::default();
         let activity = Arc::clone(&trim.activity);
-        let releaser = match Releaser::start(Arc::clone(&activity)) {
+        let releaser = match Releaser::start() {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("no thread to release code pages: {e}; keeping them");
@@ -434,9 +434,9 @@ impl IdleTrim {
             }
         };
         tokio::spawn(async move {
-            let quiet_for = |d| tokio::time::timeout(d, activity.notify.notified());
+            let quiet_for = |d| tokio::time::timeout(d, activity.notified());
             loop {
-                activity.notify.notified().await;
+                activity.notified().await;
                 loop {
                     while quiet_for(QUIET).await.is_ok() {}
                     let _ = tokio::time::timeout(OTHERS_LIMIT, others()).await;
@@ -458,14 +458,12 @@ impl IdleTrim {
 
     /// Records activity: the next release waits for another quiet spell.
     pub fn touch(&self) {
-        self.activity.touch();
+        self.activity.notify_one();
     }
 
-    /// `inner`, in use: activity is recorded now and again when the returned guard drops, and
-    /// while the guard lives no release drops code pages (a long request, such as a Create
-    /// that waits for NVML, may load and unload a library meanwhile).
+    /// `inner`, in use: activity is recorded now and again when the returned guard drops, so a
+    /// request's end starts a quiet spell of its own.
     pub fn active<'a, T>(&'a self, inner: &'a T) -> Active<'a, T> {
-        self.activity.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         Active { inner, trim: self }
     }
@@ -488,7 +486,6 @@ impl<T> Deref for Active<'_, T> {
 
 impl<T> Drop for Active<'_, T> {
     fn drop(&mut self) {
-        self.trim.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.trim.touch();
     }
 }
@@ -540,19 +537,17 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_flight_or_since_the_planning_keeps_the_pages() {
-        let trim = IdleTrim::default();
-        let now = || trim.activity.generation.load(Ordering::SeqCst);
-        let before = now();
-        assert!(trim.activity.undisturbed_since(before), "nothing happened");
-        let request = trim.active(&());
-        let during = now();
-        assert!(!trim.activity.undisturbed_since(during), "one is in flight");
-        drop(request);
-        assert!(!trim.activity.undisturbed_since(before), "one ran since");
-        assert!(trim.activity.undisturbed_since(now()), "quiet again");
-        trim.touch();
-        assert!(!trim.activity.undisturbed_since(during), "touched since");
+    fn an_unloaded_library_is_counted() {
+        let before = loader_unloads().expect("glibc tells the loader's unloads");
+        let name = c"libdl.so.2";
+        // SAFETY: libdl is glibc's own (an empty compatibility object on glibc 2.34 and
+        // later), loaded and closed here; nothing of it is used.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "dlopen libdl.so.2");
+        // SAFETY: the handle dlopen just returned, closed once.
+        assert_eq!(unsafe { libc::dlclose(handle) }, 0);
+        let after = loader_unloads().expect("glibc tells the loader's unloads");
+        assert!(after > before, "unloads {before} -> {after}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::idmap::{idmapped_tree, userns, ShimBind};
 use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, with_path, FsIds, TreeAttr};
+use crate::runtime::mountinfo::mounted_devices;
 use crate::runtime::spec_adapt::RecursiveMountAttr;
 
 /// What the create worker applies in a created container's mount namespace.
@@ -80,23 +81,6 @@ pub struct Detached {
     /// The devices of the superblocks mounted in the shim's mount namespace: a container mount
     /// on one of them shares the host's superblock, which is left as it is.
     host_devices: Vec<u64>,
-}
-
-/// The superblock devices of the mounts in the calling process's mount namespace.
-fn mounted_devices() -> std::io::Result<Vec<u64>> {
-    let info = procfs::process::Process::myself()
-        .and_then(|me| me.mountinfo())
-        .map_err(std::io::Error::other)?;
-    let mut devices: Vec<u64> = info
-        .into_iter()
-        .filter_map(|m| {
-            let (major, minor) = m.majmin.split_once(':')?;
-            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-        })
-        .collect();
-    devices.sort_unstable();
-    devices.dedup();
-    Ok(devices)
 }
 
 /// Makes the superblock mounted at `target` (in the current mount namespace) read-only, as

@@ -23,6 +23,7 @@ use oci_spec::runtime::LinuxResources;
 use procfs::process::MountInfo;
 
 use crate::error::{chain_to_string, Result, ShimError};
+use crate::runtime::mountinfo::cgroup_mounts;
 
 /// A container's cgroup as libcontainer created it.
 #[derive(Debug, Clone)]
@@ -139,10 +140,10 @@ impl ContainerCgroup {
     /// Removes the cgroup's directories once its processes are gone: the one directory on a
     /// cgroup v2 host; on v1, one per hierarchy of a controller libcontainer uses.
     ///
-    /// This is libcgroups' `remove` for the case where there is nothing to kill, in one
-    /// mountinfo read: libcgroups' v1 manager reads mountinfo and `/proc/self/cgroup` once
-    /// per controller, about 2 ms here and more on a host with many mounts, and libcontainer
-    /// runs it in a forked worker. A directory that still holds a
+    /// This is libcgroups' `remove` for the case where there is nothing to kill, on the
+    /// process's cgroup mount table ([`cgroup_mounts`]): libcgroups' v1 manager reads
+    /// mountinfo and `/proc/self/cgroup` once per controller, about 2 ms here and more on a
+    /// host with many mounts, and libcontainer runs it in a forked worker. A directory that still holds a
     /// process fails the call (`EBUSY`); the caller then goes through libcontainer, which
     /// kills and retries. Directories already gone are skipped, so a retry is harmless.
     pub fn remove_emptied(&self) -> Result<()> {
@@ -165,11 +166,10 @@ impl ContainerCgroup {
                 vec![Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative)]
             }
             _ => {
-                let mounts = procfs::process::Process::myself()
-                    .and_then(|me| me.mountinfo())
-                    .map_err(|e| fail(format!("/proc/self/mountinfo: {e}")))?;
-                let mut dirs = v1_dirs(&mounts.0, &relative);
-                dirs.extend(hybrid_dirs(&mounts.0, &relative));
+                let mounts =
+                    cgroup_mounts().map_err(|e| fail(format!("/proc/self/mountinfo: {e}")))?;
+                let mut dirs = v1_dirs(mounts, &relative);
+                dirs.extend(hybrid_dirs(mounts, &relative));
                 dirs
             }
         };
@@ -187,13 +187,11 @@ impl ContainerCgroup {
         {
             return Vec::new();
         }
-        let (Some(relative), Ok(mounts)) = (
-            relative_cgroup_path(&self.path),
-            procfs::process::Process::myself().and_then(|me| me.mountinfo()),
-        ) else {
+        let (Some(relative), Ok(mounts)) = (relative_cgroup_path(&self.path), cgroup_mounts())
+        else {
             return Vec::new();
         };
-        hybrid_dirs(&mounts.0, &relative)
+        hybrid_dirs(mounts, &relative)
     }
 
     /// Moves `pid` into the cgroup's `name=systemd` and unified hierarchies on a hybrid host,
@@ -227,11 +225,8 @@ impl ContainerCgroup {
                     .join("pids.max"),
             );
         }
-        let mounts = procfs::process::Process::myself()
-            .and_then(|me| me.mountinfo())
-            .ok()?;
-        mounts
-            .0
+        cgroup_mounts()
+            .ok()?
             .iter()
             .find(|m| m.fs_type == "cgroup" && m.super_options.contains_key("pids"))
             .map(|m| m.mount_point.join(relative).join("pids.max"))

@@ -12,7 +12,8 @@
 //!   of every process libcontainer starts; [`causes`]: why an init failed.
 //! - [`bundle`]: the OCI bundle (rootfs mounts; the spec read once, adapted, edited and
 //!   written once); [`spec_adapt`]: where libcontainer would treat a spec otherwise than runc.
-//! - [`cgroup`]: cgroup reads and writes; [`attach_warmup`]: the cgroup migration warm-up;
+//! - [`cgroup`]: cgroup reads and writes; [`mountinfo`]: the mount table, read cheaply;
+//!   [`attach_warmup`]: the cgroup migration warm-up;
 //!   [`exit`]: the reaper's exits routed to processes; [`oom`]: OOM events.
 
 pub mod after_create;
@@ -27,6 +28,7 @@ pub mod exit;
 pub mod idmap;
 pub mod libcontainer;
 pub mod mount_api;
+pub mod mountinfo;
 pub mod oom;
 pub mod ops;
 pub mod spec_adapt;

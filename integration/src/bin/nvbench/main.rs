@@ -2,7 +2,7 @@
 //! the same run, on the same private containerd.
 //!
 //! `nvbench [--pairs N] [--shim PATH] [--compare REV] [--only SECTIONS] [--cycles N]
-//! [--toolkit PATH]` prints, each section comparing the runtimes in the same containerd,
+//! [--toolkit PATH] [--host-mounts N]` prints, each section comparing the runtimes in the same containerd,
 //! interleaved (the order rotating every round):
 //! - `run`: `ctr run --rm IMG ID /bin/true`, the median wall time of each runtime and the
 //!   ratios;
@@ -21,12 +21,16 @@
 //! - `cri`: through containerd's CRI plugin, pod start time and shim memory per pod against a
 //!   runc-shim handler.
 //!
+//! `--host-mounts N` runs everything in a mount namespace of nvbench's own with N more mounts
+//! ([`host_mounts`]), as on a node with many pods.
+//!
 //! `--compare REV` builds the shim of git revision REV beside the working tree
 //! ([`compare`]) and runs it as a third runtime everywhere, so a change states its effect
 //! against its parent. Run as root, with a release build of the shim. containerd runs at its
 //! default log level (info).
 
 mod compare;
+mod host_mounts;
 mod phases;
 
 use std::path::{Path, PathBuf};
@@ -726,7 +730,7 @@ fn pod_benchmark(shim: &std::path::Path, pairs: usize) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: nvbench [--pairs N] [--shim PATH] [--compare REV] [--only run,phases,memory,growth,gpu,cri] [--cycles N] [--toolkit PATH] [--gpu-only]";
+const USAGE: &str = "usage: nvbench [--pairs N] [--shim PATH] [--compare REV] [--only run,phases,memory,growth,gpu,cri] [--cycles N] [--toolkit PATH] [--gpu-only] [--host-mounts N]";
 
 fn main() -> Result<()> {
     let mut pairs = 20usize;
@@ -734,6 +738,7 @@ fn main() -> Result<()> {
     let mut compare_rev = None;
     let mut toolkit = nvidia_shim_integration::which("nvidia-container-runtime");
     let mut only: Option<Vec<String>> = None;
+    let mut host_mounts = 0usize;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut shim = root.join("target/release/containerd-shim-nvidia-v2");
     let mut args = std::env::args().skip(1);
@@ -754,6 +759,7 @@ fn main() -> Result<()> {
                 )
             }
             "--gpu-only" => only = Some(vec!["gpu".to_owned()]),
+            "--host-mounts" => host_mounts = args.next().context("--host-mounts N")?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -761,6 +767,17 @@ fn main() -> Result<()> {
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
+    // First, while nvbench has one thread: the namespace is the calling thread's.
+    let _mounts = if host_mounts > 0 {
+        let mounts = host_mounts::add(host_mounts)?;
+        println!(
+            "with {host_mounts} extra tmpfs mounts in nvbench's own mount namespace: {} lines of mountinfo",
+            host_mounts::table_lines()
+        );
+        Some(mounts)
+    } else {
+        None
+    };
     let section = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == name));
     if !shim.exists() {
         bail!(

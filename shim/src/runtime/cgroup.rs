@@ -33,6 +33,18 @@ pub struct ContainerCgroup {
     systemd: bool,
     /// The execs in flight and the `pids.max` to put back after them, shared by every clone.
     exec_room: Arc<Mutex<ExecRoomState>>,
+    /// libcgroups' cgroupfs manager, made on first use and kept ([`Self::with_manager`]).
+    manager: Arc<KeptManager>,
+}
+
+/// libcgroups' manager between calls (it implements no `Debug`).
+#[derive(Default)]
+struct KeptManager(Mutex<Option<AnyCgroupManager>>);
+
+impl std::fmt::Debug for KeptManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptManager")
+    }
 }
 
 /// What [`ContainerCgroup::make_room_for_exec`] serialises: every change of `pids.max` around
@@ -53,6 +65,7 @@ impl ContainerCgroup {
             path,
             systemd,
             exec_room: Arc::default(),
+            manager: Arc::default(),
         }
     }
 
@@ -70,7 +83,7 @@ impl ContainerCgroup {
         }
     }
 
-    fn manager(&self, op: &'static str) -> Result<AnyCgroupManager> {
+    fn new_manager(&self, op: &'static str) -> Result<AnyCgroupManager> {
         create_cgroup_manager(CgroupConfig {
             cgroup_path: self.path.clone(),
             systemd_cgroup: self.systemd,
@@ -79,13 +92,38 @@ impl ContainerCgroup {
         .map_err(|e| self.err(op, &e))
     }
 
+    /// Runs `f` on libcgroups' manager of the cgroup. A cgroupfs manager is made once and kept:
+    /// making one looks up every controller's hierarchy (on cgroup v1, a mountinfo and a
+    /// `/proc/self/cgroup` read per controller, which grows with the host's mounts), and the
+    /// paths it finds do not change while the container lives; containerd asks for `Stats`
+    /// periodically under CRI. The systemd driver's manager holds a D-Bus connection, so it is
+    /// made for each call, as before.
+    fn with_manager<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&AnyCgroupManager) -> Result<T>,
+    ) -> Result<T> {
+        if self.systemd {
+            return f(&self.new_manager(op)?);
+        }
+        let mut kept = self
+            .manager
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let manager = match kept.take() {
+            Some(manager) => manager,
+            None => self.new_manager(op)?,
+        };
+        let result = f(&manager);
+        *kept = Some(manager);
+        result
+    }
+
     /// Statistics as the `Any` containerd expects from `Stats`: `io.containerd.cgroups.v1.Metrics`
     /// on v1 and hybrid hosts, `io.containerd.cgroups.v2.Metrics` on unified ones.
     pub fn metrics(&self) -> Result<Any> {
-        let stats = self
-            .manager("stats")?
-            .stats()
-            .map_err(|e| self.err("stats", &e))?;
+        let stats = self.with_manager("stats", |m| m.stats().map_err(|e| self.err("stats", &e)))?;
         let message: Box<dyn MessageDyn> = match libcgroups::common::get_cgroup_setup() {
             Ok(CgroupSetup::Unified) => Box::new(to_v2(&stats)),
             _ => Box::new(to_v1(&stats)),
@@ -99,10 +137,9 @@ impl ContainerCgroup {
 
     /// Pids of every process in the cgroup.
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let pids = self
-            .manager("pids")?
-            .get_all_pids()
-            .map_err(|e| self.err("pids", &e))?;
+        let pids = self.with_manager("pids", |m| {
+            m.get_all_pids().map_err(|e| self.err("pids", &e))
+        })?;
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
     }
 
@@ -132,9 +169,9 @@ impl ContainerCgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager("update")?
-            .apply(&opt)
-            .map_err(|e| self.err("update", &e))
+        self.with_manager("update", |m| {
+            m.apply(&opt).map_err(|e| self.err("update", &e))
+        })
     }
 
     /// Removes the cgroup's directories once its processes are gone: the one directory on a
@@ -591,6 +628,18 @@ mod tests {
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
         let any = containerd_shim::util::convert_to_any(Box::new(to_v2(&sample()))).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+    }
+
+    #[test]
+    fn a_cgroupfs_manager_is_made_once_and_kept_by_every_clone() {
+        let cgroup = ContainerCgroup::new("kept", PathBuf::from("/nvtest-no-such/kept"), false);
+        let clone = cgroup.clone();
+        // The cgroup does not exist, so the read fails; the manager is kept all the same.
+        assert!(cgroup.pids().is_err());
+        assert!(clone.manager.0.lock().unwrap().is_some());
+        let systemd = ContainerCgroup::new("unit", PathBuf::from("system.slice:nv:unit"), true);
+        let _ = systemd.pids();
+        assert!(systemd.manager.0.lock().unwrap().is_none());
     }
 
     #[test]

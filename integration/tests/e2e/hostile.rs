@@ -402,3 +402,58 @@ fn a_created_containers_init_is_not_readable_by_its_pid_namespace_as_under_runc(
     );
     Ok(())
 }
+
+/// The mount table of process `pid`, as bytes (a path need not be UTF-8).
+fn mount_table_of(pid: u32) -> Result<Vec<u8>> {
+    Ok(std::fs::read(format!("/proc/{pid}/mountinfo"))?)
+}
+
+/// A mount at a path that is not UTF-8 (one a pod with a `Bidirectional` volume can make on
+/// the host) must not stop containers: libcontainer reads the mount table as UTF-8 in every
+/// create, runc reads bytes. Run, exec and remove through both runtimes in a containerd whose
+/// mount namespace has such a mount, which must still be there afterwards.
+#[test]
+fn a_host_mount_at_a_path_that_is_not_utf8_stops_no_container_as_under_runc() -> Result<()> {
+    let builder = Containerd::builder().mount_namespace(|dir| {
+        let parent = dir.join("latin1");
+        std::fs::create_dir_all(&parent)?;
+        // `\351` is é in Latin-1: a byte that starts no UTF-8 sequence here.
+        Ok(format!(
+            "p=\"$(printf '{}/caf\\351')\"; mkdir \"$p\"; mount -t tmpfs -o size=4k nvtest \"$p\"",
+            parent.display()
+        ))
+    });
+    let Some(c) = setup_from(builder) else {
+        return Ok(());
+    };
+    let pid = c.pid().expect("containerd runs");
+    let needle: &[u8] = b"/latin1/caf\xe9 ";
+    let mounted = |table: &[u8]| table.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        mounted(&mount_table_of(pid)?),
+        "the test's mount is missing"
+    );
+    alike("run, exec and remove", [RUNC, RUNTIME], |runtime| {
+        let seen = CtrRun::new("latin1")
+            .runtime(runtime)
+            .rm()
+            .sh("echo ran")
+            .seen(&c)?;
+        let id = sleeper(&c, runtime, &[])?;
+        let exec = c.exec(&id, "e1", &["echo", "exec"])?;
+        kill_and_remove(&c, &id)?;
+        assert_clean(&c, &id, &id);
+        Ok((seen, exec.status.code(), text(&exec.stdout)))
+    })?;
+    assert!(
+        c.log()
+            .contains("at paths that are not UTF-8 left out of its mount namespace"),
+        "the shim did not say what it left out:\n{}",
+        c.log()
+    );
+    assert!(
+        mounted(&mount_table_of(pid)?),
+        "the mount was taken from containerd's namespace"
+    );
+    Ok(())
+}

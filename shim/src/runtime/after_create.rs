@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::idmap::{idmapped_tree, userns, ShimBind};
 use crate::runtime::mount_api::{attach, clone_tree, set_tree_attr, with_path, FsIds, TreeAttr};
-use crate::runtime::mountinfo::mounted_devices;
 use crate::runtime::spec_adapt::RecursiveMountAttr;
 
 /// What the create worker applies in a created container's mount namespace.
@@ -235,8 +234,9 @@ pub fn bind_read_only(source: &Path, target: &OwnedFd) -> std::io::Result<()> {
 
 impl Detached {
     /// Opens the mount namespace of the container whose init is `pid` and makes the detached
-    /// mounts.
-    pub fn new(args: &AfterCreate, pid: i32) -> std::io::Result<Self> {
+    /// mounts; `host_devices` are the superblock devices mounted in the shim's namespace
+    /// ([`HostMounts`](crate::runtime::mountinfo::HostMounts)), sorted.
+    pub fn new(args: &AfterCreate, pid: i32, host_devices: Vec<u64>) -> std::io::Result<Self> {
         let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
         let ns = std::fs::File::open(&ns_path).map_err(with_path("open", &ns_path))?;
         let owner = if args.binds.is_empty() {
@@ -264,11 +264,6 @@ impl Detached {
             .iter()
             .map(shim_bind)
             .collect::<std::io::Result<_>>()?;
-        let host_devices = if args.read_only_superblocks.is_empty() {
-            Vec::new()
-        } else {
-            mounted_devices()?
-        };
         Ok(Self {
             ns: ns.into(),
             mounts,
@@ -407,6 +402,7 @@ mod tests {
                 ..AfterCreate::default()
             },
             target.id() as i32,
+            Vec::new(),
         )
         .unwrap();
         // Attach from a forked child, which returns to its own namespace afterwards.

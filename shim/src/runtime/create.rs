@@ -84,6 +84,13 @@ pub(super) fn create(
     };
     steps.done("libcontainer");
     let route = guard.watch(created.pid, Arc::clone(exit));
+    if created.detached_not_utf8 > 0 {
+        log::warn!(
+            "container {id}: {} host mount(s) at paths that are not UTF-8 left out of its mount \
+             namespace (libcontainer cannot read them)",
+            created.detached_not_utf8
+        );
+    }
     if created.overlay_mounts > 0 {
         log::info!(
             "container {id}: /proc/driver/nvidia overlay: {} mounts",

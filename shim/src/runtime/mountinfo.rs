@@ -1,23 +1,39 @@
 //! The shim's reads of its mount table (`/proc/self/mountinfo`), kept cheap on hosts with many
-//! mounts.
+//! mounts and safe with any bytes in them.
 //!
 //! A Kubernetes node mounts a few filesystems per pod (rootfs, `shm`, secrets, volumes), so its
 //! mount table runs to hundreds or thousands of lines. The kernel formats the whole table on
 //! every read (about 0.6 ms for 1,000 mounts on this project's test host) and `procfs`' parser
-//! then builds a map of options for every line. The shim wants two things from it:
+//! then builds a map of options for every line. The shim wants:
 //!
 //! - the cgroup hierarchies ([`cgroup_mounts`]): they are mounted at boot and stay, so they
 //!   are read once per process (runc caches them the same way), and only the `cgroup` and
 //!   `cgroup2` lines are parsed;
-//! - the superblock devices mounted in the shim's namespace ([`mounted_devices`]), which do
-//!   change: read each time, taking only each line's `major:minor` field.
+//! - for each create ([`host_mounts`]), read afresh: the superblock devices mounted in the
+//!   shim's namespace, from each line's `major:minor` field alone, and the mount points whose
+//!   path is not UTF-8.
+//!
+//! The kernel writes a mount point's bytes as they are (escaping only space, tab, newline and
+//! backslash), so the table is read as bytes. libcontainer 0.7 reads it as UTF-8 text in every
+//! create and fails on the first line that is not, so one such mount anywhere on the host (a
+//! pod with a `Bidirectional` volume can make one) would fail every create, where runc goes on.
+//! No OCI spec can name such a path (the spec is JSON, UTF-8), so a create worker that finds
+//! one detaches it from a mount namespace of its own before libcontainer runs
+//! ([`detach_in_own_namespace`]).
 
+use std::ffi::OsString;
 use std::io::BufRead;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use procfs::process::MountInfo;
 
-const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// The calling thread's mount table (a mount namespace is a thread's; `self` is the process's
+/// first thread).
+const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
 
 /// The `cgroup` and `cgroup2` mounts of the shim's mount namespace, read on the first call and
 /// kept for the life of the process. A failed read is returned and tried again next time.
@@ -31,29 +47,98 @@ pub fn cgroup_mounts() -> std::io::Result<&'static [MountInfo]> {
     Ok(MOUNTS.get_or_init(|| mounts))
 }
 
-/// The superblock devices (`st_dev`) of every mount in the calling process's mount
-/// namespace, sorted and without duplicates. Read afresh on each call.
-pub fn mounted_devices() -> std::io::Result<Vec<u64>> {
-    let file = std::fs::File::open(MOUNTINFO)?;
-    devices_of(std::io::BufReader::new(file))
+/// What a create needs of its mount table, from one read ([`host_mounts`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HostMounts {
+    /// The superblock devices (`st_dev`) of every mount, sorted and without duplicates.
+    pub devices: Vec<u64>,
+    /// The mount points whose path is not UTF-8, deepest first.
+    pub not_utf8: Vec<PathBuf>,
 }
 
-/// The filesystem type of a mountinfo line: the first field after the ` - ` that ends the
-/// optional fields (no earlier field can hold ` - `: the kernel escapes spaces in paths).
-fn fs_type(line: &str) -> Option<&str> {
-    let (_, after) = line.split_once(" - ")?;
-    after.split(' ').next()
+/// The calling process's mount table as [`HostMounts`], read afresh.
+pub fn host_mounts() -> std::io::Result<HostMounts> {
+    let file = std::fs::File::open(MOUNTINFO)?;
+    scan(std::io::BufReader::new(file))
+}
+
+/// Gives the calling process a mount namespace of its own, a slave of the one it was in (so
+/// nothing done in it reaches the host), and detaches `points` and what is mounted below them
+/// there. For a zygote worker about to create a container, whose mount namespace the
+/// container's is then copied from. A point already gone with an outer one is skipped.
+pub fn detach_in_own_namespace(points: &[PathBuf]) -> std::io::Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
+    for point in points {
+        match nix::mount::umount2(point.as_path(), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Splits a mountinfo line into its space-separated fields (without the newline).
+fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.strip_suffix(b"\n")
+        .unwrap_or(line)
+        .split(|&b| b == b' ')
+}
+
+/// The filesystem type of a mountinfo line: the first field after the `-` that ends the
+/// optional fields (no earlier field can be `-` alone: the kernel escapes spaces in paths).
+fn fs_type(line: &[u8]) -> Option<&[u8]> {
+    let mut rest = fields(line).skip_while(|f| *f != b"-");
+    rest.next()?;
+    rest.next()
+}
+
+/// A mountinfo path field with the kernel's octal escapes (`\040` and the like) undone.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(value).unwrap_or(u8::MAX));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A `major:minor` field as a device number.
+fn device(majmin: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(majmin).ok()?;
+    let (major, minor) = text.split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Each `cgroup` or `cgroup2` line of a mountinfo text, parsed; every other line is skipped
-/// unparsed.
+/// unparsed, and so is a cgroup line that is not UTF-8 (not a hierarchy anything names).
 fn cgroup_lines(mut text: impl BufRead) -> std::io::Result<Vec<MountInfo>> {
     let mut mounts = Vec::new();
-    let mut line = String::new();
-    while text.read_line(&mut line)? > 0 {
-        let trimmed = line.trim_end_matches('\n');
-        if matches!(fs_type(trimmed), Some("cgroup" | "cgroup2")) {
-            let mount = MountInfo::from_line(trimmed).map_err(std::io::Error::other)?;
+    let mut line = Vec::new();
+    while text.read_until(b'\n', &mut line)? > 0 {
+        let is_cgroup = matches!(fs_type(&line), Some(b"cgroup" | b"cgroup2"));
+        if let (true, Ok(text)) = (is_cgroup, std::str::from_utf8(&line)) {
+            let mount =
+                MountInfo::from_line(text.trim_end_matches('\n')).map_err(std::io::Error::other)?;
             mounts.push(mount);
         }
         line.clear();
@@ -61,27 +146,50 @@ fn cgroup_lines(mut text: impl BufRead) -> std::io::Result<Vec<MountInfo>> {
     Ok(mounts)
 }
 
-/// The `major:minor` field (the third) of each line of a mountinfo text as a device number,
-/// sorted and deduplicated; a line without one is skipped.
-fn devices_of(mut text: impl BufRead) -> std::io::Result<Vec<u64>> {
-    let mut devices = Vec::new();
-    let mut line = String::new();
-    while text.read_line(&mut line)? > 0 {
-        let device = line.split(' ').nth(2).and_then(|majmin| {
-            let (major, minor) = majmin.split_once(':')?;
-            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-        });
-        devices.extend(device);
+/// A mountinfo text's superblock devices (the third field) and its mount points (the fifth)
+/// that are not UTF-8; a line without those fields is skipped.
+fn scan(mut text: impl BufRead) -> std::io::Result<HostMounts> {
+    let mut table = HostMounts::default();
+    let mut line = Vec::new();
+    while text.read_until(b'\n', &mut line)? > 0 {
+        {
+            let mut f = fields(&line).skip(2);
+            table.devices.extend(f.next().and_then(device));
+            if let Some(point) = f.nth(1).map(unescape) {
+                if std::str::from_utf8(&point).is_err() {
+                    table
+                        .not_utf8
+                        .push(PathBuf::from(OsString::from_vec(point)));
+                }
+            }
+        }
         line.clear();
     }
-    devices.sort_unstable();
-    devices.dedup();
-    Ok(devices)
+    table.devices.sort_unstable();
+    table.devices.dedup();
+    table
+        .not_utf8
+        .sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(table)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::path::Path;
+
+    /// Whether `path` is a mount point in the calling thread's mount namespace.
+    fn is_mount_point(path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(own), Some(Ok(parent))) = (
+            std::fs::symlink_metadata(path),
+            path.parent().map(std::fs::symlink_metadata),
+        ) else {
+            return false;
+        };
+        own.dev() != parent.dev()
+    }
 
     const TABLE: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
@@ -94,9 +202,20 @@ mod tests {
 92 22 8:1 /srv /mnt/srv rw - ext4 /dev/sda1 rw
 ";
 
+    /// [`TABLE`] with two mounts whose paths are not UTF-8, one below the other, and a cgroup
+    /// hierarchy mounted at such a path.
+    fn with_latin1() -> Vec<u8> {
+        let mut text = TABLE.as_bytes().to_vec();
+        text.extend_from_slice(b"93 22 0:52 / /tmp/caf\xe9 rw - tmpfs none rw\n");
+        text.extend_from_slice(b"94 93 0:53 / /tmp/caf\xe9/x\\040\xff rw - tmpfs none rw\n");
+        text.extend_from_slice(b"95 22 0:54 / /tmp/\xff rw - cgroup cgroup rw,pids\n");
+        text.extend_from_slice(b"96 22 0:55 / /tmp/last rw - tmpfs none rw");
+        text
+    }
+
     #[test]
     fn only_cgroup_hierarchies_are_parsed() {
-        let mounts = cgroup_lines(TABLE.as_bytes()).unwrap();
+        let mounts = cgroup_lines(with_latin1().as_slice()).unwrap();
         let points: Vec<_> = mounts.iter().map(|m| m.mount_point.clone()).collect();
         assert_eq!(
             points,
@@ -105,7 +224,7 @@ mod tests {
                 "/sys/fs/cgroup/systemd",
                 "/sys/fs/cgroup/unified",
             ]
-            .map(std::path::PathBuf::from)
+            .map(PathBuf::from)
         );
         assert!(mounts[0].super_options.contains_key("cpuacct"));
         assert_eq!(mounts[2].fs_type, "cgroup2");
@@ -113,31 +232,97 @@ mod tests {
 
     #[test]
     fn the_type_follows_the_separator_not_a_path() {
+        let line = b"90 22 0:50 / /run/a\\040-\\040b rw - tmpfs x rw";
+        assert_eq!(fs_type(line), Some(&b"tmpfs"[..]));
+        assert_eq!(fs_type(b"no separator"), None);
+    }
+
+    #[test]
+    fn paths_are_unescaped_as_the_kernel_escaped_them() {
         assert_eq!(
-            fs_type("90 22 0:50 / /run/a\\040b rw - tmpfs x rw"),
-            Some("tmpfs")
+            unescape(br"/run/a\040b\011c\012d\134e"),
+            b"/run/a b\tc\nd\\e"
         );
-        assert_eq!(fs_type("no separator"), None);
+        assert_eq!(unescape(br"/x\09"), br"/x\09");
+        assert_eq!(unescape(br"/x\"), br"/x\");
     }
 
     #[test]
-    fn devices_are_each_lines_superblock_once() {
-        let devices = devices_of(TABLE.as_bytes()).unwrap();
-        let expected: Vec<u64> = [(0, 28), (0, 29), (0, 37), (0, 38), (0, 50), (0, 51), (8, 1)]
-            .iter()
-            .map(|&(major, minor)| libc::makedev(major, minor))
-            .collect();
-        assert_eq!(devices, expected);
+    fn a_table_gives_its_devices_once_and_its_paths_that_are_not_utf8_deepest_first() {
+        let table = scan(with_latin1().as_slice()).unwrap();
+        let expected: Vec<u64> = [
+            (0, 28),
+            (0, 29),
+            (0, 37),
+            (0, 38),
+            (0, 50),
+            (0, 51),
+            (0, 52),
+            (0, 53),
+            (0, 54),
+            (0, 55),
+            (8, 1),
+        ]
+        .iter()
+        .map(|&(major, minor)| libc::makedev(major, minor))
+        .collect();
+        assert_eq!(table.devices, expected);
+        let path = |b: &[u8]| PathBuf::from(OsString::from_vec(b.to_vec()));
+        assert_eq!(
+            table.not_utf8,
+            [
+                path(b"/tmp/caf\xe9/x \xff"),
+                path(b"/tmp/caf\xe9"),
+                path(b"/tmp/\xff")
+            ]
+        );
+        assert_eq!(
+            scan(TABLE.as_bytes()).unwrap().not_utf8,
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[test]
-    fn this_process_sees_its_proc_device_and_no_foreign_lines() {
-        let devices = mounted_devices().unwrap();
+    fn this_process_sees_its_proc_device_and_only_cgroup_lines() {
+        let table = host_mounts().unwrap();
         let proc = std::fs::metadata("/proc").map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-        assert!(devices.contains(&proc.unwrap()));
+        assert!(table.devices.contains(&proc.unwrap()));
         let mounts = cgroup_mounts().unwrap();
         assert!(mounts
             .iter()
             .all(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2"));
+    }
+
+    /// Detaching in a namespace of its own (on a thread: a mount namespace is a thread's)
+    /// leaves the mount where it was for everyone else. Needs root (to mount); skipped
+    /// otherwise.
+    #[test]
+    fn a_detached_mount_stays_mounted_outside_the_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join(OsString::from_vec(b"caf\xe9".to_vec()));
+        std::fs::create_dir(&point).unwrap();
+        if let Err(e) = nix::mount::mount(
+            Some("none"),
+            &point,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=4k"),
+        ) {
+            eprintln!("SKIP: cannot mount a tmpfs here ({e})");
+            return;
+        }
+        let inside = point.clone();
+        let seen = std::thread::spawn(move || {
+            let listed = host_mounts().unwrap().not_utf8.contains(&inside);
+            detach_in_own_namespace(std::slice::from_ref(&inside)).unwrap();
+            let listed_after = host_mounts().unwrap().not_utf8.contains(&inside);
+            (listed, listed_after, is_mount_point(&inside))
+        })
+        .join()
+        .unwrap();
+        let still_mounted = is_mount_point(&point);
+        nix::mount::umount2(&point, MntFlags::MNT_DETACH).unwrap();
+        assert_eq!(seen, (true, false, false));
+        assert!(still_mounted, "the detach reached the test's own namespace");
     }
 }

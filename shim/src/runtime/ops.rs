@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
@@ -24,6 +24,7 @@ use crate::io::procio::Stdio;
 use crate::runtime::after_create::{AfterCreate, Detached};
 use crate::runtime::causes::Causes;
 use crate::runtime::executor::ShimExecutor;
+use crate::runtime::mountinfo;
 
 /// Where libcontainer keeps a container's state: `<root>/<id>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +92,9 @@ pub struct Created {
     pub plain_start: bool,
     /// How many overlay mounts had a target in the container.
     pub overlay_mounts: usize,
+    /// How many host mounts at paths that are not UTF-8 were left out of the container's
+    /// mount namespace (see [`mountinfo`]).
+    pub detached_not_utf8: usize,
 }
 
 /// Loads a container's libcontainer state.
@@ -189,6 +193,15 @@ fn builder(state: &StateRef, io: Stdio) -> Wire<ContainerBuilder> {
 
 fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     let (state, systemd) = (&args.state, args.systemd);
+    let host = mountinfo::host_mounts()
+        .map_err(|e| OpError::file("read", Path::new("/proc/self/mountinfo"), &e))?;
+    // libcontainer reads the mount table as UTF-8 and fails on any line that is not; no spec
+    // can name such a mount, so it is taken out of this worker's (and so the container's)
+    // copy of the mount namespace.
+    if let Some(first) = host.not_utf8.first() {
+        mountinfo::detach_in_own_namespace(&host.not_utf8)
+            .map_err(|e| OpError::file("detach", first, &e))?;
+    }
     let builder = builder(state, args.io)?.validate_id().map_err(lc)?;
     let (container, cause) = causes.watch(|| {
         builder
@@ -228,7 +241,7 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     let overlay_mounts = if args.after.is_empty() {
         0
     } else {
-        Detached::new(&args.after, pid)
+        Detached::new(&args.after, pid, host.devices)
             .and_then(|d| d.attach())
             .map_err(|e| undo(OpError::after_create(&e)))?
     };
@@ -238,6 +251,7 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
         plain_teardown,
         plain_start: !poststart,
         overlay_mounts,
+        detached_not_utf8: host.not_utf8.len(),
     })
 }
 

@@ -408,30 +408,41 @@ fn mount_table_of(pid: u32) -> Result<Vec<u8>> {
     Ok(std::fs::read(format!("/proc/{pid}/mountinfo"))?)
 }
 
-/// A mount at a path that is not UTF-8 (one a pod with a `Bidirectional` volume can make on
-/// the host) must not stop containers: libcontainer reads the mount table as UTF-8 in every
-/// create, runc reads bytes. Run, exec and remove through both runtimes in a containerd whose
-/// mount namespace has such a mount, which must still be there afterwards.
+/// A mount table line that is not UTF-8 must not stop containers: libcontainer reads the
+/// table as UTF-8 in every create, runc reads bytes. Such a line comes from a mount at a path
+/// that is not UTF-8 (a pod with a `Bidirectional` volume can make one) or from a bind mount
+/// whose source directory was renamed to such a name (its root field follows the rename).
+/// Run, exec and remove through both runtimes in a containerd whose mount namespace has both
+/// kinds, which must still be there afterwards. A container whose own bind source lies on
+/// such a mount fails with a clear error through this shim (libcontainer could not create it
+/// either way), where runc runs it.
 #[test]
-fn a_host_mount_at_a_path_that_is_not_utf8_stops_no_container_as_under_runc() -> Result<()> {
+fn mount_table_lines_that_are_not_utf8_stop_no_other_container_as_under_runc() -> Result<()> {
     let builder = Containerd::builder().mount_namespace(|dir| {
-        let parent = dir.join("latin1");
-        std::fs::create_dir_all(&parent)?;
+        let d = dir.join("latin1");
+        std::fs::create_dir_all(d.join("src"))?;
+        std::fs::create_dir_all(d.join("sub"))?;
         // `\351` is é in Latin-1: a byte that starts no UTF-8 sequence here.
         Ok(format!(
-            "p=\"$(printf '{}/caf\\351')\"; mkdir \"$p\"; mount -t tmpfs -o size=4k nvtest \"$p\"",
-            parent.display()
+            "d={d}; p=\"$(printf \"$d/caf\\351\")\"; mkdir \"$p\"; \
+             mount -t tmpfs -o size=4k nvtest \"$p\"; \
+             s=\"$(printf \"$d/src/caf\\351\")\"; mkdir \"$s\"; echo data > \"$s/f\"; \
+             mount --bind \"$s\" \"$d/sub\"",
+            d = d.display()
         ))
     });
     let Some(c) = setup_from(builder) else {
         return Ok(());
     };
     let pid = c.pid().expect("containerd runs");
-    let needle: &[u8] = b"/latin1/caf\xe9 ";
-    let mounted = |table: &[u8]| table.windows(needle.len()).any(|w| w == needle);
+    let mounted = |needle: &[u8]| -> Result<bool> {
+        let table = mount_table_of(pid)?;
+        Ok(table.windows(needle.len()).any(|w| w == needle))
+    };
+    let (latin1, renamed): (&[u8], &[u8]) = (b"/latin1/caf\xe9 ", b"/latin1/src/caf\xe9 ");
     assert!(
-        mounted(&mount_table_of(pid)?),
-        "the test's mount is missing"
+        mounted(latin1)? && mounted(renamed)?,
+        "the test's mounts are missing"
     );
     alike("run, exec and remove", [RUNC, RUNTIME], |runtime| {
         let seen = CtrRun::new("latin1")
@@ -447,13 +458,32 @@ fn a_host_mount_at_a_path_that_is_not_utf8_stops_no_container_as_under_runc() ->
     })?;
     assert!(
         c.log()
-            .contains("at paths that are not UTF-8 left out of its mount namespace"),
+            .contains("whose mount table line is not UTF-8 left out of its mount namespace"),
         "the shim did not say what it left out:\n{}",
         c.log()
     );
+    let sub = c.dir().join("latin1/sub");
+    let bind = format!("type=bind,src={},dst=/sub,options=rbind:ro", sub.display());
+    let uses = |runtime: &str| {
+        CtrRun::new("uses")
+            .runtime(runtime)
+            .rm()
+            .flags(&["--mount", &bind])
+            .sh("cat /sub/f")
+    };
+    let (_, runc_out, runc_err) = uses(RUNC).seen(&c)?;
+    assert_eq!(runc_out, "data\n", "runc: {runc_err}");
+    let (_, err) = uses(RUNTIME).failure(&c)?;
+    eprintln!("{RUNTIME}: {err}");
+    for needed in [
+        sub.display().to_string(),
+        "whose line in the mount table is not UTF-8, which libcontainer cannot read".to_owned(),
+    ] {
+        assert!(err.contains(&needed), "missing {needed:?} in: {err}");
+    }
     assert!(
-        mounted(&mount_table_of(pid)?),
-        "the mount was taken from containerd's namespace"
+        mounted(latin1)? && mounted(renamed)?,
+        "a mount was taken from containerd's namespace"
     );
     Ok(())
 }

@@ -106,6 +106,9 @@ pub struct PreparedBundle {
     pub cgroups_path: Option<PathBuf>,
     /// What the spec editor did.
     pub edits: Option<Edits>,
+    /// The spec's mount sources that are host paths, which the create must find where they
+    /// are (see `mountinfo::mounts_to_detach`).
+    pub mount_sources: Vec<PathBuf>,
 }
 
 /// A terminal dimension, saturated to what a `winsize` can hold anyway.
@@ -221,6 +224,13 @@ impl Bundle {
             user_ns: spec_adapt::has_user_namespace(&spec),
             cgroups_path: spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
             edits,
+            mount_sources: spec
+                .mounts()
+                .iter()
+                .flatten()
+                .filter_map(|m| m.source().clone())
+                .filter(|s| s.is_absolute())
+                .collect(),
         })
     }
 

@@ -92,7 +92,8 @@ impl ContainerCgroup {
         .map_err(|e| self.err(op, &e))
     }
 
-    /// Runs `f` on libcgroups' manager of the cgroup. A cgroupfs manager is made once and kept:
+    /// Runs `f` on libcgroups' manager of the cgroup. A cgroupfs manager is made once and kept
+    /// while the calls on it succeed:
     /// making one looks up every controller's hierarchy (on cgroup v1, a mountinfo and a
     /// `/proc/self/cgroup` read per controller, which grows with the host's mounts), and the
     /// paths it finds do not change while the container lives; containerd asks for `Stats`
@@ -116,7 +117,11 @@ impl ContainerCgroup {
             None => self.new_manager(op)?,
         };
         let result = f(&manager);
-        *kept = Some(manager);
+        // A failure may come from a manager made at a bad moment (libcgroups leaves out a
+        // controller whose lookup failed): the next call makes a new one.
+        if result.is_ok() {
+            *kept = Some(manager);
+        }
         result
     }
 
@@ -205,8 +210,8 @@ impl ContainerCgroup {
             _ => {
                 let mounts =
                     cgroup_mounts().map_err(|e| fail(format!("/proc/self/mountinfo: {e}")))?;
-                let mut dirs = v1_dirs(mounts, &relative);
-                dirs.extend(hybrid_dirs(mounts, &relative));
+                let mut dirs = v1_dirs(&mounts, &relative);
+                dirs.extend(hybrid_dirs(&mounts, &relative));
                 dirs
             }
         };
@@ -228,7 +233,7 @@ impl ContainerCgroup {
         else {
             return Vec::new();
         };
-        hybrid_dirs(mounts, &relative)
+        hybrid_dirs(&mounts, &relative)
     }
 
     /// Moves `pid` into the cgroup's `name=systemd` and unified hierarchies on a hybrid host,
@@ -631,15 +636,28 @@ mod tests {
     }
 
     #[test]
-    fn a_cgroupfs_manager_is_made_once_and_kept_by_every_clone() {
-        let cgroup = ContainerCgroup::new("kept", PathBuf::from("/nvtest-no-such/kept"), false);
+    fn a_cgroupfs_manager_is_kept_by_every_clone_while_its_calls_succeed() {
+        // The test process's own cgroup: the devices hierarchy's on v1, the unified one's on v2.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path_in = |hierarchy: fn(&str) -> bool| {
+            own.lines().find_map(|l| {
+                let mut fields = l.splitn(3, ':').skip(1);
+                let controllers = fields.next()?;
+                hierarchy(controllers).then(|| fields.next()).flatten()
+            })
+        };
+        let path = path_in(|c| c.split(',').any(|c| c == "devices"))
+            .or_else(|| path_in(str::is_empty))
+            .unwrap();
+        let cgroup = ContainerCgroup::new("own", PathBuf::from(path), false);
         let clone = cgroup.clone();
-        // The cgroup does not exist, so the read fails; the manager is kept all the same.
-        assert!(cgroup.pids().is_err());
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(cgroup.pids().unwrap().contains(&me));
         assert!(clone.manager.0.lock().unwrap().is_some());
-        let systemd = ContainerCgroup::new("unit", PathBuf::from("system.slice:nv:unit"), true);
-        let _ = systemd.pids();
-        assert!(systemd.manager.0.lock().unwrap().is_none());
+        // A cgroup that does not exist: the read fails and the manager is not kept.
+        let gone = ContainerCgroup::new("gone", PathBuf::from("/nvtest-no-such/gone"), false);
+        assert!(gone.pids().is_err());
+        assert!(gone.manager.0.lock().unwrap().is_none());
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub(super) fn create(
         systemd: req.config.systemd_cgroup,
         io: wire_io,
         after: prepared.after,
+        mount_sources: prepared.mount_sources,
     };
     let created = match rt.call(id, "create", Op::Create(Box::new(args))) {
         Ok(Done::Created(c)) => c,
@@ -86,8 +87,8 @@ pub(super) fn create(
     let route = guard.watch(created.pid, Arc::clone(exit));
     if created.detached_not_utf8 > 0 {
         log::warn!(
-            "container {id}: {} host mount(s) at paths that are not UTF-8 left out of its mount \
-             namespace (libcontainer cannot read them)",
+            "container {id}: {} host mount(s) whose mount table line is not UTF-8 left out of \
+             its mount namespace (libcontainer cannot read such lines)",
             created.detached_not_utf8
         );
     }

@@ -6,26 +6,28 @@
 //! every read (about 0.6 ms for 1,000 mounts on this project's test host) and `procfs`' parser
 //! then builds a map of options for every line. The shim wants:
 //!
-//! - the cgroup hierarchies ([`cgroup_mounts`]): they are mounted at boot and stay, so they
-//!   are read once per process (runc caches them the same way), and only the `cgroup` and
-//!   `cgroup2` lines are parsed;
+//! - the cgroup hierarchies ([`cgroup_mounts`]): mounted at boot, they are read again only
+//!   when `/proc/self/cgroup` lists other hierarchies than at the last read (a hierarchy
+//!   mounted later), and only the `cgroup` and `cgroup2` lines are parsed;
 //! - for each create ([`host_mounts`]), read afresh: the superblock devices mounted in the
-//!   shim's namespace, from each line's `major:minor` field alone, and the mount points whose
-//!   path is not UTF-8.
+//!   shim's namespace, from each line's `major:minor` field alone, and the mount points of the
+//!   lines that are not UTF-8.
 //!
-//! The kernel writes a mount point's bytes as they are (escaping only space, tab, newline and
-//! backslash), so the table is read as bytes. libcontainer 0.7 reads it as UTF-8 text in every
-//! create and fails on the first line that is not, so one such mount anywhere on the host (a
-//! pod with a `Bidirectional` volume can make one) would fail every create, where runc goes on.
-//! No OCI spec can name such a path (the spec is JSON, UTF-8), so a create worker that finds
-//! one detaches it from a mount namespace of its own before libcontainer runs
-//! ([`detach_in_own_namespace`]).
+//! The kernel writes paths' bytes as they are (escaping only space, tab, newline and
+//! backslash): a mount point, and a bind mount's root, which follows renames of the directory
+//! it was made from (kubelet's `subPath` binds are made on the host from directories a pod can
+//! rename). So the table is read as bytes. libcontainer 0.7 reads it as UTF-8 text in every
+//! create and fails on the first line that is not, so one such line anywhere on the host would
+//! fail every create, where runc goes on. A create worker that finds such lines detaches their
+//! mounts from a mount namespace of its own before libcontainer runs
+//! ([`detach_in_own_namespace`]), unless the container needs one of them
+//! ([`mounts_to_detach`]).
 
 use std::ffi::OsString;
 use std::io::BufRead;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -35,16 +37,41 @@ use procfs::process::MountInfo;
 /// first thread).
 const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
 
-/// The `cgroup` and `cgroup2` mounts of the shim's mount namespace, read on the first call and
-/// kept for the life of the process. A failed read is returned and tried again next time.
-pub fn cgroup_mounts() -> std::io::Result<&'static [MountInfo]> {
-    static MOUNTS: OnceLock<Vec<MountInfo>> = OnceLock::new();
-    if let Some(mounts) = MOUNTS.get() {
-        return Ok(mounts);
+/// The cgroup mounts last read, and the hierarchies `/proc/self/cgroup` listed then.
+type Kept = (Vec<u8>, Arc<Vec<MountInfo>>);
+
+/// The `cgroup` and `cgroup2` mounts of the shim's mount namespace. They are kept from one call
+/// to the next and read again when `/proc/self/cgroup` (a few lines) lists other hierarchies
+/// than at the last read. A failed read is returned and tried again next time.
+pub fn cgroup_mounts() -> std::io::Result<Arc<Vec<MountInfo>>> {
+    static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+    let listed = hierarchies(&std::fs::read("/proc/self/cgroup")?);
+    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((seen, mounts)) = kept.as_ref() {
+        if *seen == listed {
+            return Ok(Arc::clone(mounts));
+        }
     }
     let file = std::fs::File::open(MOUNTINFO)?;
-    let mounts = cgroup_lines(std::io::BufReader::new(file))?;
-    Ok(MOUNTS.get_or_init(|| mounts))
+    let mounts = Arc::new(cgroup_lines(std::io::BufReader::new(file))?);
+    *kept = Some((listed, Arc::clone(&mounts)));
+    Ok(mounts)
+}
+
+/// The hierarchies of a `/proc/PID/cgroup` text (each line's id and controllers, not the
+/// process's place in them), in order.
+fn hierarchies(text: &[u8]) -> Vec<u8> {
+    let mut listed = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let mut f = line.splitn(3, |&b| b == b':');
+        if let (Some(id), Some(controllers)) = (f.next(), f.next()) {
+            listed.extend_from_slice(id);
+            listed.push(b':');
+            listed.extend_from_slice(controllers);
+            listed.push(b'\n');
+        }
+    }
+    listed
 }
 
 /// What a create needs of its mount table, from one read ([`host_mounts`]).
@@ -52,7 +79,7 @@ pub fn cgroup_mounts() -> std::io::Result<&'static [MountInfo]> {
 pub struct HostMounts {
     /// The superblock devices (`st_dev`) of every mount, sorted and without duplicates.
     pub devices: Vec<u64>,
-    /// The mount points whose path is not UTF-8, deepest first.
+    /// The mount points of the lines that are not UTF-8, deepest first.
     pub not_utf8: Vec<PathBuf>,
 }
 
@@ -82,6 +109,21 @@ pub fn detach_in_own_namespace(points: &[PathBuf]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which of the mount points `not_utf8` (of [`HostMounts`]) a create may detach: all, unless a
+/// path it needs (its bundle, a mount source) is at or below one, which is returned as `Err`
+/// with that mount point: libcontainer could then not create the container either way.
+pub fn mounts_to_detach<'a>(
+    not_utf8: &'a [PathBuf],
+    needed: &[&Path],
+) -> Result<&'a [PathBuf], (PathBuf, PathBuf)> {
+    for point in not_utf8 {
+        if let Some(path) = needed.iter().find(|p| p.starts_with(point)) {
+            return Err((path.to_path_buf(), point.clone()));
+        }
+    }
+    Ok(not_utf8)
 }
 
 /// Splits a mountinfo line into its space-separated fields (without the newline).
@@ -146,8 +188,8 @@ fn cgroup_lines(mut text: impl BufRead) -> std::io::Result<Vec<MountInfo>> {
     Ok(mounts)
 }
 
-/// A mountinfo text's superblock devices (the third field) and its mount points (the fifth)
-/// that are not UTF-8; a line without those fields is skipped.
+/// A mountinfo text's superblock devices (the third field) and the mount points (the fifth)
+/// of its lines that are not UTF-8; a line without those fields is skipped.
 fn scan(mut text: impl BufRead) -> std::io::Result<HostMounts> {
     let mut table = HostMounts::default();
     let mut line = Vec::new();
@@ -155,12 +197,11 @@ fn scan(mut text: impl BufRead) -> std::io::Result<HostMounts> {
         {
             let mut f = fields(&line).skip(2);
             table.devices.extend(f.next().and_then(device));
-            if let Some(point) = f.nth(1).map(unescape) {
-                if std::str::from_utf8(&point).is_err() {
-                    table
-                        .not_utf8
-                        .push(PathBuf::from(OsString::from_vec(point)));
-                }
+            let point = f.nth(1).map(unescape);
+            if let (Some(point), Err(_)) = (point, std::str::from_utf8(&line)) {
+                table
+                    .not_utf8
+                    .push(PathBuf::from(OsString::from_vec(point)));
             }
         }
         line.clear();
@@ -176,8 +217,6 @@ fn scan(mut text: impl BufRead) -> std::io::Result<HostMounts> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use std::path::Path;
 
     /// Whether `path` is a mount point in the calling thread's mount namespace.
     fn is_mount_point(path: &Path) -> bool {
@@ -209,6 +248,7 @@ mod tests {
         text.extend_from_slice(b"93 22 0:52 / /tmp/caf\xe9 rw - tmpfs none rw\n");
         text.extend_from_slice(b"94 93 0:53 / /tmp/caf\xe9/x\\040\xff rw - tmpfs none rw\n");
         text.extend_from_slice(b"95 22 0:54 / /tmp/\xff rw - cgroup cgroup rw,pids\n");
+        text.extend_from_slice(b"97 22 8:1 /srv/\xfe /var/sub rw - ext4 /dev/sda1 rw\n");
         text.extend_from_slice(b"96 22 0:55 / /tmp/last rw - tmpfs none rw");
         text
     }
@@ -273,12 +313,41 @@ mod tests {
             [
                 path(b"/tmp/caf\xe9/x \xff"),
                 path(b"/tmp/caf\xe9"),
-                path(b"/tmp/\xff")
+                path(b"/tmp/\xff"),
+                path(b"/var/sub"),
             ]
         );
         assert_eq!(
             scan(TABLE.as_bytes()).unwrap().not_utf8,
             Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn hierarchies_are_told_apart_by_id_and_controllers_not_by_the_place_in_them() {
+        let a = hierarchies(b"12:pids:/user.slice\n4:cpu,cpuacct:/user.slice\n0::/user.slice\n");
+        let moved = hierarchies(b"12:pids:/kubepods/x\n4:cpu,cpuacct:/kubepods\n0::/kubepods\n");
+        let added = hierarchies(b"12:pids:/\n4:cpu,cpuacct:/\n5:net_cls:/\n0::/\n");
+        assert_eq!(a, b"12:pids\n4:cpu,cpuacct\n0:\n");
+        assert_eq!(a, moved);
+        assert_ne!(a, added);
+    }
+
+    #[test]
+    fn a_mount_the_container_needs_is_not_detached() {
+        let points = [PathBuf::from("/var/sub"), PathBuf::from("/tmp/x")];
+        let bundle = Path::new("/run/containerd/k8s.io/c1");
+        assert_eq!(mounts_to_detach(&points, &[bundle]), Ok(&points[..]));
+        // Its own directory is not below `/var/sub`.
+        let beside = Path::new("/var/subway");
+        assert_eq!(
+            mounts_to_detach(&points, &[bundle, beside]),
+            Ok(&points[..])
+        );
+        let source = Path::new("/var/sub/data");
+        assert_eq!(
+            mounts_to_detach(&points, &[bundle, source]),
+            Err((source.to_path_buf(), points[0].clone()))
         );
     }
 

@@ -57,6 +57,8 @@ pub struct CreateArgs {
     /// propagation libcontainer leaves out, idmapped mounts, the `/proc/driver/nvidia`
     /// overlay).
     pub after: AfterCreate,
+    /// The spec's mount sources that are host paths.
+    pub mount_sources: Vec<PathBuf>,
 }
 
 /// What a worker needs to start an extra process in a running container.
@@ -92,8 +94,8 @@ pub struct Created {
     pub plain_start: bool,
     /// How many overlay mounts had a target in the container.
     pub overlay_mounts: usize,
-    /// How many host mounts at paths that are not UTF-8 were left out of the container's
-    /// mount namespace (see [`mountinfo`]).
+    /// How many host mounts whose mount table line is not UTF-8 were left out of the
+    /// container's mount namespace (see [`mountinfo`]).
     pub detached_not_utf8: usize,
 }
 
@@ -195,11 +197,29 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     let (state, systemd) = (&args.state, args.systemd);
     let host = mountinfo::host_mounts()
         .map_err(|e| OpError::file("read", Path::new("/proc/self/mountinfo"), &e))?;
-    // libcontainer reads the mount table as UTF-8 and fails on any line that is not; no spec
-    // can name such a mount, so it is taken out of this worker's (and so the container's)
-    // copy of the mount namespace.
+    // libcontainer reads the mount table as UTF-8 and fails on any line that is not: such
+    // mounts are taken out of this worker's (and so the container's) copy of the mount
+    // namespace, unless the container needs one.
     if let Some(first) = host.not_utf8.first() {
-        mountinfo::detach_in_own_namespace(&host.not_utf8)
+        let needed: Vec<&Path> = std::iter::once(args.bundle.as_path())
+            .chain(args.mount_sources.iter().map(PathBuf::as_path))
+            .chain(args.after.mounts.iter().map(|(source, _)| source.as_path()))
+            .chain(args.after.binds.iter().map(|b| b.source.as_path()))
+            .collect();
+        let detach =
+            mountinfo::mounts_to_detach(&host.not_utf8, &needed).map_err(|(path, point)| {
+                OpError::File {
+                    what: "mount".to_owned(),
+                    path,
+                    message: format!(
+                        "it lies on the host mount at {:?}, whose line in the mount table is not \
+                     UTF-8, which libcontainer cannot read",
+                        point
+                    ),
+                    errno: None,
+                }
+            })?;
+        mountinfo::detach_in_own_namespace(detach)
             .map_err(|e| OpError::file("detach", first, &e))?;
     }
     let builder = builder(state, args.io)?.validate_id().map_err(lc)?;

@@ -4,7 +4,9 @@
 //! nvbench moves itself into a mount namespace of its own (private, so nothing propagates
 //! either way) and mounts N small tmpfs there before it starts containerd; containerd, both
 //! shims and their containers inherit that namespace, so each runtime reads the same longer
-//! `/proc/self/mountinfo`. The mounts go with the namespace when nvbench exits.
+//! `/proc/self/mountinfo`. nvbench unmounts them when it ends; a run cut short by a signal
+//! leaves their empty directories behind. They are private, where a node's mounts are often
+//! shared, so propagation costs are not measured.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

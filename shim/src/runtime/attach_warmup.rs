@@ -94,10 +94,7 @@ pub fn start() {
 /// helps most when containerd took longer than a grace period between `start` and Create (a
 /// busy host, CRI's sandbox set-up). The write blocks for the grace period, so it runs on a
 /// small thread of its own, beside the create's work, and this returns at once. The whole
-/// shim process is "moved" into the cgroup it is in, which changes nothing. The thread then
-/// reads the cgroup mount table the create's cgroup step needs
-/// ([`cgroup_mounts`](crate::runtime::mountinfo::cgroup_mounts), once per process), so that
-/// read, which grows with the host's mounts, is off the create's path too.
+/// shim process is "moved" into the cgroup it is in, which changes nothing.
 pub fn now_in_background() -> Option<WarmUp> {
     let file = own_procs_path()?;
     let through = Arc::new(OnceLock::new());
@@ -108,7 +105,6 @@ pub fn now_in_background() -> Option<WarmUp> {
         .spawn(move || {
             move_into(&file);
             let _ = done.set(Instant::now());
-            let _ = crate::runtime::mountinfo::cgroup_mounts();
         });
     match started {
         Ok(_) => Some(WarmUp { through }),

@@ -106,9 +106,9 @@ pub struct PreparedBundle {
     pub cgroups_path: Option<PathBuf>,
     /// What the spec editor did.
     pub edits: Option<Edits>,
-    /// The spec's mount sources that are host paths, which the create must find where they
-    /// are (see `mountinfo::mounts_to_detach`).
-    pub mount_sources: Vec<PathBuf>,
+    /// The spec's root and mount sources that are absolute host paths, which the create
+    /// must find where they are (see `mountinfo::mounts_to_detach`).
+    pub host_paths: Vec<PathBuf>,
 }
 
 /// A terminal dimension, saturated to what a `winsize` can hold anyway.
@@ -224,12 +224,17 @@ impl Bundle {
             user_ns: spec_adapt::has_user_namespace(&spec),
             cgroups_path: spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
             edits,
-            mount_sources: spec
-                .mounts()
+            host_paths: spec
+                .root()
                 .iter()
-                .flatten()
-                .filter_map(|m| m.source().clone())
-                .filter(|s| s.is_absolute())
+                .map(|r| r.path().clone())
+                .chain(
+                    spec.mounts()
+                        .iter()
+                        .flatten()
+                        .filter_map(|m| m.source().clone()),
+                )
+                .filter(|p| p.is_absolute())
                 .collect(),
         })
     }

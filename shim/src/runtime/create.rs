@@ -72,7 +72,7 @@ pub(super) fn create(
         systemd: req.config.systemd_cgroup,
         io: wire_io,
         after: prepared.after,
-        mount_sources: prepared.mount_sources,
+        host_paths: prepared.host_paths,
     };
     let created = match rt.call(id, "create", Op::Create(Box::new(args))) {
         Ok(Done::Created(c)) => c,

@@ -57,8 +57,8 @@ pub struct CreateArgs {
     /// propagation libcontainer leaves out, idmapped mounts, the `/proc/driver/nvidia`
     /// overlay).
     pub after: AfterCreate,
-    /// The spec's mount sources that are host paths.
-    pub mount_sources: Vec<PathBuf>,
+    /// The spec's root and mount sources that are absolute host paths.
+    pub host_paths: Vec<PathBuf>,
 }
 
 /// What a worker needs to start an extra process in a running container.
@@ -202,7 +202,7 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     // namespace, unless the container needs one.
     if let Some(first) = host.not_utf8.first() {
         let needed: Vec<&Path> = std::iter::once(args.bundle.as_path())
-            .chain(args.mount_sources.iter().map(PathBuf::as_path))
+            .chain(args.host_paths.iter().map(PathBuf::as_path))
             .chain(args.after.mounts.iter().map(|(source, _)| source.as_path()))
             .chain(args.after.binds.iter().map(|b| b.source.as_path()))
             .collect();
@@ -212,9 +212,8 @@ fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
                     what: "mount".to_owned(),
                     path,
                     message: format!(
-                        "it lies on the host mount at {:?}, whose line in the mount table is not \
-                     UTF-8, which libcontainer cannot read",
-                        point
+                        "it lies on the host mount at {point:?}, whose line in the mount table \
+                         is not UTF-8, which libcontainer cannot read"
                     ),
                     errno: None,
                 }

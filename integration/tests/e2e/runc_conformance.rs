@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use anyhow::{Context, Result};
 use containerd_shim_protos::api::ResizePtyRequest;
 use nvidia_shim_integration::checks::{
-    alike, assert_clean, ctx, setup, shim_client, sleeper, stop_and_remove, text,
+    alike, assert_clean, ctx, setup, shim_client, sleeper, stop_and_remove, task_pid, text,
 };
 use nvidia_shim_integration::containerd::{Containerd, BUSYBOX_IMAGE, NAMESPACE, RUNC, RUNTIME};
 use nvidia_shim_integration::ctr_run::{CtrRun, OwnSpec};
@@ -345,15 +345,20 @@ fn a_pids_limit_admits_as_many_processes_as_under_runc() -> Result<()> {
     Ok(())
 }
 
-/// Each mount inside a sleeper through `runtime`, from `/proc/self/mountinfo` of an exec:
-/// mount point, mount options, filesystem type and superblock options (ids, sources and
-/// sizes, which differ from one container to the next, left out).
+/// Each mount inside a sleeper through `runtime`, from its init's mount table, read from the
+/// host (`/proc/PID/mountinfo` shows paths from that process's root, as the container sees
+/// them; an exec's output is not used: the runc shim loses a short exec's output now and then
+/// under load, see `exec_output_survives_parallel_load`): mount point, mount options,
+/// filesystem type and superblock options (ids, sources and sizes, which differ from one
+/// container to the next, left out).
 fn mounts(c: &Containerd, runtime: &str, extra: &[&str]) -> Result<Vec<String>> {
     let id = sleeper(c, runtime, extra)?;
-    let out = c.exec(&id, "m", &["cat", "/proc/self/mountinfo"])?;
+    let table = task_pid(c, &id)
+        .context("the sleeper's pid")
+        .and_then(|pid| Ok(std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?));
     stop_and_remove(c, &id)?;
-    anyhow::ensure!(out.status.success(), "{runtime}: {}", text(&out.stderr));
-    Ok(text(&out.stdout)
+    Ok(table
+        .with_context(|| format!("{runtime}: the sleeper's mount table"))?
         .lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;

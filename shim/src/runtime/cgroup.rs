@@ -93,12 +93,11 @@ impl ContainerCgroup {
     }
 
     /// Runs `f` on libcgroups' manager of the cgroup. A cgroupfs manager is made once and kept
-    /// while the calls on it succeed:
-    /// making one looks up every controller's hierarchy (on cgroup v1, a mountinfo and a
-    /// `/proc/self/cgroup` read per controller, which grows with the host's mounts), and the
-    /// paths it finds do not change while the container lives; containerd asks for `Stats`
-    /// periodically under CRI. The systemd driver's manager holds a D-Bus connection, so it is
-    /// made for each call, as before.
+    /// while the calls on it succeed: making one looks up every controller's hierarchy (on
+    /// cgroup v1, a mountinfo and a `/proc/self/cgroup` read per controller, which grows with
+    /// the host's mounts), and the paths it finds do not change while the container lives;
+    /// containerd asks for `Stats` periodically under CRI. The systemd driver's manager holds
+    /// a D-Bus connection, so it is made for each call, as before.
     fn with_manager<T>(
         &self,
         op: &'static str,
@@ -185,9 +184,10 @@ impl ContainerCgroup {
     /// This is libcgroups' `remove` for the case where there is nothing to kill, on the
     /// process's cgroup mount table ([`cgroup_mounts`]): libcgroups' v1 manager reads
     /// mountinfo and `/proc/self/cgroup` once per controller, about 2 ms here and more on a
-    /// host with many mounts, and libcontainer runs it in a forked worker. A directory that still holds a
-    /// process fails the call (`EBUSY`); the caller then goes through libcontainer, which
-    /// kills and retries. Directories already gone are skipped, so a retry is harmless.
+    /// host with many mounts, and libcontainer runs it in a forked worker. A directory that
+    /// still holds a process fails the call (`EBUSY`); the caller then goes through
+    /// libcontainer, which kills and retries. Directories already gone are skipped, so a
+    /// retry is harmless.
     pub fn remove_emptied(&self) -> Result<()> {
         let fail = |message: String| ShimError::Cgroup {
             id: self.id.clone(),
@@ -209,7 +209,7 @@ impl ContainerCgroup {
             }
             _ => {
                 let mounts =
-                    cgroup_mounts().map_err(|e| fail(format!("/proc/self/mountinfo: {e}")))?;
+                    cgroup_mounts().map_err(|e| fail(format!("reading the cgroup mounts: {e}")))?;
                 let mut dirs = v1_dirs(&mounts, &relative);
                 dirs.extend(hybrid_dirs(&mounts, &relative));
                 dirs

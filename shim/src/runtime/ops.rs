@@ -193,34 +193,37 @@ fn builder(state: &StateRef, io: Stdio) -> Wire<ContainerBuilder> {
     }
 }
 
+/// Takes the mounts whose mount table line is not UTF-8 out of this worker's copy of the
+/// mount namespace, and so out of the container's, which is copied from it (libcontainer reads
+/// the table as UTF-8 and fails on any such line); a container that needs one of them (its
+/// bundle, root or a mount source lies on it) fails instead.
+fn leave_out_unreadable_mounts(args: &CreateArgs, not_utf8: &[PathBuf]) -> Wire<()> {
+    let Some(first) = not_utf8.first() else {
+        return Ok(());
+    };
+    let needed: Vec<&Path> = std::iter::once(args.bundle.as_path())
+        .chain(args.host_paths.iter().map(PathBuf::as_path))
+        .chain(args.after.mounts.iter().map(|(source, _)| source.as_path()))
+        .chain(args.after.binds.iter().map(|b| b.source.as_path()))
+        .collect();
+    let detach =
+        mountinfo::mounts_to_detach(not_utf8, &needed).map_err(|(path, point)| OpError::File {
+            what: "mount".to_owned(),
+            path,
+            message: format!(
+                "it lies on the host mount at {point:?}, whose line in the mount table is not \
+                 UTF-8, which libcontainer cannot read"
+            ),
+            errno: None,
+        })?;
+    mountinfo::detach_in_own_namespace(detach).map_err(|e| OpError::file("detach", first, &e))
+}
+
 fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {
     let (state, systemd) = (&args.state, args.systemd);
     let host = mountinfo::host_mounts()
         .map_err(|e| OpError::file("read", Path::new("/proc/self/mountinfo"), &e))?;
-    // libcontainer reads the mount table as UTF-8 and fails on any line that is not: such
-    // mounts are taken out of this worker's (and so the container's) copy of the mount
-    // namespace, unless the container needs one.
-    if let Some(first) = host.not_utf8.first() {
-        let needed: Vec<&Path> = std::iter::once(args.bundle.as_path())
-            .chain(args.host_paths.iter().map(PathBuf::as_path))
-            .chain(args.after.mounts.iter().map(|(source, _)| source.as_path()))
-            .chain(args.after.binds.iter().map(|b| b.source.as_path()))
-            .collect();
-        let detach =
-            mountinfo::mounts_to_detach(&host.not_utf8, &needed).map_err(|(path, point)| {
-                OpError::File {
-                    what: "mount".to_owned(),
-                    path,
-                    message: format!(
-                        "it lies on the host mount at {point:?}, whose line in the mount table \
-                         is not UTF-8, which libcontainer cannot read"
-                    ),
-                    errno: None,
-                }
-            })?;
-        mountinfo::detach_in_own_namespace(detach)
-            .map_err(|e| OpError::file("detach", first, &e))?;
-    }
+    leave_out_unreadable_mounts(&args, &host.not_utf8)?;
     let builder = builder(state, args.io)?.validate_id().map_err(lc)?;
     let (container, cause) = causes.watch(|| {
         builder

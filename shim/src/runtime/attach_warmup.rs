@@ -12,8 +12,8 @@
 //! that moves itself into the cgroup it is already in (`0` means "the writer") and exits. It
 //! pays the grace period while containerd connects to the shim and sends Create, and the
 //! container's own attach then finds the fast path. When containerd takes longer than a grace
-//! period to send Create, that head start has run out, so Create starts another one ([`now_in_background`])
-//! alongside its own work before the attach. The move changes nothing; a host where the write
+//! period to send Create, that head start has run out, so Create starts another one
+//! ([`now_in_background`]) alongside its own work before the attach. The move changes nothing; a host where the write
 //! fails (a read-only cgroupfs) simply gets no head start.
 
 use std::ffi::{CStr, CString};

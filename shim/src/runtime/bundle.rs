@@ -107,7 +107,7 @@ pub struct PreparedBundle {
     /// What the spec editor did.
     pub edits: Option<Edits>,
     /// The spec's root and mount sources that are absolute host paths, which the create
-    /// must find where they are (see `mountinfo::mounts_to_detach`).
+    /// must find where they are (see `mountinfo::needed_on`).
     pub host_paths: Vec<PathBuf>,
 }
 

@@ -21,7 +21,7 @@
 //! fail every create, where runc goes on. A create worker that finds such lines detaches their
 //! mounts from a mount namespace of its own before libcontainer runs
 //! ([`detach_in_own_namespace`]), unless the container needs one of them
-//! ([`mounts_to_detach`]).
+//! ([`needed_on`]).
 
 use std::ffi::OsString;
 use std::io::BufRead;
@@ -111,19 +111,15 @@ pub fn detach_in_own_namespace(points: &[PathBuf]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Which of the mount points `not_utf8` (of [`HostMounts`]) a create may detach: all, unless a
-/// path it needs (its bundle, a mount source) is at or below one, which is returned as `Err`
-/// with that mount point: libcontainer could then not create the container either way.
-pub fn mounts_to_detach<'a>(
-    not_utf8: &'a [PathBuf],
-    needed: &[&Path],
-) -> Result<&'a [PathBuf], (PathBuf, PathBuf)> {
-    for point in not_utf8 {
-        if let Some(path) = needed.iter().find(|p| p.starts_with(point)) {
-            return Err((path.to_path_buf(), point.clone()));
-        }
-    }
-    Ok(not_utf8)
+/// The first of the paths a create `needed` (its bundle, root, mount sources) that lies at or
+/// below one of the mount points `not_utf8` (of [`HostMounts`]), with that mount point. A
+/// create detaches those mount points only when there is none: libcontainer could not create
+/// the container with such a mount in its way, nor without it.
+pub fn needed_on(not_utf8: &[PathBuf], needed: &[&Path]) -> Option<(PathBuf, PathBuf)> {
+    not_utf8.iter().find_map(|point| {
+        let path = needed.iter().find(|p| p.starts_with(point))?;
+        Some((path.to_path_buf(), point.clone()))
+    })
 }
 
 /// Splits a mountinfo line into its space-separated fields (without the newline).
@@ -337,17 +333,14 @@ mod tests {
     fn a_mount_the_container_needs_is_not_detached() {
         let points = [PathBuf::from("/var/sub"), PathBuf::from("/tmp/x")];
         let bundle = Path::new("/run/containerd/k8s.io/c1");
-        assert_eq!(mounts_to_detach(&points, &[bundle]), Ok(&points[..]));
+        assert_eq!(needed_on(&points, &[bundle]), None);
         // Its own directory is not below `/var/sub`.
         let beside = Path::new("/var/subway");
-        assert_eq!(
-            mounts_to_detach(&points, &[bundle, beside]),
-            Ok(&points[..])
-        );
+        assert_eq!(needed_on(&points, &[bundle, beside]), None);
         let source = Path::new("/var/sub/data");
         assert_eq!(
-            mounts_to_detach(&points, &[bundle, source]),
-            Err((source.to_path_buf(), points[0].clone()))
+            needed_on(&points, &[bundle, source]),
+            Some((source.to_path_buf(), points[0].clone()))
         );
     }
 
@@ -377,7 +370,7 @@ mod tests {
             MsFlags::empty(),
             Some("size=4k"),
         ) {
-            eprintln!("SKIP: cannot mount a tmpfs here ({e})");
+            nvidia_shim_integration::skip(&format!("cannot mount a tmpfs here ({e})"));
             return;
         }
         let inside = point.clone();

@@ -206,8 +206,8 @@ fn leave_out_unreadable_mounts(args: &CreateArgs, not_utf8: &[PathBuf]) -> Wire<
         .chain(args.after.mounts.iter().map(|(source, _)| source.as_path()))
         .chain(args.after.binds.iter().map(|b| b.source.as_path()))
         .collect();
-    let detach =
-        mountinfo::mounts_to_detach(not_utf8, &needed).map_err(|(path, point)| OpError::File {
+    if let Some((path, point)) = mountinfo::needed_on(not_utf8, &needed) {
+        return Err(OpError::File {
             what: "mount".to_owned(),
             path,
             message: format!(
@@ -215,8 +215,9 @@ fn leave_out_unreadable_mounts(args: &CreateArgs, not_utf8: &[PathBuf]) -> Wire<
                  UTF-8, which libcontainer cannot read"
             ),
             errno: None,
-        })?;
-    mountinfo::detach_in_own_namespace(detach).map_err(|e| OpError::file("detach", first, &e))
+        });
+    }
+    mountinfo::detach_in_own_namespace(not_utf8).map_err(|e| OpError::file("detach", first, &e))
 }
 
 fn create(args: CreateArgs, causes: &Causes) -> Wire<Created> {

@@ -355,7 +355,7 @@ mod tests {
     fn mounts_land_in_the_target_namespace_only() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP mounts_land_in_the_target_namespace_only: needs root");
+            nvidia_shim_integration::skip("needs root");
             return;
         }
         // A fake driver proc tree, seen by the host and by a process in a mount namespace of
